@@ -1,0 +1,144 @@
+"""Type stub of the compiled core ``fastping._icmp`` (and of its pure-Python twin
+``fastping._icmp_py``, which implements the codec half with the same signatures).
+
+Codec: checksum, echo-request build, reply/error parse for ICMPv4 and ICMPv6,
+with and without the IP header.
+
+IcmpSocket: one socket per family multiplexing any number of target *slots*.
+Two ways to drive it:
+
+* ``sweep()`` runs a whole bounded sweep in C with the GIL released and leaves
+  per-slot aggregates readable through ``slot_stats()`` / ``totals()``.
+* ``send()`` / ``recv()`` / ``expire()`` are the non-blocking pieces the asyncio
+  engine uses: send one probe to each given slot, drain whatever replies are
+  queued, and time out probes older than a limit. Each returns a list of event
+  tuples ``(slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)``.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+# Event kinds (the ``kind`` field of an event tuple).
+EV_REPLY: Final[int]  # 0  echo reply for an outstanding probe
+EV_TIMEOUT: Final[int]  # 1  no answer within the timeout
+EV_UNREACHABLE: Final[int]  # 2  destination unreachable / packet too big / parameter problem
+EV_TIME_EXCEEDED: Final[int]  # 3  TTL / hop limit exceeded (router = reporting hop)
+EV_SEND_ERROR: Final[int]  # 4  local errno while sending (errno field set)
+EV_DUPLICATE: Final[int]  # 5  second reply to an already answered probe
+EV_LATE: Final[int]  # 6  reply to a probe that had already timed out
+
+ICMP_ECHO_REQUEST: Final[int]
+ICMP_ECHO_REPLY: Final[int]
+ICMP6_ECHO_REQUEST: Final[int]
+ICMP6_ECHO_REPLY: Final[int]
+PROBE_HEADER_SIZE: Final[int]  # bytes of payload fastping needs (slot, serial, cookie)
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 Internet checksum of ``data`` (the value to store, host order)."""
+
+def build_echo_request(
+    family: int,
+    ident: int,
+    seq: int,
+    payload: bytes = b"",
+) -> bytes:
+    """ICMP (AF_INET) or ICMPv6 (AF_INET6) echo request. For ICMPv4 the checksum is
+    filled in; for ICMPv6 it is left 0 (the kernel computes it over the pseudo-header)."""
+
+def build_probe_payload(slot: int, serial: int, key: bytes, size: int) -> bytes:
+    """fastping's probe payload: slot, serial and keyed cookie, padded to ``size``."""
+
+def parse_packet(
+    data: bytes | bytearray | memoryview,
+    family: int,
+    has_ip_header: bool,
+) -> dict[str, Any] | None:
+    """Parse one received packet. ``None`` for anything that is not an echo
+    reply / echo request or an ICMP error quoting an echo request (or is
+    truncated, or fails its IPv4 checksum). Keys: ``type``, ``code``, ``ident``,
+    ``seq``, ``payload`` (bytes), ``ttl`` (IPv4 with header, else None),
+    ``src``/``dst`` (IPv4 with header), ``checksum_ok``, ``is_error`` and, for
+    errors, ``inner_dst`` (the quoted probe's destination), ``inner_ident``,
+    ``inner_seq``, ``inner_payload``, ``mtu`` (packet too big)."""
+
+def parse_probe_payload(payload: bytes, key: bytes) -> tuple[int, int] | None:
+    """(slot, serial) if the payload carries a cookie valid under ``key``."""
+
+class IcmpSocket:
+    family: int  # socket.AF_INET or socket.AF_INET6
+    kind: str  # "raw" or "dgram"
+    ident: int  # ICMP identifier (kernel-assigned for dgram sockets)
+    payload_size: int
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        kind: str = "raw",
+        payload_size: int = 56,
+        ttl: int | None = None,
+        tos: int | None = None,
+        dont_fragment: bool = False,
+        rcvbuf_bytes: int = 0,  # 0 = sized automatically to the in-flight burst
+        batch_size: int = 64,
+        window: int = 1,  # probes per slot that may be outstanding at once
+        bpf: bool = True,  # classic BPF filter on raw sockets (identifier)
+    ) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> IcmpSocket: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    # -- targets ---------------------------------------------------------
+    @property
+    def n_slots(self) -> int: ...
+    def set_targets(self, addresses: Sequence[str]) -> None:
+        """Replace all slots with ``addresses`` (numeric, of this family); resets stats."""
+    def clear_targets(self) -> None:
+        """Drop every slot and reset stats."""
+    def append_targets(self, addresses: Sequence[str]) -> int:
+        """Append slots for numeric ``addresses``; return the first new slot."""
+    def append_range_v4(self, first: int, count: int) -> int:
+        """Append ``count`` consecutive IPv4 addresses from ``first`` (host-order
+        integer), expanded in C with no Python object per target; return the first
+        new slot."""
+    def add_target(self, address: str) -> int:
+        """Add one target, return its slot (a freed slot is reused)."""
+    def remove_target(self, slot: int) -> None:
+        """Free ``slot``: later replies for it are ignored (counted as stale)."""
+    def slot_address(self, slot: int) -> str: ...
+
+    # -- bounded sweep, all in C with the GIL released ---------------------
+    def sweep(
+        self,
+        count: int = 1,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        rate_pps: float = 0.0,
+        slots: Sequence[int] | None = None,
+        events: bool = False,
+    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]] | None:
+        """Send ``count`` rounds to every slot (rounds ``interval_s`` apart,
+        probes paced at ``rate_pps``, 0 = flat out), drain replies interleaved,
+        wait ``timeout_s`` after the last send. With ``events`` the per-probe
+        events are returned too (meant for small target lists)."""
+    def slot_stats(self, slot: int) -> tuple[Any, ...]:
+        """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
+        send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
+        last_ttl, last_err_type, last_err_code, last_err_router)"""
+    def totals(self) -> dict[str, int]:
+        """Socket counters: sent, received, duplicates, late, timeouts, unreachable,
+        time_exceeded, send_errors, enobufs, rx_drops (kernel, SO_RXQ_OVFL),
+        foreign (not ours), malformed, stale, errors_unattributed, packets_read,
+        send_ns, total_ns."""
+    def reset_stats(self) -> None: ...
+
+    # -- non-blocking pieces for the asyncio engine ------------------------
+    def send(self, slots: Iterable[int]) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+        """Send one probe to each slot now (sendmmsg batches). Returns
+        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+    def recv(self, max_packets: int = 0) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+        """Drain queued packets without blocking (0 = until empty)."""
+    def expire(self, timeout_s: float) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+        """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""

@@ -1,0 +1,227 @@
+"""Result types shared by every mode (raw, dgram, subprocess) and every layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, overload
+
+
+class Outcome(str, Enum):
+    """How one probe ended. Exactly one per probe; ``DUPLICATE`` and ``LATE`` are
+    extra events counted apart, never as answers."""
+
+    REPLY = "reply"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    TIME_EXCEEDED = "time_exceeded"
+    SEND_ERROR = "send_error"
+    LOCAL_DOWN = "local_down"
+    RESOLVE_ERROR = "resolve_error"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+# index = the core's event kind (EV_REPLY .. EV_LATE)
+OUTCOME_BY_KIND: tuple[Outcome, ...] = (
+    Outcome.REPLY,
+    Outcome.TIMEOUT,
+    Outcome.UNREACHABLE,
+    Outcome.TIME_EXCEEDED,
+    Outcome.SEND_ERROR,
+    Outcome.DUPLICATE,
+    Outcome.LATE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's outcome (or one duplicate / late reply)."""
+
+    target: str
+    address: str | None
+    seq: int
+    outcome: Outcome
+    rtt_ms: float | None = None
+    ttl: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    router: str | None = None
+    errno: int | None = None
+    time: float = 0.0  # Unix seconds when the outcome was known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "address": self.address,
+            "seq": self.seq,
+            "outcome": self.outcome.value,
+            "rtt_ms": self.rtt_ms,
+            "ttl": self.ttl,
+            "icmp_type": self.icmp_type,
+            "icmp_code": self.icmp_code,
+            "router": self.router,
+            "errno": self.errno,
+            "time": self.time,
+        }
+
+
+@dataclass(slots=True)
+class HostResult:
+    """Everything one target did over a sweep or a window."""
+
+    target: str
+    address: str | None
+    sent: int = 0
+    received: int = 0
+    duplicates: int = 0
+    late: int = 0
+    timeouts: int = 0
+    unreachable: int = 0
+    time_exceeded: int = 0
+    send_errors: int = 0
+    min_ms: float | None = None
+    avg_ms: float | None = None
+    max_ms: float | None = None
+    stddev_ms: float | None = None
+    jitter_ms: float | None = None
+    ttl: int | None = None
+    error: str | None = None  # resolve failure, or the last ICMP error / errno in words
+    rtts_ms: list[float] = field(default_factory=list)  # per reply, when collected
+
+    @property
+    def loss(self) -> float:
+        """Share of probes sent that got no reply, 0..1 (1.0 when nothing was sent)."""
+        if self.sent == 0:
+            return 1.0
+        return (self.sent - self.received) / self.sent
+
+    @property
+    def alive(self) -> bool:
+        return self.received > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "address": self.address,
+            "sent": self.sent,
+            "received": self.received,
+            "loss": round(self.loss, 6),
+            "min_ms": _r(self.min_ms),
+            "avg_ms": _r(self.avg_ms),
+            "max_ms": _r(self.max_ms),
+            "stddev_ms": _r(self.stddev_ms),
+            "jitter_ms": _r(self.jitter_ms),
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "timeouts": self.timeouts,
+            "unreachable": self.unreachable,
+            "time_exceeded": self.time_exceeded,
+            "send_errors": self.send_errors,
+            "ttl": self.ttl,
+            "error": self.error,
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def rtt_summary(rtts_ms: Sequence[float]) -> dict[str, float | None]:
+    """min/avg/max/stddev/jitter/percentiles of a list of RTTs (ms); None when empty.
+    Jitter is the mean absolute difference of successive RTTs (RFC 3550 style, unsmoothed)."""
+    n = len(rtts_ms)
+    if n == 0:
+        return dict.fromkeys(
+            ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms", "p50_ms", "p95_ms", "p99_ms")
+        )
+    avg = sum(rtts_ms) / n
+    var = sum((x - avg) ** 2 for x in rtts_ms) / n
+    jit = (
+        sum(abs(rtts_ms[i] - rtts_ms[i - 1]) for i in range(1, n)) / (n - 1) if n > 1 else None
+    )
+    s = sorted(rtts_ms)
+    return {
+        "min_ms": s[0],
+        "avg_ms": avg,
+        "max_ms": s[-1],
+        "stddev_ms": math.sqrt(var),
+        "jitter_ms": jit,
+        "p50_ms": percentile(s, 50),
+        "p95_ms": percentile(s, 95),
+        "p99_ms": percentile(s, 99),
+    }
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Linear-interpolated percentile of already sorted values."""
+    if not sorted_values:
+        return None
+    k = (len(sorted_values) - 1) * p / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+class SweepResult(Sequence[HostResult]):
+    """The hosts of a sweep, built lazily from the core's arrays so a million
+    targets do not become a million Python objects at once."""
+
+    def __init__(
+        self,
+        n: int,
+        get: Callable[[int], HostResult],
+        totals: dict[str, int],
+        duration_s: float,
+    ) -> None:
+        self._n = n
+        self._get = get
+        self.totals = totals
+        self.duration_s = duration_s
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> HostResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[HostResult]: ...
+    def __getitem__(self, i: int | slice) -> HostResult | list[HostResult]:
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(i)
+
+    def __iter__(self) -> Iterator[HostResult]:
+        for i in range(self._n):
+            yield self._get(i)
+
+    @property
+    def sent(self) -> int:
+        return self.totals.get("sent", 0)
+
+    @property
+    def received(self) -> int:
+        return self.totals.get("received", 0)
+
+    @property
+    def probes_per_s(self) -> float:
+        return self.sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        alive = sum(1 for h in self if h.alive)
+        return {
+            "targets": self._n,
+            "alive": alive,
+            "unreachable": self._n - alive,
+            "sent": self.sent,
+            "received": self.received,
+            "duration_s": round(self.duration_s, 6),
+            "probes_per_s": round(self.probes_per_s, 1),
+            **{k: v for k, v in self.totals.items() if k not in ("sent", "received")},
+        }

@@ -1,0 +1,202 @@
+"""Target parsing: addresses, host names, CIDR blocks, ranges and target files.
+
+Large blocks stay compact: an IPv4 CIDR or range is kept as (first, count) and
+expanded inside the core, so a /12 never becomes a million Python strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TargetError
+
+# A sweep may name at most this many addresses from one IPv6 block: scanning a
+# /64 (2^64 addresses) is never what anyone meant.
+MAX_V6_BLOCK = 1 << 20
+MAX_V4_BLOCK = 1 << 24
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.(?!-)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class V4Range:
+    """``count`` consecutive IPv4 addresses from ``first`` (host-order int)."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One numeric address; ``label`` is what the user typed (the name, for a host name)."""
+
+    label: str
+    address: str
+    family: int
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A host name still to resolve."""
+
+    name: str
+
+
+Spec = V4Range | Address | Name
+
+
+def parse_target(text: str) -> list[Spec]:
+    """Parse one target as a user typed it. Raises TargetError saying what is wrong."""
+    t = text.strip()
+    if not t:
+        raise TargetError("empty target: give an address, a host name, a CIDR block or a range")
+    if t.startswith("-"):
+        raise TargetError(f"target {t!r} starts with '-': options go before targets, not as targets")
+    if "/" in t:
+        return _parse_cidr(t)
+    if "-" in t and _looks_numeric_range(t):
+        return _parse_range(t)
+    try:
+        ip = ipaddress.ip_address(t.split("%", 1)[0] if ":" in t else t)
+    except ValueError:
+        pass
+    else:
+        fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        return [Address(t, str(ip), fam)]
+    if _HOSTNAME.match(t) and not re.fullmatch(r"[0-9.]+", t):
+        return [Name(t.rstrip("."))]
+    raise TargetError(
+        f"target {t!r} is not an IPv4/IPv6 address, host name, CIDR block (10.0.0.0/24) "
+        "or range (10.0.0.1-10.0.0.9)"
+    )
+
+
+def _looks_numeric_range(t: str) -> bool:
+    a, _, b = t.partition("-")
+    return bool(re.fullmatch(r"[0-9.]+", a) or ":" in a) and bool(b)
+
+
+def _parse_cidr(t: str) -> list[Spec]:
+    try:
+        net = ipaddress.ip_network(t, strict=False)
+    except ValueError as e:
+        raise TargetError(f"bad CIDR block {t!r}: {e}") from None
+    if net.version == 4:
+        if net.num_addresses > MAX_V4_BLOCK:
+            raise TargetError(f"CIDR block {t!r} has {net.num_addresses} addresses; split it (at most /8)")
+        return [V4Range(int(net.network_address), net.num_addresses)]
+    if net.num_addresses > MAX_V6_BLOCK:
+        raise TargetError(
+            f"IPv6 block {t!r} is too large to sweep ({net.num_addresses} addresses); "
+            f"at most {MAX_V6_BLOCK} (a /108)"
+        )
+    # IPv6 blocks are expanded here (they are bounded above).
+    return _V6Block(int(net.network_address), net.num_addresses)
+
+
+def _parse_range(t: str) -> list[Spec]:
+    a, _, b = t.partition("-")
+    try:
+        lo = ipaddress.ip_address(a)
+        if "." in b or ":" in b:
+            hi = ipaddress.ip_address(b)
+        else:  # 10.0.0.1-20: last octet
+            if lo.version != 4:
+                raise ValueError("short form a.b.c.d-N is IPv4 only")
+            last = int(b)
+            if not 0 <= last <= 255:
+                raise ValueError(f"last octet {last} is not 0..255")
+            hi = ipaddress.ip_address((int(lo) & ~0xFF) | last)
+    except ValueError as e:
+        raise TargetError(f"bad range {t!r}: {e}") from None
+    if lo.version != hi.version:
+        raise TargetError(f"bad range {t!r}: both ends must be IPv4 or both IPv6")
+    if int(hi) < int(lo):
+        raise TargetError(f"bad range {t!r}: the end is before the start")
+    n = int(hi) - int(lo) + 1
+    if lo.version == 4:
+        if n > MAX_V4_BLOCK:
+            raise TargetError(f"range {t!r} has {n} addresses; split it (at most {MAX_V4_BLOCK})")
+        return [V4Range(int(lo), n)]
+    if n > MAX_V6_BLOCK:
+        raise TargetError(f"IPv6 range {t!r} has {n} addresses; at most {MAX_V6_BLOCK}")
+    return _V6Block(int(lo), n)
+
+
+def _V6Block(first: int, count: int) -> list[Spec]:  # noqa: N802
+    """IPv6 blocks are bounded (MAX_V6_BLOCK), so they are expanded here."""
+    out: list[Spec] = []
+    for i in range(count):
+        a = str(ipaddress.IPv6Address(first + i))
+        out.append(Address(a, a, socket.AF_INET6))
+    return out
+
+
+def parse_targets(texts: Iterable[str]) -> list[Spec]:
+    """Parse many targets in order (IPv6 blocks expanded, IPv4 blocks kept compact)."""
+    out: list[Spec] = []
+    for t in texts:
+        out.extend(parse_target(t))
+    return out
+
+
+def read_targets_file(path: str | Path) -> list[str]:
+    """Targets from a file: one per line, blank lines and ``#`` comments ignored
+    (``-`` reads standard input)."""
+    import sys
+
+    try:
+        if str(path) == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise TargetError(f"cannot read targets file {str(path)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TargetError(f"targets file {str(path)!r} is not UTF-8 text: {e}") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        for word in s.split():
+            try:
+                parse_target(word)
+            except TargetError as e:
+                raise TargetError(f"{path}:{lineno}: {e}") from None
+            out.append(word)
+    return out
+
+
+def resolve(
+    names: Iterable[str], family: int | None = None, workers: int = 32
+) -> dict[str, tuple[str, int] | str]:
+    """Resolve host names concurrently. Each name maps to (address, family) or to
+    an error message: a name that does not resolve is a result, not a crash."""
+    uniq = list(dict.fromkeys(names))
+
+    def one(name: str) -> tuple[str, tuple[str, int] | str]:
+        try:
+            infos = socket.getaddrinfo(name, None, family or 0, socket.SOCK_RAW)
+        except socket.gaierror as e:
+            return name, f"cannot resolve {name!r}: {e.strerror}"
+        except UnicodeError as e:
+            return name, f"cannot resolve {name!r}: {e}"
+        # prefer IPv4 when the caller did not choose, as ping does
+        infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
+        fam, _, _, _, sa = infos[0]
+        return name, (str(sa[0]), int(fam))
+
+    if not uniq:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(workers, len(uniq))) as ex:
+        return dict(ex.map(one, uniq))
