@@ -537,9 +537,11 @@ cdef class IcmpSocket:
     cdef Event *ev
     cdef Py_ssize_t ev_n, ev_cap
     cdef bint collect
+    cdef bint no_drain           # send() without draining (tests, callers that drain themselves)
     # counters
     cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
+    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors
     cdef int64_t c_outstanding
     cdef int64_t t_send_ns, t_total_ns
@@ -980,7 +982,10 @@ cdef class IcmpSocket:
             "late": self.c_late, "timeouts": self.c_timeouts, "unreachable": self.c_unreach,
             "time_exceeded": self.c_texc, "send_errors": self.c_senderr,
             "enobufs": self.c_enobufs, "rx_drops": drops, "foreign": self.c_foreign,
-            "malformed": self.c_malformed, "stale": self.c_stale,
+            "malformed": self.c_malformed,
+            "foreign_type": self.c_f_type, "foreign_ident": self.c_f_ident,
+            "foreign_cookie": self.c_f_cookie, "foreign_source": self.c_f_source,
+            "foreign_unsent": self.c_f_unsent, "stale": self.c_stale,
             "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
             "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
             "socket_errors": self.c_sock_errors,
@@ -993,6 +998,7 @@ cdef class IcmpSocket:
         self.c_sent = self.c_received = self.c_dup = self.c_late = self.c_timeouts = 0
         self.c_unreach = self.c_texc = self.c_senderr = self.c_enobufs = self.c_foreign = 0
         self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
+        self.c_f_type = self.c_f_ident = self.c_f_cookie = self.c_f_source = self.c_f_unsent = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = 0
         self.t_send_ns = self.t_total_ns = 0
@@ -1135,13 +1141,14 @@ cdef class IcmpSocket:
                     tries += 1
                     if tries > 2000:
                         return self._fail_rest(done, built, err)
-                    self._drain(0)
+                    self._drain(0)   # always: room in our buffer may be what is missing
                     _sleep_ns(20000)
                     continue
                 # the first message failed (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM...)
                 self._fail_one(done, err)
                 done += 1
-            self._drain(0)
+            if not self.no_drain:
+                self._drain(0)
         return 0
 
     cdef int _fail_one(self, Py_ssize_t k, int err) noexcept nogil:
@@ -1249,9 +1256,11 @@ cdef class IcmpSocket:
             return
         if rc == 0 or (p.type == ICMP_ECHO_REQUEST or p.type == ICMP6_ECHO_REQUEST):
             self.c_foreign += 1
+            self.c_f_type += 1
             return
         if self.raw and p.ident != self.ident:
             self.c_foreign += 1
+            self.c_f_ident += 1
             return
         if p.ttl >= 0:
             ttl = p.ttl
@@ -1261,6 +1270,7 @@ cdef class IcmpSocket:
                 self.c_unattributed += 1   # quote too short to carry our cookie
             else:
                 self.c_foreign += 1
+                self.c_f_cookie += 1
             return
         if slot >= self.n or not self.stats[slot].active:
             self.c_stale += 1
@@ -1280,11 +1290,13 @@ cdef class IcmpSocket:
             # is the router that sent the error
             if memcmp(p.inner_dst, want, self.addr_len) != 0:
                 self.c_foreign += 1
+                self.c_f_source += 1
                 return
             self._on_error(slot, serial, p.type, p.code, src)
             return
         if memcmp(src, want, self.addr_len) != 0:
             self.c_foreign += 1     # a valid cookie from the wrong address: spoofed or misrouted
+            self.c_f_source += 1
             return
         self._on_reply(slot, serial, t_rx, ttl)
 
@@ -1292,6 +1304,7 @@ cdef class IcmpSocket:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
             self.c_foreign += 1     # never sent: a forged or foreign cookie collision
+            self.c_f_unsent += 1
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         cdef int64_t rtt
@@ -1339,6 +1352,7 @@ cdef class IcmpSocket:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
             self.c_foreign += 1
+            self.c_f_unsent += 1
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         if pr.serial != serial or pr.state != ST_OUT:
@@ -1391,16 +1405,20 @@ cdef class IcmpSocket:
         self._on_error(slot, serial, ee.ee_type, ee.ee_code, router)
 
     # ------------------------------------------------------------ engine API
-    def send(self, slots):
-        """Send one probe to each slot now (sendmmsg batches, GIL released). Returns
-        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+    def send(self, slots, bint drain=True):
+        """Send one probe to each slot now (sendmmsg batches, GIL released). With
+        ``drain`` the socket is drained after every batch (replies do not pile up in
+        the receive buffer during a large send). Returns every event seen: send
+        errors, timeouts of probes pushed out of a full window, and drained replies."""
         self._check_open()
         cdef uint32_t[::1] arr = _slots_array(slots)
         cdef Py_ssize_t cnt = arr.shape[0]
         self.collect = True
+        self.no_drain = not drain
         if cnt:
             with nogil:
                 self._send_slots(&arr[0], cnt)
+        self.no_drain = False
         return self._take_events()
 
     def recv(self, int max_packets=0):
