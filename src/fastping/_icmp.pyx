@@ -53,7 +53,7 @@ from includes.socket cimport (
     IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
     SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
     SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
-    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recvmmsg, sendmmsg, setsockopt,
+    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
     sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
 )
 
@@ -676,6 +676,9 @@ cdef class IcmpSocket:
                 self._set_icmp_filter()
             if use_bpf:
                 self._attach_bpf()
+            # Packets queued between socket() and the filters skipped them; none can
+            # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
+            self._flush_queue()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
@@ -758,6 +761,13 @@ cdef class IcmpSocket:
         prog.filter = code
         if setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0:
             _raise_oserror("setsockopt(SO_ATTACH_FILTER)")
+        return 0
+
+    cdef int _flush_queue(self) except -1:
+        cdef uint8_t scratch[2048]
+        cdef int guard = 0
+        while guard < 1000000 and recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) >= 0:
+            guard += 1
         return 0
 
     cdef int _set_icmp_filter(self) except -1:
