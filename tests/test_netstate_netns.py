@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from fastping.netstate import (
+    DefaultProber,
     NetworkMonitor,
     NetworkState,
     NetworkTimeout,
@@ -72,8 +73,9 @@ class Pair:
 
 def _make_pair(two_links: bool) -> Iterator[Pair]:
     sfx = secrets.token_hex(3)
-    p = Pair(f"fp5-{sfx}-A", f"fp5-{sfx}-B", f"fp5{sfx}a1", f"fp5{sfx}b1",
-             f"fp5{sfx}a2", f"fp5{sfx}b2")
+    p = Pair(
+        f"fp5-{sfx}-A", f"fp5-{sfx}-B", f"fp5{sfx}a1", f"fp5{sfx}b1", f"fp5{sfx}a2", f"fp5{sfx}b2"
+    )
     try:
         sh(f"ip netns add {p.a}")
         sh(f"ip netns add {p.b}")
@@ -151,6 +153,9 @@ def test_link_down_then_up(pair: Pair) -> None:
         async with monitor(check_hosts=[HOST1]) as mon:
             assert mon.netlink_active
             assert mon.state is NetworkState.UP and mon.verified, mon.reason
+            # The check went through fastping's own ICMP core, not the TCP fallback.
+            assert isinstance(mon.prober, DefaultProber)
+            assert mon.prober.via == {HOST1: "icmp"}, mon.prober.icmp_unavailable
             sub = mon.subscribe()
             t0 = time.monotonic()
             await run_cmd(lambda: pair.ip_a(f"link set {pair.a1} down"))
@@ -210,8 +215,11 @@ def test_peer_down_is_lower_layer_down_and_dormant_is_down(pair: Pair) -> None:
             # RFC 2863 dormant (e.g. waiting for 802.1X): up, carrier, but not usable.
             await run_cmd(lambda: pair.ip_a(f"link set {pair.a1} mode dormant"))
             async with AsyncIPRoute() as ipr:
-                (index,) = [m["index"] async for m in await ipr.get_links()
-                            if m.get("IFLA_IFNAME") == pair.a1]
+                (index,) = [
+                    m["index"]
+                    async for m in await ipr.get_links()
+                    if m.get("IFLA_IFNAME") == pair.a1
+                ]
                 await ipr.link("set", index=index, IFLA_OPERSTATE="DORMANT")
                 ch = await expect(sub, NetworkState.DOWN)
                 assert ch.interfaces[pair.a1] == "dormant"
@@ -223,24 +231,45 @@ def test_peer_down_is_lower_layer_down_and_dormant_is_down(pair: Pair) -> None:
 
 def test_one_of_two_check_hosts_blackholed_is_degraded(pair: Pair) -> None:
     async def body() -> None:
-        async with monitor(check_hosts=[HOST1, HOST2], check_timeout=0.4,
-                           check_interval=0.3) as mon:
+        async with monitor(
+            check_hosts=[HOST1, HOST2], check_timeout=0.4, check_interval=0.3
+        ) as mon:
             assert mon.state is NetworkState.UP
             sub = mon.subscribe()
             nft = f"ip netns exec {pair.b} nft"
-            await run_cmd(lambda: sh(
-                f"{nft} add table inet fp5 && {nft} add chain inet fp5 input "
-                "'{ type filter hook input priority 0; }' && "
-                f"{nft} add rule inet fp5 input ip daddr {HOST2} drop"))
+            await run_cmd(
+                lambda: sh(
+                    f"{nft} add table inet fp5 && {nft} add chain inet fp5 input "
+                    "'{ type filter hook input priority 0; }' && "
+                    f"{nft} add rule inet fp5 input ip daddr {HOST2} drop"
+                )
+            )
             ch = await expect(sub, NetworkState.DEGRADED, timeout_s=3)
             assert ch.verified and f"no answer from {HOST2}" in ch.reason
             assert mon.is_up()  # degraded_counts_as_up defaults to True
-            await run_cmd(lambda: sh(
-                f"{nft} add rule inet fp5 input ip daddr {HOST1} drop"))
+            await run_cmd(lambda: sh(f"{nft} add rule inet fp5 input ip daddr {HOST1} drop"))
             ch = await expect(sub, NetworkState.DOWN, timeout_s=3)
             assert "no check host answered" in ch.reason and ch.verified
             await run_cmd(lambda: sh(f"{nft} delete table inet fp5"))
             await expect(sub, NetworkState.UP, timeout_s=3)
+
+    run_in(pair.a, body)
+
+
+def test_tcp_fallback_where_icmp_is_dropped(pair: Pair) -> None:
+    async def body() -> None:
+        nft = f"ip netns exec {pair.b} nft"
+        await run_cmd(
+            lambda: sh(
+                f"{nft} add table inet fp5 && {nft} add chain inet fp5 input "
+                "'{ type filter hook input priority 0; }' && "
+                f"{nft} add rule inet fp5 input ip protocol icmp drop"
+            )
+        )
+        async with monitor(check_hosts=[HOST1], check_timeout=1.0) as mon:
+            assert mon.state is NetworkState.UP, mon.reason
+            assert isinstance(mon.prober, DefaultProber)
+            assert mon.prober.via == {HOST1: "tcp"}  # B answered the SYN with a reset
 
     run_in(pair.a, body)
 
@@ -355,8 +384,7 @@ def test_no_netlink_falls_back_to_periodic_checks(
     pair: Pair, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body() -> None:
-        async with monitor(check_hosts=[HOST1], enable_netlink=False,
-                           check_interval=0.2) as mon:
+        async with monitor(check_hosts=[HOST1], enable_netlink=False, check_interval=0.2) as mon:
             assert not mon.netlink_active
             assert mon.state is NetworkState.UP, mon.reason
             sub = mon.subscribe()
@@ -389,9 +417,28 @@ def test_interface_stats_inside_namespace(pair: Pair) -> None:
 def test_cli_watch_json_streams_changes(pair: Pair) -> None:
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", pair.a, sys.executable, "-m", "fastping.cli", "netstate",
-         "--watch", "--json", "--check-host", HOST1, "--timeout", "0.5", "--duration", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.a,
+            sys.executable,
+            "-m",
+            "fastping.cli",
+            "netstate",
+            "--watch",
+            "--json",
+            "--check-host",
+            HOST1,
+            "--timeout",
+            "0.5",
+            "--duration",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None

@@ -24,18 +24,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="JSON output; with --watch one line per change"
     )
     parser.add_argument(
-        "--duration", type=float, default=None, metavar="S", help="with --watch: stop after S seconds"
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --watch: stop after S seconds",
     )
-    parser.add_argument("--interval", type=float, default=None, metavar="S",
-                        help="periodic check interval in seconds (default 10)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="check timeout in seconds (default 5)")
-    parser.add_argument("--iface", action="append", default=None, metavar="NAME",
-                        help="consider only this interface (repeatable, glob patterns allowed)")
-    parser.add_argument("--no-netlink", action="store_true",
-                        help="do not use netlink: periodic checks only")
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML file whose `network:` section holds the settings")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="periodic check interval in seconds (default 10)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="check timeout in seconds (default 5)",
+    )
+    parser.add_argument(
+        "--iface",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="consider only this interface (repeatable, glob patterns allowed)",
+    )
+    parser.add_argument(
+        "--no-netlink", action="store_true", help="do not use netlink: periodic checks only"
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file whose `network:` section holds the settings"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,15 +121,21 @@ async def _main(args: argparse.Namespace, config: Any) -> int:
         if not args.watch:
             stats = mon.interface_stats()
             if args.json:
-                print(json.dumps({
-                    "state": mon.state.value,
-                    "reason": mon.reason,
-                    "verified": mon.verified,
-                    "netlink": mon.netlink_active,
-                    "time": round(time.time(), 6),
-                    "interfaces": {n: {**s.to_dict(), "status": mon.interfaces.get(n)}
-                                   for n, s in stats.items()},
-                }))
+                print(
+                    json.dumps(
+                        {
+                            "state": mon.state.value,
+                            "reason": mon.reason,
+                            "verified": mon.verified,
+                            "netlink": mon.netlink_active,
+                            "time": round(time.time(), 6),
+                            "interfaces": {
+                                n: {**s.to_dict(), "status": mon.interfaces.get(n)}
+                                for n, s in stats.items()
+                            },
+                        }
+                    )
+                )
             else:
                 _print_summary(mon, stats)
             return 0 if mon.is_up() else 1
@@ -120,8 +147,9 @@ async def _main(args: argparse.Namespace, config: Any) -> int:
         sub = mon.subscribe()
         # The current state first, as a change from "unknown", so a reader of
         # the stream always starts from a known state.
-        first = StateChange(NetworkState.UNKNOWN, mon.state, mon.reason, time.time(),
-                            mon.interfaces, mon.verified)
+        first = StateChange(
+            NetworkState.UNKNOWN, mon.state, mon.reason, time.time(), mon.interfaces, mon.verified
+        )
         if not args.json:
             _print_summary(mon, mon.interface_stats())
         _emit(first, args.json)
@@ -132,8 +160,9 @@ async def _main(args: argparse.Namespace, config: Any) -> int:
 
         pump_task = asyncio.create_task(pump())
         stop_task = asyncio.create_task(stop.wait())
-        await asyncio.wait({pump_task, stop_task}, timeout=args.duration,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {pump_task, stop_task}, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED
+        )
         sub.close()
         stop_task.cancel()
         await asyncio.gather(pump_task, stop_task, return_exceptions=True)
@@ -153,8 +182,11 @@ def _emit(change: StateChange, as_json: bool) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(change.time))
     ms = int((change.time % 1) * 1000)
     verified = "" if change.verified else " (unverified)"
-    print(f"{stamp}.{ms:03d} {change.previous.value} -> {change.state.value}{verified}: "
-          f"{change.reason}", flush=True)
+    print(
+        f"{stamp}.{ms:03d} {change.previous.value} -> {change.state.value}{verified}: "
+        f"{change.reason}",
+        flush=True,
+    )
 
 
 def _print_summary(mon: NetworkMonitor, stats: dict[str, InterfaceStats]) -> None:
@@ -162,14 +194,38 @@ def _print_summary(mon: NetworkMonitor, stats: dict[str, InterfaceStats]) -> Non
     source = "netlink" if mon.netlink_active else "periodic checks"
     print(f"state:  {mon.state.value} ({verified}, {source})")
     print(f"reason: {mon.reason}")
-    header = ("IFACE", "STATUS", "UP", "RUN", "MTU", "MAC", "RX_BYTES", "TX_BYTES", "RX_ERR",
-              "TX_ERR", "RX_DROP", "TX_DROP")
+    header = (
+        "IFACE",
+        "STATUS",
+        "UP",
+        "RUN",
+        "MTU",
+        "MAC",
+        "RX_BYTES",
+        "TX_BYTES",
+        "RX_ERR",
+        "TX_ERR",
+        "RX_DROP",
+        "TX_DROP",
+    )
     rows = [header]
     for name, s in stats.items():
-        rows.append((name, mon.interfaces.get(name, "-"), "yes" if s.up else "no",
-                     "yes" if s.running else "no", str(s.mtu), s.mac or "-", str(s.rx_bytes),
-                     str(s.tx_bytes), str(s.rx_errors), str(s.tx_errors), str(s.rx_drops),
-                     str(s.tx_drops)))
+        rows.append(
+            (
+                name,
+                mon.interfaces.get(name, "-"),
+                "yes" if s.up else "no",
+                "yes" if s.running else "no",
+                str(s.mtu),
+                s.mac or "-",
+                str(s.rx_bytes),
+                str(s.tx_bytes),
+                str(s.rx_errors),
+                str(s.tx_errors),
+                str(s.rx_drops),
+                str(s.tx_drops),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
