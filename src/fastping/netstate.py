@@ -1075,15 +1075,32 @@ class NetworkMonitor:
                     return
             except asyncio.CancelledError:
                 raise
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
+            except Exception as e:  # noqa: BLE001 - degrade, never die silently
+                if not (isinstance(e, OSError) and e.errno == errno.ENOBUFS):
+                    self._close_netlink()
+                    self._netlink_error = f"{type(e).__name__}: {e}"
+                    log.warning(
+                        "netlink subscription failed (%s): network state comes from periodic "
+                        "checks every %gs only from now on",
+                        self._netlink_error,
+                        self.config.check_interval,
+                    )
+                    return
                 # The kernel dropped events: our picture may be stale. pyroute2's
                 # socket is unusable after ENOBUFS, so reopen and re-dump.
                 self.counters["netlink_overruns"] += 1
                 log.warning("netlink receive buffer overrun: re-reading interfaces and routes")
                 self._close_netlink()
-                await self._open_netlink()
+                try:
+                    await self._open_netlink()
+                except Exception as e2:  # noqa: BLE001
+                    self._close_netlink()
+                    self._netlink_error = f"reopen after overrun: {e2}"
+                    log.warning(
+                        "netlink unavailable (%s): periodic checks only from now on",
+                        self._netlink_error,
+                    )
+                    return
                 self._after_topology_change()
 
     def _on_netlink(self, msg: Any) -> None:
