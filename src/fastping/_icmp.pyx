@@ -552,7 +552,7 @@ cdef Py_ssize_t _parse_probes_into(uint32_t[::1] slots, const uint8_t *base, Py_
 # ---------------------------------------------------------------- IcmpSocket
 cdef struct SlotStats:
     uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
-    uint32_t next_serial, jit_n
+    uint32_t next_serial         # jitter is averaged over received - 1 successive pairs
     int64_t min_ns, max_ns, sum_ns, last_rtt_ns, jit_sum_ns
     double sumsq
     uint8_t active, last_ttl, err_type, err_code
@@ -1051,7 +1051,7 @@ cdef class IcmpSocket:
             router = _ntop(self.family, self.err_router + <size_t>slot * self.addr_len)
         return (st.sent, st.received, st.dup, st.late, st.timeouts, st.unreach, st.texc,
                 st.senderr, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_sum_ns,
-                st.jit_n, st.last_ttl, st.err_type, st.err_code, router)
+                st.received - 1 if st.received > 1 else 0, st.last_ttl, st.err_type, st.err_code, router)
 
     def totals(self):
         """Socket counters (see the stub). rx_drops is the kernel's count of replies
@@ -1427,7 +1427,6 @@ cdef class IcmpSocket:
         st.sumsq += <double>rtt * <double>rtt
         if st.received > 1:
             st.jit_sum_ns += rtt - st.last_rtt_ns if rtt > st.last_rtt_ns else st.last_rtt_ns - rtt
-            st.jit_n += 1
         st.last_rtt_ns = rtt
         if ttl >= 0:
             st.last_ttl = <uint8_t>ttl
