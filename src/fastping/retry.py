@@ -398,6 +398,7 @@ DEFAULT_PROFILE = "balanced"
 # -------------------------------------------------------------------------- retryer
 
 _TIMED_OUT = object()  # sentinel: a bounded await ran out of time
+_EPSILON_S = 1e-9  # float residue of summing sleep chunks; not worth another sleep
 
 
 async def _bounded(aw: Awaitable[T], timeout_s: float | None) -> T | object:
@@ -717,7 +718,7 @@ class Retryer:
         slept = 0.0
         # Count the budget down by chunks (not by the clock) so a fake sleep that
         # does not move a fake clock still terminates.
-        while slept < delay:
+        while delay - slept > _EPSILON_S:
             chunk = min(self.poll_interval_s, delay - slept)
             await self.sleep(chunk)
             slept += chunk
@@ -810,7 +811,7 @@ class Retryer:
             slept, went_down = delay, False
         else:
             slept, went_down = 0.0, False
-            while slept < delay:
+            while delay - slept > _EPSILON_S:
                 chunk = min(self.poll_interval_s, delay - slept)
                 self.sync_sleep(chunk)
                 slept += chunk
