@@ -137,7 +137,7 @@ def tcp_server(topo: Topo) -> Iterator[subprocess.Popen[str]]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()!r}")
@@ -290,6 +290,8 @@ def _client_main(argv: list[str]) -> int:
     ap.add_argument("--gap", type=float, default=0.05)
     ap.add_argument("--io-timeout", type=float, default=0.3)
     ap.add_argument("--deadline", type=float, default=None)
+    ap.add_argument("--sync", action="store_true",
+                    help="blocking Retryer.call here, the monitor in a thread")  # fmt: skip
     ap.add_argument("--cancel-after-down", type=float, default=None,
                     help="cancel the run this long after the monitor reports DOWN")  # fmt: skip
     a = ap.parse_args(argv)
@@ -336,27 +338,51 @@ def _client_main(argv: list[str]) -> int:
         wait_for_network=True,
     )
 
+    def result_doc(e: RetryError) -> dict[str, Any]:
+        return {
+            "ok": False,
+            "error": type(e).__name__,
+            "message": str(e),
+            "cause": repr(e.__cause__),
+            "history": [
+                {
+                    "attempt": h.attempt,
+                    "error": repr(h.error),
+                    "delay": h.delay,
+                    "network_wait": h.network_wait,
+                    "counted": h.counted,
+                }
+                for h in e.attempts
+            ],
+        }
+
+    def make_monitor() -> Any:
+        from fastping.netstate import NetworkMonitor
+
+        return NetworkMonitor(
+            preferred_ifaces=[a.iface],
+            check_hosts=a.check_host,
+            check_interval=5.0,
+            check_timeout=1.0,
+        )
+
+    async def watch(mon: Any) -> None:
+        async for ch in mon.subscribe():
+            emit("state", state=ch.state.value, reason=ch.reason)
+
+    if a.sync:
+        _run_sync(a, cfg, emit, make_monitor, watch, result_doc)
+        return 0
+
     async def main() -> None:
         mon_cm: Any = contextlib.nullcontext(None)
         if a.monitor:
-            from fastping.netstate import NetworkMonitor
-
-            mon_cm = NetworkMonitor(
-                preferred_ifaces=[a.iface],
-                check_hosts=a.check_host,
-                check_interval=5.0,
-                check_timeout=1.0,
-            )
+            mon_cm = make_monitor()
         async with mon_cm as mon:
             watcher = None
             if mon is not None:
                 await mon.wait_for_network(timeout=10)
-
-                async def watch() -> None:
-                    async for ch in mon.subscribe():
-                        emit("state", state=ch.state.value, reason=ch.reason)
-
-                watcher = asyncio.ensure_future(watch())
+                watcher = asyncio.ensure_future(watch(mon))
             emit("ready", monitor=mon is not None)
             retryer = Retryer(cfg, network=mon)
             task = asyncio.ensure_future(retryer.run(op, name="exchange", timeout_s=a.deadline))
@@ -372,22 +398,7 @@ def _client_main(argv: list[str]) -> int:
             except asyncio.CancelledError:
                 res = {"ok": False, "cancelled": True}
             except RetryError as e:
-                res = {
-                    "ok": False,
-                    "error": type(e).__name__,
-                    "message": str(e),
-                    "cause": repr(e.__cause__),
-                    "history": [
-                        {
-                            "attempt": h.attempt,
-                            "error": repr(h.error),
-                            "delay": h.delay,
-                            "network_wait": h.network_wait,
-                            "counted": h.counted,
-                        }
-                        for h in e.attempts
-                    ],
-                }
+                res = result_doc(e)
             emit("result", **res)
             if watcher is not None:
                 watcher.cancel()
@@ -395,6 +406,78 @@ def _client_main(argv: list[str]) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _run_sync(
+    a: argparse.Namespace,
+    cfg: Any,
+    emit: Callable[..., None],
+    make_monitor: Callable[[], Any],
+    watch: Callable[[Any], Any],
+    result_doc: Callable[[Any], dict[str, Any]],
+) -> None:
+    """The blocking flavour: the monitor lives in its own thread's event loop and
+    Retryer.call polls its state from the main thread."""
+    import asyncio
+    import socket
+
+    from fastping.retry import Retryer, RetryError
+
+    host, port = a.server.rsplit(":", 1)
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def monitor_thread() -> None:
+        async def amain() -> None:
+            holder["loop"] = asyncio.get_running_loop()
+            holder["stop"] = stop = asyncio.Event()
+            async with make_monitor() as mon:
+                await mon.wait_for_network(timeout=10)
+                holder["mon"] = mon
+                watcher = asyncio.ensure_future(watch(mon))
+                started.set()
+                await stop.wait()
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+        try:
+            asyncio.run(amain())
+        finally:
+            started.set()
+
+    mon = None
+    thread = None
+    if a.monitor:
+        thread = threading.Thread(target=monitor_thread, daemon=True)
+        thread.start()
+        started.wait(20)
+        mon = holder["mon"]
+    emit("ready", monitor=mon is not None, sync=True)
+
+    def op(attempt: int) -> int:
+        emit("attempt", attempt=attempt)
+        with socket.create_connection((host, int(port)), timeout=a.io_timeout) as sock:
+            f = sock.makefile("rwb")
+            for i in range(a.exchanges):
+                msg = f"{attempt}:{i}\n".encode()
+                f.write(msg)
+                f.flush()
+                line = f.readline()
+                if line != b"pong " + msg:
+                    raise ConnectionResetError(f"bad or no reply {line!r}")
+                emit("exchange", attempt=attempt, i=i)
+                time.sleep(a.gap)
+        return attempt
+
+    retryer = Retryer(cfg, network=mon, poll_interval_s=0.01)
+    try:
+        res: dict[str, Any] = {"ok": True, "value": retryer.call(op, name="exchange")}
+    except RetryError as e:
+        res = result_doc(e)
+    emit("result", **res)
+    if thread is not None:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(5)
 
 
 if __name__ == "__main__":

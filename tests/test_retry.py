@@ -696,8 +696,9 @@ def test_sync_call_deadline_while_waiting_for_network() -> None:
 
 def test_sync_call_non_retryable() -> None:
     r = Retryer(NOJIT)
+    empty: dict[str, int] = {}
     with pytest.raises(KeyError):
-        r.call(lambda a: {}["missing"])
+        r.call(lambda a: empty["missing"])
 
 
 # --------------------------------------------------------------------- decorator

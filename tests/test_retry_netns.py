@@ -36,9 +36,17 @@ def topo() -> Iterator[scenario.Topo]:
     assert t.client_ns not in scenario._ip("netns", "list").stdout
 
 
-@pytest.mark.parametrize("check_host", [False, True], ids=["netlink-only", "check-host"])
-def test_outage_with_monitor_spends_no_attempt(topo: scenario.Topo, check_host: bool) -> None:
+@pytest.mark.parametrize(
+    ("check_host", "sync"),
+    [(False, False), (True, False), (False, True)],
+    ids=["netlink-only", "check-host", "sync-call"],
+)
+def test_outage_with_monitor_spends_no_attempt(
+    topo: scenario.Topo, check_host: bool, sync: bool
+) -> None:
     args = ["--check-host", scenario.SERVER_IP] if check_host else []
+    if sync:
+        args.append("--sync")
     out = scenario.run_outage(topo, monitor=True, outage_s=OUTAGE_S, client_args=args)
 
     res = out.result
