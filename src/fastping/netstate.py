@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import TracebackType
@@ -215,10 +215,13 @@ class NetworkConfig:
             isinstance(url, str) and url.startswith(("http://", "https://"))
         ):
             raise ConfigError(
-                f"network.notify_on_change: expected an http:// or https:// webhook URL, got {url!r}"
+                "network.notify_on_change: expected an http:// or https:// webhook URL, "
+                f"got {url!r}"
             )
-        if isinstance(self.webhook_retries, bool) or not isinstance(self.webhook_retries, int) or (
-            self.webhook_retries < 0
+        if (
+            isinstance(self.webhook_retries, bool)
+            or not isinstance(self.webhook_retries, int)
+            or (self.webhook_retries < 0)
         ):
             raise ConfigError("network.webhook_retries: expected a whole number >= 0")
         for key in ("enable_netlink", "degraded_counts_as_up"):
@@ -347,7 +350,8 @@ class _Topology:
             self.routes = {
                 r
                 for r in self.routes
-                if (r.family, r.table, r.priority, r.gateway) != (
+                if (r.family, r.table, r.priority, r.gateway)
+                != (
                     route.family,
                     route.table,
                     route.priority,
@@ -412,9 +416,9 @@ class _Topology:
         if usable:
             reason = f"usable: {', '.join(usable)}"
         elif statuses:
-            reason = "no usable interface (" + ", ".join(
-                f"{n}: {s}" for n, s in statuses.items()
-            ) + ")"
+            reason = (
+                "no usable interface (" + ", ".join(f"{n}: {s}" for n, s in statuses.items()) + ")"
+            )
         else:
             what = "preferred interface" if preferred else "non-loopback interface"
             reason = f"no {what} present"
@@ -522,8 +526,13 @@ def _proc_topology() -> _Topology:
                 gw = socket.inet_ntop(socket.AF_INET, bytes.fromhex(p[2])[::-1])
                 if p[0] in index_of:
                     topo.routes.add(
-                        _Route(socket.AF_INET, 254, int(p[6]), None if gw == "0.0.0.0" else gw,
-                               (index_of[p[0]],))
+                        _Route(
+                            socket.AF_INET,
+                            254,
+                            int(p[6]),
+                            None if gw == "0.0.0.0" else gw,
+                            (index_of[p[0]],),
+                        )
                     )
     with contextlib.suppress(OSError), open("/proc/net/ipv6_route") as f:
         for line in f.read().splitlines():
@@ -535,8 +544,13 @@ def _proc_topology() -> _Topology:
                     continue
                 gw = str(ipaddress.IPv6Address(bytes.fromhex(p[4])))
                 topo.routes.add(
-                    _Route(socket.AF_INET6, 254, int(p[5], 16), None if gw == "::" else gw,
-                           (index_of[p[9]],))
+                    _Route(
+                        socket.AF_INET6,
+                        254,
+                        int(p[5], 16),
+                        None if gw == "::" else gw,
+                        (index_of[p[9]],),
+                    )
                 )
     return topo
 
@@ -546,7 +560,9 @@ def _proc_topology() -> _Topology:
 HostProber = Callable[[str, float], Awaitable[bool]]
 
 
-async def tcp_reachable(host: str, timeout_s: float, ports: Iterable[int] = TCP_FALLBACK_PORTS) -> bool:
+async def tcp_reachable(
+    host: str, timeout_s: float, ports: Iterable[int] = TCP_FALLBACK_PORTS
+) -> bool:
     """True when a TCP connect to any port gets an answer: an accepted connection
     or a reset (ECONNREFUSED) both prove the host is there and reachable."""
 
@@ -602,9 +618,7 @@ class DefaultProber:
             return False
         except FastpingError:  # e.g. ResolveError: the host is not reachable by name
             return False
-        if res.received > 0:
-            return True
-        return False
+        return res.received > 0
 
     def _no_icmp(self, why: str) -> None:
         self.icmp_unavailable = why
@@ -613,11 +627,11 @@ class DefaultProber:
     async def __call__(self, host: str, timeout_s: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        icmp = asyncio.ensure_future(self._icmp(host, timeout_s))
+        icmp: asyncio.Future[bool] = asyncio.ensure_future(self._icmp(host, timeout_s))
         tcp: asyncio.Future[bool] | None = None
         try:
-            done, _ = await asyncio.wait({icmp}, timeout=min(self.tcp_delay_s, timeout_s))
-            if icmp in done and icmp.result():
+            first, _ = await asyncio.wait({icmp}, timeout=min(self.tcp_delay_s, timeout_s))
+            if icmp in first and icmp.result():
                 self.via[host] = "icmp"
                 return True
             remaining = deadline - loop.time()
@@ -627,7 +641,8 @@ class DefaultProber:
             pending: set[asyncio.Future[bool]] = {tcp} if icmp.done() else {icmp, tcp}
             while pending:
                 done, pending = await asyncio.wait(
-                    pending, timeout=max(deadline - loop.time(), 0),
+                    pending,
+                    timeout=max(deadline - loop.time(), 0),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
@@ -638,9 +653,9 @@ class DefaultProber:
                         return True
             return False
         finally:
-            for fut in (icmp, tcp):
-                if fut is not None and not fut.done():
-                    fut.cancel()
+            for f in (icmp, tcp):
+                if f is not None and not f.done():
+                    f.cancel()
             await asyncio.gather(*(f for f in (icmp, tcp) if f is not None), return_exceptions=True)
 
 
@@ -660,8 +675,10 @@ class _Webhook:
         self._pending: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="fastping-netstate-webhook",
-                                        daemon=True)
+        self._deadline = math.inf
+        self._thread = threading.Thread(
+            target=self._run, name="fastping-netstate-webhook", daemon=True
+        )
         self._thread.start()
 
     def post(self, doc: dict[str, Any]) -> None:
@@ -670,8 +687,10 @@ class _Webhook:
             self._cond.notify()
 
     def close(self, wait_s: float) -> None:
+        """Deliver what is queued (retries included) for up to ``wait_s``, then give up."""
         with self._cond:
             self._closing = True
+            self._deadline = time.monotonic() + wait_s
             self._cond.notify()
         self._thread.join(wait_s)
 
@@ -682,6 +701,16 @@ class _Webhook:
                     self._cond.wait()
                 if not self._pending:
                     return
+                if self._closing and time.monotonic() > self._deadline:
+                    # Stopped and out of time: count what is left, say so, and end.
+                    self.failed += len(self._pending)
+                    log.warning(
+                        "webhook %s: %d notifications not delivered before stop",
+                        self.url,
+                        len(self._pending),
+                    )
+                    self._pending.clear()
+                    return
                 doc = self._pending.pop(0)
             self._deliver(doc)
 
@@ -690,7 +719,9 @@ class _Webhook:
         delay_s = 0.1
         for attempt in range(self.retries + 1):
             req = urllib.request.Request(
-                self.url, data=body, method="POST",
+                self.url,
+                data=body,
+                method="POST",
                 headers={"Content-Type": "application/json", "User-Agent": "fastping-netstate"},
             )
             try:
@@ -702,13 +733,19 @@ class _Webhook:
                 err = e
             if attempt < self.retries:
                 with self._cond:
-                    if self._closing:
+                    if self._closing and time.monotonic() + delay_s > self._deadline:
                         break
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         self.failed += 1
-        log.warning("webhook %s: giving up on %s -> %s after %d attempts: %s", self.url,
-                    doc.get("previous"), doc.get("state"), attempt + 1, err)
+        log.warning(
+            "webhook %s: giving up on %s -> %s after %d attempts: %s",
+            self.url,
+            doc.get("previous"),
+            doc.get("state"),
+            attempt + 1,
+            err,
+        )
 
 
 # --- subscriptions ------------------------------------------------------------------------
@@ -820,6 +857,10 @@ class NetworkMonitor:
         return self._verified
 
     @property
+    def prober(self) -> HostProber:
+        return self._prober
+
+    @property
     def netlink_active(self) -> bool:
         return self._netlink is not None
 
@@ -882,8 +923,12 @@ class NetworkMonitor:
             c = counters.get(name)
             words = set(getattr(st, "flags", "").split(",")) if st else set()
             lk = by_name.get(name)
-            mac = lk.mac if lk and lk.mac else next(
-                (a.address for a in addrs.get(name, ()) if a.family == psutil.AF_LINK), None
+            mac = (
+                lk.mac
+                if lk and lk.mac
+                else next(
+                    (a.address for a in addrs.get(name, ()) if a.family == psutil.AF_LINK), None
+                )
             )
             out[name] = InterfaceStats(
                 name=name,
@@ -925,7 +970,8 @@ class NetworkMonitor:
         self._wake = asyncio.Event()
         if self.config.notify_on_change:
             self._webhook = _Webhook(
-                self.config.notify_on_change, self.config.webhook_timeout,
+                self.config.notify_on_change,
+                self.config.webhook_timeout,
                 self.config.webhook_retries,
             )
         try:
@@ -943,12 +989,15 @@ class NetworkMonitor:
                 log.warning(
                     "netlink unavailable (%s): network state comes from periodic checks "
                     "every %gs only (interfaces from /proc, slower to notice changes)",
-                    self._netlink_error, self.config.check_interval,
+                    self._netlink_error,
+                    self.config.check_interval,
                 )
                 self._topology = await asyncio.to_thread(_proc_topology)
             await self._check()
             if self._netlink is not None:
-                self._tasks.append(asyncio.create_task(self._netlink_loop(), name="netstate-netlink"))
+                self._tasks.append(
+                    asyncio.create_task(self._netlink_loop(), name="netstate-netlink")
+                )
             self._tasks.append(asyncio.create_task(self._check_loop(), name="netstate-check"))
         except BaseException:
             await self.stop()
@@ -977,7 +1026,7 @@ class NetworkMonitor:
 
     # --- netlink ---
     async def _open_netlink(self) -> None:
-        from pyroute2 import AsyncIPRoute
+        from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped,unused-ignore]
 
         events = AsyncIPRoute()
         self._netlink = events
@@ -993,7 +1042,7 @@ class NetworkMonitor:
 
     async def _resync(self) -> None:
         """Full dump of links, addresses and routes on a separate socket."""
-        from pyroute2 import AsyncIPRoute
+        from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped,unused-ignore]
 
         topo = _Topology()
         async with AsyncIPRoute() as ipr:
@@ -1026,15 +1075,32 @@ class NetworkMonitor:
                     return
             except asyncio.CancelledError:
                 raise
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
+            except Exception as e:  # noqa: BLE001 - degrade, never die silently
+                if not (isinstance(e, OSError) and e.errno == errno.ENOBUFS):
+                    self._close_netlink()
+                    self._netlink_error = f"{type(e).__name__}: {e}"
+                    log.warning(
+                        "netlink subscription failed (%s): network state comes from periodic "
+                        "checks every %gs only from now on",
+                        self._netlink_error,
+                        self.config.check_interval,
+                    )
+                    return
                 # The kernel dropped events: our picture may be stale. pyroute2's
                 # socket is unusable after ENOBUFS, so reopen and re-dump.
                 self.counters["netlink_overruns"] += 1
                 log.warning("netlink receive buffer overrun: re-reading interfaces and routes")
                 self._close_netlink()
-                await self._open_netlink()
+                try:
+                    await self._open_netlink()
+                except Exception as e2:  # noqa: BLE001
+                    self._close_netlink()
+                    self._netlink_error = f"reopen after overrun: {e2}"
+                    log.warning(
+                        "netlink unavailable (%s): periodic checks only from now on",
+                        self._netlink_error,
+                    )
+                    return
                 self._after_topology_change()
 
     def _on_netlink(self, msg: Any) -> None:
@@ -1120,7 +1186,7 @@ class NetworkMonitor:
             # The topology changed while we probed; the next round decides.
             self._wake.set()
             return
-        self.host_results = dict(zip(hosts, results))
+        self.host_results = dict(zip(hosts, results, strict=True))
         self._checked_key = u.key
         ok = [h for h, r in self.host_results.items() if r]
         bad = [h for h, r in self.host_results.items() if not r]
@@ -1190,8 +1256,9 @@ class NetworkMonitor:
                 self.counters["max_subscriber_backlog"] = backlog
                 if backlog >= SUBSCRIBER_BACKLOG_WARN and not self._backlog_warned:
                     self._backlog_warned = True
-                    log.warning("a network-state subscriber is not reading: %d changes queued",
-                                backlog)
+                    log.warning(
+                        "a network-state subscriber is not reading: %d changes queued", backlog
+                    )
         if self.is_up():
             for fut in self._waiters:
                 if not fut.done():
