@@ -25,3 +25,11 @@ class ConfigError(FastpingError, ValueError):
 
 class SocketError(FastpingError, OSError):
     """A socket operation failed for a reason the user can act on."""
+
+
+class TransientError(FastpingError):
+    """A failure expected to clear by itself (a timeout, a link that dropped).
+
+    Raise it (or a subclass) from any layer to tell `fastping.retry` that the
+    operation is worth another attempt; other FastpingErrors fail at once.
+    """
