@@ -173,8 +173,8 @@ class Diagnosis:
 
     def dgram_fixes(self) -> tuple[str, ...]:
         return (
-            f'open ping sockets to your group: sudo sysctl -w net.ipv4.ping_group_range="{self.egid} '
-            f'{self.egid}"',
+            "open ping sockets to your group: sudo sysctl -w "
+            f'net.ipv4.ping_group_range="{self.egid} {self.egid}"',
             'or to every group: sudo sysctl -w net.ipv4.ping_group_range="0 2147483647"',
             "make it permanent with a line net.ipv4.ping_group_range = 0 2147483647 in "
             "/etc/sysctl.d/60-fastping.conf",
@@ -216,9 +216,8 @@ class Diagnosis:
     def _dgram_status(self) -> ModeStatus:
         groups = ", ".join(str(g) for g in self.all_gids)
         inside = self.dgram_gids
-        facts = (
-            f"net.ipv4.ping_group_range is {self.range_text}; your groups are {groups}"
-            + (f" ({', '.join(map(str, inside))} inside it)" if inside else " (none inside it)")
+        facts = f"net.ipv4.ping_group_range is {self.range_text}; your groups are {groups}" + (
+            f" ({', '.join(map(str, inside))} inside it)" if inside else " (none inside it)"
         )
         if self.dgram_open_errno is not None:
             if self.dgram_open_errno == 0:
@@ -411,9 +410,7 @@ def find_ping(path_env: str | None = None) -> PingBinary | None:
         text = (out.stdout + out.stderr).strip()
         flavor = ping_flavor_from_version(text, real)
         if flavor == "unknown":
-            out = subprocess.run(
-                [found, "--version"], capture_output=True, text=True, timeout=5
-            )
+            out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=5)
             text = (out.stdout + out.stderr).strip()
             flavor = ping_flavor_from_version(text, real)
         version = _version_line(text, flavor)
