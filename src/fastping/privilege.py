@@ -256,7 +256,7 @@ class Diagnosis:
             how.append("you have CAP_NET_RAW")
         if self.dgram_gids:
             how.append("ping sockets allowed for your group")
-        desc = f"{p.path} ({p.flavor}{' ' + p.version if p.version else ''})"
+        desc = f"{p.path} ({p.version or p.flavor})"
         verified = "ping_verified_rc" in self.extra
         if verified:
             rc = int(self.extra["ping_verified_rc"])
