@@ -168,7 +168,7 @@ class Diagnosis:
         return (
             f"grant the capability to this Python: sudo setcap cap_net_raw+ep {self.python}"
             " (every script run by that interpreter gets it: prefer a virtualenv's own copy)",
-            "or run as root (sudo), or in a container add it: docker run --cap-add=NET_RAW ...",
+            "or run as root (sudo), or in a container add it: docker run --cap-add=NET_RAW",
         )
 
     def dgram_fixes(self) -> tuple[str, ...]:
