@@ -508,6 +508,7 @@ cdef class IcmpSocket:
     cdef readonly int payload_size
     cdef readonly int batch_size
     cdef readonly int window
+    cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd, epfd
     cdef bint raw
     cdef int addr_len            # 4 or 16
@@ -571,8 +572,8 @@ cdef class IcmpSocket:
         self.window = window
         self.addr_len = 4 if family == AF_INET else 16
         self.free_slots = []
-        key = _os.urandom(16)
-        self.k0, self.k1 = _key_words(key)
+        self.key = _os.urandom(16)
+        self.k0, self.k1 = _key_words(self.key)
         self._alloc_buffers()
         self._open(ttl, tos, dont_fragment, rcvbuf_bytes, bpf)
 
@@ -666,10 +667,13 @@ cdef class IcmpSocket:
         if setsockopt(self.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) != 0:
             setsockopt(self.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v))
         if self.raw:
+            if self.family == AF_INET:
+                # ICMP_FILTER drops other types before the raw socket clones the
+                # packet (raw_v4_input), which BPF cannot: on loopback every echo
+                # request we send would otherwise be cloned and queued back to us.
+                self._set_icmp_filter()
             if use_bpf:
                 self._attach_bpf()
-            elif self.family == AF_INET:
-                self._set_icmp_filter()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
