@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from privhelpers import in_netns, netns, set_range  # noqa: E402
-
 import fastping  # noqa: E402
+from privhelpers import in_netns, netns, set_range  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, raw sockets)")
 

@@ -27,13 +27,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 CLONE_NEWNET = 0x40000000  # <sched.h>
 RANGE_PATH = "net.ipv4.ping_group_range"
 
 # The child: reads one JSON job from stdin, prints one JSON answer. Runs with -I
 # (no env vars, no user site) so only the copied package is importable.
-CHILD = r'''
+CHILD = r"""
 import json, os, socket, sys
 job = json.load(sys.stdin)
 sys.path.insert(0, job["src"])
@@ -74,7 +73,7 @@ except Exception as e:
     out["error_mro"] = [c.__name__ for c in type(e).__mro__]
     out["message"] = str(e)
 print(json.dumps(out))
-'''
+"""
 
 
 def have_tools(*names: str) -> list[str]:
@@ -165,9 +164,18 @@ class User:
 
 
 def _copy_package(dest: Path) -> None:
-    shutil.copytree(SRC / "fastping", dest / "fastping", ignore=shutil.ignore_patterns("*.c"))
+    """Copy the package the tests import (an in-place build or an editable
+    install), making sure the compiled core comes along."""
+    import fastping
+    import fastping._icmp as core
+
+    pkg = Path(fastping.__file__).resolve().parent
+    shutil.copytree(pkg, dest / "fastping", ignore=shutil.ignore_patterns("*.c", "__pycache__"))
+    so = Path(core.__file__ or "")
+    if not (dest / "fastping" / so.name).exists():
+        shutil.copy(so, dest / "fastping" / so.name)
     (dest / "child.py").write_text(CHILD)
-    for root, dirs, files in os.walk(dest):
+    for root, _dirs, files in os.walk(dest):
         os.chmod(root, 0o755)
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)
@@ -182,8 +190,16 @@ def _pick_python(uid: int, gid: int) -> str:
         if not c or not os.path.exists(c):
             continue
         out = subprocess.run(
-            [*_setpriv(uid, gid), "env", "-i", "PATH=/usr/bin:/bin", c, "-I", "-c",
-             "import sys, json; print(sys.version_info[0], sys.version_info[1])"],
+            [
+                *_setpriv(uid, gid),
+                "env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+                c,
+                "-I",
+                "-c",
+                "import sys, json; print(sys.version_info[0], sys.version_info[1])",
+            ],
             capture_output=True,
             text=True,
         )
@@ -203,8 +219,15 @@ def throwaway_user() -> Iterator[User]:
     """A unique system user with its own group and a readable copy of the package."""
     name = unique("fp3u")
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--user-group", "--shell",
-         "/usr/sbin/nologin", name],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
         check=True,
         capture_output=True,
     )

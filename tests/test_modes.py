@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from privhelpers import User, in_netns, netns, ping_range, run_child, throwaway_user
 
 import fastping
 from fastping.privilege import find_ping
+from privhelpers import User, in_netns, netns, ping_range, run_child, throwaway_user
 
 pytestmark = [
     pytest.mark.privileged,
@@ -87,7 +87,7 @@ def outcome_kinds(h: dict[str, Any]) -> set[str]:
 
 def assert_comparable(ref: list[dict[str, Any]], got: list[dict[str, Any]], mode: str) -> None:
     assert [h["target"] for h in got] == [h["target"] for h in ref], mode
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         where = f"{mode} {g['target']}"
         assert g["sent"] == r["sent"] == SWEEP["count"], where
         assert g["received"] == r["received"], where
@@ -168,9 +168,7 @@ def test_non_root_with_nothing_gets_permission_denied(ns: str, user: User) -> No
         assert '"1 0" (closed' in msg
         assert "no ping binary on PATH" in msg
         # forced dgram: same facts, dgram-specific
-        out = run_child(
-            user, ns, {"action": "open", "mode": "dgram"}, path="/nonexistent"
-        )
+        out = run_child(user, ns, {"action": "open", "mode": "dgram"}, path="/nonexistent")
         assert out["error"] == "PermissionDenied"
         assert "ping_group_range" in out["message"] and "Permission denied" in out["message"]
         # fastping doctor as that user: exit 4, every mode explained
@@ -227,3 +225,68 @@ def test_family_sockets_are_per_namespace(ns: str) -> None:
     import errno
 
     assert in_netns(ns, probe) == errno.EHOSTUNREACH
+
+
+@pytest.fixture(scope="module")
+def routed() -> Iterator[str]:
+    """Namespace A (the prober) behind namespace B (a router): B answers probes
+    to 10.93.0.0/24 with host-unreachable and forwards 10.92.0.0/24 (so TTL 1
+    expires there). ICMP error rate limiting is off in B (a per-namespace sysctl)
+    so every probe in every mode gets its error."""
+    suffix = os.urandom(3).hex()
+    a, b = f"fp3-ra{suffix}", f"fp3-rb{suffix}"
+    va, vb = f"fp3va{suffix}", f"fp3vb{suffix}"
+    run = lambda *cmd: subprocess.run(cmd, check=True)  # noqa: E731
+    run("ip", "netns", "add", a)
+    try:
+        run("ip", "netns", "add", b)
+        for n in (a, b):
+            run("ip", "-n", n, "link", "set", "lo", "up")
+        run("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+        run("ip", "-n", a, "addr", "add", "10.91.0.1/24", "dev", va)
+        run("ip", "-n", b, "addr", "add", "10.91.0.2/24", "dev", vb)
+        run("ip", "-n", a, "link", "set", va, "up")
+        run("ip", "-n", b, "link", "set", vb, "up")
+        run("ip", "-n", a, "route", "add", "default", "via", "10.91.0.2")
+        run("ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+        run("ip", "-n", b, "route", "add", "10.92.0.0/24", "via", "10.91.0.1")
+        run("ip", "-n", b, "route", "add", "10.93.0.0/24", "via", "10.91.0.1")
+        # host-unreachable from an nft reject, not from an `unreachable` route:
+        # ip_error() rate-limits route errors per peer (burst 5, then 1/s, by
+        # the host-wide net.ipv4.route.error_cost), icmp_send() obeys the
+        # namespace's icmp_ratelimit, which is 0 here.
+        nft = ("ip", "netns", "exec", b, "nft")
+        run(*nft, "add", "table", "ip", "fp3")
+        chain = "{ type filter hook forward priority 0; }"
+        run(*nft, "add", "chain", "ip", "fp3", "forward1", chain)
+        run(*nft, "add", "rule", "ip", "fp3", "forward1", "ip", "daddr", "10.93.0.0/24",
+            "reject", "with", "icmp", "type", "host-unreachable")  # fmt: skip
+        yield a
+    finally:
+        subprocess.run(["ip", "netns", "del", a], check=False)
+        subprocess.run(["ip", "netns", "del", b], check=False)
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft (nftables) not installed")
+def test_icmp_errors_in_every_mode(routed: str) -> None:
+    from fastping.probe import subprocess_sweep
+
+    kw = dict(count=2, interval_s=0.05, timeout_s=0.5)
+
+    def run(mode: str, target: str, ttl: int | None) -> dict[str, Any]:
+        if mode == "subprocess":
+            hosts = subprocess_sweep([target], ttl=ttl, **kw)  # type: ignore[arg-type]
+        else:
+            hosts = list(fastping.sweep([target], mode=mode, ttl=ttl, rate_pps=0, **kw))
+        return hosts[0].to_dict()
+
+    modes = ["raw", "dgram"] + (["subprocess"] if shutil.which("ping") else [])
+    with ping_range(routed, "0 0"):
+        for mode in modes:
+            h = in_netns(routed, lambda m=mode: run(m, "10.93.0.5", None))
+            assert (h["sent"], h["received"], h["unreachable"]) == (2, 0, 2), (mode, h)
+            assert "10.91.0.2" in (h["error"] or ""), (mode, h)
+            h = in_netns(routed, lambda m=mode: run(m, "10.92.0.5", 1))
+            assert (h["sent"], h["received"], h["time_exceeded"]) == (2, 0, 2), (mode, h)
+            assert "10.91.0.2" in (h["error"] or ""), (mode, h)

@@ -332,7 +332,9 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
                              timeout_s=1, max_concurrency=2, ping=pb)  # fmt: skip
     elapsed = time.monotonic() - t0
     assert all(h.received == 2 for h in hosts)
-    running = [int(ln.split()[1]) for ln in log.read_text().splitlines() if ln.startswith("running")]
+    running = [
+        int(ln.split()[1]) for ln in log.read_text().splitlines() if ln.startswith("running")
+    ]
     assert len(running) == 8 and max(running) <= 2
     assert elapsed >= 4 * 0.3  # 8 runs of >= 0.3 s, two at a time
 
@@ -340,7 +342,9 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
 @needs_ping
 def test_hung_ping_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hang = tmp_path / "ping"
-    hang.write_text("#!/bin/sh\necho 'PING 127.0.0.1 (127.0.0.1) 56(84) bytes of data.'\nexec sleep 30\n")
+    hang.write_text(
+        "#!/bin/sh\necho 'PING 127.0.0.1 (127.0.0.1) 56(84) bytes of data.'\nexec sleep 30\n"
+    )
     hang.chmod(0o755)
     monkeypatch.setattr(subproc, "KILL_GRACE_S", 0.2)
     pb = PingBinary(str(hang), str(hang), "iputils", "", False, False)

@@ -107,11 +107,10 @@ def open_icmp_socket(
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise ConfigError(f"family must be socket.AF_INET or socket.AF_INET6, not {family}")
     if mode == "subprocess":
-        diag = diagnose(family=family)
-        st = diag.status("subprocess")
-        if not st.ok:
-            raise PermissionDenied(diag.explain("subprocess"))
-        raise UseSubprocess("subprocess mode asked for: run the system ping", diag)
+        facts = diagnose(family=family)
+        if not facts.status("subprocess").ok:
+            raise PermissionDenied(facts.explain("subprocess"))
+        raise UseSubprocess("subprocess mode asked for: run the system ping", facts)
     if mode in ("raw", "dgram"):
         kind: Mode = "raw" if mode == "raw" else "dgram"
         try:
@@ -119,9 +118,9 @@ def open_icmp_socket(
         except OSError as e:
             if e.errno not in _PERMISSION_ERRNOS:
                 raise
-            diag = diagnose(family=family)
+            facts = diagnose(family=family)
             raise PermissionDenied(
-                f"cannot open a {mode} ICMP socket ({e.strerror}).\n{diag.explain(kind)}"
+                f"cannot open a {mode} ICMP socket ({e.strerror}).\n{facts.explain(kind)}"
             ) from e
     # auto: raw -> dgram -> subprocess
     failures: list[str] = []
