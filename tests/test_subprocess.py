@@ -9,7 +9,9 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,7 +26,9 @@ from fastping.subproc import (
     subprocess_sweep,
     to_host_result,
 )
+from privhelpers import in_netns, netns
 
+T = TypeVar("T")
 DATA = Path(__file__).resolve().parent / "data" / "ping"
 IPUTILS = PingBinary("/usr/bin/ping", "/usr/bin/ping", "iputils", "", False, True)
 BUSYBOX = PingBinary("/usr/bin/ping", "/usr/bin/busybox", "busybox", "", False, False)
@@ -278,11 +282,26 @@ def test_no_ping_is_permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- real runs against loopback --------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def isolated() -> Iterator[Callable[[Callable[[], T]], T]]:
+    """Run a callable inside a private network namespace when we are root: its
+    loopback carries only our probes (a BusyBox ping's raw socket sees every
+    ICMP packet of its namespace and may drop replies when another program
+    floods the host's loopback), and name lookups cannot leave it."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        yield lambda fn: fn()
+        return
+    with netns() as ns:
+        yield lambda fn: in_netns(ns, fn)
+
+
 @needs_ping
-def test_loopback_sweep_iputils() -> None:
-    hosts = subprocess_sweep(
-        ["127.0.0.1", "::1", "localhost", "127.0.0.2-4", "no-such-host.invalid"],
-        count=3, interval_s=0.05, timeout_s=1.0, collect_rtts=True,
+def test_loopback_sweep_iputils(isolated: Callable[[Callable[[], T]], T]) -> None:
+    hosts = isolated(
+        lambda: subprocess_sweep(
+            ["127.0.0.1", "::1", "localhost", "127.0.0.2-4", "no-such-host.invalid"],
+            count=3, interval_s=0.05, timeout_s=1.0, collect_rtts=True,
+        )
     )  # fmt: skip
     assert [h.target for h in hosts] == [
         "127.0.0.1", "::1", "localhost", "127.0.0.2", "127.0.0.3", "127.0.0.4",
@@ -300,18 +319,22 @@ def test_loopback_sweep_iputils() -> None:
 
 
 @needs_busybox
-def test_loopback_sweep_busybox(tmp_path: Path) -> None:
+def test_loopback_sweep_busybox(tmp_path: Path, isolated: Callable[[Callable[[], T]], T]) -> None:
     (tmp_path / "ping").symlink_to(shutil.which("busybox") or "")
     bb = find_ping(str(tmp_path))
     assert bb is not None and bb.flavor == "busybox"
-    hosts = subprocess_sweep(["127.0.0.1", "::1"], count=2, interval_s=0.05, timeout_s=1, ping=bb)
+    hosts = isolated(
+        lambda: subprocess_sweep(
+            ["127.0.0.1", "::1"], count=2, interval_s=0.05, timeout_s=1, ping=bb
+        )
+    )
     for h in hosts:
         assert (h.sent, h.received) == (2, 2), h
         assert h.min_ms is not None and h.ttl == 64
 
 
 @needs_ping
-def test_concurrency_is_bounded(tmp_path: Path) -> None:
+def test_concurrency_is_bounded(tmp_path: Path, isolated: Callable[[Callable[[], T]], T]) -> None:
     # a wrapper "ping" that records how many copies run at once, then execs the real one
     real = shutil.which("ping")
     log = tmp_path / "log"
@@ -328,8 +351,10 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     pb = PingBinary(str(wrapper), str(wrapper), "iputils", "", False, False)
     t0 = time.monotonic()
-    hosts = subprocess_sweep([f"127.0.0.{i}" for i in range(1, 9)], count=2, interval_s=0.3,
-                             timeout_s=1, max_concurrency=2, ping=pb)  # fmt: skip
+    hosts = isolated(
+        lambda: subprocess_sweep([f"127.0.0.{i}" for i in range(1, 9)], count=2, interval_s=0.3,
+                                 timeout_s=1, max_concurrency=2, ping=pb)
+    )  # fmt: skip
     elapsed = time.monotonic() - t0
     assert all(h.received == 2 for h in hosts)
     running = [
