@@ -15,6 +15,7 @@ Two ways to drive it:
   tuples ``(slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)``.
 """
 
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -63,6 +64,18 @@ def parse_packet(
 
 def parse_probe_payload(payload: bytes, key: bytes) -> tuple[int, int] | None:
     """(slot, serial) if the payload carries a cookie valid under ``key``."""
+
+def build_probes(
+    family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int,
+    payload_size: int,
+) -> bytes:
+    """``count`` probes for slots first_slot.., concatenated (8 + payload_size bytes each):
+    the send loop's per-packet work, exposed for tests and the codec benchmark."""
+
+def parse_probes(
+    data: bytes, packet_size: int, family: int, has_ip_header: bool, key: bytes
+) -> array[int]:
+    """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
 
 class IcmpSocket:
     family: int  # socket.AF_INET or socket.AF_INET6
@@ -135,10 +148,22 @@ class IcmpSocket:
     def reset_stats(self) -> None: ...
 
     # -- non-blocking pieces for the asyncio engine ------------------------
-    def send(self, slots: Iterable[int]) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
-        """Send one probe to each slot now (sendmmsg batches). Returns
-        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+    def send(
+        self, slots: Iterable[int], drain: bool = True
+    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+        """Send one probe to each slot now (sendmmsg batches). With ``drain`` the
+        socket is drained after every batch. Returns every event seen: EV_SEND_ERROR
+        for probes the kernel refused (ENETUNREACH, ...), EV_TIMEOUT for probes
+        pushed out of a full window, and the replies drained meanwhile."""
     def recv(self, max_packets: int = 0) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """Drain queued packets without blocking (0 = until empty)."""
+    def wait(self, timeout_s: float) -> bool:
+        """Block (GIL released) until readable or ``timeout_s`` passes."""
+    @property
+    def key(self) -> bytes: ...
+    timeout_s: float  # replies slower than this count as late (0: no limit)
+    @property
+    def rcvbuf_bytes(self) -> int: ...
+    def set_rcvbuf(self, nbytes: int) -> None: ...
     def expire(self, timeout_s: float) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""
