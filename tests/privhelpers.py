@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,19 +219,16 @@ def _setpriv(uid: int, gid: int) -> list[str]:
 def throwaway_user() -> Iterator[User]:
     """A unique system user with its own group and a readable copy of the package."""
     name = unique("fp3u")
-    subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--no-create-home",
-            "--user-group",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    argv = ["useradd", "--system", "--no-create-home", "--user-group",
+            "--shell", "/usr/sbin/nologin", name]  # fmt: skip
+    for attempt in range(10):
+        # another test run on this host may hold /etc/passwd's lock for a moment
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode == 0:
+            break
+        if attempt == 9 or "lock" not in out.stderr.lower():
+            raise RuntimeError(f"useradd {name} failed: {out.stderr.strip()}")
+        time.sleep(0.3)
     tmp = Path(tempfile.mkdtemp(prefix="fp3-src-"))
     try:
         pw = pwd.getpwnam(name)
