@@ -429,6 +429,18 @@ class _Acc:
     def empty(self) -> bool:
         return self.first_time is None
 
+    def spread(self) -> dict[str, float | None]:
+        """p5, p25 and p75 (for the chart's smoke bands)."""
+        qs = (5.0, 25.0, 75.0)
+        if not self.rolled:
+            s = sorted(self.raw_rtts)
+            vals = [percentile(s, q) for q in qs]
+        elif self.n == 0:
+            vals = [None, None, None]
+        else:
+            vals = list(_quantiles(self.pieces, [q / 100 for q in qs]))
+        return dict(zip(("p5_ms", "p25_ms", "p75_ms"), vals))
+
     def result(self, target: str) -> dict[str, Any]:
         if not self.rolled:
             # Raw results only: exactly the numbers rtt_summary gives for the same RTTs.
@@ -934,7 +946,8 @@ class ResultStore:
     ) -> list[dict[str, Any]]:
         """Stats of ``target`` per time bucket (for charts): one dict per bucket that has
         results, oldest first, each a ``target_stats`` dict plus ``time`` (bucket start).
-        Buckets shorter than a minute only split raw results (rollups are per minute)."""
+        Buckets shorter than a minute only split raw results (rollups are per minute).
+        Each bucket also has p5_ms, p25_ms and p75_ms for the chart's spread bands."""
         if not bucket_s > 0:
             raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
         with self._read() as conn:
@@ -945,6 +958,7 @@ class ResultStore:
         out = []
         for k in sorted(accs):
             d = accs[k].result(target)
+            d.update(accs[k].spread())
             d["time"] = k * bucket_s
             out.append(d)
         return out
