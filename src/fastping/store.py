@@ -111,7 +111,7 @@ CREATE TABLE IF NOT EXISTS results (
     icmp_code INTEGER,
     router TEXT,
     errno INTEGER,
-    address TEXT                -- NULL when equal to the target name
+    address TEXT                -- NULL: equal to the target name; '': none (unresolved)
 );
 CREATE INDEX IF NOT EXISTS results_tid_t ON results (tid, t);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -236,8 +236,7 @@ class _Writer:
                     tid = self._tid(conn, r.target, new)
                 rows.append((
                     r.time, tid, r.seq, OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl,
-                    r.icmp_type, r.icmp_code, r.router, r.errno,
-                    None if r.address == r.target else r.address,
+                    r.icmp_type, r.icmp_code, r.router, r.errno, _encode_address(r),
                 ))  # fmt: skip
             conn.executemany(_INSERT_RESULT, rows)
             conn.execute("COMMIT")
@@ -300,6 +299,18 @@ class _Writer:
             )
         conn.execute("DELETE FROM results WHERE tid = ? AND t < ?", (tid, cutoff))
         return len(rows)
+
+
+def _encode_address(r: ProbeResult) -> str | None:
+    if r.address == r.target:
+        return None  # the usual case for numeric targets: store nothing
+    return "" if r.address is None else r.address
+
+
+def _decode_address(target: str, stored: str | None) -> str | None:
+    if stored is None:
+        return target
+    return stored or None
 
 
 def _rollup_row(
@@ -866,7 +877,7 @@ class ResultStore:
             ).fetchall()
         return [
             ProbeResult(
-                target=target, address=target if r[9] is None else r[9], seq=r[1],
+                target=target, address=_decode_address(target, r[9]), seq=r[1],
                 outcome=OUTCOME_BY_CODE[r[2]], rtt_ms=r[3], ttl=r[4], icmp_type=r[5],
                 icmp_code=r[6], router=r[7], errno=r[8], time=r[0],
             )  # fmt: skip
@@ -876,6 +887,7 @@ class ResultStore:
     def _accumulate(
         self,
         conn: sqlite3.Connection,
+        target: str,
         tid: int,
         since: float | None,
         until: float | None,
@@ -907,13 +919,14 @@ class ResultStore:
         i = 0
         for r in rolls:
             rd = dict(zip(_ROLLUP_COLS, r))
+            rd["address"] = _decode_address(target, rd["address"])
             while i < len(raws) and raws[i][0] < rd["minute"]:
                 t, code, rtt, addr = raws[i]
-                acc(t).add_raw(t, code, rtt, addr)
+                acc(t).add_raw(t, code, rtt, _decode_address(target, addr))
                 i += 1
             acc(float(rd["minute"])).add_rollup(rd)
         for t, code, rtt, addr in raws[i:]:
-            acc(t).add_raw(t, code, rtt, addr)
+            acc(t).add_raw(t, code, rtt, _decode_address(target, addr))
         return accs
 
     def target_stats(
@@ -928,7 +941,7 @@ class ResultStore:
             row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
             if row is None:
                 return None
-            a = self._accumulate(conn, int(row[0]), since, until).get(0)
+            a = self._accumulate(conn, target, int(row[0]), since, until).get(0)
         return None if a is None or a.empty() else a.result(target)
 
     def all_stats(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
@@ -936,7 +949,7 @@ class ResultStore:
         out = []
         with self._read() as conn:
             for tid, name in conn.execute("SELECT id, name FROM targets ORDER BY name").fetchall():
-                a = self._accumulate(conn, int(tid), since, until).get(0)
+                a = self._accumulate(conn, name, int(tid), since, until).get(0)
                 if a is not None and not a.empty():
                     out.append(a.result(name))
         return out
@@ -954,7 +967,7 @@ class ResultStore:
             row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
             if row is None:
                 return []
-            accs = self._accumulate(conn, int(row[0]), since, until, bucket_s)
+            accs = self._accumulate(conn, target, int(row[0]), since, until, bucket_s)
         out = []
         for k in sorted(accs):
             d = accs[k].result(target)
