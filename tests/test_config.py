@@ -1,5 +1,7 @@
 """The YAML configuration: defaults, the example file, and errors that say what is wrong."""
 
+# ruff: noqa: E501  (the table of expected messages reads best one case a line)
+
 from __future__ import annotations
 
 import os
@@ -63,10 +65,7 @@ def test_targets_as_strings_or_mappings(tmp_path: Path) -> None:
 def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
     msg = error_of(
         tmp_path,
-        "targets:\n"
-        "  - 127.0.0.1\n"
-        "  - 127.0.0.2\n"
-        "  - {host: 127.0.0.3, interval_s: -1}\n",
+        "targets:\n  - 127.0.0.1\n  - 127.0.0.2\n  - {host: 127.0.0.3, interval_s: -1}\n",
     )
     assert msg == "targets[2].interval_s: -1 is not allowed: must be > 0 (%s, line 4)" % (
         tmp_path / "fastping.yaml"
@@ -142,7 +141,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
 def test_parse_config_from_a_dict() -> None:
     cfg = parse_config({"targets": ["::1"], "store": {"path": "/tmp/x.db"}})
     assert cfg.targets[0].host == "::1" and cfg.store.path == "/tmp/x.db"
-    with pytest.raises(ConfigError, match=r"defaults.interval_s: 'x' is not allowed: must be a number \(here"):
+    with pytest.raises(
+        ConfigError, match=r"defaults.interval_s: 'x' is not allowed: must be a number \(here"
+    ):
         parse_config({"defaults": {"interval_s": "x"}}, source="here")
 
 

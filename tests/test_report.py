@@ -78,7 +78,9 @@ def test_json_lines_have_sweep_keys_and_exact_values(
     assert b["loss"] == pytest.approx(round(b["timeouts"] / 180, 6))
 
 
-def test_text_table(db: tuple[Path, dict[str, list[float]]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_table(
+    db: tuple[Path, dict[str, list[float]]], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = db
     assert main(["report", "--db", str(path), "--since", "2h"]) == 0
     out = capsys.readouterr().out
@@ -158,7 +160,9 @@ def test_no_results_in_window_hints(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_unknown_target(db: tuple[Path, dict[str, list[float]]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_target(
+    db: tuple[Path, dict[str, list[float]]], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = db
     assert main(["report", "--db", str(path), "-t", "127.9.9.9"]) == 4
     err = capsys.readouterr().err

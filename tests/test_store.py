@@ -25,7 +25,9 @@ from fastping.store import ResultStore, _quantiles
 NOW = time.time()
 
 
-def reply(target: str, seq: int, rtt_ms: float, t: float, address: str | None = None) -> ProbeResult:
+def reply(
+    target: str, seq: int, rtt_ms: float, t: float, address: str | None = None
+) -> ProbeResult:
     return ProbeResult(target, address or target, seq, Outcome.REPLY, rtt_ms=rtt_ms, ttl=64, time=t)
 
 
@@ -146,7 +148,9 @@ def test_writes_are_batched(tmp_path: Path) -> None:
         assert conn is not None
         conn.set_trace_callback(statements.append)
         for i in range(10):
-            store.submit(reply("127.0.0.1", i * 100 + j, 0.1, NOW + i * 100 + j) for j in range(100))
+            store.submit(
+                reply("127.0.0.1", i * 100 + j, 0.1, NOW + i * 100 + j) for j in range(100)
+            )
             await asyncio.sleep(0)
         assert await store.flush(5.0)
         await store.close()
@@ -274,7 +278,9 @@ def test_rollup_merges_late_stragglers(tmp_path: Path) -> None:
         await store.flush()
         assert await store.rollup(now=NOW) == 3
         # results for an already folded minute arrive later (a slow writer elsewhere)
-        store.submit([reply("127.0.0.1", 3, 10.0, t0 + 30), other("127.0.0.1", 4, Outcome.TIMEOUT, t0 + 31)])
+        store.submit(
+            [reply("127.0.0.1", 3, 10.0, t0 + 30), other("127.0.0.1", 4, Outcome.TIMEOUT, t0 + 31)]
+        )
         await store.flush()
         assert await store.rollup(now=NOW) == 2
         await store.close()
@@ -322,7 +328,9 @@ def test_quantiles_of_mixture() -> None:
 # ---- queue, drops and failures -------------------------------------------------------
 
 
-def test_full_queue_drops_are_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_queue_drops_are_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "fp.db"
 
     async def go() -> dict[str, object]:

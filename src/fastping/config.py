@@ -33,18 +33,18 @@ class _Model(BaseModel):
 class Defaults(_Model):
     """Probe settings for targets that do not set their own."""
 
-    interval_s: float = Field(1.0, gt=0)
-    timeout_s: float = Field(1.0, gt=0)
-    payload_size: int = Field(56, ge=0, le=65507)
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    payload_size: int = Field(default=56, ge=0, le=65507)
 
 
 class TargetConfig(_Model):
     """One target; unset fields take ``defaults``."""
 
     host: str
-    interval_s: float | None = Field(None, gt=0)
-    timeout_s: float | None = Field(None, gt=0)
-    payload_size: int | None = Field(None, ge=0, le=65507)
+    interval_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    payload_size: int | None = Field(default=None, ge=0, le=65507)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("host")
@@ -59,23 +59,23 @@ class TargetConfig(_Model):
 
 class StoreConfig(_Model):
     path: str = "fastping.db"
-    retention_s: float = Field(7 * 86400.0, gt=0)
-    batch_size: int = Field(1000, gt=0)
-    flush_interval_s: float = Field(0.5, gt=0)
-    max_queue: int = Field(1_000_000, gt=0)
+    retention_s: float = Field(default=7 * 86400.0, gt=0)
+    batch_size: int = Field(default=1000, gt=0)
+    flush_interval_s: float = Field(default=0.5, gt=0)
+    max_queue: int = Field(default=1_000_000, gt=0)
 
 
 class ResourcesConfig(_Model):
-    max_cpu_percent: float = Field(5.0, gt=0)
-    max_memory_mb: float = Field(100.0, gt=0)
-    check_interval_s: float = Field(5.0, gt=0)
+    max_cpu_percent: float = Field(default=5.0, gt=0)
+    max_memory_mb: float = Field(default=100.0, gt=0)
+    check_interval_s: float = Field(default=5.0, gt=0)
 
 
 class LoggingConfig(_Model):
     level: LogLevel = "INFO"
     file: str | None = None
-    max_bytes: int = Field(10_000_000, ge=0)
-    backup_count: int = Field(5, ge=0)
+    max_bytes: int = Field(default=10_000_000, ge=0)
+    backup_count: int = Field(default=5, ge=0)
     console: bool = True
     format: Literal["console", "json"] = "console"
 
@@ -101,15 +101,15 @@ class MetricsConfig(_Model):
 
 class FastpingConfig(_Model):
     mode: Mode = "auto"
-    defaults: Defaults = Field(default_factory=Defaults)
+    defaults: Defaults = Defaults()  # frozen, so one shared default is safe
     targets: list[TargetConfig] = Field(default_factory=list)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    store: StoreConfig = StoreConfig()  # frozen, so one shared default is safe
+    resources: ResourcesConfig = ResourcesConfig()  # frozen, so one shared default is safe
+    logging: LoggingConfig = LoggingConfig()  # frozen, so one shared default is safe
     # Validated by their own modules (NetworkConfig, RetryConfig) when they use them.
     network: dict[str, Any] = Field(default_factory=dict)
     retry: dict[str, Any] | str = Field(default_factory=dict)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = MetricsConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
 
     @field_validator("targets", mode="before")
@@ -209,8 +209,12 @@ def parse_config(
         if t.host in seen:
             raise ConfigError(
                 _line(
-                    f"targets[{i}].host", t.host, f"duplicate of targets[{seen[t.host]}]",
-                    source, node, ("targets", i),
+                    f"targets[{i}].host",
+                    t.host,
+                    f"duplicate of targets[{seen[t.host]}]",
+                    source,
+                    node,
+                    ("targets", i),
                 )  # fmt: skip
             )
         seen[t.host] = i
@@ -261,9 +265,12 @@ def _where(node: yaml.Node | None, loc: Sequence[int | str]) -> str:
                 if isinstance(k, yaml.ScalarNode) and k.value == str(part):
                     nxt = v
                     break
-        elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(cur.value):
-                nxt = cur.value[part]
+        elif (
+            isinstance(cur, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(cur.value)
+        ):
+            nxt = cur.value[part]
         if nxt is None:
             break
         best = cur = nxt
@@ -330,9 +337,7 @@ def _describe(
 
 
 def _is_internal(part: str) -> bool:
-    return (
-        "[" in part or part.startswith("function-") or part in ("str", "dict", "list")
-    )
+    return "[" in part or part.startswith("function-") or part in ("str", "dict", "list")
 
 
 def _allowed_keys(loc: Sequence[int | str]) -> list[str]:

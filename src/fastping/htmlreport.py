@@ -50,7 +50,7 @@ def loss_colour(loss: float) -> str:
 def _nice_ceiling(x: float) -> float:
     if x <= 0 or not math.isfinite(x):
         return 1.0
-    e = 10 ** math.floor(math.log10(x))
+    e = 10.0 ** math.floor(math.log10(x))
     for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if m * e >= x:
             return m * e
@@ -69,9 +69,8 @@ def _time_ticks(t0: float, t1: float) -> tuple[list[float], str]:
              43200, 86400, 172800, 604800)  # fmt: skip
     step = next((s for s in steps if span / s <= 8), steps[-1])
     fmt = "%H:%M:%S" if step < 60 else "%H:%M" if span < 86400 else "%m-%d %H:%M"
-    first = math.ceil(t0 / step) * step
-    ticks = []
-    t = first
+    ticks: list[float] = []
+    t = float(math.ceil(t0 / step) * step)
     while t <= t1:
         ticks.append(t)
         t += step
@@ -108,7 +107,9 @@ def chart_svg(
     for i in range(6):
         v = ymax * i / 5
         y = y_of(v)
-        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        out.append(
+            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+        )
         out.append(
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
         )
@@ -121,15 +122,18 @@ def chart_svg(
     base = TOP + PLOT_H + STRIP_H + 4
     for t in ticks:
         x = x_of(t)
-        out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + PLOT_H}" stroke="#ececec"/>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + PLOT_H}" stroke="#ececec"/>'
+        )
         label = time.strftime(fmt, time.gmtime(t))
-        out.append(f'<text x="{x:.1f}" y="{base + 12}" text-anchor="middle" class="ax">{label}</text>')
+        out.append(
+            f'<text x="{x:.1f}" y="{base + 12}" text-anchor="middle" class="ax">{label}</text>'
+        )
     out.append(
         f'<text x="{LEFT + w}" y="{base + 28}" text-anchor="end" class="ax">'
         f"time (UTC), {int(bucket_s)} s per step</text>"
     )
 
-    bw = max(w * bucket_s / (t1 - t0), 0.6) if t1 > t0 else w
     smoke = (("min_ms", "max_ms", "#e3e3e3"), ("p5_ms", "p95_ms", "#c4c4c4"),
              ("p25_ms", "p75_ms", "#9c9c9c"))  # fmt: skip
     strip_y = TOP + PLOT_H + 2
@@ -200,7 +204,8 @@ def chart_svg(
 
 
 _CSS = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:24px;max-width:1000px}
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:24px;
+max-width:1000px}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 2px}
 .meta{color:#666;margin:0 0 14px} .stats{color:#444;margin:0 0 4px;font-size:13px}
 table{border-collapse:collapse;font-size:13px} td,th{padding:3px 8px;text-align:right}
@@ -252,8 +257,16 @@ def render_report(
     for s, series in charts:
         other = [
             f"{k.replace('_', ' ')} {s[k]}"
-            for k in ("timeouts", "unreachable", "time_exceeded", "send_errors", "local_down",
-                      "resolve_errors", "duplicates", "late")  # fmt: skip
+            for k in (
+                "timeouts",
+                "unreachable",
+                "time_exceeded",
+                "send_errors",
+                "local_down",
+                "resolve_errors",
+                "duplicates",
+                "late",
+            )  # fmt: skip
             if s.get(k)
         ]
         line = (
@@ -265,11 +278,11 @@ def render_report(
             + (" · percentiles estimated from minute rollups" if s.get("approximate") else "")
         )
         sections.append(
-            f"<h2>{esc(s['target'])}</h2><p class=\"stats\">{line}</p>"
+            f'<h2>{esc(s["target"])}</h2><p class="stats">{line}</p>'
             + chart_svg(series, since, until, bucket_s, title=f"latency of {s['target']}")
         )
     more = (
-        f"<p class=\"meta\">{left_out} more targets are in the table but not charted "
+        f'<p class="meta">{left_out} more targets are in the table but not charted '
         "(the charts show those with the most loss, then the slowest); use --target to "
         "chart others.</p>"
         if left_out

@@ -115,9 +115,13 @@ def configure_logging(
     Idempotent: a second call replaces the handlers of the first."""
     lvl = str(level).upper()
     if lvl not in LEVELS:
-        raise ConfigError(f"logging.level: {level!r} is not allowed: must be one of {', '.join(LEVELS)}")
+        raise ConfigError(
+            f"logging.level: {level!r} is not allowed: must be one of {', '.join(LEVELS)}"
+        )
     if fmt not in FORMATS:
-        raise ConfigError(f"logging.format: {fmt!r} is not allowed: must be one of {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"logging.format: {fmt!r} is not allowed: must be one of {', '.join(FORMATS)}"
+        )
     if max_bytes < 0:
         raise ConfigError(f"logging.max_bytes: {max_bytes!r} is not allowed: must be >= 0")
     if backup_count < 0:

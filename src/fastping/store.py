@@ -140,10 +140,14 @@ _INSERT_RESULT = (
 )
 
 
-def _connect(path: Path, *, readonly: bool = False, busy_timeout_ms: int = 200) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 200
+) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            check_same_thread=False,
             isolation_level=None,
         )
     else:
@@ -291,7 +295,7 @@ class _Writer:
                 (tid, minute),
             ).fetchone()
             if old is not None:  # late-written stragglers for a minute already folded
-                new = _merge_rollups(dict(zip(_ROLLUP_COLS, old)), new)
+                new = _merge_rollups(dict(zip(_ROLLUP_COLS, old, strict=True)), new)
             conn.execute(
                 f"INSERT OR REPLACE INTO rollups ({', '.join(_ROLLUP_COLS)}) "
                 f"VALUES ({placeholders})",
@@ -450,7 +454,7 @@ class _Acc:
             vals = [None, None, None]
         else:
             vals = list(_quantiles(self.pieces, [q / 100 for q in qs]))
-        return dict(zip(("p5_ms", "p25_ms", "p75_ms"), vals))
+        return dict(zip(("p5_ms", "p25_ms", "p75_ms"), vals, strict=True))
 
     def result(self, target: str) -> dict[str, Any]:
         if not self.rolled:
@@ -699,7 +703,7 @@ class ResultStore:
         still unwritten then are counted as dropped and logged at ERROR."""
         if self._task is None:
             return
-        ok = await self.flush(timeout_s)
+        await self.flush(timeout_s)
         self._closing = True
         assert self._wake is not None
         self._wake.set()
@@ -877,9 +881,17 @@ class ResultStore:
             ).fetchall()
         return [
             ProbeResult(
-                target=target, address=_decode_address(target, r[9]), seq=r[1],
-                outcome=OUTCOME_BY_CODE[r[2]], rtt_ms=r[3], ttl=r[4], icmp_type=r[5],
-                icmp_code=r[6], router=r[7], errno=r[8], time=r[0],
+                target=target,
+                address=_decode_address(target, r[9]),
+                seq=r[1],
+                outcome=OUTCOME_BY_CODE[r[2]],
+                rtt_ms=r[3],
+                ttl=r[4],
+                icmp_type=r[5],
+                icmp_code=r[6],
+                router=r[7],
+                errno=r[8],
+                time=r[0],
             )  # fmt: skip
             for r in reversed(rows)
         ]
@@ -918,7 +930,7 @@ class ResultStore:
         # Merge both streams in time order (jitter pairs successive RTTs).
         i = 0
         for r in rolls:
-            rd = dict(zip(_ROLLUP_COLS, r))
+            rd = dict(zip(_ROLLUP_COLS, r, strict=True))
             rd["address"] = _decode_address(target, rd["address"])
             while i < len(raws) and raws[i][0] < rd["minute"]:
                 t, code, rtt, addr = raws[i]
@@ -944,7 +956,9 @@ class ResultStore:
             a = self._accumulate(conn, target, int(row[0]), since, until).get(0)
         return None if a is None or a.empty() else a.result(target)
 
-    def all_stats(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    def all_stats(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
         """``target_stats`` of every target with results in the window, by target name."""
         out = []
         with self._read() as conn:

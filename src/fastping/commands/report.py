@@ -85,7 +85,7 @@ def _round(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in JSON_KEYS:
         v = d.get(k)
-        if k == "loss":
+        if k == "loss" and isinstance(v, float):
             v = round(v, 6)
         elif isinstance(v, float) and k.endswith("_ms"):
             v = round(v, 4)
@@ -104,9 +104,18 @@ def _table(stats: list[dict[str, Any]]) -> str:
             "P99", "JITTER")  # fmt: skip
     rows = [
         (
-            s["target"], str(s["address"]), str(s["sent"]), str(s["received"]),
-            f"{s['loss'] * 100:.1f}%", _ms(s["min_ms"]), _ms(s["avg_ms"]), _ms(s["max_ms"]),
-            _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"]), _ms(s["jitter_ms"]),
+            s["target"],
+            str(s["address"]),
+            str(s["sent"]),
+            str(s["received"]),
+            f"{s['loss'] * 100:.1f}%",
+            _ms(s["min_ms"]),
+            _ms(s["avg_ms"]),
+            _ms(s["max_ms"]),
+            _ms(s["p50_ms"]),
+            _ms(s["p95_ms"]),
+            _ms(s["p99_ms"]),
+            _ms(s["jitter_ms"]),
         )  # fmt: skip
         for s in stats
     ]
