@@ -350,6 +350,52 @@ def test_full_queue_drops_are_counted_and_logged(
     assert errors and "dropped" in errors[0].getMessage()
 
 
+def test_malformed_results_are_counted_not_retried_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller bug (a result that cannot be stored) must not block the good results
+    around it: the bad ones are dropped, counted and logged; the rest are written."""
+    db = tmp_path / "fp.db"
+    good = [reply("127.0.0.1", i, 0.1, NOW + i) for i in range(20)]
+    bad_outcome = ProbeResult("127.0.0.1", "127.0.0.1", 100, "bogus", time=NOW)  # type: ignore[arg-type]
+    bad_rtt = ProbeResult("127.0.0.1", "127.0.0.1", 101, Outcome.REPLY, rtt_ms=[1], time=NOW)  # type: ignore[arg-type]
+
+    async def go() -> dict[str, object]:
+        store = ResultStore(db, flush_interval_s=0.02)
+        await store.start()
+        with caplog.at_level(logging.ERROR, logger="fastping.store"):
+            store.submit([*good[:10], bad_outcome, bad_rtt, *good[10:]])
+            assert await store.flush(5.0)
+        await store.close()
+        return store.stats()
+
+    stats = run(go())
+    assert isinstance(stats, dict)
+    assert stats["written"] == 20 and stats["dropped"] == 2 and stats["write_failures"] == 0
+    assert stored_seqs(db) == list(range(20))
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+def test_flush_waiting_elsewhere_returns_when_close_counts_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "fp.db"
+
+    async def go() -> tuple[bool, dict[str, object]]:
+        store = ResultStore(db, flush_interval_s=0.02, retry_initial_s=0.02, busy_timeout_ms=20)
+        await store.start()
+        with exclusive_lock(db):
+            store.submit(reply("127.0.0.1", i, 0.1, NOW) for i in range(5))
+            waiter = asyncio.create_task(store.flush())  # no timeout of its own
+            await store.close(timeout_s=0.2)
+            done = await asyncio.wait_for(waiter, 2.0)
+        return done, store.stats()
+
+    out = run(go())
+    assert isinstance(out, tuple)
+    done, stats = out
+    # flush() promises "written or counted as dropped": close() counted them
+    assert done is True and stats["dropped"] == 5 and stats["written"] == 0
+
+
 @contextlib.contextmanager
 def exclusive_lock(db: Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(db, isolation_level=None)

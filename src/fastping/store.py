@@ -134,6 +134,14 @@ _ROLLUP_COLS: tuple[str, ...] = (
     "jitter_sum_ms", "jitter_n", "first_rtt_ms", "last_rtt_ms",
 )  # fmt: skip
 
+# What a malformed ProbeResult raises while being turned into a row or inserted (never
+# a disk or lock problem: those are sqlite3.OperationalError and are retried).
+_MALFORMED: tuple[type[Exception], ...] = (
+    KeyError, TypeError, ValueError, AttributeError, OverflowError,
+    sqlite3.InterfaceError, sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,  # "Error binding parameter N: type 'list' is not supported"
+)  # fmt: skip
+
 _INSERT_RESULT = (
     "INSERT INTO results (t, tid, seq, outcome, rtt_ms, ttl, icmp_type, icmp_code, router,"
     " errno, address) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -217,32 +225,53 @@ class _Writer:
             new[name] = tid
         return tid
 
-    def write(self, batch: Sequence[ProbeResult]) -> None:
-        """Write one batch in one transaction (runs in a worker thread). On failure the
-        connection is closed: after a read-only or I/O error it can stay unusable even
-        when the cause is gone, so the retry starts on a fresh one."""
+    def write(self, batch: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str]]:
+        """Write one batch in one transaction (runs in a worker thread). Returns the
+        results that can never be written (malformed), with the reason; everything else
+        is committed. On a failure of the database (locked, full, read-only) nothing is
+        committed, the error propagates, and the connection is closed: after a
+        read-only or I/O error it can stay unusable even when the cause is gone, so the
+        retry starts on a fresh one."""
         with self.lock:
             try:
-                self._write(batch)
+                return self._write(batch)
             except BaseException:
                 self.close()
                 raise
 
-    def _write(self, batch: Sequence[ProbeResult]) -> None:
+    def _row(
+        self, conn: sqlite3.Connection, r: ProbeResult, new: dict[str, int]
+    ) -> tuple[Any, ...]:
+        tid = self.tids.get(r.target)
+        if tid is None:
+            tid = self._tid(conn, r.target, new)
+        return (
+            float(r.time), tid, int(r.seq), OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl,
+            r.icmp_type, r.icmp_code, r.router, r.errno, _encode_address(r),
+        )  # fmt: skip
+
+    def _write(self, batch: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str]]:
         conn = self.open()
         new: dict[str, int] = {}
+        bad: list[tuple[ProbeResult, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = []
-            for r in batch:
-                tid = self.tids.get(r.target)
-                if tid is None:
-                    tid = self._tid(conn, r.target, new)
-                rows.append((
-                    r.time, tid, r.seq, OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl,
-                    r.icmp_type, r.icmp_code, r.router, r.errno, _encode_address(r),
-                ))  # fmt: skip
-            conn.executemany(_INSERT_RESULT, rows)
+            try:
+                rows = [self._row(conn, r, new) for r in batch]
+                conn.executemany(_INSERT_RESULT, rows)
+            except _MALFORMED as e:
+                # Something in the batch cannot be stored as it is (a caller bug, not a
+                # disk problem). Retrying would fail forever and block everything behind
+                # it, so write the rows one at a time and set the bad ones aside.
+                del e
+                conn.execute("ROLLBACK")
+                new.clear()
+                conn.execute("BEGIN IMMEDIATE")
+                for r in batch:
+                    try:
+                        conn.execute(_INSERT_RESULT, self._row(conn, r, new))
+                    except _MALFORMED as e2:
+                        bad.append((r, f"{type(e2).__name__}: {e2}"))
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -250,6 +279,7 @@ class _Writer:
             raise
         # only ids that were committed are remembered
         self.tids.update(new)
+        return bad
 
     def rollup(self, cutoff: float, chunk_targets: int = 200) -> int:
         """Fold raw results older than ``cutoff`` (a minute boundary) into per-minute
@@ -727,6 +757,7 @@ class ResultStore:
                 db=str(self.path),
             )
         self._log_drops(force=True)
+        await self._notify()  # wake flush() callers waiting elsewhere
         await asyncio.to_thread(self._writer.shutdown)
 
     async def __aenter__(self) -> ResultStore:
@@ -794,7 +825,7 @@ class ResultStore:
                 with self._lock:
                     batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
                 try:
-                    await asyncio.to_thread(self._writer.write, batch)
+                    bad = await asyncio.to_thread(self._writer.write, batch)
                 except (sqlite3.Error, OSError) as e:
                     self._note_failure(e, "write")
                     delay = min(self.retry_max_s, max(self.retry_initial_s, delay * 2))
@@ -805,8 +836,17 @@ class ResultStore:
                 with self._lock:
                     for _ in range(len(batch)):
                         self._queue.popleft()
-                    self._written += len(batch)
+                    self._written += len(batch) - len(bad)
+                    self._dropped += len(bad)
                     self._done += len(batch)
+                if bad:
+                    log.error(
+                        "store dropped malformed results",
+                        dropped=len(bad),
+                        first=repr(bad[0][0]),
+                        reason=bad[0][1],
+                        db=str(self.path),
+                    )
                 if failing:
                     self._last_failure_log = 0.0
                     log.info("store writes recovered", queued=len(self._queue), db=str(self.path))
