@@ -340,11 +340,13 @@ def test_full_queue_drops_are_counted_and_logged(
             store.submit(reply("127.0.0.1", i, 0.1, NOW + i) for i in range(250))
         assert store.stats()["queued"] == 100 and store.stats()["dropped"] == 150
         await store.close()
+
+        store.submit([reply("127.0.0.1", 999, 0.1, NOW)])  # after close: counted, not held
         return store.stats()
 
     stats = run(go())
     assert isinstance(stats, dict)
-    assert stats["written"] == 100 and stats["dropped"] == 150
+    assert stats["written"] == 100 and stats["dropped"] == 151 and stats["queued"] == 0
     assert stored_seqs(db) == list(range(100))  # the accepted ones, all of them
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and "dropped" in errors[0].getMessage()

@@ -617,6 +617,7 @@ class ResultStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = False
         self._next_rollup = 0.0
         self._submitted_total = 0  # results accepted into the queue, ever
         self._done = 0  # results accepted and since written or dropped at close
@@ -645,6 +646,7 @@ class ResultStore:
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._closing = False
+        self._closed = False
         try:
             await asyncio.to_thread(self._writer.open_locked)
         except (sqlite3.Error, OSError) as e:
@@ -656,7 +658,8 @@ class ResultStore:
         """Queue results for writing. Never blocks, never raises for a full queue:
         what does not fit is counted in ``stats()["dropped"]`` and logged at ERROR."""
         with self._lock:
-            room = self.max_queue - len(self._queue)
+            # after close() nothing would ever write them: count them, do not hold them
+            room = 0 if self._closed else self.max_queue - len(self._queue)
             n = 0
             dropped = 0
             for r in results:
@@ -683,7 +686,8 @@ class ResultStore:
         if running is self._loop:
             self._wake.set()
         else:  # submitted from another thread
-            self._loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: close() counted all
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def _log_drops(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -707,11 +711,11 @@ class ResultStore:
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything submitted so far is written (or was counted as dropped).
         Returns False if ``timeout_s`` passed first; the results stay queued."""
-        if self._task is None or self._progress is None:
-            raise RuntimeError("ResultStore.flush() before start()")
         goal = self._submitted_total
         if self._done >= goal:
             return True
+        if self._task is None or self._progress is None:
+            raise RuntimeError("ResultStore.flush() before start(): nothing writes the queue")
         assert self._wake is not None
         self._wake.set()
 
@@ -743,11 +747,11 @@ class ResultStore:
         await self._task
         self._task = None
         with self._lock:
+            self._closed = True
             left = len(self._queue)
             self._queue.clear()
             if left:
-                self._dropped += left
-                self._dropped_unlogged += left
+                self._dropped += left  # logged just below, in words of its own
                 self._done += left
         if left:
             log.error(
