@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import sqlite3
 import threading
@@ -827,10 +828,12 @@ class ResultStore:
                 self._retries += 1
             if self._queue:
                 with self._lock:
-                    batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+                    batch = list(itertools.islice(self._queue, self.batch_size))
                 try:
                     bad = await asyncio.to_thread(self._writer.write, batch)
-                except (sqlite3.Error, OSError) as e:
+                except Exception as e:  # noqa: BLE001 - locked, full, read-only, I/O, ...
+                    # Whatever went wrong, the batch stays queued: a writer task that
+                    # died here would lose everything after it without a word.
                     self._note_failure(e, "write")
                     delay = min(self.retry_max_s, max(self.retry_initial_s, delay * 2))
                     failing = True
