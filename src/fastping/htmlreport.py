@@ -224,11 +224,11 @@ def render_report(
     since: float,
     until: float,
     stats: Sequence[dict[str, Any]],
-    charts: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
-    bucket_s: float,
+    charts: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]], float]],
     left_out: int = 0,
 ) -> str:
-    """The whole page: a summary table of ``stats`` and one chart per (stats, series)."""
+    """The whole page: a summary table of ``stats`` and one chart per
+    (stats, series, bucket_s)."""
     esc = html.escape
 
     def when(t: float) -> str:
@@ -254,7 +254,7 @@ def render_report(
         '<span><b style="background:#d42020;opacity:.25"></b>no reply at all</span>'
     )
     sections = []
-    for s, series in charts:
+    for s, series, bucket_s in charts:
         other = [
             f"{k.replace('_', ' ')} {s[k]}"
             for k in (

@@ -208,14 +208,20 @@ def _write_html(
 
     lo = since if since is not None else min(s["first_time"] for s in stats)
     hi = until if until is not None else max(now, max(s["last_time"] for s in stats))
-    bucket_s = pick_bucket_s(hi - lo)
     # Worst first: most loss, then slowest median.
     ranked = sorted(stats, key=lambda s: (-s["loss"], -(s["p50_ms"] or 0.0), s["target"]))
     chosen = ranked[: max(args.max_charts, 0)]
     chosen.sort(key=lambda s: s["target"])
-    charts = [(s, store.series(s["target"], lo, hi, bucket_s)) for s in chosen]
+    charts = []
+    for s in chosen:
+        # At least two probes a step, so a target probed every 10 s does not come out as
+        # a dotted line of half-empty steps.
+        n = s["sent"] + s["local_down"] + s["resolve_errors"]
+        interval_s = (s["last_time"] - s["first_time"]) / (n - 1) if n > 1 else 0.0
+        bucket_s = pick_bucket_s(max(hi - lo, 2 * interval_s * 360))
+        charts.append((s, store.series(s["target"], lo, hi, bucket_s), bucket_s))
     page = render_report(
-        db=db, since=lo, until=hi, stats=stats, charts=charts, bucket_s=bucket_s,
+        db=db, since=lo, until=hi, stats=stats, charts=charts,
         left_out=len(stats) - len(chosen),
     )  # fmt: skip
     try:
@@ -224,4 +230,4 @@ def _write_html(
     except OSError as e:
         raise ConfigError(f"--html: cannot write {args.html!r}: {e.strerror or e}") from None
     stream = sys.stderr if args.json else sys.stdout
-    print(f"wrote {args.html} ({len(charts)} charts, {bucket_s} s per step)", file=stream)
+    print(f"wrote {args.html} ({len(charts)} charts)", file=stream)
