@@ -15,6 +15,7 @@ Two ways to drive it:
   tuples ``(slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)``.
 """
 
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -63,6 +64,18 @@ def parse_packet(
 
 def parse_probe_payload(payload: bytes, key: bytes) -> tuple[int, int] | None:
     """(slot, serial) if the payload carries a cookie valid under ``key``."""
+
+def build_probes(
+    family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int,
+    payload_size: int,
+) -> bytes:
+    """``count`` probes for slots first_slot.., concatenated (8 + payload_size bytes each):
+    the send loop's per-packet work, exposed for tests and the codec benchmark."""
+
+def parse_probes(
+    data: bytes, packet_size: int, family: int, has_ip_header: bool, key: bytes
+) -> array[int]:
+    """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
 
 class IcmpSocket:
     family: int  # socket.AF_INET or socket.AF_INET6

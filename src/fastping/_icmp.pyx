@@ -53,7 +53,7 @@ from includes.socket cimport (
     IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
     SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
     SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
-    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recvmmsg, sendmmsg, setsockopt,
+    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
     sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
 )
 
@@ -473,6 +473,82 @@ def parse_packet(data, int family, bint has_ip_header):
     return d
 
 
+# ---------------------------------------------------------------- batch codec
+def build_probes(int family, ident, key, first_slot, int count, serial, int payload_size):
+    """``count`` echo requests for slots first_slot.., concatenated (each
+    8 + payload_size bytes): the per-packet work of the send loop, exposed so
+    the codec can be measured and checked per packet against its twin."""
+    if family != AF_INET and family != AF_INET6:
+        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+    if payload_size < PROBE_HDR:
+        raise ValueError(f"payload_size must be at least {PROBE_HDR}")
+    if count < 0 or not 0 <= ident <= 0xFFFF or not 0 <= first_slot or first_slot + count > 0x100000000:
+        raise ValueError("ident must be 0..65535 and slots 0..2**32-1")
+    k0, k1 = _key_words(key)
+    cdef uint64_t c0 = k0, c1 = k1
+    cdef Py_ssize_t plen = ICMP_HDR_LEN + payload_size, i
+    out = PyBytes_FromStringAndSize(NULL, plen * count)
+    cdef uint8_t *base = <uint8_t *>PyBytes_AS_STRING(out)
+    cdef uint8_t *pk
+    cdef uint32_t slot0 = first_slot, ser = serial
+    cdef uint16_t idn = ident
+    cdef uint32_t pad_sum
+    cdef uint8_t t = ICMP_ECHO_REQUEST if family == AF_INET else ICMP6_ECHO_REQUEST
+    cdef bint v4 = family == AF_INET
+    if count == 0:
+        return out
+    with nogil:
+        _fill_pattern(base + ICMP_HDR_LEN + PROBE_HDR, payload_size - PROBE_HDR)
+        pad_sum = csum_add(base + ICMP_HDR_LEN + PROBE_HDR, payload_size - PROBE_HDR, 0)
+        for i in range(count):
+            pk = base + i * plen
+            if i:
+                memcpy(pk + ICMP_HDR_LEN + PROBE_HDR, base + ICMP_HDR_LEN + PROBE_HDR,
+                       payload_size - PROBE_HDR)
+            pk[ICMP_TYPE_OFFSET] = t
+            pk[ICMP_CODE_OFFSET] = 0
+            wr16(pk + ICMP_CSUM_OFFSET, 0)
+            wr16(pk + ICMP_ID_OFFSET, idn)
+            wr16(pk + ICMP_SEQ_OFFSET, <uint16_t>(ser & 0xFFFF))
+            write_probe_header(pk + ICMP_HDR_LEN, c0, c1, slot0 + <uint32_t>i, ser)
+            if v4:
+                wr16(pk + ICMP_CSUM_OFFSET, csum_fold(csum_add(pk, ICMP_HDR_LEN + PROBE_HDR, pad_sum)))
+    return out
+
+
+def parse_probes(data, int packet_size, int family, bint has_ip_header, key):
+    """Parse consecutive packets of ``packet_size`` bytes; return the slots of
+    those that are valid echo replies/requests carrying a cookie valid under ``key``."""
+    import array
+    if packet_size <= 0:
+        raise ValueError("packet_size must be > 0")
+    k0, k1 = _key_words(key)
+    cdef uint64_t c0 = k0, c1 = k1
+    cdef bytes b = bytes(data)
+    cdef const uint8_t *base = <const uint8_t *>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = len(b) // packet_size
+    out = array.array("I", bytes(4 * n))
+    cdef Py_ssize_t found = _parse_probes_into(out, base, n, packet_size, family, has_ip_header, c0, c1)
+    del out[found:]
+    return out
+
+
+cdef Py_ssize_t _parse_probes_into(uint32_t[::1] slots, const uint8_t *base, Py_ssize_t n,
+                                   Py_ssize_t packet_size, int family, bint has_ip,
+                                   uint64_t c0, uint64_t c1):
+    cdef Py_ssize_t i, found = 0
+    cdef Parsed p
+    cdef uint32_t slot, ser
+    with nogil:
+        for i in range(n):
+            if parse_c(base + i * packet_size, packet_size, family, has_ip, &p) != 1 or p.is_error:
+                continue
+            if read_probe_header(p.payload, p.payload_len, c0, c1, &slot, &ser):
+                slots[found] = slot
+                found += 1
+    return found
+
+
 # ---------------------------------------------------------------- IcmpSocket
 cdef struct SlotStats:
     uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
@@ -676,6 +752,9 @@ cdef class IcmpSocket:
                 self._set_icmp_filter()
             if use_bpf:
                 self._attach_bpf()
+            # Packets queued between socket() and the filters skipped them; none can
+            # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
+            self._flush_queue()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
@@ -758,6 +837,13 @@ cdef class IcmpSocket:
         prog.filter = code
         if setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0:
             _raise_oserror("setsockopt(SO_ATTACH_FILTER)")
+        return 0
+
+    cdef int _flush_queue(self) except -1:
+        cdef uint8_t scratch[2048]
+        cdef int guard = 0
+        while guard < 1000000 and recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) >= 0:
+            guard += 1
         return 0
 
     cdef int _set_icmp_filter(self) except -1:

@@ -7,6 +7,7 @@ a fallback: fastping refuses to run its socket loop without the extension.
 
 from __future__ import annotations
 
+import array
 import socket
 import struct
 from typing import Any
@@ -221,3 +222,32 @@ def _result(family: int, typ: int, code: int, ident: int, seq: int, payload: byt
         "checksum_ok": ok,
         "is_error": is_error,
     }
+
+
+def build_probes(family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int,
+                 payload_size: int) -> bytes:
+    """``count`` echo requests for slots first_slot.., concatenated."""
+    if payload_size < PROBE_HEADER_SIZE:
+        raise ValueError(f"payload_size must be at least {PROBE_HEADER_SIZE}")
+    return b"".join(
+        build_echo_request(family, ident, serial & 0xFFFF,
+                           build_probe_payload(first_slot + i, serial, key, payload_size))
+        for i in range(count)
+    )
+
+
+def parse_probes(data: bytes, packet_size: int, family: int, has_ip_header: bool,
+                 key: bytes) -> array.array[int]:
+    """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
+    if packet_size <= 0:
+        raise ValueError("packet_size must be > 0")
+    out = array.array("I")
+    b = bytes(data)
+    for i in range(len(b) // packet_size):
+        d = parse_packet(b[i * packet_size:(i + 1) * packet_size], family, has_ip_header)
+        if d is None or d["is_error"]:
+            continue
+        r = parse_probe_payload(d["payload"], key)
+        if r is not None:
+            out.append(r[0])
+    return out

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "probe many targets once (or -c N times) and report each"),
     "ping": ("ping", "ping one host, one line per reply"),
+    "netstate": ("netstate", "is this host's own network up? state, reason, interfaces"),
     "report": ("report", "statistics and latency charts from a monitor's database"),
 }
 
