@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ping": ("ping", "ping one host, one line per reply"),
     "doctor": ("doctor", "which ICMP modes (raw, dgram, subprocess) work for you, and how to fix"),
     "netstate": ("netstate", "is this host's own network up? state, reason, interfaces"),
+    "report": ("report", "statistics and latency charts from a monitor's database"),
 }
 
 # Exit statuses follow fping's convention.
