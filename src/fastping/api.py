@@ -54,8 +54,9 @@ def _plan_targets(
     names = [s.name for s in specs if isinstance(s, Name)]
     resolved = resolve(names, family) if names else {}
     # per family: list of ("range", first, count) / ("addr", address) in slot order
-    blocks: dict[int, list[Any]] = {socket.AF_INET: [], socket.AF_INET6: []}
-    next_slot = {socket.AF_INET: 0, socket.AF_INET6: 0}
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    blocks: dict[int, list[Any]] = {v4: [], v6: []}
+    next_slot: dict[int, int] = {v4: 0, v6: 0}
     plan = _Plan()
 
     def add(fam: int, label: str | None, item: Any, count: int) -> None:
@@ -69,7 +70,7 @@ def _plan_targets(
 
     for s in specs:
         if isinstance(s, V4Range):
-            add(socket.AF_INET, None, ("range", s.first, s.count), s.count)
+            add(v4, None, ("range", s.first, s.count), s.count)
         elif isinstance(s, Address):
             add(s.family, s.label, ("addr", s.address), 1)
         else:
@@ -156,8 +157,41 @@ def sweep(
     rate budget between them.
     """
     _check_args(count, interval_s, timeout_s, rate_pps, workers)
+    sub_opts: dict[str, Any] = dict(
+        count=count, interval_s=interval_s, timeout_s=timeout_s, payload_size=payload_size,
+        ttl=ttl, tos=tos, dont_fragment=dont_fragment, family=family, collect_rtts=collect_rtts,
+    )
     if mode == "subprocess":
-        return _subprocess_sweep(targets, count, interval_s, timeout_s, family)
+        return _subprocess_sweep(targets, sub_opts)
+    from .probe import UseSubprocess
+
+    try:
+        return _socket_sweep(targets, count=count, interval_s=interval_s, timeout_s=timeout_s,
+                             rate_pps=rate_pps, payload_size=payload_size, ttl=ttl, tos=tos,
+                             dont_fragment=dont_fragment, mode=mode, workers=workers,
+                             family=family, collect_rtts=collect_rtts, batch_size=batch_size)
+    except UseSubprocess:
+        # auto mode and no ICMP socket allowed: the system ping (already logged why)
+        return _subprocess_sweep(targets, sub_opts)
+
+
+def _socket_sweep(
+    targets: Iterable[str] | str,
+    *,
+    count: int,
+    interval_s: float,
+    timeout_s: float,
+    rate_pps: float,
+    payload_size: int,
+    ttl: int | None,
+    tos: int | None,
+    dont_fragment: bool,
+    mode: str,
+    workers: int,
+    family: int | None,
+    collect_rtts: bool,
+    batch_size: int,
+) -> SweepResult:
     plan, blocks = _plan_targets(targets, family)
     window = _window(count, interval_s, timeout_s)
     socks: dict[int, Any] = {}
@@ -291,26 +325,12 @@ def _getter(
     return get
 
 
-def _subprocess_sweep(
-    targets: Iterable[str] | str, count: int, interval_s: float, timeout_s: float, family: int | None
-) -> SweepResult:
-    from . import probe
+def _subprocess_sweep(targets: Iterable[str] | str, opts: dict[str, Any]) -> SweepResult:
+    from .subproc import hosts_to_sweep_result, subprocess_sweep
 
-    fn = getattr(probe, "subprocess_sweep", None)
-    if fn is None:
-        raise NotImplementedError("mode='subprocess' needs fastping.probe.subprocess_sweep")
     t0 = time.perf_counter()
-    hosts: list[HostResult] = fn(
-        [targets] if isinstance(targets, str) else list(targets),
-        count=count,
-        interval_s=interval_s,
-        timeout_s=timeout_s,
-    )
-    totals = {
-        "sent": sum(h.sent for h in hosts),
-        "received": sum(h.received for h in hosts),
-    }
-    return SweepResult(len(hosts), hosts.__getitem__, totals, time.perf_counter() - t0)
+    hosts = subprocess_sweep([targets] if isinstance(targets, str) else list(targets), **opts)
+    return hosts_to_sweep_result(hosts, time.perf_counter() - t0)
 
 
 def ping(
