@@ -75,12 +75,19 @@ class Netns:
         ip("netns", "del", self.router, check=False)
 
     def exec_h(self, *cmd: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-        return subprocess.run(["ip", "netns", "exec", self.host, *cmd], check=kw.pop("check", True),
-                              capture_output=True, text=True, env=child_env(), **kw)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host, *cmd],
+            check=kw.pop("check", True),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            **kw,
+        )
 
     def exec_r(self, *cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.router, *cmd], check=True,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.router, *cmd], check=True, capture_output=True, text=True
+        )
 
 
 @pytest.fixture

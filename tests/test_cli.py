@@ -6,12 +6,19 @@ import json
 import subprocess
 
 import pytest
+
 from conftest import child_env, fastping_cmd, needs_root
 
 
 def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(fastping_cmd(*args), capture_output=True, text=True, env=child_env(),
-                          input=input, timeout=120)
+    return subprocess.run(
+        fastping_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        input=input,
+        timeout=120,
+    )
 
 
 @needs_root
@@ -108,8 +115,10 @@ def test_bad_line_in_targets_file_names_the_line(tmp_path) -> None:  # type: ign
 
 
 def test_lean_startup_imports() -> None:
-    code = ("import sys, fastping.cli as c; c.main(['--version']);"
-            "print(sorted(m for m in ('asyncio','pydantic','structlog','psutil','pyroute2','yaml',"
-            "'prometheus_client','sqlite3') if m in sys.modules))")
+    code = (
+        "import sys, fastping.cli as c; c.main(['--version']);"
+        "print(sorted(m for m in ('asyncio','pydantic','structlog','psutil','pyroute2','yaml',"
+        "'prometheus_client','sqlite3') if m in sys.modules))"
+    )
     r = subprocess.run(["python3", "-c", code], capture_output=True, text=True, env=child_env())
     assert r.stdout.strip().endswith("[]"), r.stdout

@@ -17,8 +17,19 @@ KEY = bytes(range(16))
 
 
 def ip4(src: str, dst: str, payload: bytes, ttl: int = 64, proto: int = 1) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, ttl, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(payload),
+        0,
+        0,
+        ttl,
+        proto,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
     return hdr + payload
 
 
@@ -87,7 +98,9 @@ def test_forged_cookie_is_rejected(codec) -> None:  # type: ignore[no-untyped-de
     assert codec.parse_probe_payload(codec.build_probe_payload(1, 2, KEY, 32), bytes(16)) is None
 
 
-def _unreach_v4(inner_dst: str, ident: int, seq: int, payload: bytes, typ: int = 3, code: int = 1) -> bytes:
+def _unreach_v4(
+    inner_dst: str, ident: int, seq: int, payload: bytes, typ: int = 3, code: int = 1
+) -> bytes:
     probe = _icmp_py.build_echo_request(V4, ident, seq, payload)
     quoted = ip4("10.0.0.2", inner_dst, probe)
     icmp = bytearray(struct.pack("!BBHI", typ, code, 0, 0) + quoted)
@@ -115,9 +128,14 @@ def test_frag_needed_carries_mtu(codec) -> None:  # type: ignore[no-untyped-def]
     assert d["mtu"] == 1400
 
 
-def _v6_error(typ: int, inner_dst: bytes, ident: int, seq: int, payload: bytes, word: int = 0) -> bytes:
+def _v6_error(
+    typ: int, inner_dst: bytes, ident: int, seq: int, payload: bytes, word: int = 0
+) -> bytes:
     probe = _icmp_py.build_echo_request(V6, ident, seq, payload)
-    inner = struct.pack("!IHBB16s16s", 6 << 28, len(probe), 58, 64, b"\0" * 15 + b"\1", inner_dst) + probe
+    inner = (
+        struct.pack("!IHBB16s16s", 6 << 28, len(probe), 58, 64, b"\0" * 15 + b"\1", inner_dst)
+        + probe
+    )
     return struct.pack("!BBHI", typ, 0, 0, word) + inner
 
 
@@ -147,6 +165,7 @@ def test_other_types_ignored(codec) -> None:  # type: ignore[no-untyped-def]
 
 # ---- the twins agree on everything, hostile input included
 
+
 def _same(a, b) -> None:  # type: ignore[no-untyped-def]
     assert a == b
 
@@ -158,9 +177,13 @@ def test_twins_agree_on_random_bytes(data: bytes, fam: int, has_ip: bool) -> Non
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=64),
-       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
-       st.integers(0, 120))
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=64),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+    st.integers(0, 120),
+)
 def test_twins_agree_on_mutated_packets(ident, seq, payload, flips, cut) -> None:  # type: ignore[no-untyped-def]
     kinds = [
         (ip4("127.0.0.9", "127.0.0.1", echo_reply_v4(ident, seq, payload)), V4, True),
@@ -173,12 +196,18 @@ def test_twins_agree_on_mutated_packets(ident, seq, payload, flips, cut) -> None
             if pos < len(b):
                 b[pos] = val
         b = b[: max(0, len(b) - cut)]
-        _same(_icmp.parse_packet(bytes(b), fam, has_ip), _icmp_py.parse_packet(bytes(b), fam, has_ip))
+        _same(
+            _icmp.parse_packet(bytes(b), fam, has_ip), _icmp_py.parse_packet(bytes(b), fam, has_ip)
+        )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(min_size=16, max_size=16),
-       st.integers(16, 200))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.binary(min_size=16, max_size=16),
+    st.integers(16, 200),
+)
 def test_twins_agree_on_payloads(slot, serial, key, size) -> None:  # type: ignore[no-untyped-def]
     a = _icmp.build_probe_payload(slot, serial, key, size)
     assert a == _icmp_py.build_probe_payload(slot, serial, key, size)

@@ -10,17 +10,17 @@ import sys
 import time
 
 import pytest
-from conftest import child_env, fastping_cmd, needs_root
 
 import fastping
+from conftest import child_env, fastping_cmd, needs_root
 from fastping import _icmp, _icmp_py
 from fastping._icmp import (
     EV_DUPLICATE,
     EV_LATE,
     EV_REPLY,
     EV_SEND_ERROR,
-    EV_TIMEOUT,
     EV_TIME_EXCEEDED,
+    EV_TIMEOUT,
     EV_UNREACHABLE,
     IcmpSocket,
 )
@@ -105,7 +105,10 @@ def _forge_reply(src_sock: socket.socket, dst: str, ident: int, seq: int, payloa
 
 
 def test_forged_duplicate_late_and_foreign_packets_are_counted_apart() -> None:
-    with IcmpSocket(V4, window=2) as s, socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+    with (
+        IcmpSocket(V4, window=2) as s,
+        socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw,
+    ):
         slot = s.add_target("127.0.0.1")
         evs = s.send([slot])  # send drains after each batch: on loopback the reply is there
         time.sleep(0.05)
@@ -178,8 +181,12 @@ def test_two_processes_each_see_only_their_own_replies() -> None:
         "print(json.dumps(dict(r.totals)))"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code.format(blk=blk)], stdout=subprocess.PIPE,
-                         env=child_env(), text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code.format(blk=blk)],
+            stdout=subprocess.PIPE,
+            env=child_env(),
+            text=True,
+        )
         for blk in ("127.4.0.0/17", "127.5.0.0/17")
     ]
     outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
@@ -193,14 +200,19 @@ def test_ttl_option_and_time_exceeded_attributed(netns) -> None:  # type: ignore
     # 10.201.9.9 lies beyond the router; with TTL 1 the router answers time exceeded
     # the router rejects 10.201.8.0/24 with host unreachable (nftables: a route of
     # type unreachable would be rate-limited per peer by the kernel's ip_error)
-    netns.exec_r("nft", "add table ip fpt; add chain ip fpt fpfwd { type filter hook forward "
-                 "priority 0; }; add rule ip fpt fpfwd ip daddr 10.201.8.0/24 reject with icmp "
-                 "type host-unreachable")
+    netns.exec_r(
+        "nft",
+        "add table ip fpt; add chain ip fpt fpfwd { type filter hook forward "
+        "priority 0; }; add rule ip fpt fpfwd ip daddr 10.201.8.0/24 reject with icmp "
+        "type host-unreachable",
+    )
     netns.exec_r("ip", "route", "add", "10.201.8.0/24", "via", "10.201.0.2")
     netns.exec_r("ip", "route", "add", "10.201.9.0/24", "via", "10.201.0.2")
+
     def sweep(*args: str) -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
-        out = netns.exec_h(*fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.5",
-                                         *args), check=False)
+        out = netns.exec_h(
+            *fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.5", *args), check=False
+        )
         rows = {json.loads(x)["target"]: json.loads(x) for x in out.stdout.splitlines()}
         return out.returncode, rows
 
@@ -220,8 +232,10 @@ def test_ttl_option_and_time_exceeded_attributed(netns) -> None:  # type: ignore
 def test_send_error_is_counted_not_loss(netns) -> None:  # type: ignore[no-untyped-def]
     # no route to 10.202.0.0/16 from the host once its default route is gone
     netns.exec_h("ip", "route", "del", "default")
-    out = netns.exec_h(*fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.3",
-                                     "10.202.0.1"), check=False)
+    out = netns.exec_h(
+        *fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.3", "10.202.0.1"),
+        check=False,
+    )
     row = json.loads(out.stdout.splitlines()[0])
     assert row["send_errors"] == 1 and row["received"] == 0 and row["timeouts"] == 0
 
@@ -234,6 +248,8 @@ def test_events_for_the_engine_api() -> None:
         time.sleep(0.05)
         evs += s.recv()
         kinds = sorted(e[1] for e in evs)
-        assert kinds == [EV_REPLY, EV_TIMEOUT, EV_LATE] or kinds == sorted([EV_REPLY, EV_TIMEOUT, EV_LATE])
+        assert kinds == [EV_REPLY, EV_TIMEOUT, EV_LATE] or kinds == sorted(
+            [EV_REPLY, EV_TIMEOUT, EV_LATE]
+        )
         assert s.totals()["received"] == 1
     assert EV_SEND_ERROR == 4 and EV_UNREACHABLE == 2 and EV_TIME_EXCEEDED == 3

@@ -18,9 +18,23 @@ def test_addresses_names_blocks_and_ranges() -> None:
     assert len(parse_targets(["::1/126"])) == 4
 
 
-@pytest.mark.parametrize("bad", ["", "-f", "; rm -rf /", "1.2.3.4.5", "300.0.0.1", "1.2.3.4/33",
-                                 "::/64", "127.0.0.9-127.0.0.1", "127.0.0.1-::1", "a..b", "foo bar",
-                                 "127.0.0.1-300"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "-f",
+        "; rm -rf /",
+        "1.2.3.4.5",
+        "300.0.0.1",
+        "1.2.3.4/33",
+        "::/64",
+        "127.0.0.9-127.0.0.1",
+        "127.0.0.1-::1",
+        "a..b",
+        "foo bar",
+        "127.0.0.1-300",
+    ],
+)
 def test_malformed_targets_raise_target_error(bad: str) -> None:
     with pytest.raises(TargetError):
         parse_target(bad)

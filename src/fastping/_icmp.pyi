@@ -66,7 +66,12 @@ def parse_probe_payload(payload: bytes, key: bytes) -> tuple[int, int] | None:
     """(slot, serial) if the payload carries a cookie valid under ``key``."""
 
 def build_probes(
-    family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int,
+    family: int,
+    ident: int,
+    key: bytes,
+    first_slot: int,
+    count: int,
+    serial: int,
     payload_size: int,
 ) -> bytes:
     """``count`` probes for slots first_slot.., concatenated (8 + payload_size bytes each):
@@ -155,7 +160,9 @@ class IcmpSocket:
         socket is drained after every batch. Returns every event seen: EV_SEND_ERROR
         for probes the kernel refused (ENETUNREACH, ...), EV_TIMEOUT for probes
         pushed out of a full window, and the replies drained meanwhile."""
-    def recv(self, max_packets: int = 0) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+    def recv(
+        self, max_packets: int = 0
+    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """Drain queued packets without blocking (0 = until empty)."""
     def wait(self, timeout_s: float) -> bool:
         """Block (GIL released) until readable or ``timeout_s`` passes."""
@@ -165,5 +172,7 @@ class IcmpSocket:
     @property
     def rcvbuf_bytes(self) -> int: ...
     def set_rcvbuf(self, nbytes: int) -> None: ...
-    def expire(self, timeout_s: float) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+    def expire(
+        self, timeout_s: float
+    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""

@@ -96,7 +96,9 @@ def _key_words(key: bytes) -> tuple[int, int]:
 
 def build_probe_payload(slot: int, serial: int, key: bytes, size: int) -> bytes:
     if size < PROBE_HEADER_SIZE:
-        raise ValueError(f"payload size {size} is below the {PROBE_HEADER_SIZE} bytes a probe needs")
+        raise ValueError(
+            f"payload size {size} is below the {PROBE_HEADER_SIZE} bytes a probe needs"
+        )
     if not 0 <= slot <= 0xFFFFFFFF or not 0 <= serial <= 0xFFFFFFFF:
         raise ValueError("slot and serial must be 0..2**32-1")
     k0, k1 = _key_words(key)
@@ -134,7 +136,9 @@ def _ntop(family: int, b: bytes | None) -> str | None:
     return None if b is None else socket.inet_ntop(family, b)
 
 
-def parse_packet(data: bytes | bytearray | memoryview, family: int, has_ip_header: bool) -> dict[str, Any] | None:
+def parse_packet(
+    data: bytes | bytearray | memoryview, family: int, has_ip_header: bool
+) -> dict[str, Any] | None:
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
     p = bytes(data)
@@ -174,8 +178,13 @@ def parse_packet(data: bytes | bytearray | memoryview, family: int, has_ip_heade
             ident, seq = struct.unpack_from("!HH", iq, 4)
             mtu = struct.unpack_from("!H", q, 6)[0] if typ == ICMP_DEST_UNREACH and code == 4 else 0
             d = _result(family, typ, code, ident, seq, iq[8:], ttl, src, dst, ok, is_error=True)
-            d.update(inner_dst=_ntop(family, inner_dst), inner_ident=ident, inner_seq=seq,
-                     inner_payload=d["payload"], mtu=mtu or None)
+            d.update(
+                inner_dst=_ntop(family, inner_dst),
+                inner_ident=ident,
+                inner_seq=seq,
+                inner_payload=d["payload"],
+                mtu=mtu or None,
+            )
             return d
         return None
     if has_ip_header:
@@ -201,15 +210,30 @@ def parse_packet(data: bytes | bytearray | memoryview, family: int, has_ip_heade
         iq = inner[IP6_HDR_LEN:]
         ident, seq = struct.unpack_from("!HH", iq, 4)
         d = _result(family, typ, code, ident, seq, iq[8:], ttl, src, dst, None, is_error=True)
-        d.update(inner_dst=_ntop(family, inner[24:40]), inner_ident=ident, inner_seq=seq,
-                 inner_payload=d["payload"], mtu=mtu or None)
+        d.update(
+            inner_dst=_ntop(family, inner[24:40]),
+            inner_ident=ident,
+            inner_seq=seq,
+            inner_payload=d["payload"],
+            mtu=mtu or None,
+        )
         return d
     return None
 
 
-def _result(family: int, typ: int, code: int, ident: int, seq: int, payload: bytes,
-            ttl: int | None, src: bytes | None, dst: bytes | None, ok: bool | None,
-            is_error: bool = False) -> dict[str, Any]:
+def _result(
+    family: int,
+    typ: int,
+    code: int,
+    ident: int,
+    seq: int,
+    payload: bytes,
+    ttl: int | None,
+    src: bytes | None,
+    dst: bytes | None,
+    ok: bool | None,
+    is_error: bool = False,
+) -> dict[str, Any]:
     return {
         "type": typ,
         "code": code,
@@ -224,27 +248,33 @@ def _result(family: int, typ: int, code: int, ident: int, seq: int, payload: byt
     }
 
 
-def build_probes(family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int,
-                 payload_size: int) -> bytes:
+def build_probes(
+    family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int, payload_size: int
+) -> bytes:
     """``count`` echo requests for slots first_slot.., concatenated."""
     if payload_size < PROBE_HEADER_SIZE:
         raise ValueError(f"payload_size must be at least {PROBE_HEADER_SIZE}")
     return b"".join(
-        build_echo_request(family, ident, serial & 0xFFFF,
-                           build_probe_payload(first_slot + i, serial, key, payload_size))
+        build_echo_request(
+            family,
+            ident,
+            serial & 0xFFFF,
+            build_probe_payload(first_slot + i, serial, key, payload_size),
+        )
         for i in range(count)
     )
 
 
-def parse_probes(data: bytes, packet_size: int, family: int, has_ip_header: bool,
-                 key: bytes) -> array.array[int]:
+def parse_probes(
+    data: bytes, packet_size: int, family: int, has_ip_header: bool, key: bytes
+) -> array.array[int]:
     """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
     if packet_size <= 0:
         raise ValueError("packet_size must be > 0")
     out = array.array("I")
     b = bytes(data)
     for i in range(len(b) // packet_size):
-        d = parse_packet(b[i * packet_size:(i + 1) * packet_size], family, has_ip_header)
+        d = parse_packet(b[i * packet_size : (i + 1) * packet_size], family, has_ip_header)
         if d is None or d["is_error"]:
             continue
         r = parse_probe_payload(d["payload"], key)

@@ -158,18 +158,37 @@ def sweep(
     """
     _check_args(count, interval_s, timeout_s, rate_pps, workers)
     sub_opts: dict[str, Any] = dict(
-        count=count, interval_s=interval_s, timeout_s=timeout_s, payload_size=payload_size,
-        ttl=ttl, tos=tos, dont_fragment=dont_fragment, family=family, collect_rtts=collect_rtts,
+        count=count,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        payload_size=payload_size,
+        ttl=ttl,
+        tos=tos,
+        dont_fragment=dont_fragment,
+        family=family,
+        collect_rtts=collect_rtts,
     )
     if mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
 
     try:
-        return _socket_sweep(targets, count=count, interval_s=interval_s, timeout_s=timeout_s,
-                             rate_pps=rate_pps, payload_size=payload_size, ttl=ttl, tos=tos,
-                             dont_fragment=dont_fragment, mode=mode, workers=workers,
-                             family=family, collect_rtts=collect_rtts, batch_size=batch_size)
+        return _socket_sweep(
+            targets,
+            count=count,
+            interval_s=interval_s,
+            timeout_s=timeout_s,
+            rate_pps=rate_pps,
+            payload_size=payload_size,
+            ttl=ttl,
+            tos=tos,
+            dont_fragment=dont_fragment,
+            mode=mode,
+            workers=workers,
+            family=family,
+            collect_rtts=collect_rtts,
+            batch_size=batch_size,
+        )
     except UseSubprocess:
         # auto mode and no ICMP socket allowed: the system ping (already logged why)
         return _subprocess_sweep(targets, sub_opts)
@@ -205,9 +224,7 @@ def _socket_sweep(
         window=window,
         batch_size=batch_size,
     )
-    total_slots = sum(
-        (e.count for e in plan.entries if e.sock_index >= 0), 0
-    )
+    total_slots = sum((e.count for e in plan.entries if e.sock_index >= 0), 0)
     rtts: dict[tuple[int, int], list[float]] | None = {} if collect_rtts else None
     t0 = time.perf_counter()
     jobs: list[tuple[Any, Any, float]] = []
@@ -244,7 +261,9 @@ def _socket_sweep(
     return SweepResult(plan.n_hosts, _getter(plan, socks, rtts), totals, duration)
 
 
-def _check_args(count: int, interval_s: float, timeout_s: float, rate_pps: float, workers: int) -> None:
+def _check_args(
+    count: int, interval_s: float, timeout_s: float, rate_pps: float, workers: int
+) -> None:
     if count < 1:
         raise ValueError(f"count must be >= 1, not {count}")
     if interval_s < 0:
@@ -344,8 +363,15 @@ def ping(
 ) -> HostResult:
     """Ping one host ``count`` times; the result carries every RTT in ``rtts_ms``.
     ``on_probe`` (if given) is called with each probe's outcome as the sweep ends."""
-    res = sweep([host], count=count, interval_s=interval_s, timeout_s=timeout_s,
-                collect_rtts=True, rate_pps=options.pop("rate_pps", 0.0), **options)
+    res = sweep(
+        [host],
+        count=count,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        collect_rtts=True,
+        rate_pps=options.pop("rate_pps", 0.0),
+        **options,
+    )
     h = res[0]
     if on_probe is not None:
         for i, rtt in enumerate(h.rtts_ms):

@@ -139,9 +139,7 @@ def rtt_summary(rtts_ms: Sequence[float]) -> dict[str, float | None]:
         )
     avg = sum(rtts_ms) / n
     var = sum((x - avg) ** 2 for x in rtts_ms) / n
-    jit = (
-        sum(abs(rtts_ms[i] - rtts_ms[i - 1]) for i in range(1, n)) / (n - 1) if n > 1 else None
-    )
+    jit = sum(abs(rtts_ms[i] - rtts_ms[i - 1]) for i in range(1, n)) / (n - 1) if n > 1 else None
     s = sorted(rtts_ms)
     return {
         "min_ms": s[0],

@@ -60,7 +60,9 @@ def parse_target(text: str) -> list[Spec]:
     if not t:
         raise TargetError("empty target: give an address, a host name, a CIDR block or a range")
     if t.startswith("-"):
-        raise TargetError(f"target {t!r} starts with '-': options go before targets, not as targets")
+        raise TargetError(
+            f"target {t!r} starts with '-': options go before targets, not as targets"
+        )
     if "/" in t:
         return _parse_cidr(t)
     if "-" in t and _looks_numeric_range(t):
@@ -92,7 +94,9 @@ def _parse_cidr(t: str) -> list[Spec]:
         raise TargetError(f"bad CIDR block {t!r}: {e}") from None
     if net.version == 4:
         if net.num_addresses > MAX_V4_BLOCK:
-            raise TargetError(f"CIDR block {t!r} has {net.num_addresses} addresses; split it (at most /8)")
+            raise TargetError(
+                f"CIDR block {t!r} has {net.num_addresses} addresses; split it (at most /8)"
+            )
         return [V4Range(int(net.network_address), net.num_addresses)]
     if net.num_addresses > MAX_V6_BLOCK:
         raise TargetError(
@@ -155,10 +159,7 @@ def read_targets_file(path: str | Path) -> list[str]:
     import sys
 
     try:
-        if str(path) == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8")
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise TargetError(f"cannot read targets file {str(path)!r}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:

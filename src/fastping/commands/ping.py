@@ -12,8 +12,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("host", metavar="HOST", help="address or host name")
     p.add_argument("-c", "--count", type=int, default=4, metavar="N", help="probes (default 4)")
-    p.add_argument("-i", "--interval", type=float, default=1.0, metavar="S",
-                   help="seconds between probes (default 1)")
+    p.add_argument(
+        "-i",
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between probes (default 1)",
+    )
     add_common(p)
 
 
@@ -30,9 +36,18 @@ def run(args: argparse.Namespace) -> int:
         raise TargetError(f"-c/--count must be >= 1, not {args.count}")
     family = {4: 2, 6: 10}.get(args.family or 0)
     res = api.sweep(
-        [args.host], count=args.count, interval_s=args.interval, timeout_s=args.timeout,
-        rate_pps=0.0, payload_size=args.size, ttl=args.ttl, tos=args.tos,
-        dont_fragment=args.dont_fragment, mode=args.mode, family=family, collect_rtts=True,
+        [args.host],
+        count=args.count,
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        rate_pps=0.0,
+        payload_size=args.size,
+        ttl=args.ttl,
+        tos=args.tos,
+        dont_fragment=args.dont_fragment,
+        mode=args.mode,
+        family=family,
+        collect_rtts=True,
     )
     h = res[0]
     if h.address is None:
@@ -48,12 +63,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"reply from {h.address}: rtt={rtt:.3f} ms ttl={h.ttl}")
             del i
         print(f"--- {h.target} ping statistics ---")
-        print(f"{h.sent} probes sent, {h.received} replies, {h.loss * 100:.1f}% loss"
-              + (f", {h.duplicates} duplicates" if h.duplicates else "")
-              + (f", {h.late} late" if h.late else ""))
+        print(
+            f"{h.sent} probes sent, {h.received} replies, {h.loss * 100:.1f}% loss"
+            + (f", {h.duplicates} duplicates" if h.duplicates else "")
+            + (f", {h.late} late" if h.late else "")
+        )
         if h.alive:
-            print(f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
-                  f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms")
+            print(
+                f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
+                f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms"
+            )
         elif h.error:
             print(h.error)
     return EXIT_ALL_ALIVE if h.alive else EXIT_SOME_DOWN

@@ -11,36 +11,81 @@ from typing import Any
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", "-t", type=float, default=1.0, metavar="S",
-                   help="seconds to wait for each reply (default 1)")
-    p.add_argument("--size", "-b", type=int, default=56, metavar="BYTES",
-                   help="ICMP payload bytes (default 56, at least 16)")
+    p.add_argument(
+        "--timeout",
+        "-t",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds to wait for each reply (default 1)",
+    )
+    p.add_argument(
+        "--size",
+        "-b",
+        type=int,
+        default=56,
+        metavar="BYTES",
+        help="ICMP payload bytes (default 56, at least 16)",
+    )
     p.add_argument("--ttl", type=int, default=None, help="IP TTL / hop limit")
     p.add_argument("--tos", type=int, default=None, help="IP ToS / traffic class byte")
     p.add_argument("--dont-fragment", "-M", action="store_true", help="set don't-fragment")
-    p.add_argument("--mode", choices=("auto", "raw", "dgram", "subprocess"), default="auto",
-                   help="socket mode (default auto: raw, then unprivileged dgram, then ping)")
+    p.add_argument(
+        "--mode",
+        choices=("auto", "raw", "dgram", "subprocess"),
+        default="auto",
+        help="socket mode (default auto: raw, then unprivileged dgram, then ping)",
+    )
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="*", metavar="TARGET",
-                   help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9)")
-    p.add_argument("-f", "--file", action="append", default=[], metavar="FILE",
-                   help="read targets from FILE, one per line ('-' for stdin)")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9)",
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read targets from FILE, one per line ('-' for stdin)",
+    )
     p.add_argument("-c", "--count", type=int, default=1, metavar="N", help="probes per target")
-    p.add_argument("-p", "--period", type=float, default=1.0, metavar="S",
-                   help="seconds between rounds when -c > 1 (default 1)")
-    p.add_argument("--rate", "-r", type=float, default=None, metavar="PPS",
-                   help="total probes per second (default 1000; 0 = as fast as possible)")
-    p.add_argument("--workers", "-w", type=int, default=1, metavar="N",
-                   help="sending threads, each with its own socket (default 1)")
+    p.add_argument(
+        "-p",
+        "--period",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between rounds when -c > 1 (default 1)",
+    )
+    p.add_argument(
+        "--rate",
+        "-r",
+        type=float,
+        default=None,
+        metavar="PPS",
+        help="total probes per second (default 1000; 0 = as fast as possible)",
+    )
+    p.add_argument(
+        "--workers",
+        "-w",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sending threads, each with its own socket (default 1)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.add_argument("-a", "--alive", action="store_true", help="print only targets that answered")
-    p.add_argument("-u", "--unreachable", action="store_true",
-                   help="print only targets that did not answer")
+    p.add_argument(
+        "-u", "--unreachable", action="store_true", help="print only targets that did not answer"
+    )
     add_common(p)
 
 
@@ -66,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
         progress.start()
     try:
         res = api.sweep(
-            targets, count=args.count, interval_s=args.period, timeout_s=args.timeout,
-            rate_pps=rate, payload_size=args.size, ttl=args.ttl, tos=args.tos,
-            dont_fragment=args.dont_fragment, mode=args.mode, workers=args.workers,
+            targets,
+            count=args.count,
+            interval_s=args.period,
+            timeout_s=args.timeout,
+            rate_pps=rate,
+            payload_size=args.size,
+            ttl=args.ttl,
+            tos=args.tos,
+            dont_fragment=args.dont_fragment,
+            mode=args.mode,
+            workers=args.workers,
             family=family,
         )
     finally:
@@ -134,9 +187,14 @@ def _text_summary(s: dict[str, Any]) -> str:
         f"{s['sent']:>10} probes sent",
         f"{s['received']:>10} replies",
     ]
-    for key, label in (("duplicates", "duplicates"), ("late", "late replies"),
-                       ("send_errors", "send errors"), ("rx_drops", "replies dropped by the kernel (receive buffer full)"),
-                       ("enobufs", "send retries (ENOBUFS)"), ("unresolved", "names not resolved")):
+    for key, label in (
+        ("duplicates", "duplicates"),
+        ("late", "late replies"),
+        ("send_errors", "send errors"),
+        ("rx_drops", "replies dropped by the kernel (receive buffer full)"),
+        ("enobufs", "send retries (ENOBUFS)"),
+        ("unresolved", "names not resolved"),
+    ):
         if s.get(key):
             lines.append(f"{s[key]:>10} {label}")
     lines.append(f"{s['duration_s']:>10.3f} s elapsed, {s['probes_per_s']:.0f} probes/s")
@@ -168,5 +226,3 @@ class _Progress:
             sys.stderr.write(f"\r{spin[i % 4]} sweeping... {el:.1f} s")
             sys.stderr.flush()
             i += 1
-
-
