@@ -218,7 +218,7 @@ class SweepResult(Sequence[HostResult]):
         return {
             "targets": self._n,
             "alive": alive,
-            "unreachable": self._n - alive,
+            "down": self._n - alive,
             "sent": self.sent,
             "received": self.received,
             "duration_s": round(self.duration_s, 6),

@@ -1,0 +1,1578 @@
+# cython: language_level=3
+"""fastping's compiled core: the ICMP/ICMPv6 codec and IcmpSocket.
+
+ICMPv4 echo (RFC 792)                     ICMPv6 echo (RFC 4443 §4.1, §4.2)
+ 0               1               2               3
+ 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
++---------------+---------------+-------------------------------+
+|     Type      |     Code      |           Checksum            |
++---------------+---------------+-------------------------------+
+|          Identifier           |        Sequence Number        |
++-------------------------------+-------------------------------+
+|     Data: fastping probe header, then padding ...
++-------------------------------------------------------------
+
+fastping probe header (first PROBE_HEADER_SIZE bytes of the data, big-endian):
+    slot   (4)  index of the target in its IcmpSocket
+    serial (4)  per-slot probe counter; sequence number = serial & 0xffff
+    cookie (8)  SipHash-2-4(key, slot << 32 | serial), key random per socket
+
+ICMP errors (RFC 792 / RFC 4443 §3) quote the offending packet after their
+8-byte header: the quoted IP header + our echo request, whose identifier and
+probe header attribute the error to one probe.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.math cimport sqrt
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
+from posix.uio cimport iovec
+from posix.unistd cimport close as c_close
+
+from includes.epoll cimport (
+    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLERR, EPOLLIN, epoll_create1, epoll_ctl, epoll_event,
+    epoll_wait,
+)
+from includes.errqueue cimport (
+    ICMP_FILTER, SO_EE_OFFENDER, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, icmp_filter,
+    sock_extended_err,
+)
+from includes.filter cimport (
+    BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET,
+    sock_filter, sock_fprog,
+)
+from includes.sockdiag cimport SK_MEMINFO_DROPS, SK_MEMINFO_VARS, SO_MEMINFO
+from includes.socket cimport (
+    AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, INET6_ADDRSTRLEN, IP_MTU_DISCOVER,
+    IP_PMTUDISC_DO, IP_RECVERR, IP_RECVTTL, IP_TOS, IP_TTL, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_IP, IPPROTO_IPV6, IPV6_DONTFRAG, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT,
+    IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
+    SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
+    SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
+    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recvmmsg, sendmmsg, setsockopt,
+    sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
+)
+
+import os as _os
+
+# ---------------------------------------------------------------- constants
+cdef enum:
+    ICMP_ECHO_REPLY = 0
+    ICMP_DEST_UNREACH = 3
+    ICMP_ECHO_REQUEST = 8
+    ICMP_TIME_EXCEEDED = 11
+    ICMP_PARAMETERPROB = 12
+    ICMP6_DST_UNREACH = 1
+    ICMP6_PACKET_TOO_BIG = 2
+    ICMP6_TIME_EXCEEDED = 3
+    ICMP6_PARAM_PROB = 4
+    ICMP6_ECHO_REQUEST = 128
+    ICMP6_ECHO_REPLY = 129
+
+EV_REPLY = 0
+EV_TIMEOUT = 1
+EV_UNREACHABLE = 2
+EV_TIME_EXCEEDED = 3
+EV_SEND_ERROR = 4
+EV_DUPLICATE = 5
+EV_LATE = 6
+
+DEF C_EV_REPLY = 0
+DEF C_EV_TIMEOUT = 1
+DEF C_EV_UNREACHABLE = 2
+DEF C_EV_TIME_EXCEEDED = 3
+DEF C_EV_SEND_ERROR = 4
+DEF C_EV_DUPLICATE = 5
+DEF C_EV_LATE = 6
+
+# Offsets inside the ICMP header (RFC 792 / RFC 4443 figure above).
+DEF ICMP_TYPE_OFFSET = 0
+DEF ICMP_CODE_OFFSET = 1
+DEF ICMP_CSUM_OFFSET = 2
+DEF ICMP_ID_OFFSET = 4
+DEF ICMP_SEQ_OFFSET = 6
+DEF ICMP_HDR_LEN = 8
+DEF ICMP_MTU_OFFSET = 4      # packet too big (v6): MTU in the "unused" word
+DEF IP4_TTL_OFFSET = 8
+DEF IP4_PROTO_OFFSET = 9
+DEF IP4_SRC_OFFSET = 12
+DEF IP4_DST_OFFSET = 16
+DEF IP4_MIN_HDR = 20
+DEF IP6_HDR_LEN = 40
+DEF IP6_NEXT_OFFSET = 6
+DEF IP6_HOPS_OFFSET = 7
+DEF IP6_SRC_OFFSET = 8
+DEF IP6_DST_OFFSET = 24
+DEF PROBE_HDR = 16           # slot(4) serial(4) cookie(8)
+
+PROBE_HEADER_SIZE = PROBE_HDR
+globals().update({
+    "ICMP_ECHO_REPLY": ICMP_ECHO_REPLY, "ICMP_ECHO_REQUEST": ICMP_ECHO_REQUEST,
+    "ICMP6_ECHO_REPLY": ICMP6_ECHO_REPLY, "ICMP6_ECHO_REQUEST": ICMP6_ECHO_REQUEST,
+})
+
+# Probe slot states
+DEF ST_EMPTY = 0
+DEF ST_OUT = 1               # outstanding
+DEF ST_DONE = 2              # answered (reply or ICMP error)
+DEF ST_EXPIRED = 3           # timed out
+DEF ST_SENDFAIL = 4          # the kernel refused the send
+
+DEF RX_BUF = 1536            # a reply, or an ICMP error quoting up to 576+ bytes
+DEF CTRL_BUF = 256
+DEF MAX_BATCH = 1024
+DEF NS = 1000000000
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)   # same clock as SO_TIMESTAMPNS
+    return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+# ---------------------------------------------------------------- checksum
+cdef inline uint32_t csum_add(const uint8_t *p, Py_ssize_t n, uint32_t s) noexcept nogil:
+    """Add 16-bit big-endian words of p to the running sum (RFC 1071 §4.1)."""
+    cdef Py_ssize_t i = 0
+    while i + 1 < n:
+        s += (<uint32_t>p[i] << 8) | p[i + 1]
+        i += 2
+    if i < n:
+        s += <uint32_t>p[i] << 8
+    return s
+
+
+cdef inline uint16_t csum_fold(uint32_t s) noexcept nogil:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return <uint16_t>(~s & 0xFFFF)
+
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
+
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+def checksum(data):
+    """RFC 1071 Internet checksum of ``data`` (the value to store, host order)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes-like data, got {type(data).__name__}")
+    cdef bytes b = bytes(data)
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t n = len(b)
+    cdef uint16_t r
+    with nogil:
+        r = csum_fold(csum_add(p, n, 0))
+    return r
+
+
+# ---------------------------------------------------------------- SipHash-2-4
+cdef inline uint64_t rotl(uint64_t x, int b) noexcept nogil:
+    return (x << b) | (x >> (64 - b))
+
+
+cdef inline uint64_t siphash_u64(uint64_t k0, uint64_t k1, uint64_t m) noexcept nogil:
+    """SipHash-2-4 of one 8-byte message (Aumasson & Bernstein 2012)."""
+    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
+    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
+    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
+    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
+    cdef uint64_t b = (<uint64_t>8) << 56
+    cdef int i
+    v3 ^= m
+    for i in range(2):
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+    v0 ^= m
+    v3 ^= b
+    for i in range(2):
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+    v0 ^= b
+    v2 ^= 0xff
+    for i in range(4):
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+cdef inline uint64_t le64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t r = 0
+    cdef int i
+    for i in range(8):
+        r |= (<uint64_t>p[i]) << (8 * i)
+    return r
+
+
+cdef inline uint64_t cookie_of(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
+    return siphash_u64(k0, k1, ((<uint64_t>slot) << 32) | serial)
+
+
+cdef inline void write_probe_header(uint8_t *p, uint64_t k0, uint64_t k1,
+                                    uint32_t slot, uint32_t serial) noexcept nogil:
+    cdef uint64_t c = cookie_of(k0, k1, slot, serial)
+    wr32(p, slot)
+    wr32(p + 4, serial)
+    wr32(p + 8, <uint32_t>(c >> 32))
+    wr32(p + 12, <uint32_t>(c & 0xFFFFFFFFULL))
+
+
+cdef inline bint read_probe_header(const uint8_t *p, Py_ssize_t n, uint64_t k0, uint64_t k1,
+                                   uint32_t *slot, uint32_t *serial) noexcept nogil:
+    """True if p holds a probe header whose cookie is valid under the key."""
+    if n < PROBE_HDR:
+        return False
+    slot[0] = rd32(p)
+    serial[0] = rd32(p + 4)
+    cdef uint64_t c = ((<uint64_t>rd32(p + 8)) << 32) | rd32(p + 12)
+    return c == cookie_of(k0, k1, slot[0], serial[0])
+
+
+def _key_words(key):
+    if not isinstance(key, (bytes, bytearray)) or len(key) != 16:
+        raise ValueError("key must be 16 bytes")
+    kb = bytes(key)
+    return le64(<const uint8_t *>PyBytes_AS_STRING(kb)), le64(<const uint8_t *>PyBytes_AS_STRING(kb) + 8)
+
+
+def build_probe_payload(slot, serial, key, size):
+    """fastping's probe payload: slot, serial and keyed cookie, padded to ``size``."""
+    if size < PROBE_HDR:
+        raise ValueError(f"payload size {size} is below the {PROBE_HDR} bytes a probe needs")
+    if not 0 <= slot <= 0xFFFFFFFF or not 0 <= serial <= 0xFFFFFFFF:
+        raise ValueError("slot and serial must be 0..2**32-1")
+    k0, k1 = _key_words(key)
+    out = bytearray(size)
+    cdef uint8_t *p = <uint8_t *>(<char *>out)
+    write_probe_header(p, k0, k1, slot, serial)
+    _fill_pattern(p + PROBE_HDR, size - PROBE_HDR)
+    return bytes(out)
+
+
+cdef inline void _fill_pattern(uint8_t *p, Py_ssize_t n) noexcept nogil:
+    # A recognisable, incompressible-enough pattern (like ping's 0x10, 0x11, ...).
+    cdef Py_ssize_t i
+    for i in range(n):
+        p[i] = <uint8_t>((i + 0x10) & 0xFF)
+
+
+def parse_probe_payload(payload, key):
+    """(slot, serial) if the payload carries a cookie valid under ``key``, else None."""
+    k0, k1 = _key_words(key)
+    pb = bytes(payload)
+    cdef uint32_t slot = 0, serial = 0
+    if read_probe_header(<const uint8_t *>PyBytes_AS_STRING(pb), len(pb), k0, k1, &slot, &serial):
+        return (slot, serial)
+    return None
+
+
+# ---------------------------------------------------------------- codec
+def build_echo_request(int family, ident, seq, payload=b""):
+    """ICMP (AF_INET) or ICMPv6 (AF_INET6) echo request. For ICMPv4 the checksum is
+    filled in; for ICMPv6 it is left 0 (the kernel computes it over the pseudo-header,
+    RFC 4443 §2.3)."""
+    if family != AF_INET and family != AF_INET6:
+        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+    if not 0 <= ident <= 0xFFFF:
+        raise ValueError(f"identifier {ident} is not 0..65535")
+    if not 0 <= seq <= 0xFFFF:
+        raise ValueError(f"sequence {seq} is not 0..65535")
+    pb = bytes(payload)
+    cdef Py_ssize_t n = ICMP_HDR_LEN + len(pb)
+    out = PyBytes_FromStringAndSize(NULL, n)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    p[ICMP_TYPE_OFFSET] = ICMP_ECHO_REQUEST if family == AF_INET else ICMP6_ECHO_REQUEST
+    p[ICMP_CODE_OFFSET] = 0
+    wr16(p + ICMP_CSUM_OFFSET, 0)
+    wr16(p + ICMP_ID_OFFSET, ident)
+    wr16(p + ICMP_SEQ_OFFSET, seq)
+    if len(pb):
+        memcpy(p + ICMP_HDR_LEN, PyBytes_AS_STRING(pb), len(pb))
+    if family == AF_INET:
+        wr16(p + ICMP_CSUM_OFFSET, csum_fold(csum_add(p, n, 0)))
+    return out
+
+
+cdef struct Parsed:
+    int is_error          # 1 if an ICMP error quoting an echo request
+    int type, code
+    int ttl               # -1 unknown
+    int checksum_ok       # -1 not checked (v6)
+    uint16_t ident, seq   # of the echo (or of the quoted echo, for errors)
+    const uint8_t *payload
+    Py_ssize_t payload_len
+    const uint8_t *src    # outer source (IPv4 with header), else NULL
+    const uint8_t *dst
+    const uint8_t *inner_dst   # errors: destination of the quoted probe
+    uint32_t mtu
+
+
+cdef int parse_c(const uint8_t *p, Py_ssize_t n, int family, bint has_ip, Parsed *out) noexcept nogil:
+    """Parse one packet into *out. Returns 1 if it is an echo reply/request or an
+    error quoting an echo request, 0 if not ours to consider, -1 if malformed."""
+    cdef Py_ssize_t ihl = 0, iihl
+    cdef const uint8_t *q
+    cdef Py_ssize_t qn
+    memset(out, 0, sizeof(Parsed))
+    out.ttl = -1
+    out.checksum_ok = -1
+    if family == AF_INET:
+        if has_ip:
+            if n < IP4_MIN_HDR or (p[0] >> 4) != 4:
+                return -1
+            ihl = (p[0] & 0x0F) * 4
+            if ihl < IP4_MIN_HDR or n < ihl + ICMP_HDR_LEN:
+                return -1
+            if p[IP4_PROTO_OFFSET] != IPPROTO_ICMP:
+                return 0
+            out.ttl = p[IP4_TTL_OFFSET]
+            out.src = p + IP4_SRC_OFFSET
+            out.dst = p + IP4_DST_OFFSET
+        elif n < ICMP_HDR_LEN:
+            return -1
+        q = p + ihl
+        qn = n - ihl
+        out.type = q[ICMP_TYPE_OFFSET]
+        out.code = q[ICMP_CODE_OFFSET]
+        out.checksum_ok = csum_fold(csum_add(q, qn, 0)) == 0
+        if out.type == ICMP_ECHO_REPLY or out.type == ICMP_ECHO_REQUEST:
+            out.ident = rd16(q + ICMP_ID_OFFSET)
+            out.seq = rd16(q + ICMP_SEQ_OFFSET)
+            out.payload = q + ICMP_HDR_LEN
+            out.payload_len = qn - ICMP_HDR_LEN
+            return 1 if out.checksum_ok else -1
+        if out.type == ICMP_DEST_UNREACH or out.type == ICMP_TIME_EXCEEDED or out.type == ICMP_PARAMETERPROB:
+            # quoted original: IP header + at least 8 bytes of our ICMP (RFC 792)
+            q = q + ICMP_HDR_LEN
+            qn = qn - ICMP_HDR_LEN
+            if qn < IP4_MIN_HDR or (q[0] >> 4) != 4:
+                return -1
+            iihl = (q[0] & 0x0F) * 4
+            if iihl < IP4_MIN_HDR or qn < iihl + ICMP_HDR_LEN or q[IP4_PROTO_OFFSET] != IPPROTO_ICMP:
+                return 0 if qn >= iihl + ICMP_HDR_LEN else -1
+            out.inner_dst = q + IP4_DST_OFFSET
+            q = q + iihl
+            qn = qn - iihl
+            if q[ICMP_TYPE_OFFSET] != ICMP_ECHO_REQUEST:
+                return 0
+            out.is_error = 1
+            out.ident = rd16(q + ICMP_ID_OFFSET)
+            out.seq = rd16(q + ICMP_SEQ_OFFSET)
+            out.payload = q + ICMP_HDR_LEN
+            out.payload_len = qn - ICMP_HDR_LEN
+            if out.type == ICMP_DEST_UNREACH and out.code == 4:   # frag needed: next-hop MTU
+                out.mtu = rd16(p + ihl + 6)
+            return 1 if out.checksum_ok else -1
+        return 0
+    # ICMPv6: raw and datagram sockets deliver no IPv6 header (RFC 3542 §3);
+    # has_ip means a captured packet that starts with one.
+    if has_ip:
+        if n < IP6_HDR_LEN + ICMP_HDR_LEN or (p[0] >> 4) != 6:
+            return -1
+        if p[IP6_NEXT_OFFSET] != IPPROTO_ICMPV6:
+            return 0
+        out.ttl = p[IP6_HOPS_OFFSET]
+        out.src = p + IP6_SRC_OFFSET
+        out.dst = p + IP6_DST_OFFSET
+        p = p + IP6_HDR_LEN
+        n = n - IP6_HDR_LEN
+    if n < ICMP_HDR_LEN:
+        return -1
+    out.type = p[ICMP_TYPE_OFFSET]
+    out.code = p[ICMP_CODE_OFFSET]
+    if out.type == ICMP6_ECHO_REPLY or out.type == ICMP6_ECHO_REQUEST:
+        out.ident = rd16(p + ICMP_ID_OFFSET)
+        out.seq = rd16(p + ICMP_SEQ_OFFSET)
+        out.payload = p + ICMP_HDR_LEN
+        out.payload_len = n - ICMP_HDR_LEN
+        return 1
+    if out.type >= ICMP6_DST_UNREACH and out.type <= ICMP6_PARAM_PROB:
+        q = p + ICMP_HDR_LEN
+        qn = n - ICMP_HDR_LEN
+        if qn < IP6_HDR_LEN + ICMP_HDR_LEN or (q[0] >> 4) != 6:
+            return -1
+        if q[IP6_NEXT_OFFSET] != IPPROTO_ICMPV6 or q[IP6_HDR_LEN] != ICMP6_ECHO_REQUEST:
+            return 0
+        out.inner_dst = q + IP6_DST_OFFSET
+        out.is_error = 1
+        if out.type == ICMP6_PACKET_TOO_BIG:
+            out.mtu = rd32(p + ICMP_MTU_OFFSET)
+        q = q + IP6_HDR_LEN
+        qn = qn - IP6_HDR_LEN
+        out.ident = rd16(q + ICMP_ID_OFFSET)
+        out.seq = rd16(q + ICMP_SEQ_OFFSET)
+        out.payload = q + ICMP_HDR_LEN
+        out.payload_len = qn - ICMP_HDR_LEN
+        return 1
+    return 0
+
+
+cdef str _ntop(int family, const uint8_t *a):
+    cdef char buf[64]
+    if a == NULL:
+        return None
+    if inet_ntop(family, a, buf, sizeof(buf)) == NULL:
+        return None
+    return buf.decode("ascii")
+
+
+def parse_packet(data, int family, bint has_ip_header):
+    """Parse one received packet; None if it is not an echo reply/request or an ICMP
+    error quoting an echo request, or if it is truncated or fails its checksum."""
+    if family != AF_INET and family != AF_INET6:
+        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+    pb = bytes(data)
+    cdef Parsed r
+    cdef int rc
+    rc = parse_c(<const uint8_t *>PyBytes_AS_STRING(pb), len(pb), family, has_ip_header, &r)
+    if rc != 1:
+        return None
+    d = {
+        "type": r.type,
+        "code": r.code,
+        "ident": r.ident,
+        "seq": r.seq,
+        "payload": PyBytes_FromStringAndSize(<const char *>r.payload, r.payload_len) if r.payload_len > 0 else b"",
+        "ttl": r.ttl if r.ttl >= 0 else None,
+        "src": _ntop(family, r.src),
+        "dst": _ntop(family, r.dst),
+        "checksum_ok": None if r.checksum_ok < 0 else bool(r.checksum_ok),
+        "is_error": bool(r.is_error),
+    }
+    if r.is_error:
+        d["inner_dst"] = _ntop(family, r.inner_dst)
+        d["inner_ident"] = r.ident
+        d["inner_seq"] = r.seq
+        d["inner_payload"] = d["payload"]
+        d["mtu"] = r.mtu if r.mtu else None
+    return d
+
+
+# ---------------------------------------------------------------- IcmpSocket
+cdef struct SlotStats:
+    uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
+    uint32_t next_serial, jit_n
+    int64_t min_ns, max_ns, sum_ns, last_rtt_ns, jit_sum_ns
+    double sumsq
+    uint8_t active, last_ttl, err_type, err_code
+
+
+cdef struct Probe:
+    int64_t send_ns
+    uint32_t serial
+    uint8_t state
+
+
+cdef struct Event:
+    uint32_t slot
+    uint32_t seq
+    int64_t rtt_ns
+    int32_t err
+    int16_t ttl
+    uint8_t kind, icmp_type, icmp_code, has_router
+    uint8_t router[16]
+
+
+cdef class IcmpSocket:
+    """One ICMP socket (raw or unprivileged datagram) multiplexing any number of
+    target slots. See the module docstring and ``_icmp.pyi``."""
+
+    cdef readonly int family
+    cdef readonly str kind
+    cdef readonly int ident
+    cdef readonly int payload_size
+    cdef readonly int batch_size
+    cdef readonly int window
+    cdef int fd, epfd
+    cdef bint raw
+    cdef int addr_len            # 4 or 16
+    cdef uint64_t k0, k1
+    cdef int64_t timeout_ns      # replies slower than this count as late (0: no limit)
+    # targets
+    cdef uint8_t *addrs          # n_cap * addr_len
+    cdef SlotStats *stats
+    cdef Probe *probes           # n_cap * window
+    cdef uint8_t *err_router     # lazily: n_cap * addr_len
+    cdef uint32_t n, n_cap
+    cdef list free_slots
+    # batch buffers
+    cdef uint8_t *tx_pkts
+    cdef sockaddr_in6 *tx_names  # big enough for both families
+    cdef iovec *tx_iov
+    cdef mmsghdr *tx_msgs
+    cdef uint32_t pad_sum        # checksum partial of the constant padding
+    cdef uint8_t *rx_bufs
+    cdef uint8_t *rx_ctrl
+    cdef sockaddr_in6 *rx_names
+    cdef iovec *rx_iov
+    cdef mmsghdr *rx_msgs
+    cdef int rx_batch
+    # events
+    cdef Event *ev
+    cdef Py_ssize_t ev_n, ev_cap
+    cdef bint collect
+    # counters
+    cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
+    cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
+    cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors
+    cdef int64_t c_outstanding
+    cdef int64_t t_send_ns, t_total_ns
+
+    def __cinit__(self, int family=AF_INET, *, str kind="raw", int payload_size=56, ttl=None,
+                  tos=None, bint dont_fragment=False, int rcvbuf_bytes=0, int batch_size=64,
+                  int window=1, bint bpf=True):
+        self.fd = -1
+        self.epfd = -1
+        if family != AF_INET and family != AF_INET6:
+            raise ValueError(f"family must be socket.AF_INET or socket.AF_INET6, not {family}")
+        if kind not in ("raw", "dgram"):
+            raise ValueError(f"kind must be 'raw' or 'dgram', not {kind!r}")
+        if payload_size < PROBE_HDR or payload_size > 65000:
+            raise ValueError(f"payload_size {payload_size} must be {PROBE_HDR}..65000 bytes "
+                             f"(fastping needs {PROBE_HDR} bytes for its probe header)")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size {batch_size} must be 1..{MAX_BATCH}")
+        if not 1 <= window <= 64:
+            raise ValueError(f"window {window} must be 1..64 outstanding probes per target")
+        if ttl is not None and not 1 <= ttl <= 255:
+            raise ValueError(f"ttl {ttl} must be 1..255")
+        if tos is not None and not 0 <= tos <= 255:
+            raise ValueError(f"tos {tos} must be 0..255")
+        self.family = family
+        self.kind = kind
+        self.raw = kind == "raw"
+        self.payload_size = payload_size
+        self.batch_size = batch_size
+        self.window = window
+        self.addr_len = 4 if family == AF_INET else 16
+        self.free_slots = []
+        key = _os.urandom(16)
+        self.k0, self.k1 = _key_words(key)
+        self._alloc_buffers()
+        self._open(ttl, tos, dont_fragment, rcvbuf_bytes, bpf)
+
+    cdef int _alloc_buffers(self) except -1:
+        cdef int B = self.batch_size
+        cdef int plen = ICMP_HDR_LEN + self.payload_size
+        self.rx_batch = 256 if B < 256 else B
+        self.tx_pkts = <uint8_t *>PyMem_RawMalloc(<size_t>B * plen)
+        self.tx_names = <sockaddr_in6 *>PyMem_RawMalloc(B * sizeof(sockaddr_in6))
+        self.tx_iov = <iovec *>PyMem_RawMalloc(B * sizeof(iovec))
+        self.tx_msgs = <mmsghdr *>PyMem_RawMalloc(B * sizeof(mmsghdr))
+        cdef int R = self.rx_batch
+        cdef int rxlen = RX_BUF if plen + 100 < RX_BUF else plen + 640
+        self.rx_bufs = <uint8_t *>PyMem_RawMalloc(<size_t>R * rxlen)
+        self.rx_ctrl = <uint8_t *>PyMem_RawMalloc(<size_t>R * CTRL_BUF)
+        self.rx_names = <sockaddr_in6 *>PyMem_RawMalloc(R * sizeof(sockaddr_in6))
+        self.rx_iov = <iovec *>PyMem_RawMalloc(R * sizeof(iovec))
+        self.rx_msgs = <mmsghdr *>PyMem_RawMalloc(R * sizeof(mmsghdr))
+        if (self.tx_pkts == NULL or self.tx_names == NULL or self.tx_iov == NULL or
+                self.tx_msgs == NULL or self.rx_bufs == NULL or self.rx_ctrl == NULL or
+                self.rx_names == NULL or self.rx_iov == NULL or self.rx_msgs == NULL):
+            raise MemoryError()
+        memset(self.tx_pkts, 0, <size_t>B * plen)
+        memset(self.tx_names, 0, B * sizeof(sockaddr_in6))
+        memset(self.tx_msgs, 0, B * sizeof(mmsghdr))
+        cdef int i
+        for i in range(B):
+            _fill_pattern(self.tx_pkts + <size_t>i * plen + ICMP_HDR_LEN + PROBE_HDR,
+                          self.payload_size - PROBE_HDR)
+            self.tx_iov[i].iov_base = self.tx_pkts + <size_t>i * plen
+            self.tx_iov[i].iov_len = plen
+            self.tx_msgs[i].msg_hdr.msg_name = &self.tx_names[i]
+            self.tx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in) if self.family == AF_INET else sizeof(sockaddr_in6)
+            self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
+            self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+        self.pad_sum = csum_add(self.tx_pkts + ICMP_HDR_LEN + PROBE_HDR, self.payload_size - PROBE_HDR, 0)
+        for i in range(R):
+            self.rx_iov[i].iov_base = self.rx_bufs + <size_t>i * rxlen
+            self.rx_iov[i].iov_len = rxlen
+        return 0
+
+    cdef int _open(self, ttl, tos, bint dont_fragment, int rcvbuf_bytes, bint use_bpf) except -1:
+        cdef int proto = IPPROTO_ICMP if self.family == AF_INET else IPPROTO_ICMPV6
+        cdef int stype = (SOCK_RAW if self.raw else SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC
+        cdef int one = 1, v
+        cdef sockaddr_in6 sa
+        cdef socklen_t sl
+        self.fd = socket(self.family, stype, proto)
+        if self.fd < 0:
+            _raise_oserror(f"socket({'AF_INET' if self.family == AF_INET else 'AF_INET6'}, "
+                           f"{'SOCK_RAW' if self.raw else 'SOCK_DGRAM'}, ICMP)")
+        if self.raw:
+            self.ident = int.from_bytes(_os.urandom(2), "big")
+        else:
+            # Unprivileged ICMP sockets: the kernel owns the identifier (it is the
+            # socket's "port"); bind to learn it (net/ipv4/ping.c).
+            memset(&sa, 0, sizeof(sa))
+            sa.sin6_family = self.family
+            sl = sizeof(sockaddr_in) if self.family == AF_INET else sizeof(sockaddr_in6)
+            if bind(self.fd, <sockaddr *>&sa, sl) != 0:
+                _raise_oserror("bind(ICMP datagram socket)")
+            sl = sizeof(sa)
+            if getsockname(self.fd, <sockaddr *>&sa, &sl) != 0:
+                _raise_oserror("getsockname")
+            self.ident = (<uint16_t>(sa.sin6_port >> 8)) | (<uint16_t>((sa.sin6_port & 0xFF) << 8))
+        self._setopt(SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS")
+        self._setopt(SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL")
+        if self.family == AF_INET:
+            if not self.raw:
+                self._setopt(IPPROTO_IP, IP_RECVTTL, 1, "IP_RECVTTL")
+                self._setopt(IPPROTO_IP, IP_RECVERR, 1, "IP_RECVERR")
+            if ttl is not None:
+                self._setopt(IPPROTO_IP, IP_TTL, ttl, "IP_TTL")
+            if tos is not None:
+                self._setopt(IPPROTO_IP, IP_TOS, tos, "IP_TOS")
+            if dont_fragment:
+                self._setopt(IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO, "IP_MTU_DISCOVER")
+        else:
+            self._setopt(IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT")
+            if not self.raw:
+                self._setopt(IPPROTO_IPV6, IPV6_RECVERR, 1, "IPV6_RECVERR")
+            if ttl is not None:
+                self._setopt(IPPROTO_IPV6, IPV6_UNICAST_HOPS, ttl, "IPV6_UNICAST_HOPS")
+            if tos is not None:
+                self._setopt(IPPROTO_IPV6, IPV6_TCLASS, tos, "IPV6_TCLASS")
+            if dont_fragment:
+                self._setopt(IPPROTO_IPV6, IPV6_DONTFRAG, 1, "IPV6_DONTFRAG")
+        self.set_rcvbuf(rcvbuf_bytes if rcvbuf_bytes > 0 else 8 * 1024 * 1024)
+        # A send burst of a whole batch must fit the send buffer too.
+        v = 4 * 1024 * 1024
+        if setsockopt(self.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) != 0:
+            setsockopt(self.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v))
+        if self.raw:
+            if use_bpf:
+                self._attach_bpf()
+            elif self.family == AF_INET:
+                self._set_icmp_filter()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            _raise_oserror("epoll_create1")
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLERR
+        ev.data.fd = self.fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
+            _raise_oserror("epoll_ctl")
+        return 0
+
+    cdef int _setopt(self, int level, int name, int value, str what) except -1:
+        if setsockopt(self.fd, level, name, &value, sizeof(value)) != 0:
+            _raise_oserror(f"setsockopt({what}={value})")
+        return 0
+
+    def set_rcvbuf(self, int nbytes):
+        """Size the receive buffer (the kernel doubles it). As root SO_RCVBUFFORCE
+        passes net.core.rmem_max; otherwise the kernel caps it there."""
+        if setsockopt(self.fd, SOL_SOCKET, SO_RCVBUFFORCE, &nbytes, sizeof(nbytes)) != 0:
+            setsockopt(self.fd, SOL_SOCKET, SO_RCVBUF, &nbytes, sizeof(nbytes))
+
+    @property
+    def rcvbuf_bytes(self):
+        cdef int v = 0
+        cdef socklen_t sl = sizeof(v)
+        getsockopt(self.fd, SOL_SOCKET, SO_RCVBUF, &v, &sl)
+        return v
+
+    cdef int _attach_bpf(self) except -1:
+        # Classic BPF (Documentation/networking/filter.rst): pass echo replies and
+        # ICMP errors that carry our identifier, drop the rest in the kernel, so
+        # several fastping sockets never wake or flood each other.
+        cdef sock_filter code[24]
+        cdef sock_fprog prog
+        cdef int i = 0
+        cdef unsigned int ident = self.ident
+        if self.family == AF_INET:
+            # X = IPv4 header length; A = ICMP type. Jumps are relative (pc+1+jt/jf).
+            code[0] = _bpf(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0)
+            code[1] = _bpf(BPF_LD | BPF_B | BPF_IND, 0, 0, ICMP_TYPE_OFFSET)
+            code[2] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, ICMP_ECHO_REPLY)       # -> 7
+            code[3] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 7, 0, ICMP_DEST_UNREACH)     # -> 11
+            code[4] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 6, 0, ICMP_TIME_EXCEEDED)    # -> 11
+            code[5] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 5, 0, ICMP_PARAMETERPROB)    # -> 11
+            code[6] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[7] = _bpf(BPF_LD | BPF_H | BPF_IND, 0, 0, ICMP_ID_OFFSET)         # echo id
+            code[8] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 1, 0, ident)                 # -> 10 / 9
+            code[9] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[10] = _bpf(BPF_RET | BPF_K, 0, 0, 0xFFFF)
+            # errors: the quoted probe (its IP header has no options: 20 bytes)
+            code[11] = _bpf(BPF_LD | BPF_B | BPF_IND, 0, 0, ICMP_HDR_LEN + IP4_PROTO_OFFSET)
+            code[12] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 4, IPPROTO_ICMP)         # / 17
+            code[13] = _bpf(BPF_LD | BPF_B | BPF_IND, 0, 0, ICMP_HDR_LEN + IP4_MIN_HDR)
+            code[14] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, ICMP_ECHO_REQUEST)    # / 17
+            code[15] = _bpf(BPF_LD | BPF_H | BPF_IND, 0, 0, ICMP_HDR_LEN + IP4_MIN_HDR + ICMP_ID_OFFSET)
+            code[16] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 1, 0, ident)                # -> 18 / 17
+            code[17] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[18] = _bpf(BPF_RET | BPF_K, 0, 0, 0xFFFF)
+            i = 19
+        else:
+            # IPv6 raw sockets deliver the packet from the ICMPv6 header on.
+            code[0] = _bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, ICMP_TYPE_OFFSET)
+            code[1] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, ICMP6_ECHO_REPLY)      # -> 6
+            code[2] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 6, 0, ICMP6_DST_UNREACH)     # -> 9
+            code[3] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 5, 0, ICMP6_PACKET_TOO_BIG)  # -> 9
+            code[4] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, ICMP6_TIME_EXCEEDED)   # -> 9
+            code[5] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 3, 8, ICMP6_PARAM_PROB)      # -> 9 / drop 14
+            code[6] = _bpf(BPF_LD | BPF_H | BPF_ABS, 0, 0, ICMP_ID_OFFSET)
+            code[7] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 7, 6, ident)                 # -> 15 / 14
+            code[8] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[9] = _bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, ICMP_HDR_LEN + IP6_NEXT_OFFSET)
+            code[10] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, IPPROTO_ICMPV6)       # / 14
+            code[11] = _bpf(BPF_LD | BPF_H | BPF_ABS, 0, 0, ICMP_HDR_LEN + IP6_HDR_LEN + ICMP_ID_OFFSET)
+            code[12] = _bpf(BPF_JMP | BPF_JEQ | BPF_K, 2, 1, ident)                # -> 15 / 14
+            code[13] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[14] = _bpf(BPF_RET | BPF_K, 0, 0, 0)
+            code[15] = _bpf(BPF_RET | BPF_K, 0, 0, 0xFFFF)
+            i = 16
+        prog.len = i
+        prog.filter = code
+        if setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0:
+            _raise_oserror("setsockopt(SO_ATTACH_FILTER)")
+        return 0
+
+    cdef int _set_icmp_filter(self) except -1:
+        # Without BPF, at least keep looped-back echo requests and other ICMP noise
+        # out (raw(7): ICMP_FILTER is a bit mask of types to drop).
+        cdef icmp_filter f
+        f.data = ~((1u << ICMP_ECHO_REPLY) | (1u << ICMP_DEST_UNREACH) |
+                   (1u << ICMP_TIME_EXCEEDED) | (1u << ICMP_PARAMETERPROB))
+        if setsockopt(self.fd, IPPROTO_ICMP + 254, ICMP_FILTER, &f, sizeof(f)) != 0:  # SOL_RAW = 255
+            _raise_oserror("setsockopt(ICMP_FILTER)")
+        return 0
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            c_close(self.fd)
+        if self.epfd >= 0:
+            c_close(self.epfd)
+        PyMem_RawFree(self.addrs)
+        PyMem_RawFree(self.stats)
+        PyMem_RawFree(self.probes)
+        PyMem_RawFree(self.err_router)
+        PyMem_RawFree(self.tx_pkts)
+        PyMem_RawFree(self.tx_names)
+        PyMem_RawFree(self.tx_iov)
+        PyMem_RawFree(self.tx_msgs)
+        PyMem_RawFree(self.rx_bufs)
+        PyMem_RawFree(self.rx_ctrl)
+        PyMem_RawFree(self.rx_names)
+        PyMem_RawFree(self.rx_iov)
+        PyMem_RawFree(self.rx_msgs)
+        PyMem_RawFree(self.ev)
+
+    def fileno(self):
+        return self.fd
+
+    def close(self):
+        """Close the socket (idempotent)."""
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+        if self.epfd >= 0:
+            c_close(self.epfd)
+            self.epfd = -1
+
+    @property
+    def closed(self):
+        return self.fd < 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        fam = "IPv4" if self.family == AF_INET else "IPv6"
+        return f"<IcmpSocket {fam} {self.kind} ident={self.ident} slots={self.n} fd={self.fd}>"
+
+    cdef int _check_open(self) except -1:
+        if self.fd < 0:
+            raise ValueError("I/O on a closed IcmpSocket")
+        return 0
+
+    @property
+    def timeout_s(self):
+        """Replies slower than this are counted as late (0: no limit)."""
+        return self.timeout_ns / 1e9
+
+    @timeout_s.setter
+    def timeout_s(self, double v):
+        if v < 0:
+            raise ValueError("timeout_s must be >= 0")
+        self.timeout_ns = <int64_t>(v * 1e9)
+
+    # ------------------------------------------------------------ targets
+    @property
+    def n_slots(self):
+        return self.n
+
+    cdef int _grow(self, uint32_t need) except -1:
+        cdef uint32_t cap = self.n_cap if self.n_cap else 16
+        if need <= self.n_cap:
+            return 0
+        while cap < need:
+            cap = cap * 2 if cap < 0x40000000 else need
+        cdef void *a = PyMem_RawRealloc(self.addrs, <size_t>cap * self.addr_len)
+        if a == NULL:
+            raise MemoryError()
+        self.addrs = <uint8_t *>a
+        a = PyMem_RawRealloc(self.stats, <size_t>cap * sizeof(SlotStats))
+        if a == NULL:
+            raise MemoryError()
+        self.stats = <SlotStats *>a
+        a = PyMem_RawRealloc(self.probes, <size_t>cap * self.window * sizeof(Probe))
+        if a == NULL:
+            raise MemoryError()
+        self.probes = <Probe *>a
+        if self.err_router != NULL:
+            a = PyMem_RawRealloc(self.err_router, <size_t>cap * self.addr_len)
+            if a == NULL:
+                raise MemoryError()
+            self.err_router = <uint8_t *>a
+        self.n_cap = cap
+        return 0
+
+    cdef void _init_slot(self, uint32_t s) noexcept nogil:
+        memset(&self.stats[s], 0, sizeof(SlotStats))
+        self.stats[s].active = 1
+        memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
+
+    def clear_targets(self):
+        """Drop every slot and reset stats."""
+        self.n = 0
+        self.free_slots = []
+        self.reset_stats()
+
+    def set_targets(self, addresses):
+        """Replace all slots with numeric ``addresses`` of this family."""
+        self.clear_targets()
+        self.append_targets(addresses)
+
+    def append_targets(self, addresses):
+        """Append slots for numeric ``addresses``; return the first new slot."""
+        addrs = list(addresses)
+        cdef uint32_t first = self.n
+        self._grow(self.n + len(addrs))
+        cdef uint32_t s
+        for a in addrs:
+            s = self.n
+            self._pton(a, self.addrs + <size_t>s * self.addr_len)
+            self._init_slot(s)
+            self.n += 1
+        return first
+
+    def append_range_v4(self, first, count):
+        """Append ``count`` consecutive IPv4 addresses from ``first`` (host-order int),
+        expanded here with no Python object per target; return the first new slot."""
+        if self.family != AF_INET:
+            raise ValueError("append_range_v4 needs an AF_INET socket")
+        if count < 0 or first < 0 or first + count > 0x100000000:
+            raise ValueError("IPv4 range out of bounds")
+        cdef uint32_t start = self.n, i, a0 = first, cnt = count
+        self._grow(self.n + cnt)
+        with nogil:
+            for i in range(cnt):
+                wr32(self.addrs + <size_t>(start + i) * 4, a0 + i)
+                self._init_slot(start + i)
+        self.n += cnt
+        return start
+
+    cdef int _pton(self, object a, uint8_t *dst) except -1:
+        if not isinstance(a, str):
+            raise TypeError(f"address must be a str, not {type(a).__name__}")
+        b = (<str>a).split("%", 1)[0].encode("ascii", "replace")
+        if inet_pton(self.family, b, dst) != 1:
+            fam = "IPv4" if self.family == AF_INET else "IPv6"
+            raise ValueError(f"{a!r} is not a numeric {fam} address (resolve names first)")
+        return 0
+
+    def add_target(self, str address):
+        """Add one target, return its slot (a freed slot is reused)."""
+        cdef uint32_t s
+        if self.free_slots:
+            s = self.free_slots.pop()
+        else:
+            self._grow(self.n + 1)
+            s = self.n
+            self.n += 1
+        try:
+            self._pton(address, self.addrs + <size_t>s * self.addr_len)
+        except BaseException:
+            self.free_slots.append(s)
+            raise
+        self._init_slot(s)
+        return s
+
+    def remove_target(self, uint32_t slot):
+        """Free ``slot``: later replies for it are ignored and counted as stale."""
+        if slot >= self.n or not self.stats[slot].active:
+            raise KeyError(f"slot {slot} is not in use")
+        cdef uint32_t w
+        cdef Probe *pr
+        for w in range(self.window):
+            pr = &self.probes[<size_t>slot * self.window + w]
+            if pr.state == ST_OUT:
+                self.c_outstanding -= 1
+            pr.state = ST_EMPTY
+        self.stats[slot].active = 0
+        self.free_slots.append(slot)
+
+    def slot_address(self, uint32_t slot):
+        if slot >= self.n:
+            raise IndexError(slot)
+        return _ntop(self.family, self.addrs + <size_t>slot * self.addr_len)
+
+    def slot_stats(self, uint32_t slot):
+        """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
+        send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
+        last_ttl, last_err_type, last_err_code, last_err_router)"""
+        if slot >= self.n:
+            raise IndexError(slot)
+        cdef SlotStats *st = &self.stats[slot]
+        router = None
+        if (st.err_type or st.unreach or st.texc) and self.err_router != NULL:
+            router = _ntop(self.family, self.err_router + <size_t>slot * self.addr_len)
+        return (st.sent, st.received, st.dup, st.late, st.timeouts, st.unreach, st.texc,
+                st.senderr, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_sum_ns,
+                st.jit_n, st.last_ttl, st.err_type, st.err_code, router)
+
+    def totals(self):
+        """Socket counters (see the stub). rx_drops is the kernel's count of replies
+        dropped for lack of receive-buffer room (SO_MEMINFO / SO_RXQ_OVFL)."""
+        cdef uint32_t mi[16]
+        cdef socklen_t ml = sizeof(mi)
+        cdef uint64_t drops = self.c_rxq_ovfl
+        memset(mi, 0, sizeof(mi))
+        if self.fd >= 0 and getsockopt(self.fd, SOL_SOCKET, SO_MEMINFO, mi, &ml) == 0:
+            if mi[SK_MEMINFO_DROPS] > drops:
+                drops = mi[SK_MEMINFO_DROPS]
+        return {
+            "sent": self.c_sent, "received": self.c_received, "duplicates": self.c_dup,
+            "late": self.c_late, "timeouts": self.c_timeouts, "unreachable": self.c_unreach,
+            "time_exceeded": self.c_texc, "send_errors": self.c_senderr,
+            "enobufs": self.c_enobufs, "rx_drops": drops, "foreign": self.c_foreign,
+            "malformed": self.c_malformed, "stale": self.c_stale,
+            "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
+            "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
+            "socket_errors": self.c_sock_errors,
+            "send_ns": self.t_send_ns, "total_ns": self.t_total_ns,
+        }
+
+    def reset_stats(self):
+        """Zero the counters and per-slot stats (targets stay)."""
+        cdef uint32_t s
+        self.c_sent = self.c_received = self.c_dup = self.c_late = self.c_timeouts = 0
+        self.c_unreach = self.c_texc = self.c_senderr = self.c_enobufs = self.c_foreign = 0
+        self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
+        self.c_outstanding = 0
+        self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = 0
+        self.t_send_ns = self.t_total_ns = 0
+        cdef uint8_t act
+        for s in range(self.n):
+            act = self.stats[s].active
+            memset(&self.stats[s], 0, sizeof(SlotStats))
+            self.stats[s].active = act
+            memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
+
+    # ------------------------------------------------------------ events
+    cdef inline void _event(self, uint32_t slot, uint8_t kind, uint32_t seq, int64_t rtt,
+                            int ttl, int itype, int icode, const uint8_t *router,
+                            int err) noexcept nogil:
+        cdef Event *e
+        cdef void *p
+        if not self.collect:
+            return
+        if self.ev_n == self.ev_cap:
+            p = PyMem_RawRealloc(self.ev, (self.ev_cap * 2 + 256) * sizeof(Event))
+            if p == NULL:
+                self.c_events_lost += 1   # out of memory: counters stay exact, the event is counted lost
+                return
+            self.ev = <Event *>p
+            self.ev_cap = self.ev_cap * 2 + 256
+        e = &self.ev[self.ev_n]
+        self.ev_n += 1
+        e.slot = slot
+        e.kind = kind
+        e.seq = seq
+        e.rtt_ns = rtt
+        e.ttl = ttl
+        e.icmp_type = itype
+        e.icmp_code = icode
+        e.err = err
+        e.has_router = router != NULL
+        if router != NULL:
+            memcpy(e.router, router, self.addr_len)
+
+    cdef list _take_events(self):
+        cdef Py_ssize_t i
+        cdef Event *e
+        out = []
+        for i in range(self.ev_n):
+            e = &self.ev[i]
+            out.append((e.slot, e.kind, e.seq & 0xFFFF, e.rtt_ns,
+                        e.ttl if e.ttl >= 0 else None,
+                        e.icmp_type if e.kind == C_EV_UNREACHABLE or e.kind == C_EV_TIME_EXCEEDED else None,
+                        e.icmp_code if e.kind == C_EV_UNREACHABLE or e.kind == C_EV_TIME_EXCEEDED else None,
+                        _ntop(self.family, e.router) if e.has_router else None,
+                        e.err if e.kind == C_EV_SEND_ERROR else None))
+        self.ev_n = 0
+        return out
+
+    # ------------------------------------------------------------ sending
+    cdef inline void _expire_probe(self, uint32_t slot, Probe *pr) noexcept nogil:
+        pr.state = ST_EXPIRED
+        self.stats[slot].timeouts += 1
+        self.c_timeouts += 1
+        self.c_outstanding -= 1
+        self._event(slot, C_EV_TIMEOUT, pr.serial, 0, -1, 0, 0, NULL, 0)
+
+    cdef int _send_slots(self, const uint32_t *slots, Py_ssize_t count) noexcept nogil:
+        """Send one probe to each slot, in batches. Returns 0, or -1 after a fatal errno."""
+        cdef int B = self.batch_size
+        cdef int plen = ICMP_HDR_LEN + self.payload_size
+        cdef Py_ssize_t i = 0, j, k
+        cdef int r, tries, err
+        cdef uint32_t s, serial
+        cdef uint8_t *pk
+        cdef Probe *pr
+        cdef SlotStats *st
+        cdef sockaddr_in *sin
+        cdef sockaddr_in6 *sin6
+        cdef int64_t t
+        cdef uint8_t icmp_type = ICMP_ECHO_REQUEST if self.family == AF_INET else ICMP6_ECHO_REQUEST
+        cdef Py_ssize_t built, done
+        while i < count:
+            # build up to B probes
+            built = 0
+            j = i
+            while j < count and built < B:
+                s = slots[j]
+                j += 1
+                if s >= self.n or not self.stats[s].active:
+                    continue
+                st = &self.stats[s]
+                serial = st.next_serial
+                st.next_serial += 1
+                pr = &self.probes[<size_t>s * self.window + serial % self.window]
+                if pr.state == ST_OUT:
+                    # the window is full: the oldest probe has outlived its timeout
+                    self._expire_probe(s, pr)
+                pr.serial = serial
+                pr.state = ST_OUT
+                pk = self.tx_pkts + <size_t>built * plen
+                pk[ICMP_TYPE_OFFSET] = icmp_type
+                pk[ICMP_CODE_OFFSET] = 0
+                wr16(pk + ICMP_ID_OFFSET, <uint16_t>self.ident)
+                wr16(pk + ICMP_SEQ_OFFSET, <uint16_t>(serial & 0xFFFF))
+                write_probe_header(pk + ICMP_HDR_LEN, self.k0, self.k1, s, serial)
+                wr16(pk + ICMP_CSUM_OFFSET, 0)
+                if self.family == AF_INET:
+                    wr16(pk + ICMP_CSUM_OFFSET,
+                         csum_fold(csum_add(pk, ICMP_HDR_LEN + PROBE_HDR, self.pad_sum)))
+                    sin = <sockaddr_in *>&self.tx_names[built]
+                    sin.sin_family = AF_INET
+                    memcpy(&sin.sin_addr, self.addrs + <size_t>s * 4, 4)
+                else:
+                    sin6 = &self.tx_names[built]
+                    sin6.sin6_family = AF_INET6
+                    memcpy(&sin6.sin6_addr, self.addrs + <size_t>s * 16, 16)
+                built += 1
+            i = j
+            # send them; the send time is taken just before sendmmsg
+            done = 0
+            tries = 0
+            while done < built:
+                t = now_ns()
+                for k in range(done, built):
+                    # slot and serial are read back from the probe header just built
+                    s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
+                    serial = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN + 4)
+                    self.probes[<size_t>s * self.window + serial % self.window].send_ns = t
+                r = sendmmsg(self.fd, self.tx_msgs + done, built - done, 0)
+                if r > 0:
+                    for k in range(done, done + r):
+                        s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
+                        self.stats[s].sent += 1
+                    self.c_sent += r
+                    self.c_outstanding += r
+                    done += r
+                    continue
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN or err == ENOBUFS:
+                    # the device or socket queue is full: make room and retry
+                    self.c_enobufs += 1
+                    tries += 1
+                    if tries > 2000:
+                        return self._fail_rest(done, built, err)
+                    self._drain(0)
+                    _sleep_ns(20000)
+                    continue
+                # the first message failed (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM...)
+                self._fail_one(done, err)
+                done += 1
+            self._drain(0)
+        return 0
+
+    cdef int _fail_one(self, Py_ssize_t k, int err) noexcept nogil:
+        cdef int plen = ICMP_HDR_LEN + self.payload_size
+        cdef uint32_t s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
+        cdef uint32_t serial = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN + 4)
+        cdef Probe *pr = &self.probes[<size_t>s * self.window + serial % self.window]
+        pr.state = ST_SENDFAIL
+        self.stats[s].senderr += 1
+        self.c_senderr += 1
+        self._event(s, C_EV_SEND_ERROR, serial, 0, -1, 0, 0, NULL, err)
+        return 0
+
+    cdef int _fail_rest(self, Py_ssize_t done, Py_ssize_t built, int err) noexcept nogil:
+        cdef Py_ssize_t k
+        for k in range(done, built):
+            self._fail_one(k, err)
+        return 0
+
+    # ------------------------------------------------------------ receiving
+    cdef int _drain(self, int max_packets) noexcept nogil:
+        """recvmmsg until the queue is empty (or max_packets). Returns packets read."""
+        cdef int total = 0, r, retries = 0
+        while True:
+            r = self._recv_batch(0)
+            if r < 0 and retries < 8:
+                retries += 1
+                continue
+            if r <= 0:
+                break
+            total += r
+            if max_packets > 0 and total >= max_packets:
+                break
+        if not self.raw:
+            # unprivileged sockets get ICMP errors on the error queue (IP_RECVERR)
+            while True:
+                r = self._recv_batch(MSG_ERRQUEUE)
+                if r <= 0:
+                    break
+                total += r
+        return total
+
+    cdef int _recv_batch(self, int extra_flags) noexcept nogil:
+        cdef int R = self.rx_batch, i, r
+        cdef msghdr *h
+        for i in range(R):
+            h = &self.rx_msgs[i].msg_hdr
+            h.msg_name = &self.rx_names[i]
+            h.msg_namelen = sizeof(sockaddr_in6)
+            h.msg_iov = &self.rx_iov[i]
+            h.msg_iovlen = 1
+            h.msg_control = self.rx_ctrl + <size_t>i * CTRL_BUF
+            h.msg_controllen = CTRL_BUF
+            h.msg_flags = 0
+        r = recvmmsg(self.fd, self.rx_msgs, R, MSG_DONTWAIT | extra_flags, NULL)
+        if r < 0:
+            if errno == EAGAIN:
+                return 0
+            # a pending socket error (sk_err, e.g. from an ICMP error on a datagram
+            # socket) fails one call and is consumed by it: tell the caller to retry
+            self.c_sock_errors += 1
+            return -1
+        if r == 0:
+            return 0
+        cdef int64_t t_now = now_ns()
+        self.c_pkts += r
+        for i in range(r):
+            self._handle(i, t_now, extra_flags != 0)
+        return r
+
+    cdef void _handle(self, int i, int64_t t_now, bint errqueue) noexcept nogil:
+        cdef msghdr *h = &self.rx_msgs[i].msg_hdr
+        cdef const uint8_t *buf = <const uint8_t *>self.rx_iov[i].iov_base
+        cdef Py_ssize_t n = self.rx_msgs[i].msg_len
+        cdef int64_t t_rx = t_now
+        cdef int ttl = -1
+        cdef cmsghdr *c = CMSG_FIRSTHDR(h)
+        cdef timespec *ts
+        cdef sock_extended_err *ee = NULL
+        cdef const uint8_t *offender = NULL
+        cdef uint32_t ovfl
+        while c != NULL:
+            if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                ts = <timespec *>CMSG_DATA(c)
+                t_rx = <int64_t>ts.tv_sec * NS + ts.tv_nsec
+            elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
+                memcpy(&ovfl, CMSG_DATA(c), 4)
+                if ovfl > self.c_rxq_ovfl:
+                    self.c_rxq_ovfl = ovfl
+            elif c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_TTL:
+                memcpy(&ttl, CMSG_DATA(c), sizeof(int))
+            elif c.cmsg_level == IPPROTO_IPV6 and c.cmsg_type == IPV6_HOPLIMIT:
+                memcpy(&ttl, CMSG_DATA(c), sizeof(int))
+            elif errqueue and ((c.cmsg_level == IPPROTO_IP and c.cmsg_type == IP_RECVERR) or
+                               (c.cmsg_level == IPPROTO_IPV6 and c.cmsg_type == IPV6_RECVERR)):
+                ee = <sock_extended_err *>CMSG_DATA(c)
+            c = CMSG_NXTHDR(h, c)
+        if errqueue:
+            self._handle_errqueue(buf, n, h, ee)
+            return
+        cdef Parsed p
+        cdef int rc = parse_c(buf, n, self.family, self.raw and self.family == AF_INET, &p)
+        if rc < 0:
+            self.c_malformed += 1
+            return
+        if rc == 0 or (p.type == ICMP_ECHO_REQUEST or p.type == ICMP6_ECHO_REQUEST):
+            self.c_foreign += 1
+            return
+        if self.raw and p.ident != self.ident:
+            self.c_foreign += 1
+            return
+        if p.ttl >= 0:
+            ttl = p.ttl
+        cdef uint32_t slot, serial
+        if not read_probe_header(p.payload, p.payload_len, self.k0, self.k1, &slot, &serial):
+            if p.is_error:
+                self.c_unattributed += 1   # quote too short to carry our cookie
+            else:
+                self.c_foreign += 1
+            return
+        if slot >= self.n or not self.stats[slot].active:
+            self.c_stale += 1
+            return
+        cdef const uint8_t *want = self.addrs + <size_t>slot * self.addr_len
+        cdef const uint8_t *src
+        cdef sockaddr_in *sin
+        cdef sockaddr_in6 *sin6
+        if self.family == AF_INET:
+            sin = <sockaddr_in *>h.msg_name
+            src = <const uint8_t *>&sin.sin_addr
+        else:
+            sin6 = <sockaddr_in6 *>h.msg_name
+            src = <const uint8_t *>&sin6.sin6_addr
+        if p.is_error:
+            # the quoted probe must have gone to this slot's address; the reporter
+            # is the router that sent the error
+            if memcmp(p.inner_dst, want, self.addr_len) != 0:
+                self.c_foreign += 1
+                return
+            self._on_error(slot, serial, p.type, p.code, src)
+            return
+        if memcmp(src, want, self.addr_len) != 0:
+            self.c_foreign += 1     # a valid cookie from the wrong address: spoofed or misrouted
+            return
+        self._on_reply(slot, serial, t_rx, ttl)
+
+    cdef void _on_reply(self, uint32_t slot, uint32_t serial, int64_t t_rx, int ttl) noexcept nogil:
+        cdef SlotStats *st = &self.stats[slot]
+        if serial >= st.next_serial:
+            self.c_foreign += 1     # never sent: a forged or foreign cookie collision
+            return
+        cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
+        cdef int64_t rtt
+        if pr.serial != serial or pr.state == ST_EMPTY or pr.state == ST_SENDFAIL:
+            # its window entry was reused: the probe had timed out long ago
+            st.late += 1
+            self.c_late += 1
+            self._event(slot, C_EV_LATE, serial, 0, ttl, 0, 0, NULL, 0)
+            return
+        if pr.state == ST_DONE:
+            st.dup += 1
+            self.c_dup += 1
+            self._event(slot, C_EV_DUPLICATE, serial, 0, ttl, 0, 0, NULL, 0)
+            return
+        rtt = t_rx - pr.send_ns
+        if rtt < 0:
+            rtt = 0
+        if pr.state == ST_EXPIRED or (self.timeout_ns > 0 and rtt > self.timeout_ns):
+            if pr.state == ST_OUT:
+                self._expire_probe(slot, pr)
+            st.late += 1
+            self.c_late += 1
+            self._event(slot, C_EV_LATE, serial, rtt, ttl, 0, 0, NULL, 0)
+            return
+        pr.state = ST_DONE
+        self.c_outstanding -= 1
+        st.received += 1
+        self.c_received += 1
+        if st.received == 1 or rtt < st.min_ns:
+            st.min_ns = rtt
+        if rtt > st.max_ns:
+            st.max_ns = rtt
+        st.sum_ns += rtt
+        st.sumsq += <double>rtt * <double>rtt
+        if st.received > 1:
+            st.jit_sum_ns += rtt - st.last_rtt_ns if rtt > st.last_rtt_ns else st.last_rtt_ns - rtt
+            st.jit_n += 1
+        st.last_rtt_ns = rtt
+        if ttl >= 0:
+            st.last_ttl = <uint8_t>ttl
+        self._event(slot, C_EV_REPLY, serial, rtt, ttl, 0, 0, NULL, 0)
+
+    cdef void _on_error(self, uint32_t slot, uint32_t serial, int itype, int icode,
+                        const uint8_t *router) noexcept nogil:
+        cdef SlotStats *st = &self.stats[slot]
+        if serial >= st.next_serial:
+            self.c_foreign += 1
+            return
+        cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
+        if pr.serial != serial or pr.state != ST_OUT:
+            self.c_stale += 1       # an error for a probe already settled
+            return
+        cdef bint texc = (itype == ICMP_TIME_EXCEEDED) if self.family == AF_INET else (itype == ICMP6_TIME_EXCEEDED)
+        pr.state = ST_DONE
+        self.c_outstanding -= 1
+        if texc:
+            st.texc += 1
+            self.c_texc += 1
+        else:
+            st.unreach += 1
+            self.c_unreach += 1
+        st.err_type = itype
+        st.err_code = icode
+        if self.err_router == NULL:
+            self.err_router = <uint8_t *>PyMem_RawMalloc(<size_t>self.n_cap * self.addr_len)
+        if self.err_router != NULL:
+            memcpy(self.err_router + <size_t>slot * self.addr_len, router, self.addr_len)
+        self._event(slot, C_EV_TIME_EXCEEDED if texc else C_EV_UNREACHABLE, serial, 0, -1,
+                    itype, icode, router, 0)
+
+    cdef void _handle_errqueue(self, const uint8_t *buf, Py_ssize_t n, msghdr *h,
+                               sock_extended_err *ee) noexcept nogil:
+        # IP_RECVERR (ip(7)): the data is our own echo request as sent; the cmsg
+        # names the ICMP type/code and the offending router.
+        cdef uint32_t slot, serial
+        cdef const uint8_t *router = NULL
+        cdef sockaddr_in *sin
+        cdef sockaddr_in6 *sin6
+        cdef void *off
+        if ee == NULL or (ee.ee_origin != SO_EE_ORIGIN_ICMP and ee.ee_origin != SO_EE_ORIGIN_ICMP6):
+            self.c_foreign += 1     # a local error report (e.g. EMSGSIZE), not from the network
+            return
+        if n < ICMP_HDR_LEN or not read_probe_header(buf + ICMP_HDR_LEN, n - ICMP_HDR_LEN,
+                                                      self.k0, self.k1, &slot, &serial):
+            self.c_unattributed += 1
+            return
+        if slot >= self.n or not self.stats[slot].active:
+            self.c_stale += 1
+            return
+        off = SO_EE_OFFENDER(ee)
+        if self.family == AF_INET:
+            sin = <sockaddr_in *>off
+            router = <const uint8_t *>&sin.sin_addr
+        else:
+            sin6 = <sockaddr_in6 *>off
+            router = <const uint8_t *>&sin6.sin6_addr
+        self._on_error(slot, serial, ee.ee_type, ee.ee_code, router)
+
+    # ------------------------------------------------------------ engine API
+    def send(self, slots):
+        """Send one probe to each slot now (sendmmsg batches, GIL released). Returns
+        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+        self._check_open()
+        cdef uint32_t[::1] arr = _slots_array(slots)
+        cdef Py_ssize_t cnt = arr.shape[0]
+        self.collect = True
+        if cnt:
+            with nogil:
+                self._send_slots(&arr[0], cnt)
+        return self._take_events()
+
+    def recv(self, int max_packets=0):
+        """Drain queued packets without blocking (0 = until empty); return events."""
+        self._check_open()
+        self.collect = True
+        with nogil:
+            self._drain(max_packets)
+        return self._take_events()
+
+    def expire(self, double timeout_s):
+        """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""
+        self._check_open()
+        cdef int64_t limit = now_ns() - <int64_t>(timeout_s * 1e9)
+        cdef uint32_t s, w
+        cdef Probe *pr
+        self.collect = True
+        with nogil:
+            for s in range(self.n):
+                if not self.stats[s].active:
+                    continue
+                for w in range(self.window):
+                    pr = &self.probes[<size_t>s * self.window + w]
+                    if pr.state == ST_OUT and pr.send_ns <= limit:
+                        self._expire_probe(s, pr)
+        return self._take_events()
+
+    def wait(self, double timeout_s):
+        """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
+        self._check_open()
+        cdef epoll_event ev
+        cdef int ms = <int>(timeout_s * 1000)
+        cdef int r
+        with nogil:
+            r = epoll_wait(self.epfd, &ev, 1, ms)
+        return r > 0
+
+    # ------------------------------------------------------------ bounded sweep
+    def sweep(self, int count=1, double interval_s=1.0, double timeout_s=1.0,
+              double rate_pps=0.0, slots=None, bint events=False):
+        """Send ``count`` rounds to every slot (or to ``slots``), rounds ``interval_s``
+        apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
+        wait up to ``timeout_s`` after the last send. All in C, GIL released."""
+        self._check_open()
+        if count < 1:
+            raise ValueError(f"count {count} must be >= 1")
+        if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:
+            raise ValueError("interval_s >= 0, timeout_s > 0 and rate_pps >= 0 are required")
+        cdef uint32_t[::1] arr
+        cdef uint32_t *sl = NULL
+        cdef Py_ssize_t ns
+        if slots is None:
+            ns = self.n
+        else:
+            arr = _slots_array(slots)
+            ns = arr.shape[0]
+            if ns:
+                sl = &arr[0]
+        self.collect = events
+        self.timeout_ns = <int64_t>(timeout_s * 1e9)
+        cdef int64_t interval_ns = <int64_t>(interval_s * 1e9)
+        cdef int rc
+        if rate_pps > 0:
+            # size the receive buffer for what can be in flight (~1 KiB per queued reply)
+            inflight = min(rate_pps * (timeout_s + 0.1), float(self.n) * count)
+            if inflight * 1024 > self.rcvbuf_bytes // 2:
+                self.set_rcvbuf(<int>min(inflight * 1024, 256 * 1024 * 1024))
+        with nogil:
+            rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
+        if rc < 0:
+            _raise_oserror("sweep")
+        if events:
+            return self._take_events()
+        self.ev_n = 0
+        return None
+
+    cdef int _sweep(self, const uint32_t *sl, Py_ssize_t ns, int count, int64_t interval_ns,
+                    double rate_pps) noexcept nogil:
+        cdef int64_t t0 = now_ns(), t, round_start, deadline, last_send = t0
+        cdef int64_t t_send = 0
+        cdef Py_ssize_t i, j, k, chunk
+        cdef uint32_t *tmp = NULL
+        cdef uint32_t tmpbuf[MAX_BATCH]
+        cdef int r
+        cdef double per_probe_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
+        cdef int64_t sent_total = 0
+        cdef int B = self.batch_size
+        cdef epoll_event ev
+        # at low rates send smaller batches so the pace stays smooth (<= ~1 ms a batch)
+        chunk = B
+        if rate_pps > 0 and rate_pps < B * 1000.0:
+            chunk = <Py_ssize_t>(rate_pps / 1000.0)
+            if chunk < 1:
+                chunk = 1
+        for r in range(count):
+            round_start = t0 + r * interval_ns
+            t = now_ns()
+            if t < round_start:
+                self._wait_until(round_start)
+            i = 0
+            while i < ns:
+                k = chunk if ns - i > chunk else ns - i
+                if per_probe_ns > 0:
+                    self._wait_until(t0 + <int64_t>(sent_total * per_probe_ns))
+                if sl != NULL:
+                    self._send_slots(sl + i, k)
+                else:
+                    for j in range(k):
+                        tmpbuf[j] = <uint32_t>(i + j)
+                    self._send_slots(tmpbuf, k)
+                i += k
+                sent_total += k
+            last_send = now_ns()
+        t_send = last_send - t0
+        # wait for the stragglers, up to the timeout after the last send
+        deadline = last_send + self.timeout_ns
+        while self.c_outstanding > 0:
+            t = now_ns()
+            if t >= deadline:
+                break
+            r = epoll_wait(self.epfd, &ev, 1, <int>((deadline - t) // 1000000) + 1)
+            self._drain(0)
+        self._drain(0)
+        # what is still outstanding has timed out
+        cdef uint32_t s, w
+        cdef Probe *pr
+        for s in range(self.n):
+            for w in range(self.window):
+                pr = &self.probes[<size_t>s * self.window + w]
+                if pr.state == ST_OUT:
+                    self._expire_probe(s, pr)
+        self.t_send_ns += t_send
+        self.t_total_ns += now_ns() - t0
+        return 0
+
+    cdef void _wait_until(self, int64_t t_target) noexcept nogil:
+        """Drain replies while waiting for t_target (pacing / next round)."""
+        cdef int64_t t = now_ns()
+        cdef epoll_event ev
+        cdef int ms
+        while t < t_target:
+            if t_target - t > 1500000:
+                ms = <int>((t_target - t) // 1000000) - 1
+                epoll_wait(self.epfd, &ev, 1, ms if ms > 0 else 1)
+            else:
+                _sleep_ns(t_target - t)
+            self._drain(0)
+            t = now_ns()
+
+
+cdef inline sock_filter _bpf(unsigned short code, unsigned char jt, unsigned char jf, unsigned int k) noexcept nogil:
+    cdef sock_filter f
+    f.code = code
+    f.jt = jt
+    f.jf = jf
+    f.k = k
+    return f
+
+
+cdef inline void _sleep_ns(int64_t ns) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = ns // NS
+    ts.tv_nsec = ns % NS
+    nanosleep(&ts, NULL)
+
+
+cdef uint32_t[::1] _slots_array(object slots):
+    import array
+    if isinstance(slots, array.array) and slots.typecode == "I":
+        return slots
+    try:
+        return array.array("I", slots)
+    except OverflowError:
+        raise ValueError("slots must be 0..2**32-1") from None
+
+
+cdef int _raise_oserror(str what) except -1:
+    cdef int e = errno
+    raise OSError(e, f"{what}: {_os.strerror(e)}")

@@ -1,0 +1,372 @@
+"""fastping's public API: ``sweep`` and ``ping``, and their async twins.
+
+A sweep opens one IcmpSocket per address family (and per worker), hands it the
+targets as compact slots, and runs the whole send/receive loop in C with the GIL
+released. Results are read back lazily from the core's arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from .errors import TargetError
+from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
+from .targets import Address, Name, V4Range, parse_targets, resolve
+
+# Polite defaults: a user pointing fastping at the internet without thinking
+# sends 1,000 probes/s at most. Benchmarks and loopback sweeps pass rate_pps=0.
+DEFAULT_RATE_PPS = 1000.0
+
+
+@dataclass
+class _Entry:
+    """One input entry: a block of slots on one socket, or an unresolved name."""
+
+    label: str | None  # None: use the slot's address as the label
+    sock_index: int  # -1 for a name that did not resolve
+    first_slot: int
+    count: int
+    error: str | None = None
+
+
+@dataclass
+class _Plan:
+    entries: list[_Entry] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # cumulative host index per entry
+    n_hosts: int = 0
+
+
+def _plan_targets(
+    targets: Iterable[str] | str, family: int | None
+) -> tuple[_Plan, dict[int, list[Any]]]:
+    """Parse and resolve targets; group them per family as socket slot blocks."""
+    if isinstance(targets, str):
+        targets = [targets]
+    specs = parse_targets(targets)
+    names = [s.name for s in specs if isinstance(s, Name)]
+    resolved = resolve(names, family) if names else {}
+    # per family: list of ("range", first, count) / ("addr", address) in slot order
+    blocks: dict[int, list[Any]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    next_slot = {socket.AF_INET: 0, socket.AF_INET6: 0}
+    plan = _Plan()
+
+    def add(fam: int, label: str | None, item: Any, count: int) -> None:
+        if family is not None and fam != family:
+            raise TargetError(
+                f"target {label or item!r} is not {'IPv4' if family == socket.AF_INET else 'IPv6'}"
+            )
+        plan.entries.append(_Entry(label, fam, next_slot[fam], count))
+        blocks[fam].append(item)
+        next_slot[fam] += count
+
+    for s in specs:
+        if isinstance(s, V4Range):
+            add(socket.AF_INET, None, ("range", s.first, s.count), s.count)
+        elif isinstance(s, Address):
+            add(s.family, s.label, ("addr", s.address), 1)
+        else:
+            r = resolved[s.name]
+            if isinstance(r, str):
+                plan.entries.append(_Entry(s.name, -1, 0, 1, error=r))
+            else:
+                add(r[1], s.name, ("addr", r[0]), 1)
+    total = 0
+    for e in plan.entries:
+        plan.offsets.append(total)
+        total += e.count
+    plan.n_hosts = total
+    return plan, blocks
+
+
+def _load(sock: Any, items: list[Any]) -> None:
+    batch: list[str] = []
+    for it in items:
+        if it[0] == "range":
+            if batch:
+                sock.append_targets(batch)
+                batch = []
+            sock.append_range_v4(it[1], it[2])
+        else:
+            batch.append(it[1])
+    if batch:
+        sock.append_targets(batch)
+
+
+def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
+    (sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js, jn, ttl, et, ec, rtr) = st
+    h = HostResult(
+        target=target,
+        address=address,
+        sent=sent + serr,
+        received=recv,
+        duplicates=dup,
+        late=late,
+        timeouts=tmo,
+        unreachable=unr,
+        time_exceeded=texc,
+        send_errors=serr,
+    )
+    if recv:
+        avg = sm / recv
+        h.min_ms = mn / 1e6
+        h.max_ms = mx / 1e6
+        h.avg_ms = avg / 1e6
+        h.stddev_ms = math.sqrt(max(sq / recv - avg * avg, 0.0)) / 1e6
+        h.jitter_ms = (js / jn / 1e6) if jn else None
+        h.ttl = ttl or None
+    if unr or texc:
+        kind = "time exceeded" if texc else "unreachable"
+        h.error = f"{kind} (type {et} code {ec}) from {rtr}"
+    elif serr and not recv:
+        h.error = "send failed (see send_errors)"
+    return h
+
+
+def sweep(
+    targets: Iterable[str] | str,
+    *,
+    count: int = 1,
+    interval_s: float = 1.0,
+    timeout_s: float = 1.0,
+    rate_pps: float = DEFAULT_RATE_PPS,
+    payload_size: int = 56,
+    ttl: int | None = None,
+    tos: int | None = None,
+    dont_fragment: bool = False,
+    mode: str = "auto",
+    workers: int = 1,
+    family: int | None = None,
+    collect_rtts: bool = False,
+    batch_size: int = 64,
+) -> SweepResult:
+    """Probe every target ``count`` times and return one HostResult per target.
+
+    Targets: addresses, host names (resolved concurrently; a name that does not
+    resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
+    the total send rate (0 = as fast as the machine goes); ``workers`` splits
+    the targets over that many sockets and threads (GIL released) and shares the
+    rate budget between them.
+    """
+    _check_args(count, interval_s, timeout_s, rate_pps, workers)
+    if mode == "subprocess":
+        return _subprocess_sweep(targets, count, interval_s, timeout_s, family)
+    plan, blocks = _plan_targets(targets, family)
+    window = _window(count, interval_s, timeout_s)
+    socks: dict[int, Any] = {}
+    from .probe import open_icmp_socket
+
+    opts = dict(
+        payload_size=payload_size,
+        ttl=ttl,
+        tos=tos,
+        dont_fragment=dont_fragment,
+        window=window,
+        batch_size=batch_size,
+    )
+    total_slots = sum(
+        (e.count for e in plan.entries if e.sock_index >= 0), 0
+    )
+    rtts: dict[tuple[int, int], list[float]] | None = {} if collect_rtts else None
+    t0 = time.perf_counter()
+    jobs: list[tuple[Any, Any, float]] = []
+    try:
+        for fam, items in blocks.items():
+            if not items:
+                continue
+            sock = open_icmp_socket(fam, mode=mode, **opts)
+            socks[fam] = sock
+            _load(sock, items)
+            n = sock.n_slots
+            share = rate_pps * n / total_slots if rate_pps > 0 else 0.0
+            jobs.extend(_worker_jobs(sock, n, workers, share))
+        events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
+    except BaseException:
+        for s in socks.values():
+            s.close()
+        raise
+    duration = time.perf_counter() - t0
+    if rtts is not None:
+        for fam, evs in events:
+            for ev in evs:
+                if ev[1] == 0:
+                    rtts.setdefault((fam, ev[0]), []).append(ev[3] / 1e6)
+    totals: dict[str, int] = {}
+    for s in socks.values():
+        for k, v in s.totals().items():
+            totals[k] = totals.get(k, 0) + int(v)
+        s.close()
+    totals["send_errors"] = totals.get("send_errors", 0)
+    totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
+    unresolved = sum(1 for e in plan.entries if e.sock_index < 0)
+    totals["unresolved"] = unresolved
+    return SweepResult(plan.n_hosts, _getter(plan, socks, rtts), totals, duration)
+
+
+def _check_args(count: int, interval_s: float, timeout_s: float, rate_pps: float, workers: int) -> None:
+    if count < 1:
+        raise ValueError(f"count must be >= 1, not {count}")
+    if interval_s < 0:
+        raise ValueError(f"interval_s must be >= 0, not {interval_s}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
+    if rate_pps < 0:
+        raise ValueError(f"rate_pps must be >= 0 (0 = no limit), not {rate_pps}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
+
+
+def _window(count: int, interval_s: float, timeout_s: float) -> int:
+    """Probes per target that can be outstanding at once."""
+    if count <= 1:
+        return 1
+    if interval_s <= 0:
+        return min(count, 64)
+    return max(1, min(count, math.ceil(timeout_s / interval_s) + 1, 64))
+
+
+def _worker_jobs(sock: Any, n: int, workers: int, rate: float) -> list[tuple[Any, Any, float]]:
+    """Split one socket's slots over ``workers``. Worker 0 uses ``sock``; the
+    others are filled in by the multi-core path (see sweep_workers)."""
+    return [(sock, None, rate)]
+
+
+def _run_jobs(
+    jobs: list[tuple[Any, Any, float]],
+    count: int,
+    interval_s: float,
+    timeout_s: float,
+    collect: bool,
+) -> list[tuple[int, list[Any]]]:
+    """Run each socket's sweep; several at once run in threads (the core releases
+    the GIL for the whole sweep)."""
+    out: list[tuple[int, list[Any]]] = []
+    errors: list[BaseException] = []
+
+    def run(sock: Any, slots: Any, rate: float) -> None:
+        try:
+            ev = sock.sweep(count, interval_s, timeout_s, rate, slots, collect)
+            out.append((sock.family, ev or []))
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    if len(jobs) == 1:
+        run(*jobs[0])
+    else:
+        threads = [threading.Thread(target=run, args=j, daemon=True) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _getter(
+    plan: _Plan, socks: dict[int, Any], rtts: dict[tuple[int, int], list[float]] | None
+) -> Callable[[int], HostResult]:
+    import bisect
+
+    def get(i: int) -> HostResult:
+        k = bisect.bisect_right(plan.offsets, i) - 1
+        e = plan.entries[k]
+        if e.sock_index < 0:
+            return HostResult(target=e.label or "", address=None, error=e.error)
+        sock = socks[e.sock_index]
+        slot = e.first_slot + (i - plan.offsets[k])
+        addr = sock.slot_address(slot)
+        h = _host_from_stats(e.label or addr, addr, sock.slot_stats(slot))
+        if rtts is not None:
+            h.rtts_ms = rtts.get((e.sock_index, slot), [])
+        return h
+
+    return get
+
+
+def _subprocess_sweep(
+    targets: Iterable[str] | str, count: int, interval_s: float, timeout_s: float, family: int | None
+) -> SweepResult:
+    from . import probe
+
+    fn = getattr(probe, "subprocess_sweep", None)
+    if fn is None:
+        raise NotImplementedError("mode='subprocess' needs fastping.probe.subprocess_sweep")
+    t0 = time.perf_counter()
+    hosts: list[HostResult] = fn(
+        [targets] if isinstance(targets, str) else list(targets),
+        count=count,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+    )
+    totals = {
+        "sent": sum(h.sent for h in hosts),
+        "received": sum(h.received for h in hosts),
+    }
+    return SweepResult(len(hosts), hosts.__getitem__, totals, time.perf_counter() - t0)
+
+
+def ping(
+    host: str,
+    *,
+    count: int = 4,
+    interval_s: float = 1.0,
+    timeout_s: float = 1.0,
+    on_probe: Callable[[ProbeResult], None] | None = None,
+    **options: Any,
+) -> HostResult:
+    """Ping one host ``count`` times; the result carries every RTT in ``rtts_ms``.
+    ``on_probe`` (if given) is called with each probe's outcome as the sweep ends."""
+    res = sweep([host], count=count, interval_s=interval_s, timeout_s=timeout_s,
+                collect_rtts=True, rate_pps=options.pop("rate_pps", 0.0), **options)
+    h = res[0]
+    if on_probe is not None:
+        for i, rtt in enumerate(h.rtts_ms):
+            on_probe(ProbeResult(h.target, h.address, i, Outcome.REPLY, rtt_ms=rtt, ttl=h.ttl))
+    return h
+
+
+async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:
+    """``sweep`` without blocking the event loop (the core runs in a thread with
+    the GIL released)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, partial(sweep, targets, **kwargs))
+
+
+async def async_ping(host: str, **kwargs: Any) -> HostResult:
+    """``ping`` without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, partial(ping, host, **kwargs))
+
+
+def events_to_results(
+    events: Sequence[tuple[Any, ...]], label: Callable[[int], tuple[str, str]]
+) -> list[ProbeResult]:
+    """Turn core event tuples into ProbeResults; ``label(slot)`` gives (target, address)."""
+    now = time.time()
+    out = []
+    for slot, kind, seq, rtt_ns, ttl, itype, icode, router, err in events:
+        target, address = label(slot)
+        out.append(
+            ProbeResult(
+                target,
+                address,
+                seq,
+                OUTCOME_BY_KIND[kind],
+                rtt_ms=rtt_ns / 1e6 if kind in (0, 6) and rtt_ns else None,
+                ttl=ttl,
+                icmp_type=itype,
+                icmp_code=icode,
+                router=router,
+                errno=err,
+                time=now,
+            )
+        )
+    return out
