@@ -1,0 +1,366 @@
+"""The YAML configuration file, validated by pydantic.
+
+``load_config(path)`` returns a ``FastpingConfig`` or raises ``ConfigError`` with
+one line per problem, each naming the key path, the bad value, what is allowed and
+where in the file it is::
+
+    targets[2].interval_s: -1 is not allowed: must be > 0 (fastping.yaml, line 9)
+
+See ``examples/fastping.yaml`` for every key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, TargetError
+from .targets import parse_target
+
+Mode = Literal["auto", "raw", "dgram", "subprocess"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class _Model(BaseModel):
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Model):
+    """Probe settings for targets that do not set their own."""
+
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+    payload_size: int = Field(56, ge=0, le=65507)
+
+
+class TargetConfig(_Model):
+    """One target; unset fields take ``defaults``."""
+
+    host: str
+    interval_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+    payload_size: int | None = Field(None, ge=0, le=65507)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            parse_target(v)
+        except TargetError as e:
+            raise ValueError(str(e)) from None
+        return v.strip()
+
+
+class StoreConfig(_Model):
+    path: str = "fastping.db"
+    retention_s: float = Field(7 * 86400.0, gt=0)
+    batch_size: int = Field(1000, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0)
+    max_queue: int = Field(1_000_000, gt=0)
+
+
+class ResourcesConfig(_Model):
+    max_cpu_percent: float = Field(5.0, gt=0)
+    max_memory_mb: float = Field(100.0, gt=0)
+    check_interval_s: float = Field(5.0, gt=0)
+
+
+class LoggingConfig(_Model):
+    level: LogLevel = "INFO"
+    file: str | None = None
+    max_bytes: int = Field(10_000_000, ge=0)
+    backup_count: int = Field(5, ge=0)
+    console: bool = True
+    format: Literal["console", "json"] = "console"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class MetricsConfig(_Model):
+    listen: str | None = None  # "host:port" for the Prometheus exporter
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9108")
+        return v
+
+
+class FastpingConfig(_Model):
+    mode: Mode = "auto"
+    defaults: Defaults = Field(default_factory=Defaults)
+    targets: list[TargetConfig] = Field(default_factory=list)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # Validated by their own modules (NetworkConfig, RetryConfig) when they use them.
+    network: dict[str, Any] = Field(default_factory=dict)
+    retry: dict[str, Any] | str = Field(default_factory=dict)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_strings(cls, v: Any) -> Any:
+        # a bare string is short for {host: ...}
+        if isinstance(v, list):
+            return [{"host": t} if isinstance(t, str) else t for t in v]
+        return v
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        i, sep, n = v.partition("/")
+        if not (sep and i.strip().isdigit() and n.strip().isdigit()):
+            raise ValueError('must be "i/n" with whole numbers, e.g. "0/4"')
+        if not 0 <= int(i) < int(n):
+            raise ValueError('needs 0 <= i < n, e.g. "0/4" .. "3/4"')
+        return f"{int(i)}/{int(n)}"
+
+    def target_settings(self, t: TargetConfig) -> tuple[float, float, int]:
+        """(interval_s, timeout_s, payload_size) of a target, defaults filled in."""
+        d = self.defaults
+        return (
+            d.interval_s if t.interval_s is None else t.interval_s,
+            d.timeout_s if t.timeout_s is None else t.timeout_s,
+            d.payload_size if t.payload_size is None else t.payload_size,
+        )
+
+    @property
+    def shard_index(self) -> tuple[int, int] | None:
+        if self.shard is None:
+            return None
+        i, n = self.shard.split("/")
+        return int(i), int(n)
+
+
+def load_config(path: str | Path) -> FastpingConfig:
+    """Read and validate a YAML configuration file. Raises ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text: {e}") from None
+    return parse_config_text(text, source=str(p))
+
+
+def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
+    """Validate YAML text (``source`` names it in errors)."""
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = e.problem or e.context or "invalid YAML"
+        raise ConfigError(f"{source}{where}: bad YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: bad YAML: {e}") from None
+    return parse_config(data, source=source, node=node)
+
+
+def parse_config(
+    data: Any, source: str = "<config>", node: yaml.Node | None = None
+) -> FastpingConfig:
+    """Validate already-parsed data (a mapping; None means all defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys "
+            f"({', '.join(FastpingConfig.model_fields)}), not a {type(data).__name__}"
+        )
+    try:
+        cfg = FastpingConfig.model_validate(data)
+    except ValidationError as e:
+        lines: list[str] = []
+        paths: dict[str, int] = {}
+        for err in e.errors():
+            path, text = _describe(err, data, source, node)
+            if path in paths and err["type"] != "missing":
+                # the branches of a union (retry: mapping or profile name): one line
+                i = paths[path]
+                head, _, tail = lines[i].rpartition(" (")
+                lines[i] = f"{head} or {_allowed(err).removeprefix('must be ')} ({tail}"
+                continue
+            paths[path] = len(lines)
+            lines.append(text)
+        raise ConfigError("\n".join(lines)) from None
+    # Checked here rather than in a model validator so the error can name the index.
+    seen: dict[str, int] = {}
+    for i, t in enumerate(cfg.targets):
+        if t.host in seen:
+            raise ConfigError(
+                _line(
+                    f"targets[{i}].host", t.host, f"duplicate of targets[{seen[t.host]}]",
+                    source, node, ("targets", i),
+                )  # fmt: skip
+            )
+        seen[t.host] = i
+    return cfg
+
+
+def _keypath(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line(
+    path: str, value: Any, reason: str, source: str, node: yaml.Node | None,
+    loc: Sequence[int | str],
+) -> str:  # fmt: skip
+    shown = "missing" if value is _MISSING else _show(value)
+    verb = "" if value is _MISSING else " is not allowed"
+    where = _where(node, loc)
+    return f"{path}: {shown}{verb}: {reason} ({source}{where})"
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (Mapping, list)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
+
+
+def _where(node: yaml.Node | None, loc: Sequence[int | str]) -> str:
+    """', line N' of the deepest node of ``loc`` that exists in the YAML tree."""
+    best: yaml.Node | None = node
+    cur = node
+    for part in loc:
+        nxt: yaml.Node | None = None
+        if isinstance(cur, yaml.MappingNode):
+            for k, v in cur.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    nxt = v
+                    break
+        elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(cur.value):
+                nxt = cur.value[part]
+        if nxt is None:
+            break
+        best = cur = nxt
+    if best is None:
+        return ""
+    return f", line {best.start_mark.line + 1}"
+
+
+# pydantic error types -> what is allowed, in words
+def _allowed(err: Mapping[str, Any]) -> str:
+    t = err["type"]
+    ctx = {k: _num(v) for k, v in (err.get("ctx") or {}).items()}
+    if t == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if t == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if t == "less_than":
+        return f"must be < {ctx['lt']}"
+    if t == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if t == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    if t == "extra_forbidden":
+        return "unknown key"
+    if t == "missing":
+        return "required"
+    if t in ("float_parsing", "float_type"):
+        return "must be a number"
+    if t in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number"
+    if t in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if t == "string_type":
+        return "must be a string"
+    if t in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a mapping"
+    if t == "list_type":
+        return "must be a list"
+    if t == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return str(err["msg"])
+
+
+def _num(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _describe(
+    err: Mapping[str, Any], data: Mapping[str, Any], source: str, node: yaml.Node | None
+) -> tuple[str, str]:
+    loc = list(err["loc"])
+    # pydantic names the branch of a union it tried ("retry.dict[str,any]") and the
+    # function of a validator; keep only the user's keys and indexes.
+    loc = [p for p in loc if isinstance(p, int) or not _is_internal(p)]
+    path = _keypath(loc) or "(top level)"
+    reason = _allowed(err)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        if allowed:
+            reason = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        return path, f"{path}: {reason} ({source}{_where(node, loc)})"
+    value = _MISSING if err["type"] == "missing" else err.get("input")
+    return path, _line(path, value, reason, source, node, loc)
+
+
+def _is_internal(part: str) -> bool:
+    return (
+        "[" in part or part.startswith("function-") or part in ("str", "dict", "list")
+    )
+
+
+def _allowed_keys(loc: Sequence[int | str]) -> list[str]:
+    model: type[BaseModel] = FastpingConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+__all__ = [
+    "Defaults",
+    "FastpingConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "ResourcesConfig",
+    "StoreConfig",
+    "TargetConfig",
+    "load_config",
+    "parse_config",
+    "parse_config_text",
+]
