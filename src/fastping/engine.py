@@ -253,6 +253,8 @@ class _Target:
         "labels",
         "interval_s",
         "interval_ticks",
+        "timeout_s",
+        "timeout_ns",
         "is_name",
         "address",
         "family",
@@ -277,6 +279,8 @@ class _Target:
         self.labels = labels
         self.interval_s = interval_s
         self.interval_ticks = 1
+        self.timeout_s = 0.0
+        self.timeout_ns = 0
         self.is_name = is_name
         self.address: str | None = None
         self.family = 0
@@ -375,6 +379,7 @@ class MonitoringEngine:
         interval_s: float = DEFAULT_INTERVAL_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         min_interval_s: float | None = None,
+        max_timeout_s: float | None = None,
         mode: str = "auto",
         family: int | None = None,
         socket_options: dict[str, Any] | None = None,
@@ -408,6 +413,11 @@ class MonitoringEngine:
         self.timeout_s = float(timeout_s)
         self.tick_s = float(tick_s)
         self.min_interval_s = float(min_interval_s if min_interval_s is not None else interval_s)
+        self.max_timeout_s = float(max_timeout_s if max_timeout_s is not None else timeout_s)
+        if self.max_timeout_s < self.timeout_s:
+            raise ConfigError(
+                f"max_timeout_s={self.max_timeout_s!r} is shorter than timeout_s={self.timeout_s!r}"
+            )
         if self.min_interval_s < self.tick_s:
             raise ConfigError(
                 f"min_interval_s={self.min_interval_s!r} is shorter than the tick ({self.tick_s} s)"
@@ -415,7 +425,7 @@ class MonitoringEngine:
         self.expire_every_s = (
             float(expire_every_s)
             if expire_every_s is not None
-            else max(self.tick_s, min(0.05, self.timeout_s / 10))
+            else max(self.tick_s, min(0.05, self.max_timeout_s / 10))
         )
         self.resolve_interval_s = float(resolve_interval_s)
         self.backoff_after = int(backoff_after)
@@ -433,7 +443,7 @@ class MonitoringEngine:
         )
         self._resolver = resolver or _default_resolver
         # window: probes a slot may have in flight (interval shorter than the timeout)
-        self.window = math.ceil(self.timeout_s / self.min_interval_s) + 1
+        self.window = math.ceil(self.max_timeout_s / self.min_interval_s) + 1
 
         self._targets: dict[str, _Target] = {}
         self._sockets: dict[int, IcmpSocketLike] = {}
@@ -486,8 +496,14 @@ class MonitoringEngine:
         host: str,
         interval_s: float | None = None,
         labels: dict[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         """Start watching ``host`` (an address or a host name), before or while running.
+
+        ``timeout_s`` (default: the engine's) may differ per target, up to the engine's
+        ``max_timeout_s``: the socket expires probes at ``max_timeout_s`` and a reply
+        slower than the target's own timeout is recorded as a timeout, so outcomes are
+        exact per target; only a short-timeout target's timeouts are reported late.
 
         Raises TargetError when ``host`` is malformed, a block / range (add its
         addresses one by one), already watched, or asks for an interval the
@@ -516,8 +532,17 @@ class MonitoringEngine:
             )
         if isinstance(spec, Address) and self.family not in (None, spec.family):
             raise TargetError(f"target {key!r} is not of the family this engine was limited to")
+        to = self.timeout_s if timeout_s is None else float(timeout_s)
+        if not 0 < to <= self.max_timeout_s:
+            raise TargetError(
+                f"target {key!r}: timeout {to:g} s must be positive and at most this engine's "
+                f"max_timeout_s ({self.max_timeout_s:g} s); create the engine with "
+                f"max_timeout_s={to:g}"
+            )
         t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name))
         t.interval_ticks = max(1, round(iv / self.tick_s))
+        t.timeout_s = to
+        t.timeout_ns = int(to * 1e9)
         if isinstance(spec, Address):
             t.address = spec.address
             t.family = spec.family
@@ -670,10 +695,10 @@ class MonitoringEngine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # linger: replies keep arriving through the readers
-        deadline = loop.time() + self.timeout_s + self.expire_every_s
+        deadline = loop.time() + self.max_timeout_s + self.expire_every_s
         while self.outstanding > 0 and loop.time() < deadline:
             await asyncio.sleep(min(0.01, self.tick_s))
-            self._drain_all(self.timeout_s)
+            self._drain_all(self.max_timeout_s)
         # what is still out after the full timeout is a timeout (expire(0) takes all)
         self._drain_all(0.0)
         for fam, sock in list(self._sockets.items()):
@@ -759,7 +784,7 @@ class MonitoringEngine:
         if self._loop is None or not self._running:
             return
         self._loop.call_later(
-            self.timeout_s + 2 * self.expire_every_s, self._free_slot, family, slot
+            self.max_timeout_s + 2 * self.expire_every_s, self._free_slot, family, slot
         )
 
     def _free_slot(self, family: int, slot: int) -> None:
@@ -771,7 +796,7 @@ class MonitoringEngine:
         if t is not None and not t.removed and t.slot == slot:
             return  # reused meanwhile (cannot happen before the free, but be safe)
         # expire what is still out for this slot, then free it
-        self._handle(family, sock.expire(self.timeout_s))
+        self._handle(family, sock.expire(self.max_timeout_s))
         smap[slot] = None
         sock.remove_target(slot)
         self._flush_out()
@@ -844,7 +869,7 @@ class MonitoringEngine:
             self._send_due(prev, cur, now)
             if now >= self._next_expire_at:
                 self._next_expire_at = now + self.expire_every_s
-                self._drain_all(self.timeout_s)
+                self._drain_all(self.max_timeout_s)
             self._flush_out()
         finally:
             if self._running and not self._stopping:
@@ -910,11 +935,11 @@ class MonitoringEngine:
         for fam, slots in due.items():
             sock = self._sockets[fam]
             self._send_calls += 1
-            errs = sock.send(slots)
-            self._sent += len(slots) - len(errs)
-            if errs:
-                self._handle(fam, errs)
-            # on loopback the replies are already queued: take them now
+            self._sent += len(slots)  # refused ones are taken back in _handle
+            # the core drains the socket after each sendmmsg batch: the events
+            # returned are send errors AND replies (on loopback the reply is queued
+            # inside sendmmsg); one recv() more takes what came in meanwhile
+            self._handle(fam, sock.send(slots))
             self._handle(fam, sock.recv())
         for t in unattached:
             self._probe_unattached(t, wall)
@@ -930,11 +955,9 @@ class MonitoringEngine:
         if self._attach(t):
             sock = self._sockets[t.family]
             assert t.slot is not None
-            errs = sock.send([t.slot])
             self._send_calls += 1
-            self._sent += 1 - len(errs)
-            if errs:
-                self._handle(t.family, errs)
+            self._sent += 1
+            self._handle(t.family, sock.send([t.slot]))
             return
         err, msg = self._socket_errors.get(t.family, (None, "socket unavailable"))
         self._kind_counts[EV_SEND_ERROR] += 1
@@ -980,7 +1003,7 @@ class MonitoringEngine:
             if t is None:
                 self._orphan_events += 1
                 continue
-            if kind == EV_REPLY:  # the hot path: keep it short
+            if kind == EV_REPLY and rtt_ns <= t.timeout_ns:  # the hot path
                 rtt_ms = rtt_ns / 1e6
                 counts[EV_REPLY] += 1
                 out.append(
@@ -990,7 +1013,7 @@ class MonitoringEngine:
                         seq,
                         Outcome.REPLY,
                         rtt_ms,
-                        ttl or None,
+                        ttl if ttl > 0 else None,
                         itype,
                         icode,
                         None,
@@ -1007,8 +1030,12 @@ class MonitoringEngine:
                 if t.status != STATUS_UP:
                     self._set_status(t, STATUS_UP, "reply")
                 continue
+            if kind == EV_REPLY:  # slower than this target's own timeout
+                kind = EV_TIMEOUT
             outcome = OUTCOME_BY_KIND[kind]
             status = _STATUS_BY_KIND[kind]
+            if kind == EV_SEND_ERROR:
+                self._sent -= 1  # counted as sent when handed to send()
             if net_down and kind in (EV_TIMEOUT, EV_SEND_ERROR):
                 outcome = Outcome.LOCAL_DOWN
                 status = STATUS_LOCAL_DOWN
@@ -1026,7 +1053,7 @@ class MonitoringEngine:
                     seq,
                     outcome,
                     rtt,
-                    (ttl or None) if is_icmp or rtt is not None else None,
+                    (ttl if ttl > 0 else None) if is_icmp or rtt is not None else None,
                     itype if is_icmp or rtt is not None else None,
                     icode if is_icmp or rtt is not None else None,
                     router if is_icmp else None,
