@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "probe many targets once (or -c N times) and report each"),
     "ping": ("ping", "ping one host, one line per reply"),
+    "monitor": ("monitor", "watch targets continuously and record every probe in SQLite"),
 }
 
 # Exit statuses follow fping's convention.
