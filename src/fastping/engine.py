@@ -107,6 +107,10 @@ _STATUS_BY_KIND = (
 _LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED))
 
 
+# socket counters worth reporting (the core counts them; silent drops look like loss)
+_SOCKET_COUNTERS = ("rx_drops", "enobufs", "foreign", "malformed", "stale", "events_lost")
+
+
 class IcmpSocketLike(Protocol):
     """What the engine needs from ``_icmp.IcmpSocket`` (tests use a fake)."""
 
@@ -485,6 +489,7 @@ class MonitoringEngine:
         self._lag_max_s = 0.0
         self._lag_sum_s = 0.0
         self._lag_last_s = 0.0
+        self._closed_socket_totals: dict[str, int] = {}
 
         for t in targets:
             self.add_target(t)
@@ -701,6 +706,7 @@ class MonitoringEngine:
             self._drain_all(self.max_timeout_s)
         # what is still out after the full timeout is a timeout (expire(0) takes all)
         self._drain_all(0.0)
+        self._closed_socket_totals = self._socket_totals()
         for fam, sock in list(self._sockets.items()):
             with contextlib.suppress(Exception):
                 loop.remove_reader(sock.fileno())
@@ -1252,6 +1258,17 @@ class MonitoringEngine:
         # timeouts of sent probes recorded as local_down completed them too
         return self._sent - finals - self._timeouts_local_down
 
+    def _socket_totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sock in self._sockets.values():
+            try:
+                for k, v in sock.totals().items():
+                    if k in _SOCKET_COUNTERS:
+                        out[k] = out.get(k, 0) + int(v)
+            except Exception:  # a fake or closed socket
+                pass
+        return out
+
     @property
     def interval_factor(self) -> float:
         return self._factor
@@ -1260,14 +1277,7 @@ class MonitoringEngine:
         """Counters for logs and metrics."""
         c = self._kind_counts
         loop_time = self._loop.time() if self._loop is not None else 0.0
-        sock_totals: dict[str, int] = {}
-        for sock in self._sockets.values():
-            try:
-                for k, v in sock.totals().items():
-                    if k in ("rx_drops", "enobufs", "foreign", "malformed", "stale"):
-                        sock_totals[k] = sock_totals.get(k, 0) + int(v)
-            except Exception:  # a fake or closed socket
-                pass
+        sock_totals = self._socket_totals() if self._sockets else self._closed_socket_totals
         store_stats: dict[str, Any] | None = None
         if self.store is not None and hasattr(self.store, "stats"):
             with contextlib.suppress(Exception):
