@@ -135,10 +135,22 @@ class IcmpSocket:
     def reset_stats(self) -> None: ...
 
     # -- non-blocking pieces for the asyncio engine ------------------------
-    def send(self, slots: Iterable[int]) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
-        """Send one probe to each slot now (sendmmsg batches). Returns
-        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+    def send(
+        self, slots: Iterable[int], drain: bool = True
+    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+        """Send one probe to each slot now (sendmmsg batches). With ``drain`` the
+        socket is drained after every batch. Returns every event seen: EV_SEND_ERROR
+        for probes the kernel refused (ENETUNREACH, ...), EV_TIMEOUT for probes
+        pushed out of a full window, and the replies drained meanwhile."""
     def recv(self, max_packets: int = 0) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """Drain queued packets without blocking (0 = until empty)."""
+    def wait(self, timeout_s: float) -> bool:
+        """Block (GIL released) until readable or ``timeout_s`` passes."""
+    @property
+    def key(self) -> bytes: ...
+    timeout_s: float  # replies slower than this count as late (0: no limit)
+    @property
+    def rcvbuf_bytes(self) -> int: ...
+    def set_rcvbuf(self, nbytes: int) -> None: ...
     def expire(self, timeout_s: float) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""

@@ -53,7 +53,7 @@ from includes.socket cimport (
     IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
     SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
     SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
-    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recvmmsg, sendmmsg, setsockopt,
+    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
     sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
 )
 
@@ -508,6 +508,7 @@ cdef class IcmpSocket:
     cdef readonly int payload_size
     cdef readonly int batch_size
     cdef readonly int window
+    cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd, epfd
     cdef bint raw
     cdef int addr_len            # 4 or 16
@@ -536,9 +537,11 @@ cdef class IcmpSocket:
     cdef Event *ev
     cdef Py_ssize_t ev_n, ev_cap
     cdef bint collect
+    cdef bint no_drain           # send() without draining (tests, callers that drain themselves)
     # counters
     cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
+    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors
     cdef int64_t c_outstanding
     cdef int64_t t_send_ns, t_total_ns
@@ -571,8 +574,8 @@ cdef class IcmpSocket:
         self.window = window
         self.addr_len = 4 if family == AF_INET else 16
         self.free_slots = []
-        key = _os.urandom(16)
-        self.k0, self.k1 = _key_words(key)
+        self.key = _os.urandom(16)
+        self.k0, self.k1 = _key_words(self.key)
         self._alloc_buffers()
         self._open(ttl, tos, dont_fragment, rcvbuf_bytes, bpf)
 
@@ -666,10 +669,16 @@ cdef class IcmpSocket:
         if setsockopt(self.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) != 0:
             setsockopt(self.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v))
         if self.raw:
+            if self.family == AF_INET:
+                # ICMP_FILTER drops other types before the raw socket clones the
+                # packet (raw_v4_input), which BPF cannot: on loopback every echo
+                # request we send would otherwise be cloned and queued back to us.
+                self._set_icmp_filter()
             if use_bpf:
                 self._attach_bpf()
-            elif self.family == AF_INET:
-                self._set_icmp_filter()
+            # Packets queued between socket() and the filters skipped them; none can
+            # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
+            self._flush_queue()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
@@ -752,6 +761,13 @@ cdef class IcmpSocket:
         prog.filter = code
         if setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0:
             _raise_oserror("setsockopt(SO_ATTACH_FILTER)")
+        return 0
+
+    cdef int _flush_queue(self) except -1:
+        cdef uint8_t scratch[2048]
+        cdef int guard = 0
+        while guard < 1000000 and recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) >= 0:
+            guard += 1
         return 0
 
     cdef int _set_icmp_filter(self) except -1:
@@ -976,7 +992,10 @@ cdef class IcmpSocket:
             "late": self.c_late, "timeouts": self.c_timeouts, "unreachable": self.c_unreach,
             "time_exceeded": self.c_texc, "send_errors": self.c_senderr,
             "enobufs": self.c_enobufs, "rx_drops": drops, "foreign": self.c_foreign,
-            "malformed": self.c_malformed, "stale": self.c_stale,
+            "malformed": self.c_malformed,
+            "foreign_type": self.c_f_type, "foreign_ident": self.c_f_ident,
+            "foreign_cookie": self.c_f_cookie, "foreign_source": self.c_f_source,
+            "foreign_unsent": self.c_f_unsent, "stale": self.c_stale,
             "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
             "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
             "socket_errors": self.c_sock_errors,
@@ -989,6 +1008,7 @@ cdef class IcmpSocket:
         self.c_sent = self.c_received = self.c_dup = self.c_late = self.c_timeouts = 0
         self.c_unreach = self.c_texc = self.c_senderr = self.c_enobufs = self.c_foreign = 0
         self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
+        self.c_f_type = self.c_f_ident = self.c_f_cookie = self.c_f_source = self.c_f_unsent = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = 0
         self.t_send_ns = self.t_total_ns = 0
@@ -1131,13 +1151,14 @@ cdef class IcmpSocket:
                     tries += 1
                     if tries > 2000:
                         return self._fail_rest(done, built, err)
-                    self._drain(0)
+                    self._drain(0)   # always: room in our buffer may be what is missing
                     _sleep_ns(20000)
                     continue
                 # the first message failed (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM...)
                 self._fail_one(done, err)
                 done += 1
-            self._drain(0)
+            if not self.no_drain:
+                self._drain(0)
         return 0
 
     cdef int _fail_one(self, Py_ssize_t k, int err) noexcept nogil:
@@ -1245,9 +1266,11 @@ cdef class IcmpSocket:
             return
         if rc == 0 or (p.type == ICMP_ECHO_REQUEST or p.type == ICMP6_ECHO_REQUEST):
             self.c_foreign += 1
+            self.c_f_type += 1
             return
         if self.raw and p.ident != self.ident:
             self.c_foreign += 1
+            self.c_f_ident += 1
             return
         if p.ttl >= 0:
             ttl = p.ttl
@@ -1257,6 +1280,7 @@ cdef class IcmpSocket:
                 self.c_unattributed += 1   # quote too short to carry our cookie
             else:
                 self.c_foreign += 1
+                self.c_f_cookie += 1
             return
         if slot >= self.n or not self.stats[slot].active:
             self.c_stale += 1
@@ -1276,11 +1300,13 @@ cdef class IcmpSocket:
             # is the router that sent the error
             if memcmp(p.inner_dst, want, self.addr_len) != 0:
                 self.c_foreign += 1
+                self.c_f_source += 1
                 return
             self._on_error(slot, serial, p.type, p.code, src)
             return
         if memcmp(src, want, self.addr_len) != 0:
             self.c_foreign += 1     # a valid cookie from the wrong address: spoofed or misrouted
+            self.c_f_source += 1
             return
         self._on_reply(slot, serial, t_rx, ttl)
 
@@ -1288,6 +1314,7 @@ cdef class IcmpSocket:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
             self.c_foreign += 1     # never sent: a forged or foreign cookie collision
+            self.c_f_unsent += 1
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         cdef int64_t rtt
@@ -1335,6 +1362,7 @@ cdef class IcmpSocket:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
             self.c_foreign += 1
+            self.c_f_unsent += 1
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         if pr.serial != serial or pr.state != ST_OUT:
@@ -1387,16 +1415,20 @@ cdef class IcmpSocket:
         self._on_error(slot, serial, ee.ee_type, ee.ee_code, router)
 
     # ------------------------------------------------------------ engine API
-    def send(self, slots):
-        """Send one probe to each slot now (sendmmsg batches, GIL released). Returns
-        EV_SEND_ERROR events for probes the kernel refused (ENETUNREACH, ...)."""
+    def send(self, slots, bint drain=True):
+        """Send one probe to each slot now (sendmmsg batches, GIL released). With
+        ``drain`` the socket is drained after every batch (replies do not pile up in
+        the receive buffer during a large send). Returns every event seen: send
+        errors, timeouts of probes pushed out of a full window, and drained replies."""
         self._check_open()
         cdef uint32_t[::1] arr = _slots_array(slots)
         cdef Py_ssize_t cnt = arr.shape[0]
         self.collect = True
+        self.no_drain = not drain
         if cnt:
             with nogil:
                 self._send_slots(&arr[0], cnt)
+        self.no_drain = False
         return self._take_events()
 
     def recv(self, int max_packets=0):

@@ -214,7 +214,11 @@ class SweepResult(Sequence[HostResult]):
         return self.sent / self.duration_s if self.duration_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
-        alive = sum(1 for h in self if h.alive)
+        """Totals of the sweep (walks every host once to count the alive ones)."""
+        return self.summary_with(alive=sum(1 for h in self if h.alive))
+
+    def summary_with(self, alive: int) -> dict[str, Any]:
+        """Totals of the sweep, with ``alive`` already counted by the caller."""
         return {
             "targets": self._n,
             "alive": alive,

@@ -47,6 +47,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int getsockname(int fd, sockaddr *addr, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    ssize_t recv(int fd, void *buf, size_t len, int flags)
     int sendmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags)
     int recvmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
 

@@ -1,0 +1,15 @@
+"""A broken wheel must never quietly become a slow one."""
+
+import fastping
+
+
+def test_extension_loaded() -> None:
+    assert fastping.HAS_EXTENSION, "fastping._icmp did not import: the build is broken"
+    from fastping import _icmp
+
+    assert _icmp.__file__.endswith(".so")
+
+
+def test_public_api_names() -> None:
+    for name in ("sweep", "ping", "async_sweep", "async_ping"):
+        assert callable(getattr(fastping, name))

@@ -1,0 +1,239 @@
+"""IcmpSocket on real raw sockets against loopback (and namespaces for errors)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import child_env, fastping_cmd, needs_root
+
+import fastping
+from fastping import _icmp, _icmp_py
+from fastping._icmp import (
+    EV_DUPLICATE,
+    EV_LATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIMEOUT,
+    EV_TIME_EXCEEDED,
+    EV_UNREACHABLE,
+    IcmpSocket,
+)
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+pytestmark = needs_root
+
+
+def test_bad_socket_options() -> None:
+    with pytest.raises(ValueError, match="payload_size"):
+        IcmpSocket(V4, payload_size=8)
+    with pytest.raises(ValueError, match="kind"):
+        IcmpSocket(V4, kind="stream")
+    with pytest.raises(ValueError, match="ttl"):
+        IcmpSocket(V4, ttl=0)
+    with pytest.raises(ValueError, match="family"):
+        IcmpSocket(12345)
+    with IcmpSocket(V4) as s, pytest.raises(ValueError, match="not a numeric IPv4"):
+        s.add_target("example.com")
+
+
+def test_closed_socket_refuses_io() -> None:
+    s = IcmpSocket(V4)
+    s.add_target("127.0.0.1")
+    s.close()
+    s.close()  # idempotent
+    assert s.closed
+    with pytest.raises(ValueError, match="closed"):
+        s.send([0])
+
+
+def test_65536_loopback_targets_every_reply() -> None:
+    res = fastping.sweep("127.1.0.0/16", rate_pps=0, timeout_s=2.0)
+    assert len(res) == 65536
+    assert res.received == 65536 and res.sent == 65536
+    assert res.totals["rx_drops"] == 0 and res.totals["late"] == 0
+    assert res.totals["duplicates"] == 0 and res.totals["foreign"] == 0
+    first, last = res[0], res[-1]
+    assert first.address == "127.1.0.0" and last.address == "127.1.255.255"
+    assert all(h.received == 1 and h.min_ms is not None for h in res[:1000])
+
+
+def test_ipv6_loopback_and_mixed_order() -> None:
+    res = fastping.sweep(["::1", "127.0.0.1", "::1"], rate_pps=0, count=2, interval_s=0.01)
+    assert [h.target for h in res] == ["::1", "127.0.0.1", "::1"]
+    assert all(h.sent == 2 and h.received == 2 for h in res)
+    assert res[0].ttl == 64 and res[1].ttl == 64
+
+
+def test_ping_collects_rtts_and_stats() -> None:
+    h = fastping.ping("127.0.0.1", count=5, interval_s=0.01)
+    assert h.sent == 5 and h.received == 5 and len(h.rtts_ms) == 5
+    assert h.min_ms <= h.avg_ms <= h.max_ms
+    assert h.min_ms == pytest.approx(min(h.rtts_ms), abs=1e-6)
+    assert h.jitter_ms is not None and h.stddev_ms is not None
+
+
+def test_unresolvable_name_is_a_result() -> None:
+    res = fastping.sweep(["127.0.0.1", "no-such-host.invalid"], rate_pps=0)
+    assert res[0].received == 1
+    assert res[1].address is None and "cannot resolve" in res[1].error
+    assert res.totals["unresolved"] == 1
+
+
+def test_rate_limit_is_respected() -> None:
+    n, rate = 400, 2000.0
+    t0 = time.perf_counter()
+    res = fastping.sweep(f"127.3.0.0-127.3.{(n - 1) // 256}.{(n - 1) % 256}", rate_pps=rate)
+    elapsed = res.totals["send_ns"] / 1e9
+    assert res.received == n
+    # n probes at 2000/s take ~0.2 s; never much faster than the rate allows
+    assert elapsed >= (n - 1) / rate * 0.95
+    assert time.perf_counter() - t0 < 5
+
+
+def _forge_reply(src_sock: socket.socket, dst: str, ident: int, seq: int, payload: bytes) -> None:
+    pkt = bytearray(_icmp_py.build_echo_request(V4, ident, seq, payload))
+    pkt[0] = 0
+    pkt[2:4] = b"\0\0"
+    pkt[2:4] = struct.pack("!H", _icmp_py.checksum(bytes(pkt)))
+    src_sock.sendto(bytes(pkt), (dst, 0))
+
+
+def test_forged_duplicate_late_and_foreign_packets_are_counted_apart() -> None:
+    with IcmpSocket(V4, window=2) as s, socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        slot = s.add_target("127.0.0.1")
+        evs = s.send([slot])  # send drains after each batch: on loopback the reply is there
+        time.sleep(0.05)
+        evs += s.recv()
+        assert [e[1] for e in evs] == [EV_REPLY]
+        good = _icmp.build_probe_payload(slot, 0, s.key, s.payload_size)
+        # the same reply again: a duplicate, not a second answer
+        _forge_reply(raw, "127.0.0.1", s.ident, 0, good)
+        # a valid cookie for a probe never sent, a forged cookie, a foreign identifier
+        _forge_reply(raw, "127.0.0.1", s.ident, 5, _icmp.build_probe_payload(slot, 5, s.key, 56))
+        bad = bytearray(good)
+        bad[12] ^= 0xFF
+        _forge_reply(raw, "127.0.0.1", s.ident, 0, bytes(bad))
+        _forge_reply(raw, "127.0.0.1", (s.ident + 1) & 0xFFFF, 0, good)
+        # truncated: too short to carry the probe header
+        _forge_reply(raw, "127.0.0.1", s.ident, 0, good[:10])
+        time.sleep(0.05)
+        evs = s.recv()
+        assert [e[1] for e in evs] == [EV_DUPLICATE]
+        t = s.totals()
+        assert t["received"] == 1 and t["duplicates"] == 1
+        # BPF drops the foreign identifier in the kernel; the others reach us and are refused
+        assert t["foreign"] == 3
+        # a reply arriving after its probe timed out is late, never an answer
+        s.send([slot], drain=False)
+        tmo = s.expire(0.0)
+        assert [e[1] for e in tmo] == [EV_TIMEOUT]
+        time.sleep(0.05)
+        assert [e[1] for e in s.recv()] == [EV_LATE]
+        t = s.totals()
+        assert (t["received"], t["timeouts"], t["late"]) == (1, 1, 1)
+
+
+def test_wrong_source_address_is_not_a_reply() -> None:
+    with IcmpSocket(V4) as s, socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        slot = s.add_target("127.0.0.7")
+        s.send([slot])
+        time.sleep(0.05)
+        s.recv()
+        s.reset_stats()
+        # a valid cookie for slot 0 but coming from 127.0.0.1 (the kernel picks
+        # the source of a packet sent to 127.0.0.1)
+        s2 = s.add_target("127.0.0.8")
+        kinds = [e[1] for e in s.send([s2], drain=False)]
+        _forge_reply(raw, "127.0.0.1", s.ident, 0, _icmp.build_probe_payload(s2, 0, s.key, 56))
+        time.sleep(0.05)
+        kinds += [e[1] for e in s.recv()]
+        assert kinds == [EV_REPLY]  # only 127.0.0.8's real reply
+        assert s.totals()["foreign"] == 1
+
+
+def test_removed_target_replies_are_stale() -> None:
+    with IcmpSocket(V4) as s:
+        a = s.add_target("127.0.0.1")
+        s.send([a], drain=False)
+        s.remove_target(a)
+        time.sleep(0.05)
+        assert s.recv() == []
+        assert s.totals()["stale"] == 1
+        b = s.add_target("127.0.0.2")
+        assert b == a  # the freed slot is reused
+        with pytest.raises(KeyError):
+            s.remove_target(99)
+
+
+def test_two_processes_each_see_only_their_own_replies() -> None:
+    code = (
+        "import fastping, json;"
+        "r = fastping.sweep('{blk}', rate_pps=0, timeout_s=2);"
+        "print(json.dumps(dict(r.totals)))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code.format(blk=blk)], stdout=subprocess.PIPE,
+                         env=child_env(), text=True)
+        for blk in ("127.4.0.0/17", "127.5.0.0/17")
+    ]
+    outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    for t in outs:
+        assert t["received"] == 32768 and t["sent"] == 32768
+        # the BPF filter keeps the other process's replies out of our socket
+        assert t["foreign"] == 0 and t["packets_read"] == 32768, {k: v for k, v in t.items() if v}
+
+
+def test_ttl_option_and_time_exceeded_attributed(netns) -> None:  # type: ignore[no-untyped-def]
+    # 10.201.9.9 lies beyond the router; with TTL 1 the router answers time exceeded
+    # the router rejects 10.201.8.0/24 with host unreachable (nftables: a route of
+    # type unreachable would be rate-limited per peer by the kernel's ip_error)
+    netns.exec_r("nft", "add table ip fpt; add chain ip fpt fpfwd { type filter hook forward "
+                 "priority 0; }; add rule ip fpt fpfwd ip daddr 10.201.8.0/24 reject with icmp "
+                 "type host-unreachable")
+    netns.exec_r("ip", "route", "add", "10.201.8.0/24", "via", "10.201.0.2")
+    netns.exec_r("ip", "route", "add", "10.201.9.0/24", "via", "10.201.0.2")
+    def sweep(*args: str) -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
+        out = netns.exec_h(*fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.5",
+                                         *args), check=False)
+        rows = {json.loads(x)["target"]: json.loads(x) for x in out.stdout.splitlines()}
+        return out.returncode, rows
+
+    # TTL 1: the router answers time exceeded (before its forward hook runs)
+    rc, rows = sweep("--ttl", "1", "10.201.9.9")
+    assert rc == 1
+    assert rows["10.201.9.9"]["time_exceeded"] == 1 and rows["10.201.9.9"]["received"] == 0
+    assert "time exceeded" in rows["10.201.9.9"]["error"]
+    assert "from 10.201.0.1" in rows["10.201.9.9"]["error"]
+    rc, rows = sweep("10.201.8.8", "10.201.0.1")
+    assert rc == 1
+    assert rows["10.201.8.8"]["unreachable"] == 1 and rows["10.201.8.8"]["timeouts"] == 0
+    assert "type 3 code 1" in rows["10.201.8.8"]["error"]
+    assert rows["10.201.0.1"]["received"] == 1
+
+
+def test_send_error_is_counted_not_loss(netns) -> None:  # type: ignore[no-untyped-def]
+    # no route to 10.202.0.0/16 from the host once its default route is gone
+    netns.exec_h("ip", "route", "del", "default")
+    out = netns.exec_h(*fastping_cmd("sweep", "--json", "--rate", "0", "--timeout", "0.3",
+                                     "10.202.0.1"), check=False)
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["send_errors"] == 1 and row["received"] == 0 and row["timeouts"] == 0
+
+
+def test_events_for_the_engine_api() -> None:
+    with IcmpSocket(V6) as s:
+        a = s.add_target("::1")
+        # window 1: the second probe to the same slot retires the first as a timeout
+        evs = s.send([a, a], drain=False)
+        time.sleep(0.05)
+        evs += s.recv()
+        kinds = sorted(e[1] for e in evs)
+        assert kinds == [EV_REPLY, EV_TIMEOUT, EV_LATE] or kinds == sorted([EV_REPLY, EV_TIMEOUT, EV_LATE])
+        assert s.totals()["received"] == 1
+    assert EV_SEND_ERROR == 4 and EV_UNREACHABLE == 2 and EV_TIME_EXCEEDED == 3
