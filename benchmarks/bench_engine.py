@@ -124,9 +124,7 @@ def run_c_reference(n: int, rounds: int) -> dict[str, Any] | None:
         return None
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "mmsg_ceiling"
-        subprocess.run(
-            ["gcc", "-O2", "-pthread", "-o", str(exe), str(C_SOURCE)], check=True
-        )
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(C_SOURCE)], check=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         replies = 0
