@@ -394,3 +394,40 @@ def test_guard_with_tiny_limits_slows_the_engine_and_says_so() -> None:
     assert throttled_n < 0.5 * free_n, (throttled_n, free_n)
     assert any("slowing probing" in m for m in log.messages("warning"))
     assert eng.stats()["guard"]["throttle_steps"] == 3
+
+
+def test_a_stalled_loop_does_not_collapse_the_phases() -> None:
+    hosts = [f"127.0.7.{i}" for i in range(1, 101)]
+    eng, fac, store, _ = make(hosts, interval_s=0.1, timeout_s=0.1)
+
+    async def main() -> int:
+        await eng.start()
+        await asyncio.sleep(0.3)
+        time.sleep(0.35)  # block the loop for 3.5 intervals
+        mark = len(fac.v4.send_batches)
+        await asyncio.sleep(0.5)
+        await eng.stop()
+        return mark
+
+    mark = asyncio.run(main())
+    after = fac.v4.send_batches[mark + 1 :]  # the first batch after the stall is the catch-up
+    # 100 targets over 10 ticks: ~10 a tick; collapsed phases would be 100 at once
+    assert after and max(after) <= 25, after
+    assert max(fac.v4.send_batches[mark : mark + 1]) <= 100  # each target at most once
+
+
+def test_per_target_timeout_reclassifies_slow_replies() -> None:
+    fac = FakeFactory(rtt_ns=80_000_000)  # every reply takes 80 ms
+    eng, fac, store, _ = make(interval_s=0.1, timeout_s=0.2, max_timeout_s=0.5, factory=fac)
+    eng.add_target("127.0.0.2", timeout_s=0.05)  # shorter than the RTT: timeouts
+    eng.add_target("127.0.0.3")  # the engine's 0.2 s: replies
+    with pytest.raises(TargetError, match="max_timeout_s"):
+        eng.add_target("127.0.0.4", timeout_s=1.0)
+    asyncio.run(eng.run(0.5, handle_signals=False))
+    short = store.of("127.0.0.2")
+    assert short and all(r.outcome is Outcome.TIMEOUT and r.rtt_ms is None for r in short)
+    assert all(r.outcome is Outcome.REPLY for r in store.of("127.0.0.3"))
+    assert eng.stats()["outcomes"]["timeout"] == len(short)
+    assert eng.stats()["outstanding"] == 0
+    # the window is sized for the longest timeout: ceil(0.5 / 0.1) + 1
+    assert fac.v4.window == 6

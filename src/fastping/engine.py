@@ -882,11 +882,27 @@ class MonitoringEngine:
                 self._next_tick_at = self._t0 + (cur + 1) * self.tick_s
                 self._tick_handle = loop.call_at(self._next_tick_at, self._on_tick)
 
+    def _step(self, t: _Target, factor: float) -> int:
+        """Ticks to the next probe of ``t``: its interval, stretched by the guard's
+        factor, or its backoff delay."""
+        if t.errors >= self.backoff_after:
+            b = self._backoff_s(t)
+            assert b is not None
+            return max(1, round(b * factor / self.tick_s))
+        return max(1, round(t.interval_ticks * factor))
+
     def _send_due(self, prev: int, cur: int, now: float) -> None:
+        # The per-target loop below is the engine's only per-probe work besides
+        # turning events into results: keep it to attribute reads and appends.
         wheel = self._wheel
         factor = self._factor
-        due: dict[int, list[int]] = {}
+        plain = factor == 1.0
+        backoff_after = self.backoff_after
+        v4: list[int] = []
+        v6: list[int] = []
         unattached: list[_Target] = []
+        last_nt = -1
+        last_list: list[_Target] = []
         for tk in range(prev + 1, cur + 1):
             bucket = wheel.pop(tk, None)
             if not bucket:
@@ -894,31 +910,36 @@ class MonitoringEngine:
             for t in bucket:
                 if t.due_tick != tk:
                     continue  # rescheduled (backoff) or removed: a stale entry
-                step = (
-                    t.interval_ticks if factor == 1.0 else max(1, round(t.interval_ticks * factor))
-                )
-                if t.errors >= self.backoff_after:
-                    b = self._backoff_s(t)
-                    assert b is not None
-                    step = max(1, round(b * factor / self.tick_s))
-                nt = tk + step
-                if nt <= cur:  # fell behind by more than an interval: do not burst
-                    nt = cur + 1
-                t.due_tick = nt
-                b2 = wheel.get(nt)
-                if b2 is None:
-                    wheel[nt] = [t]
+                if plain and t.errors < backoff_after:
+                    step = t.interval_ticks
                 else:
-                    b2.append(t)
+                    step = self._step(t, factor)
+                nt = tk + step
+                if nt <= cur:
+                    # the loop stalled for more than an interval: skip the missed
+                    # rounds but keep the phase, or every target would pile into one
+                    # tick and go out in one burst from then on
+                    nt += ((cur - nt) // step + 1) * step
+                t.due_tick = nt
+                if nt != last_nt:  # most targets of a bucket share an interval
+                    got = wheel.get(nt)
+                    if got is None:
+                        got = wheel[nt] = []
+                    last_list = got
+                    last_nt = nt
+                last_list.append(t)
                 slot = t.slot
                 if slot is None:
                     unattached.append(t)
-                    continue
-                d = due.get(t.family)
-                if d is None:
-                    due[t.family] = [slot]
+                elif t.family == socket.AF_INET:
+                    v4.append(slot)
                 else:
-                    d.append(slot)
+                    v6.append(slot)
+        due: dict[int, list[int]] = {}
+        if v4:
+            due[socket.AF_INET] = v4
+        if v6:
+            due[socket.AF_INET6] = v6
         wall = time.time()
         if self._net_down:
             # our own network is down: record, do not send
