@@ -431,3 +431,17 @@ def test_per_target_timeout_reclassifies_slow_replies() -> None:
     assert eng.stats()["outstanding"] == 0
     # the window is sized for the longest timeout: ceil(0.5 / 0.1) + 1
     assert fac.v4.window == 6
+
+
+def test_live_table_shows_problems_first() -> None:
+    from fastping.commands.monitor import render_table
+
+    fac = FakeFactory(dead={"127.0.0.9"})
+    eng, fac, store, _ = make(["127.0.0.2", "127.0.0.9"], fac, interval_s=0.05, timeout_s=0.1)
+    asyncio.run(eng.run(0.4, handle_signals=False))
+    text = render_table(eng, rows_max=1, width=100)
+    lines = text.splitlines()
+    assert lines[0].startswith("fastping monitor  targets 2")
+    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2]
+    assert lines[3].split()[:2] == ["127.0.0.9", "down"] and "100.0%" in lines[3]
+    assert lines[4] == "... and 1 more (problems first)"
