@@ -194,7 +194,7 @@ def parse_listen(text: str, what: str = "--metrics") -> tuple[str, int]:
             )
     port = int(port_s)
     if not 0 <= port < 65536:
-        raise ConfigError(f"{what} {text!r}: the port must be 1..65535")
+        raise ConfigError(f"{what} {text!r}: give HOST:PORT with a port 1..65535")
     return host, port
 
 
@@ -681,6 +681,7 @@ class MetricsServer:
         try:
             self._httpd = _Server((host, port), handler)
         except OSError as e:
+            collector.detach()  # nothing will read it: stop counting into it
             raise SocketError(
                 f"cannot serve metrics on {host}:{port}: {e.strerror or e}; choose another "
                 "address or port with --metrics HOST:PORT (or metrics.listen in the config)"
