@@ -1063,7 +1063,7 @@ class MonitoringEngine:
                         seq,
                         Outcome.REPLY,
                         rtt_ms,
-                        ttl if ttl > 0 else None,
+                        ttl or None,  # the core gives None when it has no TTL
                         itype,
                         icode,
                         None,
@@ -1103,7 +1103,7 @@ class MonitoringEngine:
                     seq,
                     outcome,
                     rtt,
-                    (ttl if ttl > 0 else None) if is_icmp or rtt is not None else None,
+                    (ttl or None) if is_icmp or rtt is not None else None,
                     itype if is_icmp or rtt is not None else None,
                     icode if is_icmp or rtt is not None else None,
                     router if is_icmp else None,
