@@ -312,6 +312,7 @@ class MetricsCollector(Collector):
         self._net_clock = _StateClock(NETWORK_STATES, _network_state(engine))
         self._throttle_clock = _StateClock(("0", "1"), "1" if engine.guard.throttled else "0")
         self._attached = False
+        self._clocks_due = 0.0
         self._engine_registry = CollectorRegistry(auto_describe=False)
         self._engine_registry.register(_EngineOnly(self))
         for info in engine.targets():  # series from the start, before any result
@@ -379,8 +380,11 @@ class MetricsCollector(Collector):
                 s.counts[_IDX[o]] += 1
                 if o is _LOCAL_DOWN and r.seq >= 0:
                     s.sent_down += 1
-        self._net_clock.update(_network_state(self.engine))
-        self._throttle_clock.update("1" if self.engine.guard.throttled else "0")
+        now = time.monotonic()
+        if now >= self._clocks_due:  # state clocks: twice a second is plenty
+            self._clocks_due = now + 0.5
+            self._net_clock.update(_network_state(self.engine))
+            self._throttle_clock.update("1" if self.engine.guard.throttled else "0")
 
     def _do_prune(self) -> None:
         self._prune = False
