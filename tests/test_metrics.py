@@ -86,7 +86,7 @@ def test_buckets_are_smokeping_probers() -> None:
 
 
 def test_counts_buckets_labels_and_valid_exposition() -> None:
-    labels = {"127.0.0.1": {"site": "lab \"q\" \\ x\ny"}, "::1": {"role": "v6"}}
+    labels = {"127.0.0.1": {"site": 'lab "q" \\ x\ny'}, "::1": {"role": "v6"}}
     e = _engine("127.0.0.1", "::1", "127.0.0.3", labels=labels)
     c = MetricsCollector(e, source="10.0.0.1", tos=16)
     assert c.label_names == ("ip", "host", "source", "tos", "role", "site")
@@ -134,11 +134,7 @@ def test_counts_buckets_labels_and_valid_exposition() -> None:
                 for h in ("127.0.0.1", "::1", "127.0.0.3")}  # fmt: skip
         assert got == want, o
     # labels: configured values (escaped), smokeping_prober's base labels; nothing from packets
-    lab = {
-        dict(k[1])["host"]: dict(k[1])
-        for k in smp
-        if k[0] == "smokeping_requests_total"
-    }
+    lab = {dict(k[1])["host"]: dict(k[1]) for k in smp if k[0] == "smokeping_requests_total"}
     assert lab["127.0.0.1"] == {"ip": "127.0.0.1", "host": "127.0.0.1", "source": "10.0.0.1",
                                 "tos": "16", "site": "lab \"q\" \\ x\ny", "role": ""}  # fmt: skip
     assert lab["127.0.0.3"]["ip"] == "127.0.0.3"  # a result without address keeps the series
@@ -300,8 +296,12 @@ def test_counters_match_what_the_engine_recorded(router_netns: Netns, tmp_path: 
     smp = samples(doc["after"])
     # the endpoint's fast text and prometheus_client's generic path agree per target
     # (agent-wide gauges move between the two reads, so those are not compared)
-    per_target = {"smokeping_requests_total", "fastping_results_total",
-                  "smokeping_response_duration_seconds_count", "smokeping_send_errors_total"}  # fmt: skip
+    per_target = {
+        "smokeping_requests_total",
+        "fastping_results_total",
+        "smokeping_response_duration_seconds_count",
+        "smokeping_send_errors_total",
+    }
     reg = samples(doc["registry"])
     assert {k: v for k, v in smp.items() if k[0] in per_target} == {
         k: v for k, v in reg.items() if k[0] in per_target

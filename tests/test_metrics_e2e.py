@@ -20,6 +20,7 @@ from conftest import ROOT, child_env, fastping_cmd
 from fastping.shard import shard_of
 
 PROMETHEUS = "/usr/bin/prometheus"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TARGETS = [f"127.0.{i // 10}.{1 + i % 10}" for i in range(20)]  # loopback only
 
 pytestmark = [
@@ -82,19 +83,40 @@ def test_prometheus_scrapes_two_shards_and_sees_every_target_once(tmp_path: Path
         for i, port in enumerate((a0, a1)):
             procs.append(
                 subprocess.Popen(
-                    fastping_cmd("monitor", *TARGETS, "--shard", f"{i}/2", "--interval", "0.5",
-                                 "--duration", "50", "--db", str(tmp_path / f"a{i}.db"),
-                                 "--metrics", f"127.0.0.1:{port}", "--max-cpu-percent", "0"),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                    fastping_cmd(
+                        "monitor",
+                        *TARGETS,
+                        "--shard",
+                        f"{i}/2",
+                        "--interval",
+                        "0.5",
+                        "--duration",
+                        "50",
+                        "--db",
+                        str(tmp_path / f"a{i}.db"),
+                        "--metrics",
+                        f"127.0.0.1:{port}",
+                        "--max-cpu-percent",
+                        "0",
+                    ),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=child_env(),
                 )  # fmt: skip
             )
         procs.append(
             subprocess.Popen(
-                [shutil.which(PROMETHEUS) or "prometheus",
-                 f"--config.file={tmp_path / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                [
+                    shutil.which(PROMETHEUS) or "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
             )  # fmt: skip
         )
         by_host: dict[str, list[str]] = {}
@@ -129,6 +151,12 @@ def test_prometheus_scrapes_two_shards_and_sees_every_target_once(tmp_path: Path
             "sum(smokeping_requests_total) - sum(smokeping_response_duration_seconds_count)",
         )
         assert float(loss[0]["value"][1]) == 0.0
+        # every query of the example dashboard parses and runs against these metrics
+        dash = json.loads((EXAMPLES / "grafana-fastping.json").read_text())
+        for panel in dash["panels"]:
+            for t in panel["targets"]:
+                expr = t["expr"].replace("$__rate_interval", "5s").replace("$host", ".*")
+                query(prom_port, expr)  # raises on a 400 (bad PromQL)
     finally:
         stop(procs)
     assert time.monotonic() - t0 < 60
