@@ -31,7 +31,8 @@ CODE = (
     "alive = sum(1 for h in r if h.alive)\n"
     "dup = sum(h.duplicates for h in r)\n"
     "print(json.dumps(dict(received=r.received, alive=alive, dup=dup, s=d,"
-    " send_s=r.totals['send_window_ns'] / 1e9, sweep_s=r.totals['sweep_window_ns'] / 1e9, drops=r.totals['rx_drops'],"
+    " send_s=r.totals['send_window_ns'] / 1e9, sweep_s=r.totals['sweep_window_ns'] / 1e9,"
+    " drops=r.totals['rx_drops'],"
     " rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))\n"
 )
 
