@@ -12,8 +12,8 @@ import socket
 import time
 
 import pytest
-from conftest import report
 
+from conftest import report
 from fastping import _icmp, _icmp_py
 
 KEY = bytes(range(16))
@@ -64,13 +64,23 @@ def test_codec_ratio_same_run(benchmark) -> None:  # type: ignore[no-untyped-def
         _icmp_py.checksum(_icmp_py.build_echo_request(V4, 1, 2, PKT[8:64]))
     p_call = (time.perf_counter_ns() - t) / N
     benchmark.extra_info.update(
-        build_ns=c_build, build_py_ns=p_build, parse_ns=c_parse, parse_py_ns=p_parse,
-        build_ratio=p_build / c_build, parse_ratio=p_parse / c_parse,
+        build_ns=c_build,
+        build_py_ns=p_build,
+        parse_ns=c_parse,
+        parse_py_ns=p_parse,
+        build_ratio=p_build / c_build,
+        parse_ratio=p_parse / c_parse,
     )
-    report(f"codec build+checksum: {c_build:.1f} ns/packet vs twin {p_build:.0f} ns "
-           f"-> {p_build / c_build:.0f}x")
-    report(f"codec parse+cookie:   {c_parse:.1f} ns/packet vs twin {p_parse:.0f} ns "
-           f"-> {p_parse / c_parse:.0f}x")
-    report(f"single-call build+checksum (Python call overhead included): {c_call:.0f} ns vs "
-           f"{p_call:.0f} ns -> {p_call / c_call:.1f}x")
+    report(
+        f"codec build+checksum: {c_build:.1f} ns/packet vs twin {p_build:.0f} ns "
+        f"-> {p_build / c_build:.0f}x"
+    )
+    report(
+        f"codec parse+cookie:   {c_parse:.1f} ns/packet vs twin {p_parse:.0f} ns "
+        f"-> {p_parse / c_parse:.0f}x"
+    )
+    report(
+        f"single-call build+checksum (Python call overhead included): {c_call:.0f} ns vs "
+        f"{p_call:.0f} ns -> {p_call / c_call:.1f}x"
+    )
     benchmark.pedantic(lambda: None, rounds=1)

@@ -18,14 +18,19 @@ import sys
 import time
 
 import pytest
+
 from conftest import child_env, fastping_cli, report
 
 ROUNDS = 5
 
 
 def _c_pps(binary: str, n: int, base: str, *extra: str) -> tuple[float, int, float]:
-    out = subprocess.run([binary, "-n", str(n), "-a", base, "-m", "inter", "-f", *extra],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [binary, "-n", str(n), "-a", base, "-m", "inter", "-f", *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     m = dict(re.findall(r"(\w+)=([\d.]+)", out))
     # probes per second over the whole sweep (send + wait for the last reply)
     return float(m["n"]) / float(m["total_s"]), int(m["replies"]), float(m["total_s"])
@@ -70,15 +75,25 @@ def test_sweep_65536_against_c_and_fping(benchmark, c_reference: str, fping: str
     med = statistics.median
     r_c, r_fp, r_wall = med(core) / med(c), med(core) / med(fp), med(cli) / med(fpw)
     benchmark.extra_info.update(
-        core_pps=med(core), c_pps=med(c), fping_pps=med(fp), fastping_wall_s=med(cli),
-        fping_wall_s=med(fpw), ratio_core_vs_c=r_c, ratio_vs_fping=r_fp, wall_ratio=r_wall,
+        core_pps=med(core),
+        c_pps=med(c),
+        fping_pps=med(fp),
+        fastping_wall_s=med(cli),
+        fping_wall_s=med(fpw),
+        ratio_core_vs_c=r_c,
+        ratio_vs_fping=r_fp,
+        wall_ratio=r_wall,
     )
-    report(f"sweep 65,536: fastping core {med(core):,.0f} probes/s | C reference {med(c):,.0f} "
-           f"| fping {med(fp):,.0f}  (medians of {ROUNDS}, interleaved)")
+    report(
+        f"sweep 65,536: fastping core {med(core):,.0f} probes/s | C reference {med(c):,.0f} "
+        f"| fping {med(fp):,.0f}  (medians of {ROUNDS}, interleaved)"
+    )
     report(f"  fastping / C reference = {r_c:.2f}x (goal >= 0.9)")
     report(f"  fastping / fping       = {r_fp:.2f}x (goal >= 2)")
-    report(f"  `fastping sweep` process wall {med(cli):.3f} s vs fping {med(fpw):.3f} s "
-           f"= {r_wall:.2f}x (goal <= 0.6)")
+    report(
+        f"  `fastping sweep` process wall {med(cli):.3f} s vs fping {med(fpw):.3f} s "
+        f"= {r_wall:.2f}x (goal <= 0.6)"
+    )
     benchmark.pedantic(_core_sweep, args=(65536, first), rounds=3)
 
 
@@ -98,15 +113,22 @@ def test_sweep_1m_every_reply_and_rss(benchmark) -> None:  # type: ignore[no-unt
     import json
 
     def one(workers: int) -> dict:  # type: ignore[type-arg]
-        out = subprocess.run([sys.executable, "-c", code, str(workers)], capture_output=True,
-                             text=True, env=child_env(), check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(workers)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            check=True,
+        ).stdout
         return json.loads(out)  # type: ignore[no-any-return]
 
     for workers in (1, 2):
         d = one(workers)
         assert d["received"] == 1048576 and d["alive"] == 1048576
         benchmark.extra_info[f"workers{workers}"] = d
-        report(f"sweep 1,048,576 (workers={workers}): {d['s']:.2f} s, {d['pps']:,.0f} probes/s, "
-               f"every reply: {d['received'] == 1048576}, kernel drops {d['drops']}, "
-               f"peak RSS {d['rss_mb']:.0f} MB (goal < 150)")
+        report(
+            f"sweep 1,048,576 (workers={workers}): {d['s']:.2f} s, {d['pps']:,.0f} probes/s, "
+            f"every reply: {d['received'] == 1048576}, kernel drops {d['drops']}, "
+            f"peak RSS {d['rss_mb']:.0f} MB (goal < 150)"
+        )
     benchmark.pedantic(lambda: None, rounds=1)

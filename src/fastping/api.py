@@ -248,16 +248,18 @@ def _socket_sweep(
                 if ev[1] == 0:
                     rtts.setdefault((fam, offset + ev[0]), []).append(ev[3] / 1e6)
     totals: dict[str, int] = {}
-    send_window = 0
+    send_window = sweep_window = 0
     for sh in socks.values():
         for sock in sh.socks:
             t = sock.totals()
             send_window = max(send_window, int(t["send_ns"]))
+            sweep_window = max(sweep_window, int(t["total_ns"]))
             for key, v in t.items():
                 totals[key] = totals.get(key, 0) + int(v)
         sh.close()
     # workers send side by side: the sweep's sending took as long as the slowest
     totals["send_window_ns"] = send_window
+    totals["sweep_window_ns"] = sweep_window  # first send to last reply or timeout
     totals["send_errors"] = totals.get("send_errors", 0)
     totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
     totals["unresolved"] = sum(1 for e in plan.entries if e.sock_index < 0)
