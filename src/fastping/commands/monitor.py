@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resource guard: slow probing above MB of RSS (default 100; 0 = off)",
     )
     parser.add_argument(
+        "--netstate",
+        action="store_true",
+        help="watch this host's own network (netlink; the config's network: section turns "
+        "this on too) and record probes sent while it is down as local_down, not as loss",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -202,8 +208,12 @@ def run(args: argparse.Namespace) -> int:
             "per-target payload_size is not supported by the monitor (one socket per family); "
             f"every target uses defaults.payload_size={cfg.defaults.payload_size}"
         )
-    if cfg.network:
-        log.warning("the 'network' section is not used by this monitor build yet; ignored")
+    network_cfg = None
+    if cfg.network or args.netstate:
+        from ..netstate import NetworkConfig
+
+        # validated before anything starts: a bad key is a ConfigError naming it
+        network_cfg = NetworkConfig.from_mapping(cfg.network or {})
     if shard is not None:
         listed = len({w[0] for w in wanted})
         shard_txt = f"{shard[0]}/{shard[1]}"
@@ -213,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
             log.warning("this shard holds none of the listed targets", shard=shard_txt,
                         listed=listed)  # fmt: skip
 
-    return asyncio.run(_main(args, cfg, targets, mode, table, log, metrics_listen, shard))
+    return asyncio.run(
+        _main(args, cfg, targets, mode, table, log, metrics_listen, shard, network_cfg)
+    )
 
 
 async def _main(
@@ -225,6 +237,7 @@ async def _main(
     log: Any,
     metrics_listen: str | None = None,
     shard: tuple[int, int] | None = None,
+    network_cfg: Any = None,
 ) -> int:
     import asyncio
     import contextlib
@@ -249,6 +262,15 @@ async def _main(
         flush_interval_s=sc.flush_interval_s,
         max_queue=sc.max_queue,
     )
+    network = None
+    if network_cfg is not None:
+        from ..netstate import NetworkMonitor
+
+        # while our own network is down, probes are recorded as local_down, not loss
+        network = NetworkMonitor(network_cfg)
+        await network.start()
+        log.info("watching this host's network", state=network.state.value,
+                 reason=network.reason)  # fmt: skip
     default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
     default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
     engine = MonitoringEngine(
@@ -260,6 +282,7 @@ async def _main(
         mode=mode,
         socket_options={"payload_size": cfg.defaults.payload_size},
         guard=guard,
+        network=network,
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -287,6 +310,8 @@ async def _main(
         await store.close()
         if metrics is not None:
             metrics.close()
+        if network is not None:
+            await network.stop()
     st = engine.stats()
     ss = store.stats()
     summary = {
