@@ -253,3 +253,37 @@ def test_events_for_the_engine_api() -> None:
         )
         assert s.totals()["received"] == 1
     assert EV_SEND_ERROR == 4 and EV_UNREACHABLE == 2 and EV_TIME_EXCEEDED == 3
+
+
+def test_workers_give_identical_per_target_results() -> None:
+    one = fastping.sweep("127.1.0.0/16", rate_pps=0, workers=1, timeout_s=2.0)
+    two = fastping.sweep("127.1.0.0/16", rate_pps=0, workers=2, timeout_s=2.0)
+    assert two.totals["workers"] == 2 and one.totals["workers"] == 1
+    assert one.received == two.received == 65536
+    # no reply counted twice or by the wrong worker: every target exactly once
+    assert sum(h.received for h in two) == 65536
+    assert all(h.received == 1 and h.duplicates == 0 for h in two)
+    assert [h.address for h in one] == [h.address for h in two]
+    assert two.totals["foreign"] == 0 and two.totals["stale"] == 0
+
+
+def test_workers_share_one_global_rate_budget() -> None:
+    n, rate = 16384, 20000.0
+    res = fastping.sweep(f"127.7.0.0/{32 - (n - 1).bit_length()}", rate_pps=rate, workers=2)
+    assert res.received == n
+    achieved = n / (res.totals["send_window_ns"] / 1e9)
+    # the sum of both workers stays within 5% of the one budget (not 2x it)
+    assert achieved == pytest.approx(rate, rel=0.05)
+
+
+def test_workers_mixed_families_and_rtts() -> None:
+    r = fastping.sweep(
+        ["::1", "127.0.0.1", "127.0.0.2-9"],
+        rate_pps=0,
+        workers=3,
+        count=2,
+        interval_s=0.01,
+        collect_rtts=True,
+    )
+    assert [h.target for h in r][:3] == ["::1", "127.0.0.1", "127.0.0.2"]
+    assert all(h.received == 2 and len(h.rtts_ms) == 2 for h in r)

@@ -87,20 +87,6 @@ def _plan_targets(
     return plan, blocks
 
 
-def _load(sock: Any, items: list[Any]) -> None:
-    batch: list[str] = []
-    for it in items:
-        if it[0] == "range":
-            if batch:
-                sock.append_targets(batch)
-                batch = []
-            sock.append_range_v4(it[1], it[2])
-        else:
-            batch.append(it[1])
-    if batch:
-        sock.append_targets(batch)
-
-
 def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
     (sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js, jn, ttl, et, ec, rtr) = st
     h = HostResult(
@@ -153,8 +139,9 @@ def sweep(
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
     the total send rate (0 = as fast as the machine goes); ``workers`` splits
-    the targets over that many sockets and threads (GIL released) and shares the
-    rate budget between them.
+    the targets over that many sockets and threads (GIL released, so each uses a
+    core) and shares the rate budget between them; 0 picks one per usable core
+    when the sweep is big and fast enough to need it.
     """
     _check_args(count, interval_s, timeout_s, rate_pps, workers)
     sub_opts: dict[str, Any] = dict(
@@ -213,7 +200,6 @@ def _socket_sweep(
 ) -> SweepResult:
     plan, blocks = _plan_targets(targets, family)
     window = _window(count, interval_s, timeout_s)
-    socks: dict[int, Any] = {}
     from .probe import open_icmp_socket
 
     opts = dict(
@@ -225,40 +211,116 @@ def _socket_sweep(
         batch_size=batch_size,
     )
     total_slots = sum((e.count for e in plan.entries if e.sock_index >= 0), 0)
-    rtts: dict[tuple[int, int], list[float]] | None = {} if collect_rtts else None
+    if workers == 0:
+        workers = auto_workers(total_slots, rate_pps)
+    socks: dict[int, _Shards] = {}
     t0 = time.perf_counter()
-    jobs: list[tuple[Any, Any, float]] = []
+    jobs: list[tuple[Any, int, float]] = []
     try:
         for fam, items in blocks.items():
-            if not items:
+            n = sum(it[2] if it[0] == "range" else 1 for it in items)
+            if n == 0:
                 continue
-            sock = open_icmp_socket(fam, mode=mode, **opts)
-            socks[fam] = sock
-            _load(sock, items)
-            n = sock.n_slots
-            share = rate_pps * n / total_slots if rate_pps > 0 else 0.0
-            jobs.extend(_worker_jobs(sock, n, workers, share))
+            # each worker owns a contiguous share of this family's slots, on a socket
+            # of its own (own identifier, BPF filter and buffers)
+            k = max(1, min(workers, n))
+            bounds = [n * i // k for i in range(k + 1)]
+            shards = _Shards(fam, bounds[:-1])
+            socks[fam] = shards
+            for i in range(k):
+                sock = open_icmp_socket(fam, mode=mode, **opts)
+                shards.socks.append(sock)
+                _load_part(sock, items, bounds[i], bounds[i + 1])
+                # the rate is a global budget, shared in proportion to the work
+                share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
+                jobs.append((sock, bounds[i], share))
         events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
     except BaseException:
-        for s in socks.values():
-            s.close()
+        for sh in socks.values():
+            sh.close()
         raise
     duration = time.perf_counter() - t0
-    if rtts is not None:
-        for fam, evs in events:
+    rtts: dict[tuple[int, int], list[float]] | None = None
+    if collect_rtts:
+        rtts = {}
+        for fam, offset, evs in events:
             for ev in evs:
                 if ev[1] == 0:
-                    rtts.setdefault((fam, ev[0]), []).append(ev[3] / 1e6)
+                    rtts.setdefault((fam, offset + ev[0]), []).append(ev[3] / 1e6)
     totals: dict[str, int] = {}
-    for s in socks.values():
-        for k, v in s.totals().items():
-            totals[k] = totals.get(k, 0) + int(v)
-        s.close()
+    send_window = sweep_window = 0
+    for sh in socks.values():
+        for sock in sh.socks:
+            t = sock.totals()
+            send_window = max(send_window, int(t["send_ns"]))
+            sweep_window = max(sweep_window, int(t["total_ns"]))
+            for key, v in t.items():
+                totals[key] = totals.get(key, 0) + int(v)
+        sh.close()
+    # workers send side by side: the sweep's sending took as long as the slowest
+    totals["send_window_ns"] = send_window
+    totals["sweep_window_ns"] = sweep_window  # first send to last reply or timeout
     totals["send_errors"] = totals.get("send_errors", 0)
     totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
-    unresolved = sum(1 for e in plan.entries if e.sock_index < 0)
-    totals["unresolved"] = unresolved
+    totals["unresolved"] = sum(1 for e in plan.entries if e.sock_index < 0)
+    totals["workers"] = workers
     return SweepResult(plan.n_hosts, _getter(plan, socks, rtts), totals, duration)
+
+
+def auto_workers(n_targets: int, rate_pps: float) -> int:
+    """Workers for a sweep when the caller did not choose: one per usable core
+    (at most 8), only when the sweep is big and fast enough to need more than one
+    core (a paced sweep below ~50,000 probes/s does not)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if rate_pps and rate_pps < 50_000:
+        return 1
+    return max(1, min(cores, 8, n_targets // 16384))
+
+
+class _Shards:
+    """One family's sockets, each holding a contiguous range of global slots."""
+
+    def __init__(self, family: int, starts: list[int]) -> None:
+        self.family = family
+        self.starts = starts
+        self.socks: list[Any] = []
+
+    def locate(self, slot: int) -> tuple[Any, int]:
+        import bisect
+
+        i = bisect.bisect_right(self.starts, slot) - 1
+        return self.socks[i], slot - self.starts[i]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def _load_part(sock: Any, items: list[Any], lo: int, hi: int) -> None:
+    """Load global slots [lo, hi) of a family's target items into ``sock``."""
+    pos = 0
+    batch: list[str] = []
+    for it in items:
+        size = it[2] if it[0] == "range" else 1
+        a, b = max(lo, pos), min(hi, pos + size)
+        if a < b:
+            if it[0] == "range":
+                if batch:
+                    sock.append_targets(batch)
+                    batch = []
+                sock.append_range_v4(it[1] + (a - pos), b - a)
+            else:
+                batch.append(it[1])
+        pos += size
+        if pos >= hi:
+            break
+    if batch:
+        sock.append_targets(batch)
 
 
 def _check_args(
@@ -272,8 +334,8 @@ def _check_args(
         raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
     if rate_pps < 0:
         raise ValueError(f"rate_pps must be >= 0 (0 = no limit), not {rate_pps}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, not {workers}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 1, or 0 for one per usable core, not {workers}")
 
 
 def _window(count: int, interval_s: float, timeout_s: float) -> int:
@@ -285,28 +347,23 @@ def _window(count: int, interval_s: float, timeout_s: float) -> int:
     return max(1, min(count, math.ceil(timeout_s / interval_s) + 1, 64))
 
 
-def _worker_jobs(sock: Any, n: int, workers: int, rate: float) -> list[tuple[Any, Any, float]]:
-    """Split one socket's slots over ``workers``. Worker 0 uses ``sock``; the
-    others are filled in by the multi-core path (see sweep_workers)."""
-    return [(sock, None, rate)]
-
-
 def _run_jobs(
-    jobs: list[tuple[Any, Any, float]],
+    jobs: list[tuple[Any, int, float]],
     count: int,
     interval_s: float,
     timeout_s: float,
     collect: bool,
-) -> list[tuple[int, list[Any]]]:
+) -> list[tuple[int, int, list[Any]]]:
     """Run each socket's sweep; several at once run in threads (the core releases
-    the GIL for the whole sweep)."""
-    out: list[tuple[int, list[Any]]] = []
+    the GIL for the whole sweep, so they use as many cores). Returns (family,
+    first global slot, events) per socket."""
+    out: list[tuple[int, int, list[Any]]] = []
     errors: list[BaseException] = []
 
-    def run(sock: Any, slots: Any, rate: float) -> None:
+    def run(sock: Any, offset: int, rate: float) -> None:
         try:
-            ev = sock.sweep(count, interval_s, timeout_s, rate, slots, collect)
-            out.append((sock.family, ev or []))
+            ev = sock.sweep(count, interval_s, timeout_s, rate, None, collect)
+            out.append((sock.family, offset, ev or []))
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
@@ -324,7 +381,7 @@ def _run_jobs(
 
 
 def _getter(
-    plan: _Plan, socks: dict[int, Any], rtts: dict[tuple[int, int], list[float]] | None
+    plan: _Plan, socks: dict[int, _Shards], rtts: dict[tuple[int, int], list[float]] | None
 ) -> Callable[[int], HostResult]:
     import bisect
 
@@ -333,12 +390,12 @@ def _getter(
         e = plan.entries[k]
         if e.sock_index < 0:
             return HostResult(target=e.label or "", address=None, error=e.error)
-        sock = socks[e.sock_index]
-        slot = e.first_slot + (i - plan.offsets[k])
+        g = e.first_slot + (i - plan.offsets[k])
+        sock, slot = socks[e.sock_index].locate(g)
         addr = sock.slot_address(slot)
         h = _host_from_stats(e.label or addr, addr, sock.slot_stats(slot))
         if rtts is not None:
-            h.rtts_ms = rtts.get((e.sock_index, slot), [])
+            h.rtts_ms = rtts.get((e.sock_index, g), [])
         return h
 
     return get

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "which ICMP modes (raw, dgram, subprocess) work for you, and how to fix"),
     "netstate": ("netstate", "is this host's own network up? state, reason, interfaces"),
     "report": ("report", "statistics and latency charts from a monitor's database"),
+    "monitor": ("monitor", "watch targets continuously and record every probe in SQLite"),
 }
 
 # Exit statuses follow fping's convention.

@@ -77,9 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         "-w",
         type=int,
-        default=1,
+        default=0,
         metavar="N",
-        help="sending threads, each with its own socket (default 1)",
+        help="sending threads, each with its own socket (default 0: one per usable core, "
+        "at most 8, for sweeps big and fast enough to need them)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.add_argument("-a", "--alive", action="store_true", help="print only targets that answered")

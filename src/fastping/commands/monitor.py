@@ -1,0 +1,355 @@
+"""``fastping monitor``: watch targets continuously, record every probe in SQLite.
+
+    fastping monitor                       # 127.0.0.1 and ::1 (loopback only)
+    fastping monitor 10.0.0.1 gw.example --interval 0.5 --duration 60
+    fastping monitor --config fastping.yaml --db /var/lib/fastping/fastping.db
+
+On a terminal a live table (per target: status, last RTT, loss) is redrawn about
+once a second; otherwise structured logs, with a summary line every 10 s. SIGINT /
+SIGTERM stop cleanly: probes in flight get their timeout, every result is written,
+and a final JSON summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay inside run()
+    from ..engine import MonitoringEngine
+
+DEFAULT_TARGETS = ("127.0.0.1", "::1")  # loopback only: a bare `fastping monitor` is safe
+DEFAULT_DB = "fastping.db"
+MAX_EXPANDED = 1 << 20  # addresses a CIDR block / range on the command line may expand to
+SUMMARY_EVERY_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="addresses, host names, CIDR blocks or ranges (default: 127.0.0.1 and ::1 "
+        "when no config names targets)",
+    )
+    parser.add_argument("--config", "-C", metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--file", "-f", metavar="FILE", help="read more targets from FILE ('-' = stdin)"
+    )
+    parser.add_argument(
+        "--interval", "-i", type=float, metavar="S", help="seconds between probes per target"
+    )
+    parser.add_argument("--timeout", "-t", type=float, metavar="S", help="probe timeout")
+    parser.add_argument(
+        "--db", metavar="PATH", help=f"SQLite file for results (default: ./{DEFAULT_DB})"
+    )
+    parser.add_argument(
+        "--duration", "-d", type=float, metavar="S", help="stop after S seconds (default: never)"
+    )
+    parser.add_argument(
+        "--mode", choices=("auto", "raw", "dgram"), help="socket mode (default: auto)"
+    )
+    parser.add_argument(
+        "--max-cpu-percent",
+        type=float,
+        metavar="P",
+        help="resource guard: slow probing above P %% of one core (default 5; 0 = off)",
+    )
+    parser.add_argument(
+        "--max-memory-mb",
+        type=float,
+        metavar="MB",
+        help="resource guard: slow probing above MB of RSS (default 100; 0 = off)",
+    )
+    parser.add_argument("--shard", metavar="I/N", help="watch only share I of N of the targets")
+    parser.add_argument(
+        "--table",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="live table (auto: when stdout is a terminal)",
+    )
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument("--log-file", metavar="FILE", help="JSON log lines to FILE (rotated)")
+
+
+def _die(msg: str) -> Any:
+    from ..errors import ConfigError
+
+    raise ConfigError(msg)
+
+
+def _expand(host: str) -> list[str]:
+    """One user target -> hosts for the engine (blocks and ranges expanded, bounded)."""
+    import ipaddress
+
+    from ..targets import Address, Name, V4Range, parse_target
+
+    specs = parse_target(host)
+    out: list[str] = []
+    for s in specs:
+        if isinstance(s, V4Range):
+            if s.count + len(out) > MAX_EXPANDED:
+                _die(
+                    f"target {host!r} expands to {s.count} addresses; monitor watches at most "
+                    f"{MAX_EXPANDED} per block (split it, or use several agents with --shard)"
+                )
+            out.extend(str(ipaddress.IPv4Address(s.first + i)) for i in range(s.count))
+        elif isinstance(s, Address):
+            out.append(s.label if len(specs) == 1 else s.address)
+        elif isinstance(s, Name):
+            out.append(s.name)
+    return out
+
+
+def _in_shard(host: str, shard: tuple[int, int] | None) -> bool:
+    if shard is None:
+        return True
+    import zlib
+
+    i, n = shard
+    return zlib.crc32(host.encode()) % n == i  # stable across runs and machines
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..config import FastpingConfig, load_config
+    from ..errors import ConfigError
+    from ..logs import configure_logging, get_logger
+
+    cfg = load_config(args.config) if args.config else FastpingConfig()
+
+    shard_text = args.shard or cfg.shard
+    shard: tuple[int, int] | None = None
+    if shard_text:
+        i, sep, n = str(shard_text).partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ConfigError(f'--shard {shard_text!r}: use "I/N" with 0 <= I < N, e.g. 0/4')
+        shard = (int(i), int(n))
+
+    interval_s = args.interval if args.interval is not None else cfg.defaults.interval_s
+    timeout_s = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+    for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
+        if not v > 0:
+            raise ConfigError(f"{name} {v!r}: give a positive number of seconds")
+    mode = args.mode or cfg.mode
+    if mode == "subprocess":
+        raise ConfigError(
+            "mode 'subprocess' cannot run the monitor (it multiplexes every target through "
+            "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
+        )
+
+    # (host, interval_s, timeout_s, labels)
+    wanted: list[tuple[str, float, float, dict[str, str]]] = []
+    texts = list(args.targets)
+    if args.file:
+        from ..targets import read_targets_file
+
+        texts.extend(read_targets_file(args.file))
+    for text in texts:
+        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
+    for tc in cfg.targets:
+        iv, to, _payload = cfg.target_settings(tc)
+        if args.interval is not None and tc.interval_s is None:
+            iv = args.interval
+        if args.timeout is not None and tc.timeout_s is None:
+            to = args.timeout
+        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
+    if not wanted:
+        if args.config:
+            raise ConfigError(
+                f"{args.config}: no targets: list some under 'targets:' or on the command line"
+            )
+        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
+    seen: set[str] = set()
+    targets = []
+    for w in wanted:
+        if w[0] not in seen and _in_shard(w[0], shard):
+            seen.add(w[0])
+            targets.append(w)
+
+    table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
+    lc = cfg.logging
+    level = args.log_level or lc.level
+    configure_logging(
+        level=level if not table or level in ("ERROR", "CRITICAL") else "WARNING",
+        file=args.log_file or lc.file,
+        max_bytes=lc.max_bytes,
+        backup_count=lc.backup_count,
+        console=lc.console,
+        fmt=lc.format,
+    )
+    if table and (args.log_file or lc.file):
+        # the table owns the terminal; the file still gets the full level
+        import logging
+
+        logging.getLogger("fastping").setLevel(str(level).upper())
+    log = get_logger("fastping.monitor")
+    payloads = {cfg.target_settings(tc)[2] for tc in cfg.targets} | {cfg.defaults.payload_size}
+    if len(payloads) > 1:
+        log.warning(
+            "per-target payload_size is not supported by the monitor (one socket per family); "
+            f"every target uses defaults.payload_size={cfg.defaults.payload_size}"
+        )
+    if cfg.network:
+        log.warning("the 'network' section is not used by this monitor build yet; ignored")
+    if cfg.metrics.listen:
+        log.warning("metrics.listen is not served by this monitor build yet; ignored")
+
+    return asyncio.run(_main(args, cfg, targets, mode, table, log))
+
+
+async def _main(
+    args: argparse.Namespace,
+    cfg: Any,
+    targets: list[tuple[str, float, float, dict[str, str]]],
+    mode: str,
+    table: bool,
+    log: Any,
+) -> int:
+    import asyncio
+    import contextlib
+    import json
+
+    from ..engine import MonitoringEngine
+    from ..guard import ResourceGuard
+    from ..store import ResultStore
+
+    rc = cfg.resources
+    guard = ResourceGuard(
+        args.max_cpu_percent if args.max_cpu_percent is not None else rc.max_cpu_percent,
+        args.max_memory_mb if args.max_memory_mb is not None else rc.max_memory_mb,
+        check_interval_s=rc.check_interval_s,
+        logger=get_engine_logger(),
+    )
+    sc = cfg.store
+    store = ResultStore(
+        args.db or (sc.path if args.config else DEFAULT_DB),
+        retention_s=sc.retention_s,
+        batch_size=sc.batch_size,
+        flush_interval_s=sc.flush_interval_s,
+        max_queue=sc.max_queue,
+    )
+    default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
+    default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+    engine = MonitoringEngine(
+        store=store,
+        interval_s=default_interval,
+        timeout_s=default_timeout,
+        min_interval_s=min([default_interval] + [t[1] for t in targets]),
+        max_timeout_s=max([default_timeout] + [t[2] for t in targets]),
+        mode=mode,
+        socket_options={"payload_size": cfg.defaults.payload_size},
+        guard=guard,
+    )
+    for host, iv, to, labels in targets:
+        engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
+
+    await store.start()
+    view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
+    try:
+        await engine.run(args.duration)
+    finally:
+        view.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await view
+        await store.close()
+    st = engine.stats()
+    ss = store.stats()
+    summary = {
+        "targets": st["targets"],
+        "sent": st["sent"],
+        "received": st["received"],
+        "results": st["results"],
+        "stored": ss.get("written"),
+        "store_dropped": ss.get("dropped"),
+        "outcomes": st["outcomes"],
+        "subscriber_dropped": st["subscriber_dropped"],
+        "interval_factor": st["interval_factor"],
+        "db": str(store.path),
+    }
+    if table:
+        sys.stdout.write("\n")
+    print(json.dumps(summary), flush=True)
+    return 0 if not ss.get("dropped") else 4
+
+
+def get_engine_logger() -> Any:
+    from ..logs import get_logger
+
+    return get_logger("fastping.engine")
+
+
+async def _summaries(engine: MonitoringEngine, log: Any) -> None:
+    import asyncio
+
+    last_sent = last_recv = 0
+    while True:
+        await asyncio.sleep(SUMMARY_EVERY_S)
+        st = engine.stats()
+        sent, recv = st["sent"], st["received"]
+        d_sent, d_recv = sent - last_sent, recv - last_recv
+        last_sent, last_recv = sent, recv
+        store = st["store"] or {}
+        log.info(
+            "monitor summary",
+            targets=st["targets"],
+            sent=d_sent,
+            received=d_recv,
+            loss=round(1 - d_recv / d_sent, 4) if d_sent else None,
+            timeouts=st["outcomes"]["timeout"],
+            interval_factor=st["interval_factor"],
+            store_queued=store.get("queued"),
+            store_written=store.get("written"),
+            store_dropped=store.get("dropped"),
+            loop_lag_max_s=st["loop_lag_s"]["max"],
+        )
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def render_table(engine: MonitoringEngine, rows_max: int, width: int) -> str:
+    """The live table as text (also used by tests)."""
+    st = engine.stats()
+    infos = engine.targets()
+    order = {"down": 0, "error": 1, "local_down": 2, "unknown": 3, "up": 4}
+    infos.sort(key=lambda i: (order.get(i.status, 5), i.host))
+    store = st["store"] or {}
+    head = (
+        f"fastping monitor  targets {st['targets']}  sent {st['sent']}  "
+        f"received {st['received']}  timeouts {st['outcomes']['timeout']}  "
+        f"stored {store.get('written', '-')}  queued {store.get('queued', '-')}"
+    )
+    if st["interval_factor"] != 1.0:
+        head += f"  SLOWED x{st['interval_factor']:g} (resource guard)"
+    if st["network_down"]:
+        head += "  NETWORK DOWN"
+    hw = max(20, min(40, max((len(i.host) for i in infos), default=6) + 2))
+    lines = [head[:width], ""]
+    lines.append(f"{'TARGET':<{hw}}{'STATUS':<12}{'LAST RTT ms':>12}{'LOSS':>8}{'PROBES':>9}")
+    for i in infos[:rows_max]:
+        loss = "-" if i.loss is None else f"{100 * i.loss:.1f}%"
+        status = i.status + ("*" if i.backoff_s else "")
+        lines.append(
+            f"{i.host[: hw - 1]:<{hw}}{status:<12}{_fmt_ms(i.last_rtt_ms):>12}{loss:>8}"
+            f"{i.probes:>9}"
+        )
+    if len(infos) > rows_max:
+        lines.append(f"... and {len(infos) - rows_max} more (problems first)")
+    return "\n".join(line[:width] for line in lines)
+
+
+async def _table(engine: MonitoringEngine) -> None:
+    import asyncio
+    import shutil
+
+    while True:
+        size = shutil.get_terminal_size((100, 30))
+        text = render_table(engine, max(1, size.lines - 5), size.columns)
+        # home + clear to end: redraw in place without scrolling
+        sys.stdout.write("\x1b[H\x1b[J" + text + "\n")
+        sys.stdout.flush()
+        await asyncio.sleep(1.0)

@@ -1,0 +1,447 @@
+"""Engine scheduling logic against a fake socket (no privilege, no network).
+
+The same behaviours are checked against the real core on loopback in test_engine.py;
+these pin down timing, backoff and queueing exactly, which real sockets cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from engine_fakes import CaptureLog, FakeFactory, ListStore
+from fastping.engine import (
+    MonitoringEngine,
+    ResultEvent,
+    StateChanged,
+    TargetAdded,
+    TargetRemoved,
+)
+from fastping.errors import ConfigError, TargetError
+from fastping.guard import ResourceGuard
+from fastping.results import OUTCOME_BY_KIND, Outcome
+
+NO_GUARD = ResourceGuard(None, None)
+
+
+def make(
+    targets: list[str] | tuple[str, ...] = (),
+    factory: FakeFactory | None = None,
+    **kw: Any,
+) -> tuple[MonitoringEngine, FakeFactory, ListStore, CaptureLog]:
+    factory = factory or FakeFactory()
+    store = ListStore()
+    log = CaptureLog()
+    kw.setdefault("guard", ResourceGuard(None, None))
+    eng = MonitoringEngine(targets, store=store, socket_factory=factory, logger=log, **kw)
+    return eng, factory, store, log
+
+
+def test_event_kinds_match_outcome_table() -> None:
+    from fastping import engine
+
+    assert OUTCOME_BY_KIND[engine.EV_REPLY] is Outcome.REPLY
+    assert OUTCOME_BY_KIND[engine.EV_TIMEOUT] is Outcome.TIMEOUT
+    assert OUTCOME_BY_KIND[engine.EV_SEND_ERROR] is Outcome.SEND_ERROR
+    assert OUTCOME_BY_KIND[engine.EV_LATE] is Outcome.LATE
+    try:
+        from fastping import _icmp
+    except ImportError:
+        pytest.skip("core not built yet")
+    assert (_icmp.EV_REPLY, _icmp.EV_TIMEOUT, _icmp.EV_SEND_ERROR, _icmp.EV_LATE) == (
+        engine.EV_REPLY,
+        engine.EV_TIMEOUT,
+        engine.EV_SEND_ERROR,
+        engine.EV_LATE,
+    )
+
+
+def test_probes_are_spread_over_the_interval_not_burst() -> None:
+    hosts = [f"127.0.1.{i}" for i in range(1, 201)]
+    eng, fac, store, _ = make(hosts, interval_s=0.5, timeout_s=0.2)
+
+    async def main() -> None:
+        await eng.run(1.02, handle_signals=False)
+
+    asyncio.run(main())
+    batches = fac.v4.send_batches
+    # 200 targets over 50 ticks of 10 ms: ~4 a tick; a burst would be 200 at once
+    assert sum(batches) >= 400
+    assert max(batches) <= 12, batches
+    assert len(batches) >= 60
+    # each target got its probes, and every probe has its result
+    per = Counter(r.target for r in store.results)
+    assert set(per) == set(hosts)
+    assert all(2 <= n <= 3 for n in per.values()), per
+    assert len(store.results) == sum(batches)
+    assert all(
+        r.outcome is Outcome.REPLY and r.rtt_ms == pytest.approx(0.04) for r in store.results
+    )
+
+
+def test_each_target_on_its_own_interval() -> None:
+    eng, fac, store, _ = make(interval_s=1.0, min_interval_s=0.05, timeout_s=0.2)
+    eng.add_target("127.0.0.2", interval_s=0.05)
+    eng.add_target("127.0.0.3", interval_s=0.5)
+    eng.add_target("127.0.0.4")  # engine default: 1 s
+
+    asyncio.run(eng.run(1.55, handle_signals=False))
+    n = Counter(r.target for r in store.results)
+    assert 28 <= n["127.0.0.2"] <= 32, n
+    assert n["127.0.0.3"] == 3, n
+    assert n["127.0.0.4"] == 1 or n["127.0.0.4"] == 2, n
+    # the socket window is sized from the shortest interval: ceil(0.2/0.05)+1
+    assert fac.v4.window == 5
+    # phase is kept: the gaps of the fast target are 50 ms +- a tick
+    times = [t for t, a in fac.v4.sends if a == "127.0.0.2"]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(0.035 <= g <= 0.075 for g in gaps), gaps
+
+
+def test_interval_shorter_than_window_allows_is_refused() -> None:
+    eng, *_ = make(interval_s=1.0)
+    with pytest.raises(TargetError, match="min_interval_s"):
+        eng.add_target("127.0.0.2", interval_s=0.1)
+    with pytest.raises(TargetError, match="already being watched"):
+        eng.add_target("127.0.0.5")
+        eng.add_target("127.0.0.5")
+    with pytest.raises(TargetError, match="block or range"):
+        eng.add_target("127.0.0.0/30")
+    with pytest.raises(TargetError, match="not an IPv4/IPv6 address"):
+        eng.add_target("bad host!")
+    with pytest.raises(TargetError, match="not being watched"):
+        eng.remove_target("127.9.9.9")
+    with pytest.raises(ConfigError, match="subprocess"):
+        MonitoringEngine(mode="subprocess")
+    with pytest.raises(ConfigError, match="positive"):
+        MonitoringEngine(interval_s=0)
+
+
+def test_add_and_remove_while_running_with_events() -> None:
+    eng, fac, store, _ = make(["127.0.0.2"], interval_s=0.05, timeout_s=0.1)
+    seen: list[Any] = []
+
+    async def main() -> None:
+        sub = eng.subscribe(maxsize=100_000)
+
+        async def reader() -> None:
+            async for ev in sub:
+                seen.append(ev)
+
+        rt = asyncio.create_task(reader())
+        await eng.start()
+        await asyncio.sleep(0.3)
+        eng.add_target("127.0.0.3", labels={"site": "a"})
+        await asyncio.sleep(0.3)
+        eng.remove_target("127.0.0.2")
+        removed_at = time.monotonic()
+        await asyncio.sleep(0.3)
+        await eng.stop()
+        await asyncio.wait_for(rt, 1)  # iteration ends when the engine stops
+        sends_after = [t for t, a in fac.v4.sends if a == "127.0.0.2" and t > removed_at]
+        assert sends_after == []
+
+    asyncio.run(main())
+    n = Counter(r.target for r in store.results)
+    assert 9 <= n["127.0.0.2"] <= 14, n
+    assert 4 <= n["127.0.0.3"] <= 13, n
+    added = [e for e in seen if isinstance(e, TargetAdded)]
+    # a subscriber from before start() also hears of the initial targets
+    assert [e.target for e in added] == ["127.0.0.2", "127.0.0.3"]
+    assert added[1].labels == {"site": "a"}
+    assert [e.target for e in seen if isinstance(e, TargetRemoved)] == ["127.0.0.2"]
+    ups = [e for e in seen if isinstance(e, StateChanged) and e.new == "up"]
+    assert {e.target for e in ups} == {"127.0.0.2", "127.0.0.3"}
+    results = [e.result for e in seen if isinstance(e, ResultEvent)]
+    assert len(results) == len(store.results)
+    assert eng.stats()["results"] == len(store.results)
+    # the removed target's slot was given back to the socket after its linger
+    assert fac.v4.removed == [0]
+
+
+def test_slow_subscriber_loses_oldest_and_does_not_slow_probing() -> None:
+    hosts = [f"127.0.2.{i}" for i in range(1, 101)]
+
+    def run(with_sub: bool) -> tuple[int, Any]:
+        eng, fac, store, _ = make(hosts, interval_s=0.1, timeout_s=0.1)
+        sub = eng.subscribe(maxsize=50) if with_sub else None
+        asyncio.run(eng.run(1.0, handle_signals=False))
+        return len(store.results), sub
+
+    n_without, _ = run(False)
+    n_with, sub = run(True)
+    assert abs(n_with - n_without) <= 0.05 * n_without, (n_with, n_without)
+    assert n_with >= 900
+    assert len(sub) == 50
+    # everything beyond its 50 slots was counted as dropped, oldest first
+    assert sub.dropped >= n_with - 50
+    last = [e for e in sub.drain() if isinstance(e, ResultEvent)]
+    assert last  # the newest events are the ones kept
+
+
+def test_subscriber_drops_are_in_stats() -> None:
+    eng, fac, store, _ = make(["127.0.0.2"], interval_s=0.05, timeout_s=0.1)
+
+    async def main() -> dict[str, Any]:
+        sub = eng.subscribe(maxsize=2)
+        await eng.start()
+        await asyncio.sleep(0.4)
+        st = eng.stats()
+        assert st["subscriber_dropped"] == sub.dropped > 0
+        await eng.stop()
+        return st
+
+    st = asyncio.run(main())
+    assert st["subscribers"] == 1
+
+
+def test_timeouts_and_every_sent_probe_has_a_result_at_stop() -> None:
+    fac = FakeFactory(dead={"127.0.0.9"})
+    eng, fac, store, _ = make(["127.0.0.9", "127.0.0.2"], fac, interval_s=0.1, timeout_s=0.25)
+    asyncio.run(eng.run(0.6, handle_signals=False))
+    dead = store.of("127.0.0.9")
+    sent_dead = sum(1 for _, a in fac.v4.sends if a == "127.0.0.9")
+    assert sent_dead >= 5
+    assert len(dead) == sent_dead  # the ones in flight at stop were waited for
+    assert all(r.outcome is Outcome.TIMEOUT and r.rtt_ms is None for r in dead)
+    assert len(store.results) == len(fac.v4.sends) == eng.stats()["sent"]
+    assert eng.stats()["outstanding"] == 0
+    assert eng.target("127.0.0.9").status == "down"
+    assert eng.target("127.0.0.9").loss == 1.0
+    assert eng.target("127.0.0.2").loss == 0.0
+
+
+def test_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
+    fac = FakeFactory(refuse={"127.0.0.7"}, refuse_errno=errno.ENETUNREACH)
+    eng, fac, store, log = make(
+        ["127.0.0.7"],
+        fac,
+        interval_s=0.02,
+        min_interval_s=0.02,
+        timeout_s=0.1,
+        max_backoff_s=0.16,
+    )
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(1.3)
+        # the path heals: the next probe succeeds and the backoff resets
+        fac.v4.refuse.clear()
+        await asyncio.sleep(0.5)
+        await eng.stop()
+
+    asyncio.run(main())
+    times = [t for t, a in fac.v4.sends if a == "127.0.0.7"]
+    errs = [r for r in store.results if r.outcome is Outcome.SEND_ERROR]
+    assert all(r.errno == errno.ENETUNREACH for r in errs)
+    n_err = len(errs)
+    # without backoff 1.3 s / 20 ms = 65 probes; with it: 3 + 0.04, 0.08, 0.16, 0.16 ...
+    assert 8 <= n_err <= 14, n_err
+    gaps = [b - a for a, b in zip(times[:n_err], times[1:n_err], strict=False)]
+    assert gaps[0] < 0.035 and gaps[1] < 0.035  # first errors: normal interval
+    assert 0.03 <= gaps[2] <= 0.06  # 2 x 20 ms
+    assert 0.06 <= gaps[3] <= 0.1  # 4 x
+    assert all(0.14 <= g <= 0.19 for g in gaps[5:]), gaps  # capped at 0.16 s
+    # after healing: back to a probe every ~20 ms (reset on success)
+    ok = [r for r in store.results if r.outcome is Outcome.REPLY]
+    assert len(ok) >= 15, len(ok)
+    assert eng.target("127.0.0.7").consecutive_errors == 0
+    assert any("backing off" in m for m in log.messages("warning"))
+
+
+def test_unavailable_socket_family_is_a_send_error_not_a_crash() -> None:
+    fac = FakeFactory()
+    fac.fail[socket.AF_INET6] = OSError(errno.EAFNOSUPPORT, "Address family not supported")
+    eng, fac, store, log = make(["127.0.0.2", "::1"], fac, interval_s=0.05, timeout_s=0.1)
+    asyncio.run(eng.run(0.5, handle_signals=False))
+    v6 = store.of("::1")
+    assert v6 and all(r.outcome is Outcome.SEND_ERROR for r in v6)
+    assert v6[0].errno == errno.EAFNOSUPPORT
+    assert len(v6) < 8  # backed off after 3
+    assert len(store.of("127.0.0.2")) >= 8
+    assert any("IPv6" in m for m in log.messages("error"))
+
+
+def test_resolve_error_is_a_result_and_names_reresolve() -> None:
+    calls: Counter[str] = Counter()
+    answers = {"good.test": [(socket.AF_INET, "127.0.0.11")]}
+
+    async def resolver(host: str, family: int) -> list[tuple[int, str]]:
+        calls[host] += 1
+        await asyncio.sleep(0)
+        if host in answers:
+            return answers[host]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    eng, fac, store, _ = make(
+        ["good.test", "bad.test"],
+        interval_s=0.05,
+        timeout_s=0.1,
+        resolver=resolver,
+        resolve_interval_s=0.3,
+        max_backoff_s=0.2,
+    )
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.45)
+        answers["good.test"] = [(socket.AF_INET, "127.0.0.12")]  # the record changed
+        await asyncio.sleep(0.7)
+        await eng.stop()
+
+    asyncio.run(main())
+    bad = store.of("bad.test")
+    assert bad and all(r.outcome is Outcome.RESOLVE_ERROR and r.address is None for r in bad)
+    assert bad[0].errno == socket.EAI_NONAME
+    assert 3 <= len(bad) <= 10  # backed off, not once per 50 ms
+    good = store.of("good.test")
+    addrs = [r.address for r in good]
+    assert addrs[0] == "127.0.0.11" and addrs[-1] == "127.0.0.12"
+    assert all(r.outcome is Outcome.REPLY for r in good)
+    assert calls["good.test"] >= 2  # re-resolved on its interval
+    assert eng.stats()["outcomes"]["resolve_error"] == len(bad)
+    assert eng.target("bad.test").status == "error"
+
+
+class FakeNetwork:
+    class _S:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def __init__(self) -> None:
+        self.state = self._S("UP")
+
+    def is_up(self) -> bool:
+        return self.state.name != "DOWN"
+
+
+def test_network_down_records_local_down_not_loss() -> None:
+    net = FakeNetwork()
+    fac = FakeFactory(dead={"127.0.0.9"})
+    eng, fac, store, log = make(
+        ["127.0.0.2", "127.0.0.9"], fac, interval_s=0.05, timeout_s=0.3, network=net
+    )
+    sub = eng.subscribe(maxsize=10_000)
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.3)
+        net.state = net._S("DOWN")
+        down_at = time.monotonic()
+        await asyncio.sleep(0.5)
+        up_at = time.monotonic()
+        net.state = net._S("UP")
+        await asyncio.sleep(0.3)
+        await eng.stop()
+        sent_while_down = [t for t, _ in fac.v4.sends if down_at + 0.011 < t < up_at - 0.011]
+        assert sent_while_down == []
+
+    asyncio.run(main())
+    ld = [r for r in store.results if r.outcome is Outcome.LOCAL_DOWN]
+    assert len(ld) >= 12
+    assert {r.target for r in ld} == {"127.0.0.2", "127.0.0.9"}
+    # the dead target's probes in flight when the network went down: local_down too
+    assert eng.stats()["outcomes"]["local_down"] == len(ld)
+    evs = [e for e in sub.drain() if isinstance(e, StateChanged) and e.what == "network"]
+    assert [(e.old, e.new) for e in evs] == [("up", "down"), ("down", "up")]
+    assert any("network is down" in m for m in log.messages("warning"))
+    # probing resumed
+    assert store.results[-1].outcome is not Outcome.LOCAL_DOWN
+
+
+def test_guard_update_throttles_and_recovers_with_hysteresis() -> None:
+    log = CaptureLog()
+    g = ResourceGuard(5.0, 100.0, check_interval_s=1, max_factor=8, logger=log)
+    assert g.update(1.0, 50) == 1.0
+    assert g.update(7.0, 50) == 2.0
+    assert g.update(9.0, 50) == 4.0
+    assert g.update(3.0, 150) == 8.0  # memory over
+    assert g.update(3.0, 150) == 8.0  # capped
+    assert g.update(3.0, 50) == 8.0  # 2 x 3 % > 90 % of 5 %: would overshoot, stay
+    assert g.update(2.0, 50) == 4.0
+    assert g.update(2.0, 95) == 4.0  # memory not comfortably under (90 MB)
+    assert g.update(1.0, 80) == 2.0
+    assert g.update(1.0, 80) == 1.0
+    warns = log.messages("warning")
+    assert "slowing probing: intervals x2" in warns[0] and "CPU 7.0% > 5%" in warns[0]
+    assert "memory 150 MB > 100 MB" in warns[2]
+    assert "slowest allowed" in warns[3]
+    assert len(log.messages("info")) == 3
+    with pytest.raises(ConfigError, match="positive"):
+        ResourceGuard(-1, 100)
+    off = ResourceGuard(None, 0)
+    assert not off.enabled and off.update(500, 5000) == 1.0
+
+
+def test_guard_with_tiny_limits_slows_the_engine_and_says_so() -> None:
+    hosts = [f"127.0.3.{i}" for i in range(1, 51)]
+    log = CaptureLog()
+    guard = ResourceGuard(0.0001, 1, check_interval_s=0.2, max_factor=8)
+    eng, fac, store, log = make(hosts, interval_s=0.05, timeout_s=0.1, guard=guard)
+    free, *_ = make(hosts, interval_s=0.05, timeout_s=0.1)
+
+    asyncio.run(eng.run(1.5, handle_signals=False))
+    asyncio.run(free.run(1.5, handle_signals=False))
+    throttled_n = eng.stats()["sent"]
+    free_n = free.stats()["sent"]
+    assert guard.factor == 8.0
+    assert throttled_n < 0.5 * free_n, (throttled_n, free_n)
+    assert any("slowing probing" in m for m in log.messages("warning"))
+    assert eng.stats()["guard"]["throttle_steps"] == 3
+
+
+def test_a_stalled_loop_does_not_collapse_the_phases() -> None:
+    hosts = [f"127.0.7.{i}" for i in range(1, 101)]
+    eng, fac, store, _ = make(hosts, interval_s=0.1, timeout_s=0.1)
+
+    async def main() -> int:
+        await eng.start()
+        await asyncio.sleep(0.3)
+        time.sleep(0.35)  # block the loop for 3.5 intervals
+        mark = len(fac.v4.send_batches)
+        await asyncio.sleep(0.5)
+        await eng.stop()
+        return mark
+
+    mark = asyncio.run(main())
+    after = fac.v4.send_batches[mark + 1 :]  # the first batch after the stall is the catch-up
+    # 100 targets over 10 ticks: ~10 a tick; collapsed phases would be 100 at once
+    assert after and max(after) <= 25, after
+    assert max(fac.v4.send_batches[mark : mark + 1]) <= 100  # each target at most once
+
+
+def test_per_target_timeout_reclassifies_slow_replies() -> None:
+    fac = FakeFactory(rtt_ns=80_000_000)  # every reply takes 80 ms
+    eng, fac, store, _ = make(interval_s=0.1, timeout_s=0.2, max_timeout_s=0.5, factory=fac)
+    eng.add_target("127.0.0.2", timeout_s=0.05)  # shorter than the RTT: timeouts
+    eng.add_target("127.0.0.3")  # the engine's 0.2 s: replies
+    with pytest.raises(TargetError, match="max_timeout_s"):
+        eng.add_target("127.0.0.4", timeout_s=1.0)
+    asyncio.run(eng.run(0.5, handle_signals=False))
+    short = store.of("127.0.0.2")
+    assert short and all(r.outcome is Outcome.TIMEOUT and r.rtt_ms is None for r in short)
+    assert all(r.outcome is Outcome.REPLY for r in store.of("127.0.0.3"))
+    assert eng.stats()["outcomes"]["timeout"] == len(short)
+    assert eng.stats()["outstanding"] == 0
+    # the window is sized for the longest timeout: ceil(0.5 / 0.1) + 1
+    assert fac.v4.window == 6
+
+
+def test_live_table_shows_problems_first() -> None:
+    from fastping.commands.monitor import render_table
+
+    fac = FakeFactory(dead={"127.0.0.9"})
+    eng, fac, store, _ = make(["127.0.0.2", "127.0.0.9"], fac, interval_s=0.05, timeout_s=0.1)
+    asyncio.run(eng.run(0.4, handle_signals=False))
+    text = render_table(eng, rows_max=1, width=100)
+    lines = text.splitlines()
+    assert lines[0].startswith("fastping monitor  targets 2")
+    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2]
+    assert lines[3].split()[:2] == ["127.0.0.9", "down"] and "100.0%" in lines[3]
+    assert lines[4] == "... and 1 more (problems first)"
