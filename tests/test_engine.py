@@ -351,3 +351,36 @@ def test_backoff_after_send_errors(ns: Ns, tmp_path: Path) -> None:
     assert gaps[-1] > 3 * gaps[0]
     assert "backing off" in r.stderr
     assert db_outcomes(db)[("127.0.0.1", 0)] >= 35  # the healthy target is untouched
+
+
+def test_monitor_records_local_down_while_our_network_is_down(netns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`fastping monitor --netstate` inside a namespace: while the host's only link
+    is down, probes are local_down, not timeouts; after it returns, replies again."""
+    db = tmp_path / "n.db"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns.host, *monitor_cmd(
+            "10.201.0.1", "--netstate", "--interval", "0.1", "--timeout", "0.3",
+            "--db", str(db), "--duration", "4")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        time.sleep(1.2)
+        netns.exec_h("ip", "link", "set", netns.veth_h, "down")
+        time.sleep(1.2)
+        netns.exec_h("ip", "link", "set", netns.veth_h, "up")
+        netns.exec_h("ip", "route", "replace", "default", "via", "10.201.0.1")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, 1), err
+    with sqlite3.connect(db) as c:
+        rows = dict(c.execute("SELECT outcome, count(*) FROM results GROUP BY outcome").fetchall())
+    from fastping.store import OUTCOME_BY_CODE
+
+    by_name = {OUTCOME_BY_CODE[k].value: v for k, v in rows.items()}
+    assert by_name.get("local_down", 0) >= 5, (by_name, err[-2000:])
+    assert by_name.get("reply", 0) >= 5
+    # the outage is not reported as target loss
+    assert by_name.get("timeout", 0) <= 3, by_name

@@ -287,3 +287,29 @@ def test_workers_mixed_families_and_rtts() -> None:
     )
     assert [h.target for h in r][:3] == ["::1", "127.0.0.1", "127.0.0.2"]
     assert all(h.received == 2 and len(h.rtts_ms) == 2 for h in r)
+
+
+def test_async_twins_do_not_block_the_loop() -> None:
+    import asyncio
+
+    async def main() -> tuple[object, object, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        res, h = await asyncio.gather(
+            fastping.async_sweep(["127.0.0.1", "::1"], rate_pps=0, count=3, interval_s=0.05),
+            fastping.async_ping("127.0.0.1", count=3, interval_s=0.05),
+        )
+        t.cancel()
+        return res, h, ticks
+
+    res, h, ticks = asyncio.run(main())
+    assert [x.received for x in res] == [3, 3]  # type: ignore[attr-defined]
+    assert h.received == 3 and len(h.rtts_ms) == 3  # type: ignore[attr-defined]
+    assert ticks >= 10  # the loop kept running while the sweeps waited between rounds

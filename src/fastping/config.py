@@ -95,7 +95,7 @@ class MetricsConfig(_Model):
             return v
         host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9108")
+            raise ValueError("must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9374")
         return v
 
 

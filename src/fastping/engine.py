@@ -108,7 +108,15 @@ _LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED))
 
 
 # socket counters worth reporting (the core counts them; silent drops look like loss)
-_SOCKET_COUNTERS = ("rx_drops", "enobufs", "foreign", "malformed", "stale", "events_lost")
+_SOCKET_COUNTERS = (
+    "rx_drops",
+    "enobufs",
+    "foreign",
+    "malformed",
+    "stale",
+    "events_lost",
+    "socket_errors",
+)
 
 
 class IcmpSocketLike(Protocol):
@@ -126,6 +134,8 @@ class IcmpSocketLike(Protocol):
 
 SocketFactory = Callable[[int, int], IcmpSocketLike]  # (family, window) -> socket
 Resolver = Callable[[str, int], Awaitable[list[tuple[int, str]]]]  # -> [(family, address)]
+# Called with every batch of results, in the event loop, before the store gets them.
+Observer = Callable[[Sequence[ProbeResult]], None]
 
 
 # ---------------------------------------------------------------------------------
@@ -456,6 +466,7 @@ class MonitoringEngine:
         self._wheel: dict[int, list[_Target]] = {}
         self._phase_n = 0
         self._subs: list[Subscription] = []
+        self._observers: list[Observer] = []
         self._out: list[ProbeResult] = []  # results of the current callback
         self._evs: list[EngineEvent] = []  # non-result events of the current callback
 
@@ -485,6 +496,7 @@ class MonitoringEngine:
         self._results = 0
         self._submitted_batches = 0
         self._store_errors = 0
+        self._observer_errors = 0
         self._ticks = 0
         self._lag_max_s = 0.0
         self._lag_sum_s = 0.0
@@ -617,6 +629,17 @@ class MonitoringEngine:
     def _unsubscribe(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
+
+    def add_observer(self, fn: Observer) -> None:
+        """Call ``fn(results)`` with every batch of results, synchronously in the event
+        loop (metrics count them there). Unlike a subscription nothing is ever dropped,
+        so ``fn`` must be quick and must neither keep nor change the sequence; an
+        exception it raises is counted (``stats()["observer_errors"]``) and logged."""
+        self._observers.append(fn)
+
+    def remove_observer(self, fn: Observer) -> None:
+        with contextlib.suppress(ValueError):
+            self._observers.remove(fn)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -1040,7 +1063,7 @@ class MonitoringEngine:
                         seq,
                         Outcome.REPLY,
                         rtt_ms,
-                        ttl if ttl > 0 else None,
+                        ttl or None,  # the core gives None when it has no TTL
                         itype,
                         icode,
                         None,
@@ -1080,7 +1103,7 @@ class MonitoringEngine:
                     seq,
                     outcome,
                     rtt,
-                    (ttl if ttl > 0 else None) if is_icmp or rtt is not None else None,
+                    (ttl or None) if is_icmp or rtt is not None else None,
                     itype if is_icmp or rtt is not None else None,
                     icode if is_icmp or rtt is not None else None,
                     router if is_icmp else None,
@@ -1122,6 +1145,15 @@ class MonitoringEngine:
         if out:
             self._out = []
             self._results += len(out)
+            for fn in self._observers:
+                try:
+                    fn(out)
+                except Exception as e:  # an observer must not stop probing; count it
+                    self._observer_errors += 1
+                    if self._observer_errors == 1 or self._observer_errors % 1000 == 0:
+                        self._log.error(
+                            "result observer failed", error=repr(e), count=self._observer_errors
+                        )
             if self.store is not None:
                 try:
                     self.store.submit(out)
@@ -1338,6 +1370,7 @@ class MonitoringEngine:
             "guard": self.guard.stats(),
             "socket": sock_totals,
             "store_submit_errors": self._store_errors,
+            "observer_errors": self._observer_errors,
             "store": store_stats,
         }
 

@@ -62,7 +62,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="resource guard: slow probing above MB of RSS (default 100; 0 = off)",
     )
-    parser.add_argument("--shard", metavar="I/N", help="watch only share I of N of the targets")
+    parser.add_argument(
+        "--netstate",
+        action="store_true",
+        help="watch this host's own network (netlink; the config's network: section turns "
+        "this on too) and record probes sent while it is down as local_down, not as loss",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="watch only share I of N (counted from 0) of the targets: N agents given the "
+        "same list split it with no overlap and no gap",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="?",
+        const="127.0.0.1:9374",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (default off; "
+        "127.0.0.1:9374 when given without an address; 0.0.0.0:PORT for every interface)",
+    )
     parser.add_argument(
         "--table",
         choices=("auto", "always", "never"),
@@ -102,15 +121,6 @@ def _expand(host: str) -> list[str]:
     return out
 
 
-def _in_shard(host: str, shard: tuple[int, int] | None) -> bool:
-    if shard is None:
-        return True
-    import zlib
-
-    i, n = shard
-    return zlib.crc32(host.encode()) % n == i  # stable across runs and machines
-
-
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -120,13 +130,19 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else FastpingConfig()
 
+    from ..shard import parse_shard, shard_of
+
     shard_text = args.shard or cfg.shard
     shard: tuple[int, int] | None = None
     if shard_text:
-        i, sep, n = str(shard_text).partition("/")
-        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
-            raise ConfigError(f'--shard {shard_text!r}: use "I/N" with 0 <= I < N, e.g. 0/4')
-        shard = (int(i), int(n))
+        shard = parse_shard(shard_text, "--shard" if args.shard else f"{args.config}: shard")
+    metrics_listen = args.metrics or cfg.metrics.listen
+    if metrics_listen:
+        from ..metrics import parse_listen
+
+        parse_listen(
+            metrics_listen, "--metrics" if args.metrics else f"{args.config}: metrics.listen"
+        )
 
     interval_s = args.interval if args.interval is not None else cfg.defaults.interval_s
     timeout_s = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
@@ -165,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     seen: set[str] = set()
     targets = []
     for w in wanted:
-        if w[0] not in seen and _in_shard(w[0], shard):
+        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
             seen.add(w[0])
             targets.append(w)
 
@@ -192,12 +208,24 @@ def run(args: argparse.Namespace) -> int:
             "per-target payload_size is not supported by the monitor (one socket per family); "
             f"every target uses defaults.payload_size={cfg.defaults.payload_size}"
         )
-    if cfg.network:
-        log.warning("the 'network' section is not used by this monitor build yet; ignored")
-    if cfg.metrics.listen:
-        log.warning("metrics.listen is not served by this monitor build yet; ignored")
+    network_cfg = None
+    if cfg.network or args.netstate:
+        from ..netstate import NetworkConfig
 
-    return asyncio.run(_main(args, cfg, targets, mode, table, log))
+        # validated before anything starts: a bad key is a ConfigError naming it
+        network_cfg = NetworkConfig.from_mapping(cfg.network or {})
+    if shard is not None:
+        listed = len({w[0] for w in wanted})
+        shard_txt = f"{shard[0]}/{shard[1]}"
+        log.info("sharding: this agent watches its share", shard=shard_txt, targets=len(targets),
+                 listed=listed)  # fmt: skip
+        if not targets:
+            log.warning("this shard holds none of the listed targets", shard=shard_txt,
+                        listed=listed)  # fmt: skip
+
+    return asyncio.run(
+        _main(args, cfg, targets, mode, table, log, metrics_listen, shard, network_cfg)
+    )
 
 
 async def _main(
@@ -207,6 +235,9 @@ async def _main(
     mode: str,
     table: bool,
     log: Any,
+    metrics_listen: str | None = None,
+    shard: tuple[int, int] | None = None,
+    network_cfg: Any = None,
 ) -> int:
     import asyncio
     import contextlib
@@ -231,6 +262,15 @@ async def _main(
         flush_interval_s=sc.flush_interval_s,
         max_queue=sc.max_queue,
     )
+    network = None
+    if network_cfg is not None:
+        from ..netstate import NetworkMonitor
+
+        # while our own network is down, probes are recorded as local_down, not loss
+        network = NetworkMonitor(network_cfg)
+        await network.start()
+        log.info("watching this host's network", state=network.state.value,
+                 reason=network.reason)  # fmt: skip
     default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
     default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
     engine = MonitoringEngine(
@@ -242,10 +282,23 @@ async def _main(
         mode=mode,
         socket_options={"payload_size": cfg.defaults.payload_size},
         guard=guard,
+        network=network,
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
 
+    metrics = None
+    if metrics_listen:
+        from ..metrics import serve_metrics
+
+        # label names: every configured label (a target added later cannot add one)
+        metrics = serve_metrics(
+            engine,
+            metrics_listen,
+            label_names={k for t in targets for k in t[3]},
+            shard=shard,
+        )
+        log.info("serving Prometheus metrics", url=metrics.url)
     await store.start()
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
     try:
@@ -255,6 +308,10 @@ async def _main(
         with contextlib.suppress(asyncio.CancelledError):
             await view
         await store.close()
+        if metrics is not None:
+            metrics.close()
+        if network is not None:
+            await network.stop()
     st = engine.stats()
     ss = store.stats()
     summary = {
@@ -269,6 +326,9 @@ async def _main(
         "interval_factor": st["interval_factor"],
         "db": str(store.path),
     }
+    if metrics is not None:
+        summary["metrics"] = metrics.url
+        summary["metrics_scrapes"] = metrics.scrapes
     if table:
         sys.stdout.write("\n")
     print(json.dumps(summary), flush=True)
