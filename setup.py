@@ -1,7 +1,8 @@
 """Build the fastping._icmp extension.
 
 FASTPING_DEBUG=1     -O0 -g, Cython line tracing and bounds checks.
-FASTPING_SANITIZE=1  ASan + UBSan (run the tests with LD_PRELOAD=$(gcc -print-file-name=libasan.so)).
+FASTPING_SANITIZE=1  ASan + UBSan; run the tests with
+                     LD_PRELOAD=$(gcc -print-file-name=libasan.so) (see .ci/sanitize).
 """
 
 import os
@@ -21,7 +22,11 @@ if DEBUG:
     macros.append(("FASTPING_DEBUG", "1"))
     directives.update(linetrace=True, boundscheck=True, wraparound=True)
 if SANITIZE:
-    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    san = [
+        "-fsanitize=address,undefined",
+        "-fno-omit-frame-pointer",
+        "-fno-sanitize-recover=undefined",
+    ]
     compile_args += san
     link_args += san
 

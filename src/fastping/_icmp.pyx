@@ -22,11 +22,9 @@ ICMP errors (RFC 792 / RFC 4443 §3) quote the offending packet after their
 probe header attribute the error to one probe.
 """
 
-cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
-from libc.math cimport sqrt
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
@@ -45,15 +43,15 @@ from includes.filter cimport (
     BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET,
     sock_filter, sock_fprog,
 )
-from includes.sockdiag cimport SK_MEMINFO_DROPS, SK_MEMINFO_VARS, SO_MEMINFO
+from includes.sockdiag cimport SK_MEMINFO_DROPS, SO_MEMINFO
 from includes.socket cimport (
-    AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, INET6_ADDRSTRLEN, IP_MTU_DISCOVER,
+    AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, IP_MTU_DISCOVER,
     IP_PMTUDISC_DO, IP_RECVERR, IP_RECVTTL, IP_TOS, IP_TTL, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_IP, IPPROTO_IPV6, IPV6_DONTFRAG, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT,
     IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
     SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
     SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
-    getsockopt, in6_addr, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
+    getsockopt, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
     sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
 )
 
@@ -197,23 +195,23 @@ cdef inline uint64_t siphash_u64(uint64_t k0, uint64_t k1, uint64_t m) noexcept 
     cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
     cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
     cdef uint64_t b = (<uint64_t>8) << 56
-    cdef int i
+    cdef int _i
     v3 ^= m
-    for i in range(2):
+    for _i in range(2):
         v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
         v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
         v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
         v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
     v0 ^= m
     v3 ^= b
-    for i in range(2):
+    for _i in range(2):
         v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
         v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
         v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
         v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
     v0 ^= b
     v2 ^= 0xff
-    for i in range(4):
+    for _i in range(4):
         v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
         v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
         v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
@@ -684,7 +682,8 @@ cdef class IcmpSocket:
             self.tx_iov[i].iov_base = self.tx_pkts + <size_t>i * plen
             self.tx_iov[i].iov_len = plen
             self.tx_msgs[i].msg_hdr.msg_name = &self.tx_names[i]
-            self.tx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in) if self.family == AF_INET else sizeof(sockaddr_in6)
+            self.tx_msgs[i].msg_hdr.msg_namelen = (
+                sizeof(sockaddr_in) if self.family == AF_INET else sizeof(sockaddr_in6))
             self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
             self.tx_msgs[i].msg_hdr.msg_iovlen = 1
         self.pad_sum = csum_add(self.tx_pkts + ICMP_HDR_LEN + PROBE_HDR, self.payload_size - PROBE_HDR, 0)
@@ -696,7 +695,7 @@ cdef class IcmpSocket:
     cdef int _open(self, ttl, tos, bint dont_fragment, int rcvbuf_bytes, bint use_bpf) except -1:
         cdef int proto = IPPROTO_ICMP if self.family == AF_INET else IPPROTO_ICMPV6
         cdef int stype = (SOCK_RAW if self.raw else SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC
-        cdef int one = 1, v
+        cdef int v
         cdef sockaddr_in6 sa
         cdef socklen_t sl
         self.fd = socket(self.family, stype, proto)
@@ -1314,7 +1313,6 @@ cdef class IcmpSocket:
         cdef cmsghdr *c = CMSG_FIRSTHDR(h)
         cdef timespec *ts
         cdef sock_extended_err *ee = NULL
-        cdef const uint8_t *offender = NULL
         cdef uint32_t ovfl
         while c != NULL:
             if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
@@ -1474,7 +1472,7 @@ cdef class IcmpSocket:
             self.c_foreign += 1     # a local error report (e.g. EMSGSIZE), not from the network
             return
         if n < ICMP_HDR_LEN or not read_probe_header(buf + ICMP_HDR_LEN, n - ICMP_HDR_LEN,
-                                                      self.k0, self.k1, &slot, &serial):
+                                                     self.k0, self.k1, &slot, &serial):
             self.c_unattributed += 1
             return
         if slot >= self.n or not self.stats[slot].active:
@@ -1585,7 +1583,6 @@ cdef class IcmpSocket:
         cdef int64_t t0 = now_ns(), t, round_start, deadline, last_send = t0
         cdef int64_t t_send = 0
         cdef Py_ssize_t i, j, k, chunk
-        cdef uint32_t *tmp = NULL
         cdef uint32_t tmpbuf[MAX_BATCH]
         cdef int r
         cdef double per_probe_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
