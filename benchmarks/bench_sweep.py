@@ -14,7 +14,6 @@ import re
 import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import pytest
@@ -99,36 +98,15 @@ def test_sweep_65536_against_c_and_fping(benchmark, c_reference: str, fping: str
 
 @pytest.mark.usefixtures("needs_root")
 def test_sweep_1m_every_reply_and_rss(benchmark) -> None:  # type: ignore[no-untyped-def]
+    from bench_workers import N, run_sweep_1m
+
     benchmark.group = "sweep 1,048,576 loopback targets"
-    code = (
-        "import fastping, resource, time, json, sys\n"
-        "t = time.perf_counter()\n"
-        "r = fastping.sweep('127.16.0.0/12', rate_pps=0, timeout_s=2.0, workers=int(sys.argv[1]))\n"
-        "d = time.perf_counter() - t\n"
-        "alive = sum(1 for h in r if h.alive)\n"
-        "print(json.dumps(dict(received=r.received, alive=alive, s=d, pps=r.sent / d,"
-        " drops=r.totals['rx_drops'],"
-        " rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))\n"
+    d = run_sweep_1m(1)
+    assert d["received"] == N and d["alive"] == N
+    benchmark.extra_info["workers1"] = d
+    report(
+        f"sweep 1,048,576 (workers=1): {d['s']:.2f} s, {N / d['s']:,.0f} probes/s, "
+        f"kernel drops {d['drops']}, peak RSS {d['rss_mb']:.0f} MB (goal < 150); "
+        "workers=2 and the C reference: benchmarks/bench_workers.py"
     )
-    import json
-
-    def one(workers: int) -> dict:  # type: ignore[type-arg]
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(workers)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            check=True,
-        ).stdout
-        return json.loads(out)  # type: ignore[no-any-return]
-
-    for workers in (1, 2):
-        d = one(workers)
-        assert d["received"] == 1048576 and d["alive"] == 1048576
-        benchmark.extra_info[f"workers{workers}"] = d
-        report(
-            f"sweep 1,048,576 (workers={workers}): {d['s']:.2f} s, {d['pps']:,.0f} probes/s, "
-            f"every reply: {d['received'] == 1048576}, kernel drops {d['drops']}, "
-            f"peak RSS {d['rss_mb']:.0f} MB (goal < 150)"
-        )
     benchmark.pedantic(lambda: None, rounds=1)

@@ -36,7 +36,7 @@ CODE = (
 )
 
 
-def _fastping(workers: int) -> dict:  # type: ignore[type-arg]
+def run_sweep_1m(workers: int) -> dict:  # type: ignore[type-arg]
     out = subprocess.run(
         [sys.executable, "-c", CODE, str(workers)],
         capture_output=True,
@@ -65,12 +65,12 @@ def test_two_workers_against_one_and_two_c_loops(benchmark, c_reference: str) ->
     benchmark.group = "sweep 1,048,576 loopback targets, both cores"
     fp2, fp1, c1, c2, c1_loss, fp2_loop = [], [], [], [], [], []
     for _ in range(ROUNDS):
-        d = _fastping(2)
+        d = run_sweep_1m(2)
         assert d["received"] == N and d["alive"] == N and d["dup"] == 0
         assert d["rss_mb"] < 150
         fp2.append(N / d["s"])
         fp2_loop.append(N / d["sweep_s"])
-        d1 = _fastping(1)
+        d1 = run_sweep_1m(1)
         fp1.append(N / d1["s"])
         r = _c_result(_c(c_reference, N, "127.16.0.0"))
         c1.append(N / r["total_s"])

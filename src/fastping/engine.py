@@ -60,19 +60,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# The core's event kinds; the order is OUTCOME_BY_KIND's.
+from ._icmp import (
+    EV_DUPLICATE,
+    EV_LATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIME_EXCEEDED,
+    EV_TIMEOUT,
+    EV_UNREACHABLE,
+)
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
 
-# The core's event kinds (``_icmp.EV_*``); the order is OUTCOME_BY_KIND's.
-EV_REPLY = 0
-EV_TIMEOUT = 1
-EV_UNREACHABLE = 2
-EV_TIME_EXCEEDED = 3
-EV_SEND_ERROR = 4
-EV_DUPLICATE = 5
-EV_LATE = 6
-_N_KINDS = 7
+_N_KINDS = len(OUTCOME_BY_KIND)
 
 # (slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)
 CoreEvent = tuple[int, int, int, int, int, int, int, "str | None", int]
