@@ -313,3 +313,13 @@ def test_async_twins_do_not_block_the_loop() -> None:
     assert [x.received for x in res] == [3, 3]  # type: ignore[attr-defined]
     assert h.received == 3 and len(h.rtts_ms) == 3  # type: ignore[attr-defined]
     assert ticks >= 10  # the loop kept running while the sweeps waited between rounds
+
+
+def test_progress_callback_sees_the_sweep_advance() -> None:
+    seen: list[tuple[int, int, int]] = []
+    res = fastping.sweep("127.8.0.0/18", rate_pps=40000, workers=2,
+                         on_progress=lambda s, t, r: seen.append((s, t, r)))  # fmt: skip
+    assert res.received == 16384
+    assert seen[-1] == (16384, 16384, 16384)  # the final call: everything sent and answered
+    assert len(seen) >= 2  # ~0.4 s at 40,000/s: at least one call while sweeping
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))  # never goes back

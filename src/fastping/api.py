@@ -133,6 +133,7 @@ def sweep(
     family: int | None = None,
     collect_rtts: bool = False,
     batch_size: int = 64,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
 
@@ -175,6 +176,7 @@ def sweep(
             family=family,
             collect_rtts=collect_rtts,
             batch_size=batch_size,
+            on_progress=on_progress,
         )
     except UseSubprocess:
         # auto mode and no ICMP socket allowed: the system ping (already logged why)
@@ -197,6 +199,7 @@ def _socket_sweep(
     family: int | None,
     collect_rtts: bool,
     batch_size: int,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> SweepResult:
     plan, blocks = _plan_targets(targets, family)
     window = _window(count, interval_s, timeout_s)
@@ -234,7 +237,15 @@ def _socket_sweep(
                 # the rate is a global budget, shared in proportion to the work
                 share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
                 jobs.append((sock, bounds[i], share))
-        events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
+        watcher = None
+        if on_progress is not None:
+            watcher = _ProgressWatcher([j[0] for j in jobs], total_slots * count, on_progress)
+            watcher.start()
+        try:
+            events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
+        finally:
+            if watcher is not None:
+                watcher.stop()
     except BaseException:
         for sh in socks.values():
             sh.close()
@@ -280,6 +291,33 @@ def auto_workers(n_targets: int, rate_pps: float) -> int:
     if rate_pps and rate_pps < 50_000:
         return 1
     return max(1, min(cores, 8, n_targets // 16384))
+
+
+class _ProgressWatcher(threading.Thread):
+    """Calls ``fn(sent, total, received)`` about five times a second while the
+    sockets sweep (their counters are read while the C loops run), and once at the end."""
+
+    def __init__(self, socks: list[Any], total: int, fn: Callable[[int, int, int], None]) -> None:
+        super().__init__(daemon=True)
+        self.socks, self.total, self.fn = socks, total, fn
+        self.done = threading.Event()
+
+    def report(self) -> None:
+        sent = received = 0
+        for s in self.socks:
+            t = s.totals()
+            sent += int(t["sent"]) + int(t["send_errors"])
+            received += int(t["received"])
+        self.fn(sent, self.total, received)
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.report()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.report()
 
 
 class _Shards:

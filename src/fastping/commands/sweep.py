@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from typing import Any
 
@@ -108,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
     family = {4: 2, 6: 10}.get(args.family or 0)
     progress = _Progress() if sys.stderr.isatty() and not args.json else None
-    if progress:
-        progress.start()
     try:
         res = api.sweep(
             targets,
@@ -124,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             workers=args.workers,
             family=family,
+            on_progress=progress.update if progress else None,
         )
     finally:
         if progress:
-            progress.stop()
+            progress.close()
     out = sys.stdout
     alive = unresolved = 0
     lines: list[str] = []
@@ -203,27 +201,28 @@ def _text_summary(s: dict[str, Any]) -> str:
 
 
 class _Progress:
-    """A one-line progress indicator on stderr (terminals only)."""
+    """A one-line progress bar on stderr (terminals only), fed by the sweep."""
+
+    WIDTH = 30
 
     def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
         self._t0 = time.monotonic()
-        self._t.start()
+        self._shown = False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._t.join()
-        sys.stderr.write("\r\x1b[K")
+    def update(self, sent: int, total: int, received: int) -> None:
+        el = time.monotonic() - self._t0
+        if el < 0.5 or total <= 0:  # short sweeps: no bar
+            return
+        frac = min(sent / total, 1.0)
+        bar = "#" * int(frac * self.WIDTH)
+        sys.stderr.write(
+            f"\r[{bar:<{self.WIDTH}}] {frac * 100:5.1f}%  {sent:,}/{total:,} sent, "
+            f"{received:,} replies, {el:.1f} s"
+        )
         sys.stderr.flush()
+        self._shown = True
 
-    def _run(self) -> None:
-        spin = "|/-\\"
-        i = 0
-        while not self._stop.wait(0.2):
-            el = time.monotonic() - self._t0
-            sys.stderr.write(f"\r{spin[i % 4]} sweeping... {el:.1f} s")
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
-            i += 1
