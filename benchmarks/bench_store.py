@@ -93,8 +93,7 @@ def naive_write(path: Path, results: list[ProbeResult]) -> dict[str, float]:
         conn.execute("BEGIN")
         conn.execute(
             _INSERT_RESULT,
-            (r.time, tid, r.seq, OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl, r.icmp_type,
-             r.icmp_code, r.router, r.errno, None),
+            (r.time, tid, r.seq, OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl, None),
         )  # fmt: skip
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t

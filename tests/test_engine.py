@@ -341,7 +341,8 @@ def test_backoff_after_send_errors(ns: Ns, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(db) as c:
         rows = c.execute(
-            "SELECT r.t, r.outcome, r.errno FROM results r JOIN targets ON targets.id = tid "
+            "SELECT r.t, r.outcome, e.errno FROM results r JOIN targets ON targets.id = tid "
+            "LEFT JOIN results_extra e ON e.rid = r.rowid "
             "WHERE targets.name = '10.254.0.9' ORDER BY r.t"
         ).fetchall()
     assert all(o == 4 and e == errno.ENETUNREACH for _, o, e in rows)  # 4 = send_error

@@ -378,6 +378,36 @@ def test_malformed_results_are_counted_not_retried_forever(
     assert any("malformed" in r.getMessage() for r in caplog.records)
 
 
+def test_malformed_extra_fields_leave_no_half_row(tmp_path: Path) -> None:
+    """ICMP error fields go to a side table; a result whose side row cannot be written
+    is dropped whole (no results row without its router), the rest keep theirs."""
+    db = tmp_path / "fp.db"
+    ok = other("127.0.0.1", 1, Outcome.UNREACHABLE, NOW + 1, icmp_type=3, icmp_code=1,
+               router="127.0.0.9")  # fmt: skip
+    bad_router = other("127.0.0.1", 2, Outcome.UNREACHABLE, NOW + 2, router=["x"])
+    err = other("127.0.0.1", 3, Outcome.SEND_ERROR, NOW + 3, errno=101)
+
+    async def go() -> dict[str, object]:
+        store = ResultStore(db, flush_interval_s=0.02)
+        await store.start()
+        store.submit([reply("127.0.0.1", 0, 0.1, NOW), ok, bad_router, err])
+        assert await store.flush(5.0)
+        await store.close()
+        return store.stats()
+
+    stats = run(go())
+    assert isinstance(stats, dict)
+    assert stats["written"] == 3 and stats["dropped"] == 1
+    assert stored_seqs(db) == [0, 1, 3]
+    assert count_rows(db, "results_extra") == 2  # the reply needs none
+    rec = ResultStore(db).recent("127.0.0.1")
+    assert [(r.seq, r.icmp_type, r.icmp_code, r.router, r.errno) for r in rec] == [
+        (0, None, None, None, None),
+        (1, 3, 1, "127.0.0.9", None),
+        (3, None, None, None, 101),
+    ]
+
+
 def test_flush_waiting_elsewhere_returns_when_close_counts_the_rest(tmp_path: Path) -> None:
     db = tmp_path / "fp.db"
 

@@ -5,7 +5,8 @@ Shape of the data:
 - ``targets``: one row per target name, so each result row carries a small integer.
 - ``results``: raw results (one row per probe, duplicate or late reply) kept for the
   retention window. ``address`` is NULL when it equals the target (the usual case)
-  to keep rows small.
+  to keep rows small. ICMP type/code, router and errno live in ``results_extra``
+  (``rid`` = the results rowid), only for results that carry any of them.
 - ``rollups``: one row per target per minute for ranges older than the retention
   window: counts per outcome, min/max, sum and sum of squares (so mean and stddev
   combine exactly), jitter sums plus the minute's first and last RTT (so jitter
@@ -108,11 +109,17 @@ CREATE TABLE IF NOT EXISTS results (
     outcome INTEGER NOT NULL,   -- OUTCOME_CODE
     rtt_ms REAL,
     ttl INTEGER,
+    address TEXT                -- NULL: equal to the target name; '': none (unresolved)
+);
+-- The fields only ICMP errors and send errors carry, in a row of their own (rid =
+-- results.rowid) only for the results that have any: most results are replies and
+-- timeouts, and five NULL columns per row cost as much to write as the rest of it.
+CREATE TABLE IF NOT EXISTS results_extra (
+    rid INTEGER PRIMARY KEY,
     icmp_type INTEGER,
     icmp_code INTEGER,
     router TEXT,
-    errno INTEGER,
-    address TEXT                -- NULL: equal to the target name; '': none (unresolved)
+    errno INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_tid_t ON results (tid, t);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -144,8 +151,10 @@ _MALFORMED: tuple[type[Exception], ...] = (
 )  # fmt: skip
 
 _INSERT_RESULT = (
-    "INSERT INTO results (t, tid, seq, outcome, rtt_ms, ttl, icmp_type, icmp_code, router,"
-    " errno, address) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO results (t, tid, seq, outcome, rtt_ms, ttl, address) VALUES (?,?,?,?,?,?,?)"
+)
+_INSERT_EXTRA = (
+    "INSERT INTO results_extra (rid, icmp_type, icmp_code, router, errno) VALUES (?,?,?,?,?)"
 )
 
 
@@ -240,16 +249,35 @@ class _Writer:
                 self.close()
                 raise
 
-    def _row(
-        self, conn: sqlite3.Connection, r: ProbeResult, new: dict[str, int]
-    ) -> tuple[Any, ...]:
-        tid = self.tids.get(r.target)
-        if tid is None:
-            tid = self._tid(conn, r.target, new)
-        return (
-            float(r.time), tid, int(r.seq), OUTCOME_CODE[r.outcome], r.rtt_ms, r.ttl,
-            r.icmp_type, r.icmp_code, r.router, r.errno, _encode_address(r),
-        )  # fmt: skip
+    def _insert(
+        self, conn: sqlite3.Connection, batch: Sequence[ProbeResult], new: dict[str, int]
+    ) -> None:
+        """INSERT ``batch`` in order: plain results (no ICMP error / errno fields, nearly
+        all of them) with one executemany per run, the others one at a time with their
+        results_extra row. This loop is the writer's per-result Python work (10,000 a
+        second at the issue-4 benchmark): keep it to tuple building."""
+        tids = self.tids
+        codes = OUTCOME_CODE
+        rows: list[tuple[Any, ...]] = []
+        for r in batch:
+            target = r.target
+            tid = tids.get(target) or new.get(target) or self._tid(conn, target, new)
+            address = r.address
+            row = (
+                float(r.time), tid, int(r.seq), codes[r.outcome], r.rtt_ms, r.ttl,
+                None if address == target else ("" if address is None else address),
+            )  # fmt: skip
+            plain = r.errno is None and r.router is None
+            if plain and r.icmp_type is None and r.icmp_code is None:
+                rows.append(row)
+                continue
+            if rows:
+                conn.executemany(_INSERT_RESULT, rows)
+                rows = []
+            rid = conn.execute(_INSERT_RESULT, row).lastrowid
+            conn.execute(_INSERT_EXTRA, (rid, r.icmp_type, r.icmp_code, r.router, r.errno))
+        if rows:
+            conn.executemany(_INSERT_RESULT, rows)
 
     def _write(self, batch: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str]]:
         conn = self.open()
@@ -258,8 +286,7 @@ class _Writer:
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                rows = [self._row(conn, r, new) for r in batch]
-                conn.executemany(_INSERT_RESULT, rows)
+                self._insert(conn, batch, new)
             except _MALFORMED as e:
                 # Something in the batch cannot be stored as it is (a caller bug, not a
                 # disk problem). Retrying would fail forever and block everything behind
@@ -269,9 +296,17 @@ class _Writer:
                 new.clear()
                 conn.execute("BEGIN IMMEDIATE")
                 for r in batch:
+                    known = dict(new)
                     try:
-                        conn.execute(_INSERT_RESULT, self._row(conn, r, new))
+                        conn.execute("SAVEPOINT one")
+                        self._insert(conn, (r,), new)
+                        conn.execute("RELEASE one")
                     except _MALFORMED as e2:
+                        # the results row may be in without its extra row: undo both
+                        conn.execute("ROLLBACK TO one")
+                        conn.execute("RELEASE one")
+                        new.clear()  # a target row made inside the savepoint is gone too
+                        new.update(known)
                         bad.append((r, f"{type(e2).__name__}: {e2}"))
             conn.execute("COMMIT")
         except BaseException:
@@ -332,6 +367,11 @@ class _Writer:
                 f"VALUES ({placeholders})",
                 [new[c] for c in _ROLLUP_COLS],
             )
+        conn.execute(
+            "DELETE FROM results_extra WHERE rid IN "
+            "(SELECT rowid FROM results WHERE tid = ? AND t < ?)",
+            (tid, cutoff),
+        )
         conn.execute("DELETE FROM results WHERE tid = ? AND t < ?", (tid, cutoff))
         return len(rows)
 
@@ -922,8 +962,10 @@ class ResultStore:
             if row is None:
                 return []
             rows = conn.execute(
-                "SELECT t, seq, outcome, rtt_ms, ttl, icmp_type, icmp_code, router, errno,"
-                " address FROM results WHERE tid = ? ORDER BY t DESC, rowid DESC LIMIT ?",
+                "SELECT r.t, r.seq, r.outcome, r.rtt_ms, r.ttl, e.icmp_type, e.icmp_code,"
+                " e.router, e.errno, r.address FROM results r"
+                " LEFT JOIN results_extra e ON e.rid = r.rowid"
+                " WHERE r.tid = ? ORDER BY r.t DESC, r.rowid DESC LIMIT ?",
                 (row[0], int(limit)),
             ).fetchall()
         return [
