@@ -25,7 +25,7 @@ probe header attribute the error to one probe.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.uio cimport iovec
@@ -1516,18 +1516,21 @@ cdef class IcmpSocket:
         """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""
         self._check_open()
         cdef int64_t limit = now_ns() - <int64_t>(timeout_s * 1e9)
-        cdef uint32_t s, w
-        cdef Probe *pr
         self.collect = True
         with nogil:
-            for s in range(self.n):
-                if not self.stats[s].active:
-                    continue
-                for w in range(self.window):
-                    pr = &self.probes[<size_t>s * self.window + w]
-                    if pr.state == ST_OUT and pr.send_ns <= limit:
-                        self._expire_probe(s, pr)
+            self._expire_sent_before(limit)
         return self._take_events()
+
+    cdef void _expire_sent_before(self, int64_t limit) noexcept nogil:
+        """Time out every outstanding probe sent at or before ``limit`` (freed slots
+        hold none: remove_target clears them)."""
+        cdef uint32_t s, w
+        cdef Probe *pr
+        for s in range(self.n):
+            for w in range(self.window):
+                pr = &self.probes[<size_t>s * self.window + w]
+                if pr.state == ST_OUT and pr.send_ns <= limit:
+                    self._expire_probe(s, pr)
 
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
@@ -1625,13 +1628,7 @@ cdef class IcmpSocket:
             self._drain(0)
         self._drain(0)
         # what is still outstanding has timed out
-        cdef uint32_t s, w
-        cdef Probe *pr
-        for s in range(self.n):
-            for w in range(self.window):
-                pr = &self.probes[<size_t>s * self.window + w]
-                if pr.state == ST_OUT:
-                    self._expire_probe(s, pr)
+        self._expire_sent_before(INT64_MAX)
         self.t_send_ns += t_send
         self.t_total_ns += now_ns() - t0
         return 0

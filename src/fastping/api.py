@@ -12,13 +12,13 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from .errors import TargetError
-from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
+from .results import HostResult, Outcome, ProbeResult, SweepResult
 from .targets import Address, Name, V4Range, parse_targets, resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
@@ -485,29 +485,3 @@ async def async_ping(host: str, **kwargs: Any) -> HostResult:
     """``ping`` without blocking the event loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(ping, host, **kwargs))
-
-
-def events_to_results(
-    events: Sequence[tuple[Any, ...]], label: Callable[[int], tuple[str, str]]
-) -> list[ProbeResult]:
-    """Turn core event tuples into ProbeResults; ``label(slot)`` gives (target, address)."""
-    now = time.time()
-    out = []
-    for slot, kind, seq, rtt_ns, ttl, itype, icode, router, err in events:
-        target, address = label(slot)
-        out.append(
-            ProbeResult(
-                target,
-                address,
-                seq,
-                OUTCOME_BY_KIND[kind],
-                rtt_ms=rtt_ns / 1e6 if kind in (0, 6) and rtt_ns else None,
-                ttl=ttl,
-                icmp_type=itype,
-                icmp_code=icode,
-                router=router,
-                errno=err,
-                time=now,
-            )
-        )
-    return out

@@ -59,9 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(d))
     else:
         print(f"PING {h.target} ({h.address}): {args.size} data bytes")
-        for i, rtt in enumerate(h.rtts_ms):
+        for rtt in h.rtts_ms:
             print(f"reply from {h.address}: rtt={rtt:.3f} ms ttl={h.ttl}")
-            del i
         print(f"--- {h.target} ping statistics ---")
         print(
             f"{h.sent} probes sent, {h.received} replies, {h.loss * 100:.1f}% loss"
