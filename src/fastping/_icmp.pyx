@@ -23,8 +23,9 @@ probe header attribute the error to one probe.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.math cimport NAN
 from libc.stdint cimport INT64_MAX, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
@@ -86,6 +87,13 @@ DEF C_EV_TIME_EXCEEDED = 3
 DEF C_EV_SEND_ERROR = 4
 DEF C_EV_DUPLICATE = 5
 DEF C_EV_LATE = 6
+DEF LAST_NONE = 0xFF         # SlotStats.last_kind before a slot's first final outcome
+
+# Outcome-log modes (set_log)
+DEF LOG_OFF = 0              # nothing logged, every event returned
+DEF LOG_QUIET = 1            # replies/timeouts logged; returned only when the kind changes
+DEF LOG_ALL = 2              # replies/timeouts logged and every event returned
+DEF CHUNK_RECORD = 18        # bytes per record of a chunk (fastping.chunk.RECORD_SIZE)
 
 # Offsets inside the ICMP header (RFC 792 / RFC 4443 figure above).
 DEF ICMP_TYPE_OFFSET = 0
@@ -553,7 +561,12 @@ cdef struct SlotStats:
     uint32_t next_serial         # jitter is averaged over received - 1 successive pairs
     int64_t min_ns, max_ns, sum_ns, last_rtt_ns, jit_sum_ns
     double sumsq
+    int64_t last_t_ns            # when the last final outcome was known (CLOCK_REALTIME ns)
     uint8_t active, last_ttl, err_type, err_code
+    # kind of the last final outcome (reply, timeout, unreachable, time exceeded, send
+    # error), LAST_NONE before the first: quiet mode returns a reply/timeout only when
+    # it differs, so the engine sees changes of state without an event per probe
+    uint8_t last_kind
 
 
 cdef struct Probe:
@@ -570,6 +583,21 @@ cdef struct Event:
     int16_t ttl
     uint8_t kind, icmp_type, icmp_code, has_router
     uint8_t router[16]
+
+
+cdef struct LogRec:
+    # one reply or timeout in the outcome log (see take_log / fastping.chunk)
+    int64_t t_ns
+    float rtt_ms
+    uint32_t slot
+    uint16_t seq
+    uint8_t code, ttl
+
+
+cdef struct SlotOut:
+    # take_log's per-slot destination: the chunk's buffer, its records, the next one
+    uint8_t *base
+    Py_ssize_t cnt, cur
 
 
 cdef class IcmpSocket:
@@ -593,6 +621,8 @@ cdef class IcmpSocket:
     cdef SlotStats *stats
     cdef Probe *probes           # n_cap * window
     cdef uint8_t *err_router     # lazily: n_cap * addr_len
+    cdef int64_t *slot_tmo_ns    # n_cap: per-slot timeout (0: none), apart from SlotStats so
+    #                              expire()'s scan reads 8 bytes per slot, not a whole SlotStats
     cdef uint32_t n, n_cap
     cdef list free_slots
     # batch buffers
@@ -612,17 +642,22 @@ cdef class IcmpSocket:
     cdef Py_ssize_t ev_n, ev_cap
     cdef bint collect
     cdef bint no_drain           # send() without draining (tests, callers that drain themselves)
+    cdef bint sweeping           # inside sweep(): no outcome log, no quiet filtering
+    # outcome log
+    cdef LogRec *log
+    cdef Py_ssize_t log_n, log_cap, log_max_
+    cdef uint8_t log_mode_
     # counters
     cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
     cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent
-    cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors
+    cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors, c_log_dropped
     cdef int64_t c_outstanding
     cdef int64_t t_send_ns, t_total_ns
 
     def __cinit__(self, int family=AF_INET, *, str kind="raw", int payload_size=56, ttl=None,
                   tos=None, bint dont_fragment=False, int rcvbuf_bytes=0, int batch_size=64,
-                  int window=1, bint bpf=True):
+                  int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000):
         self.fd = -1
         self.epfd = -1
         if family != AF_INET and family != AF_INET6:
@@ -640,6 +675,9 @@ cdef class IcmpSocket:
             raise ValueError(f"ttl {ttl} must be 1..255")
         if tos is not None and not 0 <= tos <= 255:
             raise ValueError(f"tos {tos} must be 0..255")
+        if log_max < 0:
+            raise ValueError(f"log_max {log_max} must be >= 0 records (0: log nothing)")
+        self.log_max_ = log_max
         self.family = family
         self.kind = kind
         self.raw = kind == "raw"
@@ -864,6 +902,8 @@ cdef class IcmpSocket:
         PyMem_RawFree(self.stats)
         PyMem_RawFree(self.probes)
         PyMem_RawFree(self.err_router)
+        PyMem_RawFree(self.slot_tmo_ns)
+        PyMem_RawFree(self.log)
         PyMem_RawFree(self.tx_pkts)
         PyMem_RawFree(self.tx_names)
         PyMem_RawFree(self.tx_iov)
@@ -940,6 +980,10 @@ cdef class IcmpSocket:
         if a == NULL:
             raise MemoryError()
         self.probes = <Probe *>a
+        a = PyMem_RawRealloc(self.slot_tmo_ns, <size_t>cap * sizeof(int64_t))
+        if a == NULL:
+            raise MemoryError()
+        self.slot_tmo_ns = <int64_t *>a
         if self.err_router != NULL:
             a = PyMem_RawRealloc(self.err_router, <size_t>cap * self.addr_len)
             if a == NULL:
@@ -951,6 +995,8 @@ cdef class IcmpSocket:
     cdef void _init_slot(self, uint32_t s) noexcept nogil:
         memset(&self.stats[s], 0, sizeof(SlotStats))
         self.stats[s].active = 1
+        self.stats[s].last_kind = LAST_NONE
+        self.slot_tmo_ns[s] = 0
         memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
 
     def clear_targets(self):
@@ -1031,6 +1077,8 @@ cdef class IcmpSocket:
                 self.c_outstanding -= 1
             pr.state = ST_EMPTY
         self.stats[slot].active = 0
+        self.stats[slot].last_kind = LAST_NONE
+        self.slot_tmo_ns[slot] = 0
         self.free_slots.append(slot)
 
     def slot_address(self, uint32_t slot):
@@ -1074,6 +1122,7 @@ cdef class IcmpSocket:
             "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
             "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
             "socket_errors": self.c_sock_errors,
+            "log_dropped": self.c_log_dropped, "log_pending": self.log_n,
             "send_ns": self.t_send_ns, "total_ns": self.t_total_ns,
         }
 
@@ -1085,13 +1134,14 @@ cdef class IcmpSocket:
         self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
         self.c_f_type = self.c_f_ident = self.c_f_cookie = self.c_f_source = self.c_f_unsent = 0
         self.c_outstanding = 0
-        self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = 0
+        self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = self.c_log_dropped = 0
         self.t_send_ns = self.t_total_ns = 0
         cdef uint8_t act
         for s in range(self.n):
             act = self.stats[s].active
             memset(&self.stats[s], 0, sizeof(SlotStats))
             self.stats[s].active = act
+            self.stats[s].last_kind = LAST_NONE
             memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
 
     # ------------------------------------------------------------ events
@@ -1139,12 +1189,62 @@ cdef class IcmpSocket:
         return out
 
     # ------------------------------------------------------------ sending
-    cdef inline void _expire_probe(self, uint32_t slot, Probe *pr) noexcept nogil:
+    cdef inline void _expire_probe(self, uint32_t slot, Probe *pr, int64_t t) noexcept nogil:
         pr.state = ST_EXPIRED
         self.stats[slot].timeouts += 1
         self.c_timeouts += 1
         self.c_outstanding -= 1
-        self._event(slot, C_EV_TIMEOUT, pr.serial, 0, -1, 0, 0, NULL, 0)
+        self._final(slot, C_EV_TIMEOUT, pr.serial, 0, -1, t)
+
+    cdef inline void _final(self, uint32_t slot, uint8_t kind, uint32_t serial, int64_t rtt,
+                            int ttl, int64_t t) noexcept nogil:
+        """A reply or timeout (known at ``t``): remember it as the slot's last final
+        outcome, log it (modes 1, 2) and make its event unless quiet mode hides it
+        (same kind as the slot's previous final outcome). Not while sweeping: sweep()
+        keeps its own aggregates and must not fill the log."""
+        cdef SlotStats *st = &self.stats[slot]
+        cdef bint same = st.last_kind == kind
+        st.last_kind = kind
+        st.last_t_ns = t
+        if self.log_mode_ != LOG_OFF and not self.sweeping:
+            self._log(slot, kind, serial, rtt, ttl, t)
+            if same and self.log_mode_ == LOG_QUIET:
+                return
+        self._event(slot, kind, serial, rtt, ttl, 0, 0, NULL, 0)
+
+    cdef inline void _log(self, uint32_t slot, uint8_t kind, uint32_t serial, int64_t rtt,
+                          int ttl, int64_t t) noexcept nogil:
+        """Append one record to the outcome log; a record that does not fit (log_max,
+        or no memory) is counted in log_dropped."""
+        cdef LogRec *r
+        cdef void *p
+        cdef Py_ssize_t cap
+        if self.log_n >= self.log_max_:
+            self.c_log_dropped += 1
+            return
+        if self.log_n == self.log_cap:
+            cap = self.log_cap * 2 + 4096
+            if cap > self.log_max_:
+                cap = self.log_max_
+            p = PyMem_RawRealloc(self.log, <size_t>cap * sizeof(LogRec))
+            if p == NULL:
+                self.c_log_dropped += 1
+                return
+            self.log = <LogRec *>p
+            self.log_cap = cap
+        r = &self.log[self.log_n]
+        self.log_n += 1
+        r.t_ns = t
+        r.rtt_ms = <float>(<double>rtt / 1e6) if kind == C_EV_REPLY else NAN
+        r.slot = slot
+        r.seq = <uint16_t>(serial & 0xFFFF)
+        r.code = kind               # EV_REPLY / EV_TIMEOUT are chunk.OUTCOME_CODE's numbers
+        r.ttl = <uint8_t>ttl if kind == C_EV_REPLY and 0 <= ttl <= 255 else 0
+
+    cdef inline void _set_last(self, uint32_t slot, uint8_t kind, int64_t t) noexcept nogil:
+        # final outcomes other than reply/timeout are always returned; only remembered
+        self.stats[slot].last_kind = kind
+        self.stats[slot].last_t_ns = t
 
     cdef int _send_slots(self, const uint32_t *slots, Py_ssize_t count) noexcept nogil:
         """Send one probe to each slot, in batches. Returns 0, or -1 after a fatal errno."""
@@ -1176,7 +1276,7 @@ cdef class IcmpSocket:
                 pr = &self.probes[<size_t>s * self.window + serial % self.window]
                 if pr.state == ST_OUT:
                     # the window is full: the oldest probe has outlived its timeout
-                    self._expire_probe(s, pr)
+                    self._expire_probe(s, pr, now_ns())
                 pr.serial = serial
                 pr.state = ST_OUT
                 pk = self.tx_pkts + <size_t>built * plen
@@ -1244,6 +1344,7 @@ cdef class IcmpSocket:
         pr.state = ST_SENDFAIL
         self.stats[s].senderr += 1
         self.c_senderr += 1
+        self._set_last(s, C_EV_SEND_ERROR, now_ns())
         self._event(s, C_EV_SEND_ERROR, serial, 0, -1, 0, 0, NULL, err)
         return 0
 
@@ -1331,7 +1432,7 @@ cdef class IcmpSocket:
                 ee = <sock_extended_err *>CMSG_DATA(c)
             c = CMSG_NXTHDR(h, c)
         if errqueue:
-            self._handle_errqueue(buf, n, h, ee)
+            self._handle_errqueue(buf, n, h, ee, t_rx)
             return
         cdef Parsed p
         cdef int rc = parse_c(buf, n, self.family, self.raw and self.family == AF_INET, &p)
@@ -1376,7 +1477,7 @@ cdef class IcmpSocket:
                 self.c_foreign += 1
                 self.c_f_source += 1
                 return
-            self._on_error(slot, serial, p.type, p.code, src)
+            self._on_error(slot, serial, p.type, p.code, src, t_rx)
             return
         if memcmp(src, want, self.addr_len) != 0:
             self.c_foreign += 1     # a valid cookie from the wrong address: spoofed or misrouted
@@ -1391,7 +1492,7 @@ cdef class IcmpSocket:
             self.c_f_unsent += 1
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
-        cdef int64_t rtt
+        cdef int64_t rtt, tmo, slot_tmo
         if pr.serial != serial or pr.state == ST_EMPTY or pr.state == ST_SENDFAIL:
             # its window entry was reused: the probe had timed out long ago
             st.late += 1
@@ -1406,9 +1507,15 @@ cdef class IcmpSocket:
         rtt = t_rx - pr.send_ns
         if rtt < 0:
             rtt = 0
-        if pr.state == ST_EXPIRED or (self.timeout_ns > 0 and rtt > self.timeout_ns):
+        # the socket's timeout, or the slot's own when shorter (sweep() has its own)
+        tmo = self.timeout_ns
+        if not self.sweeping:
+            slot_tmo = self.slot_tmo_ns[slot]
+            if slot_tmo > 0 and (tmo <= 0 or slot_tmo < tmo):
+                tmo = slot_tmo
+        if pr.state == ST_EXPIRED or (tmo > 0 and rtt > tmo):
             if pr.state == ST_OUT:
-                self._expire_probe(slot, pr)
+                self._expire_probe(slot, pr, t_rx)
             st.late += 1
             self.c_late += 1
             self._event(slot, C_EV_LATE, serial, rtt, ttl, 0, 0, NULL, 0)
@@ -1428,10 +1535,10 @@ cdef class IcmpSocket:
         st.last_rtt_ns = rtt
         if ttl >= 0:
             st.last_ttl = <uint8_t>ttl
-        self._event(slot, C_EV_REPLY, serial, rtt, ttl, 0, 0, NULL, 0)
+        self._final(slot, C_EV_REPLY, serial, rtt, ttl, t_rx)
 
     cdef void _on_error(self, uint32_t slot, uint32_t serial, int itype, int icode,
-                        const uint8_t *router) noexcept nogil:
+                        const uint8_t *router, int64_t t) noexcept nogil:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
             self.c_foreign += 1
@@ -1456,11 +1563,12 @@ cdef class IcmpSocket:
             self.err_router = <uint8_t *>PyMem_RawMalloc(<size_t>self.n_cap * self.addr_len)
         if self.err_router != NULL:
             memcpy(self.err_router + <size_t>slot * self.addr_len, router, self.addr_len)
+        self._set_last(slot, C_EV_TIME_EXCEEDED if texc else C_EV_UNREACHABLE, t)
         self._event(slot, C_EV_TIME_EXCEEDED if texc else C_EV_UNREACHABLE, serial, 0, -1,
                     itype, icode, router, 0)
 
     cdef void _handle_errqueue(self, const uint8_t *buf, Py_ssize_t n, msghdr *h,
-                               sock_extended_err *ee) noexcept nogil:
+                               sock_extended_err *ee, int64_t t_rx) noexcept nogil:
         # IP_RECVERR (ip(7)): the data is our own echo request as sent; the cmsg
         # names the ICMP type/code and the offending router.
         cdef uint32_t slot, serial
@@ -1485,7 +1593,7 @@ cdef class IcmpSocket:
         else:
             sin6 = <sockaddr_in6 *>off
             router = <const uint8_t *>&sin6.sin6_addr
-        self._on_error(slot, serial, ee.ee_type, ee.ee_code, router)
+        self._on_error(slot, serial, ee.ee_type, ee.ee_code, router, t_rx)
 
     # ------------------------------------------------------------ engine API
     def send(self, slots, bint drain=True):
@@ -1513,24 +1621,170 @@ cdef class IcmpSocket:
         return self._take_events()
 
     def expire(self, double timeout_s):
-        """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""
+        """EV_TIMEOUT for every outstanding probe older than ``timeout_s``, or than
+        its slot's own timeout (set_slot_timeout) when that is shorter."""
         self._check_open()
-        cdef int64_t limit = now_ns() - <int64_t>(timeout_s * 1e9)
+        cdef int64_t t = now_ns()
+        cdef int64_t limit = t - <int64_t>(timeout_s * 1e9)
         self.collect = True
         with nogil:
-            self._expire_sent_before(limit)
+            self._expire_sent_before(t, limit)
         return self._take_events()
 
-    cdef void _expire_sent_before(self, int64_t limit) noexcept nogil:
-        """Time out every outstanding probe sent at or before ``limit`` (freed slots
-        hold none: remove_target clears them)."""
+    cdef void _expire_sent_before(self, int64_t t, int64_t limit) noexcept nogil:
+        """Time out every outstanding probe sent at or before ``limit`` (or before
+        ``t`` minus its slot's timeout, when later); ``t`` is now (freed slots hold
+        none: remove_target clears them)."""
         cdef uint32_t s, w
+        cdef int64_t lim, slot_tmo
         cdef Probe *pr
         for s in range(self.n):
+            lim = limit
+            slot_tmo = self.slot_tmo_ns[s]
+            if slot_tmo > 0 and t - slot_tmo > lim:
+                lim = t - slot_tmo
+            pr = &self.probes[<size_t>s * self.window]
             for w in range(self.window):
-                pr = &self.probes[<size_t>s * self.window + w]
-                if pr.state == ST_OUT and pr.send_ns <= limit:
-                    self._expire_probe(s, pr)
+                if pr[w].state == ST_OUT and pr[w].send_ns <= lim:
+                    self._expire_probe(s, &pr[w], t)
+
+    # ------------------------------------------------------------ outcome log
+    def set_log(self, int mode):
+        """Outcome-log mode: 0 nothing logged, every event returned; 1 quiet: every
+        reply and timeout logged, and returned only when its kind differs from the
+        slot's previous final outcome (other kinds always returned); 2: logged and
+        every event returned."""
+        if mode != LOG_OFF and mode != LOG_QUIET and mode != LOG_ALL:
+            raise ValueError(f"log mode {mode} must be 0 (off), 1 (quiet) or 2 (log and return all)")
+        self.log_mode_ = mode
+
+    @property
+    def log_mode(self):
+        return self.log_mode_
+
+    @property
+    def log_max(self):
+        """Records the outcome log holds at most; more are counted in log_dropped."""
+        return self.log_max_
+
+    @log_max.setter
+    def log_max(self, Py_ssize_t v):
+        if v < 0:
+            raise ValueError(f"log_max {v} must be >= 0 records (0: log nothing)")
+        self.log_max_ = v
+
+    def forget_last(self, long long slot=-1):
+        """Forget the last final outcome of ``slot`` (-1: of every slot), so its next
+        reply or timeout is returned even in quiet mode."""
+        cdef uint32_t s
+        if slot == -1:
+            for s in range(self.n):
+                self.stats[s].last_kind = LAST_NONE
+            return
+        if slot < 0 or slot >= self.n:
+            raise IndexError(f"slot {slot} does not exist (0..{self.n - 1}, or -1 for all)")
+        self.stats[slot].last_kind = LAST_NONE
+
+    def slot_last(self, long long slot):
+        """(last_kind, last_rtt_ns, last_t_ns): kind of the slot's last final outcome
+        and when it was known (CLOCK_REALTIME ns), and the RTT of its last reply;
+        (-1, 0, 0) before the first."""
+        if slot < 0 or slot >= self.n:
+            raise IndexError(f"slot {slot} does not exist")
+        cdef SlotStats *st = &self.stats[slot]
+        if st.last_kind == LAST_NONE:
+            return (-1, 0, 0)
+        return (st.last_kind, st.last_rtt_ns, st.last_t_ns)
+
+    def set_slot_timeout(self, long long slot, double timeout_s):
+        """Give ``slot`` its own timeout (0: none). A reply slower than it (or than
+        the socket's timeout_s, when shorter) times the probe out and is EV_LATE;
+        expire(t) uses min(t, it) for this slot. add_target / remove_target reset it."""
+        if slot < 0 or slot >= self.n or not self.stats[slot].active:
+            raise KeyError(f"slot {slot} is not in use")
+        if not timeout_s >= 0:      # also refuses NaN
+            raise ValueError(f"timeout_s {timeout_s} must be >= 0 seconds (0: none)")
+        self.slot_tmo_ns[slot] = <int64_t>(timeout_s * 1e9)
+
+    def take_log(self, long long slot=-1):
+        """Empty the outcome log into one (slot, chunk) per slot with records (slots
+        ascending; each chunk in fastping.chunk's layout, records in logged order).
+        With ``slot``: take only that slot's records, keep the others."""
+        if slot < -1 or slot > 0xFFFFFFFF:
+            raise ValueError(f"slot {slot} must be 0..2**32-1, or -1 for all")
+        if self.log_n == 0:
+            return []
+        if slot == -1:
+            return self._take_all()
+        return self._take_one(<uint32_t>slot)
+
+    cdef list _take_all(self):
+        cdef Py_ssize_t i, n = self.log_n, n_out = 0
+        cdef uint32_t top = 0, s
+        cdef SlotOut *so
+        cdef LogRec *r
+        with nogil:
+            for i in range(n):
+                if self.log[i].slot > top:
+                    top = self.log[i].slot
+        # counting sort over the slots seen: O(records + slots), one bytes per slot
+        so = <SlotOut *>PyMem_RawCalloc(<size_t>top + 1, sizeof(SlotOut))
+        if so == NULL:
+            raise MemoryError()
+        out = []
+        try:
+            with nogil:
+                for i in range(n):
+                    so[self.log[i].slot].cnt += 1
+            for s in range(top + 1):
+                if so[s].cnt:
+                    b = PyBytes_FromStringAndSize(NULL, so[s].cnt * CHUNK_RECORD)
+                    so[s].base = <uint8_t *>PyBytes_AS_STRING(b)
+                    out.append((s, b))
+            with nogil:
+                for i in range(n):
+                    r = &self.log[i]
+                    _chunk_put(so[r.slot].base, so[r.slot].cnt, so[r.slot].cur, r)
+                    so[r.slot].cur += 1
+                self.log_n = 0
+                # a burst's buffer is not kept for ever: shrink when far too big
+                if self.log_cap > 65536 and self.log_cap > 4 * n:
+                    self._shrink_log(2 * n)
+        finally:
+            PyMem_RawFree(so)
+        return out
+
+    cdef list _take_one(self, uint32_t slot):
+        cdef Py_ssize_t i, j = 0, k = 0, n = self.log_n, cnt = 0
+        cdef uint8_t *base
+        with nogil:
+            for i in range(n):
+                if self.log[i].slot == slot:
+                    cnt += 1
+        if cnt == 0:
+            return []
+        b = PyBytes_FromStringAndSize(NULL, cnt * CHUNK_RECORD)
+        base = <uint8_t *>PyBytes_AS_STRING(b)
+        with nogil:
+            # one pass: write this slot's records out, close the gaps they leave
+            for i in range(n):
+                if self.log[i].slot == slot:
+                    _chunk_put(base, cnt, k, &self.log[i])
+                    k += 1
+                else:
+                    if j != i:
+                        self.log[j] = self.log[i]
+                    j += 1
+            self.log_n = j
+        return [(slot, b)]
+
+    cdef void _shrink_log(self, Py_ssize_t cap) noexcept nogil:
+        if cap < 4096:
+            cap = 4096
+        cdef void *p = PyMem_RawRealloc(self.log, <size_t>cap * sizeof(LogRec))
+        if p != NULL:               # keeping the bigger buffer is harmless
+            self.log = <LogRec *>p
+            self.log_cap = cap
 
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
@@ -1572,8 +1826,10 @@ cdef class IcmpSocket:
             inflight = min(rate_pps * (timeout_s + 0.1), float(self.n) * count)
             if inflight * 1024 > self.rcvbuf_bytes // 2:
                 self.set_rcvbuf(<int>min(inflight * 1024, 256 * 1024 * 1024))
+        self.sweeping = True     # no outcome log / quiet filtering: sweep has its own results
         with nogil:
             rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
+        self.sweeping = False
         if rc < 0:
             _raise_oserror("sweep")
         if events:
@@ -1628,7 +1884,7 @@ cdef class IcmpSocket:
             self._drain(0)
         self._drain(0)
         # what is still outstanding has timed out
-        self._expire_sent_before(INT64_MAX)
+        self._expire_sent_before(now_ns(), INT64_MAX)
         self.t_send_ns += t_send
         self.t_total_ns += now_ns() - t0
         return 0
@@ -1646,6 +1902,35 @@ cdef class IcmpSocket:
                 _sleep_ns(t_target - t)
             self._drain(0)
             t = now_ns()
+
+
+cdef inline void _put_le32(uint8_t *p, uint32_t v) noexcept nogil:
+    # explicit little-endian stores: the chunk layout is little-endian on any host
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = v >> 24
+
+
+cdef inline void _put_le64(uint8_t *p, uint64_t v) noexcept nogil:
+    _put_le32(p, <uint32_t>(v & 0xFFFFFFFFULL))
+    _put_le32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef inline void _chunk_put(uint8_t *base, Py_ssize_t cnt, Py_ssize_t i, const LogRec *r) noexcept nogil:
+    """Record ``i`` of a ``cnt``-record chunk at ``base``: the columns t f64, rtt f32,
+    seq i32, code u8, ttl u8 one after the other (fastping.chunk)."""
+    cdef uint64_t u64
+    cdef uint32_t u32
+    # whole seconds and the nanoseconds apart: t_ns itself does not fit a double exactly
+    cdef double t_s = <double>(r.t_ns // NS) + <double>(r.t_ns % NS) * 1e-9
+    memcpy(&u64, &t_s, 8)
+    _put_le64(base + 8 * i, u64)
+    memcpy(&u32, &r.rtt_ms, 4)
+    _put_le32(base + 8 * cnt + 4 * i, u32)
+    _put_le32(base + 12 * cnt + 4 * i, r.seq)
+    base[16 * cnt + i] = r.code
+    base[17 * cnt + i] = r.ttl
 
 
 cdef inline sock_filter _bpf(unsigned short code, unsigned char jt, unsigned char jf, unsigned int k) noexcept nogil:
