@@ -13,6 +13,16 @@ Two ways to drive it:
   engine uses: send one probe to each given slot, drain whatever replies are
   queued, and time out probes older than a limit. Each returns a list of event
   tuples ``(slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)``.
+
+Outcome log (``set_log``): in modes 1 and 2 every reply and timeout is appended to
+a C buffer and handed out per slot as ``fastping.chunk`` chunks by ``take_log()``,
+so results reach the store without a Python object per probe. In quiet mode (1) the
+event lists carry only what changes a caller's state: every unreachable /
+time-exceeded / send-error / duplicate / late event, and a reply or timeout only
+when its kind differs from the slot's previous final outcome (reply, timeout,
+unreachable, time exceeded, send error; a slot's first final outcome counts as a
+change). Returned events are for state, the log is for storage: in modes 1 and 2
+every reply and timeout is logged, returned or not. ``sweep()`` never logs.
 """
 
 from array import array
@@ -100,6 +110,7 @@ class IcmpSocket:
         batch_size: int = 64,
         window: int = 1,  # probes per slot that may be outstanding at once
         bpf: bool = True,  # classic BPF filter on raw sockets (identifier)
+        log_max: int = 4_000_000,  # outcome-log records held at most (see take_log)
     ) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
@@ -149,8 +160,11 @@ class IcmpSocket:
         """Socket counters: sent, received, duplicates, late, timeouts, unreachable,
         time_exceeded, send_errors, enobufs, rx_drops (kernel, SO_RXQ_OVFL),
         foreign (not ours), malformed, stale, errors_unattributed, packets_read,
-        send_ns, total_ns."""
-    def reset_stats(self) -> None: ...
+        send_ns, total_ns, log_dropped (replies/timeouts the outcome log had no room
+        for: log_max reached), log_pending (records in the log now)."""
+    def reset_stats(self) -> None:
+        """Zero the counters and per-slot stats (and last outcomes); targets, slot
+        timeouts and the outcome log stay."""
 
     # -- non-blocking pieces for the asyncio engine ------------------------
     def send(
@@ -175,4 +189,35 @@ class IcmpSocket:
     def expire(
         self, timeout_s: float
     ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
-        """EV_TIMEOUT for every outstanding probe older than ``timeout_s``."""
+        """EV_TIMEOUT for every outstanding probe older than ``timeout_s`` (or than
+        its slot's own timeout, set_slot_timeout, when that is shorter); in quiet mode
+        only the timeouts that change a slot's last outcome are returned."""
+
+    # -- outcome log -------------------------------------------------------
+    def set_log(self, mode: int) -> None:
+        """0 (default): nothing logged, every event returned. 1 quiet: every reply
+        and timeout logged; send/recv/expire return the other kinds and only those
+        replies/timeouts whose kind differs from the slot's last final outcome.
+        2: every reply and timeout logged AND every event returned."""
+    @property
+    def log_mode(self) -> int: ...
+    log_max: int  # records the log holds at most; more are counted in totals()["log_dropped"]
+    def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]:
+        """Empty the log: one ``(slot, chunk)`` per slot with records, slots ascending,
+        each chunk in ``fastping.chunk``'s layout (t = when the outcome was known,
+        Unix s; rtt ms, NaN for timeouts; seq; code 0 reply / 1 timeout; TTL or 0),
+        records in the order they were logged. With ``slot``: only that slot's
+        records (``[]`` or one tuple), the others stay (drain a slot before reusing it:
+        a reused slot's records would otherwise join the new target's)."""
+    def forget_last(self, slot: int = -1) -> None:
+        """Forget the last final outcome of ``slot`` (-1: every slot) so its next
+        reply or timeout is returned in quiet mode too (e.g. after the local network
+        was down and the caller's idea of the target's state changed)."""
+    def slot_last(self, slot: int) -> tuple[int, int, int]:
+        """``(last_kind, last_rtt_ns, last_t_ns)``: the kind (EV_*) of the slot's last
+        final outcome and when it was known (CLOCK_REALTIME ns), and the RTT of its
+        last reply; ``(-1, 0, 0)`` before the first. Tracked in every log mode."""
+    def set_slot_timeout(self, slot: int, timeout_s: float) -> None:
+        """The slot's own timeout (0: none; add_target / remove_target reset it). A
+        reply slower than min(timeout_s, this) times its probe out (EV_TIMEOUT) and
+        is EV_LATE; ``expire(t)`` uses min(t, this) for the slot. sweep() ignores it."""
