@@ -1719,8 +1719,8 @@ cdef class IcmpSocket:
         return self._take_one(<uint32_t>slot)
 
     cdef list _take_all(self):
-        cdef Py_ssize_t i, n = self.log_n, n_out = 0
-        cdef uint32_t top = 0, s
+        cdef Py_ssize_t i, s, n = self.log_n
+        cdef uint32_t top = 0
         cdef SlotOut *so
         cdef LogRec *r
         with nogil:
@@ -1736,7 +1736,7 @@ cdef class IcmpSocket:
             with nogil:
                 for i in range(n):
                     so[self.log[i].slot].cnt += 1
-            for s in range(top + 1):
+            for s in range(<Py_ssize_t>top + 1):
                 if so[s].cnt:
                     b = PyBytes_FromStringAndSize(NULL, so[s].cnt * CHUNK_RECORD)
                     so[s].base = <uint8_t *>PyBytes_AS_STRING(b)
