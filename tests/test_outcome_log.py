@@ -282,6 +282,21 @@ def test_bad_input_and_empty_log() -> None:
             with pytest.raises(ValueError, match="log mode"):
                 s.set_log(bad)
         assert s.log_mode == 0
+        with pytest.raises(TypeError):
+            s.take_log("0")  # type: ignore[arg-type]
+
+
+def test_the_log_survives_close_and_clear_targets() -> None:
+    # an engine drains the log at stop, after closing; records of dropped slots stay
+    s = IcmpSocket(V4)
+    s.set_log(2)
+    a = s.add_target("127.3.10.1")
+    _round(s, [a], 1)
+    s.clear_targets()
+    assert s.totals()["log_pending"] == 1
+    s.close()
+    (slot, blob), *more = s.take_log()
+    assert slot == a and more == [] and chunk.unpack(blob).code == bytes([0])
 
 
 def test_sweep_does_not_log_or_filter() -> None:

@@ -207,8 +207,9 @@ class IcmpSocket:
         each chunk in ``fastping.chunk``'s layout (t = when the outcome was known,
         Unix s; rtt ms, NaN for timeouts; seq; code 0 reply / 1 timeout; TTL or 0),
         records in the order they were logged. With ``slot``: only that slot's
-        records (``[]`` or one tuple), the others stay (drain a slot before reusing it:
-        a reused slot's records would otherwise join the new target's)."""
+        records (``[]`` or one tuple), the others stay. Records outlive their slot
+        (remove_target, clear_targets) and the socket (close): drain a slot before
+        add_target reuses it, or its records join the new target's."""
     def forget_last(self, slot: int = -1) -> None:
         """Forget the last final outcome of ``slot`` (-1: every slot) so its next
         reply or timeout is returned in quiet mode too (e.g. after the local network
