@@ -8,6 +8,7 @@ import math
 import socket
 import sys
 import time
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -362,3 +363,27 @@ def test_quiet_mode_returns_every_send_error(netns) -> None:  # type: ignore[no-
     res = _run_in(netns, "10.202.0.1")
     assert [[e[:2] for e in r] for r in res["rounds"]] == [[[0, EV_SEND_ERROR]]] * 3
     assert res["log"] == {} and res["last"] == [EV_SEND_ERROR]
+
+
+def test_log_grows_and_shrinks_without_losing_records() -> None:
+    # 80,000 records outgrow the first buffers (4096, then doubling); a small take after
+    # that shrinks the buffer again; nothing is lost or reordered on the way
+    n = 10_000
+    with IcmpSocket(V4) as s:
+        s.set_log(1)
+        first = s.append_range_v4(int.from_bytes(socket.inet_aton("127.5.0.1"), "big"), n)
+        slots = array("I", range(first, first + n))
+        for r in range(8):
+            _round(s, slots, n * (r + 1))
+        assert s.totals()["log_pending"] == 8 * n
+        log = s.take_log()
+        assert len(log) == n
+        assert all(list(chunk.unpack(b).seq) == list(range(8)) for _, b in log)
+        _round(s, slots, 9 * n)
+        log = s.take_log()  # 10,000 records: the 126,976-record buffer shrinks
+        assert [chunk.count(b) for _, b in log] == [1] * n
+        for r in range(9, 12):
+            _round(s, slots, n * (r + 1))
+        cols = _by_slot(s.take_log())
+        assert all(list(c.seq) == [9, 10, 11] and c.code == bytes(3) for c in cols.values())
+        assert s.totals()["log_dropped"] == 0
