@@ -93,8 +93,9 @@ async def run_engine(n: int, duration_s: float, db: Path) -> dict[str, Any]:
     sampler.stop()
     st = engine.stats()
     sock = st["socket"]
+    rows = ResultStore(db).count_results()  # results stored (records, not SQLite rows)
     with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT count(*) FROM results").fetchone()[0]
+        sqlite_rows = c.execute("SELECT count(*) FROM results").fetchone()[0]
     return {
         "targets": n,
         "duration_s": round(wall_run, 2),
@@ -103,6 +104,8 @@ async def run_engine(n: int, duration_s: float, db: Path) -> dict[str, Any]:
         "timeouts": st["outcomes"]["timeout"],
         "loss": round(1 - st["received"] / st["sent"], 6) if st["sent"] else None,
         "rows_in_store": rows,
+        "sqlite_rows": sqlite_rows,
+        "log_chunks": st["log_chunks"],
         "store": store.stats(),
         "rx_drops": sock.get("rx_drops"),
         "enobufs": sock.get("enobufs"),

@@ -10,12 +10,17 @@ from typing import Any
 
 from fastping.results import ProbeResult
 
-EV_REPLY, EV_TIMEOUT, EV_SEND_ERROR = 0, 1, 4
+EV_REPLY, EV_TIMEOUT, EV_SEND_ERROR, EV_LATE = 0, 1, 4, 6
 
 
 class FakeIcmpSocket:
     """Answers instantly for live addresses, never for ``dead`` ones, refuses sends to
-    ``refuse`` ones with ``refuse_errno`` (as the kernel does with ENETUNREACH)."""
+    ``refuse`` ones with ``refuse_errno`` (as the kernel does with ENETUNREACH).
+
+    A model of the core's engine contract, outcome log included: ``set_log`` modes
+    0 / 1 / 2, ``take_log`` chunks, ``forget_last``, per-slot timeouts (a reply
+    slower than its slot's timeout is a timeout plus a late event), ``slot_stats`` /
+    ``slot_last`` and ``totals`` counters."""
 
     def __init__(
         self,
@@ -44,6 +49,27 @@ class FakeIcmpSocket:
         self.sends: list[tuple[float, str]] = []  # (monotonic time, address)
         self.closed = False
         self.removed: list[int] = []
+        self.log_mode = 0
+        self.mode_history: list[int] = []
+        self.returned = 0  # events handed back to the engine
+        self._log: list[tuple[int, float, float | None, int, int, int]] = []
+        self._last: dict[int, int] = {}
+        self._slot_timeout_ns: dict[int, int] = {}
+        self._stats: dict[int, list[int]] = {}  # slot -> [sent, received, dup, late, ...]
+        self._last_rtt: dict[int, tuple[int, int, int]] = {}
+        self.counts = dict.fromkeys(
+            (
+                "sent",
+                "received",
+                "duplicates",
+                "late",
+                "timeouts",
+                "unreachable",
+                "time_exceeded",
+                "send_errors",
+            ),
+            0,
+        )
 
     def fileno(self) -> int:
         return self._a.fileno()
@@ -61,49 +87,141 @@ class FakeIcmpSocket:
             self._next += 1
         self.slots[slot] = address
         self._seq[slot] = 0
+        self._stats[slot] = [0] * 8
+        self._last.pop(slot, None)
+        self._last_rtt.pop(slot, None)
+        self._slot_timeout_ns.pop(slot, None)
         return slot
 
     def remove_target(self, slot: int) -> None:
         del self.slots[slot]
         self._free.append(slot)
         self.removed.append(slot)
+        self._last.pop(slot, None)
+        self._slot_timeout_ns.pop(slot, None)
         for k in [k for k in self._outstanding if k[0] == slot]:
-            del self._outstanding[k]
+            del self._outstanding[k]  # as the core: forgotten (the engine expires first)
+
+    # -- the outcome log -----------------------------------------------------
+    def set_log(self, mode: int) -> None:
+        if mode != self.log_mode or not self.mode_history:
+            self.mode_history.append(mode)
+        self.log_mode = mode
+
+    def set_slot_timeout(self, slot: int, timeout_s: float) -> None:
+        self._slot_timeout_ns[slot] = int(timeout_s * 1e9)
+
+    def forget_last(self, slot: int = -1) -> None:
+        if slot < 0:
+            self._last.clear()
+        else:
+            self._last.pop(slot, None)
+
+    def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]:
+        from fastping import chunk
+
+        take = [r for r in self._log if slot < 0 or r[0] == slot]
+        self._log = [r for r in self._log if not (slot < 0 or r[0] == slot)]
+        by: dict[int, list[tuple[int, float, float | None, int, int, int]]] = {}
+        for r in take:
+            by.setdefault(r[0], []).append(r)
+        return [
+            (
+                s,
+                chunk.pack(
+                    [r[1] for r in rs],
+                    [r[2] for r in rs],
+                    [r[3] for r in rs],
+                    [r[4] for r in rs],
+                    [r[5] for r in rs],
+                ),
+            )
+            for s, rs in by.items()
+        ]
+
+    def slot_address(self, slot: int) -> str:
+        return self.slots[slot]
+
+    def slot_stats(self, slot: int) -> tuple[Any, ...]:
+        return tuple(self._stats[slot])
+
+    def slot_last(self, slot: int) -> tuple[int, int, int]:
+        return self._last_rtt.get(slot, (-1, 0, 0))
+
+    _KEY = {0: "received", 1: "timeouts", 2: "unreachable", 3: "time_exceeded", 4: "send_errors",
+            5: "duplicates", 6: "late"}  # fmt: skip
+    _STAT = {0: 1, 5: 2, 6: 3, 1: 4, 2: 5, 3: 6, 4: 7}
+
+    def _final(self, ev: tuple[Any, ...], out: list[tuple[Any, ...]]) -> None:
+        """Count, log and (by mode) return one event, as the core does."""
+        slot, kind, seq, rtt_ns, ttl = ev[:5]
+        self.counts[self._KEY[kind]] += 1
+        self._stats[slot][self._STAT[kind]] += 1
+        changed = True
+        if kind <= 4:
+            changed = self._last.get(slot) != kind
+            self._last[slot] = kind
+            self._last_rtt[slot] = (kind, rtt_ns if kind == 0 else 0, time.time_ns())
+        if self.log_mode and kind in (0, 1):
+            rtt = rtt_ns / 1e6 if kind == 0 else None
+            self._log.append((slot, time.time(), rtt, seq, kind, ttl if kind == 0 else 0))
+        if self.log_mode != 1 or kind > 1 or changed:
+            out.append(ev)
+            self.returned += 1
 
     def send(self, slots: Iterable[int]) -> list[tuple[Any, ...]]:
         slots = list(slots)
         self.send_batches.append(len(slots))
         now = time.monotonic()
-        errs = []
+        out: list[tuple[Any, ...]] = []
         for s in slots:
             addr = self.slots[s]
             seq = self._seq[s] = (self._seq[s] + 1) & 0xFFFF
             self.sends.append((now, addr))
             if addr in self.refuse:
-                errs.append((s, EV_SEND_ERROR, seq, 0, 0, 0, 0, None, self.refuse_errno))
-            elif addr in self.dead:
+                self._final((s, EV_SEND_ERROR, seq, 0, 0, 0, 0, None, self.refuse_errno), out)
+                continue
+            self.counts["sent"] += 1
+            self._stats[s][0] += 1
+            if addr in self.dead:
                 if sum(1 for k in self._outstanding if k[0] == s) >= self.window:
                     raise AssertionError(f"window {self.window} exceeded for {addr}")
                 self._outstanding[(s, seq)] = now
+            elif self.rtt_ns > self._slot_timeout_ns.get(s, self.rtt_ns):
+                # slower than the slot's timeout: the probe times out, the reply is late
+                self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
+                self._pending.append((s, EV_LATE, seq, self.rtt_ns, 64, 0, 0, None, 0))
             else:
                 self._pending.append((s, EV_REPLY, seq, self.rtt_ns, 64, 0, 0, None, 0))
-        return errs
+        return out
 
     def recv(self, max_packets: int = 0) -> list[tuple[Any, ...]]:
-        out, self._pending = self._pending, []
+        pending, self._pending = self._pending, []
+        out: list[tuple[Any, ...]] = []
+        for ev in pending:
+            if ev[0] in self.slots:
+                self._final(ev, out)
         return out
 
     def expire(self, timeout_s: float) -> list[tuple[Any, ...]]:
         now = time.monotonic()
-        out = []
+        out: list[tuple[Any, ...]] = []
         for (s, seq), t0 in list(self._outstanding.items()):
-            if now - t0 >= timeout_s:
+            limit = min(timeout_s, self._slot_timeout_ns.get(s, 10**18) / 1e9)
+            if now - t0 >= limit:
                 del self._outstanding[(s, seq)]
-                out.append((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0))
+                self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
         return out
 
     def totals(self) -> dict[str, int]:
-        return {"rx_drops": 0, "enobufs": 0}
+        return {
+            **self.counts,
+            "outstanding": len(self._outstanding),
+            "rx_drops": 0,
+            "enobufs": 0,
+            "log_pending": len(self._log),
+            "log_dropped": 0,
+        }
 
 
 class FakeFactory:
@@ -133,9 +251,33 @@ class ListStore:
         self.results: list[ProbeResult] = []
         self.batches = 0
         self.flushes = 0
+        self.chunks = 0  # chunks received through submit_chunks
 
     def submit(self, results: Iterable[ProbeResult]) -> None:
         self.results.extend(results)
+        self.batches += 1
+
+    def submit_chunks(self, items: Iterable[tuple[str, str | None, bytes]]) -> None:
+        """The engine's outcome-log chunks, unpacked into results (a test double of
+        ResultStore.submit_chunks: the real store keeps them packed)."""
+        from fastping import chunk
+
+        for target, address, blob in items:
+            self.chunks += 1
+            c = chunk.unpack(blob)
+            for i in range(len(c)):
+                rtt = c.rtt_ms[i]
+                self.results.append(
+                    ProbeResult(
+                        target,
+                        address,
+                        c.seq[i],
+                        chunk.OUTCOME_BY_CODE[c.code[i]],
+                        None if rtt != rtt else rtt,
+                        c.ttl[i] or None,
+                        time=c.t[i],
+                    )
+                )
         self.batches += 1
 
     async def flush(self) -> None:

@@ -357,6 +357,88 @@ def test_network_down_records_local_down_not_loss() -> None:
     assert store.results[-1].outcome is not Outcome.LOCAL_DOWN
 
 
+def test_quiet_mode_replies_reach_the_store_through_the_core_log() -> None:
+    hosts = [f"127.0.3.{i}" for i in range(1, 51)]
+    eng, fac, store, _ = make(hosts, interval_s=0.05, timeout_s=0.2, store_flush_s=0.1)
+    seen_mid_run: list[int] = []
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.45)
+        seen_mid_run.append(len(store.results))  # chunks arrive while running
+        await asyncio.sleep(0.3)
+        await eng.stop()
+
+    asyncio.run(main())
+    sock = fac.v4
+    assert sock.mode_history == [1]  # no subscriber: quiet from the start
+    sent = eng.stats()["sent"]
+    assert sent >= 50 * 10
+    # every probe has exactly one stored result, and they came packed from the log
+    assert len(store.results) == sent == eng.stats()["results"]
+    # float32 on disk: 7 significant digits
+    assert all(
+        r.outcome is Outcome.REPLY and r.rtt_ms == pytest.approx(0.04) for r in store.results
+    )
+    assert store.chunks >= 50 * 3 and eng.stats()["log_records"] == sent
+    assert seen_mid_run[0] >= 50 * 3
+    # the engine saw each target's first reply only: no per-probe Python work
+    assert sock.returned == 50
+    info = eng.target("127.0.3.7")
+    assert info.status == "up" and info.probes >= 10 and info.loss == 0.0
+    assert info.last_rtt_ms == 0.04
+
+
+def test_subscribers_switch_the_core_to_every_event_without_storing_twice() -> None:
+    eng, fac, store, _ = make(["127.0.0.2", "127.0.0.3"], interval_s=0.05, timeout_s=0.2)
+    got: list[int] = []
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.2)
+        sub = eng.subscribe(maxsize=10_000)
+        await asyncio.sleep(0.3)
+        got.append(sum(isinstance(e, ResultEvent) for e in sub.drain()))
+        sub.close()
+        await asyncio.sleep(0.2)
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fac.v4.mode_history == [1, 2, 1]
+    assert got[0] >= 2 * 5  # every result while subscribed
+    assert len(store.results) == eng.stats()["sent"]  # and each stored once
+
+
+def test_network_down_in_quiet_mode_turns_the_log_off_and_states_recover() -> None:
+    net = FakeNetwork()
+    fac = FakeFactory(dead={"127.0.0.9"})
+    eng, fac, store, _ = make(
+        ["127.0.0.2", "127.0.0.9"], fac, interval_s=0.05, timeout_s=0.2, network=net
+    )
+    states: list[str] = []
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.3)
+        net.state = net._S("DOWN")
+        await asyncio.sleep(0.4)
+        states.append(eng.target("127.0.0.2").status)
+        net.state = net._S("UP")
+        await asyncio.sleep(0.5)
+        await eng.stop()
+
+    asyncio.run(main())
+    assert fac.v4.mode_history == [1, 0, 1]
+    assert states == ["local_down"]
+    # back up: each target's next outcome came through again (forget_last)
+    assert eng.target("127.0.0.2").status == "up"
+    assert eng.target("127.0.0.9").status == "down"
+    ld = [r for r in store.results if r.outcome is Outcome.LOCAL_DOWN]
+    assert len(ld) >= 8 and eng.stats()["outcomes"]["local_down"] == len(ld)
+    # every outcome is stored exactly once, whichever way it went
+    assert len(store.results) == eng.stats()["results"]
+
+
 def test_guard_update_throttles_and_recovers_with_hysteresis() -> None:
     log = CaptureLog()
     g = ResourceGuard(5.0, 100.0, check_interval_s=1, max_factor=8, logger=log)
@@ -418,7 +500,7 @@ def test_a_stalled_loop_does_not_collapse_the_phases() -> None:
     assert max(fac.v4.send_batches[mark : mark + 1]) <= 100  # each target at most once
 
 
-def test_per_target_timeout_reclassifies_slow_replies() -> None:
+def test_per_target_timeout_makes_slow_replies_timeouts_plus_late() -> None:
     fac = FakeFactory(rtt_ns=80_000_000)  # every reply takes 80 ms
     eng, fac, store, _ = make(interval_s=0.1, timeout_s=0.2, max_timeout_s=0.5, factory=fac)
     eng.add_target("127.0.0.2", timeout_s=0.05)  # shorter than the RTT: timeouts
@@ -427,9 +509,17 @@ def test_per_target_timeout_reclassifies_slow_replies() -> None:
         eng.add_target("127.0.0.4", timeout_s=1.0)
     asyncio.run(eng.run(0.5, handle_signals=False))
     short = store.of("127.0.0.2")
-    assert short and all(r.outcome is Outcome.TIMEOUT and r.rtt_ms is None for r in short)
+    # each probe timed out at the target's own timeout; its reply came later and is
+    # an extra event (late, with its RTT), never an answer
+    timeouts = [r for r in short if r.outcome is Outcome.TIMEOUT]
+    late = [r for r in short if r.outcome is Outcome.LATE]
+    assert timeouts and all(r.rtt_ms is None for r in timeouts)
+    assert len(late) == len(timeouts) and all(r.rtt_ms == 80.0 for r in late)
+    assert len(short) == len(timeouts) + len(late)
     assert all(r.outcome is Outcome.REPLY for r in store.of("127.0.0.3"))
-    assert eng.stats()["outcomes"]["timeout"] == len(short)
+    assert eng.stats()["outcomes"]["timeout"] == len(timeouts)
+    assert eng.stats()["outcomes"]["late"] == len(late)
+    assert eng.target("127.0.0.2").loss == 1.0
     assert eng.stats()["outstanding"] == 0
     # the window is sized for the longest timeout: ceil(0.5 / 0.1) + 1
     assert fac.v4.window == 6

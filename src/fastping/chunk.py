@@ -59,7 +59,7 @@ class Columns(NamedTuple):
     code: bytes
     ttl: bytes
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:  # records, not fields
         return len(self.code)
 
 

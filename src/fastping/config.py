@@ -63,6 +63,9 @@ class StoreConfig(_Model):
     batch_size: int = Field(default=1000, gt=0)
     flush_interval_s: float = Field(default=0.5, gt=0)
     max_queue: int = Field(default=1_000_000, gt=0)
+    # seconds of a target's replies and timeouts per stored row (the core logs them
+    # and the engine hands them over this often); a kill -9 loses at most this much
+    chunk_s: float = Field(default=10.0, gt=0, le=3600)
 
 
 class ResourcesConfig(_Model):

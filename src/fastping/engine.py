@@ -13,13 +13,27 @@ Shape (see DESIGN.md, "Engine"):
   tick every due probe of a family goes out in ONE ``sock.send(slots)`` call
   (sendmmsg batches inside the core). Rescheduling keeps the phase
   (``next = due_tick + interval``), so a late tick does not make targets drift.
+* **Slot arrays, not per-target work.** A target in the steady state (attached, not
+  backing off) is only a slot number in an ``array('I')`` of its wheel bucket: a
+  tick sends each due array with one ``sock.send`` and moves the array, whole, to
+  the tick of its next round. Targets that need attention (a name not resolved
+  yet, no socket, backing off) sit on a per-target wheel until they are steady.
 * **Replies** are drained with ``sock.recv()`` from ``loop.add_reader`` and right
   after each send (on loopback the reply is queued inside ``sendmmsg`` itself, so
   this saves an epoll wake-up per tick). **Timeouts** come from ``sock.expire``
-  every ``expire_every_s``. The engine has ONE timeout for all targets (the config
-  has only ``defaults.timeout_s``), so one ``expire`` call per socket suffices.
-* **Results** become ``ProbeResult`` once each (per batch, never per packet in the
-  core) and go to ``store.submit`` in one list per callback and to subscribers.
+  every ``expire_every_s``; each slot carries its target's own timeout
+  (``set_slot_timeout``), so a reply slower than it is a timeout plus a late reply.
+* **The outcome log.** Replies and timeouts are logged by the core, in C, and
+  handed to the store every ``store_flush_s`` as one packed chunk per target
+  (``take_log`` → ``store.submit_chunks``): at 10,000 probes/s a Python object and
+  a SQLite row per probe would cost more CPU than the probing. In this "quiet"
+  mode the core returns only the events that change a target's state (its first
+  reply, a reply after a timeout, every error, duplicate or late reply); with
+  subscribers or observers it returns every event and the engine builds a
+  ``ProbeResult`` for each (for them; the store still gets the log). Results the
+  core does not log (errors, duplicates, late replies, ``local_down``,
+  ``resolve_error``) go to ``store.submit`` as ``ProbeResult``. Counters come
+  from the core (``totals``, ``slot_stats``), not from counting in Python.
 * **Subscribers** get events through bounded queues; a full queue loses its
   OLDEST events, counted in ``Subscription.dropped``. Publishing is a deque extend
   and never waits, so a subscriber that never reads cannot slow probing.
@@ -40,11 +54,12 @@ Shape (see DESIGN.md, "Engine"):
 * **Network state**: with a ``network`` monitor whose ``state`` is ``DOWN``, due
   probes are not sent; each becomes an ``Outcome.LOCAL_DOWN`` result, and
   timeouts / send errors of probes in flight are recorded as ``LOCAL_DOWN`` too, so
-  our own outage is not booked as the targets' loss.
+  our own outage is not booked as the targets' loss (the core's log is switched
+  off meanwhile so every timeout passes through the engine).
 * **Stopping** (``stop()``, or SIGINT / SIGTERM under ``run()``): no new probes; the
   probes in flight get up to ``timeout_s`` to answer and are then expired, so every
-  probe sent has exactly one result; then everything is submitted and the store
-  flushed.
+  probe sent has exactly one result; then the log and everything else is submitted
+  and the store flushed. A kill -9 loses at most ``store_flush_s`` of results.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import math
 import signal
 import socket
 import time
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -70,11 +86,12 @@ from ._icmp import (
     EV_TIMEOUT,
     EV_UNREACHABLE,
 )
+from .chunk import RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
 
-_N_KINDS = len(OUTCOME_BY_KIND)
+_CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
 
 # (slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)
@@ -86,6 +103,7 @@ DEFAULT_TICK_S = 0.010
 DEFAULT_RESOLVE_INTERVAL_S = 300.0
 DEFAULT_MAX_BACKOFF_S = 300.0
 DEFAULT_BACKOFF_AFTER = 3
+DEFAULT_STORE_FLUSH_S = 10.0
 # A re-resolution that failed for a name with a known address is retried sooner.
 _RERESOLVE_RETRY_S = 30.0
 _GOLDEN = 0.6180339887498949
@@ -119,6 +137,20 @@ _SOCKET_COUNTERS = (
     "stale",
     "events_lost",
     "socket_errors",
+    "log_pending",
+    "log_dropped",
+)
+# what the core counts per outcome (summed over the sockets, open and closed)
+_CORE_COUNTERS = (
+    "sent",
+    "received",
+    "timeouts",
+    "unreachable",
+    "time_exceeded",
+    "send_errors",
+    "duplicates",
+    "late",
+    "outstanding",
 )
 
 
@@ -133,6 +165,13 @@ class IcmpSocketLike(Protocol):
     def recv(self, max_packets: int = 0) -> list[Any]: ...
     def expire(self, timeout_s: float) -> list[Any]: ...
     def totals(self) -> dict[str, int]: ...
+    def set_log(self, mode: int) -> None: ...
+    def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]: ...
+    def forget_last(self, slot: int = -1) -> None: ...
+    def set_slot_timeout(self, slot: int, timeout_s: float) -> None: ...
+    def slot_stats(self, slot: int) -> tuple[Any, ...]: ...
+    def slot_last(self, slot: int) -> tuple[int, int, int]: ...
+    def slot_address(self, slot: int) -> str: ...
 
 
 SocketFactory = Callable[[int, int], IcmpSocketLike]  # (family, window) -> socket
@@ -280,9 +319,11 @@ class _Target:
         "removed",
         "errors",
         "status",
-        "done",
-        "received",
-        "last_rtt_ms",
+        "steady",
+        "py_done",
+        "base_done",
+        "base_received",
+        "base_last_rtt_ms",
         "last_outcome",
         "last_errno",
         "resolving",
@@ -306,9 +347,14 @@ class _Target:
         self.removed = False
         self.errors = 0  # consecutive local errors
         self.status = STATUS_UNKNOWN
-        self.done = 0  # probes with a final outcome (not duplicates / late)
-        self.received = 0
-        self.last_rtt_ms: float | None = None
+        self.steady = False  # its slot is in a wheel array (see _send_due)
+        # final outcomes the engine made itself (local_down, resolve / socket errors);
+        # the core counts the rest per slot, and base_* keeps what earlier slots of
+        # this target counted (a name whose address changed got a new slot)
+        self.py_done = 0
+        self.base_done = 0
+        self.base_received = 0
+        self.base_last_rtt_ms: float | None = None
         self.last_outcome: Outcome | None = None
         self.last_errno: int | None = None
         self.resolving = False
@@ -405,6 +451,7 @@ class MonitoringEngine:
         resolve_interval_s: float = DEFAULT_RESOLVE_INTERVAL_S,
         backoff_after: int = DEFAULT_BACKOFF_AFTER,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+        store_flush_s: float = DEFAULT_STORE_FLUSH_S,
         guard: ResourceGuard | None = None,
         network: Any = None,
         socket_factory: SocketFactory | None = None,
@@ -426,6 +473,12 @@ class MonitoringEngine:
             raise ConfigError(f"family={family!r}: use socket.AF_INET, socket.AF_INET6 or None")
         if backoff_after < 1:
             raise ConfigError(f"backoff_after={backoff_after!r}: must be at least 1")
+        if not 0 < store_flush_s <= 3600:
+            raise ConfigError(
+                f"store_flush_s={store_flush_s!r}: give 0 < seconds <= 3600 (how often the "
+                "results logged in the core go to the store; 10 s is usual)"
+            )
+        self.store_flush_s = float(store_flush_s)
         self.interval_s = float(interval_s)
         self.timeout_s = float(timeout_s)
         self.tick_s = float(tick_s)
@@ -466,11 +519,16 @@ class MonitoringEngine:
         self._sockets: dict[int, IcmpSocketLike] = {}
         self._slot_maps: dict[int, list[_Target | None]] = {}
         self._socket_errors: dict[int, tuple[int | None, str]] = {}
-        self._wheel: dict[int, list[_Target]] = {}
+        self._wheel: dict[int, list[_Target]] = {}  # targets needing attention
+        # steady targets: tick -> {(family, interval_ticks): slots}
+        self._steady: dict[int, dict[tuple[int, int], array[int]]] = {}
         self._phase_n = 0
         self._subs: list[Subscription] = []
         self._observers: list[Observer] = []
-        self._out: list[ProbeResult] = []  # results of the current callback
+        self._out: list[ProbeResult] = []  # results of this callback for subscribers
+        self._store_out: list[ProbeResult] = []  # results of this callback the core did not log
+        self._want_results = False  # subscribers or observers: the core returns every event
+        self._log_mode = 1  # what the sockets log and return (_update_log_modes)
         self._evs: list[EngineEvent] = []  # non-result events of the current callback
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -480,6 +538,7 @@ class MonitoringEngine:
         self._cur_tick = 0
         self._next_tick_at = 0.0
         self._next_expire_at = 0.0
+        self._next_log_flush_at = 0.0
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested: asyncio.Event | None = None
@@ -487,24 +546,25 @@ class MonitoringEngine:
         self._factor = 1.0
         self._started_wall = 0.0
 
-        # counters
-        self._kind_counts = [0] * _N_KINDS
-        self._local_down = 0
-        self._timeouts_local_down = 0
+        # counters: the core counts what it sees (totals()); these are the engine's own
+        self._local_down = 0  # due probes not sent + probes whose outcome became local_down
+        self._timeouts_local_down = 0  # core timeouts recorded as local_down
+        self._senderr_local_down = 0  # core send errors recorded as local_down
+        self._py_send_errors = 0  # no socket for the family
         self._resolve_errors = 0
         self._reresolve_failures = 0
-        self._sent = 0  # probes the kernel accepted
         self._send_calls = 0
         self._orphan_events = 0
-        self._results = 0
         self._submitted_batches = 0
+        self._chunks = 0  # outcome-log chunks handed to the store
+        self._log_records = 0  # records in them
         self._store_errors = 0
         self._observer_errors = 0
         self._ticks = 0
         self._lag_max_s = 0.0
         self._lag_sum_s = 0.0
         self._lag_last_s = 0.0
-        self._closed_socket_totals: dict[str, int] = {}
+        self._closed_totals: dict[str, int] = {}  # sockets closed at stop, summed
 
         for t in targets:
             self.add_target(t)
@@ -581,6 +641,8 @@ class MonitoringEngine:
             raise TargetError(f"target {host!r} is not being watched (see engine.targets())")
         t.removed = True
         t.due_tick = -1
+        if t.steady:
+            self._unsteady(t)
         self._evs.append(TargetRemoved(host))
         if t.slot is not None:
             self._free_slot_later(t.family, t.slot)
@@ -604,17 +666,29 @@ class MonitoringEngine:
     def __contains__(self, host: object) -> bool:
         return host in self._targets
 
+    def _slot_counts(self, t: _Target) -> tuple[int, int, float | None]:
+        """(final outcomes, replies, last RTT ms) the core counted for ``t``'s slot."""
+        sock = self._sockets.get(t.family) if t.slot is not None else None
+        if sock is None or t.slot is None:
+            return 0, 0, None
+        st = sock.slot_stats(t.slot)
+        # (sent, received, duplicates, late, timeouts, unreachable, time_exceeded, send_errors)
+        done = st[1] + st[4] + st[5] + st[6] + st[7]
+        kind, rtt_ns, _ = sock.slot_last(t.slot)
+        return done, st[1], (rtt_ns / 1e6 if kind == EV_REPLY else None)
+
     def _info(self, t: _Target) -> TargetInfo:
         b = self._backoff_s(t)
+        done, received, last_rtt_ms = self._slot_counts(t)
         return TargetInfo(
             t.host,
             t.address,
             t.interval_s,
             dict(t.labels),
             t.status,
-            t.done,
-            t.received,
-            t.last_rtt_ms,
+            t.base_done + t.py_done + done,
+            t.base_received + received,
+            last_rtt_ms if t.slot is not None else t.base_last_rtt_ms,
             None if t.last_outcome is None else t.last_outcome.value,
             t.errors,
             b,
@@ -627,11 +701,13 @@ class MonitoringEngine:
         through a queue of ``maxsize`` that drops the oldest when full."""
         sub = Subscription(self, maxsize)
         self._subs.append(sub)
+        self._update_log_modes()
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         with contextlib.suppress(ValueError):
             self._subs.remove(sub)
+        self._update_log_modes()
 
     def add_observer(self, fn: Observer) -> None:
         """Call ``fn(results)`` with every batch of results, synchronously in the event
@@ -639,10 +715,23 @@ class MonitoringEngine:
         so ``fn`` must be quick and must neither keep nor change the sequence; an
         exception it raises is counted (``stats()["observer_errors"]``) and logged."""
         self._observers.append(fn)
+        self._update_log_modes()
 
     def remove_observer(self, fn: Observer) -> None:
         with contextlib.suppress(ValueError):
             self._observers.remove(fn)
+        self._update_log_modes()
+
+    def _update_log_modes(self) -> None:
+        """Tell each socket what to log and what to return (see the module docstring):
+        log replies and timeouts unless our network is down (the engine must see every
+        timeout then, to record it as local_down); return every event when someone
+        wants every result, else only the ones that change a target's state."""
+        self._want_results = bool(self._subs or self._observers)
+        mode = 0 if self._net_down else 2 if self._want_results else 1
+        self._log_mode = mode
+        for sock in self._sockets.values():
+            sock.set_log(mode)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -662,6 +751,9 @@ class MonitoringEngine:
         self._t0 = loop.time()
         self._cur_tick = 0
         self._next_expire_at = self._t0 + self.expire_every_s
+        self._next_log_flush_at = self._t0 + self.store_flush_s
+        self._net_down = self.network is not None and _network_is_down(self.network)
+        self._update_log_modes()
         # open the sockets the initial targets need up front, so a permission
         # problem shows at once (each family's failure is still per-target below)
         for fam in {t.family for t in self._targets.values() if t.family}:
@@ -672,7 +764,6 @@ class MonitoringEngine:
             self.guard.prime()
             self._spawn(self._guard_loop())
         self._spawn(self._resolve_loop())
-        self._net_down = self.network is not None and _network_is_down(self.network)
         self._next_tick_at = self._t0 + self.tick_s
         self._tick_handle = loop.call_at(self._next_tick_at, self._on_tick)
         self._publish()
@@ -732,7 +823,14 @@ class MonitoringEngine:
             self._drain_all(self.max_timeout_s)
         # what is still out after the full timeout is a timeout (expire(0) takes all)
         self._drain_all(0.0)
-        self._closed_socket_totals = self._socket_totals()
+        self._flush_logs()
+        for k, v in self._socket_totals().items():
+            self._closed_totals[k] = self._closed_totals.get(k, 0) + v
+        for t in self._targets.values():  # keep the per-target counts of the closed slots
+            if t.slot is not None:
+                done, received, t.base_last_rtt_ms = self._slot_counts(t)
+                t.base_done += done
+                t.base_received += received
         for fam, sock in list(self._sockets.items()):
             with contextlib.suppress(Exception):
                 loop.remove_reader(sock.fileno())
@@ -743,7 +841,9 @@ class MonitoringEngine:
         for t in self._targets.values():
             t.slot = None
             t.due_tick = -1
+            t.steady = False
         self._wheel.clear()
+        self._steady.clear()
         self._running = False
         if self.store is not None:
             try:
@@ -754,11 +854,9 @@ class MonitoringEngine:
         for sub in list(self._subs):
             sub._end()
         self._subs.clear()
+        st = self.stats()
         self._log.info(
-            "monitoring stopped",
-            sent=self._sent,
-            results=self._results,
-            received=self._kind_counts[EV_REPLY],
+            "monitoring stopped", sent=st["sent"], results=st["results"], received=st["received"]
         )
 
     async def __aenter__(self) -> MonitoringEngine:
@@ -791,6 +889,7 @@ class MonitoringEngine:
             return None
         self._socket_errors.pop(family, None)
         self._sockets[family] = sock
+        sock.set_log(self._log_mode)
         self._slot_maps[family] = []
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self._on_readable, family)
@@ -803,6 +902,7 @@ class MonitoringEngine:
         if sock is None:
             return False
         slot = sock.add_target(t.address)
+        sock.set_slot_timeout(slot, t.timeout_s)
         smap = self._slot_maps[t.family]
         if slot >= len(smap):
             smap.extend([None] * (slot + 1 - len(smap)))
@@ -827,8 +927,10 @@ class MonitoringEngine:
         t = smap[slot]
         if t is not None and not t.removed and t.slot == slot:
             return  # reused meanwhile (cannot happen before the free, but be safe)
-        # expire what is still out for this slot, then free it
+        # expire what is still out for this slot, hand its log to the store, free it
         self._handle(family, sock.expire(self.max_timeout_s))
+        if t is not None:
+            self._submit_chunks(t, sock.take_log(slot))
         smap[slot] = None
         sock.remove_target(slot)
         self._flush_out()
@@ -839,11 +941,15 @@ class MonitoringEngine:
         """Put ``t`` on the wheel at its phase (and resolve it if it is a name)."""
         self._phase_n += 1
         frac = (self._phase_n * _GOLDEN) % 1.0
-        self._schedule(t, self._cur_tick + 1 + int(frac * t.interval_ticks))
+        tick = self._cur_tick + 1 + int(frac * t.interval_ticks)
         if t.address is not None and t.slot is None:
             self._attach(t)  # failure: the due probe records SEND_ERROR and retries
         elif t.is_name and t.address is None:
             self._start_resolve(t)
+        if t.slot is not None and t.errors < self.backoff_after:
+            self._make_steady(t, tick)
+        else:
+            self._schedule(t, tick)
 
     def _schedule(self, t: _Target, tick: int) -> None:
         t.due_tick = tick
@@ -852,6 +958,38 @@ class MonitoringEngine:
             self._wheel[tick] = [t]
         else:
             b.append(t)
+
+    def _make_steady(self, t: _Target, tick: int) -> None:
+        """Put ``t``'s slot in the slot array of ``tick`` (it leaves the target wheel)."""
+        assert t.slot is not None
+        t.steady = True
+        t.due_tick = -1  # its entries on the target wheel, if any, are stale now
+        groups = self._steady.get(tick)
+        if groups is None:
+            groups = self._steady[tick] = {}
+        key = (t.family, t.interval_ticks)
+        arr = groups.get(key)
+        if arr is None:
+            groups[key] = array("I", (t.slot,))
+        else:
+            arr.append(t.slot)
+
+    def _unsteady(self, t: _Target) -> int:
+        """Take ``t``'s slot out of its slot array; returns the tick it was due at
+        (-1 if not found). A scan of every array, in C: removals are rare."""
+        t.steady = False
+        slot = t.slot
+        if slot is None:
+            return -1
+        key = (t.family, t.interval_ticks)
+        for tick, groups in self._steady.items():
+            arr = groups.get(key)
+            if arr is not None and slot in arr:
+                arr.remove(slot)
+                if not arr:
+                    del groups[key]
+                return tick
+        return -1
 
     def _backoff_s(self, t: _Target) -> float | None:
         n = t.errors - self.backoff_after
@@ -881,6 +1019,8 @@ class MonitoringEngine:
                 errno=t.last_errno,
                 max_backoff_s=self.max_backoff_s,
             )
+        if t.steady:
+            self._unsteady(t)
         self._schedule(t, self._cur_tick + max(1, round(b * self._factor / self.tick_s)))
 
     def _on_tick(self) -> None:
@@ -903,6 +1043,9 @@ class MonitoringEngine:
                 self._next_expire_at = now + self.expire_every_s
                 self._drain_all(self.max_timeout_s)
             self._flush_out()
+            if now >= self._next_log_flush_at:
+                self._next_log_flush_at = now + self.store_flush_s
+                self._flush_logs()
         finally:
             if self._running and not self._stopping:
                 self._next_tick_at = self._t0 + (cur + 1) * self.tick_s
@@ -918,84 +1061,103 @@ class MonitoringEngine:
         return max(1, round(t.interval_ticks * factor))
 
     def _send_due(self, prev: int, cur: int, now: float) -> None:
-        # The per-target loop below is the engine's only per-probe work besides
-        # turning events into results: keep it to attribute reads and appends.
+        # Steady targets cost no Python per probe: each due slot array goes to the core
+        # in one send() and moves, whole, to its next tick. Only targets that need
+        # attention are looked at one by one (below).
+        steady = self._steady
         wheel = self._wheel
         factor = self._factor
-        plain = factor == 1.0
-        backoff_after = self.backoff_after
-        v4: list[int] = []
-        v6: list[int] = []
-        unattached: list[_Target] = []
-        last_nt = -1
-        last_list: list[_Target] = []
+        net_down = self._net_down
+        sent_fams: set[int] = set()
         for tk in range(prev + 1, cur + 1):
+            groups = steady.pop(tk, None)
+            if groups:
+                for key, arr in groups.items():
+                    fam, step = key
+                    if factor != 1.0:
+                        step = max(1, round(step * factor))
+                    nt = tk + step
+                    if nt <= cur:
+                        # the loop stalled for more than an interval: skip the missed
+                        # rounds but keep the phase, or every target would pile into one
+                        # tick and go out in one burst from then on
+                        nt += ((cur - nt) // step + 1) * step
+                    dest = steady.get(nt)
+                    if dest is None:
+                        dest = steady[nt] = {}
+                    have = dest.get(key)
+                    if have is None:
+                        dest[key] = arr
+                    else:
+                        have.extend(arr)
+                    if net_down:
+                        self._local_down_slots(fam, arr)
+                        continue
+                    sock = self._sockets.get(fam)
+                    if sock is None:  # closed under us (stop): nothing to send
+                        continue
+                    self._send_calls += 1
+                    # the core drains the socket after each sendmmsg batch: the events
+                    # returned are send errors AND replies (on loopback the reply is
+                    # queued inside sendmmsg)
+                    self._handle(fam, sock.send(arr))
+                    sent_fams.add(fam)
             bucket = wheel.pop(tk, None)
-            if not bucket:
-                continue
-            for t in bucket:
-                if t.due_tick != tk:
-                    continue  # rescheduled (backoff) or removed: a stale entry
-                if plain and t.errors < backoff_after:
-                    step = t.interval_ticks
-                else:
-                    step = self._step(t, factor)
-                nt = tk + step
-                if nt <= cur:
-                    # the loop stalled for more than an interval: skip the missed
-                    # rounds but keep the phase, or every target would pile into one
-                    # tick and go out in one burst from then on
-                    nt += ((cur - nt) // step + 1) * step
-                t.due_tick = nt
-                if nt != last_nt:  # most targets of a bucket share an interval
-                    got = wheel.get(nt)
-                    if got is None:
-                        got = wheel[nt] = []
-                    last_list = got
-                    last_nt = nt
-                last_list.append(t)
-                slot = t.slot
-                if slot is None:
-                    unattached.append(t)
-                elif t.family == socket.AF_INET:
-                    v4.append(slot)
-                else:
-                    v6.append(slot)
-        due: dict[int, list[int]] = {}
-        if v4:
-            due[socket.AF_INET] = v4
-        if v6:
-            due[socket.AF_INET6] = v6
+            if bucket:
+                self._send_due_targets(tk, cur, bucket, factor)
+        # one recv() more takes what came in meanwhile
+        for fam in sent_fams:
+            sock = self._sockets.get(fam)
+            if sock is not None:
+                self._handle(fam, sock.recv())
+
+    def _local_down_slots(self, family: int, slots: array[int]) -> None:
+        """Due probes of steady targets while our network is down: recorded, not sent."""
+        smap = self._slot_maps.get(family, [])
         wall = time.time()
-        if self._net_down:
-            # our own network is down: record, do not send
-            out = self._out
-            for slots in due.values():
-                self._local_down += len(slots)
-            for fam, slots in due.items():
-                smap = self._slot_maps[fam]
-                for slot in slots:
-                    t2 = smap[slot]
-                    assert t2 is not None
-                    out.append(ProbeResult(t2.host, t2.address, -1, Outcome.LOCAL_DOWN, time=wall))
-                    self._note(t2, Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN)
-            for t in unattached:
-                if t.address is not None:
-                    self._local_down += 1
-                    out.append(ProbeResult(t.host, t.address, -1, Outcome.LOCAL_DOWN, time=wall))
-                    self._note(t, Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN)
-            return
-        for fam, slots in due.items():
-            sock = self._sockets[fam]
+        for slot in slots:
+            t = smap[slot] if slot < len(smap) else None
+            if t is None:
+                continue
+            self._record_local_down(t, wall)
+
+    def _record_local_down(self, t: _Target, wall: float) -> None:
+        self._local_down += 1
+        t.py_done += 1
+        r = ProbeResult(t.host, t.address, -1, Outcome.LOCAL_DOWN, time=wall)
+        self._store_out.append(r)
+        if self._want_results:
+            self._out.append(r)
+        self._note(t, Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN)
+
+    def _send_due_targets(self, tk: int, cur: int, bucket: list[_Target], factor: float) -> None:
+        """Due targets that need attention, one by one: not attached (name not resolved,
+        no socket) or backing off. A target that is attached and not backing off
+        becomes steady (its slot joins the slot array of its next tick)."""
+        backoff_after = self.backoff_after
+        wall = time.time()
+        for t in bucket:
+            if t.due_tick != tk or t.steady:
+                continue  # rescheduled (backoff), removed or steady: a stale entry
+            step = self._step(t, factor)
+            nt = tk + step
+            if nt <= cur:
+                nt += ((cur - nt) // step + 1) * step
+            if t.slot is not None and t.errors < backoff_after:
+                self._make_steady(t, nt)
+            else:
+                self._schedule(t, nt)
+            if self._net_down and t.address is not None:
+                self._record_local_down(t, wall)
+                continue
+            if t.slot is None:
+                self._probe_unattached(t, wall)
+                continue
+            sock = self._sockets.get(t.family)
+            if sock is None:
+                continue
             self._send_calls += 1
-            self._sent += len(slots)  # refused ones are taken back in _handle
-            # the core drains the socket after each sendmmsg batch: the events
-            # returned are send errors AND replies (on loopback the reply is queued
-            # inside sendmmsg); one recv() more takes what came in meanwhile
-            self._handle(fam, sock.send(slots))
-            self._handle(fam, sock.recv())
-        for t in unattached:
-            self._probe_unattached(t, wall)
+            self._handle(t.family, sock.send((t.slot,)))
 
     def _probe_unattached(self, t: _Target, wall: float) -> None:
         """A due probe for a target without a slot: unresolved name or no socket."""
@@ -1009,15 +1171,15 @@ class MonitoringEngine:
             sock = self._sockets[t.family]
             assert t.slot is not None
             self._send_calls += 1
-            self._sent += 1
-            self._handle(t.family, sock.send([t.slot]))
+            self._handle(t.family, sock.send((t.slot,)))
             return
         err, msg = self._socket_errors.get(t.family, (None, "socket unavailable"))
-        self._kind_counts[EV_SEND_ERROR] += 1
-        self._out.append(
-            ProbeResult(t.host, t.address, -1, Outcome.SEND_ERROR, errno=err, time=wall)
-        )
-        t.done += 1
+        self._py_send_errors += 1
+        r = ProbeResult(t.host, t.address, -1, Outcome.SEND_ERROR, errno=err, time=wall)
+        self._store_out.append(r)
+        if self._want_results:
+            self._out.append(r)
+        t.py_done += 1
         t.errors += 1
         t.last_errno = err
         self._note(t, Outcome.SEND_ERROR, STATUS_ERROR, msg)
@@ -1039,7 +1201,11 @@ class MonitoringEngine:
         self._flush_out()
 
     def _handle(self, family: int, events: Sequence[CoreEvent]) -> None:
-        """Core events -> ProbeResult (+ per-target state)."""
+        """Core events -> per-target state, and ``ProbeResult`` where someone needs one.
+
+        In the quiet log mode only state changes arrive here. Replies and timeouts
+        are in the core's log then (the store gets them from there), so a result is
+        built for them only for subscribers and observers (log mode 2)."""
         if not events:
             return
         smap = self._slot_maps.get(family)
@@ -1047,58 +1213,38 @@ class MonitoringEngine:
             self._orphan_events += len(events)
             return
         n_map = len(smap)
+        want = self._want_results
+        logged = self._log_mode != 0  # replies and timeouts are in the core's log
         out = self._out
-        append = out.append
-        counts = self._kind_counts
         wall = time.time()
-        # Locals for the hot path (one pass per reply, 10,000 a second at the issue-4
-        # benchmark): no global or attribute look-ups, and ProbeResult built with
-        # tuple.__new__ (what its generated __new__ does, minus a Python-level call).
         new_result = _tuple_new
         result_cls = ProbeResult
         reply = Outcome.REPLY
         ev_reply = EV_REPLY
-        replies = 0
-        try:
-            for slot, kind, seq, rtt_ns, ttl, itype, icode, router, err in events:
-                t = smap[slot] if slot < n_map else None
-                if t is None:
-                    self._orphan_events += 1
-                    continue
-                if kind == ev_reply and rtt_ns <= t.timeout_ns:  # the hot path
-                    rtt_ms = rtt_ns / 1e6
-                    replies += 1
-                    append(
-                        new_result(
-                            result_cls,
-                            # the core gives None when it has no TTL
-                            (
-                                t.host,
-                                t.address,
-                                seq,
-                                reply,
-                                rtt_ms,
-                                ttl or None,
-                                itype,
-                                icode,
-                                None,
-                                None,
-                                wall,
-                            ),
-                        )  # fmt: skip
-                    )
-                    t.done += 1
-                    t.received += 1
-                    t.last_rtt_ms = rtt_ms
-                    t.last_outcome = reply
-                    if t.errors:
-                        self._reset_errors(t)
-                    if t.status != STATUS_UP:
-                        self._set_status(t, STATUS_UP, "reply")
-                    continue
-                self._handle_other(t, kind, seq, rtt_ns, ttl, itype, icode, router, err, wall)
-        finally:
-            counts[EV_REPLY] += replies
+        for slot, kind, seq, rtt_ns, ttl, itype, icode, router, err in events:
+            t = smap[slot] if slot < n_map else None
+            if t is None:
+                self._orphan_events += 1
+                continue
+            if kind == ev_reply:
+                if want or not logged:
+                    r = new_result(
+                        result_cls,
+                        # the core gives None when it has no TTL
+                        (t.host, t.address, seq, reply, rtt_ns / 1e6, ttl or None,
+                         itype, icode, None, None, wall),
+                    )  # fmt: skip
+                    if want:
+                        out.append(r)
+                    if not logged:
+                        self._store_out.append(r)
+                t.last_outcome = reply
+                if t.errors:
+                    self._reset_errors(t)
+                if t.status != STATUS_UP:
+                    self._set_status(t, STATUS_UP, "reply")
+                continue
+            self._handle_other(t, kind, seq, rtt_ns, ttl, itype, icode, router, err, wall)
 
     def _handle_other(
         self,
@@ -1113,27 +1259,23 @@ class MonitoringEngine:
         err: int | None,
         wall: float,
     ) -> None:
-        """Every event but a timely reply: timeouts, errors, duplicates, late replies."""
-        counts = self._kind_counts
-        out = self._out
-        if kind == EV_REPLY:  # slower than this target's own timeout
-            kind = EV_TIMEOUT
+        """Every event but a reply: timeouts, errors, duplicates, late replies."""
         outcome = OUTCOME_BY_KIND[kind]
         status = _STATUS_BY_KIND[kind]
-        if kind == EV_SEND_ERROR:
-            self._sent -= 1  # counted as sent when handed to send()
+        # a timeout is in the core's log unless the log is off (our network is down)
+        logged = kind == EV_TIMEOUT and self._log_mode != 0
         if self._net_down and kind in (EV_TIMEOUT, EV_SEND_ERROR):
             outcome = Outcome.LOCAL_DOWN
             status = STATUS_LOCAL_DOWN
             self._local_down += 1
             if kind == EV_TIMEOUT:
                 self._timeouts_local_down += 1
-        else:
-            counts[kind] += 1
+            else:
+                self._senderr_local_down += 1
         is_icmp = kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED)
         rtt = rtt_ns / 1e6 if kind in (EV_DUPLICATE, EV_LATE) and rtt_ns > 0 else None
-        out.append(
-            ProbeResult(
+        if self._want_results or not logged:
+            r = ProbeResult(
                 t.host,
                 t.address,
                 seq,
@@ -1146,10 +1288,12 @@ class MonitoringEngine:
                 err or None,
                 wall,
             )
-        )
+            if self._want_results:
+                self._out.append(r)
+            if not logged:
+                self._store_out.append(r)
         if kind in (EV_DUPLICATE, EV_LATE):
             return  # extra events: counted apart, no state change
-        t.done += 1
         if outcome is Outcome.LOCAL_DOWN:
             self._note(t, outcome, STATUS_LOCAL_DOWN)
             return
@@ -1177,10 +1321,19 @@ class MonitoringEngine:
 
     def _flush_out(self) -> None:
         """Hand this callback's results to the store and the subscribers."""
+        sout = self._store_out
+        if sout:
+            self._store_out = []
+            if self.store is not None:
+                try:
+                    self.store.submit(sout)
+                    self._submitted_batches += 1
+                except Exception as e:  # never let the store stop probing; count it
+                    self._store_errors += 1
+                    self._log.error("store rejected a batch", error=str(e), results=len(sout))
         out = self._out
         if out:
             self._out = []
-            self._results += len(out)
             for fn in self._observers:
                 try:
                     fn(out)
@@ -1190,13 +1343,6 @@ class MonitoringEngine:
                         self._log.error(
                             "result observer failed", error=repr(e), count=self._observer_errors
                         )
-            if self.store is not None:
-                try:
-                    self.store.submit(out)
-                    self._submitted_batches += 1
-                except Exception as e:  # never let the store stop probing; count it
-                    self._store_errors += 1
-                    self._log.error("store rejected a batch", error=str(e), results=len(out))
             if self._subs:
                 evs: list[EngineEvent] = [ResultEvent(r) for r in out]
                 if self._evs:
@@ -1205,6 +1351,42 @@ class MonitoringEngine:
                 for sub in self._subs:
                     sub._put_many(evs)
         self._publish()
+
+    def _flush_logs(self) -> None:
+        """Every socket's outcome log to the store: one chunk per target."""
+        for fam, sock in self._sockets.items():
+            items = sock.take_log()
+            if items:
+                smap = self._slot_maps.get(fam, [])
+                n_map = len(smap)
+                out: list[tuple[str, str | None, bytes]] = []
+                for slot, blob in items:
+                    t = smap[slot] if slot < n_map else None
+                    if t is None:  # cannot happen: a slot's log is taken before it is freed
+                        self._orphan_events += len(blob) // _CHUNK_RECORD
+                        continue
+                    out.append((t.host, sock.slot_address(slot), blob))
+                self._submit_chunk_items(out)
+
+    def _submit_chunks(self, t: _Target, items: list[tuple[int, bytes]]) -> None:
+        """One slot's log (``take_log(slot)``, before the slot is freed) to the store."""
+        sock = self._sockets.get(t.family)
+        if sock is None:
+            return
+        self._submit_chunk_items([(t.host, sock.slot_address(s), b) for s, b in items])
+
+    def _submit_chunk_items(self, items: list[tuple[str, str | None, bytes]]) -> None:
+        if not items:
+            return
+        self._chunks += len(items)
+        self._log_records += sum(len(b) for _, _, b in items) // _CHUNK_RECORD
+        if self.store is None:
+            return  # counted and published already; there is nowhere to keep them
+        try:
+            self.store.submit_chunks(items)
+        except Exception as e:  # never let the store stop probing; count it
+            self._store_errors += 1
+            self._log.error("store rejected the outcome log", error=str(e), chunks=len(items))
 
     def _publish(self) -> None:
         if self._evs:
@@ -1221,6 +1403,11 @@ class MonitoringEngine:
         down = _network_is_down(self.network)
         if down != self._net_down:
             self._net_down = down
+            self._update_log_modes()
+            if not down:
+                # the targets' statuses say local_down: let each next outcome through
+                for sock in self._sockets.values():
+                    sock.forget_last(-1)
             old, new = ("up", "down") if down else ("down", "up")
             self._evs.append(
                 StateChanged(None, "network", old, new, "network monitor", time.time())
@@ -1256,6 +1443,12 @@ class MonitoringEngine:
                 return
             if addr != t.address:
                 if t.slot is not None:
+                    if t.steady:  # probe the new address at the next tick
+                        self._unsteady(t)
+                        self._schedule(t, self._cur_tick + 1)
+                    done, received, _ = self._slot_counts(t)
+                    t.base_done += done
+                    t.base_received += received
                     self._free_slot_later(t.family, t.slot)
                     t.slot = None
                 old = t.address
@@ -1288,17 +1481,18 @@ class MonitoringEngine:
             return
         self._resolve_errors += 1
         err = getattr(e, "errno", None)
-        self._out.append(
-            ProbeResult(
-                t.host,
-                None,
-                -1,
-                Outcome.RESOLVE_ERROR,
-                errno=err if isinstance(err, int) else None,
-                time=time.time(),
-            )
+        r = ProbeResult(
+            t.host,
+            None,
+            -1,
+            Outcome.RESOLVE_ERROR,
+            errno=err if isinstance(err, int) else None,
+            time=time.time(),
         )
-        t.done += 1
+        self._store_out.append(r)
+        if self._want_results:
+            self._out.append(r)
+        t.py_done += 1
         t.errors += 1
         self._note(t, Outcome.RESOLVE_ERROR, STATUS_ERROR, f"cannot resolve: {msg}")
         self._apply_backoff(t)
@@ -1342,21 +1536,24 @@ class MonitoringEngine:
     @property
     def outstanding(self) -> int:
         """Probes sent that have no final outcome yet."""
-        c = self._kind_counts
-        finals = c[EV_REPLY] + c[EV_TIMEOUT] + c[EV_UNREACHABLE] + c[EV_TIME_EXCEEDED]
-        # timeouts of sent probes recorded as local_down completed them too
-        return self._sent - finals - self._timeouts_local_down
+        return self._core_totals()["outstanding"]
 
     def _socket_totals(self) -> dict[str, int]:
+        """The core's counters, summed over the open sockets."""
         out: dict[str, int] = {}
         for sock in self._sockets.values():
             try:
                 for k, v in sock.totals().items():
-                    if k in _SOCKET_COUNTERS:
-                        out[k] = out.get(k, 0) + int(v)
-            except Exception:  # a fake or closed socket
+                    out[k] = out.get(k, 0) + int(v)
+            except Exception:  # a closed socket
                 pass
         return out
+
+    def _core_totals(self) -> dict[str, int]:
+        """The core's counters over this engine's life (closed sockets included)."""
+        now = self._socket_totals()
+        closed = self._closed_totals
+        return {k: now.get(k, 0) + closed.get(k, 0) for k in _CORE_COUNTERS + _SOCKET_COUNTERS}
 
     @property
     def interval_factor(self) -> float:
@@ -1364,9 +1561,20 @@ class MonitoringEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and metrics."""
-        c = self._kind_counts
+        c = self._core_totals()
+        outcomes = {
+            "reply": c["received"],
+            "timeout": c["timeouts"] - self._timeouts_local_down,
+            "unreachable": c["unreachable"],
+            "time_exceeded": c["time_exceeded"],
+            "send_error": c["send_errors"] - self._senderr_local_down + self._py_send_errors,
+            "duplicate": c["duplicates"],
+            "late": c["late"],
+            "local_down": self._local_down,
+            "resolve_error": self._resolve_errors,
+        }
         loop_time = self._loop.time() if self._loop is not None else 0.0
-        sock_totals = self._socket_totals() if self._sockets else self._closed_socket_totals
+        sock_totals = {k: c[k] for k in _SOCKET_COUNTERS}
         store_stats: dict[str, Any] | None = None
         if self.store is not None and hasattr(self.store, "stats"):
             with contextlib.suppress(Exception):
@@ -1375,21 +1583,13 @@ class MonitoringEngine:
             "targets": len(self._targets),
             "running": self._running,
             "uptime_s": round(loop_time - self._t0, 3) if self._running else None,
-            "sent": self._sent,
-            "received": c[EV_REPLY],
-            "results": self._results,
-            "outstanding": self.outstanding,
-            "outcomes": {
-                "reply": c[EV_REPLY],
-                "timeout": c[EV_TIMEOUT],
-                "unreachable": c[EV_UNREACHABLE],
-                "time_exceeded": c[EV_TIME_EXCEEDED],
-                "send_error": c[EV_SEND_ERROR],
-                "duplicate": c[EV_DUPLICATE],
-                "late": c[EV_LATE],
-                "local_down": self._local_down,
-                "resolve_error": self._resolve_errors,
-            },
+            "sent": c["sent"],
+            "received": c["received"],
+            "results": sum(outcomes.values()),
+            "outstanding": c["outstanding"],
+            "outcomes": outcomes,
+            "log_chunks": self._chunks,
+            "log_records": self._log_records,
             "reresolve_failures": self._reresolve_failures,
             "send_calls": self._send_calls,
             "orphan_events": self._orphan_events,

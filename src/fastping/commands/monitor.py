@@ -279,6 +279,7 @@ async def _main(
         timeout_s=default_timeout,
         min_interval_s=min([default_interval] + [t[1] for t in targets]),
         max_timeout_s=max([default_timeout] + [t[2] for t in targets]),
+        store_flush_s=sc.chunk_s,
         mode=mode,
         socket_options={"payload_size": cfg.defaults.payload_size},
         guard=guard,
