@@ -13,11 +13,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fastping import chunk
 from fastping.errors import ConfigError
 from fastping.results import Outcome, ProbeResult, rtt_summary
 from fastping.store import ResultStore, _quantiles
@@ -40,6 +42,11 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def f32(xs: list[float]) -> list[float]:
+    """What the store keeps of RTTs: float32 (the chunk layout)."""
+    return array("f", xs).tolist()
+
+
 def count_rows(path: Path, table: str = "results") -> int:
     conn = sqlite3.connect(path)
     try:
@@ -48,17 +55,29 @@ def count_rows(path: Path, table: str = "results") -> int:
         conn.close()
 
 
-def stored_seqs(path: Path) -> list[int]:
+def stored_records(path: Path) -> list[chunk.Columns]:
+    """Every results row, decoded straight from the file (not through the store)."""
     conn = sqlite3.connect(path)
     try:
-        return [r[0] for r in conn.execute("SELECT seq FROM results ORDER BY seq")]
+        rows = conn.execute("SELECT t0, t1, n, data FROM results ORDER BY rowid").fetchall()
     finally:
         conn.close()
+    out = []
+    for t0, t1, n, data in rows:
+        c = chunk.unpack(data)
+        # the row's summary columns agree with its chunk, records in time order
+        assert (n, t0, t1) == (len(c), c.t[0], c.t[-1]) and list(c.t) == sorted(c.t)
+        out.append(c)
+    return out
+
+
+def stored_seqs(path: Path) -> list[int]:
+    return sorted(s for c in stored_records(path) for s in c.seq)
 
 
 def check_stats(got: dict[str, object], rtts: list[float]) -> None:
-    """Stats equal rtt_summary of the same RTTs (in time order)."""
-    want = rtt_summary(rtts)
+    """Stats equal rtt_summary of the same RTTs (in time order), as float32."""
+    want = rtt_summary(f32(rtts))
     for k, v in want.items():
         if v is None:
             assert got[k] is None, k
@@ -158,7 +177,9 @@ def test_writes_are_batched(tmp_path: Path) -> None:
     run(go())
     commits = sum(1 for s in statements if s.strip().upper() == "COMMIT")
     assert 10 <= commits <= 12
-    assert count_rows(db) == 1000
+    # one target: one chunk row per batch, 1000 records in all
+    assert count_rows(db) == commits and ResultStore(db).count_results() == 1000
+    assert stored_seqs(db) == list(range(1000))
 
 
 def test_submit_from_another_thread(tmp_path: Path) -> None:
@@ -176,7 +197,7 @@ def test_submit_from_another_thread(tmp_path: Path) -> None:
         await store.close()
 
     run(go())
-    assert count_rows(db) == 120
+    assert ResultStore(db).count_results() == 120
 
 
 # ---- rollups and retention ----------------------------------------------------------
@@ -200,32 +221,40 @@ def test_rollup_keeps_totals_and_deletes_old_raw_rows(tmp_path: Path) -> None:
     db = tmp_path / "fp.db"
     start = math.floor((NOW - 3 * 3600) / 60) * 60 + 1  # 3 h of history, 1 s past a minute
     res, rtts = make_history(start, 3 * 3600, 5)
+    cutoff = math.floor((NOW - 3600) / 60) * 60
 
-    async def go() -> tuple[int, ResultStore]:
-        store = ResultStore(db, retention_s=3600, rollup_interval_s=math.inf)
+    async def go() -> tuple[int, ResultStore, list[chunk.Columns]]:
+        # 97 results a batch: chunks of ~8 minutes that do not start on a minute
+        store = ResultStore(db, retention_s=3600, rollup_interval_s=math.inf, batch_size=97)
         await store.start()
-        store.submit(res)
-        assert await store.flush(10.0)
+        for i in range(0, len(res), 97):
+            store.submit(res[i : i + 97])
+            assert await store.flush(10.0)
         before = store.target_stats("127.0.0.1")
         assert before is not None and before["approximate"] is False
         check_stats(before, rtts)
+        chunks = stored_records(db)
         n = await store.rollup(now=NOW)
         await store.close()
-        return n, store
+        return n, store, chunks
 
-    n, store = run(go())  # type: ignore[misc]
-    cutoff = math.floor((NOW - 3600) / 60) * 60
-    old = [r for r in res if r.time < cutoff]
-    assert n == len(old)
+    n, store, chunks = run(go())  # type: ignore[misc]
+    # Only chunks wholly older than the cutoff are folded; the one over it waits.
+    folded = [c for c in chunks if c.t[-1] < cutoff]
+    straddling = [c for c in chunks if c.t[0] < cutoff <= c.t[-1]]
+    assert len(straddling) == 1 and len(folded) > 10
+    old_t = [t for c in folded for t in c.t]
+    assert n == len(old_t)
+    left = stored_records(db)
+    assert [list(c.t) for c in left] == [list(c.t) for c in chunks if c.t[-1] >= cutoff]
+    assert store.count_results() == len(res)  # raw + rolled: nothing lost, nothing twice
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*) FROM results WHERE t < ?", (cutoff,)).fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == len(res) - len(old)
-    minutes = {int(r.time // 60) for r in old}
+    minutes = {int(t // 60) for t in old_t}
     assert conn.execute("SELECT count(*) FROM rollups").fetchone()[0] == len(minutes)
     # one minute checked column by column against its raw results
     m = sorted(minutes)[5]
-    in_m = [r for r in old if int(r.time // 60) == m]
-    m_rtts = [r.rtt_ms for r in in_m if r.rtt_ms is not None]
+    in_m = [r for r in res if int(r.time // 60) == m]
+    m_rtts = f32([r.rtt_ms for r in in_m if r.rtt_ms is not None])
     row = conn.execute(
         "SELECT sent, received, timeouts, min_ms, max_ms, sum_ms, p50_ms, jitter_n "
         "FROM rollups WHERE minute = ?",
@@ -240,7 +269,7 @@ def test_rollup_keeps_totals_and_deletes_old_raw_rows(tmp_path: Path) -> None:
 
     after = store.target_stats("127.0.0.1")
     assert after is not None and after["approximate"] is True
-    want = rtt_summary(rtts)
+    want = rtt_summary(f32(rtts))
     assert after["sent"] == len(res) and after["received"] == len(rtts)
     assert after["timeouts"] == len(res) - len(rtts)
     assert after["min_ms"] == want["min_ms"] and after["max_ms"] == want["max_ms"]
