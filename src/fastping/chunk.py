@@ -59,7 +59,7 @@ class Columns(NamedTuple):
     code: bytes
     ttl: bytes
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.code)
 
 
