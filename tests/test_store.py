@@ -155,8 +155,50 @@ def test_results_recorded_and_queried_back(tmp_path: Path) -> None:
     assert store.recent("nobody") == []
 
 
-def test_writes_are_batched(tmp_path: Path) -> None:
-    """1000 results with batch_size 100 take ~10 transactions, not 1000."""
+def test_results_are_held_and_packed_per_target(tmp_path: Path) -> None:
+    """ProbeResults wait chunk_window_s in the queue, so the results of a target from
+    many submits (engine ticks) go into one row, in one transaction; a flush writes
+    what is held at once."""
+    db = tmp_path / "fp.db"
+    statements: list[str] = []
+
+    async def go() -> tuple[float, float]:
+        store = ResultStore(db, batch_size=100, flush_interval_s=0.02, chunk_window_s=0.4)
+        await store.start()
+        conn = store._writer.conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        t = time.monotonic()
+        for i in range(10):  # 10 ticks of 2 targets x 50
+            store.submit(
+                reply(f"127.0.0.{1 + j % 2}", i * 100 + j, 0.1, NOW + i * 100 + j)
+                for j in range(100)
+            )
+            await asyncio.sleep(0)
+        while store.stats()["written"] < 1000 and time.monotonic() - t < 5:
+            await asyncio.sleep(0.01)
+        waited = time.monotonic() - t
+        store.submit([reply("127.0.0.1", 5000, 0.1, NOW + 5000)])
+        t = time.monotonic()
+        assert await store.flush(5.0)
+        flushed = time.monotonic() - t
+        await store.close()
+        return waited, flushed
+
+    out = run(go())
+    assert isinstance(out, tuple)
+    waited, flushed = out
+    assert 0.35 <= waited < 2.0 and flushed < 0.3
+    commits = sum(1 for s in statements if s.strip().upper() == "COMMIT")
+    assert commits == 2  # the 1000 held ones, then the flushed one
+    # two targets: one chunk row each, then the flushed one
+    assert count_rows(db) == 3 and ResultStore(db).count_results() == 1001
+    assert stored_seqs(db) == [*range(1000), 5000]
+
+
+def test_chunks_are_written_in_batches_of_records(tmp_path: Path) -> None:
+    """batch_size counts records: 100 chunks of 10 with batch_size 100 take ~10
+    transactions (chunks are not held: the engine already packed a window)."""
     db = tmp_path / "fp.db"
     statements: list[str] = []
 
@@ -166,20 +208,15 @@ def test_writes_are_batched(tmp_path: Path) -> None:
         conn = store._writer.conn
         assert conn is not None
         conn.set_trace_callback(statements.append)
-        for i in range(10):
-            store.submit(
-                reply("127.0.0.1", i * 100 + j, 0.1, NOW + i * 100 + j) for j in range(100)
-            )
-            await asyncio.sleep(0)
-        assert await store.flush(5.0)
+        store.submit_chunks((f"127.0.1.{k}", None, make_chunk(NOW, 10)) for k in range(100))
+        t = time.monotonic()
+        while store.stats()["written"] < 1000 and time.monotonic() - t < 5:
+            await asyncio.sleep(0.01)
         await store.close()
 
     run(go())
     commits = sum(1 for s in statements if s.strip().upper() == "COMMIT")
-    assert 10 <= commits <= 12
-    # one target: one chunk row per batch, 1000 records in all
-    assert count_rows(db) == commits and ResultStore(db).count_results() == 1000
-    assert stored_seqs(db) == list(range(1000))
+    assert commits == 10 and count_rows(db) == 100
 
 
 def test_submit_from_another_thread(tmp_path: Path) -> None:
@@ -330,7 +367,8 @@ def test_writer_rolls_up_on_its_own(tmp_path: Path) -> None:
     old = [reply("127.0.0.1", i, 0.5, NOW - 7200 + i) for i in range(50)]
 
     async def go() -> dict[str, object]:
-        store = ResultStore(db, retention_s=3600, rollup_interval_s=0.2, flush_interval_s=0.05)
+        store = ResultStore(db, retention_s=3600, rollup_interval_s=0.2, flush_interval_s=0.05,
+                            chunk_window_s=0.05)  # fmt: skip
         await store.start()
         store.submit(old)
         for _ in range(100):

@@ -972,6 +972,7 @@ class ResultStore:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         busy_timeout_ms: int = 200,
+        chunk_window_s: float = 10.0,
     ) -> None:
         for name, value in (
             ("retention_s", retention_s),
@@ -981,6 +982,7 @@ class ResultStore:
             ("rollup_interval_s", rollup_interval_s),
             ("retry_initial_s", retry_initial_s),
             ("retry_max_s", retry_max_s),
+            ("chunk_window_s", chunk_window_s),
         ):
             if not value > 0:
                 raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
@@ -992,6 +994,14 @@ class ResultStore:
         self.rollup_interval_s = float(rollup_interval_s)
         self.retry_initial_s = float(retry_initial_s)
         self.retry_max_s = float(retry_max_s)
+        # ProbeResults wait this long in the queue (unless a flush, close or a full
+        # queue asks sooner), so the writer packs many results of a target into one
+        # row: written as they come, 10,000 targets at 1 probe/s give ~1 result per
+        # target per write batch and a row each, 8 us a result.
+        self.chunk_window_s = float(chunk_window_s)
+        self._hold_max = max(self.batch_size, self.max_queue // 2)
+        self._queue_since = 0.0  # monotonic time the oldest queued ProbeResult came
+        self._flush_goal = 0  # a flush() waits for _done to reach this
         self._writer = _Writer(self.path, busy_timeout_ms)
         self._queue: deque[ProbeResult] = deque()
         self._chunks: deque[_Chunk] = deque()
@@ -1060,6 +1070,8 @@ class ResultStore:
             room = 0 if self._closed else self.max_queue - self._queued()
             n = 0
             dropped = 0
+            if not self._queue:
+                self._queue_since = time.monotonic()
             for r in results:
                 if n < room:
                     self._queue.append(r)
@@ -1072,7 +1084,7 @@ class ResultStore:
                 self._dropped_unlogged += dropped
         if dropped:
             self._log_drops()
-        if self._wake is not None and self._queued() >= self.batch_size:
+        if self._wake is not None and len(self._queue) >= self._hold_max:
             self._set_wake()
 
     def submit_chunks(self, items: Iterable[tuple[str, str | None, bytes]]) -> None:
@@ -1130,7 +1142,7 @@ class ResultStore:
                 self._dropped_unlogged += dropped
         if dropped:
             self._log_drops()
-        if self._wake is not None and self._queued() >= self.batch_size:
+        if self._wake is not None and self._chunk_records >= self.batch_size:
             self._set_wake()
 
     def _set_wake(self) -> None:
@@ -1173,6 +1185,7 @@ class ResultStore:
         if self._task is None or self._progress is None:
             raise RuntimeError("ResultStore.flush() before start(): nothing writes the queue")
         assert self._wake is not None
+        self._flush_goal = max(self._flush_goal, goal)  # write held results now
         self._wake.set()
 
         async def wait() -> None:
@@ -1269,11 +1282,29 @@ class ResultStore:
         async with self._progress:
             self._progress.notify_all()
 
-    def _take_batch(self) -> tuple[list[ProbeResult], list[_Chunk], int]:
-        """The head of the queues: up to batch_size results and chunks holding up to
-        batch_size records (at least one chunk)."""
+    def _results_due(self) -> bool:
+        """Write the queued ProbeResults now (else they wait to be packed with more)."""
+        return bool(self._queue) and (
+            self._closing
+            or self._done < self._flush_goal
+            or len(self._queue) >= self._hold_max
+            or time.monotonic() - self._queue_since >= self.chunk_window_s
+        )
+
+    def _urgent(self) -> bool:
+        """Write without waiting for the next flush interval."""
+        return (
+            self._closing
+            or self._chunk_records >= self.batch_size
+            or (bool(self._queue) and self._done < self._flush_goal)
+            or len(self._queue) >= self._hold_max
+        )
+
+    def _take_batch(self, results_due: bool) -> tuple[list[ProbeResult], list[_Chunk], int]:
+        """The head of the queues: the ProbeResults when they are due (all of them, up
+        to half the queue) and chunks holding up to batch_size records (at least one)."""
         with self._lock:
-            results = list(itertools.islice(self._queue, self.batch_size))
+            results = list(itertools.islice(self._queue, self._hold_max)) if results_due else []
             chunks: list[_Chunk] = []
             records = 0
             for c in self._chunks:
@@ -1290,6 +1321,7 @@ class ResultStore:
         else:
             for _ in range(results):
                 self._queue.popleft()
+            self._queue_since = time.monotonic()  # the rest: as if they came now
         for _ in range(chunks):
             self._chunks.popleft()
         self._chunk_records -= chunk_records
@@ -1301,18 +1333,19 @@ class ResultStore:
         while True:
             if not self._queued() and self._closing:
                 return
-            if not failing and self._queued() < self.batch_size and not self._closing:
-                # wait for a full batch, a flush, or the interval
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-                self._wake.clear()
-            elif failing:
+            if failing:
                 with contextlib.suppress(asyncio.TimeoutError):
                     # close() wakes us to give up sooner; a flush() does not skip the backoff
                     await asyncio.wait_for(self._wait_closing(), delay)
                 self._retries += 1
-            if self._queue or self._chunks:
-                results, chunks, chunk_records = self._take_batch()
+            elif not self._urgent():
+                # wait for a full batch, a flush, or the interval
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                self._wake.clear()
+            results_due = self._results_due()
+            if self._chunks or results_due:
+                results, chunks, chunk_records = self._take_batch(results_due)
                 try:
                     bad, rows = await asyncio.to_thread(self._writer.write, results, chunks)
                 except Exception as e:  # noqa: BLE001 - locked, full, read-only, I/O, ...
