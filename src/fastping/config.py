@@ -63,6 +63,8 @@ class StoreConfig(_Model):
     batch_size: int = Field(default=1000, gt=0)
     flush_interval_s: float = Field(default=0.5, gt=0)
     max_queue: int = Field(default=1_000_000, gt=0)
+    # how long results wait to be packed with more of their target's (ResultStore)
+    chunk_window_s: float = Field(default=10.0, gt=0)
 
 
 class ResourcesConfig(_Model):
