@@ -991,3 +991,29 @@ def test_damaged_row_names_the_target(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(chunk.ChunkError, match="'127.0.0.1'.*damaged results row.*55 bytes"):
         ResultStore(db).target_stats("127.0.0.1")
+
+
+def test_held_results_are_written_when_half_the_queue_fills(tmp_path: Path) -> None:
+    """Holding results to pack them never costs a drop: at half of max_queue they are
+    written without waiting out chunk_window_s."""
+    db = tmp_path / "fp.db"
+
+    async def go() -> tuple[float, dict[str, object]]:
+        store = ResultStore(db, max_queue=100, batch_size=10, flush_interval_s=0.02)
+        await store.start()
+        t = time.monotonic()
+        store.submit(reply("127.0.0.1", i, 0.1, NOW + i) for i in range(40))
+        await asyncio.sleep(0.2)
+        assert store.stats()["written"] == 0  # 40 < 50: held (chunk_window_s is 10 s)
+        store.submit(reply("127.0.0.1", i, 0.1, NOW + i) for i in range(40, 60))
+        while store.stats()["written"] < 60 and time.monotonic() - t < 5:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - t
+        await store.close()
+        return took, store.stats()
+
+    out = run(go())
+    assert isinstance(out, tuple)
+    took, stats = out
+    assert took < 2.0 and stats["written"] == 60 and stats["dropped"] == 0
+    assert count_rows(db) == 1

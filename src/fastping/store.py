@@ -1301,10 +1301,11 @@ class ResultStore:
         )
 
     def _take_batch(self, results_due: bool) -> tuple[list[ProbeResult], list[_Chunk], int]:
-        """The head of the queues: the ProbeResults when they are due (all of them, up
-        to half the queue) and chunks holding up to batch_size records (at least one)."""
+        """The head of the queues: the ProbeResults when they are due (all of them: a
+        target's results held together go into one row) and chunks holding up to
+        batch_size records (at least one)."""
         with self._lock:
-            results = list(itertools.islice(self._queue, self._hold_max)) if results_due else []
+            results = list(self._queue) if results_due else []
             chunks: list[_Chunk] = []
             records = 0
             for c in self._chunks:
