@@ -25,6 +25,7 @@ import pytest
 
 from conftest import child_env, needs_root
 from engine_fakes import CaptureLog
+from fastping import chunk
 from fastping.engine import MonitoringEngine, ResultEvent, TargetAdded, TargetRemoved
 from fastping.guard import ResourceGuard
 from fastping.results import Outcome
@@ -35,24 +36,34 @@ pytestmark = needs_root
 NO_GUARD = ResourceGuard(None, None)
 
 
-def db_outcomes(db: Path) -> Counter[tuple[str, int]]:
-    """(target, outcome code) -> rows, straight from the SQLite file."""
+def db_records(db: Path, target: str | None = None) -> list[tuple[str, float, int]]:
+    """(target, time, outcome code) of every stored record, straight from the SQLite
+    file (each results row is a chunk of one target's records)."""
     with sqlite3.connect(db) as c:
         rows = c.execute(
-            "SELECT targets.name, results.outcome FROM results JOIN targets ON targets.id = tid"
+            "SELECT targets.name, results.data FROM results JOIN targets ON targets.id = tid"
         ).fetchall()
-    return Counter((n, o) for n, o in rows)
+    out = []
+    for name, data in rows:
+        if target is None or name == target:
+            cols = chunk.unpack(data)
+            out += [(name, t, code) for t, code in zip(cols.t, cols.code, strict=True)]
+    return sorted(out, key=lambda r: r[1])
+
+
+def db_outcomes(db: Path) -> Counter[tuple[str, int]]:
+    """(target, outcome code) -> records, straight from the SQLite file."""
+    return Counter((n, o) for n, _, o in db_records(db))
 
 
 def db_count(db: Path) -> int:
-    with sqlite3.connect(db) as c:
-        return int(c.execute("SELECT count(*) FROM results").fetchone()[0])
+    return ResultStore(db).count_results()
 
 
 def db_count_so_far(db: Path) -> int:
-    """Rows written yet; 0 while the monitor has created the file but not the table."""
+    """Records written yet; 0 while the monitor has created the file but not the table."""
     try:
-        return db_count(db)
+        return len(db_records(db))
     except sqlite3.OperationalError:
         return 0
 
@@ -218,13 +229,14 @@ def test_sigterm_leaves_every_result_in_the_store(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
+        # results wait up to store.chunk_window_s (10 s) to be packed per target
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # wait until it is really probing and writing
             time.sleep(0.1)
             if db.exists() and db_count_so_far(db) > 200:
                 break
         else:
-            pytest.fail("monitor wrote nothing within 10 s")
+            pytest.fail("monitor wrote nothing within 20 s")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -339,13 +351,8 @@ def test_backoff_after_send_errors(ns: Ns, tmp_path: Path) -> None:
     r = ns.run(monitor_cmd("10.254.0.9", "127.0.0.1", "--interval", "0.05",
                            "--duration", "2", "--db", str(db)))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    with sqlite3.connect(db) as c:
-        rows = c.execute(
-            "SELECT r.t, r.outcome, e.errno FROM results r JOIN targets ON targets.id = tid "
-            "LEFT JOIN results_extra e ON e.rid = r.rowid "
-            "WHERE targets.name = '10.254.0.9' ORDER BY r.t"
-        ).fetchall()
-    assert all(o == 4 and e == errno.ENETUNREACH for _, o, e in rows)  # 4 = send_error
+    rows = [(r.time, r.outcome, r.errno) for r in ResultStore(db).recent("10.254.0.9", 1000)]
+    assert all(o is Outcome.SEND_ERROR and e == errno.ENETUNREACH for _, o, e in rows)
     # 40 probes without backoff; with it: 3 at 50 ms, then 0.1, 0.2, 0.4, 0.8 s ...
     assert 5 <= len(rows) <= 9, rows
     gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:], strict=False)]
@@ -376,10 +383,9 @@ def test_monitor_records_local_down_while_our_network_is_down(netns, tmp_path: P
             proc.kill()
             proc.wait()
     assert proc.returncode in (0, 1), err
-    with sqlite3.connect(db) as c:
-        rows = dict(c.execute("SELECT outcome, count(*) FROM results GROUP BY outcome").fetchall())
     from fastping.store import OUTCOME_BY_CODE
 
+    rows = Counter(code for _, _, code in db_records(db))
     by_name = {OUTCOME_BY_CODE[k].value: v for k, v in rows.items()}
     assert by_name.get("local_down", 0) >= 5, (by_name, err[-2000:])
     assert by_name.get("reply", 0) >= 5

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def build_db(path: Path, now: float) -> dict[str, list[float]]:
                 res.append(ProbeResult(tgt, tgt, i, Outcome.TIMEOUT, time=t))
             else:
                 r = base + 0.01 * (i % 7) + 0.05 * math.sin(i / 20) ** 2
-                rtts[tgt].append(r)
+                rtts[tgt].append(array("f", [r])[0])  # the store keeps float32 RTTs
                 res.append(ProbeResult(tgt, tgt, i, Outcome.REPLY, rtt_ms=r, time=t))
 
     async def go() -> None:

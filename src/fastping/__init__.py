@@ -1,9 +1,9 @@
 """fastping: watch very many hosts at once.
 
-    >>> import fastping
-    >>> res = fastping.sweep(["127.0.0.1", "::1"], rate_pps=0)
-    >>> [h.received for h in res]
-    [1, 1]
+>>> import fastping
+>>> res = fastping.sweep(["127.0.0.1", "::1"], rate_pps=0)
+>>> [h.received for h in res]
+[1, 1]
 """
 
 from __future__ import annotations

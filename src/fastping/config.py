@@ -63,8 +63,9 @@ class StoreConfig(_Model):
     batch_size: int = Field(default=1000, gt=0)
     flush_interval_s: float = Field(default=0.5, gt=0)
     max_queue: int = Field(default=1_000_000, gt=0)
-    # seconds of a target's replies and timeouts per stored row (the core logs them
-    # and the engine hands them over this often); a kill -9 loses at most this much
+    # seconds of a target's results per stored row: the engine hands the core's log
+    # of replies and timeouts to the store this often, and the store holds other
+    # results as long to pack them with their target's; a kill -9 loses at most this
     chunk_s: float = Field(default=10.0, gt=0, le=3600)
 
 

@@ -1,30 +1,40 @@
-"""ResultStore: probe results in SQLite, written in batches, kept through bad moments.
+"""ResultStore: probe results in SQLite, one row per target per write batch.
 
-Shape of the data:
+Shape of the data (schema version 2):
 
 - ``targets``: one row per target name, so each result row carries a small integer.
-- ``results``: raw results (one row per probe, duplicate or late reply) kept for the
-  retention window. ``address`` is NULL when it equals the target (the usual case)
-  to keep rows small. ICMP type/code, router and errno live in ``results_extra``
-  (``rid`` = the results rowid), only for results that carry any of them.
+- ``results``: raw results kept for the retention window, packed: one row holds one
+  target's results over a span of time as a chunk (``fastping.chunk``: columns of t,
+  RTT, seq, outcome code and TTL, records in time order), with ``t0`` / ``t1`` its
+  first and last record's time and ``n`` its record count. At 10,000 probes/s a row
+  per probe cost the writer ~3.8 us a result; a row per target per flush window is
+  ~1,000 rows/s. ``address`` is NULL when it equals the target (the usual case), ''
+  when there was none (unresolved).
+- ``results_extra``: the fields only ICMP errors and send errors carry (ICMP type and
+  code, router, errno), keyed by ``(tid, t, seq, outcome)`` so a query joins them back
+  to their record, only for the results that have any.
 - ``rollups``: one row per target per minute for ranges older than the retention
   window: counts per outcome, min/max, sum and sum of squares (so mean and stddev
   combine exactly), jitter sums plus the minute's first and last RTT (so jitter
-  combines exactly across minutes) and p50/p95/p99 computed at rollup time.
+  combines exactly across minutes) and p50/p95/p99 computed at rollup time. Only
+  chunks entirely older than the cutoff are folded; a chunk straddling it waits.
 - ``meta``: the schema version.
 
-Writing: ``submit()`` only appends to an in-memory queue (the event loop never
-touches the disk). A writer task takes up to ``batch_size`` results at a time and
-writes them with one ``executemany`` in one transaction, in a worker thread
-(``asyncio.to_thread``). A failed write (database locked, disk full, read-only
-file system) leaves the batch at the head of the queue; the writer reconnects and
-retries with exponential backoff. The queue is bounded (``max_queue``): results
-that do not fit are counted in ``stats()["dropped"]`` and logged at ERROR, never
-lost silently.
+Writing: ``submit()`` (ProbeResults) and ``submit_chunks()`` (chunks the core already
+packed) only append to in-memory queues (the event loop never touches the disk). A
+writer task takes up to ``batch_size`` records at a time and writes them in one
+transaction in a worker thread (``asyncio.to_thread``), packing the ProbeResults of
+each (target, address) into one chunk. A failed write (database locked, disk full,
+read-only file system) leaves the batch at the head of the queue; the writer
+reconnects and retries with exponential backoff. The queue is bounded (``max_queue``
+records): what does not fit is counted in ``stats()["dropped"]`` and logged at ERROR,
+never lost silently.
 
 Queries are synchronous and open their own read-only connection, so the report
 command can use them on a database a running monitor is writing (WAL mode lets
-readers and the writer work at once).
+readers and the writer work at once). They decode each chunk once and work on its
+columns (``bytes.count`` for outcome counts, ``itertools.compress`` for the RTTs of
+replies) rather than record by record.
 """
 
 from __future__ import annotations
@@ -36,34 +46,24 @@ import math
 import sqlite3
 import threading
 import time
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, mul, sub
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from .chunk import OUTCOME_BY_CODE, OUTCOME_CODE, RECORD_SIZE, ChunkError, pack, unpack
 from .errors import ConfigError
 from .logs import get_logger
 from .results import Outcome, ProbeResult, percentile, rtt_summary
 
 log = get_logger("fastping.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLLUP_S = 60  # rollup bucket: one minute
-
-# Outcome <-> small integer stored in the database. Append only: the numbers are on disk.
-OUTCOME_CODE: dict[Outcome, int] = {
-    Outcome.REPLY: 0,
-    Outcome.TIMEOUT: 1,
-    Outcome.UNREACHABLE: 2,
-    Outcome.TIME_EXCEEDED: 3,
-    Outcome.SEND_ERROR: 4,
-    Outcome.LOCAL_DOWN: 5,
-    Outcome.RESOLVE_ERROR: 6,
-    Outcome.DUPLICATE: 7,
-    Outcome.LATE: 8,
-}
-OUTCOME_BY_CODE: dict[int, Outcome] = {v: k for k, v in OUTCOME_CODE.items()}
 
 # The per-outcome counter each outcome increments, in the stats dicts and rollup columns.
 COUNT_KEY: dict[Outcome, str] = {
@@ -79,6 +79,8 @@ COUNT_KEY: dict[Outcome, str] = {
 }
 COUNT_KEYS: tuple[str, ...] = tuple(COUNT_KEY.values())
 _COUNT_BY_CODE: dict[int, str] = {OUTCOME_CODE[o]: k for o, k in COUNT_KEY.items()}
+_CODES: tuple[int, ...] = tuple(sorted(_COUNT_BY_CODE))
+_MAX_CODE = max(_CODES)
 
 # A probe "was sent" when it left (or tried to leave) towards the target. Duplicates and
 # late replies are extra events, not probes. LOCAL_DOWN (our own network was down) and
@@ -89,6 +91,10 @@ SENT_OUTCOMES: frozenset[Outcome] = frozenset(
 )
 _SENT_CODES: frozenset[int] = frozenset(OUTCOME_CODE[o] for o in SENT_OUTCOMES)
 _REPLY = OUTCOME_CODE[Outcome.REPLY]
+_TIMEOUT = OUTCOME_CODE[Outcome.TIMEOUT]
+# bytes.translate table: the code column -> 1 for a reply, 0 otherwise (a mask for
+# itertools.compress, both at C speed)
+_REPLY_MASK = bytes(1 if c == _REPLY else 0 for c in range(256))
 
 # Share of a minute's replies below each stored quantile; used to rebuild an
 # approximate distribution from a rollup row (see _quantiles).
@@ -103,25 +109,28 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS targets (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS results (
-    t REAL NOT NULL,            -- Unix seconds when the outcome was known
     tid INTEGER NOT NULL,       -- targets.id
-    seq INTEGER NOT NULL,
-    outcome INTEGER NOT NULL,   -- OUTCOME_CODE
-    rtt_ms REAL,
-    ttl INTEGER,
-    address TEXT                -- NULL: equal to the target name; '': none (unresolved)
+    t0 REAL NOT NULL,           -- first record's time (Unix seconds)
+    t1 REAL NOT NULL,           -- last record's time
+    n INTEGER NOT NULL,         -- records in data
+    address TEXT,               -- NULL: equal to the target name; '': none (unresolved)
+    data BLOB NOT NULL          -- a chunk (fastping.chunk), records in time order
 );
--- The fields only ICMP errors and send errors carry, in a row of their own (rid =
--- results.rowid) only for the results that have any: most results are replies and
--- timeouts, and five NULL columns per row cost as much to write as the rest of it.
+-- Window queries and the rollup ask "chunks of tid ending at or after t".
+CREATE INDEX IF NOT EXISTS results_tid_t1 ON results (tid, t1);
+-- The fields only ICMP errors and send errors carry, in a row of their own only for
+-- the results that have any: most results are replies and timeouts.
 CREATE TABLE IF NOT EXISTS results_extra (
-    rid INTEGER PRIMARY KEY,
+    tid INTEGER NOT NULL,
+    t REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    outcome INTEGER NOT NULL,
     icmp_type INTEGER,
     icmp_code INTEGER,
     router TEXT,
     errno INTEGER
 );
-CREATE INDEX IF NOT EXISTS results_tid_t ON results (tid, t);
+CREATE INDEX IF NOT EXISTS results_extra_tid_t ON results_extra (tid, t);
 CREATE TABLE IF NOT EXISTS rollups (
     tid INTEGER NOT NULL,
     minute INTEGER NOT NULL,    -- Unix seconds of the minute's start
@@ -141,21 +150,49 @@ _ROLLUP_COLS: tuple[str, ...] = (
     "min_ms", "max_ms", "sum_ms", "sumsq_ms", "p50_ms", "p95_ms", "p99_ms",
     "jitter_sum_ms", "jitter_n", "first_rtt_ms", "last_rtt_ms",
 )  # fmt: skip
+_ROLLUP_TOTAL = " + ".join(COUNT_KEYS)  # every record increments exactly one count
 
-# What a malformed ProbeResult raises while being turned into a row or inserted (never
-# a disk or lock problem: those are sqlite3.OperationalError and are retried).
+# What a malformed ProbeResult raises while being packed or inserted (never a disk or
+# lock problem: those are sqlite3.OperationalError and are retried).
 _MALFORMED: tuple[type[Exception], ...] = (
-    KeyError, TypeError, ValueError, AttributeError, OverflowError,
+    KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError,
     sqlite3.InterfaceError, sqlite3.IntegrityError,
     sqlite3.ProgrammingError,  # "Error binding parameter N: type 'list' is not supported"
 )  # fmt: skip
 
-_INSERT_RESULT = (
-    "INSERT INTO results (t, tid, seq, outcome, rtt_ms, ttl, address) VALUES (?,?,?,?,?,?,?)"
-)
+_INSERT_CHUNK = "INSERT INTO results (tid, t0, t1, n, address, data) VALUES (?,?,?,?,?,?)"
 _INSERT_EXTRA = (
-    "INSERT INTO results_extra (rid, icmp_type, icmp_code, router, errno) VALUES (?,?,?,?,?)"
+    "INSERT INTO results_extra (tid, t, seq, outcome, icmp_type, icmp_code, router, errno)"
+    " VALUES (?,?,?,?,?,?,?,?)"
 )
+
+_TIME = attrgetter("time")
+_KEY = attrgetter("target", "address")
+_OUTCOME_CODE_OF = OUTCOME_CODE.__getitem__
+_F32 = array("f", [0.0])
+
+
+class _Chunk(NamedTuple):
+    """A chunk waiting in the queue (from submit_chunks)."""
+
+    target: str
+    address: str | None  # stored form: NULL = the target, '' = none
+    data: bytes
+    n: int
+
+
+class _Row(NamedTuple):
+    """One results row ready to insert, with its extra rows and where it came from
+    (for the malformed-item report)."""
+
+    target: str
+    address: str | None
+    t0: float
+    t1: float
+    n: int
+    data: bytes
+    extras: list[tuple[Any, ...]]  # (t, seq, code, icmp_type, icmp_code, router, errno)
+    origin: object
 
 
 def _connect(
@@ -175,6 +212,108 @@ def _connect(
     return conn
 
 
+def _schema_version(conn: sqlite3.Connection) -> str | None:
+    """The database's schema version, None when it has no meta table (new or foreign)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return None
+        raise
+    return None if row is None else str(row[0])
+
+
+def _check_version(path: Path, version: str | None) -> None:
+    if version is None or version == str(SCHEMA_VERSION):
+        return
+    older = version.isdigit() and int(version) < SCHEMA_VERSION
+    raise ConfigError(
+        f"{str(path)!r} holds fastping database schema {version} (written by "
+        f"{'an older' if older else 'another'} fastping); this version reads and writes "
+        f"schema {SCHEMA_VERSION} and does not convert it: move the file aside "
+        f"(mv {path} {path}.v{version}) or give a new --db / store.path"
+    )
+
+
+def _encode_address(target: str, address: str | None) -> str | None:
+    if address == target:
+        return None  # the usual case for numeric targets: store nothing
+    return "" if address is None else address
+
+
+def _decode_address(target: str, stored: str | None) -> str | None:
+    if stored is None:
+        return target
+    return stored or None
+
+
+def _sorted_chunk(data: bytes) -> tuple[float, float, bytes]:
+    """(t0, t1, data) of a chunk, its records put in time order if they are not."""
+    n = len(data) // RECORD_SIZE
+    t = array("d")
+    t.frombytes(data[: 8 * n])
+    if len(t) > 1:
+        tl = t.tolist()
+        if tl != sorted(tl):
+            c = unpack(data)
+            order = sorted(range(n), key=tl.__getitem__)
+            data = pack(
+                [tl[i] for i in order],
+                [c.rtt_ms[i] for i in order],
+                [c.seq[i] for i in order],
+                bytes(c.code[i] for i in order),
+                bytes(c.ttl[i] for i in order),
+            )
+            t = array("d", sorted(tl))
+    return t[0], t[-1], data
+
+
+def _extra_of(r: ProbeResult, code: int) -> tuple[Any, ...]:
+    """The results_extra fields of ``r`` (without tid), checked: a wrong type here would
+    fail the INSERT inside the transaction, after its chunk row is in."""
+    for name in ("icmp_type", "icmp_code", "errno"):
+        v = getattr(r, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise TypeError(f"{name} must be an int or None, not {type(v).__name__}")
+    if r.router is not None and not isinstance(r.router, str):
+        raise TypeError(f"router must be a str or None, not {type(r.router).__name__}")
+    return (float(r.time), int(r.seq), code, r.icmp_type, r.icmp_code, r.router, r.errno)
+
+
+def _pack_results(group: list[ProbeResult]) -> _Row:
+    """One (target, address) group of ProbeResults -> one chunk row (records sorted by
+    time) and its extra rows. Raises one of _MALFORMED when any result is bad."""
+    cols = list(zip(*group, strict=True))
+    t = cols[10]
+    if len(group) > 1 and list(t) != sorted(t):
+        group = sorted(group, key=_TIME)
+        cols = list(zip(*group, strict=True))
+        t = cols[10]
+    codes = bytes(map(_OUTCOME_CODE_OF, cols[3]))
+    data = pack(t, cols[4], cols[2], codes, cols[5])
+    n = len(group)
+    extras: list[tuple[Any, ...]] = []
+    # icmp_type, icmp_code, router, errno: nearly always all None (tuple.count is C)
+    if any(cols[k].count(None) != n for k in (6, 7, 8, 9)):
+        extras = [
+            _extra_of(r, c)
+            for r, c in zip(group, codes, strict=True)
+            if r.icmp_type is not None
+            or r.icmp_code is not None
+            or r.router is not None
+            or r.errno is not None
+        ]
+    target = group[0].target
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a str, not {type(target).__name__}")
+    addr = group[0].address
+    if addr is not None and not isinstance(addr, str):
+        raise TypeError(f"address must be a str or None, not {type(addr).__name__}")
+    return _Row(
+        target, _encode_address(target, addr), float(t[0]), float(t[-1]), n, data, extras, group
+    )
+
+
 class _Writer:
     """The write side: one connection, used by one worker thread at a time."""
 
@@ -191,6 +330,8 @@ class _Writer:
         if self.conn is None:
             conn = _connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
             try:
+                # An older layout must not get half of the new tables added to it.
+                _check_version(self.path, _schema_version(conn))
                 # WAL: readers (the report command) never block the writer, and a commit
                 # is one sequential append. synchronous=NORMAL in WAL mode is still
                 # corruption-safe; a power cut can only lose the last commits.
@@ -235,79 +376,114 @@ class _Writer:
             new[name] = tid
         return tid
 
-    def write(self, batch: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str]]:
+    def write(
+        self, results: Sequence[ProbeResult], chunks: Sequence[_Chunk]
+    ) -> tuple[list[tuple[object, int, str]], int]:
         """Write one batch in one transaction (runs in a worker thread). Returns the
-        results that can never be written (malformed), with the reason; everything else
-        is committed. On a failure of the database (locked, full, read-only) nothing is
-        committed, the error propagates, and the connection is closed: after a
-        read-only or I/O error it can stay unusable even when the cause is gone, so the
-        retry starts on a fresh one."""
+        items that can never be written (malformed: the item, its record count, the
+        reason) and the number of rows written; everything else is committed. On a
+        failure of the database (locked, full, read-only) nothing is committed, the
+        error propagates, and the connection is closed: after a read-only or I/O error
+        it can stay unusable even when the cause is gone, so the retry starts on a
+        fresh one."""
         with self.lock:
             try:
-                return self._write(batch)
+                return self._write(results, chunks)
             except BaseException:
                 self.close()
                 raise
 
-    def _insert(
-        self, conn: sqlite3.Connection, batch: Sequence[ProbeResult], new: dict[str, int]
-    ) -> None:
-        """INSERT ``batch`` in order: plain results (no ICMP error / errno fields, nearly
-        all of them) with one executemany per run, the others one at a time with their
-        results_extra row. This loop is the writer's per-result Python work (10,000 a
-        second at the issue-4 benchmark): keep it to tuple building."""
-        tids = self.tids
-        codes = OUTCOME_CODE
-        rows: list[tuple[Any, ...]] = []
-        for r in batch:
-            target = r.target
-            tid = tids.get(target) or new.get(target) or self._tid(conn, target, new)
-            address = r.address
-            row = (
-                float(r.time), tid, int(r.seq), codes[r.outcome], r.rtt_ms, r.ttl,
-                None if address == target else ("" if address is None else address),
-            )  # fmt: skip
-            plain = r.errno is None and r.router is None
-            if plain and r.icmp_type is None and r.icmp_code is None:
-                rows.append(row)
-                continue
-            if rows:
-                conn.executemany(_INSERT_RESULT, rows)
-                rows = []
-            rid = conn.execute(_INSERT_RESULT, row).lastrowid
-            conn.execute(_INSERT_EXTRA, (rid, r.icmp_type, r.icmp_code, r.router, r.errno))
-        if rows:
-            conn.executemany(_INSERT_RESULT, rows)
+    @staticmethod
+    def _pack(
+        results: Sequence[ProbeResult], chunks: Sequence[_Chunk]
+    ) -> tuple[list[_Row], list[tuple[object, int, str]]]:
+        """Rows to insert (no database work). The per-result Python of the writer is here:
+        grouping by (target, address) and the column transposition in _pack_results."""
+        rows: list[_Row] = []
+        bad: list[tuple[object, int, str]] = []
+        for c in chunks:
+            t0, t1, data = _sorted_chunk(c.data)
+            rows.append(_Row(c.target, c.address, t0, t1, c.n, data, [], c))
+        groups: dict[Any, list[ProbeResult]] = {}
+        try:
+            for key, r in zip(map(_KEY, results), results, strict=True):
+                g = groups.get(key)
+                if g is None:
+                    groups[key] = [r]
+                else:
+                    g.append(r)
+        except _MALFORMED:
+            # something that is not a ProbeResult, or an unhashable field: one at a time
+            groups = {}
+            for r in results:
+                try:
+                    groups.setdefault(_KEY(r), []).append(r)
+                except _MALFORMED as e:
+                    bad.append((r, 1, f"{type(e).__name__}: {e}"))
+        for group in groups.values():
+            try:
+                rows.append(_pack_results(group))
+            except _MALFORMED:
+                # Set the bad results aside; the others of the group still go in.
+                good = []
+                for r in group:
+                    try:
+                        _pack_results([r])
+                    except _MALFORMED as e:
+                        bad.append((r, 1, f"{type(e).__name__}: {e}"))
+                    else:
+                        good.append(r)
+                if good:
+                    rows.append(_pack_results(good))
+        return rows, bad
 
-    def _write(self, batch: Sequence[ProbeResult]) -> list[tuple[ProbeResult, str]]:
+    def _insert(self, conn: sqlite3.Connection, rows: Sequence[_Row], new: dict[str, int]) -> None:
+        tids = self.tids
+        out = []
+        extras: list[tuple[Any, ...]] = []
+        for row in rows:
+            target = row.target
+            tid = tids.get(target) or new.get(target) or self._tid(conn, target, new)
+            out.append((tid, row.t0, row.t1, row.n, row.address, row.data))
+            if row.extras:
+                extras.extend((tid, *e) for e in row.extras)
+        conn.executemany(_INSERT_CHUNK, out)
+        if extras:
+            conn.executemany(_INSERT_EXTRA, extras)
+
+    def _write(
+        self, results: Sequence[ProbeResult], chunks: Sequence[_Chunk]
+    ) -> tuple[list[tuple[object, int, str]], int]:
         conn = self.open()
+        rows, bad = self._pack(results, chunks)
         new: dict[str, int] = {}
-        bad: list[tuple[ProbeResult, str]] = []
+        written = len(rows)
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                self._insert(conn, batch, new)
-            except _MALFORMED as e:
-                # Something in the batch cannot be stored as it is (a caller bug, not a
-                # disk problem). Retrying would fail forever and block everything behind
-                # it, so write the rows one at a time and set the bad ones aside.
-                del e
+                self._insert(conn, rows, new)
+            except _MALFORMED:
+                # Something cannot be stored as it is (a caller bug, not a disk problem).
+                # Retrying would fail forever and block everything behind it, so write
+                # the rows one at a time and set the bad ones aside.
                 conn.execute("ROLLBACK")
                 new.clear()
                 conn.execute("BEGIN IMMEDIATE")
-                for r in batch:
+                written = 0
+                for row in rows:
                     known = dict(new)
                     try:
                         conn.execute("SAVEPOINT one")
-                        self._insert(conn, (r,), new)
+                        self._insert(conn, (row,), new)
                         conn.execute("RELEASE one")
+                        written += 1
                     except _MALFORMED as e2:
-                        # the results row may be in without its extra row: undo both
+                        # the chunk row may be in without its extra rows: undo both
                         conn.execute("ROLLBACK TO one")
                         conn.execute("RELEASE one")
                         new.clear()  # a target row made inside the savepoint is gone too
                         new.update(known)
-                        bad.append((r, f"{type(e2).__name__}: {e2}"))
+                        bad.append((row.origin, row.n, f"{type(e2).__name__}: {e2}"))
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -315,12 +491,12 @@ class _Writer:
             raise
         # only ids that were committed are remembered
         self.tids.update(new)
-        return bad
+        return bad, written
 
     def rollup(self, cutoff: float, chunk_targets: int = 200) -> int:
-        """Fold raw results older than ``cutoff`` (a minute boundary) into per-minute
-        rollups and delete them. One transaction per chunk of targets keeps each
-        write lock short. Returns the number of raw rows folded."""
+        """Fold chunks entirely older than ``cutoff`` (a minute boundary) into
+        per-minute rollups and delete them. One transaction per group of targets keeps
+        each write lock short. Returns the number of records folded."""
         with self.lock:
             try:
                 return self._rollup(cutoff, chunk_targets)
@@ -330,7 +506,7 @@ class _Writer:
 
     def _rollup(self, cutoff: float, chunk_targets: int) -> int:
         conn = self.open()
-        # One index seek per target ((tid, t) index), not a scan of every raw row.
+        # One index seek per target ((tid, t1) index), not a scan of every row.
         tids = [int(r[0]) for r in conn.execute("SELECT id FROM targets ORDER BY id")]
         folded = 0
         for i in range(0, len(tids), chunk_targets):
@@ -347,81 +523,217 @@ class _Writer:
 
     def _rollup_target(self, conn: sqlite3.Connection, tid: int, cutoff: float) -> int:
         rows = conn.execute(
-            "SELECT t, outcome, rtt_ms, address FROM results WHERE tid = ? AND t < ? ORDER BY t",
+            "SELECT rowid, address, data FROM results WHERE tid = ? AND t1 < ? ORDER BY t0, rowid",
             (tid, cutoff),
         ).fetchall()
-        minutes: dict[int, list[tuple[float, int, float | None, str | None]]] = {}
-        for row in rows:
-            minutes.setdefault(int(row[0] // ROLLUP_S) * ROLLUP_S, []).append(row)
+        if not rows:
+            return 0
+        st = _Stream.of([(r[1], r[2]) for r in rows], full=False, where=f"{self.path} tid {tid}")
+        t = st.t
         placeholders = ",".join("?" * len(_ROLLUP_COLS))
-        for minute, mrows in minutes.items():
-            new = _rollup_row(tid, minute, mrows)
+        i, end = 0, len(t)
+        while i < end:
+            minute = int(t[i] // ROLLUP_S) * ROLLUP_S
+            j = max(i + 1, bisect_left(t, minute + ROLLUP_S, i, end))
+            new = _rollup_row(tid, minute, st, i, j)
             old = conn.execute(
                 f"SELECT {', '.join(_ROLLUP_COLS)} FROM rollups WHERE tid = ? AND minute = ?",
                 (tid, minute),
             ).fetchone()
-            if old is not None:  # late-written stragglers for a minute already folded
+            if old is not None:  # the rest of a minute whose first part was folded before
                 new = _merge_rollups(dict(zip(_ROLLUP_COLS, old, strict=True)), new)
             conn.execute(
                 f"INSERT OR REPLACE INTO rollups ({', '.join(_ROLLUP_COLS)}) "
                 f"VALUES ({placeholders})",
                 [new[c] for c in _ROLLUP_COLS],
             )
-        conn.execute(
-            "DELETE FROM results_extra WHERE rid IN "
-            "(SELECT rowid FROM results WHERE tid = ? AND t < ?)",
-            (tid, cutoff),
-        )
-        conn.execute("DELETE FROM results WHERE tid = ? AND t < ?", (tid, cutoff))
-        return len(rows)
+            i = j
+        # Extra rows go with their records; those of chunks still raw (one straddling
+        # the cutoff) must stay, so only what is older than every remaining chunk goes.
+        left = conn.execute(
+            "SELECT min(t0) FROM results WHERE tid = ? AND t1 >= ?", (tid, cutoff)
+        ).fetchone()[0]
+        bound = cutoff if left is None else min(cutoff, float(left))
+        conn.execute("DELETE FROM results_extra WHERE tid = ? AND t < ?", (tid, bound))
+        conn.executemany("DELETE FROM results WHERE rowid = ?", [(r[0],) for r in rows])
+        return end
 
 
-def _encode_address(r: ProbeResult) -> str | None:
-    if r.address == r.target:
-        return None  # the usual case for numeric targets: store nothing
-    return "" if r.address is None else r.address
+class _Stream:
+    """One target's records from several chunks, merged in time order (ties keep the
+    order of the chunks, which is (t0, rowid)): the columns, and per record the index of
+    its chunk's stored address when the chunks' addresses differ."""
+
+    __slots__ = ("addrs", "aid", "code", "rtt", "seq", "t", "ttl")
+
+    def __init__(self) -> None:
+        self.t: array[float] = array("d")
+        self.rtt: array[float] = array("f")
+        self.code: bytes = b""
+        self.seq: array[int] = array("i")
+        self.ttl: bytes = b""
+        self.addrs: list[str | None] = []
+        self.aid: array[int] | None = None
+
+    @classmethod
+    def of(cls, chunks: Sequence[tuple[str | None, bytes]], *, full: bool, where: str) -> _Stream:
+        """``chunks``: (stored address, data) ordered by (t0, rowid). ``full``: also the
+        seq and TTL columns (recent() needs them; stats do not)."""
+        st = cls()
+        cols = []
+        for addr, data in chunks:
+            try:
+                c = unpack(data)
+            except ChunkError as e:
+                raise ChunkError(f"{where}: a damaged results row: {e}") from None
+            if len(c):
+                cols.append(c)
+                st.addrs.append(addr)
+        if not cols:
+            return st
+        if len(cols) == 1:
+            c = cols[0]
+            st.t, st.rtt, st.code = c.t, c.rtt_ms, c.code
+            if full:
+                st.seq, st.ttl = c.seq, c.ttl
+            return st
+        overlap = False
+        hi = -math.inf
+        for c in cols:
+            if c.t[0] < hi:
+                overlap = True
+            hi = max(hi, c.t[-1])
+        for c in cols:
+            st.t.extend(c.t)
+            st.rtt.extend(c.rtt_ms)
+            if full:
+                st.seq.extend(c.seq)
+        st.code = b"".join(c.code for c in cols)
+        if full:
+            st.ttl = b"".join(c.ttl for c in cols)
+        if len(set(st.addrs)) > 1:
+            aid = array("I")
+            for k, c in enumerate(cols):
+                aid.extend(array("I", [k]) * len(c))
+            st.aid = aid
+        if overlap:
+            # Chunks of one target overlap when results came both ways (submit and
+            # submit_chunks): sort the records (a stable sort, at C speed).
+            tl = st.t
+            order = sorted(range(len(tl)), key=tl.__getitem__)
+            st.t = array("d", map(tl.__getitem__, order))
+            st.rtt = array("f", map(st.rtt.__getitem__, order))
+            st.code = bytes(map(st.code.__getitem__, order))
+            if full:
+                st.seq = array("i", map(st.seq.__getitem__, order))
+                st.ttl = bytes(map(st.ttl.__getitem__, order))
+            if st.aid is not None:
+                st.aid = array("I", map(st.aid.__getitem__, order))
+        return st
+
+    def address_at(self, k: int) -> str | None:
+        return self.addrs[0] if self.aid is None else self.addrs[self.aid[k]]
+
+    def last_address(self, i: int, j: int, skip: str | None) -> str | None:
+        """The stored address of the last record in [i, j) whose address is not
+        ``skip``, or ``skip`` when there is none."""
+        if self.aid is None:
+            return self.addrs[0] if self.addrs else skip
+        for k in range(j - 1, i - 1, -1):
+            a = self.addrs[self.aid[k]]
+            if a != skip:
+                return a
+        return skip
 
 
-def _decode_address(target: str, stored: str | None) -> str | None:
-    if stored is None:
-        return target
-    return stored or None
+def _tally(code: bytes) -> list[tuple[int, int]]:
+    """(outcome code, count) of a code column, by bytes.count (C speed). Replies and
+    timeouts are nearly everything, so they are counted first."""
+    n = len(code)
+    rep = code.count(_REPLY)
+    if rep == n:
+        return [(_REPLY, n)]
+    tmo = code.count(_TIMEOUT)
+    if rep + tmo == n:
+        return [(_REPLY, rep), (_TIMEOUT, tmo)]
+    return [(c, k) for c in _CODES if (k := code.count(c))]
 
 
-def _rollup_row(
-    tid: int, minute: int, rows: Sequence[tuple[float, int, float | None, str | None]]
-) -> dict[str, Any]:
+def _reply_rtts(code: bytes, rtt: array[float], replies: int) -> list[float]:
+    """The RTTs of the replies, in record order (replies without an RTT left out)."""
+    if replies == 0:
+        return []
+    if replies == len(code):
+        out = rtt.tolist()
+    else:
+        out = list(itertools.compress(rtt, code.translate(_REPLY_MASK)))
+    s = sum(out)
+    if s != s:  # a NaN: a reply without an RTT (rare)
+        out = [x for x in out if x == x]
+    return out
+
+
+def _summary(rtts: list[float]) -> dict[str, float | None]:
+    """rtt_summary(rtts), the same arithmetic in the same order (so the same numbers),
+    with map() and operator functions instead of generator expressions: all_stats runs
+    this over every target's raw RTTs."""
+    n = len(rtts)
+    if n < 2:
+        return rtt_summary(rtts)
+    avg = sum(rtts) / n
+    dev = list(map(sub, rtts, itertools.repeat(avg, n)))
+    var = sum(map(mul, dev, dev)) / n
+    jit = sum(map(abs, map(sub, rtts[1:], rtts[:-1]))) / (n - 1)
+    s = sorted(rtts)
+    return {
+        "min_ms": s[0],
+        "avg_ms": avg,
+        "max_ms": s[-1],
+        "stddev_ms": math.sqrt(var),
+        "jitter_ms": jit,
+        "p50_ms": percentile(s, 50),
+        "p95_ms": percentile(s, 95),
+        "p99_ms": percentile(s, 99),
+    }
+
+
+def _rollup_row(tid: int, minute: int, st: _Stream, i: int, j: int) -> dict[str, Any]:
+    code = st.code[i:j]
     counts = dict.fromkeys(COUNT_KEYS, 0)
     sent = 0
-    rtts: list[float] = []
-    address: str | None = None
-    for _t, code, rtt, addr in rows:
-        counts[_COUNT_BY_CODE[code]] += 1
-        if code in _SENT_CODES:
-            sent += 1
-        if code == _REPLY and rtt is not None:
-            rtts.append(rtt)
-        if addr is not None:
-            address = addr
+    replies = 0
+    for c, k in _tally(code):
+        counts[_COUNT_BY_CODE[c]] += k
+        if c in _SENT_CODES:
+            sent += k
+        if c == _REPLY:
+            replies = k
+    rtts = _reply_rtts(code, st.rtt[i:j], replies)
     s = sorted(rtts)
-    jit = [abs(rtts[i] - rtts[i - 1]) for i in range(1, len(rtts))]
     return {
-        "tid": tid, "minute": minute, "address": address, "sent": sent, **counts,
+        "tid": tid, "minute": minute, "address": st.last_address(i, j, None), "sent": sent,
+        **counts,
         "min_ms": s[0] if s else None, "max_ms": s[-1] if s else None,
-        "sum_ms": math.fsum(rtts), "sumsq_ms": math.fsum(x * x for x in rtts),
+        "sum_ms": math.fsum(rtts), "sumsq_ms": math.fsum(map(mul, rtts, rtts)),
         "p50_ms": percentile(s, 50), "p95_ms": percentile(s, 95), "p99_ms": percentile(s, 99),
-        "jitter_sum_ms": math.fsum(jit), "jitter_n": len(jit),
+        "jitter_sum_ms": math.fsum(map(abs, map(sub, rtts[1:], rtts[:-1]))),
+        "jitter_n": max(0, len(rtts) - 1),
         "first_rtt_ms": rtts[0] if rtts else None, "last_rtt_ms": rtts[-1] if rtts else None,
     }  # fmt: skip
 
 
 def _merge_rollups(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Two rollups of the same minute (stragglers written after the minute was folded).
-    Counts, sums and extremes merge exactly; the quantiles become the reply-weighted
-    mean of both, which is approximate (and rare)."""
+    """Two rollups of the same minute, ``b`` folded after ``a`` (the rest of a minute
+    whose chunk straddled the cutoff, or stragglers written late). Counts, sums and
+    extremes merge exactly; so does jitter when ``b``'s replies came after ``a``'s (the
+    usual case: one more pair, a's last RTT to b's first). The quantiles become the
+    reply-weighted mean of both, which is approximate."""
     out = dict(a)
     for k in ("sent", *COUNT_KEYS, "sum_ms", "sumsq_ms", "jitter_sum_ms", "jitter_n"):
         out[k] = a[k] + b[k]
+    if a["last_rtt_ms"] is not None and b["first_rtt_ms"] is not None:
+        out["jitter_sum_ms"] += abs(b["first_rtt_ms"] - a["last_rtt_ms"])
+        out["jitter_n"] += 1
     for k, f in (("min_ms", min), ("max_ms", max)):
         vals = [v for v in (a[k], b[k]) if v is not None]
         out[k] = f(vals) if vals else None
@@ -439,75 +751,50 @@ def _merge_rollups(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class _Acc:
-    """Accumulates raw results and rollup rows (in time order) into one stats dict."""
+    """Accumulates blocks of raw records and rollup rows (in time order) into one stats
+    dict. Counts are added as they come; the RTT figures are worked out in result(),
+    from the parts in order (jitter pairs successive RTTs across part boundaries)."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
     sent: int = 0
     raw_rtts: list[float] = field(default_factory=list)
-    pieces: list[tuple[float, float, float]] = field(default_factory=list)  # (lo, hi, mass)
-    n: int = 0
-    sum_ms: float = 0.0
-    sumsq_ms: float = 0.0
-    min_ms: float | None = None
-    max_ms: float | None = None
-    jit_sum: float = 0.0
-    jit_n: int = 0
-    prev_rtt: float | None = None
+    parts: list[list[float] | dict[str, Any]] = field(default_factory=list)
     address: str | None = None
     first_time: float | None = None
     last_time: float | None = None
     rolled: bool = False
-
-    def _rtt(self, rtt: float) -> None:
-        self.n += 1
-        self.sum_ms += rtt
-        self.sumsq_ms += rtt * rtt
-        self.min_ms = rtt if self.min_ms is None else min(self.min_ms, rtt)
-        self.max_ms = rtt if self.max_ms is None else max(self.max_ms, rtt)
 
     def _seen(self, t: float, end: float) -> None:
         if self.first_time is None:
             self.first_time = t
         self.last_time = end
 
-    def add_raw(self, t: float, code: int, rtt: float | None, address: str | None) -> None:
-        self.counts[_COUNT_BY_CODE[code]] += 1
-        if code in _SENT_CODES:
-            self.sent += 1
-        if code == _REPLY and rtt is not None:
-            self._rtt(rtt)
-            self.raw_rtts.append(rtt)
-            self.pieces.append((rtt, rtt, 1.0))
-            if self.prev_rtt is not None:
-                self.jit_sum += abs(rtt - self.prev_rtt)
-                self.jit_n += 1
-            self.prev_rtt = rtt
+    def add_block(self, target: str, st: _Stream, i: int, j: int) -> None:
+        """Raw records [i, j) of ``st`` (j > i)."""
+        code = st.code[i:j]
+        replies = 0
+        counts = self.counts
+        for c, k in _tally(code):
+            counts[_COUNT_BY_CODE[c]] += k
+            if c in _SENT_CODES:
+                self.sent += k
+            if c == _REPLY:
+                replies = k
+        rtts = _reply_rtts(code, st.rtt[i:j], replies)
+        if rtts:
+            self.raw_rtts.extend(rtts)
+            self.parts.append(rtts)
+        address = _decode_address(target, st.last_address(i, j, ""))
         if address is not None:
             self.address = address
-        self._seen(t, t)
+        self._seen(st.t[i], st.t[j - 1])
 
     def add_rollup(self, r: dict[str, Any]) -> None:
         self.rolled = True
         for k in COUNT_KEYS:
             self.counts[k] += r[k]
         self.sent += r["sent"]
-        n = r["received"]
-        if r["min_ms"] is not None and n > 0:
-            self.n += n
-            self.sum_ms += r["sum_ms"]
-            self.sumsq_ms += r["sumsq_ms"]
-            self.min_ms = r["min_ms"] if self.min_ms is None else min(self.min_ms, r["min_ms"])
-            self.max_ms = r["max_ms"] if self.max_ms is None else max(self.max_ms, r["max_ms"])
-            for lo_k, hi_k, share in _ROLLUP_SHAPE:
-                self.pieces.append((r[lo_k], r[hi_k], share * n))
-            self.jit_sum += r["jitter_sum_ms"]
-            self.jit_n += r["jitter_n"]
-            if self.prev_rtt is not None and r["first_rtt_ms"] is not None:
-                # the pair across the boundary between the previous data and this minute
-                self.jit_sum += abs(r["first_rtt_ms"] - self.prev_rtt)
-                self.jit_n += 1
-            if r["last_rtt_ms"] is not None:
-                self.prev_rtt = r["last_rtt_ms"]
+        self.parts.append(r)
         if r["address"] is not None:
             self.address = r["address"]
         self._seen(float(r["minute"]), float(r["minute"] + ROLLUP_S))
@@ -515,37 +802,83 @@ class _Acc:
     def empty(self) -> bool:
         return self.first_time is None
 
+    def _rolled_figures(self) -> tuple[dict[str, float | None], list[tuple[float, float, float]]]:
+        """The RTT figures when part of the window is rollups, and the mixture of
+        pieces for the quantiles."""
+        n = 0
+        sum_ms = sumsq_ms = jit_sum = 0.0
+        jit_n = 0
+        min_ms: float | None = None
+        max_ms: float | None = None
+        prev: float | None = None
+        pieces: list[tuple[float, float, float]] = []
+        for p in self.parts:
+            if isinstance(p, list):
+                n += len(p)
+                sum_ms += sum(p)
+                sumsq_ms += sum(map(mul, p, p))
+                lo, hi = min(p), max(p)
+                min_ms = lo if min_ms is None else min(min_ms, lo)
+                max_ms = hi if max_ms is None else max(max_ms, hi)
+                if prev is not None:
+                    jit_sum += abs(p[0] - prev)
+                    jit_n += 1
+                jit_sum += sum(map(abs, map(sub, p[1:], p[:-1])))
+                jit_n += len(p) - 1
+                prev = p[-1]
+                pieces.extend((x, x, 1.0) for x in p)
+                continue
+            k = p["received"]
+            if p["min_ms"] is None or k <= 0:
+                continue
+            n += k
+            sum_ms += p["sum_ms"]
+            sumsq_ms += p["sumsq_ms"]
+            min_ms = p["min_ms"] if min_ms is None else min(min_ms, p["min_ms"])
+            max_ms = p["max_ms"] if max_ms is None else max(max_ms, p["max_ms"])
+            for lo_k, hi_k, share in _ROLLUP_SHAPE:
+                pieces.append((p[lo_k], p[hi_k], share * k))
+            jit_sum += p["jitter_sum_ms"]
+            jit_n += p["jitter_n"]
+            if prev is not None and p["first_rtt_ms"] is not None:
+                # the pair across the boundary between the previous data and this minute
+                jit_sum += abs(p["first_rtt_ms"] - prev)
+                jit_n += 1
+            if p["last_rtt_ms"] is not None:
+                prev = p["last_rtt_ms"]
+        if n == 0:
+            return rtt_summary([]), pieces
+        avg = sum_ms / n
+        p50, p95, p99 = _quantiles(pieces, (0.50, 0.95, 0.99))
+        return {
+            "min_ms": min_ms,
+            "avg_ms": avg,
+            "max_ms": max_ms,
+            "stddev_ms": math.sqrt(max(0.0, sumsq_ms / n - avg * avg)),
+            "jitter_ms": jit_sum / jit_n if jit_n else None,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
+        }, pieces
+
     def spread(self) -> dict[str, float | None]:
         """p5, p25 and p75 (for the chart's smoke bands)."""
         qs = (5.0, 25.0, 75.0)
+        vals: list[float | None]
         if not self.rolled:
             s = sorted(self.raw_rtts)
             vals = [percentile(s, q) for q in qs]
-        elif self.n == 0:
-            vals = [None, None, None]
         else:
-            vals = list(_quantiles(self.pieces, [q / 100 for q in qs]))
+            _, pieces = self._rolled_figures()
+            vals = list(_quantiles(pieces, [q / 100 for q in qs])) if pieces else [None] * 3
         return dict(zip(("p5_ms", "p25_ms", "p75_ms"), vals, strict=True))
 
     def result(self, target: str) -> dict[str, Any]:
         if not self.rolled:
             # Raw results only: exactly the numbers rtt_summary gives for the same RTTs.
-            summ = rtt_summary(self.raw_rtts)
-        elif self.n == 0:
-            summ = rtt_summary([])
+            summ = _summary(self.raw_rtts)
         else:
-            avg = self.sum_ms / self.n
-            p50, p95, p99 = _quantiles(self.pieces, (0.50, 0.95, 0.99))
-            summ = {
-                "min_ms": self.min_ms,
-                "avg_ms": avg,
-                "max_ms": self.max_ms,
-                "stddev_ms": math.sqrt(max(0.0, self.sumsq_ms / self.n - avg * avg)),
-                "jitter_ms": self.jit_sum / self.jit_n if self.jit_n else None,
-                "p50_ms": p50,
-                "p95_ms": p95,
-                "p99_ms": p99,
-            }
+            summ, _ = self._rolled_figures()
         received = self.counts["received"]
         out: dict[str, Any] = {
             "target": target,
@@ -607,6 +940,23 @@ def _quantiles(pieces: Sequence[tuple[float, float, float]], qs: Sequence[float]
     return out
 
 
+def _f32_to_float(x: float) -> float:
+    """The shortest decimal that is the same float32: 0.21 stored comes back as 0.21,
+    not 0.20999999344348907 (what recent() hands out should read like what went in)."""
+    f = _F32
+    for digits in (6, 7, 8):
+        y = float(f"{x:.{digits}g}")
+        f[0] = y
+        if f[0] == x:
+            return y
+    return x
+
+
+# Targets per query in all_stats: one query (and one index range) per group rather
+# than per target, while holding only a group's chunks in memory at once.
+_TID_GROUP = 512
+
+
 class ResultStore:
     """Probe results in a SQLite file (see the module docstring)."""
 
@@ -622,6 +972,7 @@ class ResultStore:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         busy_timeout_ms: int = 200,
+        chunk_window_s: float = 10.0,
     ) -> None:
         for name, value in (
             ("retention_s", retention_s),
@@ -631,21 +982,33 @@ class ResultStore:
             ("rollup_interval_s", rollup_interval_s),
             ("retry_initial_s", retry_initial_s),
             ("retry_max_s", retry_max_s),
+            ("chunk_window_s", chunk_window_s),
         ):
             if not value > 0:
                 raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
         self.path = Path(path)
         self.retention_s = float(retention_s)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # records per write transaction
         self.flush_interval_s = float(flush_interval_s)
-        self.max_queue = int(max_queue)
+        self.max_queue = int(max_queue)  # records
         self.rollup_interval_s = float(rollup_interval_s)
         self.retry_initial_s = float(retry_initial_s)
         self.retry_max_s = float(retry_max_s)
+        # ProbeResults wait this long in the queue (unless a flush, close or a full
+        # queue asks sooner), so the writer packs many results of a target into one
+        # row: written as they come, 10,000 targets at 1 probe/s give ~1 result per
+        # target per write batch and a row each, 8 us a result.
+        self.chunk_window_s = float(chunk_window_s)
+        self._hold_max = max(self.batch_size, self.max_queue // 2)
+        self._queue_since = 0.0  # monotonic time the oldest queued ProbeResult came
+        self._flush_goal = 0  # a flush() waits for _done to reach this
         self._writer = _Writer(self.path, busy_timeout_ms)
         self._queue: deque[ProbeResult] = deque()
+        self._chunks: deque[_Chunk] = deque()
+        self._chunk_records = 0  # records in self._chunks
         self._lock = threading.Lock()  # submit() may be called from other threads
         self._written = 0
+        self._rows_written = 0
         self._dropped = 0
         self._dropped_unlogged = 0
         self._last_drop_log = 0.0
@@ -660,8 +1023,8 @@ class ResultStore:
         self._closing = False
         self._closed = False
         self._next_rollup = 0.0
-        self._submitted_total = 0  # results accepted into the queue, ever
-        self._done = 0  # results accepted and since written or dropped at close
+        self._submitted_total = 0  # records accepted into the queue, ever
+        self._done = 0  # records accepted and since written or dropped
         self._progress: asyncio.Condition | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -669,7 +1032,8 @@ class ResultStore:
     async def start(self) -> None:
         """Open the database (WAL) and start the writer task. A database that cannot be
         written right now (locked, read-only, full) is retried by the writer; only a
-        path that can never work (its directory is missing, it is a directory) raises."""
+        path that can never work (its directory is missing, it is a directory, it holds
+        another schema version) raises."""
         if self._task is not None:
             return
         parent = self.path.resolve().parent
@@ -695,14 +1059,19 @@ class ResultStore:
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         self._task = asyncio.create_task(self._run(), name="fastping-store-writer")
 
+    def _queued(self) -> int:
+        return len(self._queue) + self._chunk_records
+
     def submit(self, results: Iterable[ProbeResult]) -> None:
         """Queue results for writing. Never blocks, never raises for a full queue:
         what does not fit is counted in ``stats()["dropped"]`` and logged at ERROR."""
         with self._lock:
             # after close() nothing would ever write them: count them, do not hold them
-            room = 0 if self._closed else self.max_queue - len(self._queue)
+            room = 0 if self._closed else self.max_queue - self._queued()
             n = 0
             dropped = 0
+            if not self._queue:
+                self._queue_since = time.monotonic()
             for r in results:
                 if n < room:
                     self._queue.append(r)
@@ -715,7 +1084,65 @@ class ResultStore:
                 self._dropped_unlogged += dropped
         if dropped:
             self._log_drops()
-        if self._wake is not None and len(self._queue) >= self.batch_size:
+        if self._wake is not None and len(self._queue) >= self._hold_max:
+            self._set_wake()
+
+    def submit_chunks(self, items: Iterable[tuple[str, str | None, bytes]]) -> None:
+        """Queue chunks for writing: ``(target, address, chunk)``, the chunk as
+        ``fastping.chunk.pack`` or the core's outcome log makes it, ``address`` the
+        probed address (None: there was none). Each is written as one row. Never
+        blocks: the queue counts records, and a chunk that does not fit is dropped
+        whole and its records counted in ``stats()["dropped"]``.
+
+        Raises ChunkError (a ValueError) for a chunk whose length is not a whole number
+        of records or that holds an unknown outcome code, TypeError for a target or
+        address that is not a str; then nothing of ``items`` is queued."""
+        staged: list[_Chunk] = []
+        for target, address, data in items:
+            if not isinstance(target, str):
+                raise TypeError(f"submit_chunks: target must be a str, not {target!r}")
+            if address is not None and not isinstance(address, str):
+                raise TypeError(
+                    f"submit_chunks: address of {target!r} must be a str or None, not {address!r}"
+                )
+            if not isinstance(data, bytes):
+                data = bytes(data)  # a buffer the caller may reuse: keep a copy
+            n, rest = divmod(len(data), RECORD_SIZE)
+            if rest:
+                raise ChunkError(
+                    f"submit_chunks: the chunk for {target!r} has {len(data)} bytes, not a "
+                    f"whole number of {RECORD_SIZE}-byte records; pass what chunk.pack() or "
+                    "the core's outcome log returns, unchanged"
+                )
+            if n == 0:
+                continue
+            if max(data[16 * n : 17 * n]) > _MAX_CODE:
+                raise ChunkError(
+                    f"submit_chunks: the chunk for {target!r} holds an unknown outcome code "
+                    f"(known: 0..{_MAX_CODE}, fastping.chunk.OUTCOME_CODE); is it a chunk?"
+                )
+            staged.append(_Chunk(target, _encode_address(target, address), data, n))
+        if not staged:
+            return
+        with self._lock:
+            room = 0 if self._closed else self.max_queue - self._queued()
+            accepted = 0
+            dropped = 0
+            for c in staged:
+                if c.n <= room:
+                    self._chunks.append(c)
+                    room -= c.n
+                    accepted += c.n
+                else:
+                    dropped += c.n
+            self._chunk_records += accepted
+            self._submitted_total += accepted
+            if dropped:
+                self._dropped += dropped
+                self._dropped_unlogged += dropped
+        if dropped:
+            self._log_drops()
+        if self._wake is not None and self._chunk_records >= self.batch_size:
             self._set_wake()
 
     def _set_wake(self) -> None:
@@ -741,7 +1168,7 @@ class ResultStore:
                 "store queue full: results dropped",
                 dropped=self._dropped_unlogged,
                 dropped_total=self._dropped,
-                queued=len(self._queue),
+                queued=self._queued(),
                 max_queue=self.max_queue,
                 last_error=self._last_error,
                 db=str(self.path),
@@ -758,6 +1185,7 @@ class ResultStore:
         if self._task is None or self._progress is None:
             raise RuntimeError("ResultStore.flush() before start(): nothing writes the queue")
         assert self._wake is not None
+        self._flush_goal = max(self._flush_goal, goal)  # write held results now
         self._wake.set()
 
         async def wait() -> None:
@@ -789,8 +1217,10 @@ class ResultStore:
         self._task = None
         with self._lock:
             self._closed = True
-            left = len(self._queue)
+            left = self._queued()
             self._queue.clear()
+            self._chunks.clear()
+            self._chunk_records = 0
             if left:
                 self._dropped += left  # logged just below, in words of its own
                 self._done += left
@@ -813,11 +1243,14 @@ class ResultStore:
         await self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: queued (accepted, not yet written), written, dropped, write_failures
-        (failed write attempts), retries (writes attempted again after a failure)."""
+        """Counters, in records (one probe result each): queued (accepted, not yet
+        written), written, dropped, write_failures (failed write attempts), retries
+        (writes attempted again after a failure), rolled_up (folded into rollups);
+        rows_written counts the chunk rows the records went into."""
         return {
-            "queued": len(self._queue),
+            "queued": self._queued(),
             "written": self._written,
+            "rows_written": self._rows_written,
             "dropped": self._dropped,
             "write_failures": self._write_failures,
             "retries": self._retries,
@@ -839,7 +1272,7 @@ class ResultStore:
                 "store write failed; results kept in the queue for retry",
                 op=what,
                 error=self._last_error,
-                queued=len(self._queue),
+                queued=self._queued(),
                 failures=self._write_failures,
                 db=str(self.path),
             )
@@ -849,28 +1282,73 @@ class ResultStore:
         async with self._progress:
             self._progress.notify_all()
 
+    def _results_due(self) -> bool:
+        """Write the queued ProbeResults now (else they wait to be packed with more)."""
+        return bool(self._queue) and (
+            self._closing
+            or self._done < self._flush_goal
+            or len(self._queue) >= self._hold_max
+            or time.monotonic() - self._queue_since >= self.chunk_window_s
+        )
+
+    def _urgent(self) -> bool:
+        """Write without waiting for the next flush interval."""
+        return (
+            self._closing
+            or self._chunk_records >= self.batch_size
+            or (bool(self._queue) and self._done < self._flush_goal)
+            or len(self._queue) >= self._hold_max
+        )
+
+    def _take_batch(self, results_due: bool) -> tuple[list[ProbeResult], list[_Chunk], int]:
+        """The head of the queues: the ProbeResults when they are due (all of them: a
+        target's results held together go into one row) and chunks holding up to
+        batch_size records (at least one)."""
+        with self._lock:
+            results = list(self._queue) if results_due else []
+            chunks: list[_Chunk] = []
+            records = 0
+            for c in self._chunks:
+                if chunks and records + c.n > self.batch_size:
+                    break
+                chunks.append(c)
+                records += c.n
+        return results, chunks, records
+
+    def _drop_batch(self, results: int, chunks: int, chunk_records: int) -> None:
+        """Remove a written batch from the head of the queues (lock held)."""
+        if results == len(self._queue):
+            self._queue.clear()
+        else:
+            for _ in range(results):
+                self._queue.popleft()
+            self._queue_since = time.monotonic()  # the rest: as if they came now
+        for _ in range(chunks):
+            self._chunks.popleft()
+        self._chunk_records -= chunk_records
+
     async def _run(self) -> None:
         assert self._wake is not None
         delay = 0.0  # backoff after a failure
         failing = False
         while True:
-            if not self._queue and self._closing:
+            if not self._queued() and self._closing:
                 return
-            if not failing and len(self._queue) < self.batch_size and not self._closing:
-                # wait for a full batch, a flush, or the interval
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-                self._wake.clear()
-            elif failing:
+            if failing:
                 with contextlib.suppress(asyncio.TimeoutError):
                     # close() wakes us to give up sooner; a flush() does not skip the backoff
                     await asyncio.wait_for(self._wait_closing(), delay)
                 self._retries += 1
-            if self._queue:
-                with self._lock:
-                    batch = list(itertools.islice(self._queue, self.batch_size))
+            elif not self._urgent():
+                # wait for a full batch, a flush, or the interval
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                self._wake.clear()
+            results_due = self._results_due()
+            if self._chunks or results_due:
+                results, chunks, chunk_records = self._take_batch(results_due)
                 try:
-                    bad = await asyncio.to_thread(self._writer.write, batch)
+                    bad, rows = await asyncio.to_thread(self._writer.write, results, chunks)
                 except Exception as e:  # noqa: BLE001 - locked, full, read-only, I/O, ...
                     # Whatever went wrong, the batch stays queued: a writer task that
                     # died here would lose everything after it without a word.
@@ -880,23 +1358,25 @@ class ResultStore:
                     if self._closing:
                         return  # close() counts what is left
                     continue
+                records = len(results) + chunk_records
+                bad_records = sum(k for _, k, _ in bad)
                 with self._lock:
-                    for _ in range(len(batch)):
-                        self._queue.popleft()
-                    self._written += len(batch) - len(bad)
-                    self._dropped += len(bad)
-                    self._done += len(batch)
+                    self._drop_batch(len(results), len(chunks), chunk_records)
+                    self._written += records - bad_records
+                    self._rows_written += rows
+                    self._dropped += bad_records
+                    self._done += records
                 if bad:
                     log.error(
                         "store dropped malformed results",
-                        dropped=len(bad),
-                        first=repr(bad[0][0]),
-                        reason=bad[0][1],
+                        dropped=bad_records,
+                        first=repr(bad[0][0])[:300],
+                        reason=bad[0][2],
                         db=str(self.path),
                     )
                 if failing:
                     self._last_failure_log = 0.0
-                    log.info("store writes recovered", queued=len(self._queue), db=str(self.path))
+                    log.info("store writes recovered", queued=self._queued(), db=str(self.path))
                 failing = False
                 delay = 0.0
                 await self._notify()
@@ -913,19 +1393,20 @@ class ResultStore:
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         try:
             await self.rollup()
-        except (sqlite3.Error, OSError) as e:
+        except (sqlite3.Error, OSError, ChunkError) as e:
             # raw rows stay in place; the next round folds them
             log.warning("store rollup failed; will retry", error=f"{e}", db=str(self.path))
 
     async def rollup(self, now: float | None = None) -> int:
         """Fold raw results older than the retention window (whole minutes) into
-        per-minute rollups and delete them. The writer does this every
-        ``rollup_interval_s``; call it to force one. Returns rows folded."""
+        per-minute rollups and delete them; a chunk reaching past the cutoff waits for
+        a later round. The writer does this every ``rollup_interval_s``; call it to
+        force one. Returns the records folded."""
         cutoff = _minute_floor((time.time() if now is None else now) - self.retention_s)
         n = await asyncio.to_thread(self._writer.rollup, cutoff)
         self._rollup_rows += n
         if n:
-            log.info("store rolled up old results", rows=n, before=cutoff, db=str(self.path))
+            log.info("store rolled up old results", records=n, before=cutoff, db=str(self.path))
         return n
 
     # ---- queries (sync; own read-only connection) -------------------------------------
@@ -940,15 +1421,20 @@ class ResultStore:
         try:
             conn = _connect(self.path, readonly=True, busy_timeout_ms=5000)
             conn.execute("SELECT 1 FROM targets LIMIT 1").fetchall()
+            version = _schema_version(conn)
         except sqlite3.DatabaseError as e:
             raise ConfigError(
                 f"{str(self.path)!r} is not a fastping database ({e}); give the file "
                 "`fastping monitor --db` writes"
             ) from None
         try:
+            _check_version(self.path, version)
             yield conn
         finally:
             conn.close()
+
+    def _where(self, target: str) -> str:
+        return f"{self.path} target {target!r}"
 
     def targets(self) -> list[str]:
         """Every target name the store has seen, sorted."""
@@ -956,79 +1442,110 @@ class ResultStore:
             return [r[0] for r in conn.execute("SELECT name FROM targets ORDER BY name")]
 
     def recent(self, target: str, limit: int = 100) -> list[ProbeResult]:
-        """The latest raw results of ``target``, oldest first."""
+        """The latest raw results of ``target`` (at most ``limit``), oldest first. RTTs
+        come back as the shortest decimal of their stored float32 (7 digits)."""
+        limit = int(limit)
         with self._read() as conn:
             row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
-            if row is None:
+            if row is None or limit <= 0:
                 return []
-            rows = conn.execute(
-                "SELECT r.t, r.seq, r.outcome, r.rtt_ms, r.ttl, e.icmp_type, e.icmp_code,"
-                " e.router, e.errno, r.address FROM results r"
-                " LEFT JOIN results_extra e ON e.rid = r.rowid"
-                " WHERE r.tid = ? ORDER BY r.t DESC, r.rowid DESC LIMIT ?",
-                (row[0], int(limit)),
-            ).fetchall()
-        return [
-            ProbeResult(
-                target=target,
-                address=_decode_address(target, r[9]),
-                seq=r[1],
-                outcome=OUTCOME_BY_CODE[r[2]],
-                rtt_ms=r[3],
-                ttl=r[4],
-                icmp_type=r[5],
-                icmp_code=r[6],
-                router=r[7],
-                errno=r[8],
-                time=r[0],
-            )  # fmt: skip
-            for r in reversed(rows)
-        ]
+            tid = int(row[0])
+            # Newest chunks first, until the next one ends before everything taken:
+            # chunks of one target may overlap in time, so the newest `limit` records
+            # need not all be in the newest chunk.
+            taken: list[tuple[float, int, str | None, bytes]] = []
+            have = 0
+            oldest = math.inf
+            for t0, t1, rowid, addr, data in conn.execute(
+                "SELECT t0, t1, rowid, address, data FROM results WHERE tid = ?"
+                " ORDER BY t1 DESC, rowid DESC",
+                (tid,),
+            ):
+                if have >= limit and t1 < oldest:
+                    break
+                taken.append((t0, rowid, addr, data))
+                have += len(data) // RECORD_SIZE
+                oldest = min(oldest, t0)
+            taken.sort(key=lambda x: (x[0], x[1]))
+            st = _Stream.of([(a, d) for _, _, a, d in taken], full=True, where=self._where(target))
+            end = len(st.t)
+            start = max(0, end - limit)
+            if start == end:
+                return []
+            extras: dict[tuple[float, int, int], tuple[Any, ...]] = {}
+            for t, seq, code, *rest in conn.execute(
+                "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno FROM results_extra"
+                " WHERE tid = ? AND t >= ? AND t <= ?",
+                (tid, st.t[start], st.t[end - 1]),
+            ):
+                extras[(t, seq, code)] = tuple(rest)
+        none4 = (None, None, None, None)
+        out = []
+        for k in range(start, end):
+            t, seq, code, rtt, ttl = st.t[k], st.seq[k], st.code[k], st.rtt[k], st.ttl[k]
+            it, ic, router, errno = extras.get((t, seq, code), none4)
+            out.append(
+                ProbeResult(
+                    target=target,
+                    address=_decode_address(target, st.address_at(k)),
+                    seq=seq,
+                    outcome=OUTCOME_BY_CODE[code],
+                    rtt_ms=None if rtt != rtt else _f32_to_float(rtt),
+                    ttl=ttl or None,
+                    icmp_type=it,
+                    icmp_code=ic,
+                    router=router,
+                    errno=errno,
+                    time=t,
+                )  # fmt: skip
+            )
+        return out
 
-    def _accumulate(
+    def _accumulate_many(
         self,
         conn: sqlite3.Connection,
-        target: str,
-        tid: int,
+        targets: Sequence[tuple[int, str]],
         since: float | None,
         until: float | None,
         bucket_s: float | None = None,
-    ) -> dict[int, _Acc]:
+    ) -> Iterator[tuple[str, dict[int, _Acc]]]:
+        """(name, accumulators by bucket) of each of ``targets`` ((tid, name), by tid),
+        one query for the chunks and one for the rollups of each group of targets."""
         lo = -math.inf if since is None else since
         hi = math.inf if until is None else until
-        # A rollup minute is in the window when it overlaps it.
-        rolls = conn.execute(
-            f"SELECT {', '.join(_ROLLUP_COLS)} FROM rollups WHERE tid = ? AND minute > ? "
-            "AND minute <= ? ORDER BY minute",
-            (tid, lo - ROLLUP_S, hi),
-        ).fetchall()
-        raws = conn.execute(
-            "SELECT t, outcome, rtt_ms, address FROM results WHERE tid = ? AND t >= ? AND t <= ?"
-            " ORDER BY t, rowid",
-            (tid, lo, hi),
-        ).fetchall()
-        accs: dict[int, _Acc] = {}
+        for g in range(0, len(targets), _TID_GROUP):
+            group = targets[g : g + _TID_GROUP]
+            first, last = group[0][0], group[-1][0]
+            chunks: dict[int, list[tuple[str | None, bytes]]] = {}
+            for tid, addr, data in conn.execute(
+                "SELECT tid, address, data FROM results WHERE tid >= ? AND tid <= ?"
+                " AND t1 >= ? AND t0 <= ? ORDER BY tid, t0, rowid",
+                (first, last, lo, hi),
+            ):
+                chunks.setdefault(tid, []).append((addr, data))
+            rolls: dict[int, list[dict[str, Any]]] = {}
+            # A rollup minute is in the window when it overlaps it.
+            for r in conn.execute(
+                f"SELECT {', '.join(_ROLLUP_COLS)} FROM rollups WHERE tid >= ? AND tid <= ?"
+                " AND minute > ? AND minute <= ? ORDER BY tid, minute",
+                (first, last, lo - ROLLUP_S, hi),
+            ):
+                rolls.setdefault(r[0], []).append(dict(zip(_ROLLUP_COLS, r, strict=True)))
+            for tid, name in group:
+                c = chunks.get(tid)
+                rl = rolls.get(tid, [])
+                if c is None and not rl:
+                    continue
+                st = _Stream.of(c or [], full=False, where=self._where(name))
+                yield name, _fold(name, st, rl, lo, hi, bucket_s)
 
-        def acc(t: float) -> _Acc:
-            k = 0 if bucket_s is None else int(t // bucket_s)
-            a = accs.get(k)
-            if a is None:
-                a = accs[k] = _Acc()
-            return a
-
-        # Merge both streams in time order (jitter pairs successive RTTs).
-        i = 0
-        for r in rolls:
-            rd = dict(zip(_ROLLUP_COLS, r, strict=True))
-            rd["address"] = _decode_address(target, rd["address"])
-            while i < len(raws) and raws[i][0] < rd["minute"]:
-                t, code, rtt, addr = raws[i]
-                acc(t).add_raw(t, code, rtt, _decode_address(target, addr))
-                i += 1
-            acc(float(rd["minute"])).add_rollup(rd)
-        for t, code, rtt, addr in raws[i:]:
-            acc(t).add_raw(t, code, rtt, _decode_address(target, addr))
-        return accs
+    def _target_ids(self, conn: sqlite3.Connection, target: str | None) -> list[tuple[int, str]]:
+        if target is None:
+            return [
+                (int(r[0]), r[1]) for r in conn.execute("SELECT id, name FROM targets ORDER BY id")
+            ]
+        row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
+        return [] if row is None else [(int(row[0]), target)]
 
     def target_stats(
         self, target: str, since: float | None = None, until: float | None = None
@@ -1039,11 +1556,13 @@ class ResultStore:
         jitter_ms, p50_ms, p95_ms, p99_ms, one count per other outcome, first_time,
         last_time and ``approximate`` (percentiles estimated from minute rollups)."""
         with self._read() as conn:
-            row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
-            if row is None:
-                return None
-            a = self._accumulate(conn, target, int(row[0]), since, until).get(0)
-        return None if a is None or a.empty() else a.result(target)
+            for _, accs in self._accumulate_many(
+                conn, self._target_ids(conn, target), since, until
+            ):
+                a = accs.get(0)
+                if a is not None and not a.empty():
+                    return a.result(target)
+        return None
 
     def all_stats(
         self, since: float | None = None, until: float | None = None
@@ -1051,10 +1570,13 @@ class ResultStore:
         """``target_stats`` of every target with results in the window, by target name."""
         out = []
         with self._read() as conn:
-            for tid, name in conn.execute("SELECT id, name FROM targets ORDER BY name").fetchall():
-                a = self._accumulate(conn, name, int(tid), since, until).get(0)
+            for name, accs in self._accumulate_many(
+                conn, self._target_ids(conn, None), since, until
+            ):
+                a = accs.get(0)
                 if a is not None and not a.empty():
                     out.append(a.result(name))
+        out.sort(key=lambda s: s["target"])
         return out
 
     def series(
@@ -1066,11 +1588,12 @@ class ResultStore:
         Each bucket also has p5_ms, p25_ms and p75_ms for the chart's spread bands."""
         if not bucket_s > 0:
             raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
+        accs: dict[int, _Acc] = {}
         with self._read() as conn:
-            row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
-            if row is None:
-                return []
-            accs = self._accumulate(conn, target, int(row[0]), since, until, bucket_s)
+            for _, by_bucket in self._accumulate_many(
+                conn, self._target_ids(conn, target), since, until, bucket_s
+            ):
+                accs = by_bucket
         out = []
         for k in sorted(accs):
             d = accs[k].result(target)
@@ -1079,10 +1602,48 @@ class ResultStore:
             out.append(d)
         return out
 
+    def count_results(
+        self, target: str | None = None, since: float | None = None, until: float | None = None
+    ) -> int:
+        """Records stored for ``target`` (None: every target) in [since, until]: raw
+        records inside the window (a chunk reaching over an edge counts only its records
+        inside) plus the results of rollup minutes that overlap it, the same records
+        target_stats counts."""
+        lo = -math.inf if since is None else since
+        hi = math.inf if until is None else until
+        total = 0
+        args: tuple[int, ...] = ()
+        where = ""
+        with self._read() as conn:
+            if target is not None:
+                row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
+                if row is None:
+                    return 0
+                where, args = "tid = ? AND ", (int(row[0]),)
+            # chunks wholly inside: their n; the ones over an edge: count their times
+            whole = conn.execute(
+                f"SELECT sum(n) FROM results WHERE {where}t0 >= ? AND t1 <= ?", (*args, lo, hi)
+            ).fetchone()[0]
+            total += int(whole or 0)
+            for (data,) in conn.execute(
+                f"SELECT data FROM results WHERE {where}t1 >= ? AND t0 <= ? AND (t0 < ? OR t1 > ?)",
+                (*args, lo, hi, lo, hi),
+            ):
+                n = len(data) // RECORD_SIZE
+                t = array("d")
+                t.frombytes(data[: 8 * n])
+                total += bisect_right(t, hi) - bisect_left(t, lo)
+            rolled = conn.execute(
+                f"SELECT sum({_ROLLUP_TOTAL}) FROM rollups WHERE {where}minute > ? AND minute <= ?",
+                (*args, lo - ROLLUP_S, hi),
+            ).fetchone()[0]
+            total += int(rolled or 0)
+        return total
+
     def time_range(self) -> tuple[float, float] | None:
         """(oldest, newest) result time in the store, or None when it is empty."""
         with self._read() as conn:
-            r = conn.execute("SELECT min(t), max(t) FROM results").fetchone()
+            r = conn.execute("SELECT min(t0), max(t1) FROM results").fetchone()
             m = conn.execute("SELECT min(minute), max(minute) FROM rollups").fetchone()
         lows = [v for v in (r[0], m[0]) if v is not None]
         highs = [v for v in (r[1], None if m[1] is None else m[1] + ROLLUP_S) if v is not None]
@@ -1091,8 +1652,57 @@ class ResultStore:
         return float(min(lows)), float(max(highs))
 
 
+def _fold(
+    target: str,
+    st: _Stream,
+    rolls: Sequence[dict[str, Any]],
+    lo: float,
+    hi: float,
+    bucket_s: float | None,
+) -> dict[int, _Acc]:
+    """The records of ``st`` inside [lo, hi] and the rollup rows (by minute), merged in
+    time order into one accumulator per bucket (key 0 without buckets)."""
+    accs: dict[int, _Acc] = {}
+    t = st.t
+
+    def acc(k: int) -> _Acc:
+        a = accs.get(k)
+        if a is None:
+            a = accs[k] = _Acc()
+        return a
+
+    def raw(i: int, j: int) -> None:
+        if bucket_s is None:
+            if j > i:
+                acc(0).add_block(target, st, i, j)
+            return
+        while i < j:
+            k = int(t[i] // bucket_s)
+            e = max(i + 1, bisect_left(t, (k + 1) * bucket_s, i, j))
+            acc(k).add_block(target, st, i, e)
+            i = e
+
+    i = bisect_left(t, lo)
+    end = bisect_right(t, hi)
+    for r in rolls:
+        r["address"] = _decode_address(target, r["address"])
+        j = bisect_left(t, r["minute"], i, end)
+        raw(i, j)
+        i = j
+        acc(0 if bucket_s is None else int(r["minute"] // bucket_s)).add_rollup(r)
+    raw(i, max(i, end))
+    return accs
+
+
 def _minute_floor(t: float) -> float:
     return float(math.floor(t / ROLLUP_S) * ROLLUP_S)
 
 
-__all__ = ["COUNT_KEYS", "SENT_OUTCOMES", "ResultStore"]
+__all__ = [
+    "COUNT_KEYS",
+    "OUTCOME_BY_CODE",
+    "OUTCOME_CODE",
+    "SENT_OUTCOMES",
+    "ChunkError",
+    "ResultStore",
+]

@@ -261,6 +261,7 @@ async def _main(
         batch_size=sc.batch_size,
         flush_interval_s=sc.flush_interval_s,
         max_queue=sc.max_queue,
+        chunk_window_s=sc.chunk_s,
     )
     network = None
     if network_cfg is not None:
