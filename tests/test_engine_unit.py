@@ -71,10 +71,12 @@ def test_probes_are_spread_over_the_interval_not_burst() -> None:
 
     asyncio.run(main())
     batches = fac.v4.send_batches
-    # 200 targets over 50 ticks of 10 ms: ~4 a tick; a burst would be 200 at once
+    # 200 targets over the 25 ticks (of 20 ms) of the interval: ~8 a tick; a burst
+    # would be 200 at once
+    assert eng.tick_s == 0.02
     assert sum(batches) >= 400
-    assert max(batches) <= 12, batches
-    assert len(batches) >= 60
+    assert max(batches) <= 16, batches
+    assert len(batches) >= 45
     # each target got its probes, and every probe has its result
     per = Counter(r.target for r in store.results)
     assert set(per) == set(hosts)
@@ -537,3 +539,24 @@ def test_live_table_shows_problems_first() -> None:
     assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2]
     assert lines[3].split()[:2] == ["127.0.0.9", "down"] and "100.0%" in lines[3]
     assert lines[4] == "... and 1 more (problems first)"
+
+
+def test_tick_defaults_to_20ms_or_the_shortest_interval() -> None:
+    eng, *_ = make()
+    assert eng.tick_s == 0.02
+    eng, *_ = make(interval_s=1.0, min_interval_s=0.005, timeout_s=0.01)
+    assert eng.tick_s == 0.005  # a 5 ms interval needs a 5 ms tick
+    with pytest.raises(ConfigError, match="shorter than the tick"):
+        make(interval_s=0.005, timeout_s=0.01, tick_s=0.02)
+
+
+def test_interval_that_is_not_a_whole_number_of_ticks_is_exact_on_average() -> None:
+    # 30 ms at a 20 ms tick: gaps of 20 and 40 ms alternate, 30 ms on average
+    eng, fac, store, _ = make(["127.0.0.2"], interval_s=0.03, timeout_s=0.2, tick_s=0.02)
+    asyncio.run(eng.run(1.2, handle_signals=False))
+    times = [t for t, _ in fac.v4.sends]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) >= 30
+    mean = (times[-1] - times[0]) / len(gaps)
+    assert 0.028 <= mean <= 0.032, mean
+    assert all(0.01 <= g <= 0.05 for g in gaps), gaps
