@@ -14,7 +14,7 @@ recvmmsg, nothing else) on the same probes (10,000 targets x the same number of
 rounds) and reports its CPU seconds: that is the kernel's own loopback work (the
 echo reply is generated inside the sender's sendmmsg), so the difference is
 fastping's share. mmsg_ceiling sends each round in one burst; ``benchmarks/c/
-paced_ref.c`` sends the same probes paced like the engine (100 every 10 ms), which
+paced_ref.c`` sends the same probes paced like the engine (200 every 20 ms), which
 costs the kernel more per probe: both are reported.
 
 The resource guard samples as usual but its limits are raised (100 % of a core,
@@ -53,7 +53,8 @@ def _cpu_s() -> float:
 
 
 class _RssSampler(threading.Thread):
-    """Peak RSS sampled every 50 ms (ru_maxrss also counts start-up transients)."""
+    """Peak RSS sampled every 200 ms (ru_maxrss also counts start-up transients; the
+    sampler runs inside the measured process, so it samples sparingly)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -62,7 +63,7 @@ class _RssSampler(threading.Thread):
 
     def run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
-        while not self._halt.wait(0.05):
+        while not self._halt.wait(0.2):
             with open("/proc/self/statm") as f:
                 rss = int(f.read().split()[1]) * page / 1e6
             self.peak_mb = max(self.peak_mb, rss)
@@ -179,17 +180,21 @@ PACED_SOURCE = Path(__file__).with_name("c") / "paced_ref.c"
 
 
 def run_paced_reference(n: int, seconds: float) -> dict[str, Any] | None:
-    """benchmarks/c/paced_ref.c: the same probes paced as the engine paces them (a
-    10 ms tick sends the targets due in it), in C with nothing around it. Spread over
+    """benchmarks/c/paced_ref.c: the same probes paced as the engine paces them (each
+    tick of the engine's default length sends the targets due in it), in C with nothing
+    around it. Spread over
     ticks the kernel's work costs more per probe than in mmsg_ceiling's one burst."""
+    from fastping.engine import DEFAULT_TICK_S
+
     if shutil.which("gcc") is None or os.geteuid() != 0:
         return None
+    tick_ms = round(DEFAULT_TICK_S * 1000)
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "paced_ref"
         subprocess.run(["gcc", "-O2", "-o", str(exe), str(PACED_SOURCE)], check=True)
         out = subprocess.run(
-            [str(exe), "-n", str(n), "-a", "127.2.0.1", "-i", "1000", "-k", "10", "-d",
-             str(seconds)],
+            [str(exe), "-n", str(n), "-a", "127.2.0.1", "-i", "1000", "-k", str(tick_ms),
+             "-d", str(seconds)],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
@@ -201,6 +206,7 @@ def run_paced_reference(n: int, seconds: float) -> dict[str, Any] | None:
         "replies": int(kv["replies"]),
         "cpu_s": round(cpu, 3),
         "wall_s": round(wall, 2),
+        "tick_ms": tick_ms,
         "share_of_one_core": round(cpu / wall, 4),
         "us_per_probe": round(1e6 * cpu / int(kv["sent"]), 2),
     }

@@ -560,3 +560,28 @@ def test_interval_that_is_not_a_whole_number_of_ticks_is_exact_on_average() -> N
     mean = (times[-1] - times[0]) / len(gaps)
     assert 0.028 <= mean <= 0.032, mean
     assert all(0.01 <= g <= 0.05 for g in gaps), gaps
+
+
+def test_a_small_engine_sleeps_through_empty_ticks() -> None:
+    # 3 targets at 1 s: ~3 ticks of work a second; waking every 20 ms would be 50
+    eng, fac, store, _ = make(["127.0.0.2", "127.0.0.3", "127.0.0.4"], interval_s=1.0,
+                              timeout_s=0.5)  # fmt: skip
+    added: list[float] = []
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.5)
+        added.append(time.monotonic())
+        eng.add_target("127.0.0.5")  # while the loop sleeps: it must wake for it
+        await asyncio.sleep(1.6)
+        await eng.stop()
+
+    asyncio.run(main())
+    st = eng.stats()
+    assert st["ticks"] <= 25, st["ticks"]  # 2.1 s at 20 ms would be 105
+    per = Counter(a for _, a in fac.v4.sends)
+    assert per["127.0.0.2"] == per["127.0.0.3"] == per["127.0.0.4"] == 2, per
+    first_new = min(t for t, a in fac.v4.sends if a == "127.0.0.5")
+    assert 0 <= first_new - added[0] <= 1.05  # at its phase, within one interval
+    assert per["127.0.0.5"] >= 1
+    assert len(store.results) == st["sent"] == sum(per.values())
