@@ -585,3 +585,18 @@ def test_a_small_engine_sleeps_through_empty_ticks() -> None:
     assert 0 <= first_new - added[0] <= 1.05  # at its phase, within one interval
     assert per["127.0.0.5"] >= 1
     assert len(store.results) == st["sent"] == sum(per.values())
+
+
+def test_top_targets_are_problems_first_and_only_as_many_as_asked() -> None:
+    fac = FakeFactory(dead={"127.0.0.9", "127.0.0.8"})
+    hosts = ["127.0.0.2", "127.0.0.9", "127.0.0.3", "127.0.0.8"]
+    eng, fac, store, _ = make(hosts, fac, interval_s=0.05, timeout_s=0.1)
+    asyncio.run(eng.run(0.4, handle_signals=False))
+    top = eng.top_targets(3)
+    assert [(i.host, i.status) for i in top] == [
+        ("127.0.0.8", "down"),
+        ("127.0.0.9", "down"),
+        ("127.0.0.2", "up"),
+    ]
+    assert top[0].loss == 1.0 and top[2].loss == 0.0 and top[2].probes >= 5
+    assert eng.top_targets(0) == [] and len(eng.top_targets(10)) == 4

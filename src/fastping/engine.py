@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import signal
 import socket
@@ -128,6 +129,14 @@ _STATUS_BY_KIND = (
     None,  # duplicate: no change
     None,  # late: no change
 )
+# Problems first, in the live table.
+_STATUS_RANK = {
+    STATUS_DOWN: 0,
+    STATUS_ERROR: 1,
+    STATUS_LOCAL_DOWN: 2,
+    STATUS_UNKNOWN: 3,
+    STATUS_UP: 4,
+}
 # Outcomes that prove the probe left the host: they reset the error backoff.
 _LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED))
 
@@ -665,6 +674,16 @@ class MonitoringEngine:
 
     def targets(self) -> list[TargetInfo]:
         return [self._info(t) for t in self._targets.values()]
+
+    def top_targets(self, n: int) -> list[TargetInfo]:
+        """The ``n`` targets a person should see first: problems first (down, error,
+        local_down, unknown, then up), by name within each. Only those ``n`` are
+        looked up in the core, so a live table over 10,000 targets stays cheap."""
+        rank = _STATUS_RANK
+        top = heapq.nsmallest(
+            max(0, n), self._targets.values(), key=lambda t: (rank.get(t.status, 5), t.host)
+        )
+        return [self._info(t) for t in top]
 
     def target(self, host: str) -> TargetInfo:
         t = self._targets.get(host)
