@@ -11,8 +11,11 @@ Shape (see DESIGN.md, "Engine"):
   sequence (``i * 0.618... mod 1`` of the interval), which spreads any number of
   targets evenly over the interval, so probes never go out in one burst. On each
   tick every due probe of a family goes out in ONE ``sock.send(slots)`` call
-  (sendmmsg batches inside the core). Rescheduling keeps the phase
-  (``next = due_tick + interval``), so a late tick does not make targets drift.
+  (sendmmsg batches inside the core). Rescheduling keeps the unrounded phase
+  (``next = due + interval``), so a late tick does not make targets drift and an
+  interval that is not a whole number of ticks is exact on average. Ticks with
+  nothing to do are slept through (each wake-up costs CPU), so a small engine wakes
+  only when a probe is due, probes are to be expired or the log handed over.
 * **Slot arrays, not per-target work.** A target in the steady state (attached, not
   backing off) is only a slot number in an ``array('I')`` of its wheel bucket: a
   tick sends each due array with one ``sock.send`` and moves the array, whole, to
