@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import repeat
+from operator import mul, sub
 from typing import Any, NamedTuple, overload
 
 
@@ -138,9 +140,12 @@ def rtt_summary(rtts_ms: Sequence[float]) -> dict[str, float | None]:
         return dict.fromkeys(
             ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms", "p50_ms", "p95_ms", "p99_ms")
         )
+    # map() and operator functions rather than generator expressions: the store runs
+    # this over every target's raw RTTs
     avg = sum(rtts_ms) / n
-    var = sum((x - avg) ** 2 for x in rtts_ms) / n
-    jit = sum(abs(rtts_ms[i] - rtts_ms[i - 1]) for i in range(1, n)) / (n - 1) if n > 1 else None
+    dev = list(map(sub, rtts_ms, repeat(avg, n)))
+    var = sum(map(mul, dev, dev)) / n
+    jit = sum(map(abs, map(sub, rtts_ms[1:], rtts_ms[:-1]))) / (n - 1) if n > 1 else None
     s = sorted(rtts_ms)
     return {
         "min_ms": s[0],

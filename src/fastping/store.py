@@ -673,30 +673,6 @@ def _reply_rtts(code: bytes, rtt: array[float], replies: int) -> list[float]:
     return out
 
 
-def _summary(rtts: list[float]) -> dict[str, float | None]:
-    """rtt_summary(rtts), the same arithmetic in the same order (so the same numbers),
-    with map() and operator functions instead of generator expressions: all_stats runs
-    this over every target's raw RTTs."""
-    n = len(rtts)
-    if n < 2:
-        return rtt_summary(rtts)
-    avg = sum(rtts) / n
-    dev = list(map(sub, rtts, itertools.repeat(avg, n)))
-    var = sum(map(mul, dev, dev)) / n
-    jit = sum(map(abs, map(sub, rtts[1:], rtts[:-1]))) / (n - 1)
-    s = sorted(rtts)
-    return {
-        "min_ms": s[0],
-        "avg_ms": avg,
-        "max_ms": s[-1],
-        "stddev_ms": math.sqrt(var),
-        "jitter_ms": jit,
-        "p50_ms": percentile(s, 50),
-        "p95_ms": percentile(s, 95),
-        "p99_ms": percentile(s, 99),
-    }
-
-
 def _rollup_row(tid: int, minute: int, st: _Stream, i: int, j: int) -> dict[str, Any]:
     code = st.code[i:j]
     counts = dict.fromkeys(COUNT_KEYS, 0)
@@ -876,7 +852,7 @@ class _Acc:
     def result(self, target: str) -> dict[str, Any]:
         if not self.rolled:
             # Raw results only: exactly the numbers rtt_summary gives for the same RTTs.
-            summ = _summary(self.raw_rtts)
+            summ = rtt_summary(self.raw_rtts)
         else:
             summ, _ = self._rolled_figures()
         received = self.counts["received"]
