@@ -89,6 +89,18 @@ class Netns:
             ["ip", "netns", "exec", self.router, *cmd], check=True, capture_output=True, text=True
         )
 
+    def reject_beyond_router(self, cidr: str) -> None:
+        """Route ``cidr`` from the router back towards the host and have the router
+        answer every probe to it with host unreachable (nftables: a route of type
+        unreachable would be rate-limited per peer by the kernel's ip_error)."""
+        self.exec_r(
+            "nft",
+            "add table ip fpt; add chain ip fpt fpfwd { type filter hook forward "
+            f"priority 0; }}; add rule ip fpt fpfwd ip daddr {cidr} reject with icmp "
+            "type host-unreachable",
+        )
+        self.exec_r("ip", "route", "add", cidr, "via", "10.201.0.2")
+
 
 @pytest.fixture
 def netns() -> Iterator[Netns]:

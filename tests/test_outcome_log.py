@@ -340,13 +340,7 @@ def _run_in(netns: Any, *targets: str) -> dict[str, Any]:
 
 def test_quiet_mode_returns_every_error(netns) -> None:  # type: ignore[no-untyped-def]
     # the router rejects 10.201.8.0/24 with host unreachable; 10.201.0.1 answers
-    netns.exec_r(
-        "nft",
-        "add table ip fpt; add chain ip fpt fpfwd { type filter hook forward "
-        "priority 0; }; add rule ip fpt fpfwd ip daddr 10.201.8.0/24 reject with icmp "
-        "type host-unreachable",
-    )
-    netns.exec_r("ip", "route", "add", "10.201.8.0/24", "via", "10.201.0.2")
+    netns.reject_beyond_router("10.201.8.0/24")
     res = _run_in(netns, "10.201.8.8", "10.201.0.1")
     # every unreachable comes back; the router's replies only the first time
     assert res["rounds"] == [
