@@ -963,7 +963,9 @@ class MonitoringEngine:
         # expire what is still out for this slot, hand its log to the store, free it
         self._handle(family, sock.expire(self.max_timeout_s))
         if t is not None:
-            self._submit_chunks(t, sock.take_log(slot))
+            self._submit_chunk_items(
+                [(t.host, sock.slot_address(s), b) for s, b in sock.take_log(slot)]
+            )
         smap[slot] = None
         sock.remove_target(slot)
         self._flush_out()
@@ -1010,22 +1012,21 @@ class MonitoringEngine:
         else:
             grp[1].append(t.slot)
 
-    def _unsteady(self, t: _Target) -> int:
-        """Take ``t``'s slot out of its slot array; returns the tick it was due at
-        (-1 if not found). A scan of every array, in C: removals are rare."""
+    def _unsteady(self, t: _Target) -> None:
+        """Take ``t``'s slot out of its slot array. A scan of every array, in C:
+        removals are rare."""
         t.steady = False
         slot = t.slot
         if slot is None:
-            return -1
+            return
         key = (t.family, t.interval_ticks)
-        for tick, groups in self._steady.items():
+        for groups in self._steady.values():
             grp = groups.get(key)
             if grp is not None and slot in grp[1]:
                 grp[1].remove(slot)
                 if not grp[1]:
                     del groups[key]
-                return tick
-        return -1
+                return
 
     def _backoff_s(self, t: _Target) -> float | None:
         n = t.errors - self.backoff_after
@@ -1210,12 +1211,16 @@ class MonitoringEngine:
 
     def _record_local_down(self, t: _Target, wall: float) -> None:
         self._local_down += 1
-        t.py_done += 1
-        r = ProbeResult(t.host, t.address, -1, Outcome.LOCAL_DOWN, time=wall)
+        self._own_result(t, ProbeResult(t.host, t.address, -1, Outcome.LOCAL_DOWN, time=wall))
+        self._note(t, Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN)
+
+    def _own_result(self, t: _Target, r: ProbeResult) -> None:
+        """A final result the engine made itself (no probe reached the core's log):
+        to the store and, when someone wants results, to them; counted per target."""
         self._store_out.append(r)
         if self._want_results:
             self._out.append(r)
-        self._note(t, Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN)
+        t.py_done += 1
 
     def _send_due_targets(self, tk: int, cur: int, bucket: list[_Target], factor: float) -> None:
         """Due targets that need attention, one by one: not attached (name not resolved,
@@ -1259,11 +1264,9 @@ class MonitoringEngine:
             return
         err, msg = self._socket_errors.get(t.family, (None, "socket unavailable"))
         self._py_send_errors += 1
-        r = ProbeResult(t.host, t.address, -1, Outcome.SEND_ERROR, errno=err, time=wall)
-        self._store_out.append(r)
-        if self._want_results:
-            self._out.append(r)
-        t.py_done += 1
+        self._own_result(
+            t, ProbeResult(t.host, t.address, -1, Outcome.SEND_ERROR, errno=err, time=wall)
+        )
         t.errors += 1
         t.last_errno = err
         self._note(t, Outcome.SEND_ERROR, STATUS_ERROR, msg)
@@ -1452,13 +1455,6 @@ class MonitoringEngine:
                     out.append((t.host, sock.slot_address(slot), blob))
                 self._submit_chunk_items(out)
 
-    def _submit_chunks(self, t: _Target, items: list[tuple[int, bytes]]) -> None:
-        """One slot's log (``take_log(slot)``, before the slot is freed) to the store."""
-        sock = self._sockets.get(t.family)
-        if sock is None:
-            return
-        self._submit_chunk_items([(t.host, sock.slot_address(s), b) for s, b in items])
-
     def _submit_chunk_items(self, items: list[tuple[str, str | None, bytes]]) -> None:
         if not items:
             return
@@ -1565,18 +1561,17 @@ class MonitoringEngine:
             return
         self._resolve_errors += 1
         err = getattr(e, "errno", None)
-        r = ProbeResult(
-            t.host,
-            None,
-            -1,
-            Outcome.RESOLVE_ERROR,
-            errno=err if isinstance(err, int) else None,
-            time=time.time(),
+        self._own_result(
+            t,
+            ProbeResult(
+                t.host,
+                None,
+                -1,
+                Outcome.RESOLVE_ERROR,
+                errno=err if isinstance(err, int) else None,
+                time=time.time(),
+            ),
         )
-        self._store_out.append(r)
-        if self._want_results:
-            self._out.append(r)
-        t.py_done += 1
         t.errors += 1
         self._note(t, Outcome.RESOLVE_ERROR, STATUS_ERROR, f"cannot resolve: {msg}")
         self._apply_backoff(t)
