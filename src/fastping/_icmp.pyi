@@ -202,7 +202,8 @@ class IcmpSocket:
         socket is drained after every batch. ``due_ns`` (CLOCK_REALTIME ns): when
         these probes were scheduled; how late each left is counted in lateness().
         Returns every event seen: EV_SEND_ERROR for probes the kernel refused
-        (ENETUNREACH, ...), EV_TIMEOUT for probes pushed out of a full window, and the replies drained meanwhile."""
+        (ENETUNREACH, ...), EV_TIMEOUT for probes pushed out of a full window, and
+        the replies drained meanwhile."""
     def recv(
         self, max_packets: int = 0
     ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
