@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.capture import percentile, tcpdump, wire_rtts
 from tests.conftest import ROOT, child_env
 
@@ -42,7 +41,9 @@ def ns() -> Iterator[str]:
     try:
         run = ["ip", "netns", "exec", name]
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run([*run, "ip", "-6", "route", "add", "local", V6_LOCAL, "dev", "lo"], check=True)
+        subprocess.run(
+            [*run, "ip", "-6", "route", "add", "local", V6_LOCAL, "dev", "lo"], check=True
+        )
         # datagram (unprivileged) ICMP sockets for every group, in this namespace only
         subprocess.run(
             [*run, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"], check=True
@@ -62,7 +63,9 @@ def fastping_in(ns: str, *args: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
-def errors_ns(reported: dict[tuple[str, int], float], wire: dict[tuple[str, int], list[int]]) -> list[float]:
+def errors_ns(
+    reported: dict[tuple[str, int], float], wire: dict[tuple[str, int], list[int]]
+) -> list[float]:
     """fastping's RTT minus the wire's, in ns, for every probe seen by both."""
     out = []
     for key, rtt_ns in reported.items():
@@ -77,7 +80,9 @@ def check_bar(errs: list[float], expected: int, what: str) -> None:
     ab = sorted(abs(e) for e in errs)
     p99 = percentile(ab, 0.99)
     med = percentile(sorted(errs), 0.5)
-    print(f"{what}: {len(errs)} probes, error median {med / 1e3:+.2f} us, p99 |error| {p99 / 1e3:.2f} us")
+    print(
+        f"{what}: {len(errs)} probes, error median {med / 1e3:+.2f} us, p99 |error| {p99 / 1e3:.2f} us"
+    )
     assert p99 <= BAR_P99_NS, f"{what}: p99 |RTT - wire| = {p99 / 1e3:.1f} us > 10 us"
 
 
