@@ -81,7 +81,8 @@ def check_bar(errs: list[float], expected: int, what: str) -> None:
     p99 = percentile(ab, 0.99)
     med = percentile(sorted(errs), 0.5)
     print(
-        f"{what}: {len(errs)} probes, error median {med / 1e3:+.2f} us, p99 |error| {p99 / 1e3:.2f} us"
+        f"{what}: {len(errs)} probes, error median {med / 1e3:+.2f} us,"
+        f" p99 |error| {p99 / 1e3:.2f} us"
     )
     assert p99 <= BAR_P99_NS, f"{what}: p99 |RTT - wire| = {p99 / 1e3:.1f} us > 10 us"
 
