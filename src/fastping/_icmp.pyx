@@ -2181,8 +2181,7 @@ def lateness_bucket_bounds():
     """The send-lateness histogram's bucket lower bounds in microseconds (bucket i
     holds lateness in [bounds[i], bounds[i + 1]) us; the last is open-ended)."""
     out = []
-    cdef int i, e
-    for i in range(LAT_BUCKETS):
+    for i in range(LAT_BUCKETS):      # Python ints: the top bounds pass 2**31
         if i < 16:
             out.append(i)
         else:
