@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
+from tests.conftest import ROOT, child_env, fastping_cmd
 
 from fastping import HAS_EXTENSION
 from fastping.timing import BOUNDS_US, N_BUCKETS, SendLateness
-from tests.conftest import ROOT, child_env, fastping_cmd
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root for raw ICMP sockets")
 
