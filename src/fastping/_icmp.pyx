@@ -133,6 +133,8 @@ DEF ST_OUT = 1               # outstanding
 DEF ST_DONE = 2              # answered (reply or ICMP error)
 DEF ST_EXPIRED = 3           # timed out
 DEF ST_SENDFAIL = 4          # the kernel refused the send
+DEF ST_ERR_UNREACH = 5       # answered by an ICMP unreachable (a real reply may still follow)
+DEF ST_ERR_TEXC = 6          # answered by an ICMP time exceeded (likewise)
 
 # How a probe's send time is taken (IcmpSocket(timestamps=...)).
 DEF TS_BATCH = 0             # one user-space clock read before each sendmmsg (the whole batch)
@@ -696,7 +698,7 @@ cdef class IcmpSocket:
     # counters
     cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
-    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent
+    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent, c_f_seq
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors, c_log_dropped
     cdef uint64_t c_tx_stamps, c_tx_unmatched, c_tx_late, c_timed_kernel, c_timed_user, c_rx_user
     cdef int64_t c_outstanding
@@ -1213,7 +1215,7 @@ cdef class IcmpSocket:
             "malformed": self.c_malformed,
             "foreign_type": self.c_f_type, "foreign_ident": self.c_f_ident,
             "foreign_cookie": self.c_f_cookie, "foreign_source": self.c_f_source,
-            "foreign_unsent": self.c_f_unsent, "stale": self.c_stale,
+            "foreign_unsent": self.c_f_unsent, "foreign_seq": self.c_f_seq, "stale": self.c_stale,
             "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
             "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
             "socket_errors": self.c_sock_errors,
@@ -1231,6 +1233,7 @@ cdef class IcmpSocket:
         self.c_unreach = self.c_texc = self.c_senderr = self.c_enobufs = self.c_foreign = 0
         self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
         self.c_f_type = self.c_f_ident = self.c_f_cookie = self.c_f_source = self.c_f_unsent = 0
+        self.c_f_seq = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = self.c_log_dropped = 0
         self.c_tx_stamps = self.c_tx_unmatched = self.c_tx_late = 0
@@ -1661,6 +1664,12 @@ cdef class IcmpSocket:
         if slot >= self.n or not self.stats[slot].active:
             self.c_stale += 1
             return
+        if p.seq != (serial & 0xFFFF):
+            # the cookie names serial N but the echo's sequence number is not N's: an
+            # altered or spliced packet, not this probe's answer
+            self.c_foreign += 1
+            self.c_f_seq += 1
+            return
         cdef const uint8_t *want = self.addrs + <size_t>slot * self.addr_len
         cdef const uint8_t *src
         cdef sockaddr_in *sin
@@ -1727,6 +1736,17 @@ cdef class IcmpSocket:
             self.c_late += 1
             self._event(slot, C_EV_LATE, serial, rtt, ttl, 0, 0, NULL, 0)
             return
+        if pr.state == ST_ERR_UNREACH or pr.state == ST_ERR_TEXC:
+            # a valid reply after an ICMP error for the same probe: the host answered,
+            # so the reply is the probe's outcome (fping counts it too); the error was
+            # returned as an event and stays one, it is no longer counted as final
+            if pr.state == ST_ERR_TEXC:
+                st.texc -= 1
+                self.c_texc -= 1
+            else:
+                st.unreach -= 1
+                self.c_unreach -= 1
+            self.c_outstanding += 1     # taken again just below
         pr.state = ST_DONE
         self.c_outstanding -= 1
         st.received += 1
@@ -1761,7 +1781,9 @@ cdef class IcmpSocket:
             self.c_stale += 1       # an error for a probe already settled
             return
         cdef bint texc = (itype == ICMP_TIME_EXCEEDED) if self.family == AF_INET else (itype == ICMP6_TIME_EXCEEDED)
-        pr.state = ST_DONE
+        # the error settles the probe, but a real reply may still follow (the error
+        # raced the answer, or was forged): _on_reply lets that reply take its place
+        pr.state = ST_ERR_TEXC if texc else ST_ERR_UNREACH
         self.c_outstanding -= 1
         if texc:
             st.texc += 1
