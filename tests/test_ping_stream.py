@@ -12,8 +12,9 @@ import signal
 import subprocess
 import time
 
-import fastping
 import pytest
+
+import fastping
 from conftest import child_env, fastping_cmd, needs_root
 from fastping.errors import TargetError
 
