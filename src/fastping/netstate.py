@@ -36,7 +36,6 @@ import ipaddress
 import json
 import logging
 import math
-import re
 import socket
 import sys
 import threading
@@ -143,8 +142,6 @@ class InterfaceStats:
 
 # --- configuration ------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 # The spec's profiles. Their check hosts are public resolvers, which we never
 # probe unless asked: a profile sets the timing only; add `check_hosts: [public]`.
@@ -156,15 +153,16 @@ PROFILES: dict[str, dict[str, float]] = {
 
 
 def parse_duration_s(value: object, key: str) -> float:
-    """Seconds from a number or a string like ``"500ms"``, ``"5s"``, ``"1m"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"network.{key}: expected a duration like 5s or 500ms, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNIT_S[m.group(2)]
-    else:
-        raise ConfigError(f"network.{key}: expected a duration like 5s or 500ms, got {value!r}")
+    """Seconds from a number or a string like ``"500ms"``, ``"5s"``, ``"1m30s"``
+    (``fastping.duration``: the one syntax every setting uses)."""
+    from .duration import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ConfigError(
+            f"network.{key}: expected a duration like 5s or 500ms, got {value!r}"
+        ) from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"network.{key}: must be a positive duration, got {value!r}")
     return seconds

@@ -121,6 +121,95 @@ def _expand(host: str) -> list[str]:
     return out
 
 
+Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
+
+
+def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
+    """Targets of a Prometheus file_sd JSON file: a list of ``{"targets": [...],
+    "labels": {...}}`` groups (the format Prometheus' ``file_sd_configs`` reads, so
+    one inventory feeds both). A ``host:port`` target is watched as ``host``."""
+    import json
+
+    from ..errors import TargetError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise TargetError(f"cannot read targets file {path!r}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise TargetError(f"{path}: not JSON ({e}); file_sd is a list of target groups") from None
+    if not isinstance(data, list):
+        raise TargetError(f'{path}: file_sd JSON must be a list of {{"targets": [...]}} groups')
+    out: list[tuple[str, dict[str, str]]] = []
+    for i, g in enumerate(data):
+        hosts = g.get("targets") if isinstance(g, dict) else None
+        labels = g.get("labels", {}) if isinstance(g, dict) else None
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise TargetError(f'{path}: group {i}: "targets" must be a list of strings')
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise TargetError(f'{path}: group {i}: "labels" must map strings to strings')
+        labels = {k: v for k, v in labels.items() if not k.startswith("__")}  # Prometheus-internal
+        out.extend((_strip_port(h), dict(labels)) for h in hosts)
+    return out
+
+
+def _strip_port(target: str) -> str:
+    """``host:port`` / ``[v6]:port`` -> host; a bare address or name is kept."""
+    if target.startswith("["):
+        return target[1:].partition("]")[0]
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return target
+
+
+def _targets(
+    args: argparse.Namespace,
+    cfg: Any,
+    shard: tuple[int, int] | None,
+    interval_s: float,
+    timeout_s: float,
+) -> tuple[list[Wanted], int]:
+    """The targets to watch (deduplicated, this shard's share) and how many were listed."""
+    from ..errors import ConfigError
+    from ..shard import shard_of
+
+    wanted: list[Wanted] = []
+    texts = list(args.targets)
+    if args.file and args.file.endswith(".json"):
+        for host, labels in read_file_sd(args.file):
+            wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(host))
+    elif args.file:
+        from ..targets import read_targets_file
+
+        texts.extend(read_targets_file(args.file))
+    for text in texts:
+        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
+    for tc in cfg.targets:
+        iv, to, _payload = cfg.target_settings(tc)
+        if args.interval is not None and tc.interval_s is None:
+            iv = args.interval
+        if args.timeout is not None and tc.timeout_s is None:
+            to = args.timeout
+        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
+    if not wanted:
+        if args.config:
+            raise ConfigError(
+                f"{args.config}: no targets: list some under 'targets:' or on the command line"
+            )
+        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
+    seen: set[str] = set()
+    targets = []
+    for w in wanted:
+        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
+            seen.add(w[0])
+            targets.append(w)
+    return targets, len({w[0] for w in wanted})
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -130,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else FastpingConfig()
 
-    from ..shard import parse_shard, shard_of
+    from ..shard import parse_shard
 
     shard_text = args.shard or cfg.shard
     shard: tuple[int, int] | None = None
@@ -156,34 +245,7 @@ def run(args: argparse.Namespace) -> int:
             "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
         )
 
-    # (host, interval_s, timeout_s, labels)
-    wanted: list[tuple[str, float, float, dict[str, str]]] = []
-    texts = list(args.targets)
-    if args.file:
-        from ..targets import read_targets_file
-
-        texts.extend(read_targets_file(args.file))
-    for text in texts:
-        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
-    for tc in cfg.targets:
-        iv, to, _payload = cfg.target_settings(tc)
-        if args.interval is not None and tc.interval_s is None:
-            iv = args.interval
-        if args.timeout is not None and tc.timeout_s is None:
-            to = args.timeout
-        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
-    if not wanted:
-        if args.config:
-            raise ConfigError(
-                f"{args.config}: no targets: list some under 'targets:' or on the command line"
-            )
-        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
-    seen: set[str] = set()
-    targets = []
-    for w in wanted:
-        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
-            seen.add(w[0])
-            targets.append(w)
+    targets, listed = _targets(args, cfg, shard, interval_s, timeout_s)
 
     table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
     lc = cfg.logging
@@ -215,7 +277,6 @@ def run(args: argparse.Namespace) -> int:
         # validated before anything starts: a bad key is a ConfigError naming it
         network_cfg = NetworkConfig.from_mapping(cfg.network or {})
     if shard is not None:
-        listed = len({w[0] for w in wanted})
         shard_txt = f"{shard[0]}/{shard[1]}"
         log.info("sharding: this agent watches its share", shard=shard_txt, targets=len(targets),
                  listed=listed)  # fmt: skip
@@ -242,6 +303,7 @@ async def _main(
     import asyncio
     import contextlib
     import json
+    import signal
 
     from ..engine import MonitoringEngine
     from ..guard import ResourceGuard
@@ -302,10 +364,20 @@ async def _main(
         )
         log.info("serving Prometheus metrics", url=metrics.url)
     await store.start()
+    loop = asyncio.get_running_loop()
+    current = {t[0]: t for t in targets}
+
+    def reload() -> None:
+        _reload(args, engine, current, shard, log)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
     try:
         await engine.run(args.duration)
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
         view.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await view
@@ -335,6 +407,47 @@ async def _main(
         sys.stdout.write("\n")
     print(json.dumps(summary), flush=True)
     return 0 if not ss.get("dropped") else 4
+
+
+def _reload(
+    args: argparse.Namespace,
+    engine: MonitoringEngine,
+    current: dict[str, Wanted],
+    shard: tuple[int, int] | None,
+    log: Any,
+) -> None:
+    """SIGHUP: read the configuration and target files again and add / remove the
+    targets that changed in the running engine (the store, the metrics endpoint and
+    every other target go on untouched; a removed target's probes in flight still get
+    their result). A file that does not load leaves everything as it was."""
+    from ..config import FastpingConfig, load_config
+    from ..errors import FastpingError
+
+    try:
+        cfg = load_config(args.config) if args.config else FastpingConfig()
+        iv = args.interval if args.interval is not None else cfg.defaults.interval_s
+        to = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+        new, _listed = _targets(args, cfg, shard, iv, to)
+    except FastpingError as e:
+        log.error("reload failed, still watching the previous targets", error=str(e))
+        return
+    wanted = {t[0]: t for t in new}
+    removed = [h for h, t in current.items() if wanted.get(h) != t]
+    added = [t for h, t in wanted.items() if current.get(h) != t]
+    for h in removed:
+        engine.remove_target(h)
+        del current[h]
+    refused = 0
+    for host, t_iv, t_to, labels in added:
+        try:
+            engine.add_target(host, interval_s=t_iv, timeout_s=t_to, labels=labels)
+        except FastpingError as e:
+            refused += 1
+            log.error("reload: target refused", target=host, error=str(e))
+            continue
+        current[host] = (host, t_iv, t_to, labels)
+    log.info("reloaded targets", added=len(added) - refused, removed=len(removed),
+             refused=refused, targets=len(current))  # fmt: skip
 
 
 def get_engine_logger() -> Any:
