@@ -5,11 +5,12 @@ and a closed pipe is a quiet exit."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import child_env, fastping_cmd
+from conftest import child_env, fastping_cmd, needs_root
 from fastping.config import parse_config_text
 from fastping.duration import parse_duration
 from fastping.errors import ConfigError
@@ -107,3 +108,86 @@ def test_report_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     assert "Broken pipe" not in err and "system error" not in err, err
     assert "Traceback" not in err
     assert rc == 0, err
+
+
+@needs_root
+def test_monitor_without_an_icmp_socket_exits_4_at_once(tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from privhelpers import netns, ping_range
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (apt-get install util-linux)")
+    # root without CAP_NET_RAW (dropped from the bounding set) in a namespace whose
+    # ping_group_range is closed: no raw socket, no dgram socket
+    argv = fastping_cmd("monitor", "127.0.0.1", "::1", "--duration", "10",
+                        "--db", str(tmp_path / "m.db"))  # fmt: skip
+    with netns() as ns, ping_range(ns, "1 0"):
+        t0 = time.monotonic()
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "setpriv", "--bounding-set=-net_raw",
+             "--inh-caps=-net_raw", *argv],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert r.stdout == ""  # it did not run: no summary with sent=0
+    assert "CAP_NET_RAW" in r.stderr and "ping_group_range" in r.stderr, r.stderr
+    assert "falling back" not in r.stderr and "send_error" not in r.stderr
+    assert r.stderr.count("\n") < 12, r.stderr  # one message, not a warning per probe
+    assert took < 10  # at once, not after the 10 s it was given
+
+
+def test_library_logging_goes_through_logging_never_stdout() -> None:
+    # retry and the mode fallback log; with only basicConfig(WARNING) the host program
+    # sees fastping's warnings through its own handler (stderr here), nothing on stdout,
+    # and without any config nothing at all
+    code = (
+        "import logging, sys\n"
+        "{setup}\n"
+        "from fastping.retry import RetryConfig, Retryer\n"
+        "n = []\n"
+        "def op(attempt):\n"
+        "    n.append(1)\n"
+        "    if len(n) < 3: raise OSError(111, 'refused')\n"
+        "    return 'ok'\n"
+        "cfg = RetryConfig(max_attempts=5, initial_delay=0.001, max_delay=0.001, jitter=False)\n"
+        "r = Retryer(cfg)\n"
+        "print(r.call(op, name='op'))\n"
+        "logging.getLogger('fastping.probe').warning('fastping: a warning')\n"
+    )
+    for setup, want_err in (("logging.basicConfig(level=logging.WARNING)", True), ("", False)):
+        r = subprocess.run([sys.executable, "-c", code.format(setup=setup)],
+                           capture_output=True, text=True, env=child_env(), timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "ok\n", r.stdout  # only the program's own output
+        assert ("a warning" in r.stderr) is want_err, r.stderr
+        assert "DEBUG" not in r.stderr and "INFO" not in r.stderr
+
+
+def test_guard_default_lets_the_documented_workload_run_and_its_warning_names_the_knob() -> None:
+    from fastping.config import FastpingConfig
+    from fastping.engine import MonitoringEngine
+    from fastping.guard import ResourceGuard
+
+    # 10,000 targets every second cost ~10-15 % of a core (README): under the default
+    g = ResourceGuard()
+    assert g.update(15.0, 62.0) == 1.0
+    assert FastpingConfig().resources.max_cpu_percent == g.max_cpu_percent == 50.0
+    warns: list[str] = []
+
+    class Log:
+        def warning(self, msg: str, **kw: object) -> None:
+            warns.append(msg)
+
+        def info(self, msg: str, **kw: object) -> None:
+            pass
+
+        debug = info
+
+    e = MonitoringEngine(interval_s=1.0, guard=ResourceGuard(5.0, 100.0, logger=Log()))
+    assert e.guard.update(7.0, 50.0) == 2.0
+    assert "every 1 s target now probed every 2 s" in warns[0]
+    assert "--max-cpu-percent / resources.max_cpu_percent (now 5)" in warns[0]
+    assert "0 to turn the guard off" in warns[0]

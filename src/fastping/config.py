@@ -27,6 +27,7 @@ from pydantic import (
 
 from .duration import parse_duration
 from .errors import ConfigError, TargetError
+from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
 from .targets import parse_target
 
 Mode = Literal["auto", "raw", "dgram", "subprocess"]
@@ -91,8 +92,8 @@ class StoreConfig(_Model):
 
 
 class ResourcesConfig(_Model):
-    max_cpu_percent: float = Field(default=5.0, gt=0)
-    max_memory_mb: float = Field(default=100.0, gt=0)
+    max_cpu_percent: float = Field(default=DEFAULT_MAX_CPU_PERCENT, gt=0)
+    max_memory_mb: float = Field(default=DEFAULT_MAX_MEMORY_MB, gt=0)
     check_interval_s: Seconds = Field(default=5.0, gt=0)
 
 

@@ -448,7 +448,7 @@ class MonitoringEngine:
     ``store`` is anything with ``submit(iterable_of_ProbeResult)`` and ``async
     flush()`` (``store.ResultStore``); the engine submits and flushes but does not
     start or close it. ``network`` is an optional ``netstate.NetworkMonitor``.
-    ``guard`` is a ``ResourceGuard`` (``None``: the spec's defaults, 5 % / 100 MB;
+    ``guard`` is a ``ResourceGuard`` (``None``: 50 % of one core / 100 MB;
     pass ``ResourceGuard(None, None)`` to disable).
     """
 
@@ -530,6 +530,7 @@ class MonitoringEngine:
         self.guard = guard if guard is not None else ResourceGuard(logger=self._log)
         if self.guard._log is None:
             self.guard._log = self._log
+        self.guard.base_interval_s = self.interval_s
         self._socket_factory = socket_factory or _default_socket_factory(
             mode, dict(socket_options or {})
         )
@@ -1404,7 +1405,10 @@ class MonitoringEngine:
         old = t.status
         t.status = status
         self._evs.append(StateChanged(t.host, "status", old, status, reason, time.time()))
-        self._log.info("target state changed", target=t.host, old=old, new=status, reason=reason)
+        # a target's first state is no change: 10,000 of them would be 10,000 INFO lines
+        # in the first second (the monitor logs one line for the first round instead)
+        log = self._log.debug if old == STATUS_UNKNOWN else self._log.info
+        log("target state changed", target=t.host, old=old, new=status, reason=reason)
 
     def _flush_out(self) -> None:
         """Hand this callback's results to the store and the subscribers."""

@@ -42,9 +42,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple, Protocol, TypeVar, cast, overload
 
-import structlog
-
 from .errors import ConfigError, FastpingError, TransientError
+from .logs import get_logger
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -62,7 +61,9 @@ __all__ = [
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-log = structlog.get_logger("fastping.retry")
+# through stdlib logging (logs.get_logger), never structlog's own default printer,
+# which writes to stdout whatever the host program configured
+log = get_logger("fastping.retry")
 
 # The monitor's NetworkState is a str Enum whose DOWN member equals "down", so the
 # retryer compares against the plain string and never imports netstate (its

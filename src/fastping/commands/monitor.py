@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-cpu-percent",
         type=float,
         metavar="P",
-        help="resource guard: slow probing above P %% of one core (default 5; 0 = off)",
+        help="resource guard: slow probing above P %% of one core (default 50; 0 = off)",
     )
     parser.add_argument(
         "--max-memory-mb",
@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     targets, listed = _targets(args, cfg, shard, interval_s, timeout_s)
+    _check_sockets(targets, mode)
 
     table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
     lc = cfg.logging
@@ -373,14 +374,19 @@ async def _main(
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload)
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
+    first_after = max([default_interval] + [t[1] for t in targets]) + max(
+        [default_timeout] + [t[2] for t in targets]
+    )
+    first = asyncio.create_task(first_round(engine, log, first_after + 0.5))
     try:
         await engine.run(args.duration)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        view.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await view
+        for task in (view, first):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await store.close()
         if metrics is not None:
             metrics.close()
@@ -450,10 +456,54 @@ def _reload(
              refused=refused, targets=len(current))  # fmt: skip
 
 
+def _check_sockets(targets: list[Wanted], mode: str) -> None:
+    """The monitor multiplexes every target through one ICMP socket per family; the
+    system ping cannot do that. So, before anything starts: a family whose socket
+    cannot be opened (in auto mode: only the system ping would be left) is
+    PermissionDenied (exit 4) with doctor's fix, as ``sweep --mode raw`` is."""
+    import socket
+
+    from ..errors import PermissionDenied
+    from ..probe import UseSubprocess, open_icmp_socket
+    from ..targets import Address, parse_target
+
+    families = set()
+    for host, *_ in targets:
+        spec = parse_target(host)[0]
+        families.add(spec.family if isinstance(spec, Address) else socket.AF_INET)
+    for fam in sorted(families):
+        try:
+            open_icmp_socket(fam, mode=mode).close()
+        except UseSubprocess as e:
+            d = e.diagnosis
+            why = f"{d.explain('raw')}.\n{d.explain('dgram')}." if d is not None else str(e)
+            raise PermissionDenied(
+                "the monitor needs an ICMP socket (raw or dgram; it cannot run on the system "
+                f"ping) and none may be opened here.\n{why}\nRun `fastping doctor` for details."
+            ) from None
+
+
 def get_engine_logger() -> Any:
     from ..logs import get_logger
 
     return get_logger("fastping.engine")
+
+
+async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> None:
+    """One line once every target has had its first probe's outcome (instead of a
+    "state changed" line per target)."""
+    import asyncio
+    from collections import Counter
+
+    await asyncio.sleep(after_s)
+    counts = Counter(i.status for i in engine.targets())
+    st = engine.stats()
+    log.info(
+        "monitor started: first round done",
+        targets=st["targets"],
+        **{k: counts.get(k, 0) for k in ("up", "down", "error", "unknown", "local_down")},
+        interval_factor=st["interval_factor"],
+    )
 
 
 async def _summaries(engine: MonitoringEngine, log: Any) -> None:
