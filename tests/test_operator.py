@@ -191,3 +191,19 @@ def test_guard_default_lets_the_documented_workload_run_and_its_warning_names_th
     assert "every 1 s target now probed every 2 s" in warns[0]
     assert "--max-cpu-percent / resources.max_cpu_percent (now 5)" in warns[0]
     assert "0 to turn the guard off" in warns[0]
+
+
+@needs_root
+def test_monitor_start_up_is_one_log_line_not_one_per_target(tmp_path: Path) -> None:
+    # 500 loopback targets: before, 500 INFO "target state changed unknown->up" lines
+    r = subprocess.run(
+        fastping_cmd("monitor", "127.11.0.1-127.11.1.244", "--interval", "0.5", "--duration",
+                     "3", "--db", str(tmp_path / "m.db"), "--table", "never"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert not any("state changed" in x for x in lines), lines[:3]
+    started = [x for x in lines if "monitor started" in x]
+    assert len(started) == 1 and "targets=500" in started[0] and "up=500" in started[0], lines
+    assert len(lines) <= 3, lines  # start-up line, (summary), "monitoring stopped"

@@ -111,3 +111,20 @@ def test_each_reply_line_has_its_own_ttl() -> None:
 def test_library_ping_refuses_a_block_as_the_command_does() -> None:
     with pytest.raises(TargetError, match="one host"):
         fastping.ping("127.0.0.0/30", count=1)
+
+
+@needs_root
+def test_sweep_ctrl_c_prints_partial_statistics() -> None:
+    proc = subprocess.Popen(
+        fastping_cmd("sweep", "127.0.0.1", "127.0.0.2", "-c", "10", "-p", "1", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    time.sleep(3.5)  # start-up and a few rounds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["target"] for r in rows] == ["127.0.0.1", "127.0.0.2"], out
+    for r in rows:
+        assert 1 <= r["sent"] < 10 and r["received"] == r["sent"], r  # partial, no false loss
+    assert "Traceback" not in err

@@ -242,7 +242,7 @@ def _socket_sweep(
             watcher = _ProgressWatcher([j[0] for j in jobs], total_slots * count, on_progress)
             watcher.start()
         try:
-            events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
+            events, interrupted = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -275,6 +275,7 @@ def _socket_sweep(
     totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
     totals["unresolved"] = sum(1 for e in plan.entries if e.sock_index < 0)
     totals["workers"] = workers
+    totals["interrupted"] = int(interrupted)  # Ctrl-C ended a multi-round sweep early
     return SweepResult(plan.n_hosts, _getter(plan, socks, rtts), totals, duration)
 
 
@@ -391,31 +392,59 @@ def _run_jobs(
     interval_s: float,
     timeout_s: float,
     collect: bool,
-) -> list[tuple[int, int, list[Any]]]:
+) -> tuple[list[tuple[int, int, list[Any]]], bool]:
     """Run each socket's sweep; several at once run in threads (the core releases
     the GIL for the whole sweep, so they use as many cores). Returns (family,
-    first global slot, events) per socket."""
+    first global slot, events) per socket and call, and whether Ctrl-C cut it short.
+
+    Several rounds whose timeout fits in the interval run one round per call, the
+    wait between rounds in Python: the same schedule, and Ctrl-C (KeyboardInterrupt)
+    ends the sweep after the round in flight with the statistics so far (as fping
+    does). A longer timeout overlaps rounds, so
+    those run in one call of the core."""
     out: list[tuple[int, int, list[Any]]] = []
     errors: list[BaseException] = []
+    _interrupted = threading.Event()
 
-    def run(sock: Any, offset: int, rate: float) -> None:
+    def run(sock: Any, offset: int, rate: float, rounds: int) -> None:
         try:
-            ev = sock.sweep(count, interval_s, timeout_s, rate, None, collect)
+            ev = sock.sweep(rounds, interval_s, timeout_s, rate, None, collect)
             out.append((sock.family, offset, ev or []))
+        except KeyboardInterrupt:  # arrived as the round ended: its stats are in the core
+            _interrupted.set()
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
-    if len(jobs) == 1:
-        run(*jobs[0])
-    else:
-        threads = [threading.Thread(target=run, args=j, daemon=True) for j in jobs]
+    def run_all(rounds: int) -> None:
+        if len(jobs) == 1:
+            run(*jobs[0], rounds)
+            return
+        threads = [threading.Thread(target=run, args=(*j, rounds), daemon=True) for j in jobs]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            while t.is_alive():  # the core cannot be stopped mid-round: let it finish
+                try:
+                    t.join()
+                except KeyboardInterrupt:
+                    _interrupted.set()
+
+    if count == 1 or timeout_s > interval_s:
+        run_all(count)
+    else:
+        t0 = time.monotonic()
+        for r in range(count):
+            try:
+                if r:
+                    time.sleep(max(0.0, t0 + r * interval_s - time.monotonic()))
+                run_all(1)
+            except KeyboardInterrupt:
+                _interrupted.set()
+            if _interrupted.is_set():
+                break
     if errors:
         raise errors[0]
-    return out
+    return out, _interrupted.is_set()
 
 
 def _getter(

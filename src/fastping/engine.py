@@ -801,7 +801,8 @@ class MonitoringEngine:
         self._spawn(self._resolve_loop())
         self._arm(1)
         self._publish()
-        self._log.info(
+        # DEBUG: a program (fastping monitor) says it once, with the first round's outcome
+        self._log.debug(
             "monitoring started",
             targets=len(self._targets),
             interval_s=self.interval_s,

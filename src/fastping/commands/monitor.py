@@ -501,6 +501,8 @@ async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> Non
     log.info(
         "monitor started: first round done",
         targets=st["targets"],
+        interval_s=engine.interval_s,
+        timeout_s=engine.timeout_s,
         **{k: counts.get(k, 0) for k in ("up", "down", "error", "unknown", "local_down")},
         interval_factor=st["interval_factor"],
     )

@@ -193,6 +193,7 @@ def _text_summary(s: dict[str, Any]) -> str:
         ("rx_drops", "replies dropped by the kernel (receive buffer full)"),
         ("enobufs", "send retries (ENOBUFS)"),
         ("unresolved", "names not resolved"),
+        ("interrupted", "interrupted (Ctrl-C): statistics of the rounds done"),
     ):
         if s.get(key):
             lines.append(f"{s[key]:>10} {label}")
