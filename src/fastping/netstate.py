@@ -168,6 +168,32 @@ def parse_duration_s(value: object, key: str) -> float:
     return seconds
 
 
+class UpFlag:
+    """A truth value that may also be called: ``NetworkMonitor.is_up`` was a method
+    beside the properties ``state`` and ``verified``, so ``if mon.is_up:`` was always
+    true. Now both ``if mon.is_up:`` and the older ``if mon.is_up():`` are right."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bool) -> None:
+        self._value = bool(value)
+
+    def __bool__(self) -> bool:
+        return self._value
+
+    def __call__(self) -> bool:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return bool(other) == self._value if isinstance(other, (bool, UpFlag)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return repr(self._value)
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
     """Settings of :class:`NetworkMonitor` (YAML section ``network:``)."""
@@ -866,9 +892,14 @@ class NetworkMonitor:
     def interfaces(self) -> dict[str, str]:
         return dict(self._interfaces)
 
-    def is_up(self) -> bool:
-        return self._state is NetworkState.UP or (
-            self._state is NetworkState.DEGRADED and self.config.degraded_counts_as_up
+    @property
+    def is_up(self) -> UpFlag:
+        """Whether the network counts as up (UP, or DEGRADED when
+        ``degraded_counts_as_up``): a property like ``state`` and ``verified``, so
+        ``if mon.is_up:`` means what it says; ``mon.is_up()`` still works."""
+        return UpFlag(
+            self._state is NetworkState.UP
+            or (self._state is NetworkState.DEGRADED and self.config.degraded_counts_as_up)
         )
 
     def subscribe(self) -> Subscription:
@@ -885,7 +916,7 @@ class NetworkMonitor:
         """Return the state as soon as it is UP (or DEGRADED when
         ``degraded_counts_as_up``); raise :class:`NetworkTimeout` after
         ``timeout`` seconds. Cancelling the caller leaves no waiter behind."""
-        if self.is_up():
+        if self.is_up:
             return self._state
         if not self._running:
             raise MonitorNotRunning("NetworkMonitor is not running: call `await mon.start()` first")
@@ -1257,7 +1288,7 @@ class NetworkMonitor:
                     log.warning(
                         "a network-state subscriber is not reading: %d changes queued", backlog
                     )
-        if self.is_up():
+        if self.is_up:
             for fut in self._waiters:
                 if not fut.done():
                     fut.set_result(state)
