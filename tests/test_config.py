@@ -142,8 +142,9 @@ def test_parse_config_from_a_dict() -> None:
     cfg = parse_config({"targets": ["::1"], "store": {"path": "/tmp/x.db"}})
     assert cfg.targets[0].host == "::1" and cfg.store.path == "/tmp/x.db"
     with pytest.raises(
-        ConfigError, match=r"defaults.interval_s: 'x' is not allowed: must be a number of seconds or a "
-        r"duration like 500ms, 1s, 2m \(here"
+        ConfigError,
+        match=r"defaults.interval_s: 'x' is not allowed: must be a number of seconds or a "
+        r"duration like 500ms, 1s, 2m \(here",
     ):
         parse_config({"defaults": {"interval_s": "x"}}, source="here")
 

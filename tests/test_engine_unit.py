@@ -113,8 +113,13 @@ def test_interval_shorter_than_window_allows_is_refused() -> None:
     with pytest.raises(TargetError, match="already being watched"):
         eng.add_target("127.0.0.5")
         eng.add_target("127.0.0.5")
-    with pytest.raises(TargetError, match="block or range"):
-        eng.add_target("127.0.0.0/30")
+    eng.add_target("127.0.0.0/30")  # a block: its addresses, as fastping monitor does
+    assert {"127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"} <= set(eng._targets)
+    with pytest.raises(TargetError, match="'127.0.0.5' is already being watched"):
+        eng.add_target("127.0.0.4-6")
+    assert "127.0.0.4" not in eng._targets  # all or nothing
+    eng.remove_target("127.0.0.0/30")
+    assert "127.0.0.2" not in eng._targets
     with pytest.raises(TargetError, match="not an IPv4/IPv6 address"):
         eng.add_target("bad host!")
     with pytest.raises(TargetError, match="not being watched"):

@@ -128,3 +128,16 @@ def test_sweep_ctrl_c_prints_partial_statistics() -> None:
     for r in rows:
         assert 1 <= r["sent"] < 10 and r["received"] == r["sent"], r  # partial, no false loss
     assert "Traceback" not in err
+
+
+@needs_root
+def test_sweep_result_is_looked_up_by_target() -> None:
+    res = fastping.sweep(["127.0.0.1", "::1", "127.0.3.0/30"], rate_pps=0)
+    assert res["127.0.0.1"].address == "127.0.0.1" and res["127.0.0.1"].received == 1
+    assert res["::1"].target == "::1"
+    assert res["127.0.3.2"].address == "127.0.3.2"
+    assert res[0].target == "127.0.0.1" and len(res[1:3]) == 2  # positions still work
+    assert "127.0.3.3" in res and "127.0.3.4" not in res
+    assert res.get("127.9.9.9") is None
+    with pytest.raises(KeyError, match="not a target of this sweep"):
+        res["127.9.9.9"]

@@ -610,18 +610,24 @@ class MonitoringEngine:
         slower than the target's own timeout is recorded as a timeout, so outcomes are
         exact per target; only a short-timeout target's timeouts are reported late.
 
-        Raises TargetError when ``host`` is malformed, a block / range (add its
-        addresses one by one), already watched, or asks for an interval the
+        A CIDR block or range adds each of its addresses, as ``fastping monitor`` does
+        (``targets.expand_target``: one rule for the command and the library).
+
+        Raises TargetError when ``host`` is malformed, already watched (for a block:
+        any of its addresses, and then none is added), or asks for an interval the
         socket window cannot serve.
         """
-        from .targets import Address, Name, parse_target
+        from .targets import Address, Name, expand_target, parse_target
 
         specs = parse_target(host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            raise TargetError(
-                f"target {host!r} is a block or range: the engine watches single hosts, "
-                "add its addresses one at a time"
-            )
+            hosts = expand_target(host)
+            taken = [h for h in hosts if h in self._targets]
+            if taken:
+                raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
+            for h in hosts:
+                self.add_target(h, interval_s, labels, timeout_s)
+            return
         spec = specs[0]
         key = spec.label if isinstance(spec, Address) else spec.name
         if key in self._targets:
@@ -660,7 +666,19 @@ class MonitoringEngine:
 
     def remove_target(self, host: str) -> None:
         """Stop watching ``host``. Probes already in flight still get their result
-        (the slot is freed ``timeout_s`` later)."""
+        (the slot is freed ``timeout_s`` later). A block or range removes each of
+        its addresses."""
+        if host not in self._targets and ("/" in host or "-" in host):
+            from .targets import expand_target
+
+            hosts = expand_target(host)
+            if hosts != [host]:
+                missing = [h for h in hosts if h not in self._targets]
+                if missing:
+                    raise TargetError(f"target {missing[0]!r} is not being watched")
+                for h in hosts:
+                    self.remove_target(h)
+                return
         t = self._targets.pop(host, None)
         if t is None:
             raise TargetError(f"target {host!r} is not being watched (see engine.targets())")

@@ -100,25 +100,9 @@ def _die(msg: str) -> Any:
 
 def _expand(host: str) -> list[str]:
     """One user target -> hosts for the engine (blocks and ranges expanded, bounded)."""
-    import ipaddress
+    from ..targets import expand_target
 
-    from ..targets import Address, Name, V4Range, parse_target
-
-    specs = parse_target(host)
-    out: list[str] = []
-    for s in specs:
-        if isinstance(s, V4Range):
-            if s.count + len(out) > MAX_EXPANDED:
-                _die(
-                    f"target {host!r} expands to {s.count} addresses; monitor watches at most "
-                    f"{MAX_EXPANDED} per block (split it, or use several agents with --shard)"
-                )
-            out.extend(str(ipaddress.IPv4Address(s.first + i)) for i in range(s.count))
-        elif isinstance(s, Address):
-            out.append(s.label if len(specs) == 1 else s.address)
-        elif isinstance(s, Name):
-            out.append(s.name)
-    return out
+    return expand_target(host, MAX_EXPANDED)
 
 
 Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
