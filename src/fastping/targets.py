@@ -106,6 +106,16 @@ def expand_target(text: str, limit: int = MAX_EXPANDED) -> list[str]:
     return out
 
 
+def address_order(target: str) -> tuple[int, int, int, str]:
+    """Sort key: IPv4 addresses numerically (127.5.0.2 before 127.5.0.10), then IPv6,
+    then names alphabetically."""
+    try:
+        ip = ipaddress.ip_address(target.split("%", 1)[0])
+    except ValueError:
+        return (1, 0, 0, target)
+    return (0, ip.version, int(ip), target)
+
+
 def _looks_numeric_range(t: str) -> bool:
     a, _, b = t.partition("-")
     return bool(re.fullmatch(r"[0-9.]+", a) or ":" in a) and bool(b)
