@@ -270,6 +270,10 @@ def test_tcp_fallback_where_icmp_is_dropped(pair: Pair) -> None:
             assert mon.state is NetworkState.UP, mon.reason
             assert isinstance(mon.prober, DefaultProber)
             assert mon.prober.via == {HOST1: "tcp"}  # B answered the SYN with a reset
+            # and the reason says so: reachable, but not what `ping` would say
+            assert mon.reason.endswith(
+                f"all 1 check hosts answered ({HOST1} by TCP connect only: no ICMP echo reply)"
+            ), mon.reason
 
     run_in(pair.a, body)
 

@@ -1219,15 +1219,22 @@ class NetworkMonitor:
         self._checked_key = u.key
         ok = [h for h, r in self.host_results.items() if r]
         bad = [h for h, r in self.host_results.items() if not r]
+        # say how they answered: a host that drops ICMP but accepts (or refuses) a TCP
+        # connect is reachable, and not what `ping` would say
+        via: dict[str, str] = getattr(self._prober, "via", {})
+        by_tcp = [h for h in ok if via.get(h) == "tcp"]
+        how = f" ({', '.join(by_tcp)} by TCP connect only: no ICMP echo reply)" if by_tcp else ""
         if not bad:
             self._set_state(
-                NetworkState.UP, f"{u.reason}; all {len(ok)} check hosts answered", verified=True
+                NetworkState.UP,
+                f"{u.reason}; all {len(ok)} check hosts answered{how}",
+                verified=True,
             )
         elif ok:
             self._set_state(
                 NetworkState.DEGRADED,
                 f"{u.reason}; {len(ok)} of {len(hosts)} check hosts answered, "
-                f"no answer from {', '.join(bad)}",
+                f"no answer from {', '.join(bad)}{how}",
                 verified=True,
             )
         else:
