@@ -635,14 +635,53 @@ class DefaultProber:
         except ImportError as e:  # the core is not built: TCP only, said once
             self._no_icmp(f"fastping's ICMP core is not available ({e})")
             return False
+        stop = threading.Event()
         try:
-            res = await api.async_ping(host, count=1, timeout_s=timeout_s)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._echo_until_answered, api, host, timeout_s, stop
+            )
         except (PermissionDenied, SocketError) as e:
             self._no_icmp(str(e))
             return False
         except FastpingError:  # e.g. ResolveError: the host is not reachable by name
             return False
-        return res.received > 0
+        finally:
+            stop.set()  # cancelled (TCP answered first, the monitor stops): end the thread
+
+    # (interval, how long) of the echoes of one check: fast at first, because an echo
+    # sent while the path is not back yet (a link that just came up, its queue not yet
+    # attached; the neighbour not yet resolved) is lost without a trace, and one echo
+    # per check would leave the state DOWN until the timeout: within the first second
+    # an answer comes at most ~15 ms after the path works again. Then slower, to the
+    # end of check_timeout: ~110 echoes in a 5 s check of a host that is really down.
+    ECHO_PHASES_S: tuple[tuple[float, float], ...] = ((0.005, 0.2), (0.015, 0.8), (0.25, 3600.0))
+
+    def _echo_until_answered(
+        self, api: Any, host: str, timeout_s: float, stop: threading.Event
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for interval_s, span_s in self.ECHO_PHASES_S:
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.is_set():
+                return False
+            span = min(span_s, left)
+            pinger = api.Pinger(
+                host,
+                count=max(1, int(span / interval_s)),
+                interval_s=interval_s,
+                # the last phase waits for the last echo's reply to the deadline; the
+                # earlier ones only a little past their last echo (the next phase goes on)
+                timeout_s=left if span >= left else min(left, max(interval_s * 4, 0.05)),
+            )
+            try:
+                for r in pinger:
+                    if r.outcome.value == "reply":
+                        return True
+                    if stop.is_set():
+                        return False
+            finally:
+                pinger.close()
+        return False
 
     def _no_icmp(self, why: str) -> None:
         self.icmp_unavailable = why
