@@ -540,10 +540,13 @@ def test_live_table_shows_problems_first() -> None:
     asyncio.run(eng.run(0.4, handle_signals=False))
     text = render_table(eng, rows_max=1, width=100)
     lines = text.splitlines()
-    assert lines[0].startswith("fastping monitor  targets 2")
-    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2]
+    assert lines[0].startswith("fastping monitor  0:00:00  targets 2")
+    assert "unreachable 0" in lines[0] and "errors 0" in lines[0]
+    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2] and "REASON" in lines[2]
     assert lines[3].split()[:2] == ["127.0.0.9", "down"] and "100.0%" in lines[3]
+    assert lines[3].endswith("  timeout")  # why it is down
     assert lines[4] == "... and 1 more (problems first)"
+    assert lines[5].startswith("status: up | down: timeout") and "*: backing off" in lines[6]
 
 
 def test_tick_defaults_to_20ms_or_the_shortest_interval() -> None:

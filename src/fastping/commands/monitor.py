@@ -522,33 +522,59 @@ def _fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+LEGEND = (
+    "status: up | down: timeout, unreachable (the target or its path) | error: local failure",
+    "local_down: this host's own network is down | *: backing off after repeated local errors",
+)
+
+
+def _elapsed(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _reason(i: Any) -> str:
+    why = (i.last_outcome or "-").replace("_", " ")
+    if i.backoff_s:
+        why += f", {i.consecutive_errors} in a row, next try in {i.backoff_s:.0f} s"
+    return why
+
+
 def render_table(engine: MonitoringEngine, rows_max: int, width: int) -> str:
     """The live table as text (also used by tests)."""
     st = engine.stats()
     # only the rows shown are looked up (10,000 TargetInfo a second cost ~3% of a core)
     infos = engine.top_targets(rows_max)
     store = st["store"] or {}
+    oc = st["outcomes"]
     head = (
-        f"fastping monitor  targets {st['targets']}  sent {st['sent']}  "
-        f"received {st['received']}  timeouts {st['outcomes']['timeout']}  "
+        f"fastping monitor  {_elapsed(st['uptime_s'])}  targets {st['targets']}  "
+        f"sent {st['sent']}  received {st['received']}  timeouts {oc['timeout']}  "
+        f"unreachable {oc['unreachable'] + oc['time_exceeded']}  errors {oc['send_error']}  "
         f"stored {store.get('written', '-')}  queued {store.get('queued', '-')}"
     )
     if st["interval_factor"] != 1.0:
-        head += f"  SLOWED x{st['interval_factor']:g} (resource guard)"
+        head += (
+            f"  SLOWED x{st['interval_factor']:g} by the resource guard "
+            "(--max-cpu-percent / --max-memory-mb)"
+        )
     if st["network_down"]:
         head += "  NETWORK DOWN"
     hw = max(20, min(40, max((len(i.host) for i in infos), default=6) + 2))
     lines = [head[:width], ""]
-    lines.append(f"{'TARGET':<{hw}}{'STATUS':<12}{'LAST RTT ms':>12}{'LOSS':>8}{'PROBES':>9}")
+    lines.append(
+        f"{'TARGET':<{hw}}{'STATUS':<12}{'LAST RTT ms':>12}{'LOSS':>8}{'PROBES':>9}  REASON"
+    )
     for i in infos[:rows_max]:
         loss = "-" if i.loss is None else f"{100 * i.loss:.1f}%"
         status = i.status + ("*" if i.backoff_s else "")
         lines.append(
             f"{i.host[: hw - 1]:<{hw}}{status:<12}{_fmt_ms(i.last_rtt_ms):>12}{loss:>8}"
-            f"{i.probes:>9}"
+            f"{i.probes:>9}  {_reason(i)}"
         )
     if st["targets"] > rows_max:
         lines.append(f"... and {st['targets'] - rows_max} more (problems first)")
+    lines.extend(LEGEND)
     return "\n".join(line[:width] for line in lines)
 
 
@@ -558,7 +584,7 @@ async def _table(engine: MonitoringEngine) -> None:
 
     while True:
         size = shutil.get_terminal_size((100, 30))
-        text = render_table(engine, max(1, size.lines - 5), size.columns)
+        text = render_table(engine, max(1, size.lines - 7), size.columns)
         # home + clear to end: redraw in place without scrolling
         sys.stdout.write("\x1b[H\x1b[J" + text + "\n")
         sys.stdout.flush()
