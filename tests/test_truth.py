@@ -138,3 +138,25 @@ def test_monitor_rtts_agree_with_the_wire(ns: str, tmp_path: Path, family: str, 
         store.close()
     assert len(reported) >= 3 * 8192, f"only {len(reported)} replies stored"
     check_bar(errors_ns(reported, wire_rtts(pcap)), len(reported), f"monitor {family} {mode}")
+
+
+@pytest.mark.parametrize("address", ["127.9.0.77", "fd00:f9::77"])
+def test_ping_rtts_agree_with_the_wire(ns: str, tmp_path: Path, address: str) -> None:
+    """fastping.ping's per-probe RTTs (20 probes, 10 ms apart) against the capture."""
+    pcap = tmp_path / "ping.pcap"
+    code = (
+        "import json, fastping; "
+        f"h = fastping.ping({address!r}, count=20, interval_s=0.01, timeout_s=1.0); "
+        "print(json.dumps(h.rtts_ms))"
+    )
+    with tcpdump(ns, pcap, icmp6=":" in address):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rtts = json.loads(r.stdout)
+    assert len(rtts) == 20
+    wire = wire_rtts(pcap)
+    reported = {(address, seq): rtt * 1e6 for seq, rtt in enumerate(rtts)}
+    check_bar(errors_ns(reported, wire), 20, f"ping {address}")

@@ -651,6 +651,7 @@ cdef class IcmpSocket:
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd, epfd
+    cdef bint ep_armed           # fd added to epfd (_arm_epoll)
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -894,11 +895,20 @@ cdef class IcmpSocket:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
+        return 0
+
+    cdef int _arm_epoll(self) except -1:
+        """Watch the socket with the core's own epoll, on first use (sweep, wait): an
+        engine that waits in its own event loop never does, and every epoll watching
+        the socket costs the kernel a callback per reply and per TX timestamp."""
         cdef epoll_event ev
+        if self.ep_armed:
+            return 0
         ev.events = EPOLLIN | EPOLLERR
         ev.data.fd = self.fd
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
             _raise_oserror("epoll_ctl")
+        self.ep_armed = True
         return 0
 
     cdef int _setopt(self, int level, int name, int value, str what) except -1:
@@ -1560,7 +1570,9 @@ cdef class IcmpSocket:
             total += r
             if max_packets > 0 and total >= max_packets:
                 break
-        if errq:
+        if not self.raw:
+            # ICMP errors that came in meanwhile (a raw socket gets them as packets; its
+            # TX timestamps are only made by sends, and were read above)
             total += self._drain_errq()
         return total
 
@@ -2110,6 +2122,7 @@ cdef class IcmpSocket:
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
         self._check_open()
+        self._arm_epoll()
         cdef epoll_event ev
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
@@ -2124,6 +2137,7 @@ cdef class IcmpSocket:
         apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
         wait up to ``timeout_s`` after the last send. All in C, GIL released."""
         self._check_open()
+        self._arm_epoll()
         if count < 1:
             raise ValueError(f"count {count} must be >= 1")
         if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:
