@@ -484,12 +484,16 @@ class _TimingRecorder:
         self.last = SendLateness()
         self.t_last = time.time()
         self.failures = 0
+        self.factor_max = 1.0  # the guard's largest interval factor in this window
 
     async def every(self, period_s: float) -> None:
         import asyncio
 
+        n = max(1, round(period_s))
         while True:
-            await asyncio.sleep(max(period_s, 1.0))
+            for _ in range(n):  # the guard's factor, looked at every second
+                await asyncio.sleep(max(period_s, 1.0) / n)
+                self.factor_max = max(self.factor_max, self.engine.interval_factor)
             await self.record()
 
     async def record(self) -> None:
@@ -502,14 +506,15 @@ class _TimingRecorder:
         win = delta(now, self.last)
         if win.probes == 0:
             return
+        factor = max(self.factor_max, self.engine.interval_factor)
         try:
-            await asyncio.to_thread(write_window, self.db, self.t_last, t, win)
+            await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
         except (sqlite3.Error, OSError) as e:
             self.failures += 1
             if self.failures == 1:
                 self.log.warning("send timing not stored", db=self.db, error=str(e))
             return
-        self.last, self.t_last = now, t
+        self.last, self.t_last, self.factor_max = now, t, self.engine.interval_factor
 
 
 def get_engine_logger() -> Any:

@@ -221,12 +221,18 @@ def _print_send_timing(db: str, since: float | None, until: float | None) -> Non
     schedule), so its noise is not read as the network's jitter."""
     import sqlite3
 
-    from ..timing import read_windows
+    from ..timing import read_windows_with_guard
 
     try:
-        lat = read_windows(db, since, until)
+        lat, factor, slowed_s = read_windows_with_guard(db, since, until)
     except sqlite3.Error:
         return
+    if factor > 1.0:
+        print(
+            f"resource guard: probe intervals stretched up to x{factor:g} for ~{slowed_s:.0f} s "
+            "of this window (fewer probes than asked; raise resources.max_cpu_percent / "
+            "--max-cpu-percent, or 0 to turn the guard off)"
+        )
     if lat.probes:
         d = lat.to_dict()
         print(
