@@ -1,0 +1,271 @@
+"""fastping-fping against Debian's fping 5.1: the same arguments on the same targets,
+output compared line by line with the RTT numbers masked, and the exit codes.
+
+Targets live in namespaces this module makes (tests/conftest.py ``Netns``): the host
+namespace's loopback, the router (alive), an address the router blackholes (dead:
+no answer), one it rejects with host-unreachable (unreachable), and ::1. Nothing
+outside those namespaces is ever probed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SRC, Netns
+
+pytestmark = [pytest.mark.privileged]
+
+ALIVE = ["127.0.0.1", "10.201.0.1", "::1"]
+DEAD = "10.202.0.5"  # blackholed by the router: silence
+UNREACH = "10.203.0.5"  # rejected by the router: ICMP host unreachable
+MIXED = [*ALIVE, DEAD, UNREACH]
+FAST = ["-t", "60", "-r", "1"]  # keeps each dead-target run short, same for both
+
+
+@pytest.fixture(scope="module")
+def ns() -> Iterator[Netns]:
+    if not ROOT:
+        pytest.fail("needs root: namespaces and raw sockets (CI runs as root)")
+    if shutil.which("fping") is None:
+        pytest.fail("needs Debian's fping: apt-get install fping")
+    n = Netns()
+    try:
+        n.up()
+        n.exec_r("sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0")
+        n.exec_r("sysctl", "-qw", f"net.ipv4.conf.{n.veth_r}.send_redirects=0")
+        n.exec_r("ip", "route", "add", "blackhole", "10.202.0.0/24")
+        n.reject_beyond_router("10.203.0.0/24")
+        # name resolution inside the namespace asks only its own loopback (ip netns
+        # exec bind-mounts /etc/netns/NAME/resolv.conf): an unknown name fails there
+        d = Path("/etc/netns") / n.host
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        yield n
+    finally:
+        shutil.rmtree(Path("/etc/netns") / n.host, ignore_errors=True)
+        n.down()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_both(n: Netns, args: list[str]) -> tuple[subprocess.CompletedProcess[str], ...]:
+    out = []
+    for cmd in (["fping"], [sys.executable, "-m", "fastping.cli", "fping"]):
+        out.append(
+            subprocess.run(
+                ["ip", "netns", "exec", n.host, *cmd, *args],
+                capture_output=True,
+                text=True,
+                env=_env(),
+                timeout=60,
+            )
+        )
+    return tuple(out)
+
+
+_NUM = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])|(?<![\d.])\d+\.\d+e[+-]\d+")
+_HOST = re.compile(r"^(?:\[N\] )?(\S+)")
+
+
+def mask(text: str) -> list[str]:
+    """RTTs, averages, timestamps and elapsed times become N; lines about one host
+    are kept in their order, hosts in the order they first appear (fping prints a
+    timeout when it expires, so lines of different hosts interleave by timing)."""
+    lines = [_NUM.sub("N", line) for line in text.splitlines()]
+    lines = [re.sub(r"^\[\d\d:\d\d:\d\d\]$", "[T]", line) for line in lines]
+    first: dict[str, int] = {}
+    keyed = []
+    for pos, line in enumerate(lines):
+        m = _HOST.match(line)
+        key = m.group(1) if m and " : " in line else f"#{pos}"
+        if line.startswith("ICMP"):
+            key = "ICMP " + line.rsplit(" ", 1)[-1]
+        first.setdefault(key, pos)
+        keyed.append((first[key], pos, line))
+    return [line for _f, _p, line in sorted(keyed)]
+
+
+def assert_same(n: Netns, args: list[str]) -> None:
+    ref, ours = run_both(n, args)
+    detail = (
+        f"\nargs: {args}\n--- fping (rc {ref.returncode})\n{ref.stdout}{ref.stderr}"
+        f"--- fastping-fping (rc {ours.returncode})\n{ours.stdout}{ours.stderr}"
+    )
+    assert ours.returncode == ref.returncode, detail
+    assert mask(ours.stdout) == mask(ref.stdout), detail
+    assert mask(ours.stderr) == mask(ref.stderr), detail
+
+
+CASES: list[list[str]] = [
+    # every option alone (on top of FAST where dead targets would make fping slow)
+    [*FAST, *MIXED],
+    ["-a", *FAST, *MIXED],
+    ["-u", *FAST, *MIXED],
+    ["-e", *FAST, *MIXED],
+    ["-q", *FAST, *MIXED],
+    ["-s", *FAST, *MIXED],
+    ["-r", "0", "-t", "60", *MIXED],
+    ["-B", "1", *FAST, *MIXED],
+    ["-t", "80", "-r", "0", *MIXED],
+    ["-i", "5", *FAST, *MIXED],
+    ["-c", "2", "-p", "100", *MIXED],
+    ["-C", "2", "-p", "100", *MIXED],
+    ["-C", "3", "-p", "50", "-q", *MIXED],
+    ["-c", "1", "-s", "-p", "100", *MIXED],
+    ["-D", "-c", "2", "-p", "100", *ALIVE],
+    ["-Q", "1", "-c", "3", "-p", "400", "127.0.0.1"],
+    ["-b", "100", "-c", "1", *ALIVE],
+    ["-b", "16", "-e", *ALIVE],
+    ["-g", "127.0.0.1", "127.0.0.6"],
+    ["-g", "127.0.0.0/29", "-a"],
+    ["-4", "127.0.0.1", "::1"],
+    ["-6", "127.0.0.1", "::1"],
+    ["-S", "127.0.0.1", "-c", "1", "127.0.0.1"],
+    ["-I", "lo", "127.0.0.1", "127.0.0.2"],
+    ["-O", "16", "-e", *ALIVE],
+    ["-H", "64", "-c", "1", *ALIVE],
+    ["-M", *ALIVE],
+    ["-x", "2", *FAST, *MIXED],
+    ["-x", "4", *FAST, *MIXED],
+    ["-c", "1", "-x", "1", "127.0.0.1"],
+    ["-A", "-a", "127.0.0.1", "localhost"],
+    ["-a", "-c", "1", "127.0.0.1", DEAD],
+    ["nosuch.invalid", "127.0.0.1"],
+    # fping's own refusals: same message and exit code
+    ["-a", "-u", "127.0.0.1"],
+    ["-l", "-c", "2", "127.0.0.1"],
+    ["--bogus", "127.0.0.1"],
+    # the combinations the monitoring systems use
+    ["-C", "3", "-q", "-B1", "-r1", "-i10", *MIXED],  # SmokePing's FPing probe
+    ["-C", "3", "-p", "100", "-i", "5", "-t", "80", "-b", "56", "-q", *MIXED],  # Zabbix
+    ["-e", "-q", "-c", "3", "-p", "100", *MIXED],  # LibreNMS
+]
+
+
+@pytest.mark.parametrize("args", CASES, ids=lambda a: " ".join(a)[:60])
+def test_same_as_fping(ns: Netns, args: list[str]) -> None:
+    assert_same(ns, args)
+
+
+def test_file_and_stdin(ns: Netns, tmp_path: Path) -> None:
+    f = tmp_path / "targets"
+    f.write_text("# comment\n127.0.0.1\n\n10.201.0.1  trailing words\n" + DEAD + "\n")
+    assert_same(ns, ["-f", str(f), *FAST])
+    ref, ours = (
+        subprocess.run(
+            ["ip", "netns", "exec", ns.host, *cmd, "-f", "-", "-a"],
+            input="127.0.0.1\n::1\n",
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=30,
+        )
+        for cmd in (["fping"], [sys.executable, "-m", "fastping.cli", "fping"])
+    )
+    assert (ours.returncode, ours.stdout, ours.stderr) == (ref.returncode, ref.stdout, ref.stderr)
+
+
+def test_loop_mode_until_interrupted(ns: Netns) -> None:
+    """-l runs until SIGINT, then prints the summaries, like fping."""
+    results = []
+    for cmd in (["fping"], [sys.executable, "-m", "fastping.cli", "fping"]):
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns.host, *cmd, "-l", "-p", "200", "127.0.0.1", DEAD],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        time.sleep(1.5 if cmd[0] != "fping" else 1.0)  # our start-up: the interpreter
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        results.append((p.returncode, out, err))
+    (rc_ref, out_ref, err_ref), (rc, out, err) = results
+    assert rc == rc_ref == 1
+    shape = re.compile(r"\[\d+\]")
+    # the same kinds of lines (the number of rounds depends on when SIGINT came)
+    assert {shape.sub("[k]", x) for x in mask(out)} == {shape.sub("[k]", x) for x in mask(out_ref)}
+    summary = re.compile(r"^(\S+)\s+: xmt/rcv/%loss = \d+/\d+/\d+%")
+    hosts = [m.group(1) for m in map(summary.match, err.splitlines()) if m]
+    hosts_ref = [m.group(1) for m in map(summary.match, err_ref.splitlines()) if m]
+    assert hosts == hosts_ref == ["127.0.0.1", DEAD]
+
+
+def fastping_fping(n: Netns, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", n.host, sys.executable, "-m", "fastping.cli", "fping", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+        input=stdin,
+    )
+
+
+def test_json(ns: Netns) -> None:
+    """-J (fping 5.4; Debian's 5.1 has none to compare with): one JSON document."""
+    import json
+
+    r = fastping_fping(ns, "-J", "-c", "2", "-p", "50", "127.0.0.1", DEAD)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    live, dead = doc["hosts"]["127.0.0.1"], doc["hosts"][DEAD]
+    assert (live["xmt"], live["rcv"], live["loss_percentage"]) == (2, 2, 0)
+    assert 0 < live["min"] <= live["avg"] <= live["max"]
+    assert dead == {"xmt": 2, "rcv": 0, "loss_percentage": 100}
+    r = fastping_fping(ns, "-J", "-C", "2", "-p", "50", "127.0.0.1", DEAD)
+    doc = json.loads(r.stdout)
+    assert len(doc["hosts"]["127.0.0.1"]) == 2 and all(v > 0 for v in doc["hosts"]["127.0.0.1"])
+    assert doc["hosts"][DEAD] == [None, None]
+
+
+def test_fast_reachable_stops_retrying(ns: Netns) -> None:
+    """-X N (fping 5.2): stop as soon as N hosts answered; -x N waits for all retries."""
+    t0 = time.monotonic()
+    r = fastping_fping(ns, "-X", "1", "-t", "400", "-r", "3", "127.0.0.1", DEAD)
+    fast = time.monotonic() - t0
+    assert r.returncode == 0
+    assert r.stdout == "Enough hosts reachable (required: 1, reachable: 1)\n"
+    t0 = time.monotonic()
+    r = fastping_fping(ns, "-x", "1", "-t", "400", "-r", "3", "127.0.0.1", DEAD)
+    assert r.returncode == 0 and time.monotonic() - t0 > fast + 1.0  # 0.4 * (1.5+2.25+3.4) s more
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-d", "127.0.0.1"], "reverse-DNS"),
+        (["-R", "127.0.0.1"], "random payload"),
+        (["-o", "-c", "1", "127.0.0.1"], "outage"),
+        (["-b", "8", "127.0.0.1"], "at least 16 bytes"),
+        (["-l", "-p", "100", "-t", "500", "127.0.0.1"], "use -t no longer than -p"),
+    ],
+)
+def test_refuses_what_it_cannot_honour(ns: Netns, args: list[str], words: str) -> None:
+    r = fastping_fping(ns, *args)
+    assert r.returncode == 3
+    assert r.stdout == ""
+    assert words in r.stderr and r.stderr.startswith("fping: ")
+
+
+def test_more_targets_than_fping_takes(ns: Netns) -> None:
+    """fping stops at 65,535 targets; fastping-fping takes them all (-g, one block)."""
+    r = fastping_fping(ns, "-C", "1", "-q", "-i", "0", "-g", "127.1.0.0", "127.1.255.255")
+    assert r.returncode == 0, r.stderr[-500:]
+    lines = r.stderr.splitlines()
+    assert len(lines) == 65536
+    assert lines[0].startswith("127.1.0.0     : 0.") and lines[-1].startswith("127.1.255.255 : ")
