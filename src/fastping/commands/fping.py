@@ -1069,3 +1069,7 @@ Output options:
 
 Refused (fastping-fping says so and exits 3): -d -n -m -R -N -o
 """
+
+
+if __name__ == "__main__":
+    sys.exit(main())
