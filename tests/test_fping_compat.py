@@ -205,7 +205,9 @@ def test_loop_mode_until_interrupted(ns: Netns) -> None:
     assert hosts == hosts_ref == ["127.0.0.1", DEAD]
 
 
-def fastping_fping(n: Netns, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def fastping_fping(
+    n: Netns, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "netns", "exec", n.host, sys.executable, "-m", "fastping.cli", "fping", *args],
         capture_output=True,

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
@@ -120,10 +120,6 @@ class Options:
     targets: list[str] = field(default_factory=list)
 
 
-# option letter -> (long name, attribute, value parser or None for a flag)
-_VALUE: dict[str, tuple[str, Callable[[str], Any]]] = {}
-
-
 def _int(s: str) -> int:
     return int(s, 0)
 
@@ -135,6 +131,7 @@ def _num(s: str) -> float:
     return v
 
 
+# option letter -> (long name, attribute, value parser or None for a flag)
 _SPEC: dict[str, tuple[str, str, Callable[[str], Any] | None]] = {
     "4": ("ipv4", "family", None),
     "6": ("ipv6", "family", None),
@@ -195,8 +192,7 @@ def parse(argv: Sequence[str]) -> Options:
                     raise Usage(f"option '--{name}' requires an argument")
                 val = args[i]
                 i += 1
-            i = _apply(o, letter, val if (eq or _needs_value(letter)) else None, seen)
-            i = i if isinstance(i, int) and i > 0 else i
+            _apply(o, letter, val if (eq or _needs_value(letter)) else None, seen)
             continue
         if a.startswith("-") and len(a) > 1:
             j = 1
@@ -229,7 +225,7 @@ def _needs_value(letter: str) -> bool:
     return letter in _SPEC and _SPEC[letter][2] is not None
 
 
-def _apply(o: Options, letter: str, val: str | None, seen: set[str]) -> int:
+def _apply(o: Options, letter: str, val: str | None, seen: set[str]) -> None:
     if letter in _REFUSED_LETTERS:
         raise Refused(
             f"{_REFUSED['-' + letter]} is not supported by fastping-fping: leave it out"
@@ -245,7 +241,7 @@ def _apply(o: Options, letter: str, val: str | None, seen: set[str]) -> int:
             o.family = socket.AF_INET if letter == "4" else socket.AF_INET6
         else:
             setattr(o, attr, True)
-        return 0
+        return
     try:
         v = conv(val or "")
     except ValueError:
@@ -258,7 +254,6 @@ def _apply(o: Options, letter: str, val: str | None, seen: set[str]) -> int:
         o.vcount = True
     if letter == "X":
         o.fast_reachable = True
-    return 0
 
 
 class _Help(Exception):
@@ -331,26 +326,21 @@ class V4Block:
 Entry = Target | V4Block
 
 
-def _v4str(a: int) -> str:
-    return f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
+_OCTETS = [str(i) for i in range(256)]
 
 
-def _v4_max_len(first: int, last: int) -> int:
-    """Longest dotted-quad in [first, last] without formatting every address."""
-    if last - first < 65536:
-        return max(len(_v4str(a)) for a in range(first, last + 1))
-    best = 0
-    hi0, hi1 = first >> 16, last >> 16
-    for hi in range(hi0, hi1 + 1):
-        lo_a = first & 0xFFFF if hi == hi0 else 0
-        lo_b = last & 0xFFFF if hi == hi1 else 0xFFFF
-        head = len(f"{hi >> 8}.{hi & 255}")
-        if lo_a == 0 and lo_b == 0xFFFF:
-            tail = 7
-        else:
-            tail = max(len(f"{x >> 8}.{x & 255}") for x in range(lo_a, lo_b + 1))
-        best = max(best, head + 1 + tail)
-    return best
+def _v4_labels(first: int, count: int) -> list[str]:
+    """Dotted quads of ``count`` addresses from ``first``, 256 at a time (a million
+    labels in ~0.1 s: one string concatenation each)."""
+    out: list[str] = []
+    a, end = first, first + count
+    while a < end:
+        lo = a & 255
+        n = min(256 - lo, end - a)
+        head = f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}."
+        out.extend([head + o for o in _OCTETS[lo : lo + n]])
+        a += n
+    return out
 
 
 def _generate(o: Options) -> list[Entry]:
@@ -446,23 +436,30 @@ class Plan:
         self.first_slot: list[int] = []
         self.n_hosts = sum(e.count if isinstance(e, V4Block) else 1 for e in entries)
 
-    def labels(self) -> Iterator[tuple[str, int, int]]:
-        """(label, family, slot) for every host in input order (family 0: unresolved)."""
-        for e, first in zip(self.entries, self.first_slot, strict=True):
-            if isinstance(e, V4Block):
-                for k in range(e.count):
-                    yield _v4str(e.first + k), socket.AF_INET, first + k
-            else:
-                yield e.label, e.family if e.error is None else 0, first
+        self.labels: list[str] = []  # per host, in input order
+        self.families = bytearray()  # per host: 4, 6, or 0 for unresolved
+        self.index: dict[int, array[int]] = {}  # per family: host index of each slot
+        self.width = 0  # fping pads host names to the longest
 
-    def width(self) -> int:
-        w = 0
+    def build(self) -> None:
+        """Labels, families and the slot -> host map, in one pass (after _open)."""
+        labels, fams = self.labels, self.families
+        for f in self.socks:
+            self.index[f] = array("q")
         for e in self.entries:
+            i = len(labels)
             if isinstance(e, V4Block):
-                w = max(w, _v4_max_len(e.first, e.first + e.count - 1))
-            elif e.error is None:
-                w = max(w, len(e.label))
-        return w
+                labels.extend(_v4_labels(e.first, e.count))
+                fams.extend(b"\x04" * e.count)
+                self.index[socket.AF_INET].extend(range(i, i + e.count))
+            else:
+                labels.append(e.label)
+                if e.error is None:
+                    fams.append(4 if e.family == socket.AF_INET else 6)
+                    self.index[e.family].append(i)
+                else:
+                    fams.append(0)
+        self.width = max((len(x) for x, f in zip(labels, fams, strict=True) if f), default=0)
 
 
 def _open(plan: Plan, o: Options, window: int) -> None:
@@ -488,10 +485,10 @@ def _open(plan: Plan, o: Options, window: int) -> None:
                 dont_fragment=o.dontfrag,
                 window=window,
             )
-        except UseSubprocess as e:
+        except UseSubprocess as why:
             raise Refused(
                 "fastping-fping needs an ICMP socket (raw, or unprivileged dgram): "
-                f"{e.reason.splitlines()[0]}; run `fastping doctor` for the fix"
+                f"{why.reason.splitlines()[0]}; run `fastping doctor` for the fix"
             ) from None
         plan.socks[fam] = sock
         _bind(sock, o)
@@ -648,18 +645,7 @@ def _rate(o: Options) -> float:
     return 0.0 if o.interval_ms <= 0 else 1000.0 / o.interval_ms
 
 
-def _slot_index(plan: Plan) -> dict[int, array[int]]:
-    """Per family: global host index of each slot."""
-    idx: dict[int, array[int]] = {f: array("q") for f in plan.socks}
-    for i, (_label, fam, _slot) in enumerate(plan.labels()):
-        if fam:
-            idx[fam].append(i)
-    return idx
-
-
 def run_fping(o: Options) -> int:
-    global _TOTALS
-    _TOTALS = Totals()
     t_start = time.perf_counter()
     out = Out()
     targets = list(o.targets)
@@ -692,16 +678,18 @@ def run_fping(o: Options) -> int:
     if overlap and not period_s:
         window = min(o.count, 64)
     _open(plan, o, max(1, window))
+    plan.build()
+    totals = Totals()
     try:
         if counting:
-            alive = _run_count(plan, o, out, timeout_s, overlap)
+            alive = _run_count(plan, o, out, totals, timeout_s, overlap)
         else:
-            alive = _run_default(plan, o, out, timeout_s)
+            alive = _run_default(plan, o, out, totals, timeout_s)
     finally:
         for s in plan.socks.values():
             s.close()
     if o.stats:
-        _stats_block(out, _TOTALS, plan.n_hosts, alive, unknown, time.perf_counter() - t_start)
+        _stats_block(out, totals, plan.n_hosts, alive, unknown, time.perf_counter() - t_start)
     out.flush()
     if o.reachable is not None:
         return 0 if alive >= o.reachable else 1
@@ -710,58 +698,57 @@ def run_fping(o: Options) -> int:
     return 0 if alive == plan.n_hosts else 1
 
 
-_TOTALS = Totals()
-
-
-def _gather(plan: Plan, slots: dict[int, list[int] | None], count: int, interval_s: float,
-            timeout_s: float, rate: float) -> list[tuple[int, list[Any]]]:
-    """One sweep per family socket (both at once: the core releases the GIL)."""
+def _gather(plan: Plan, totals: Totals, slots: dict[int, list[int] | None], count: int,
+            interval_s: float, timeout_s: float, rate: float) -> list[tuple[int, list[Any]]]:
+    """One ``IcmpSocket.sweep`` per family (side by side: the core releases the GIL),
+    returning each family's events. ``slots[fam]``: None for all, or the ones to probe."""
     import threading
 
+    work = {f: (sock.n_slots if slots.get(f) is None else len(slots[f] or []))
+            for f, sock in plan.socks.items()}
+    total = sum(work.values())
     res: list[tuple[int, list[Any]]] = []
     errors: list[BaseException] = []
-    jobs = [(f, s) for f, s in plan.socks.items() if slots.get(f, None) != []]
 
-    def one(fam: int, sock: Any) -> None:
+    def one(fam: int) -> None:
+        # -i is a gap between any two packets: a global budget, shared by the work
+        share = rate * work[fam] / total if rate else 0.0
         try:
-            ev = sock.sweep(count, interval_s, timeout_s, rate, slots.get(fam), True)
+            ev = plan.socks[fam].sweep(count, interval_s, timeout_s, share, slots.get(fam), True)
             res.append((fam, ev or []))
-        except BaseException as e:
+        except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
+    jobs = [f for f in plan.socks if work[f]]
     if len(jobs) == 1:
-        one(*jobs[0])
+        one(jobs[0])
     else:
-        # the rate is a global budget: split it by the work each family has
-        ths = [threading.Thread(target=one, args=j) for j in jobs]
+        ths = [threading.Thread(target=one, args=(f,)) for f in jobs]
         for th in ths:
             th.start()
         for th in ths:
             th.join()
     if errors:
         raise errors[0]
-    for fam, sock in plan.socks.items():
-        if slots.get(fam, None) != []:
-            n = len(slots[fam] or []) if slots.get(fam) is not None else sock.n_slots
-            _TOTALS.sent += n * count
+    totals.sent += total * count
     return res
 
 
-def _run_default(plan: Plan, o: Options, out: Out, timeout_s: float) -> int:
+def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: float) -> int:
     """fping's default mode: each host until it answers, -r retries, -B backoff."""
     rate = _rate(o)
-    idx = _slot_index(plan)
+    idx = plan.index
+    labels = plan.labels
     n = plan.n_hosts
     rtt = array("d", [math.nan]) * n
     pending: dict[int, list[int] | None] = {f: None for f in plan.socks}
-    labels: list[str] | None = None
     verbose = not (o.quiet or o.alive or o.unreach or o.reachable is not None)
     alive = 0
     tmo = timeout_s
     for attempt in range(o.retry + 1):
         if attempt:
             tmo *= o.backoff
-        evs = _gather(plan, pending, 1, 0.0, tmo, rate)
+        evs = _gather(plan, totals, pending, 1, 0.0, tmo, rate)
         answered: dict[int, set[int]] = {f: set() for f in plan.socks}
         for fam, events in evs:
             gi = idx[fam]
@@ -773,16 +760,14 @@ def _run_default(plan: Plan, o: Options, out: Out, timeout_s: float) -> int:
                         rtt[i] = ev[3] / 1e6
                         answered[fam].add(ev[0])
                         alive += 1
-                    _TOTALS.reply(ev[3] / 1e6)
+                    totals.reply(ev[3] / 1e6)
                 elif kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED):
-                    _TOTALS.other_icmp += 1
-                    _TOTALS.timeouts += 1
+                    totals.other_icmp += 1
+                    totals.timeouts += 1
                     if not o.quiet:
-                        if labels is None:
-                            labels = [lb for lb, _f, _s in plan.labels()]
                         out.err(_icmp_error(kind, ev[5], ev[6], ev[7], labels[gi[ev[0]]], fam))
                 elif kind in (EV_TIMEOUT, EV_SEND_ERROR):
-                    _TOTALS.timeouts += 1
+                    totals.timeouts += 1
         for fam in plan.socks:
             prev = pending[fam]
             rest = [s for s in (range(plan.socks[fam].n_slots) if prev is None else prev)
@@ -793,8 +778,8 @@ def _run_default(plan: Plan, o: Options, out: Out, timeout_s: float) -> int:
         if not any(pending.values()):
             break
     if verbose or o.alive or o.unreach:
-        for i, (label, fam, _slot) in enumerate(plan.labels()):
-            if not fam:
+        for i, label in enumerate(labels):
+            if not plan.families[i]:
                 continue
             up = not math.isnan(rtt[i])
             if o.alive and up or o.unreach and not up:
@@ -824,21 +809,23 @@ class _Stop:
         self.stop = True
 
 
-def _run_count(plan: Plan, o: Options, out: Out, timeout_s: float, overlap: bool) -> int:
+def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: float,
+               overlap: bool) -> int:
     """-c / -C / -l: per-probe lines, then per-host summaries."""
     rate = _rate(o)
-    idx = _slot_index(plan)
-    labels = [lb for lb, _f, _s in plan.labels()]
-    fams = [f for _lb, f, _s in plan.labels()]
+    idx = plan.index
+    labels = plan.labels
+    fams = plan.families
     n = plan.n_hosts
-    width = plan.width()
+    width = plan.width
     sent = array("q", [0]) * n
     recv = array("q", [0]) * n
     mn = array("d", [math.inf]) * n
     mx = array("d", [0.0]) * n
     sm = array("d", [0.0]) * n
     keep_rtts = o.vcount or o.json
-    rtts: list[list[float | None]] = [[] for _ in range(n)] if keep_rtts else []
+    # one row of RTTs per round (NaN: lost), for -C and -J
+    rtts: list[array[float]] = []
     verbose = not (o.quiet or o.alive or o.unreach or o.reachable is not None or o.json)
     stop = _Stop()
     old = signal.signal(signal.SIGINT, stop) if o.loop else None
@@ -857,8 +844,10 @@ def _run_count(plan: Plan, o: Options, out: Out, timeout_s: float, overlap: bool
                 if stop.stop:
                     break
             t_round = time.time()
-            evs = _gather(plan, {f: None for f in plan.socks}, count_per_sweep, period_s,
-                          timeout_s, rate)
+            evs = _gather(plan, totals, {f: None for f in plan.socks}, count_per_sweep,
+                          period_s, timeout_s, rate)
+            if keep_rtts:
+                rtts.extend(array("d", [math.nan]) * n for _ in range(count_per_sweep))
             lines: list[tuple[int, int, str]] = []
             for fam, events in evs:
                 gi = idx[fam]
@@ -873,9 +862,9 @@ def _run_count(plan: Plan, o: Options, out: Out, timeout_s: float, overlap: bool
                         sm[i] += ms
                         mn[i] = min(mn[i], ms)
                         mx[i] = max(mx[i], ms)
-                        _TOTALS.reply(ms)
+                        totals.reply(ms)
                         if keep_rtts:
-                            _put(rtts[i], seq, ms)
+                            rtts[seq][i] = ms
                         if verbose:
                             loss = (sent[i] - recv[i]) * 100 // sent[i]
                             ts = _ts(o, t_round + seq * period_s * overlap + ms / 1000)
@@ -884,11 +873,9 @@ def _run_count(plan: Plan, o: Options, out: Out, timeout_s: float, overlap: bool
                                           f"({sprint_tm(sm[i] / recv[i])} avg, {loss}% loss)"))
                     elif kind in (EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_SEND_ERROR):
                         sent[i] += 1
-                        _TOTALS.timeouts += 1
-                        if keep_rtts:
-                            _put(rtts[i], seq, None)
+                        totals.timeouts += 1
                         if kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED):
-                            _TOTALS.other_icmp += 1
+                            totals.other_icmp += 1
                             if not o.quiet:
                                 out.err(_icmp_error(kind, ev[5], ev[6], ev[7], labels[i], fam))
                         if verbose:
@@ -923,27 +910,18 @@ def _run_count(plan: Plan, o: Options, out: Out, timeout_s: float, overlap: bool
     return alive
 
 
-def _put(lst: list[float | None], seq: int, v: float | None) -> None:
-    while len(lst) < seq:
-        lst.append(None)
-    if len(lst) == seq:
-        lst.append(v)
-    else:
-        lst[seq] = v
-
-
 def _ts(o: Options, t: float) -> str:
     return f"[{t:.5f}] " if o.timestamp else ""
 
 
-def _summaries(out: Out, o: Options, labels: list[str], fams: list[int], width: int,
+def _summaries(out: Out, o: Options, labels: list[str], fams: bytearray, width: int,
                sent: array[int], recv: array[int], mn: array[float], mx: array[float],
-               sm: array[float], rtts: list[list[float | None]], interim: bool) -> None:
+               sm: array[float], rtts: list[array[float]], interim: bool) -> None:
     for i, label in enumerate(labels):
         if not fams[i]:
             continue
         if o.vcount and not interim:
-            vals = " ".join("-" if v is None else sprint_tm(v) for v in rtts[i])
+            vals = " ".join("-" if math.isnan(row[i]) else sprint_tm(row[i]) for row in rtts)
             out.err(f"{label:<{width}} : {vals}")
             continue
         s, rc = sent[i], recv[i]
@@ -955,9 +933,9 @@ def _summaries(out: Out, o: Options, labels: list[str], fams: list[int], width: 
         out.err(line)
 
 
-def _json(out: Out, o: Options, labels: list[str], fams: list[int], sent: array[int],
+def _json(out: Out, o: Options, labels: list[str], fams: bytearray, sent: array[int],
           recv: array[int], mn: array[float], mx: array[float], sm: array[float],
-          rtts: list[list[float | None]]) -> None:
+          rtts: list[array[float]]) -> None:
     """-J: one JSON document on stdout, ``{"hosts": {label: ...}}``: with -C each
     host's RTT list (null for a lost probe), otherwise its xmt/rcv/loss/min/avg/max."""
     import json
@@ -967,7 +945,7 @@ def _json(out: Out, o: Options, labels: list[str], fams: list[int], sent: array[
         if not fams[i]:
             continue
         if o.vcount:
-            hosts[label] = [None if v is None else round(v, 3) for v in rtts[i]]
+            hosts[label] = [None if math.isnan(row[i]) else round(row[i], 3) for row in rtts]
         else:
             s, rc = sent[i], recv[i]
             d: dict[str, Any] = {"xmt": s, "rcv": rc,
