@@ -699,9 +699,11 @@ def run_fping(o: Options) -> int:
 
 
 def _gather(plan: Plan, totals: Totals, slots: dict[int, list[int] | None], count: int,
-            interval_s: float, timeout_s: float, rate: float) -> list[tuple[int, list[Any]]]:
+            interval_s: float, timeout_s: float, rate: float,
+            events: bool = True) -> list[tuple[int, list[Any]]]:
     """One ``IcmpSocket.sweep`` per family (side by side: the core releases the GIL),
-    returning each family's events. ``slots[fam]``: None for all, or the ones to probe."""
+    returning each family's events (none with ``events=False``: read slot_stats).
+    ``slots[fam]``: None for all, or the ones to probe."""
     import threading
 
     work = {f: (sock.n_slots if slots.get(f) is None else len(slots[f] or []))
@@ -714,7 +716,7 @@ def _gather(plan: Plan, totals: Totals, slots: dict[int, list[int] | None], coun
         # -i is a gap between any two packets: a global budget, shared by the work
         share = rate * work[fam] / total if rate else 0.0
         try:
-            ev = plan.socks[fam].sweep(count, interval_s, timeout_s, share, slots.get(fam), True)
+            ev = plan.socks[fam].sweep(count, interval_s, timeout_s, share, slots.get(fam), events)
             res.append((fam, ev or []))
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
@@ -834,6 +836,11 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
     last_q = time.monotonic()
     rounds = 1 if overlap else (o.count if o.count else -1)
     count_per_sweep = o.count if overlap else 1
+    # nothing printed per probe (-q, and -q hides ICMP errors too) and one round per
+    # sweep: the round's outcome is read from the core's per-slot counters instead of
+    # one event tuple per probe (a million targets: ~130 MB and seconds less)
+    from_stats = o.quiet and not overlap
+    other = array("q", [0]) * n if from_stats else array("q")
     r = 0
     try:
         while (rounds < 0 or r < rounds) and not stop.stop:
@@ -845,9 +852,12 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                     break
             t_round = time.time()
             evs = _gather(plan, totals, {f: None for f in plan.socks}, count_per_sweep,
-                          period_s, timeout_s, rate)
+                          period_s, timeout_s, rate, events=not from_stats)
             if keep_rtts:
                 rtts.extend(array("d", [math.nan]) * n for _ in range(count_per_sweep))
+            if from_stats:
+                _round_from_stats(plan, totals, sent, recv, mn, mx, sm, other,
+                                  rtts[r] if keep_rtts else None)
             lines: list[tuple[int, int, str]] = []
             for fam, events in evs:
                 gi = idx[fam]
@@ -908,6 +918,37 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
         _reachable_line(o, out, alive)
         _summaries(out, o, labels, fams, width, sent, recv, mn, mx, sm, rtts, interim=False)
     return alive
+
+
+def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[int],
+                      mn: array[float], mx: array[float], sm: array[float], other: array[int],
+                      row: array[float] | None) -> None:
+    """Fold one single-probe round into the per-host arrays from the core's cumulative
+    per-slot counters: a host whose reply count grew answered, with the RTT by which
+    its RTT sum grew."""
+    for fam, sock in plan.socks.items():
+        gi = plan.index[fam]
+        stats = sock.slot_stats
+        for slot in range(sock.n_slots):
+            st = stats(slot)
+            i = gi[slot]
+            sent[i] += 1
+            bad = st[5] + st[6]
+            if bad != other[i]:
+                totals.other_icmp += bad - other[i]
+                other[i] = bad
+            if st[1] > recv[i]:
+                total_ms = st[10] / 1e6
+                ms = total_ms - sm[i]
+                recv[i] = st[1]
+                sm[i] = total_ms
+                mn[i] = st[8] / 1e6
+                mx[i] = st[9] / 1e6
+                totals.reply(ms)
+                if row is not None:
+                    row[i] = ms
+            else:
+                totals.timeouts += 1
 
 
 def _ts(o: Options, t: float) -> str:
