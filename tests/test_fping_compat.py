@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.privileged]
 ALIVE = ["127.0.0.1", "10.201.0.1", "::1"]
 DEAD = "10.202.0.5"  # blackholed by the router: silence
 UNREACH = "10.203.0.5"  # rejected by the router: ICMP host unreachable
+DUP = "10.201.0.3"  # the router's second address: every echo reply sent twice
 MIXED = [*ALIVE, DEAD, UNREACH]
 FAST = ["-t", "60", "-r", "1"]  # keeps each dead-target run short, same for both
 
@@ -45,6 +46,13 @@ def ns() -> Iterator[Netns]:
         n.exec_r("sysctl", "-qw", f"net.ipv4.conf.{n.veth_r}.send_redirects=0")
         n.exec_r("ip", "route", "add", "blackhole", "10.202.0.0/24")
         n.reject_beyond_router("10.203.0.0/24")
+        n.exec_r("ip", "addr", "add", f"{DUP}/24", "dev", n.veth_r)
+        n.exec_r(
+            "nft",
+            "add table ip fpdup; add chain ip fpdup out { type filter hook output priority 0; }; "
+            f"add rule ip fpdup out ip saddr {DUP} icmp type echo-reply "
+            f'dup to 10.201.0.2 device "{n.veth_r}"',
+        )
         # name resolution inside the namespace asks only its own loopback (ip netns
         # exec bind-mounts /etc/netns/NAME/resolv.conf): an unknown name fails there
         d = Path("/etc/netns") / n.host
@@ -145,6 +153,16 @@ CASES: list[list[str]] = [
     ["-A", "-a", "127.0.0.1", "localhost"],
     ["-a", "-c", "1", "127.0.0.1", DEAD],
     ["nosuch.invalid", "127.0.0.1"],
+    ["-s", "-u", "nosuch.invalid", *FAST, "127.0.0.1", DEAD],
+    ["-C", "1", "-q", "nosuch.invalid", "127.0.0.1"],
+    ["-aq", "127.0.0.1", "::1"],
+    ["--count=1", "--quiet", "--period=50", *ALIVE],
+    # duplicates: reported on stderr where fping prints no line per reply
+    ["-s", "-r", "0", DUP, "127.0.0.1"],
+    ["-e", DUP],
+    ["-c", "2", "-p", "100", DUP, "127.0.0.1"],
+    ["-C", "2", "-p", "100", "-q", DUP, "127.0.0.1"],
+    ["-c", "1", "-q", DUP],
     # fping's own refusals: same message and exit code
     ["-a", "-u", "127.0.0.1"],
     ["-l", "-c", "2", "127.0.0.1"],

@@ -598,7 +598,8 @@ class Out:
 @dataclass
 class Totals:
     sent: int = 0
-    received: int = 0
+    received: int = 0  # duplicates included, as fping counts them
+    timed: int = 0  # replies in the RTT figures (duplicates not)
     timeouts: int = 0
     other_icmp: int = 0
     rtt_min: float = math.inf
@@ -607,6 +608,7 @@ class Totals:
 
     def reply(self, ms: float) -> None:
         self.received += 1
+        self.timed += 1
         self.rtt_sum += ms
         self.rtt_min = min(self.rtt_min, ms)
         self.rtt_max = max(self.rtt_max, ms)
@@ -616,9 +618,10 @@ def _stats_block(out: Out, t: Totals, n_hosts: int, alive: int, unknown: int,
                  elapsed_s: float) -> None:
     """fping's print_global_stats (-s), on stderr."""
     out.err("")
-    out.err(f" {n_hosts:7d} targets")
+    resolved = n_hosts - unknown  # fping counts only the targets it could ping
+    out.err(f" {resolved:7d} targets")
     out.err(f" {alive:7d} alive")
-    out.err(f" {n_hosts - alive - unknown:7d} unreachable")
+    out.err(f" {resolved - alive:7d} unreachable")
     out.err(f" {unknown:7d} unknown addresses")
     out.err("")
     out.err(f" {t.timeouts:7d} timeouts (waiting for response)")
@@ -626,8 +629,8 @@ def _stats_block(out: Out, t: Totals, n_hosts: int, alive: int, unknown: int,
     out.err(f" {t.received:7d} ICMP Echo Replies received")
     out.err(f" {t.other_icmp:7d} other ICMP received")
     out.err("")
-    if t.received:
-        mn, avg, mx = t.rtt_min, t.rtt_sum / t.received, t.rtt_max
+    if t.timed:
+        mn, avg, mx = t.rtt_min, t.rtt_sum / t.timed, t.rtt_max
     else:
         mn = avg = mx = 0.0
     out.err(f" {sprint_tm(mn)} ms (min round trip time)")
@@ -664,7 +667,8 @@ def run_fping(o: Options) -> int:
     for e in entries:
         if isinstance(e, Target) and e.error is not None:
             unknown += 1
-            sys.stderr.write(f"{e.label}: {e.error}\n")
+            if not o.quiet:  # fping -q keeps even these to itself (the exit status says 2)
+                sys.stderr.write(f"{e.label}: {e.error}\n")
     sys.stderr.flush()
     plan = Plan(entries)
     counting = bool(o.count) or o.loop
@@ -770,6 +774,9 @@ def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: fl
                         out.err(_icmp_error(kind, ev[5], ev[6], ev[7], labels[gi[ev[0]]], fam))
                 elif kind in (EV_TIMEOUT, EV_SEND_ERROR):
                     totals.timeouts += 1
+                elif kind == EV_DUP:
+                    totals.received += 1  # fping counts them among the replies
+                    out.err(_dup_line(labels[gi[ev[0]]], ev[2], o.size, ev[3]))
         for fam in plan.socks:
             prev = pending[fam]
             rest = [s for s in (range(plan.socks[fam].n_slots) if prev is None else prev)
@@ -841,6 +848,7 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
     # one event tuple per probe (a million targets: ~130 MB and seconds less)
     from_stats = o.quiet and not overlap
     other = array("q", [0]) * n if from_stats else array("q")
+    dups = array("q", [0]) * n if from_stats else array("q")
     r = 0
     try:
         while (rounds < 0 or r < rounds) and not stop.stop:
@@ -856,8 +864,9 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
             if keep_rtts:
                 rtts.extend(array("d", [math.nan]) * n for _ in range(count_per_sweep))
             if from_stats:
-                _round_from_stats(plan, totals, sent, recv, mn, mx, sm, other,
-                                  rtts[r] if keep_rtts else None)
+                for i in _round_from_stats(plan, totals, sent, recv, mn, mx, sm, other, dups,
+                                           rtts[r] if keep_rtts else None):
+                    out.err(_dup_line(labels[i], r, o.size, 0))
             lines: list[tuple[int, int, str]] = []
             for fam, events in evs:
                 gi = idx[fam]
@@ -894,9 +903,12 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                             ts = _ts(o, time.time())
                             lines.append((seq, i, f"{ts}{labels[i]:<{width}} : [{seq}], timed out "
                                           f"({avg} avg, {loss}% loss)"))
-                    elif kind == EV_DUP and not o.quiet:
-                        out.err(f"{labels[i]} : duplicate for [{seq}], {o.size + 8} bytes, "
-                                f"{sprint_tm(ev[3] / 1e6)} ms")
+                    elif kind == EV_DUP:
+                        totals.received += 1
+                        # fping 5.1 reports duplicates only where it prints no line per
+                        # reply (-q, -a, -u, -x)
+                        if not verbose:
+                            out.err(_dup_line(labels[i], seq, o.size, ev[3]))
             lines.sort()
             for _s, _i, text in lines:
                 out.out(text)
@@ -922,10 +934,11 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
 
 def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[int],
                       mn: array[float], mx: array[float], sm: array[float], other: array[int],
-                      row: array[float] | None) -> None:
+                      dups: array[int], row: array[float] | None) -> list[int]:
     """Fold one single-probe round into the per-host arrays from the core's cumulative
     per-slot counters: a host whose reply count grew answered, with the RTT by which
-    its RTT sum grew."""
+    its RTT sum grew. Returns the hosts that got a duplicate reply."""
+    dup_hosts: list[int] = []
     for fam, sock in plan.socks.items():
         gi = plan.index[fam]
         stats = sock.slot_stats
@@ -933,6 +946,10 @@ def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[
             st = stats(slot)
             i = gi[slot]
             sent[i] += 1
+            if st[2] != dups[i]:
+                totals.received += st[2] - dups[i]
+                dups[i] = st[2]
+                dup_hosts.append(i)
             bad = st[5] + st[6]
             if bad != other[i]:
                 totals.other_icmp += bad - other[i]
@@ -949,6 +966,12 @@ def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[
                     row[i] = ms
             else:
                 totals.timeouts += 1
+    return sorted(dup_hosts)
+
+
+def _dup_line(label: str, seq: int, size: int, rtt_ns: int) -> str:
+    # the core reports no RTT for a duplicate (rtt_ns 0): printed as 0.000
+    return f"{label} : duplicate for [{seq}], {size + 8} bytes, {sprint_tm(rtt_ns / 1e6)} ms"
 
 
 def _ts(o: Options, t: float) -> str:
