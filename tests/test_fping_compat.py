@@ -29,6 +29,8 @@ ALIVE = ["127.0.0.1", "10.201.0.1", "::1"]
 DEAD = "10.202.0.5"  # blackholed by the router: silence
 UNREACH = "10.203.0.5"  # rejected by the router: ICMP host unreachable
 DUP = "10.201.0.3"  # the router's second address: every echo reply sent twice
+ALIVE6, DEAD6, UNREACH6 = "fd00:201::1", "fd00:202::5", "fd00:203::5"  # the same, IPv6
+MIXED6 = ["::1", ALIVE6, DEAD6, UNREACH6]
 MIXED = [*ALIVE, DEAD, UNREACH]
 FAST = ["-t", "60", "-r", "1"]  # keeps each dead-target run short, same for both
 
@@ -52,6 +54,19 @@ def ns() -> Iterator[Netns]:
             "add table ip fpdup; add chain ip fpdup out { type filter hook output priority 0; }; "
             f"add rule ip fpdup out ip saddr {DUP} icmp type echo-reply "
             f'dup to 10.201.0.2 device "{n.veth_r}"',
+        )
+        # IPv6: the router at fd00:201::1, fd00:202::/64 blackholed, fd00:203::/64 rejected
+        n.exec_h("ip", "addr", "add", "fd00:201::2/64", "dev", n.veth_h, "nodad")
+        n.exec_r("ip", "addr", "add", "fd00:201::1/64", "dev", n.veth_r, "nodad")
+        n.exec_h("ip", "-6", "route", "add", "default", "via", "fd00:201::1")
+        n.exec_r("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        n.exec_r("sysctl", "-qw", "net.ipv6.icmp.ratelimit=0")
+        n.exec_r("ip", "-6", "route", "add", "blackhole", "fd00:202::/64")
+        n.exec_r("ip", "-6", "route", "add", "fd00:203::/64", "via", "fd00:201::2")
+        n.exec_r(
+            "nft",
+            "add table ip6 fpt6; add chain ip6 fpt6 fw { type filter hook forward priority 0; }; "
+            "add rule ip6 fpt6 fw ip6 daddr fd00:203::/64 reject with icmpv6 type addr-unreachable",
         )
         # name resolution inside the namespace asks only its own loopback (ip netns
         # exec bind-mounts /etc/netns/NAME/resolv.conf): an unknown name fails there
@@ -153,6 +168,9 @@ CASES: list[list[str]] = [
     ["-A", "-a", "127.0.0.1", "localhost"],
     ["-a", "-c", "1", "127.0.0.1", DEAD],
     ["nosuch.invalid", "127.0.0.1"],
+    ["-s", *FAST, *MIXED6],
+    ["-c", "2", "-p", "100", *MIXED6],
+    ["-C", "2", "-p", "100", "-q", "-s", *MIXED6],
     ["-s", "-u", "nosuch.invalid", *FAST, "127.0.0.1", DEAD],
     ["-C", "1", "-q", "nosuch.invalid", "127.0.0.1"],
     ["-aq", "127.0.0.1", "::1"],
@@ -289,3 +307,28 @@ def test_more_targets_than_fping_takes(ns: Netns) -> None:
     lines = r.stderr.splitlines()
     assert len(lines) == 65536
     assert lines[0].startswith("127.1.0.0     : 0.") and lines[-1].startswith("127.1.255.255 : ")
+
+
+def test_the_targets_are_what_the_matrix_needs(ns: Netns) -> None:
+    """The matrix means something only if the namespace targets behave as named:
+    checked with Debian's fping itself."""
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns.host, "fping", "-C", "1", "-t", "200", "-p", "300",
+         *MIXED, *MIXED6, DUP],
+        capture_output=True, text=True, timeout=30,
+    )
+    got = {}
+    for line in r.stderr.splitlines():
+        if " : " in line and "duplicate" not in line:
+            host, vals = line.split(" : ")
+            got[host.strip()] = vals.strip()
+    for host in [*ALIVE, ALIVE6, "::1", DUP]:
+        assert got[host] != "-", r.stderr
+    for host in (DEAD, UNREACH, DEAD6, UNREACH6):
+        assert got[host] == "-", r.stderr
+    assert f"ICMP Host Unreachable from 10.201.0.1 for ICMP Echo sent to {UNREACH}" in r.stderr
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns.host, "fping", "-C", "1", "-q", DUP],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert f"{DUP} : duplicate for [0]" in r.stderr

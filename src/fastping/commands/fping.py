@@ -552,12 +552,21 @@ def sprint_tm(ms: float) -> str:
     return f"{ms:.3e}"
 
 
-def _icmp_error(kind: int, itype: int | None, code: int | None, router: str | None,
-                target: str, family: int) -> str:
+def _icmp_error(out: Out, totals: Totals, o: Options, ev: tuple[Any, ...], target: str,
+                family: int) -> None:
+    """An ICMP error for one of our probes: counted as fping's "other ICMP received"
+    and reported on stderr unless -q. IPv4 only: fping 5.1's ICMPv6 socket lets only
+    echo replies through (ICMP6_FILTER), so it neither reports nor counts the others."""
     if family == socket.AF_INET6:
-        what = "ICMPv6 Time Exceeded" if kind == EV_TIME_EXCEEDED else (
-            f"ICMPv6 Destination Unreachable (code {code})")
-    elif kind == EV_TIME_EXCEEDED:
+        return
+    totals.other_icmp += 1
+    if not o.quiet:
+        out.err(_icmp_error_text(ev[1], ev[5], ev[6], ev[7], target))
+
+
+def _icmp_error_text(kind: int, itype: int | None, code: int | None, router: str | None,
+                     target: str) -> str:
+    if kind == EV_TIME_EXCEEDED:
         what = "ICMP Time Exceeded"
     elif itype == 3 and code is not None and 0 <= code < len(_UNREACH):
         what = _UNREACH[code]
@@ -768,10 +777,8 @@ def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: fl
                         alive += 1
                     totals.reply(ev[3] / 1e6)
                 elif kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED):
-                    totals.other_icmp += 1
                     totals.timeouts += 1
-                    if not o.quiet:
-                        out.err(_icmp_error(kind, ev[5], ev[6], ev[7], labels[gi[ev[0]]], fam))
+                    _icmp_error(out, totals, o, ev, labels[gi[ev[0]]], fam)
                 elif kind in (EV_TIMEOUT, EV_SEND_ERROR):
                     totals.timeouts += 1
                 elif kind == EV_DUP:
@@ -894,9 +901,7 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                         sent[i] += 1
                         totals.timeouts += 1
                         if kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED):
-                            totals.other_icmp += 1
-                            if not o.quiet:
-                                out.err(_icmp_error(kind, ev[5], ev[6], ev[7], labels[i], fam))
+                            _icmp_error(out, totals, o, ev, labels[i], fam)
                         if verbose:
                             loss = (sent[i] - recv[i]) * 100 // sent[i]
                             avg = sprint_tm(sm[i] / recv[i]) if recv[i] else "NaN"
@@ -950,7 +955,7 @@ def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[
                 totals.received += st[2] - dups[i]
                 dups[i] = st[2]
                 dup_hosts.append(i)
-            bad = st[5] + st[6]
+            bad = st[5] + st[6] if fam == socket.AF_INET else 0  # see _icmp_error
             if bad != other[i]:
                 totals.other_icmp += bad - other[i]
                 other[i] = bad
