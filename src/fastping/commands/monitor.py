@@ -326,6 +326,7 @@ async def _main(
         "outcomes": st["outcomes"],
         "subscriber_dropped": st["subscriber_dropped"],
         "interval_factor": st["interval_factor"],
+        "send_lateness": st["send_lateness"],
         "db": str(store.path),
     }
     if metrics is not None:
@@ -366,6 +367,7 @@ async def _summaries(engine: MonitoringEngine, log: Any) -> None:
             store_written=store.get("written"),
             store_dropped=store.get("dropped"),
             loop_lag_max_s=st["loop_lag_s"]["max"],
+            send_late_p99_us=st["send_lateness"]["p99_us"],
         )
 
 
