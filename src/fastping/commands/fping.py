@@ -847,22 +847,35 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
     old = signal.signal(signal.SIGINT, stop) if o.loop else None
     period_s = o.period_ms / 1000.0
     t0 = time.time()
-    last_q = time.monotonic()
+    next_q = time.monotonic() + o.squiet_s
+    # -Q: each interval summary covers that interval only (fping resets them)
+    q = _interval(n) if o.squiet_s else []
     rounds = 1 if overlap else (o.count if o.count else -1)
     count_per_sweep = o.count if overlap else 1
     # nothing printed per probe (-q, and -q hides ICMP errors too) and one round per
     # sweep: the round's outcome is read from the core's per-slot counters instead of
     # one event tuple per probe (a million targets: ~130 MB and seconds less)
-    from_stats = o.quiet and not overlap
+    from_stats = o.quiet and not overlap and not o.squiet_s
     other = array("q", [0]) * n if from_stats else array("q")
     dups = array("q", [0]) * n if from_stats else array("q")
     r = 0
     try:
         while (rounds < 0 or r < rounds) and not stop.stop:
             if not overlap and r:
-                delay = t0 + r * period_s - time.time()
-                if delay > 0:
-                    time.sleep(delay)
+                while True:  # until this round is due, with -Q's summaries on time
+                    delay = t0 + r * period_s - time.time()
+                    q_delay = next_q - time.monotonic() if q else math.inf
+                    if q and q_delay <= 0:
+                        next_q += o.squiet_s
+                        out.err(time.strftime("[%H:%M:%S]"))
+                        _summaries(out, o, labels, fams, width, q[0], q[1], q[2], q[3], q[4], rtts,
+                                   interim=True)
+                        out.flush()
+                        q = _interval(n)
+                        continue
+                    if delay <= 0 or stop.stop:
+                        break
+                    time.sleep(min(delay, q_delay))
                 if stop.stop:
                     break
             t_round = time.time()
@@ -891,6 +904,12 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                         totals.reply(ms)
                         if keep_rtts:
                             rtts[seq][i] = ms
+                        if q:
+                            q[0][i] += 1
+                            q[1][i] += 1
+                            q[2][i] = min(q[2][i], ms)
+                            q[3][i] = max(q[3][i], ms)
+                            q[4][i] += ms
                         if verbose:
                             loss = (sent[i] - recv[i]) * 100 // sent[i]
                             ts = _ts(o, t_round + seq * period_s * overlap + ms / 1000)
@@ -900,6 +919,8 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                     elif kind in (EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_SEND_ERROR):
                         sent[i] += 1
                         totals.timeouts += 1
+                        if q:
+                            q[0][i] += 1
                         if kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED):
                             _icmp_error(out, totals, o, ev, labels[i], fam)
                         if verbose:
@@ -918,10 +939,6 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
             for _s, _i, text in lines:
                 out.out(text)
             r += 1
-            if o.squiet_s and time.monotonic() - last_q >= o.squiet_s:
-                last_q = time.monotonic()
-                out.err(time.strftime("[%H:%M:%S]"))
-                _summaries(out, o, labels, fams, width, sent, recv, mn, mx, sm, rtts, interim=True)
             out.flush()
     finally:
         if old is not None:
@@ -935,6 +952,12 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
         _reachable_line(o, out, alive)
         _summaries(out, o, labels, fams, width, sent, recv, mn, mx, sm, rtts, interim=False)
     return alive
+
+
+def _interval(n: int) -> list[Any]:
+    """Per-host sent, received, min, max and RTT sum of one -Q interval."""
+    return [array("q", [0]) * n, array("q", [0]) * n, array("d", [math.inf]) * n,
+            array("d", [0.0]) * n, array("d", [0.0]) * n]
 
 
 def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[int],
