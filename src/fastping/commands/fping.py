@@ -967,6 +967,7 @@ def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[
     per-slot counters: a host whose reply count grew answered, with the RTT by which
     its RTT sum grew. Returns the hosts that got a duplicate reply."""
     dup_hosts: list[int] = []
+    got, rsum, rmin, rmax = 0, 0.0, math.inf, 0.0
     for fam, sock in plan.socks.items():
         gi = plan.index[fam]
         stats = sock.slot_stats
@@ -989,11 +990,21 @@ def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[
                 sm[i] = total_ms
                 mn[i] = st[8] / 1e6
                 mx[i] = st[9] / 1e6
-                totals.reply(ms)
+                got += 1
+                rsum += ms
+                if ms < rmin:
+                    rmin = ms
+                if ms > rmax:
+                    rmax = ms
                 if row is not None:
                     row[i] = ms
             else:
                 totals.timeouts += 1
+    totals.received += got
+    totals.timed += got
+    totals.rtt_sum += rsum
+    totals.rtt_min = min(totals.rtt_min, rmin)
+    totals.rtt_max = max(totals.rtt_max, rmax)
     return sorted(dup_hosts)
 
 
@@ -1009,6 +1020,20 @@ def _ts(o: Options, t: float) -> str:
 def _summaries(out: Out, o: Options, labels: list[str], fams: bytearray, width: int,
                sent: array[int], recv: array[int], mn: array[float], mx: array[float],
                sm: array[float], rtts: list[array[float]], interim: bool) -> None:
+    if o.vcount and not interim and len(rtts) == 1:
+        # -C 1 (SmokePing's shape at a million targets): one comprehension, no call per host
+        row = rtts[0]
+        out.flush()
+        for lo in range(0, len(labels), 65536):
+            hi = min(lo + 65536, len(labels))
+            out.e.extend([
+                f"{labels[i]:<{width}} : "
+                + ("-" if row[i] != row[i] else f"{row[i]:.3f}" if row[i] < 1.0
+                   else sprint_tm(row[i]))
+                for i in range(lo, hi) if fams[i]
+            ])
+            out.flush()
+        return
     for i, label in enumerate(labels):
         if not fams[i]:
             continue
