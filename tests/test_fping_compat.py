@@ -187,6 +187,8 @@ CASES: list[list[str]] = [
     ["-a", "-u", "127.0.0.1"],
     ["-l", "-c", "2", "127.0.0.1"],
     ["--bogus", "127.0.0.1"],
+    ["-I", "nosuchif0", "127.0.0.1"],
+    ["-S", "bogus", "127.0.0.1"],
     # the combinations the monitoring systems use
     ["-C", "3", "-q", "-B1", "-r1", "-i10", *MIXED],  # SmokePing's FPing probe
     ["-C", "3", "-p", "100", "-i", "5", "-t", "80", "-b", "56", "-q", *MIXED],  # Zabbix

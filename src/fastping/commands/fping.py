@@ -78,9 +78,10 @@ class Usage(Exception):
     """A command line fping itself rejects (exit 1, fping's message; ``hint``: fping
     adds "see 'fping -h'" to this one)."""
 
-    def __init__(self, msg: str, hint: bool = True) -> None:
+    def __init__(self, msg: str, hint: bool = True, prefix: bool = True) -> None:
         super().__init__(msg)
         self.hint = hint
+        self.prefix = prefix
 
 
 class Refused(Exception):
@@ -518,13 +519,13 @@ def _bind(sock: Any, o: Options) -> None:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, o.iface.encode())
             except OSError as e:
-                raise Usage(f"binding to specific interface (SO_BINTODEVICE): {e.strerror}") \
-                    from None
+                raise Usage(f"binding to specific interface (SO_BINTODEVICE): {e.strerror}",
+                            hint=False, prefix=False) from None
         if o.src:
             try:
                 ip = ipaddress.ip_address(o.src)
             except ValueError:
-                raise Usage(f"can't parse source address: {o.src}") from None
+                raise Usage(f"can't parse source address: {o.src}", hint=False) from None
             if (ip.version == 4) == (sock.family == socket.AF_INET):
                 try:
                     s.bind((o.src, 0))
@@ -670,7 +671,7 @@ def run_fping(o: Options) -> int:
     else:
         entries = [_single(t, o) for t in targets]
     if not entries:
-        raise Usage("no targets given")
+        raise Usage(_HELP.rstrip("\n"), hint=False, prefix=False)  # fping: its usage
     _resolve_names(entries, o)
     unknown = 0
     for e in entries:
@@ -1076,8 +1077,8 @@ def _json(out: Out, o: Options, labels: list[str], fams: bytearray, sent: array[
 # -- entry points ----------------------------------------------------------
 
 
-def _die(msg: str, code: int, hint: bool = False) -> NoReturn:
-    sys.stderr.write(f"{PROG}: {msg}\n")
+def _die(msg: str, code: int, hint: bool = False, prefix: bool = True) -> NoReturn:
+    sys.stderr.write(f"{PROG}: {msg}\n" if prefix else f"{msg}\n")
     if hint:
         sys.stderr.write(f"see '{PROG} -h' for usage information\n")
     sys.stderr.flush()
@@ -1099,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"{PROG}: Version 5.1 (fastping-fping {__version__})\n")
         return 0
     except Usage as e:
-        _die(str(e), EXIT_USAGE, e.hint)
+        _die(str(e), EXIT_USAGE, e.hint, e.prefix)
     except Refused as e:
         _die(str(e), EXIT_REFUSED)
     except KeyboardInterrupt:
