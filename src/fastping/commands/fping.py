@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
@@ -402,26 +402,24 @@ def _resolve_names(entries: list[Entry], o: Options) -> None:
 
 
 def read_file(path: str) -> list[str]:
-    """fping -f: one target per line; '#' comments and blank lines skipped."""
+    """fping -f: one target per line (its first word); '#' comments and blank lines
+    skipped; '-' is stdin."""
+    if path == "-":
+        return _words(sys.stdin)
     try:
-        fh = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return _words(fh)
     except OSError as e:
-        raise Usage(f"fopen: {e.strerror}") from None
+        raise Usage(f"fopen: {e.strerror}", hint=False) from None
+
+
+def _words(lines: Iterable[str]) -> list[str]:
     out: list[str] = []
-    with fh if fh is not sys.stdin else _nullctx():
-        for line in fh:
-            word = line.split("#", 1)[0].split()
-            if word:
-                out.append(word[0])
+    for line in lines:
+        word = line.split("#", 1)[0].split()
+        if word:
+            out.append(word[0])
     return out
-
-
-class _nullctx:  # noqa: N801
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- sockets ---------------------------------------------------------------
