@@ -93,6 +93,8 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
     if "listening on" not in line:
         p.kill()
         raise RuntimeError(f"tcpdump did not start: {line!r}")
+    # it says so a moment before its ring is attached: packets sent at once are missed
+    time.sleep(0.5)
     try:
         yield
     finally:

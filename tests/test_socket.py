@@ -381,3 +381,33 @@ def test_valid_reply_after_an_icmp_error_is_the_outcome() -> None:
     assert kinds == [EV_UNREACHABLE, EV_REPLY, EV_DUPLICATE]
     assert (t["received"], t["unreachable"], t["duplicates"], t["outstanding"]) == (1, 0, 1, 0)
     assert (st[0], st[1], st[5]) == (1, 1, 0)  # sent 1, received 1, unreachable 0
+
+
+def test_icmp_error_quoting_only_8_bytes_is_attributed() -> None:
+    """Many routers quote only the RFC 792 minimum (IP header + 8 bytes): no room for
+    the cookie. Such an error is attributed by identifier, sequence number and quoted
+    destination to the probe still outstanding, and reported as unreachable; one that
+    names no outstanding probe (wrong sequence, wrong destination) is not."""
+    from tests.privhelpers import in_netns, netns
+
+    def body() -> tuple[list[int], dict[str, int], tuple[int, ...]]:
+        subprocess.run(["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"], check=True)
+        with (
+            IcmpSocket(V4) as s,
+            socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw,
+        ):
+            s.set_targets(["127.0.0.4", "127.0.0.5", "127.0.0.6"])
+            kinds = [e[1] for e in s.send([0, 1, 2])]
+            minimal = b""  # the quoted echo request ends after its 8-byte header
+            _forge_unreachable(raw, "127.0.0.5", s.ident, 1, minimal)  # seq 1: never sent
+            _forge_unreachable(raw, "127.0.0.9", s.ident, 0, minimal)  # not a target
+            _forge_unreachable(raw, "127.0.0.5", s.ident, 0, minimal)  # slot 1's probe
+            time.sleep(0.05)
+            kinds += [e[1] for e in s.recv()]
+            return kinds, s.totals(), s.slot_stats(1)
+
+    with netns() as ns:
+        kinds, t, st = in_netns(ns, body)
+    assert kinds == [EV_UNREACHABLE]
+    assert (t["unreachable"], t["errors_unattributed"], t["outstanding"]) == (1, 2, 2)
+    assert st[5] == 1 and st[15:18] == (3, 1, "127.0.0.1")  # type 3 code 1, from the router

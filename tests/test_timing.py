@@ -148,3 +148,41 @@ def test_monitor_summary_reports_send_lateness(tmp_path) -> None:  # type: ignor
     assert lat["probes"] == summary["sent"] > 100
     assert 0 <= lat["p50_us"] <= lat["p99_us"] <= lat["max_us"] + 1e-9
     assert lat["p99_us"] < 1_000_000  # a tick late at most would be 20 ms; 1 s is broken
+    # the windows went into the database beside the results, and the report shows them
+    from fastping.timing import read_windows
+
+    stored = read_windows(str(tmp_path / "l.db"), None, None)
+    assert stored.probes == summary["sent"]
+    rep = subprocess.run(
+        fastping_cmd("report", "--db", str(tmp_path / "l.db"), "--since", "all"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    line = next(ln for ln in rep.stdout.splitlines() if ln.startswith("prober timing:"))
+    assert f"{summary['sent']:,} probes left" in line
+
+
+def test_windows_round_trip_and_deltas(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fastping.timing import delta, read_windows, write_window
+
+    db = str(tmp_path / "t.db")
+    a = hist_of([5, 7, 300])
+    b = a + hist_of([40, 50])
+    w = delta(b, a)
+    assert (w.probes, w.sum_ns) == (2, 90_000) and w.quantile_us(1.0) <= 56
+    write_window(db, 100.0, 110.0, a)
+    write_window(db, 110.0, 120.0, w)
+    both = read_windows(db, None, None)
+    assert (both.probes, both.sum_ns, both.hist) == (b.probes, b.sum_ns, b.hist)
+    assert read_windows(db, 115.0, None).probes == 2  # only the window ending at 120
+    assert read_windows(db, None, 105.0).probes == 0
+    # a database without the table (an older monitor's) has nothing, and says so quietly
+    import sqlite3
+
+    sqlite3.connect(str(tmp_path / "old.db")).execute("CREATE TABLE x (a)").connection.close()
+    assert read_windows(str(tmp_path / "old.db"), None, None).probes == 0
+    # a file that is not a database: the writer raises (the monitor logs and counts it)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        write_window(str(junk), 0.0, 1.0, a)

@@ -87,22 +87,28 @@ def check_bar(errs: list[float], expected: int, what: str) -> None:
     assert p99 <= BAR_P99_NS, f"{what}: p99 |RTT - wire| = {p99 / 1e3:.1f} us > 10 us"
 
 
-@pytest.mark.parametrize("family", ["v4", "v6"])
-@pytest.mark.parametrize("mode", ["raw", "dgram"])
-def test_sweep_rtts_agree_with_the_wire(ns: str, tmp_path: Path, family: str, mode: str) -> None:
+@pytest.mark.parametrize(
+    "family,mode,workers",
+    [("v4", "raw", 1), ("v6", "raw", 1), ("v4", "dgram", 1), ("v6", "dgram", 1), ("v4", "raw", 2)],
+)
+def test_sweep_rtts_agree_with_the_wire(
+    ns: str, tmp_path: Path, family: str, mode: str, workers: int
+) -> None:
     target = "127.9.0.0/18" if family == "v4" else "fd00:f9::/114"
     pcap = tmp_path / "sweep.pcap"
+    w = ("--workers", str(workers))
     with tcpdump(ns, pcap, icmp6=family == "v6"):
-        r = fastping_in(ns, "sweep", target, "--rate", "0", "--mode", mode, "--json", "-t", "2")
+        r = fastping_in(ns, "sweep", target, "--rate", "0", "--mode", mode, "--json", "-t", "2", *w)
     assert r.returncode == 0, r.stderr
     hosts = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(hosts) == 16384 and all(h["received"] == 1 for h in hosts)
     # the summary says how every reply was timed: from the kernel's TX timestamp
-    q = fastping_in(ns, "sweep", target, "--rate", "0", "--mode", mode, "--json", "-q")
+    q = fastping_in(ns, "sweep", target, "--rate", "0", "--mode", mode, "--json", "-q", *w)
     summary = json.loads(q.stdout)
     assert summary["timed_kernel"] == 16384 and summary["timed_user"] == 0, summary
     reported = {(h["address"], 0): h["min_ms"] * 1e6 for h in hosts}
-    check_bar(errors_ns(reported, wire_rtts(pcap)), 16384, f"sweep {family} {mode}")
+    assert summary["workers"] == workers
+    check_bar(errors_ns(reported, wire_rtts(pcap)), 16384, f"sweep {family} {mode} w{workers}")
 
 
 @pytest.mark.parametrize("family,mode", [("v4", "raw"), ("v6", "dgram")])
@@ -132,3 +138,25 @@ def test_monitor_rtts_agree_with_the_wire(ns: str, tmp_path: Path, family: str, 
         store.close()
     assert len(reported) >= 3 * 8192, f"only {len(reported)} replies stored"
     check_bar(errors_ns(reported, wire_rtts(pcap)), len(reported), f"monitor {family} {mode}")
+
+
+@pytest.mark.parametrize("address", ["127.9.0.77", "fd00:f9::77"])
+def test_ping_rtts_agree_with_the_wire(ns: str, tmp_path: Path, address: str) -> None:
+    """fastping.ping's per-probe RTTs (20 probes, 10 ms apart) against the capture."""
+    pcap = tmp_path / "ping.pcap"
+    code = (
+        "import json, fastping; "
+        f"h = fastping.ping({address!r}, count=20, interval_s=0.01, timeout_s=1.0); "
+        "print(json.dumps(h.rtts_ms))"
+    )
+    with tcpdump(ns, pcap, icmp6=":" in address):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rtts = json.loads(r.stdout)
+    assert len(rtts) == 20
+    wire = wire_rtts(pcap)
+    reported = {(address, seq): rtt * 1e6 for seq, rtt in enumerate(rtts)}
+    check_bar(errors_ns(reported, wire), 20, f"ping {address}")

@@ -253,7 +253,6 @@ class IcmpSocket:
         reply slower than min(timeout_s, this) times its probe out (EV_TIMEOUT) and
         is EV_LATE; ``expire(t)`` uses min(t, this) for the slot. sweep() ignores it."""
 
-
 def lateness_bucket_bounds() -> list[int]:
     """Lower bounds (us) of the send-lateness histogram's buckets: whole us below
     16, then 8 per octave; the last bucket is open-ended."""

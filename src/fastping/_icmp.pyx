@@ -651,6 +651,7 @@ cdef class IcmpSocket:
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd, epfd
+    cdef bint ep_armed           # fd added to epfd (_arm_epoll)
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -664,6 +665,11 @@ cdef class IcmpSocket:
     #                              expire()'s scan reads 8 bytes per slot, not a whole SlotStats
     cdef uint32_t n, n_cap
     cdef list free_slots
+    # address -> slots, built only when an ICMP error quotes too little of a probe to
+    # carry its cookie (RFC 792's minimum: IP header + 8 bytes); rebuilt after changes
+    cdef uint32_t *aidx          # aidx_cap entries: slot + 1, 0 = empty (open addressing)
+    cdef uint32_t aidx_cap
+    cdef bint aidx_valid
     # batch buffers
     cdef uint8_t *tx_pkts
     cdef sockaddr_in6 *tx_names  # big enough for both families
@@ -889,11 +895,20 @@ cdef class IcmpSocket:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
+        return 0
+
+    cdef int _arm_epoll(self) except -1:
+        """Watch the socket with the core's own epoll, on first use (sweep, wait): an
+        engine that waits in its own event loop never does, and every epoll watching
+        the socket costs the kernel a callback per reply and per TX timestamp."""
         cdef epoll_event ev
+        if self.ep_armed:
+            return 0
         ev.events = EPOLLIN | EPOLLERR
         ev.data.fd = self.fd
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
             _raise_oserror("epoll_ctl")
+        self.ep_armed = True
         return 0
 
     cdef int _setopt(self, int level, int name, int value, str what) except -1:
@@ -1002,6 +1017,7 @@ cdef class IcmpSocket:
         PyMem_RawFree(self.tx_names)
         PyMem_RawFree(self.tx_iov)
         PyMem_RawFree(self.tx_msgs)
+        PyMem_RawFree(self.aidx)
         PyMem_RawFree(self.tx_ctrl)
         PyMem_RawFree(self.txr)
         PyMem_RawFree(self.lat_hist)
@@ -1087,6 +1103,7 @@ cdef class IcmpSocket:
         return 0
 
     cdef void _init_slot(self, uint32_t s) noexcept nogil:
+        self.aidx_valid = False
         memset(&self.stats[s], 0, sizeof(SlotStats))
         self.stats[s].active = 1
         self.stats[s].last_kind = LAST_NONE
@@ -1171,6 +1188,7 @@ cdef class IcmpSocket:
                 self.c_outstanding -= 1
             pr.state = ST_EMPTY
         self.stats[slot].active = 0
+        self.aidx_valid = False
         self.stats[slot].last_kind = LAST_NONE
         self.slot_tmo_ns[slot] = 0
         self.free_slots.append(slot)
@@ -1552,7 +1570,9 @@ cdef class IcmpSocket:
             total += r
             if max_packets > 0 and total >= max_packets:
                 break
-        if errq:
+        if not self.raw:
+            # ICMP errors that came in meanwhile (a raw socket gets them as packets; its
+            # TX timestamps are only made by sends, and were read above)
             total += self._drain_errq()
         return total
 
@@ -1655,8 +1675,16 @@ cdef class IcmpSocket:
             ttl = p.ttl
         cdef uint32_t slot, serial
         if not read_probe_header(p.payload, p.payload_len, self.k0, self.k1, &slot, &serial):
-            if p.is_error:
-                self.c_unattributed += 1   # quote too short to carry our cookie
+            if p.is_error and p.payload_len < PROBE_HDR:
+                # the quote ends before our cookie (many routers quote only 8 bytes):
+                # attribute it by identifier (checked above), sequence number and the
+                # quoted destination, to a probe still outstanding
+                if self._slot_of_quote(p.inner_dst, p.seq, &slot, &serial):
+                    self._on_error(slot, serial, p.type, p.code, self._src_of(h), t_rx)
+                else:
+                    self.c_unattributed += 1
+            elif p.is_error:
+                self.c_unattributed += 1   # a quote that is long enough but not ours
             else:
                 self.c_foreign += 1
                 self.c_f_cookie += 1
@@ -1694,6 +1722,60 @@ cdef class IcmpSocket:
             self.c_f_source += 1
             return
         self._on_reply(slot, serial, t_rx, ttl)
+
+    cdef const uint8_t *_src_of(self, msghdr *h) noexcept nogil:
+        if self.family == AF_INET:
+            return <const uint8_t *>&(<sockaddr_in *>h.msg_name).sin_addr
+        return <const uint8_t *>&(<sockaddr_in6 *>h.msg_name).sin6_addr
+
+    cdef inline uint32_t _addr_hash(self, const uint8_t *a) noexcept nogil:
+        cdef uint32_t h = rd32(a)
+        if self.addr_len == 16:
+            h ^= rd32(a + 4) * 0x85EBCA6BU ^ rd32(a + 8) * 0xC2B2AE35U ^ rd32(a + 12) * 0x27D4EB2FU
+        return (h * 0x9E3779B1U) ^ (h >> 15)
+
+    cdef bint _build_aidx(self) noexcept nogil:
+        cdef uint32_t cap = 16, s, i
+        while cap < 2 * self.n + 1:
+            cap *= 2
+        if cap != self.aidx_cap:
+            PyMem_RawFree(self.aidx)
+            self.aidx = <uint32_t *>PyMem_RawMalloc(<size_t>cap * sizeof(uint32_t))
+            self.aidx_cap = cap if self.aidx != NULL else 0
+            if self.aidx == NULL:
+                return False
+        memset(self.aidx, 0, <size_t>cap * sizeof(uint32_t))
+        for s in range(self.n):
+            if not self.stats[s].active:
+                continue
+            i = self._addr_hash(self.addrs + <size_t>s * self.addr_len) & (cap - 1)
+            while self.aidx[i] != 0:
+                i = (i + 1) & (cap - 1)
+            self.aidx[i] = s + 1
+        self.aidx_valid = True
+        return True
+
+    cdef bint _slot_of_quote(self, const uint8_t *dst, uint16_t seq, uint32_t *slot,
+                             uint32_t *serial) noexcept nogil:
+        """The outstanding probe to ``dst`` whose sequence number is ``seq`` (the
+        identifier was checked by the caller). Several targets may share an address:
+        each is looked at."""
+        cdef uint32_t i, s, w
+        cdef Probe *pr
+        if dst == NULL or self.n == 0 or (not self.aidx_valid and not self._build_aidx()):
+            return False
+        i = self._addr_hash(dst) & (self.aidx_cap - 1)
+        while self.aidx[i] != 0:
+            s = self.aidx[i] - 1
+            if memcmp(self.addrs + <size_t>s * self.addr_len, dst, self.addr_len) == 0:
+                pr = &self.probes[<size_t>s * self.window]
+                for w in range(self.window):
+                    if pr[w].state == ST_OUT and (pr[w].serial & 0xFFFF) == seq:
+                        slot[0] = s
+                        serial[0] = pr[w].serial
+                        return True
+            i = (i + 1) & (self.aidx_cap - 1)
+        return False
 
     cdef void _on_reply(self, uint32_t slot, uint32_t serial, int64_t t_rx, int ttl) noexcept nogil:
         cdef SlotStats *st = &self.stats[slot]
@@ -2040,6 +2122,7 @@ cdef class IcmpSocket:
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
         self._check_open()
+        self._arm_epoll()
         cdef epoll_event ev
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
@@ -2054,6 +2137,7 @@ cdef class IcmpSocket:
         apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
         wait up to ``timeout_s`` after the last send. All in C, GIL released."""
         self._check_open()
+        self._arm_epoll()
         if count < 1:
             raise ValueError(f"count {count} must be >= 1")
         if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:

@@ -1653,9 +1653,7 @@ class MonitoringEngine:
         life: the kernel's TX timestamp of each probe minus the time its tick was due
         (event-loop wake-up lag plus the time to get through the batch). The prober's
         own noise, so it is never mistaken for the network's jitter."""
-        return self._closed_lateness + SendLateness.of(
-            s.lateness() for s in self._sockets.values()
-        )
+        return self._closed_lateness + SendLateness.of(s.lateness() for s in self._sockets.values())
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and metrics."""

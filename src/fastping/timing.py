@@ -113,3 +113,68 @@ class SendLateness:
 
 def _part(x: SendLateness) -> Part:
     return (x.probes, x.sum_ns, x.max_ns, x.hist)
+
+
+def delta(now: SendLateness, before: SendLateness) -> SendLateness:
+    """What ``now`` counted since ``before`` (both cumulative); max_ns is ``now``'s
+    maximum when it grew in the window, else the window's largest bucket bound."""
+    hist = tuple(a - b for a, b in zip(now.hist, before.hist, strict=True))
+    if now.max_ns > before.max_ns:
+        top = now.max_ns
+    else:
+        top = max((BOUNDS_US[i] * 1000 for i, c in enumerate(hist) if c), default=0)
+    return SendLateness(now.probes - before.probes, now.sum_ns - before.sum_ns, top, hist)
+
+
+# -- persisted beside the results, so `fastping report` shows the prober's timing ------
+# One row per window the monitor hands over (every store.chunk_s): the window's counts;
+# hist is N_BUCKETS little-endian u64 counts.
+TIMING_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS send_timing (t0 REAL NOT NULL, t1 REAL NOT NULL, "
+    "probes INTEGER NOT NULL, sum_ns INTEGER NOT NULL, max_ns INTEGER NOT NULL, "
+    "hist BLOB NOT NULL)"
+)
+
+
+def write_window(db: str, t0: float, t1: float, lat: SendLateness, timeout_s: float = 2.0) -> None:
+    """Append one window's lateness to ``db`` (its own short connection, bounded by
+    ``timeout_s``; raises sqlite3.Error, which the caller logs and counts)."""
+    import sqlite3
+    import struct
+
+    blob = struct.pack(f"<{N_BUCKETS}Q", *lat.hist)
+    conn = sqlite3.connect(db, timeout=timeout_s)
+    try:
+        with conn:
+            conn.execute(TIMING_SCHEMA)
+            conn.execute(
+                "INSERT INTO send_timing VALUES (?, ?, ?, ?, ?, ?)",
+                (t0, t1, lat.probes, lat.sum_ns, lat.max_ns, blob),
+            )
+    finally:
+        conn.close()
+
+
+def read_windows(db: str, since: float | None, until: float | None) -> SendLateness:
+    """The sum of the windows that end inside [since, until] (no table: nothing)."""
+    import sqlite3
+    import struct
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
+    try:
+        try:
+            rows = conn.execute(
+                "SELECT probes, sum_ns, max_ns, hist FROM send_timing WHERE t1 >= ? AND t1 <= ?",
+                (since if since is not None else float("-inf"),
+                 until if until is not None else float("inf")),
+            ).fetchall()  # fmt: skip
+        except sqlite3.OperationalError:
+            return SendLateness()  # written before fastping kept it
+    finally:
+        conn.close()
+    parts: list[Part] = []
+    for probes, sum_ns, max_ns, blob in rows:
+        if len(blob) != 8 * N_BUCKETS:
+            continue  # not ours
+        parts.append((probes, sum_ns, max_ns, struct.unpack(f"<{N_BUCKETS}Q", blob)))
+    return SendLateness.of(parts)
