@@ -666,11 +666,19 @@ class MetricsServer:
     the endpoint itself answers with ``collector.render()`` (same samples, faster),
     gzip-compressed when the scraper accepts it (Prometheus does)."""
 
+    MAX_HANDLERS = 4  # concurrent connections served; more wait in the backlog
+    CONN_TIMEOUT_S = 10.0  # a scraper that stalls mid-request is dropped after this
+    # Scrapes within this long of a render share it (Prometheus scrapes every 15 s or
+    # more; 200 scrapers at once then cost one render, not 200 renders of the GIL)
+    CACHE_S = 1.0
+
     def __init__(self, collector: MetricsCollector, host: str, port: int) -> None:
         import socket
         from http.server import ThreadingHTTPServer
 
         self.collector = collector
+        self._render_lock = threading.Lock()
+        self._cached: tuple[float, bytes, bytes | None] | None = None  # (t, body, gzipped)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.scrapes = 0
@@ -678,9 +686,30 @@ class MetricsServer:
         handler = _handler_class(self)
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+        slots = threading.BoundedSemaphore(self.MAX_HANDLERS)
+
         class _Server(ThreadingHTTPServer):
             address_family = fam
             daemon_threads = True
+            # a real backlog: a burst of scrapers waits in the kernel's accept queue
+            # instead of being refused (socketserver's default is 5)
+            request_queue_size = 1024
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                # at most MAX_HANDLERS threads: the rest wait in the backlog (was one
+                # thread per connection: 200 scrapers, 200 threads and renders)
+                slots.acquire()
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         try:
             self._httpd = _Server((host, port), handler)
@@ -706,6 +735,24 @@ class MetricsServer:
         """What a scrape returns now (Prometheus text format)."""
         return self.collector.render()
 
+    def cached_body(self, gz: bool) -> bytes:
+        """The scrape body, rendered at most once per CACHE_S whatever the number of
+        scrapers (one render at a time: the others wait for it and share it)."""
+        with self._render_lock:
+            now = time.monotonic()
+            c = self._cached
+            if c is None or now - c[0] >= self.CACHE_S:
+                c = self._cached = (now, self.collector.render(), None)
+            if not gz:
+                return c[1]
+            if c[2] is None:
+                import gzip
+
+                # level 1: ~10x smaller, cheap
+                c = self._cached = (c[0], c[1], gzip.compress(c[1], compresslevel=1))
+            assert c[2] is not None
+            return c[2]
+
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -724,6 +771,7 @@ def _handler_class(server: MetricsServer) -> type[Any]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = server.CONN_TIMEOUT_S  # StreamRequestHandler sets it on the socket
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
@@ -731,16 +779,12 @@ def _handler_class(server: MetricsServer) -> type[Any]:
                 self._send(404, b"not found: metrics are at /metrics\n", "text/plain")
                 return
             t0 = time.perf_counter()
+            gz = "gzip" in self.headers.get("Accept-Encoding", "")
             try:
-                body = server.collector.render()
+                body = server.cached_body(gz)
             except Exception as e:  # a scrape must say what went wrong, not hang up
                 self._send(500, f"metrics failed: {e!r}\n".encode(), "text/plain")
                 return
-            gz = "gzip" in self.headers.get("Accept-Encoding", "")
-            if gz:
-                import gzip
-
-                body = gzip.compress(body, compresslevel=1)  # level 1: ~10x smaller, cheap
             self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", gz)
             server.scrapes += 1
             server.last_scrape_s = time.perf_counter() - t0
