@@ -54,7 +54,9 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "option", "limit"), BAD_ARGS, ids=[" ".join(a[0]) for a in BAD_ARGS])
+@pytest.mark.parametrize(
+    ("args", "option", "limit"), BAD_ARGS, ids=[" ".join(a[0]) for a in BAD_ARGS]
+)
 def test_bad_value_is_a_usage_error(args: tuple[str, ...], option: str, limit: str) -> None:
     r = cli(*args)
     assert r.returncode == 3, r.stderr
@@ -138,7 +140,8 @@ def test_alias_bomb_is_refused_before_it_expands() -> None:
 
 def test_a_few_aliases_still_work() -> None:
     cfg = parse_config_text(
-        "targets:\n  - {host: 127.0.0.1, labels: &l {site: a}}\n  - {host: 127.0.0.2, labels: *l }\n",
+        "targets:\n  - {host: 127.0.0.1, labels: &l {site: a}}\n"
+        "  - {host: 127.0.0.2, labels: *l }\n",
         "ok.yaml",
     )
     assert [dict(t.labels) for t in cfg.targets] == [{"site": "a"}, {"site": "a"}]
@@ -242,7 +245,9 @@ def test_malformed_webhook_url_refused_at_load(url: str) -> None:
     assert "\n" not in str(e.value).replace("\\n", "")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "https://[::1]/h", "http://h.example/"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "https://[::1]/h", "http://h.example/"]
+)
 def test_good_webhook_url_accepted(url: str) -> None:
     from fastping.netstate import NetworkConfig
 
@@ -257,7 +262,9 @@ def http_pair() -> Iterator[tuple[str, list[str], list[str]]]:
     hits_b: list[str] = []
     servers: list[http.server.HTTPServer] = []
 
-    def handler(hits: list[str], redirect_to: str | None) -> type[http.server.BaseHTTPRequestHandler]:
+    def handler(
+        hits: list[str], redirect_to: str | None
+    ) -> type[http.server.BaseHTTPRequestHandler]:
         class H(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 hits.append(self.path)
@@ -378,7 +385,9 @@ def test_scoped_link_local_parses() -> None:
 
 @pytest.mark.skipif(not ROOT, reason="needs root to create a network namespace")
 @pytest.mark.parametrize("command", ["sweep", "ping", "monitor"])
-def test_cli_refuses_unscoped_link_local_in_an_empty_namespace(command: str, tmp_path: Path) -> None:
+def test_cli_refuses_unscoped_link_local_in_an_empty_namespace(
+    command: str, tmp_path: Path
+) -> None:
     """Inside a namespace of its own with only lo: were it sent, it could go nowhere."""
     from privhelpers import netns
 

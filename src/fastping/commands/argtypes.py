@@ -40,7 +40,9 @@ def seconds(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], f
         ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
         if not ok:
             low = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give {low} and at most {hi:g}")
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: give {low} and at most {hi:g}"
+            )
         return v
 
     parse.__name__ = "seconds"
