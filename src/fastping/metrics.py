@@ -256,6 +256,9 @@ def _network_state(engine: MonitoringEngine) -> str:
     return name if name in NETWORK_STATES else "unknown"
 
 
+CHUNK_LINES = 20_000  # render_chunks(): lines per piece (~2 MB)
+
+
 class MetricsCollector(Collector):
     """A prometheus_client ``Collector`` reading a ``MonitoringEngine``.
 
@@ -449,12 +452,20 @@ class MetricsCollector(Collector):
         yield from self.collect_engine()
 
     def render(self) -> bytes:
+        """The whole scrape as one bytes object (see ``render_chunks``)."""
+        return b"".join(self.render_chunks())
+
+    def render_chunks(self) -> Iterator[bytes]:
         """The whole scrape in the Prometheus text format (0.0.4), formatted here.
 
         The same samples as ``collect`` + ``generate_latest`` (tests compare them), but
         the per-target lines are f-strings over label text escaped once per series:
         prometheus_client's generic path builds and formats a Sample object per line,
-        about 0.3 s per 100,000 lines, and 10,000 targets are 360,000 lines."""
+        about 0.3 s per 100,000 lines, and 10,000 targets are 360,000 lines.
+
+        Yielded in pieces of about CHUNK_LINES lines: 10,000 targets are ~30 MB of
+        text, which the endpoint compresses piece by piece instead of holding it whole
+        (three times over: the lines, their join, its encoding)."""
         from prometheus_client.exposition import generate_latest
 
         live = self._live()
@@ -470,12 +481,18 @@ class MetricsCollector(Collector):
 
         n = head("requests")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             c = s.counts
             sent = c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + s.sent_down
             w(f"{n}{{{s.lab}}} {sent}\n")
         n = head("hist")
         les = self._les
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             lab = s.lab
             acc = 0
             for le, k in zip(les, list(s.buckets), strict=True):
@@ -484,20 +501,33 @@ class MetricsCollector(Collector):
             w(f"{n}_sum{{{lab}}} {s.rtt_sum_ms / 1000.0!r}\n{n}_count{{{lab}}} {acc}\n")
         n = head("ttl")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.ttl}\n")
         n = head("dup")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.counts[_I_DUP]}\n")
         n = head("send_err")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.counts[_I_SENDERR]}\n")
         n = head("results")
         pre = [f',outcome="{o.value}"}} ' for o in OUTCOMES]
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             lab = f"{n}{{{s.lab}"
             for p, k in zip(pre, list(s.counts), strict=True):
                 w(f"{lab}{p}{k}\n")
-        return "".join(out).encode() + generate_latest(self._engine_registry)
+        yield "".join(out).encode()
+        yield generate_latest(self._engine_registry)
 
     def collect_engine(self) -> Iterator[Metric]:
         """The agent-wide families (socket, loop, store, network, guard)."""
@@ -678,7 +708,7 @@ class MetricsServer:
 
         self.collector = collector
         self._render_lock = threading.Lock()
-        self._cached: tuple[float, bytes, bytes | None] | None = None  # (t, body, gzipped)
+        self._cached: dict[int, tuple[float, bytes]] = {}  # gzip? -> (made at, body)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.scrapes = 0
@@ -740,18 +770,22 @@ class MetricsServer:
         scrapers (one render at a time: the others wait for it and share it)."""
         with self._render_lock:
             now = time.monotonic()
-            c = self._cached
+            key = 1 if gz else 0
+            c = self._cached.get(key)
             if c is None or now - c[0] >= self.CACHE_S:
-                c = self._cached = (now, self.collector.render(), None)
-            if not gz:
-                return c[1]
-            if c[2] is None:
-                import gzip
+                self._cached.pop(key, None)  # let the old body go before the new is made
+                if gz:
+                    import zlib
 
-                # level 1: ~10x smaller, cheap
-                c = self._cached = (c[0], c[1], gzip.compress(c[1], compresslevel=1))
-            assert c[2] is not None
-            return c[2]
+                    # level 1: ~10x smaller, cheap; wbits 31: a gzip stream
+                    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+                    parts = [z.compress(piece) for piece in self.collector.render_chunks()]
+                    parts.append(z.flush())
+                    body = b"".join(parts)
+                else:
+                    body = self.collector.render()
+                c = self._cached[key] = (now, body)
+            return c[1]
 
     def close(self) -> None:
         self._httpd.shutdown()
