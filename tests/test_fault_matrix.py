@@ -318,7 +318,7 @@ def test_fault(matrix: dict[tuple[str, str], Case], fault: str, sig: str) -> Non
     deadline = REFUSE_DEADLINE_S if c.refused else EXIT_DEADLINE_S
     assert c.exit_after_signal_s is not None and c.exit_after_signal_s < deadline, where
     if c.refused:
-        assert c.rc == 4 and c.stdout == "", where
+        assert c.rc == 3 and c.stdout == "", where
         assert "is not a fastping database (no SQLite header)" in c.stderr.splitlines()[-1], where
         return
     summary = json.loads(c.stdout.strip().splitlines()[-1])
