@@ -259,7 +259,7 @@ def run_case(base: Path, fault_name: str, sig_name: str) -> Case:
             assert proc.stderr is not None
             for line in proc.stderr:
                 lines.append(line)
-                if "monitoring started" in line:
+                if "monitor started: first round done" in line:
                     started.set()
 
         def read_out() -> None:

@@ -33,10 +33,14 @@ def seconds(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], f
     """Finite seconds in [lo, hi] (or (lo, hi] with ``lo_open``)."""
 
     def parse(text: str) -> float:
+        from ..duration import SYNTAX, parse_duration
+
         try:
-            v = float(text)
+            v = parse_duration(text)  # 1.5 or 500ms / 2m, as in the config file
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            if text.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
+                raise argparse.ArgumentTypeError(f"{text!r} is not {SYNTAX}") from None
+            v = float(text)  # out of range, said below
         ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
         if not ok:
             low = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
