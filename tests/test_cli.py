@@ -96,7 +96,7 @@ def test_ping_command() -> None:
         (("sweep", "300.1.2.3"), "is not an IPv4/IPv6 address"),
         (("sweep", "10.0.0.0/33"), "bad CIDR block"),
         (("sweep", "::/64"), "too large"),
-        (("sweep", "-c", "0", "127.0.0.1"), "--count must be >= 1"),
+        (("sweep", "-c", "0", "127.0.0.1"), "argument -c/--count: 0 is out of range: give 1.."),
         (("sweep", "--bogus"), ""),
         (("ping", "127.0.0.0/24"), "one host"),
         (("sweep", "-f", "/nonexistent/targets.txt"), "cannot read targets file"),

@@ -67,7 +67,7 @@ def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
         tmp_path,
         "targets:\n  - 127.0.0.1\n  - 127.0.0.2\n  - {host: 127.0.0.3, interval_s: -1}\n",
     )
-    assert msg == "targets[2].interval_s: -1 is not allowed: must be > 0 (%s, line 4)" % (
+    assert msg == "targets[2].interval_s: -1 is not allowed: must be >= 0.001 (%s, line 4)" % (
         tmp_path / "fastping.yaml"
     )
 
@@ -77,7 +77,7 @@ def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
     [
         ("mode: fast\n", "mode: 'fast' is not allowed: must be one of 'auto', 'raw', 'dgram' or 'subprocess'"),
         ("defaults: {timeout_s: 0}\n", "defaults.timeout_s: 0 is not allowed: must be > 0"),
-        ("defaults: {payload_size: 70000}\n", "defaults.payload_size: 70000 is not allowed: must be <= 65507"),
+        ("defaults: {payload_size: 70000}\n", "defaults.payload_size: 70000 is not allowed: must be <= 65000"),
         ("targets: [999.1.1.1.1]\n", "targets[0].host: '999.1.1.1.1' is not allowed: target '999.1.1.1.1' is not"),
         ("targets: [127.0.0.1, -x]\n", "targets[1].host: '-x' is not allowed: target '-x' starts with '-'"),
         ("targets: [{hots: 127.0.0.1}]\n", "targets[0].host: missing: required"),

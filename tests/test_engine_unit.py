@@ -126,7 +126,7 @@ def test_interval_shorter_than_window_allows_is_refused() -> None:
         eng.remove_target("127.9.9.9")
     with pytest.raises(ConfigError, match="subprocess"):
         MonitoringEngine(mode="subprocess")
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="give seconds between 0.001 and 86400"):
         MonitoringEngine(interval_s=0)
 
 

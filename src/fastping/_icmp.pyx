@@ -62,6 +62,7 @@ from includes.tstamp cimport (
     SOF_TIMESTAMPING_TX_SOFTWARE,
 )
 
+import operator
 import os as _os
 
 # ---------------------------------------------------------------- constants
@@ -283,12 +284,32 @@ def _key_words(key):
     return le64(<const uint8_t *>PyBytes_AS_STRING(kb)), le64(<const uint8_t *>PyBytes_AS_STRING(kb) + 8)
 
 
+PAYLOAD_MAX = 65000  # IcmpSocket's limit; a probe of 8 + 65000 bytes fits any datagram
+
+
+# The argument contract, the same as the twin's (_icmp_py._arg): a value that is not an
+# integer is a TypeError, an integer out of range a ValueError naming the argument,
+# whatever its size. Arguments are taken as Python objects and checked here before
+# any C conversion, so 2**40 is "out of range", never an OverflowError or SystemError.
+def _arg(name, value, lo, hi):
+    v = operator.index(value)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} {v} is not {lo}..{hi}")
+    return v
+
+
+def _family(value):
+    v = operator.index(value)
+    if v != AF_INET and v != AF_INET6:
+        raise ValueError(f"family must be AF_INET or AF_INET6, not {v}")
+    return v
+
+
 def build_probe_payload(slot, serial, key, size):
     """fastping's probe payload: slot, serial and keyed cookie, padded to ``size``."""
-    if size < PROBE_HDR:
-        raise ValueError(f"payload size {size} is below the {PROBE_HDR} bytes a probe needs")
-    if not 0 <= slot <= 0xFFFFFFFF or not 0 <= serial <= 0xFFFFFFFF:
-        raise ValueError("slot and serial must be 0..2**32-1")
+    size = _arg("payload size", size, PROBE_HDR, PAYLOAD_MAX)
+    slot = _arg("slot", slot, 0, 0xFFFFFFFF)
+    serial = _arg("serial", serial, 0, 0xFFFFFFFF)
     k0, k1 = _key_words(key)
     out = bytearray(size)
     cdef uint8_t *p = <uint8_t *>(<char *>out)
@@ -315,28 +336,25 @@ def parse_probe_payload(payload, key):
 
 
 # ---------------------------------------------------------------- codec
-def build_echo_request(int family, ident, seq, payload=b""):
+def build_echo_request(family, ident, seq, payload=b""):
     """ICMP (AF_INET) or ICMPv6 (AF_INET6) echo request. For ICMPv4 the checksum is
     filled in; for ICMPv6 it is left 0 (the kernel computes it over the pseudo-header,
     RFC 4443 §2.3)."""
-    if family != AF_INET and family != AF_INET6:
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
-    if not 0 <= ident <= 0xFFFF:
-        raise ValueError(f"identifier {ident} is not 0..65535")
-    if not 0 <= seq <= 0xFFFF:
-        raise ValueError(f"sequence {seq} is not 0..65535")
+    cdef int fam = _family(family)
+    ident = _arg("identifier", ident, 0, 0xFFFF)
+    seq = _arg("sequence", seq, 0, 0xFFFF)
     pb = bytes(payload)
     cdef Py_ssize_t n = ICMP_HDR_LEN + len(pb)
     out = PyBytes_FromStringAndSize(NULL, n)
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
-    p[ICMP_TYPE_OFFSET] = ICMP_ECHO_REQUEST if family == AF_INET else ICMP6_ECHO_REQUEST
+    p[ICMP_TYPE_OFFSET] = ICMP_ECHO_REQUEST if fam == AF_INET else ICMP6_ECHO_REQUEST
     p[ICMP_CODE_OFFSET] = 0
     wr16(p + ICMP_CSUM_OFFSET, 0)
     wr16(p + ICMP_ID_OFFSET, ident)
     wr16(p + ICMP_SEQ_OFFSET, seq)
     if len(pb):
         memcpy(p + ICMP_HDR_LEN, PyBytes_AS_STRING(pb), len(pb))
-    if family == AF_INET:
+    if fam == AF_INET:
         wr16(p + ICMP_CSUM_OFFSET, csum_fold(csum_add(p, n, 0)))
     return out
 
@@ -464,15 +482,14 @@ cdef str _ntop(int family, const uint8_t *a):
     return buf.decode("ascii")
 
 
-def parse_packet(data, int family, bint has_ip_header):
+def parse_packet(data, family, bint has_ip_header):
     """Parse one received packet; None if it is not an echo reply/request or an ICMP
     error quoting an echo request, or if it is truncated or fails its checksum."""
-    if family != AF_INET and family != AF_INET6:
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+    cdef int fam = _family(family)
     pb = bytes(data)
     cdef Parsed r
     cdef int rc
-    rc = parse_c(<const uint8_t *>PyBytes_AS_STRING(pb), len(pb), family, has_ip_header, &r)
+    rc = parse_c(<const uint8_t *>PyBytes_AS_STRING(pb), len(pb), fam, has_ip_header, &r)
     if rc != 1:
         return None
     d = {
@@ -482,13 +499,13 @@ def parse_packet(data, int family, bint has_ip_header):
         "seq": r.seq,
         "payload": PyBytes_FromStringAndSize(<const char *>r.payload, r.payload_len) if r.payload_len > 0 else b"",
         "ttl": r.ttl if r.ttl >= 0 else None,
-        "src": _ntop(family, r.src),
-        "dst": _ntop(family, r.dst),
+        "src": _ntop(fam, r.src),
+        "dst": _ntop(fam, r.dst),
         "checksum_ok": None if r.checksum_ok < 0 else bool(r.checksum_ok),
         "is_error": bool(r.is_error),
     }
     if r.is_error:
-        d["inner_dst"] = _ntop(family, r.inner_dst)
+        d["inner_dst"] = _ntop(fam, r.inner_dst)
         d["inner_ident"] = r.ident
         d["inner_seq"] = r.seq
         d["inner_payload"] = d["payload"]
@@ -497,37 +514,37 @@ def parse_packet(data, int family, bint has_ip_header):
 
 
 # ---------------------------------------------------------------- batch codec
-def build_probes(int family, ident, key, first_slot, int count, serial, int payload_size):
+def build_probes(family, ident, key, first_slot, count, serial, payload_size):
     """``count`` echo requests for slots first_slot.., concatenated (each
     8 + payload_size bytes): the per-packet work of the send loop, exposed so
     the codec can be measured and checked per packet against its twin."""
-    if family != AF_INET and family != AF_INET6:
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
-    if payload_size < PROBE_HDR:
-        raise ValueError(f"payload_size must be at least {PROBE_HDR}")
-    if count < 0 or not 0 <= ident <= 0xFFFF or not 0 <= first_slot or first_slot + count > 0x100000000:
-        raise ValueError("ident must be 0..65535 and slots 0..2**32-1")
+    cdef int fam = _family(family)
+    ident = _arg("identifier", ident, 0, 0xFFFF)
+    cdef Py_ssize_t psize = _arg("payload_size", payload_size, PROBE_HDR, PAYLOAD_MAX)
+    first_slot = _arg("first_slot", first_slot, 0, 0xFFFFFFFF)
+    cdef Py_ssize_t n = _arg("count", count, 0, 0x100000000 - first_slot)
+    serial = _arg("serial", serial, 0, 0xFFFFFFFF)
     k0, k1 = _key_words(key)
     cdef uint64_t c0 = k0, c1 = k1
-    cdef Py_ssize_t plen = ICMP_HDR_LEN + payload_size, i
-    out = PyBytes_FromStringAndSize(NULL, plen * count)
+    cdef Py_ssize_t plen = ICMP_HDR_LEN + psize, i
+    out = PyBytes_FromStringAndSize(NULL, plen * n)
     cdef uint8_t *base = <uint8_t *>PyBytes_AS_STRING(out)
     cdef uint8_t *pk
     cdef uint32_t slot0 = first_slot, ser = serial
     cdef uint16_t idn = ident
     cdef uint32_t pad_sum
-    cdef uint8_t t = ICMP_ECHO_REQUEST if family == AF_INET else ICMP6_ECHO_REQUEST
-    cdef bint v4 = family == AF_INET
-    if count == 0:
+    cdef uint8_t t = ICMP_ECHO_REQUEST if fam == AF_INET else ICMP6_ECHO_REQUEST
+    cdef bint v4 = fam == AF_INET
+    if n == 0:
         return out
     with nogil:
-        _fill_pattern(base + ICMP_HDR_LEN + PROBE_HDR, payload_size - PROBE_HDR)
-        pad_sum = csum_add(base + ICMP_HDR_LEN + PROBE_HDR, payload_size - PROBE_HDR, 0)
-        for i in range(count):
+        _fill_pattern(base + ICMP_HDR_LEN + PROBE_HDR, psize - PROBE_HDR)
+        pad_sum = csum_add(base + ICMP_HDR_LEN + PROBE_HDR, psize - PROBE_HDR, 0)
+        for i in range(n):
             pk = base + i * plen
             if i:
                 memcpy(pk + ICMP_HDR_LEN + PROBE_HDR, base + ICMP_HDR_LEN + PROBE_HDR,
-                       payload_size - PROBE_HDR)
+                       psize - PROBE_HDR)
             pk[ICMP_TYPE_OFFSET] = t
             pk[ICMP_CODE_OFFSET] = 0
             wr16(pk + ICMP_CSUM_OFFSET, 0)
@@ -539,19 +556,19 @@ def build_probes(int family, ident, key, first_slot, int count, serial, int payl
     return out
 
 
-def parse_probes(data, int packet_size, int family, bint has_ip_header, key):
+def parse_probes(data, packet_size, family, bint has_ip_header, key):
     """Parse consecutive packets of ``packet_size`` bytes; return the slots of
     those that are valid echo replies/requests carrying a cookie valid under ``key``."""
     import array
-    if packet_size <= 0:
-        raise ValueError("packet_size must be > 0")
+    cdef Py_ssize_t psize = _arg("packet_size", packet_size, 1, 0x7FFFFFFF)
+    cdef int fam = _family(family)
     k0, k1 = _key_words(key)
     cdef uint64_t c0 = k0, c1 = k1
     cdef bytes b = bytes(data)
     cdef const uint8_t *base = <const uint8_t *>PyBytes_AS_STRING(b)
-    cdef Py_ssize_t n = len(b) // packet_size
+    cdef Py_ssize_t n = len(b) // psize
     out = array.array("I", bytes(4 * n))
-    cdef Py_ssize_t found = _parse_probes_into(out, base, n, packet_size, family, has_ip_header, c0, c1)
+    cdef Py_ssize_t found = _parse_probes_into(out, base, n, psize, fam, has_ip_header, c0, c1)
     del out[found:]
     return out
 

@@ -8,6 +8,7 @@ a fallback: fastping refuses to run its socket loop without the extension.
 from __future__ import annotations
 
 import array
+import operator
 import socket
 import struct
 from typing import Any
@@ -87,6 +88,26 @@ def siphash_u64(k0: int, k1: int, m: int) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
+PAYLOAD_MAX = 65000  # IcmpSocket's limit; a probe of 8 + 65000 bytes fits any datagram
+
+
+# The argument contract the compiled codec follows too (tests check both): a value
+# that is not an integer is a TypeError, an integer out of range a ValueError naming
+# the argument, whatever its size (no OverflowError, no SystemError, no silent []).
+def _arg(name: str, value: int, lo: int, hi: int) -> int:
+    v = operator.index(value)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} {v} is not {lo}..{hi}")
+    return v
+
+
+def _family(value: int) -> int:
+    v = operator.index(value)
+    if v != socket.AF_INET and v != socket.AF_INET6:
+        raise ValueError(f"family must be AF_INET or AF_INET6, not {v}")
+    return v
+
+
 def _key_words(key: bytes) -> tuple[int, int]:
     if not isinstance(key, (bytes, bytearray)) or len(key) != 16:
         raise ValueError("key must be 16 bytes")
@@ -95,12 +116,9 @@ def _key_words(key: bytes) -> tuple[int, int]:
 
 
 def build_probe_payload(slot: int, serial: int, key: bytes, size: int) -> bytes:
-    if size < PROBE_HEADER_SIZE:
-        raise ValueError(
-            f"payload size {size} is below the {PROBE_HEADER_SIZE} bytes a probe needs"
-        )
-    if not 0 <= slot <= 0xFFFFFFFF or not 0 <= serial <= 0xFFFFFFFF:
-        raise ValueError("slot and serial must be 0..2**32-1")
+    size = _arg("payload size", size, PROBE_HEADER_SIZE, PAYLOAD_MAX)
+    slot = _arg("slot", slot, 0, 0xFFFFFFFF)
+    serial = _arg("serial", serial, 0, 0xFFFFFFFF)
     k0, k1 = _key_words(key)
     cookie = siphash_u64(k0, k1, (slot << 32) | serial)
     pad = bytes((i + 0x10) & 0xFF for i in range(size - PROBE_HEADER_SIZE))
@@ -119,12 +137,9 @@ def parse_probe_payload(payload: bytes, key: bytes) -> tuple[int, int] | None:
 
 
 def build_echo_request(family: int, ident: int, seq: int, payload: bytes = b"") -> bytes:
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
-    if not 0 <= ident <= 0xFFFF:
-        raise ValueError(f"identifier {ident} is not 0..65535")
-    if not 0 <= seq <= 0xFFFF:
-        raise ValueError(f"sequence {seq} is not 0..65535")
+    family = _family(family)
+    ident = _arg("identifier", ident, 0, 0xFFFF)
+    seq = _arg("sequence", seq, 0, 0xFFFF)
     t = ICMP_ECHO_REQUEST if family == socket.AF_INET else ICMP6_ECHO_REQUEST
     pkt = struct.pack("!BBHHH", t, 0, 0, ident, seq) + bytes(payload)
     if family == socket.AF_INET:
@@ -139,8 +154,7 @@ def _ntop(family: int, b: bytes | None) -> str | None:
 def parse_packet(
     data: bytes | bytearray | memoryview, family: int, has_ip_header: bool
 ) -> dict[str, Any] | None:
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+    family = _family(family)
     p = bytes(data)
     ttl = src = dst = None
     if family == socket.AF_INET:
@@ -252,8 +266,13 @@ def build_probes(
     family: int, ident: int, key: bytes, first_slot: int, count: int, serial: int, payload_size: int
 ) -> bytes:
     """``count`` echo requests for slots first_slot.., concatenated."""
-    if payload_size < PROBE_HEADER_SIZE:
-        raise ValueError(f"payload_size must be at least {PROBE_HEADER_SIZE}")
+    family = _family(family)
+    ident = _arg("identifier", ident, 0, 0xFFFF)
+    payload_size = _arg("payload_size", payload_size, PROBE_HEADER_SIZE, PAYLOAD_MAX)
+    first_slot = _arg("first_slot", first_slot, 0, 0xFFFFFFFF)
+    count = _arg("count", count, 0, 0x100000000 - first_slot)
+    serial = _arg("serial", serial, 0, 0xFFFFFFFF)
+    _key_words(key)
     return b"".join(
         build_echo_request(
             family,
@@ -269,8 +288,9 @@ def parse_probes(
     data: bytes, packet_size: int, family: int, has_ip_header: bool, key: bytes
 ) -> array.array[int]:
     """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
-    if packet_size <= 0:
-        raise ValueError("packet_size must be > 0")
+    packet_size = _arg("packet_size", packet_size, 1, 0x7FFFFFFF)
+    family = _family(family)
+    _key_words(key)
     out = array.array("I")
     b = bytes(data)
     for i in range(len(b) // packet_size):

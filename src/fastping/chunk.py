@@ -29,6 +29,7 @@ from array import array
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from .errors import FastpingError
 from .results import Outcome
 
 RECORD_SIZE = 18  # 8 + 4 + 4 + 1 + 1
@@ -63,8 +64,9 @@ class Columns(NamedTuple):
         return len(self.code)
 
 
-class ChunkError(ValueError):
-    """A blob that is not a chunk (wrong length): a damaged database row."""
+class ChunkError(FastpingError, ValueError):
+    """A blob that is not a chunk (wrong length): a damaged database row. A
+    FastpingError, so the command line says it in one line (exit 4)."""
 
 
 def pack(

@@ -4,13 +4,14 @@
 one line per problem, each naming the key path, the bad value, what is allowed and
 where in the file it is::
 
-    targets[2].interval_s: -1 is not allowed: must be > 0 (fastping.yaml, line 9)
+    targets[2].interval_s: -1 is not allowed: must be >= 0.001 (fastping.yaml, line 9)
 
 See ``examples/fastping.yaml`` for every key.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,21 +53,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Limits the engine and the socket enforce, stated here so a config that could never
+# probe is refused at load, naming the limit.
+MIN_INTERVAL_S = 0.001  # engine.MIN_INTERVAL_S: a shorter interval spins the loop
+MAX_TIMEOUT_S = 3600.0
+PAYLOAD_MIN = 16  # the probe header (slot, serial, cookie) every payload carries
+PAYLOAD_MAX = 65000  # IcmpSocket's limit
+
+# Hostile YAML: a "billion laughs" alias bomb expands a few hundred bytes into
+# billions of nodes, deep nesting exhausts the stack. Both are refused from the
+# composed node graph, before anything is constructed.
+MAX_CONFIG_BYTES = 16 << 20
+MAX_NODES = 2_000_000  # nodes after alias expansion (10k targets with labels: ~100k)
+MAX_DEPTH = 64
+
+
 class Defaults(_Model):
     """Probe settings for targets that do not set their own."""
 
-    interval_s: Seconds = Field(default=1.0, gt=0)
-    timeout_s: Seconds = Field(default=1.0, gt=0)
-    payload_size: int = Field(default=56, ge=0, le=65507)
+    interval_s: Seconds = Field(default=1.0, ge=MIN_INTERVAL_S, le=86400)
+    timeout_s: Seconds = Field(default=1.0, gt=0, le=MAX_TIMEOUT_S)
+    payload_size: int = Field(default=56, ge=PAYLOAD_MIN, le=PAYLOAD_MAX)
 
 
 class TargetConfig(_Model):
     """One target; unset fields take ``defaults``."""
 
     host: str
-    interval_s: Seconds | None = Field(default=None, gt=0)
-    timeout_s: Seconds | None = Field(default=None, gt=0)
-    payload_size: int | None = Field(default=None, ge=0, le=65507)
+    interval_s: Seconds | None = Field(default=None, ge=MIN_INTERVAL_S, le=86400)
+    timeout_s: Seconds | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    payload_size: int | None = Field(default=None, ge=PAYLOAD_MIN, le=PAYLOAD_MAX)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("host")
@@ -189,9 +205,19 @@ def load_config(path: str | Path) -> FastpingConfig:
 
 def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
     """Validate YAML text (``source`` names it in errors)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text)} characters is too big for a config file (at most "
+            f"{MAX_CONFIG_BYTES}); put long target lists in a file for --file"
+        )
     try:
-        data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_shape(node, source)
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: nested too deep for a config file (at most {MAX_DEPTH} levels)"
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -200,6 +226,45 @@ def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: bad YAML: {e}") from None
     return parse_config(data, source=source, node=node)
+
+
+def _check_shape(root: yaml.Node | None, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and alias expansion beyond MAX_NODES, in
+    time linear in the composed graph (a shared node's expanded size is computed once)."""
+    if root is None:
+        return
+    size: dict[int, int] = {}
+    # iterative post-order walk: (node, depth, children done?)
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        n, depth, done = stack.pop()
+        if depth > MAX_DEPTH:
+            line = n.start_mark.line + 1 if n.start_mark else 0
+            raise ConfigError(
+                f"{source}, line {line}: nested deeper than {MAX_DEPTH} levels: not a "
+                "fastping config"
+            )
+        if isinstance(n, yaml.MappingNode):
+            kids = [x for kv in n.value for x in kv]
+        elif isinstance(n, yaml.SequenceNode):
+            kids = list(n.value)
+        else:
+            size[id(n)] = 1
+            continue
+        if done:
+            total = 1 + sum(size.get(id(k), 1) for k in kids)
+            if total > MAX_NODES:
+                line = n.start_mark.line + 1 if n.start_mark else 0
+                raise ConfigError(
+                    f"{source}, line {line}: aliases expand to more than {MAX_NODES} values "
+                    "(an alias bomb?): write the values out"
+                )
+            size[id(n)] = total
+            continue
+        if id(n) in size:
+            continue
+        stack.append((n, depth, True))
+        stack.extend((k, depth + 1, False) for k in kids if id(k) not in size)
 
 
 def parse_config(
@@ -279,6 +344,10 @@ def _line(
 _MISSING = object()
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 40, 40
+
+
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
@@ -287,7 +356,8 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (Mapping, list)):
-        text = repr(value)
+        # bounded: repr() of an alias-expanded value would walk all of it
+        text = _REPR.repr(value)
         return text if len(text) <= 60 else text[:57] + "..."
     return str(value)
 

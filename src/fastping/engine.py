@@ -113,6 +113,14 @@ DEFAULT_RESOLVE_INTERVAL_S = 300.0
 DEFAULT_MAX_BACKOFF_S = 300.0
 DEFAULT_BACKOFF_AFTER = 3
 DEFAULT_STORE_FLUSH_S = 10.0
+# Below 1 ms the tick (which follows the shortest interval) would spin the loop at
+# 100% CPU and starve the stop signal; no monitoring needs a target probed faster.
+MIN_INTERVAL_S = 0.001
+MAX_TIMEOUT_S = 3600.0  # the core turns seconds into int64 nanoseconds
+MAX_WINDOW = 64  # probes in flight per target: IcmpSocket's window limit
+# stop(): how long the store may take to write what is queued; a store that cannot
+# (full disk, corrupt file) leaves the rest to close(), which counts it as dropped
+DEFAULT_STOP_FLUSH_S = 10.0
 # A re-resolution that failed for a name with a known address is retried sooner.
 _RERESOLVE_RETRY_S = 30.0
 _GOLDEN = 0.6180339887498949
@@ -444,6 +452,19 @@ def _get_logger() -> Any:
         return structlog.get_logger("fastping.engine")
 
 
+def _check_interval(name: str, v: float) -> None:
+    if not (isinstance(v, (int, float)) and MIN_INTERVAL_S <= v <= 86400):
+        raise ConfigError(
+            f"{name}={v!r}: give seconds between {MIN_INTERVAL_S:g} and 86400 "
+            "(a shorter interval would spin the loop at 100% CPU)"
+        )
+
+
+def _check_timeout(name: str, v: float) -> None:
+    if not (isinstance(v, (int, float)) and 0 < v <= MAX_TIMEOUT_S):
+        raise ConfigError(f"{name}={v!r}: give seconds > 0 and at most {MAX_TIMEOUT_S:g}")
+
+
 class MonitoringEngine:
     """Probe every target on its own interval through one socket per family.
 
@@ -477,11 +498,17 @@ class MonitoringEngine:
         socket_factory: SocketFactory | None = None,
         resolver: Resolver | None = None,
         logger: Any = None,
+        stop_flush_s: float = DEFAULT_STOP_FLUSH_S,
     ) -> None:
-        if not interval_s > 0:
-            raise ConfigError(f"interval_s={interval_s!r}: give a positive number of seconds")
-        if not timeout_s > 0:
-            raise ConfigError(f"timeout_s={timeout_s!r}: give a positive number of seconds")
+        _check_interval("interval_s", interval_s)
+        _check_timeout("timeout_s", timeout_s)
+        if min_interval_s is not None:
+            _check_interval("min_interval_s", min_interval_s)
+        if max_timeout_s is not None:
+            _check_timeout("max_timeout_s", max_timeout_s)
+        if not 0 < stop_flush_s <= 3600:
+            raise ConfigError(f"stop_flush_s={stop_flush_s!r}: give 0 < seconds <= 3600")
+        self.stop_flush_s = float(stop_flush_s)
         if tick_s is None:
             # the default tick, or the shortest interval when that is shorter
             shortest = min_interval_s if min_interval_s is not None else interval_s
@@ -539,6 +566,14 @@ class MonitoringEngine:
         self._resolver = resolver or _default_resolver
         # window: probes a slot may have in flight (interval shorter than the timeout)
         self.window = math.ceil(self.max_timeout_s / self.min_interval_s) + 1
+        if self.window > MAX_WINDOW:
+            # every probe beyond the window would be a send_error: nothing would be probed
+            raise ConfigError(
+                f"interval {self.min_interval_s:g} s with timeout {self.max_timeout_s:g} s puts "
+                f"{self.window} probes of a target in flight; at most {MAX_WINDOW} can be: give an "
+                f"interval of at least {self.max_timeout_s / (MAX_WINDOW - 1):.3g} s or a shorter "
+                "timeout"
+            )
 
         self._targets: dict[str, _Target] = {}
         self._sockets: dict[int, IcmpSocketLike] = {}
@@ -904,7 +939,13 @@ class MonitoringEngine:
         self._running = False
         if self.store is not None:
             try:
-                await self.store.flush()
+                if not await self.store.flush(self.stop_flush_s):
+                    self._log.error(
+                        "store could not write every result by the stop deadline; the "
+                        "store's close() counts what is left as dropped",
+                        deadline_s=self.stop_flush_s,
+                        store=self.store.stats(),
+                    )
             except Exception as e:  # the store counts and logs its own failures
                 self._store_errors += 1
                 self._log.error("store flush failed at stop", error=str(e))

@@ -257,6 +257,9 @@ def _network_state(engine: MonitoringEngine) -> str:
     return name if name in NETWORK_STATES else "unknown"
 
 
+CHUNK_LINES = 20_000  # render_chunks(): lines per piece (~2 MB)
+
+
 class MetricsCollector(Collector):
     """A prometheus_client ``Collector`` reading a ``MonitoringEngine``.
 
@@ -450,12 +453,20 @@ class MetricsCollector(Collector):
         yield from self.collect_engine()
 
     def render(self) -> bytes:
+        """The whole scrape as one bytes object (see ``render_chunks``)."""
+        return b"".join(self.render_chunks())
+
+    def render_chunks(self) -> Iterator[bytes]:
         """The whole scrape in the Prometheus text format (0.0.4), formatted here.
 
         The same samples as ``collect`` + ``generate_latest`` (tests compare them), but
         the per-target lines are f-strings over label text escaped once per series:
         prometheus_client's generic path builds and formats a Sample object per line,
-        about 0.3 s per 100,000 lines, and 10,000 targets are 360,000 lines."""
+        about 0.3 s per 100,000 lines, and 10,000 targets are 360,000 lines.
+
+        Yielded in pieces of about CHUNK_LINES lines: 10,000 targets are ~30 MB of
+        text, which the endpoint compresses piece by piece instead of holding it whole
+        (three times over: the lines, their join, its encoding)."""
         from prometheus_client.exposition import generate_latest
 
         live = self._live()
@@ -471,12 +482,18 @@ class MetricsCollector(Collector):
 
         n = head("requests")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             c = s.counts
             sent = c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + s.sent_down
             w(f"{n}{{{s.lab}}} {sent}\n")
         n = head("hist")
         les = self._les
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             lab = s.lab
             acc = 0
             for le, k in zip(les, list(s.buckets), strict=True):
@@ -485,20 +502,33 @@ class MetricsCollector(Collector):
             w(f"{n}_sum{{{lab}}} {s.rtt_sum_ms / 1000.0!r}\n{n}_count{{{lab}}} {acc}\n")
         n = head("ttl")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.ttl}\n")
         n = head("dup")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.counts[_I_DUP]}\n")
         n = head("send_err")
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             w(f"{n}{{{s.lab}}} {s.counts[_I_SENDERR]}\n")
         n = head("results")
         pre = [f',outcome="{o.value}"}} ' for o in OUTCOMES]
         for s in live:
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out).encode()
+                out.clear()
             lab = f"{n}{{{s.lab}"
             for p, k in zip(pre, list(s.counts), strict=True):
                 w(f"{lab}{p}{k}\n")
-        return "".join(out).encode() + generate_latest(self._engine_registry)
+        yield "".join(out).encode()
+        yield generate_latest(self._engine_registry)
 
     def collect_engine(self) -> Iterator[Metric]:
         """The agent-wide families (socket, loop, store, network, guard)."""
@@ -677,11 +707,19 @@ class MetricsServer:
     the endpoint itself answers with ``collector.render()`` (same samples, faster),
     gzip-compressed when the scraper accepts it (Prometheus does)."""
 
+    MAX_HANDLERS = 4  # concurrent connections served; more wait in the backlog
+    CONN_TIMEOUT_S = 10.0  # a scraper that stalls mid-request is dropped after this
+    # Scrapes within this long of a render share it (Prometheus scrapes every 15 s or
+    # more; 200 scrapers at once then cost one render, not 200 renders of the GIL)
+    CACHE_S = 1.0
+
     def __init__(self, collector: MetricsCollector, host: str, port: int) -> None:
         import socket
         from http.server import ThreadingHTTPServer
 
         self.collector = collector
+        self._render_lock = threading.Lock()
+        self._cached: dict[int, tuple[float, bytes]] = {}  # gzip? -> (made at, body)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.scrapes = 0
@@ -689,9 +727,30 @@ class MetricsServer:
         handler = _handler_class(self)
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+        slots = threading.BoundedSemaphore(self.MAX_HANDLERS)
+
         class _Server(ThreadingHTTPServer):
             address_family = fam
             daemon_threads = True
+            # a real backlog: a burst of scrapers waits in the kernel's accept queue
+            # instead of being refused (socketserver's default is 5)
+            request_queue_size = 1024
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                # at most MAX_HANDLERS threads: the rest wait in the backlog (was one
+                # thread per connection: 200 scrapers, 200 threads and renders)
+                slots.acquire()
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         try:
             self._httpd = _Server((host, port), handler)
@@ -717,6 +776,28 @@ class MetricsServer:
         """What a scrape returns now (Prometheus text format)."""
         return self.collector.render()
 
+    def cached_body(self, gz: bool) -> bytes:
+        """The scrape body, rendered at most once per CACHE_S whatever the number of
+        scrapers (one render at a time: the others wait for it and share it)."""
+        with self._render_lock:
+            now = time.monotonic()
+            key = 1 if gz else 0
+            c = self._cached.get(key)
+            if c is None or now - c[0] >= self.CACHE_S:
+                self._cached.pop(key, None)  # let the old body go before the new is made
+                if gz:
+                    import zlib
+
+                    # level 1: ~10x smaller, cheap; wbits 31: a gzip stream
+                    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+                    parts = [z.compress(piece) for piece in self.collector.render_chunks()]
+                    parts.append(z.flush())
+                    body = b"".join(parts)
+                else:
+                    body = self.collector.render()
+                c = self._cached[key] = (now, body)
+            return c[1]
+
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -735,6 +816,7 @@ def _handler_class(server: MetricsServer) -> type[Any]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = server.CONN_TIMEOUT_S  # StreamRequestHandler sets it on the socket
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
@@ -742,16 +824,12 @@ def _handler_class(server: MetricsServer) -> type[Any]:
                 self._send(404, b"not found: metrics are at /metrics\n", "text/plain")
                 return
             t0 = time.perf_counter()
+            gz = "gzip" in self.headers.get("Accept-Encoding", "")
             try:
-                body = server.collector.render()
+                body = server.cached_body(gz)
             except Exception as e:  # a scrape must say what went wrong, not hang up
                 self._send(500, f"metrics failed: {e!r}\n".encode(), "text/plain")
                 return
-            gz = "gzip" in self.headers.get("Accept-Encoding", "")
-            if gz:
-                import gzip
-
-                body = gzip.compress(body, compresslevel=1)  # level 1: ~10x smaller, cheap
             self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", gz)
             server.scrapes += 1
             server.last_scrape_s = time.perf_counter() - t0

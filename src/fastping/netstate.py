@@ -235,13 +235,13 @@ class NetworkConfig:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"network.preferred_ifaces[{i}]: expected an interface name")
         url = self.notify_on_change
-        if url is not None and not (
-            isinstance(url, str) and url.startswith(("http://", "https://"))
-        ):
-            raise ConfigError(
-                "network.notify_on_change: expected an http:// or https:// webhook URL, "
-                f"got {url!r}"
-            )
+        if url is not None:
+            why = _webhook_url_problem(url)
+            if why:
+                raise ConfigError(
+                    f"network.notify_on_change: {why}: give an http:// or https:// webhook "
+                    f"URL with a host (http://127.0.0.1:8080/hook), got {url!r}"
+                )
         if (
             isinstance(self.webhook_retries, bool)
             or not isinstance(self.webhook_retries, int)
@@ -725,6 +725,38 @@ class DefaultProber:
 # --- webhook ----------------------------------------------------------------------------
 
 
+def _webhook_url_problem(url: object) -> str | None:
+    """What is wrong with a webhook URL, None when nothing is: checked at load, so a
+    bad one fails at start, not at the first state change hours later."""
+    import urllib.parse
+
+    if not isinstance(url, str):
+        return "not a string"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "it holds a space or a control character (CR, LF, NUL, ...)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        return f"malformed ({e})"
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme or 'missing'!r} is not http or https"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook goes where it was configured, nowhere else: a 3xx is a failed delivery
+    (urllib would otherwise follow it, and a redirect may point anywhere)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_WEBHOOK_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class _Webhook:
     """POSTs each change from one worker thread, in order, with retries; the
     monitor only appends to a list, so a slow or dead endpoint never blocks it."""
@@ -788,7 +820,7 @@ class _Webhook:
                 headers={"Content-Type": "application/json", "User-Agent": "fastping-netstate"},
             )
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                with _WEBHOOK_OPENER.open(req, timeout=self.timeout_s) as resp:
                     resp.read()
                 self.sent += 1
                 return

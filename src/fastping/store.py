@@ -223,6 +223,29 @@ def _schema_version(conn: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # https://www.sqlite.org/fileformat.html 1.3.1
+
+
+def _not_ours(path: Path, why: object) -> str:
+    return (
+        f"{str(path)!r} is not a fastping database ({why}); move it aside or give "
+        "another --db / store.path"
+    )
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A file that is not SQLite (junk, a truncated copy) would fail every write and be
+    retried forever: refuse it before anything starts. Unreadable files pass: the
+    writer retries those (permissions can be fixed while it runs)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return
+    if head and head != SQLITE_HEADER:
+        raise ConfigError(_not_ours(path, "no SQLite header"))
+
+
 def _check_version(path: Path, version: str | None) -> None:
     if version is None or version == str(SCHEMA_VERSION):
         return
@@ -331,7 +354,16 @@ class _Writer:
             conn = _connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
             try:
                 # An older layout must not get half of the new tables added to it.
-                _check_version(self.path, _schema_version(conn))
+                version = _schema_version(conn)
+                # tables, none of them ours (meta is created first): another program's file
+                if version is None and conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name != 'meta' "
+                    "LIMIT 1"
+                ).fetchone() and not conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+                ).fetchone():
+                    raise ConfigError(_not_ours(self.path, "another program's tables"))
+                _check_version(self.path, version)
                 # WAL: readers (the report command) never block the writer, and a commit
                 # is one sequential append. synchronous=NORMAL in WAL mode is still
                 # corruption-safe; a power cut can only lose the last commits.
@@ -585,7 +617,10 @@ class _Stream:
             try:
                 c = unpack(data)
             except ChunkError as e:
-                raise ChunkError(f"{where}: a damaged results row: {e}") from None
+                raise ChunkError(
+                    f"{where}: a damaged results row: {e}; the database file is damaged: "
+                    "`sqlite3 FILE .recover` may save the rest, or start a new --db"
+                ) from None
             if len(c):
                 cols.append(c)
                 st.addrs.append(addr)
@@ -1023,6 +1058,7 @@ class ResultStore:
                 f"store path {str(self.path)!r} is a directory; give a file name such as "
                 f"{str(self.path / 'fastping.db')!r}"
             )
+        _refuse_foreign(self.path)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -1030,7 +1066,12 @@ class ResultStore:
         self._closed = False
         try:
             await asyncio.to_thread(self._writer.open_locked)
-        except (sqlite3.Error, OSError) as e:
+        except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                # retrying would never help: refuse at start, as `report` does
+                raise ConfigError(_not_ours(self.path, e)) from None
+            self._note_failure(e, "open")
+        except OSError as e:
             self._note_failure(e, "open")
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         self._task = asyncio.create_task(self._run(), name="fastping-store-writer")

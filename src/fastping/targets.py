@@ -54,6 +54,14 @@ class Name:
 Spec = V4Range | Address | Name
 
 
+# fe80::/10 exists on every link: unscoped, the kernel picks an interface for it
+# (RFC 4007 section 6), so the probe may go out where nobody meant.
+_NO_SCOPE = (
+    "link-local address needs a scope: {t}%eth0 (the interface it is on; `ip -6 addr` "
+    "lists them)"
+)
+
+
 def parse_target(text: str) -> list[Spec]:
     """Parse one target as a user typed it. Raises TargetError saying what is wrong."""
     t = text.strip()
@@ -73,6 +81,8 @@ def parse_target(text: str) -> list[Spec]:
         pass
     else:
         fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        if ip.version == 6 and ip.is_link_local and "%" not in t:
+            raise TargetError(_NO_SCOPE.format(t=t))
         return [Address(t, str(ip), fam)]
     if _HOSTNAME.match(t) and not re.fullmatch(r"[0-9.]+", t):
         return [Name(t.rstrip("."))]
@@ -132,6 +142,11 @@ def _parse_cidr(t: str) -> list[Spec]:
                 f"CIDR block {t!r} has {net.num_addresses} addresses; split it (at most /8)"
             )
         return [V4Range(int(net.network_address), net.num_addresses)]
+    if net.is_link_local:
+        raise TargetError(
+            f"IPv6 block {t!r} is link-local: its addresses need an interface scope each "
+            "(fe80::1%eth0); name them one by one"
+        )
     if net.num_addresses > MAX_V6_BLOCK:
         raise TargetError(
             f"IPv6 block {t!r} is too large to sweep ({net.num_addresses} addresses); "
@@ -165,6 +180,11 @@ def _parse_range(t: str) -> list[Spec]:
         if n > MAX_V4_BLOCK:
             raise TargetError(f"range {t!r} has {n} addresses; split it (at most {MAX_V4_BLOCK})")
         return [V4Range(int(lo), n)]
+    if lo.is_link_local or hi.is_link_local:
+        raise TargetError(
+            f"IPv6 range {t!r} is link-local: its addresses need an interface scope each "
+            "(fe80::1%eth0); name them one by one"
+        )
     if n > MAX_V6_BLOCK:
         raise TargetError(f"IPv6 range {t!r} has {n} addresses; at most {MAX_V6_BLOCK}")
     return _V6Block(int(lo), n)

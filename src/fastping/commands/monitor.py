@@ -24,9 +24,14 @@ DEFAULT_TARGETS = ("127.0.0.1", "::1")  # loopback only: a bare `fastping monito
 DEFAULT_DB = "fastping.db"
 MAX_EXPANDED = 1 << 20  # addresses a CIDR block / range on the command line may expand to
 SUMMARY_EVERY_S = 10.0
+# at stop the engine gives the store --stop-timeout to write; close() then waits at most
+# this much more before counting what is left as dropped (exit 4)
+STORE_CLOSE_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import argtypes
+
     parser.add_argument(
         "targets",
         nargs="*",
@@ -39,14 +44,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--file", "-f", metavar="FILE", help="read more targets from FILE ('-' = stdin)"
     )
     parser.add_argument(
-        "--interval", "-i", type=float, metavar="S", help="seconds between probes per target"
+        "--interval",
+        "-i",
+        type=argtypes.seconds(argtypes.INTERVAL_MIN_S, 86400.0),
+        metavar="S",
+        help="seconds between probes per target (at least 0.001)",
     )
-    parser.add_argument("--timeout", "-t", type=float, metavar="S", help="probe timeout")
+    parser.add_argument(
+        "--timeout", "-t", type=argtypes.timeout, metavar="S", help="probe timeout (at most 3600)"
+    )
     parser.add_argument(
         "--db", metavar="PATH", help=f"SQLite file for results (default: ./{DEFAULT_DB})"
     )
     parser.add_argument(
-        "--duration", "-d", type=float, metavar="S", help="stop after S seconds (default: never)"
+        "--duration",
+        "-d",
+        type=argtypes.seconds(0.0, 10.0 * 365 * 86400, lo_open=True),
+        metavar="S",
+        help="stop after S seconds (default: never)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=argtypes.seconds(0.0, 3600.0, lo_open=True),
+        default=10.0,
+        metavar="S",
+        help="at stop, wait at most S seconds for the database to take the last results; "
+        "what it has not taken then is counted as dropped and said (exit 4) (default 10)",
     )
     parser.add_argument(
         "--mode", choices=("auto", "raw", "dgram"), help="socket mode (default: auto)"
@@ -311,6 +334,7 @@ async def _main(
         max_queue=sc.max_queue,
         chunk_window_s=sc.chunk_s,
     )
+    await store.start()  # first: a file that is not a fastping database is refused here
     network = None
     if network_cfg is not None:
         from ..netstate import NetworkMonitor
@@ -333,6 +357,7 @@ async def _main(
         socket_options={"payload_size": cfg.defaults.payload_size},
         guard=guard,
         network=network,
+        stop_flush_s=args.stop_timeout,
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -349,7 +374,6 @@ async def _main(
             shard=shard,
         )
         log.info("serving Prometheus metrics", url=metrics.url)
-    await store.start()
     loop = asyncio.get_running_loop()
     current = {t[0]: t for t in targets}
 
@@ -375,7 +399,7 @@ async def _main(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
-        await store.close()
+        await store.close(timeout_s=min(STORE_CLOSE_S, args.stop_timeout))
         if metrics is not None:
             metrics.close()
         if network is not None:
@@ -389,6 +413,7 @@ async def _main(
         "results": st["results"],
         "stored": ss.get("written"),
         "store_dropped": ss.get("dropped"),
+        "store_last_error": ss.get("last_error"),
         "outcomes": st["outcomes"],
         "subscriber_dropped": st["subscriber_dropped"],
         "interval_factor": st["interval_factor"],
@@ -401,7 +426,15 @@ async def _main(
     if table:
         sys.stdout.write("\n")
     print(json.dumps(summary), flush=True)
-    return 0 if not ss.get("dropped") else 4
+    if ss.get("dropped"):
+        print(
+            f"fastping: {ss['dropped']} of {st['results']} results were not written to "
+            f"{store.path} (last error: {ss.get('last_error') or 'queue full'}); "
+            f"{ss.get('written')} were",
+            file=sys.stderr,
+        )
+        return 4
+    return 0
 
 
 def _reload(

@@ -13,14 +13,17 @@ if TYPE_CHECKING:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import argtypes
     from .sweep import add_common
 
     p.add_argument("host", metavar="HOST", help="address or host name")
-    p.add_argument("-c", "--count", type=int, default=4, metavar="N", help="probes (default 4)")
+    p.add_argument(
+        "-c", "--count", type=argtypes.count, default=4, metavar="N", help="probes (default 4)"
+    )
     p.add_argument(
         "-i",
         "--interval",
-        type=float,
+        type=argtypes.seconds(0.0, 86400.0),
         default=1.0,
         metavar="S",
         help="seconds between probes (default 1)",

@@ -29,7 +29,12 @@ def parse_when(text: str, now: float) -> float | None:
         return None
     m = _DURATION.match(t)
     if m:
-        return now - float(m.group(1)) * _UNITS_S[m.group(2) or "s"]
+        ago = float(m.group(1)) * _UNITS_S[m.group(2) or "s"]
+        if not ago <= now:  # also inf / nan from a 400-digit number
+            raise argparse.ArgumentTypeError(
+                f"{text!r} reaches back before 1970: give a shorter duration or 'all'"
+            )
+        return now - ago
     try:
         dt = datetime.fromisoformat(t)
     except ValueError:

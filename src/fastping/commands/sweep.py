@@ -10,24 +10,28 @@ from typing import Any
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
+    from . import argtypes
+
     p.add_argument(
         "--timeout",
         "-t",
-        type=float,
+        type=argtypes.timeout,
         default=1.0,
         metavar="S",
-        help="seconds to wait for each reply (default 1)",
+        help="seconds to wait for each reply (default 1, at most 3600)",
     )
     p.add_argument(
         "--size",
         "-b",
-        type=int,
+        type=argtypes.payload,
         default=56,
         metavar="BYTES",
-        help="ICMP payload bytes (default 56, at least 16)",
+        help="ICMP payload bytes (default 56, 16..65000)",
     )
-    p.add_argument("--ttl", type=int, default=None, help="IP TTL / hop limit")
-    p.add_argument("--tos", type=int, default=None, help="IP ToS / traffic class byte")
+    p.add_argument("--ttl", type=argtypes.ttl, default=None, help="IP TTL / hop limit (1..255)")
+    p.add_argument(
+        "--tos", type=argtypes.tos, default=None, help="IP ToS / traffic class byte (0..255)"
+    )
     p.add_argument("--dont-fragment", "-M", action="store_true", help="set don't-fragment")
     p.add_argument(
         "--mode",
@@ -41,6 +45,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import argtypes
+
     p.add_argument(
         "targets",
         nargs="*",
@@ -55,11 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="read targets from FILE, one per line ('-' for stdin)",
     )
-    p.add_argument("-c", "--count", type=int, default=1, metavar="N", help="probes per target")
+    p.add_argument(
+        "-c", "--count", type=argtypes.count, default=1, metavar="N", help="probes per target"
+    )
     p.add_argument(
         "-p",
         "--period",
-        type=float,
+        type=argtypes.seconds(0.0, 86400.0),
         default=1.0,
         metavar="S",
         help="seconds between rounds when -c > 1 (default 1)",
@@ -67,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rate",
         "-r",
-        type=float,
+        type=argtypes.rate,
         default=None,
         metavar="PPS",
         help="total probes per second (default 1000; 0 = as fast as possible)",
@@ -75,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         "-w",
-        type=int,
+        type=argtypes.int_range(0, 256),
         default=0,
         metavar="N",
         help="sending threads, each with its own socket (default 0: one per usable core, "
