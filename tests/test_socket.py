@@ -411,3 +411,39 @@ def test_icmp_error_quoting_only_8_bytes_is_attributed() -> None:
     assert kinds == [EV_UNREACHABLE]
     assert (t["unreachable"], t["errors_unattributed"], t["outstanding"]) == (1, 2, 2)
     assert st[5] == 1 and st[15:18] == (3, 1, "127.0.0.1")  # type 3 code 1, from the router
+
+
+def test_ping_counts_a_late_duplicate_of_its_last_probe() -> None:
+    """A copy of the last probe's reply arriving 50 ms after it (within its window) is
+    counted as a duplicate: ping does not stop at the last reply. The namespace's
+    kernel answers the echoes; the copy is the test's."""
+    import threading
+
+    from tests.privhelpers import in_netns, netns
+
+    from fastping.api import Pinger
+    from fastping.results import Outcome
+
+    def body() -> tuple[list[Outcome], int, int]:
+        p = Pinger("127.0.0.6", count=2, interval_s=0.2, timeout_s=1.0)
+        got: list[Outcome] = []
+        raw = socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        raw.bind(("127.0.0.6", 0))
+        try:
+            for r in p:
+                got.append(r.outcome)
+                if r.outcome is Outcome.REPLY and r.seq == 1:
+                    sock = p._sock
+                    payload = _icmp.build_probe_payload(p._slot, 1, sock.key, sock.payload_size)
+                    threading.Timer(
+                        0.05, _forge_reply, (raw, "127.0.0.6", sock.ident, 1, payload)
+                    ).start()
+            st = p.stats()
+            return got, st.received, st.duplicates
+        finally:
+            raw.close()
+
+    with netns() as ns:
+        got, received, dups = in_netns(ns, body)
+    assert got == [Outcome.REPLY, Outcome.REPLY, Outcome.DUPLICATE]
+    assert (received, dups) == (2, 1)

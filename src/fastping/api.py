@@ -573,6 +573,7 @@ class Pinger:
         finals = sent = 0
         start = time.monotonic()
         next_send = start
+        linger_until: float | None = None
         # bounded whatever the replies do: the last probe's timeout plus a margin
         hard_stop = start + self.count * self.interval_s + self.timeout_s + 1.0
         try:
@@ -592,12 +593,18 @@ class Pinger:
                     if r.outcome is Outcome.REPLY and r.rtt_ms is not None:
                         self.rtts_ms.append(r.rtt_ms)
                     yield r
-                if sent >= self.count and finals >= sent:
-                    return
                 now = time.monotonic()
+                if sent >= self.count and finals >= sent:
+                    # every probe has its outcome; the last one still gets its window
+                    # (its interval, at most its timeout), so its duplicates and
+                    # delayed copies are counted like every other probe's
+                    if linger_until is None:
+                        linger_until = now + min(self.interval_s, self.timeout_s)
+                    if now >= linger_until:
+                        return
                 if now >= hard_stop:
                     return
-                due = next_send if sent < self.count else hard_stop
+                due = next_send if sent < self.count else (linger_until or hard_stop)
                 # short waits, so Ctrl-C is seen at once (the wait releases the GIL)
                 sock.wait(min(max(due - now, 0.0), 0.1))
         finally:
