@@ -457,19 +457,48 @@ cdef int put_fixed(Buf *b, unsigned long long q, int nd, bint strip) except -1:
     """q / 10**nd in fixed notation; strip: trailing zeros removed, one kept after
     the dot (repr of a short decimal)."""
     cdef char tmp[40]
-    cdef int n = 0, i, end
-    cdef unsigned long long ip = q, p10 = 1
-    for i in range(nd):
-        p10 *= 10
-    ip = q // p10
-    cdef unsigned long long frac = q % p10
-    n = snprintf(tmp, sizeof(tmp), "%llu.%0*llu", ip, nd, frac)
+    cdef int i = 40, end = 40, k
+    for k in range(nd):
+        i -= 1
+        tmp[i] = 48 + <char>(q % 10)
+        q //= 10
     if strip:
-        end = n
-        while end > 0 and tmp[end - 1] == 48 and tmp[end - 2] != 46:
+        while end - i > 1 and tmp[end - 1] == 48:
             end -= 1
-        n = end
-    return buf_put(b, tmp, n)
+    i -= 1
+    tmp[i] = 46                 # '.'
+    if q == 0:
+        i -= 1
+        tmp[i] = 48
+    while q:
+        i -= 1
+        tmp[i] = 48 + <char>(q % 10)
+        q //= 10
+    return buf_put(b, tmp + i, end - i)
+
+
+cdef int ntop_into(int family, const uint8_t *a, char *out) noexcept nogil:
+    """inet_ntop's text of an address into ``out`` (64 bytes), NUL-terminated; its
+    length. IPv4 is written here (it is most rows and inet_ntop is slower)."""
+    cdef int i, n = 0
+    cdef uint8_t v
+    if family == AF_INET6:
+        inet_ntop(AF_INET6, a, out, 64)
+        return <int>strlen(out)
+    for i in range(4):
+        v = a[i]
+        if v >= 100:
+            out[n] = 48 + v // 100
+            n += 1
+        if v >= 10:
+            out[n] = 48 + (v // 10) % 10
+            n += 1
+        out[n] = 48 + v % 10
+        n += 1
+        out[n] = 46
+        n += 1
+    out[n - 1] = 0
+    return n - 1
 
 
 cdef int put_repr_round(Buf *b, double v, int nd) except -1:
@@ -583,6 +612,13 @@ cdef int put_json_str(Buf *b, const char *s, Py_ssize_t n) except -1:
     buf_put(b, b'"', 1)
     for i in range(n):
         c = <uint8_t>s[i]
+        if c == 34 or c == 92 or c < 32:
+            break
+    else:
+        buf_put(b, s, n)        # the usual case: nothing to escape
+        return buf_put(b, b'"', 1)
+    for i in range(n):
+        c = <uint8_t>s[i]
         if c == 34 or c == 92:
             buf_put(b, b"\\", 1)
             buf_put(b, &s[i], 1)
@@ -686,13 +722,13 @@ cdef class Formatter:
             return 0
         if (self.select == SEL_ALIVE and not d.alive) or (self.select == SEL_DOWN and d.alive):
             return 0
-        inet_ntop(family, r.addr, addr, sizeof(addr))
+        cdef int al = ntop_into(family, r.addr, addr)
         if lab is not None:
             name = lab
             nl = len(lab)
         else:
             name = addr
-            nl = strlen(addr)
+            nl = al
         if self.fmt == FMT_TARGET:
             buf_put(b, name, nl)
             return buf_put(b, b"\n", 1)
@@ -878,9 +914,17 @@ cdef class Formatter:
         buf_put(b, b",", 1)
         put_u64(b, d.received)
         self._floats(r, d, b",", b"", False)
-        for v in (r.dup, r.late, r.timeouts, r.unreach, r.texc, r.senderr):
+        cdef uint32_t counts[6]
+        cdef int k
+        counts[0] = r.dup
+        counts[1] = r.late
+        counts[2] = r.timeouts
+        counts[3] = r.unreach
+        counts[4] = r.texc
+        counts[5] = r.senderr
+        for k in range(6):
             buf_put(b, b",", 1)
-            put_u64(b, v)
+            put_u64(b, counts[k])
         buf_put(b, b",", 1)
         if d.ttl:
             put_u64(b, d.ttl)
