@@ -191,18 +191,28 @@ def test_a_big_file_streams(tmp_path: Path) -> None:
 def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]]:
     """A plausible core row (and the slot_stats tuple the old path read)."""
     alen = 4 if family == socket.AF_INET else 16
-    addr = bytes([127, 0, rng.randrange(256), rng.randrange(256)]) if alen == 4 else (
-        b"\0" * 15 + bytes([rng.randrange(1, 256)])
+    addr = (
+        bytes([127, 0, rng.randrange(256), rng.randrange(256)])
+        if alen == 4
+        else (b"\0" * 15 + bytes([rng.randrange(1, 256)]))
     )
     kind = rng.randrange(6)
     sent = rng.choice([1, 1, 2, 3, 10, 1000])
     recv = 0 if kind == 0 else rng.randrange(0, sent + 1) if kind < 3 else sent
-    rtts = [rng.choice([rng.randrange(1, 2_000_000), rng.randrange(1, 100) * 100 + 50,
-                        rng.randrange(1, 100) * 1000 + 500, 10_000_000_000 + rng.randrange(999)])
-            for _ in range(recv)]
+    rtts = [
+        rng.choice(
+            [
+                rng.randrange(1, 2_000_000),
+                rng.randrange(1, 100) * 100 + 50,
+                rng.randrange(1, 100) * 1000 + 500,
+                10_000_000_000 + rng.randrange(999),
+            ]
+        )
+        for _ in range(recv)
+    ]
     mn, mx, sm = (min(rtts), max(rtts), sum(rtts)) if rtts else (0, 0, 0)
     sq = sum(float(r) * float(r) for r in rtts)
-    js = sum(abs(a - b) for a, b in zip(rtts[1:], rtts[:-1]))
+    js = sum(abs(a - b) for a, b in zip(rtts[1:], rtts[:-1], strict=True))
     dup = rng.choice([0, 0, 1, 7])
     late = rng.choice([0, 0, 2])
     serr = rng.choice([0, 0, 0, 1]) if kind != 5 else sent
@@ -213,11 +223,48 @@ def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]
     router = (bytes([127, 0, 0, 254]) if alen == 4 else b"\0" * 15 + b"\x02") if has_router else b""
     ttl = rng.choice([64, 0, 255]) if recv else 0
     tmo = sent - recv
-    row = ROW.pack(mn, mx, sm, js, sq, sent, recv, dup, late, tmo, unr, texc, serr, ttl, et, ec,
-                   has_router, addr.ljust(16, b"\0"), router.ljust(16, b"\0"))
+    row = ROW.pack(
+        mn,
+        mx,
+        sm,
+        js,
+        sq,
+        sent,
+        recv,
+        dup,
+        late,
+        tmo,
+        unr,
+        texc,
+        serr,
+        ttl,
+        et,
+        ec,
+        has_router,
+        addr.ljust(16, b"\0"),
+        router.ljust(16, b"\0"),
+    )
     rtr = socket.inet_ntop(family, router) if has_router else None
-    st = (sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js,
-          recv - 1 if recv > 1 else 0, ttl, et, ec, rtr)
+    st = (
+        sent,
+        recv,
+        dup,
+        late,
+        tmo,
+        unr,
+        texc,
+        serr,
+        mn,
+        mx,
+        sm,
+        sq,
+        js,
+        recv - 1 if recv > 1 else 0,
+        ttl,
+        et,
+        ec,
+        rtr,
+    )
     return row, st
 
 
@@ -234,23 +281,23 @@ def test_formatters_equal_the_python_formatting_byte_for_byte(family: int, count
     rows = [make_row(rng, family) for _ in range(3000)]
     labels = [None] * len(rows)
     for i in range(0, len(rows), 97):
-        labels[i] = rng.choice(["localhost", "host,with\"comma", "caf\xe9", "::0:1", "a\\b"])
+        labels[i] = rng.choice(["localhost", 'host,with"comma', "caf\xe9", "::0:1", "a\\b"])
     hosts = []
-    for (row, st), lab in zip(rows, labels):
-        addr = socket.inet_ntop(family, row[ROW.size - 36 : ROW.size - 36 + (4 if family == 2 else 16)])
+    for (row, st), lab in zip(rows, labels, strict=True):
+        alen = 4 if family == socket.AF_INET else 16
+        addr = socket.inet_ntop(family, row[ROW.size - 36 : ROW.size - 36 + alen])
         hosts.append(api._host_from_stats(lab or addr, addr, st))
     for code, ref in fmts.items():
         for sel in (pl.SEL_ALL, pl.SEL_ALIVE, pl.SEL_DOWN):
             f = pl.Formatter(code, sel, count)
-            for (row, _), lab in zip(rows, labels):
+            for (row, _), lab in zip(rows, labels, strict=True):
                 f.write_rows(row, 1, family, lab)
             want = "".join(
-                ref(h) for h in hosts
-                if sel == pl.SEL_ALL or (sel == pl.SEL_ALIVE) == h.alive
+                ref(h) for h in hosts if sel == pl.SEL_ALL or (sel == pl.SEL_ALIVE) == h.alive
             )
             got = f.getvalue().decode("utf-8", "surrogateescape")
             assert got == want, next(
-                (g, w) for g, w in zip(got.splitlines(), want.splitlines()) if g != w
+                (g, w) for g, w in zip(got.splitlines(), want.splitlines(), strict=False) if g != w
             )
             assert f.alive == sum(h.alive for h in hosts) and f.rows == len(rows)
     # several rows in one call
@@ -258,7 +305,7 @@ def test_formatters_equal_the_python_formatting_byte_for_byte(family: int, count
     f.write_rows(b"".join(r for r, _ in rows[:50]), 50, family)
     assert f.getvalue().decode() == "".join(
         formats.json_line(api._host_from_stats(h.address or "", h.address, st))
-        for h, (_, st) in zip(hosts[:50], rows[:50])
+        for h, (_, st) in zip(hosts[:50], rows[:50], strict=True)
     )
 
 
@@ -276,16 +323,26 @@ def test_formatter_refuses_bad_input() -> None:
 @needs_root
 def test_a_real_sweep_formats_and_exports_like_its_host_results() -> None:
     res = api.sweep(
-        ["127.0.0.1", "::1", "localhost", "127.0.3.0/28", "no-such-host.invalid", "::0:1",
-         "127.0.0.5-7"],
+        [
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "127.0.3.0/28",
+            "no-such-host.invalid",
+            "::0:1",
+            "127.0.0.5-7",
+        ],
         rate_pps=0,
         count=2,
         interval_s=0.01,
         workers=2,
     )
     hosts = list(res)
-    for code, ref in ((pl.FMT_TEXT, lambda h: formats.text_line(h, 2)),
-                      (pl.FMT_JSON, formats.json_line), (pl.FMT_CSV, formats.csv_line)):
+    for code, ref in (
+        (pl.FMT_TEXT, lambda h: formats.text_line(h, 2)),
+        (pl.FMT_JSON, formats.json_line),
+        (pl.FMT_CSV, formats.csv_line),
+    ):
         f = pl.Formatter(code, pl.SEL_ALL, 2)
         res.write_rows(f, 2, ref)
         assert f.getvalue().decode() == "".join(ref(h) for h in hosts)
@@ -297,7 +354,7 @@ def test_a_real_sweep_formats_and_exports_like_its_host_results() -> None:
     for k in ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms"):
         got = list(cols[k])
         want = [getattr(h, k) for h in hosts]
-        assert all((w is None and g != g) or g == w for g, w in zip(got, want)), k
+        assert all((w is None and g != g) or g == w for g, w in zip(got, want, strict=True)), k
     assert len(cols["address"]) == 16 * len(hosts)
     assert cols["address"][:4] == bytes([127, 0, 0, 1])
     assert memoryview(cols["sent"]).format == "I"
@@ -305,7 +362,11 @@ def test_a_real_sweep_formats_and_exports_like_its_host_results() -> None:
 
 def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        fastping_cmd(*args), capture_output=True, text=True, env=child_env(), input=input,
+        fastping_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        input=input,
         timeout=120,
     )
 
@@ -328,7 +389,8 @@ def test_csv_output_has_a_header_and_a_row_per_target() -> None:
     lines = r.stdout.splitlines()
     assert lines[0] == formats.CSV_HEADER.strip()
     assert [x.split(",")[:4] for x in lines[1:]] == [
-        ["127.0.0.1", "127.0.0.1", "1", "1"], ["::1", "::1", "1", "1"]
+        ["127.0.0.1", "127.0.0.1", "1", "1"],
+        ["::1", "::1", "1", "1"],
     ]
 
 

@@ -25,7 +25,7 @@ so the two can never disagree.
 
 from cpython.array cimport array, resize_smart
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.mem cimport PyMem_Free, PyMem_RawFree, PyMem_RawRealloc
 from libc.math cimport sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.stdio cimport snprintf
@@ -406,9 +406,9 @@ cdef class TargetSet:
     def address_strings(self):
         """Every target as text, in host order (for the system-ping fallback)."""
         out = []
-        cdef Py_ssize_t i4 = 0, i6 = 0, ni = 0, k, h = 0
+        cdef Py_ssize_t i4 = 0, i6 = 0, ni = 0, _k, h = 0
         for kind, cnt in self.runs():
-            for k in range(cnt):
+            for _k in range(cnt):
                 lab = self.labels.get(h)
                 if kind == RUN_V4:
                     out.append(lab or _ntop4(self.v4.p + 4 * i4))
@@ -457,8 +457,8 @@ cdef int put_fixed(Buf *b, unsigned long long q, int nd, bint strip) except -1:
     """q / 10**nd in fixed notation; strip: trailing zeros removed, one kept after
     the dot (repr of a short decimal)."""
     cdef char tmp[40]
-    cdef int i = 40, end = 40, k
-    for k in range(nd):
+    cdef int i = 40, end = 40, _k
+    for _k in range(nd):
         i -= 1
         tmp[i] = 48 + <char>(q % 10)
         q //= 10
@@ -741,8 +741,6 @@ cdef class Formatter:
     cdef int _text(self, const SlotRow *r, Derived *d, const char *name, Py_ssize_t nl,
                    const char *addr, bint labelled, int family) except -1:
         cdef Buf *b = &self.out
-        cdef char tmp[64]
-        cdef int n
         cdef bint first = True
         buf_put(b, name, nl)
         if labelled:

@@ -15,7 +15,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import TargetError
 from .results import HostResult, Outcome, ProbeResult, SweepResult
@@ -83,9 +83,7 @@ class _Plan:
             else:
                 addr, fam = r
                 if family is not None and fam != family:
-                    raise TargetError(
-                        f"target {n!r} is not {'IPv4' if family == v4 else 'IPv6'}"
-                    )
+                    raise TargetError(f"target {n!r} is not {'IPv4' if family == v4 else 'IPv6'}")
                 self.names.append((fam, self.n_slots[fam]))
                 self.n_slots[fam] += 1
                 extra[fam].append(addr)
@@ -487,7 +485,7 @@ class _Hosts:
             h.rtts_ms = self.rtts.get((fam, off), [])
         return h
 
-    def _pieces(self) -> Iterator[tuple[Any, int, int, int, str | None] | tuple[str, str]]:
+    def _pieces(self) -> Iterator[Any]:
         """(socket, family, first slot, count, label) in host order, or (label, error)
         for a name that did not resolve; a labelled host is a piece of its own."""
         p = self.plan
@@ -526,16 +524,16 @@ class _Hosts:
             g += take
             n -= take
 
-    def _rows(self) -> Iterator[tuple[bytearray, int, int, str | None] | tuple[str, str]]:
+    def _rows(self) -> Iterator[_Block]:
         buf = bytearray(self.ROWS * _row_size())
         for piece in self._pieces():
             if len(piece) == 2:
-                yield piece  # type: ignore[misc]
+                yield _Block(None, 0, 0, piece[0], piece[1])
                 continue
-            sock, fam, slot, n, label = piece  # type: ignore[misc]
+            sock, fam, slot, n, label = piece
             while n > 0:
                 got = sock.export_rows(slot, min(n, self.ROWS), buf)
-                yield (buf, got, fam, label)
+                yield _Block(buf, got, fam, label, None)
                 slot += got
                 n -= got
 
@@ -544,27 +542,34 @@ class _Hosts:
         not resolve is formatted by ``text_of_missing`` (Python)."""
         from ._pipeline import FMT_NONE, SEL_ALIVE
 
-        for item in self._rows():
-            if len(item) == 2:
-                label, err = item  # type: ignore[misc]
+        for b in self._rows():
+            if b.rows is None:
                 fmt.count_row(False)
                 if fmt.fmt != FMT_NONE and fmt.select != SEL_ALIVE:
-                    fmt.write_text(text_of_missing(HostResult(label, None, error=err)))
+                    fmt.write_text(text_of_missing(HostResult(b.label or "", None, error=b.error)))
             else:
-                buf, n, fam, label = item  # type: ignore[misc]
-                fmt.write_rows(buf, n, fam, label)
+                fmt.write_rows(b.rows, b.n, b.family, b.label)
 
     def columns(self) -> dict[str, Any]:
         from ._pipeline import Columns
 
         cols = Columns()
-        for item in self._rows():
-            if len(item) == 2:
+        for b in self._rows():
+            if b.rows is None:
                 cols.add_missing()
             else:
-                buf, n, fam, _ = item  # type: ignore[misc]
-                cols.add_rows(buf, n, fam)
-        return cols.result()  # type: ignore[no-any-return]
+                cols.add_rows(b.rows, b.n, b.family)
+        return cols.result()
+
+
+class _Block(NamedTuple):
+    """``n`` core rows of one family in ``rows`` (None: a name that did not resolve)."""
+
+    rows: bytearray | None
+    n: int
+    family: int
+    label: str | None
+    error: str | None
 
 
 def _row_size() -> int:

@@ -221,7 +221,9 @@ class SweepResult(Sequence[HostResult]):
             return self._source.columns()  # type: ignore[no-any-return]
         return _columns_of(self)
 
-    def write_rows(self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]) -> None:
+    def write_rows(
+        self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]
+    ) -> None:
         """Feed every host to a ``_pipeline.Formatter`` (the command's output path);
         results without core arrays (the system-ping fallback) go through Python."""
         if self._source is not None:
@@ -270,8 +272,16 @@ def _columns_of(hosts: Sequence[HostResult]) -> dict[str, Any]:
 
     nan = float("nan")
     out: dict[str, Any] = {"family": array("B")}
-    for k in ("sent", "received", "duplicates", "late", "timeouts", "unreachable",
-              "time_exceeded", "send_errors"):
+    for k in (
+        "sent",
+        "received",
+        "duplicates",
+        "late",
+        "timeouts",
+        "unreachable",
+        "time_exceeded",
+        "send_errors",
+    ):
         out[k] = array("I", [getattr(h, k) for h in hosts])
     for k in ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms"):
         out[k] = array("d", [nan if getattr(h, k) is None else getattr(h, k) for h in hosts])

@@ -113,6 +113,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.add_argument(
+        "-s",
+        "--stats",
+        action="store_true",
+        help="with --json / --csv: the summary as JSON on stderr too (text output always "
+        "has it there)",
+    )
+    p.add_argument(
         "-a",
         "--alive",
         action="store_true",
@@ -267,9 +274,11 @@ def run(args: argparse.Namespace) -> int:
     alive = fmt.alive
     unresolved = int(res.totals.get("unresolved", 0))
     summary = res.summary_with(alive=alive)
-    if args.json:
+    if args.json or args.csv:
         if args.quiet:
             out.write((json.dumps(summary) + "\n").encode())
+        elif args.stats:
+            sys.stderr.write(json.dumps(summary) + "\n")
     elif args.quiet:
         out.write(_text_summary(summary).encode())
     else:
