@@ -7,7 +7,6 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import socket
 import threading
@@ -619,11 +618,15 @@ def ping(
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:
     """``sweep`` without blocking the event loop (the core runs in a thread with
     the GIL released)."""
+    import asyncio  # here: a command-line sweep never pays for importing asyncio
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(sweep, targets, **kwargs))
 
 
 async def async_ping(host: str, **kwargs: Any) -> HostResult:
     """``ping`` without blocking the event loop."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(ping, host, **kwargs))
