@@ -73,14 +73,22 @@ class _RssSampler(threading.Thread):
         self.join()
 
 
-async def run_engine(n: int, duration_s: float, db: Path) -> dict[str, Any]:
+async def run_engine(
+    n: int, duration_s: float, db: Path, timestamps: str = "kernel"
+) -> dict[str, Any]:
     from fastping.engine import MonitoringEngine
     from fastping.guard import ResourceGuard
     from fastping.store import ResultStore
 
     store = ResultStore(db)
     guard = ResourceGuard(100.0, 1000.0, check_interval_s=5.0)
-    engine = MonitoringEngine(store=store, interval_s=1.0, timeout_s=1.0, guard=guard)
+    engine = MonitoringEngine(
+        store=store,
+        interval_s=1.0,
+        timeout_s=1.0,
+        guard=guard,
+        socket_options={"timestamps": timestamps},
+    )
     for i in range(n):
         engine.add_target(str(ipaddress.IPv4Address(FIRST + i)))
     await store.start()
@@ -107,11 +115,16 @@ async def run_engine(n: int, duration_s: float, db: Path) -> dict[str, Any]:
     sampler.stop()
     st = engine.stats()
     sock = st["socket"]
+    sock_all = engine._core_totals() | engine._closed_totals
     rows = ResultStore(db).count_results()  # results stored (records, not SQLite rows)
     with sqlite3.connect(db) as c:
         sqlite_rows = c.execute("SELECT count(*) FROM results").fetchone()[0]
     return {
         "targets": n,
+        "timestamps": timestamps,
+        "send_lateness": st["send_lateness"],
+        "timed_kernel": sock_all.get("timed_kernel"),
+        "timed_user": sock_all.get("timed_user"),
         "duration_s": round(wall_run, 2),
         "sent": st["sent"],
         "received": st["received"],
@@ -241,6 +254,26 @@ def bench(n: int, duration_s: float, c_ref: bool = True) -> dict[str, Any]:
     return out
 
 
+def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
+    """The cost of kernel TX timestamps: the same engine run with the old batch
+    stamp and with kernel stamps, interleaved, in one invocation."""
+    rows = []
+    for i in range(pairs):
+        for mode in ("batch", "kernel") if i % 2 == 0 else ("kernel", "batch"):
+            with tempfile.TemporaryDirectory() as d:
+                r = asyncio.run(run_engine(n, duration_s, Path(d) / "bench.db", mode))
+            keep = ("timestamps", "sent", "loss", "rows_in_store", "cpu_share_of_one_core",
+                    "cpu_share_probing", "cpu_share_steady", "timed_kernel", "timed_user",
+                    "send_lateness", "rx_drops")  # fmt: skip
+            row = {k: r[k] for k in keep}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for mode in ("batch", "kernel"):
+        sh = sorted(r["cpu_share_steady"] for r in rows if r["timestamps"] == mode)
+        print(f"{mode}: steady CPU share median {sh[len(sh) // 2]:.4f} (runs: {sh})")
+    return 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for raw sockets (loopback only)")
 def test_engine_10k_targets_60s() -> None:
@@ -257,9 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", type=int, default=10_000)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--no-c-reference", action="store_true")
+    ap.add_argument(
+        "--compare-timestamps",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead: PAIRS interleaved runs with timestamps='batch' (one clock read per "
+        "sendmmsg, before kernel TX timestamps) and 'kernel', CPU shares side by side",
+    )
     a = ap.parse_args(argv)
     if not 1 <= a.targets <= 16_383:
         ap.error("--targets must be 1..16383 (127.2.0.0/18, loopback only)")
+    if a.compare_timestamps:
+        return compare_timestamps(a.targets, a.duration, a.compare_timestamps)
     out = bench(a.targets, a.duration, not a.no_c_reference)
     print(json.dumps(out, indent=2))
     e = out["engine"]

@@ -34,6 +34,7 @@ class FakeIcmpSocket:
     ) -> None:
         self.family = family
         self.window = window
+        self.due: list[int] = []  # due_ns of each send() call that named one
         self.dead = set(dead)
         self.refuse = set(refuse)
         self.refuse_errno = refuse_errno
@@ -169,7 +170,14 @@ class FakeIcmpSocket:
             out.append(ev)
             self.returned += 1
 
-    def send(self, slots: Iterable[int]) -> list[tuple[Any, ...]]:
+    def lateness(self) -> tuple[int, int, int, tuple[int, ...]]:
+        return (0, 0, 0, (0,) * 240)  # the real core's histogram; the fake keeps due_ns
+
+    def send(
+        self, slots: Iterable[int], drain: bool = True, due_ns: int = 0
+    ) -> list[tuple[Any, ...]]:
+        if due_ns:
+            self.due.append(due_ns)
         slots = list(slots)
         self.send_batches.append(len(slots))
         now = time.monotonic()

@@ -316,3 +316,98 @@ def test_progress_callback_sees_the_sweep_advance() -> None:
     assert seen[-1] == (16384, 16384, 16384)  # the final call: everything sent and answered
     assert len(seen) >= 2  # ~0.4 s at 40,000/s: at least one call while sweeping
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))  # never goes back
+
+
+def test_reply_with_a_sequence_number_not_its_probes_is_not_a_reply() -> None:
+    """A reply carrying the right cookie for serial 0 but sequence number 7 (altered
+    in flight, or spliced by an attacker) is foreign, never a reply or a duplicate."""
+    with IcmpSocket(V4) as s, socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        slot = s.add_target("127.0.0.1")
+        evs = s.send([slot])
+        good = _icmp.build_probe_payload(slot, 0, s.key, s.payload_size)
+        _forge_reply(raw, "127.0.0.1", s.ident, 7, good)
+        time.sleep(0.05)
+        evs += s.recv()
+        assert [e[1] for e in evs] == [EV_REPLY]
+        t = s.totals()
+        assert (t["received"], t["duplicates"], t["foreign_seq"]) == (1, 0, 1)
+
+
+def _forge_unreachable(
+    raw: socket.socket, probe_dst: str, ident: int, seq: int, payload: bytes
+) -> None:
+    """Destination unreachable (type 3 code 1) quoting our echo request to probe_dst,
+    sent to us from 127.0.0.1 as a router would."""
+    echo = _icmp_py.build_echo_request(V4, ident, seq, payload)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(echo), 0, 0, 64, socket.IPPROTO_ICMP, 0,
+        socket.inet_aton("127.0.0.1"), socket.inet_aton(probe_dst),
+    )  # fmt: skip
+    err = bytearray(struct.pack("!BBHI", 3, 1, 0, 0) + ip + echo)
+    err[2:4] = struct.pack("!H", _icmp_py.checksum(bytes(err)))
+    raw.sendto(bytes(err), ("127.0.0.1", 0))
+
+
+def test_valid_reply_after_an_icmp_error_is_the_outcome() -> None:
+    """Unreachable first, then the real reply for the same probe: the reply counts
+    (fping counts 3/3 there), the error stays an event and is no longer final. The
+    namespace's kernel does not answer echoes, so both packets are the test's."""
+    from tests.privhelpers import in_netns, netns
+
+    def body() -> tuple[list[int], dict[str, int], tuple[int, ...]]:
+        subprocess.run(["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"], check=True)
+        with (
+            IcmpSocket(V4) as s,
+            socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw,
+        ):
+            raw.bind(("127.0.0.5", 0))  # its replies come from the target's address
+            slot = s.add_target("127.0.0.5")
+            kinds = [e[1] for e in s.send([slot])]
+            good = _icmp.build_probe_payload(slot, 0, s.key, s.payload_size)
+            _forge_unreachable(raw, "127.0.0.5", s.ident, 0, good)
+            time.sleep(0.05)
+            kinds += [e[1] for e in s.recv()]
+            _forge_reply(raw, "127.0.0.5", s.ident, 0, good)
+            time.sleep(0.05)
+            kinds += [e[1] for e in s.recv()]
+            # and one more copy: now a duplicate
+            _forge_reply(raw, "127.0.0.5", s.ident, 0, good)
+            time.sleep(0.05)
+            kinds += [e[1] for e in s.recv()]
+            return kinds, s.totals(), s.slot_stats(slot)
+
+    with netns() as ns:
+        kinds, t, st = in_netns(ns, body)
+    assert kinds == [EV_UNREACHABLE, EV_REPLY, EV_DUPLICATE]
+    assert (t["received"], t["unreachable"], t["duplicates"], t["outstanding"]) == (1, 0, 1, 0)
+    assert (st[0], st[1], st[5]) == (1, 1, 0)  # sent 1, received 1, unreachable 0
+
+
+def test_icmp_error_quoting_only_8_bytes_is_attributed() -> None:
+    """Many routers quote only the RFC 792 minimum (IP header + 8 bytes): no room for
+    the cookie. Such an error is attributed by identifier, sequence number and quoted
+    destination to the probe still outstanding, and reported as unreachable; one that
+    names no outstanding probe (wrong sequence, wrong destination) is not."""
+    from tests.privhelpers import in_netns, netns
+
+    def body() -> tuple[list[int], dict[str, int], tuple[int, ...]]:
+        subprocess.run(["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"], check=True)
+        with (
+            IcmpSocket(V4) as s,
+            socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw,
+        ):
+            s.set_targets(["127.0.0.4", "127.0.0.5", "127.0.0.6"])
+            kinds = [e[1] for e in s.send([0, 1, 2])]
+            minimal = b""  # the quoted echo request ends after its 8-byte header
+            _forge_unreachable(raw, "127.0.0.5", s.ident, 1, minimal)  # seq 1: never sent
+            _forge_unreachable(raw, "127.0.0.9", s.ident, 0, minimal)  # not a target
+            _forge_unreachable(raw, "127.0.0.5", s.ident, 0, minimal)  # slot 1's probe
+            time.sleep(0.05)
+            kinds += [e[1] for e in s.recv()]
+            return kinds, s.totals(), s.slot_stats(1)
+
+    with netns() as ns:
+        kinds, t, st = in_netns(ns, body)
+    assert kinds == [EV_UNREACHABLE]
+    assert (t["unreachable"], t["errors_unattributed"], t["outstanding"]) == (1, 2, 2)
+    assert st[5] == 1 and st[15:18] == (3, 1, "127.0.0.1")  # type 3 code 1, from the router

@@ -23,6 +23,16 @@ when its kind differs from the slot's previous final outcome (reply, timeout,
 unreachable, time exceeded, send error; a slot's first final outcome counts as a
 change). Returned events are for state, the log is for storage: in modes 1 and 2
 every reply and timeout is logged, returned or not. ``sweep()`` never logs.
+
+Send times (``timestamps``): by default every probe's send time is the kernel's
+software TX timestamp (SO_TIMESTAMPING, read back in batches from the error queue
+and keyed per packet with SCM_TS_OPT_ID, or by the kernel's send counter before
+Linux 6.13) and every reply's receive time the kernel's RX timestamp, one clock
+(CLOCK_REALTIME). The error queue is read before the replies, and a reply whose
+probe's stamp is still unread makes the core read it again before matching, so a
+reply is never timed against a stale stamp. A probe the kernel gave no stamp for
+keeps the user-space time read just before its sendmmsg; ``totals()`` counts the
+replies timed each way (timed_kernel, timed_user) and ``slot_stats()[18]`` per slot.
 """
 
 from array import array
@@ -113,7 +123,20 @@ class IcmpSocket:
         window: int = 1,  # probes per slot that may be outstanding at once
         bpf: bool = True,  # classic BPF filter on raw sockets (identifier)
         log_max: int = 4_000_000,  # outcome-log records held at most (see take_log)
+        # send times: "kernel" (TX timestamps; falls back to "packet" without
+        # SO_TIMESTAMPING), "packet" (one sendmsg and clock read per probe, as fping),
+        # "batch" (one clock read per sendmmsg batch: fastest, RTTs include batching)
+        timestamps: str = "kernel",
     ) -> None: ...
+    @property
+    def timestamps(self) -> str:
+        """The send-time mode in force: 'kernel', 'kernel-counter' (keyed by the
+        kernel's send counter: kernels before 6.13), 'packet' or 'batch'."""
+    def lateness(self) -> tuple[int, int, int, tuple[int, ...]]:
+        """(count, sum_ns, max_ns, histogram) of how late the probes sent with a
+        ``due_ns`` left (kernel TX timestamp, else user-space send time) against it;
+        histogram: counts over ``lateness_bucket_bounds()``."""
+    def reset_lateness(self) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
     @property
@@ -162,7 +185,8 @@ class IcmpSocket:
     def slot_stats(self, slot: int) -> tuple[Any, ...]:
         """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
         send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
-        last_ttl, last_err_type, last_err_code, last_err_router)"""
+        last_ttl, last_err_type, last_err_code, last_err_router, user_timed);
+        user_timed: replies timed from a user-space send time (no kernel TX stamp)"""
     def export_rows(self, start: int, count: int, out: bytearray | memoryview) -> int:
         """Copy the results of slots [start, start + count) into the writable
         ``out`` as packed rows (``includes/slotrow.pxd``; ``_pipeline.ROW_SIZE``
@@ -173,19 +197,25 @@ class IcmpSocket:
         time_exceeded, send_errors, enobufs, rx_drops (kernel, SO_RXQ_OVFL),
         foreign (not ours), malformed, stale, errors_unattributed, packets_read,
         send_ns, total_ns, log_dropped (replies/timeouts the outcome log had no room
-        for: log_max reached), log_pending (records in the log now)."""
+        for: log_max reached), log_pending (records in the log now); timed_kernel /
+        timed_user (replies whose send time is the kernel's TX timestamp / a
+        user-space clock read), tx_stamps (TX timestamps applied), tx_unmatched (TX
+        timestamps naming no probe in flight), tx_late (stamps read after their
+        probe was settled), rx_user (replies without a kernel RX timestamp)."""
     def reset_stats(self) -> None:
         """Zero the counters and per-slot stats (and last outcomes); targets, slot
         timeouts and the outcome log stay."""
 
     # -- non-blocking pieces for the asyncio engine ------------------------
     def send(
-        self, slots: Iterable[int], drain: bool = True
+        self, slots: Iterable[int], drain: bool = True, due_ns: int = 0
     ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
         """Send one probe to each slot now (sendmmsg batches). With ``drain`` the
-        socket is drained after every batch. Returns every event seen: EV_SEND_ERROR
-        for probes the kernel refused (ENETUNREACH, ...), EV_TIMEOUT for probes
-        pushed out of a full window, and the replies drained meanwhile."""
+        socket is drained after every batch. ``due_ns`` (CLOCK_REALTIME ns): when
+        these probes were scheduled; how late each left is counted in lateness().
+        Returns every event seen: EV_SEND_ERROR for probes the kernel refused
+        (ENETUNREACH, ...), EV_TIMEOUT for probes pushed out of a full window, and
+        the replies drained meanwhile."""
     def recv(
         self, max_packets: int = 0
     ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
@@ -234,3 +264,7 @@ class IcmpSocket:
         """The slot's own timeout (0: none; add_target / remove_target reset it). A
         reply slower than min(timeout_s, this) times its probe out (EV_TIMEOUT) and
         is EV_LATE; ``expire(t)`` uses min(t, this) for the slot. sweep() ignores it."""
+
+def lateness_bucket_bounds() -> list[int]:
+    """Lower bounds (us) of the send-lateness histogram's buckets: whole us below
+    16, then 8 per octave; the last bucket is open-ended."""

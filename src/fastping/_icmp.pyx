@@ -24,7 +24,7 @@ probe header attribute the error to one probe.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.errno cimport EAGAIN, EINTR, EINVAL, ENOBUFS, errno
 from libc.math cimport NAN
 from libc.stdint cimport INT64_MAX, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
@@ -50,11 +50,17 @@ from includes.socket cimport (
     AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, IP_MTU_DISCOVER,
     IP_PMTUDISC_DO, IP_RECVERR, IP_RECVTTL, IP_TOS, IP_TTL, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_IP, IPPROTO_IPV6, IPV6_DONTFRAG, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT,
-    IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPNS, SO_ATTACH_FILTER,
-    SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE, SO_TIMESTAMPNS,
-    SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET, bind, cmsghdr, getsockname,
-    getsockopt, inet_ntop, inet_pton, mmsghdr, msghdr, recv, recvmmsg, sendmmsg, setsockopt,
-    sockaddr, sockaddr_in, sockaddr_in6, socket, socklen_t,
+    IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPING, SCM_TIMESTAMPNS,
+    SO_ATTACH_FILTER, SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE,
+    SO_TIMESTAMPING, SO_TIMESTAMPNS, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET,
+    CMSG_LEN, bind, cmsghdr, getsockname, getsockopt, inet_ntop, inet_pton, mmsghdr,
+    msghdr, recv, recvmmsg, sendmmsg, setsockopt, sockaddr, sockaddr_in, sockaddr_in6, socket,
+    socklen_t,
+)
+from includes.tstamp cimport (
+    SCM_TS_OPT_ID, SCM_TSTAMP_SND, SO_EE_ORIGIN_TIMESTAMPING, SOF_TIMESTAMPING_OPT_ID,
+    SOF_TIMESTAMPING_OPT_TSONLY, SOF_TIMESTAMPING_RX_SOFTWARE, SOF_TIMESTAMPING_SOFTWARE,
+    SOF_TIMESTAMPING_TX_SOFTWARE,
 )
 
 import os as _os
@@ -128,6 +134,17 @@ DEF ST_OUT = 1               # outstanding
 DEF ST_DONE = 2              # answered (reply or ICMP error)
 DEF ST_EXPIRED = 3           # timed out
 DEF ST_SENDFAIL = 4          # the kernel refused the send
+DEF ST_ERR_UNREACH = 5       # answered by an ICMP unreachable (a real reply may still follow)
+DEF ST_ERR_TEXC = 6          # answered by an ICMP time exceeded (likewise)
+
+# How a probe's send time is taken (IcmpSocket(timestamps=...)).
+DEF TS_BATCH = 0             # one user-space clock read before each sendmmsg (the whole batch)
+DEF TS_PACKET = 1            # one sendmsg per probe, a user-space clock read before each
+DEF TS_KERNEL_ID = 2         # the kernel's TX timestamp, keyed per packet (SCM_TS_OPT_ID)
+DEF TS_KERNEL_CTR = 3        # the kernel's TX timestamp, keyed by its own send counter
+DEF TX_RING = 65536          # sent probes whose TX timestamp may still be queued (power of 2)
+DEF TX_CTRL = 24             # CMSG_SPACE(4): one SCM_TS_OPT_ID per message
+DEF LAT_BUCKETS = 240        # send-lateness histogram: log-linear, 8 buckets per octave of us
 
 DEF RX_BUF = 1536            # a reply, or an ICMP error quoting up to 576+ bytes
 DEF CTRL_BUF = 256
@@ -560,6 +577,7 @@ cdef Py_ssize_t _parse_probes_into(uint32_t[::1] slots, const uint8_t *base, Py_
 cdef struct SlotStats:
     uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
     uint32_t next_serial         # jitter is averaged over received - 1 successive pairs
+    uint32_t user_timed          # replies whose send time is a user-space clock read
     int64_t min_ns, max_ns, sum_ns, last_rtt_ns, jit_sum_ns
     double sumsq
     int64_t last_t_ns            # when the last final outcome was known (CLOCK_REALTIME ns)
@@ -571,9 +589,30 @@ cdef struct SlotStats:
 
 
 cdef struct Probe:
-    int64_t send_ns
+    int64_t send_ns              # a user-space clock read, replaced by the kernel's TX stamp
     uint32_t serial
     uint8_t state
+    uint8_t tx_kernel            # send_ns is the kernel's TX timestamp
+
+
+cdef struct TxRec:
+    # a sent probe whose TX timestamp is awaited: the key the kernel reports it with
+    # (SCM_TS_OPT_ID, or the kernel's counter), the probe, and when it was due
+    uint32_t key
+    uint32_t slot
+    uint32_t serial
+    int64_t due_ns
+
+
+cdef struct RxSet:
+    # one recvmmsg batch's buffers: the normal queue and the error queue have their own,
+    # so the error queue can be drained while a batch of replies is being handled
+    mmsghdr *msgs
+    iovec *iov
+    uint8_t *bufs
+    uint8_t *ctrl
+    sockaddr_in6 *names
+    int n
 
 
 cdef struct Event:
@@ -613,6 +652,7 @@ cdef class IcmpSocket:
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd, epfd
+    cdef bint ep_armed           # fd added to epfd (_arm_epoll)
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -626,18 +666,32 @@ cdef class IcmpSocket:
     #                              expire()'s scan reads 8 bytes per slot, not a whole SlotStats
     cdef uint32_t n, n_cap
     cdef list free_slots
+    # address -> slots, built only when an ICMP error quotes too little of a probe to
+    # carry its cookie (RFC 792's minimum: IP header + 8 bytes); rebuilt after changes
+    cdef uint32_t *aidx          # aidx_cap entries: slot + 1, 0 = empty (open addressing)
+    cdef uint32_t aidx_cap
+    cdef bint aidx_valid
     # batch buffers
     cdef uint8_t *tx_pkts
     cdef sockaddr_in6 *tx_names  # big enough for both families
     cdef iovec *tx_iov
     cdef mmsghdr *tx_msgs
     cdef uint32_t pad_sum        # checksum partial of the constant padding
-    cdef uint8_t *rx_bufs
-    cdef uint8_t *rx_ctrl
-    cdef sockaddr_in6 *rx_names
-    cdef iovec *rx_iov
-    cdef mmsghdr *rx_msgs
+    cdef RxSet rx                # the normal queue's batch
+    cdef RxSet eq                # the error queue's (TX timestamps, dgram ICMP errors)
     cdef int rx_batch
+    # send timestamps
+    cdef uint8_t ts_mode         # TS_*
+    cdef bint ts_rx_kernel       # receive times come from SCM_TIMESTAMPING (else SCM_TIMESTAMPNS)
+    cdef bint ts_id_checked      # a send with SCM_TS_OPT_ID succeeded (the kernel takes it)
+    cdef uint8_t *tx_ctrl        # batch_size * TX_CTRL: each message's SCM_TS_OPT_ID
+    cdef TxRec *txr              # TX_RING
+    cdef uint32_t tx_key_next    # the key of the next probe sent
+    cdef bint eq_rechecked       # this reply batch already drained the error queue again
+    cdef int64_t due_ns          # when the probes of the current send() were due (0: unknown)
+    cdef uint64_t *lat_hist      # LAT_BUCKETS: probes by how late they left (kernel TX - due)
+    cdef uint64_t c_lat_n, c_lat_sum_ns
+    cdef int64_t c_lat_max_ns
     # events
     cdef Event *ev
     cdef Py_ssize_t ev_n, ev_cap
@@ -651,14 +705,16 @@ cdef class IcmpSocket:
     # counters
     cdef uint64_t c_sent, c_received, c_dup, c_late, c_timeouts, c_unreach, c_texc, c_senderr
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
-    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent
+    cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent, c_f_seq
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors, c_log_dropped
+    cdef uint64_t c_tx_stamps, c_tx_unmatched, c_tx_late, c_timed_kernel, c_timed_user, c_rx_user
     cdef int64_t c_outstanding
     cdef int64_t t_send_ns, t_total_ns
 
     def __cinit__(self, int family=AF_INET, *, str kind="raw", int payload_size=56, ttl=None,
                   tos=None, bint dont_fragment=False, int rcvbuf_bytes=0, int batch_size=64,
-                  int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000):
+                  int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000,
+                  str timestamps="kernel"):
         self.fd = -1
         self.epfd = -1
         if family != AF_INET and family != AF_INET6:
@@ -678,6 +734,10 @@ cdef class IcmpSocket:
             raise ValueError(f"tos {tos} must be 0..255")
         if log_max < 0:
             raise ValueError(f"log_max {log_max} must be >= 0 records (0: log nothing)")
+        if timestamps not in ("kernel", "packet", "batch"):
+            raise ValueError(f"timestamps must be 'kernel', 'packet' or 'batch', not {timestamps!r}")
+        self.ts_mode = (TS_KERNEL_ID if timestamps == "kernel" else
+                        TS_PACKET if timestamps == "packet" else TS_BATCH)
         self.log_max_ = log_max
         self.family = family
         self.kind = kind
@@ -700,21 +760,25 @@ cdef class IcmpSocket:
         self.tx_names = <sockaddr_in6 *>PyMem_RawMalloc(B * sizeof(sockaddr_in6))
         self.tx_iov = <iovec *>PyMem_RawMalloc(B * sizeof(iovec))
         self.tx_msgs = <mmsghdr *>PyMem_RawMalloc(B * sizeof(mmsghdr))
+        self.tx_ctrl = <uint8_t *>PyMem_RawCalloc(B, TX_CTRL)
+        self.txr = <TxRec *>PyMem_RawCalloc(TX_RING, sizeof(TxRec))
+        self.lat_hist = <uint64_t *>PyMem_RawCalloc(LAT_BUCKETS, sizeof(uint64_t))
         cdef int R = self.rx_batch
         cdef int rxlen = RX_BUF if plen + 100 < RX_BUF else plen + 640
-        self.rx_bufs = <uint8_t *>PyMem_RawMalloc(<size_t>R * rxlen)
-        self.rx_ctrl = <uint8_t *>PyMem_RawMalloc(<size_t>R * CTRL_BUF)
-        self.rx_names = <sockaddr_in6 *>PyMem_RawMalloc(R * sizeof(sockaddr_in6))
-        self.rx_iov = <iovec *>PyMem_RawMalloc(R * sizeof(iovec))
-        self.rx_msgs = <mmsghdr *>PyMem_RawMalloc(R * sizeof(mmsghdr))
+        _alloc_rxset(&self.rx, R, rxlen)
+        _alloc_rxset(&self.eq, R, rxlen)
         if (self.tx_pkts == NULL or self.tx_names == NULL or self.tx_iov == NULL or
-                self.tx_msgs == NULL or self.rx_bufs == NULL or self.rx_ctrl == NULL or
-                self.rx_names == NULL or self.rx_iov == NULL or self.rx_msgs == NULL):
+                self.tx_msgs == NULL or self.tx_ctrl == NULL or self.txr == NULL or
+                self.lat_hist == NULL or self.rx.msgs == NULL or self.eq.msgs == NULL):
             raise MemoryError()
         memset(self.tx_pkts, 0, <size_t>B * plen)
         memset(self.tx_names, 0, B * sizeof(sockaddr_in6))
         memset(self.tx_msgs, 0, B * sizeof(mmsghdr))
         cdef int i
+        cdef cmsghdr *c
+        # every TxRec.key starts as a key no probe has yet (0 is the first probe's)
+        for i in range(TX_RING):
+            self.txr[i].key = 0xFFFFFFFF
         for i in range(B):
             _fill_pattern(self.tx_pkts + <size_t>i * plen + ICMP_HDR_LEN + PROBE_HDR,
                           self.payload_size - PROBE_HDR)
@@ -725,11 +789,47 @@ cdef class IcmpSocket:
                 sizeof(sockaddr_in) if self.family == AF_INET else sizeof(sockaddr_in6))
             self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
             self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+            # SCM_TS_OPT_ID: the key the kernel reports this message's TX timestamp with
+            # (written per probe in _send_slots; attached once timestamping is on)
+            c = <cmsghdr *>(self.tx_ctrl + <size_t>i * TX_CTRL)
+            c.cmsg_level = SOL_SOCKET
+            c.cmsg_type = SCM_TS_OPT_ID
+            c.cmsg_len = CMSG_LEN(4)
         self.pad_sum = csum_add(self.tx_pkts + ICMP_HDR_LEN + PROBE_HDR, self.payload_size - PROBE_HDR, 0)
-        for i in range(R):
-            self.rx_iov[i].iov_base = self.rx_bufs + <size_t>i * rxlen
-            self.rx_iov[i].iov_len = rxlen
         return 0
+
+    cdef void _tx_control(self, bint on) noexcept nogil:
+        """Attach (or detach) each message's SCM_TS_OPT_ID control buffer."""
+        cdef int i
+        for i in range(self.batch_size):
+            self.tx_msgs[i].msg_hdr.msg_control = (self.tx_ctrl + <size_t>i * TX_CTRL) if on else NULL
+            self.tx_msgs[i].msg_hdr.msg_controllen = TX_CTRL if on else 0
+
+    cdef int _setup_timestamps(self) except -1:
+        """Kernel timestamps (Documentation/networking/timestamping.rst): a software TX
+        timestamp of every probe, read back from the error queue without the packet
+        (OPT_TSONLY) and keyed (OPT_ID), and software RX timestamps of every reply, both
+        CLOCK_REALTIME. Without them (old kernel, timestamps='packet'/'batch'), receive
+        times come from SO_TIMESTAMPNS and send times from user space."""
+        cdef int flags = (SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_RX_SOFTWARE |
+                          SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_ID |
+                          SOF_TIMESTAMPING_OPT_TSONLY)
+        if self.ts_mode == TS_KERNEL_ID:
+            if setsockopt(self.fd, SOL_SOCKET, SO_TIMESTAMPING, &flags, sizeof(flags)) == 0:
+                self.ts_rx_kernel = True
+                self._tx_control(True)
+                return 0
+            self.ts_mode = TS_PACKET      # no kernel timestamping: one clock read per packet
+        self._setopt(SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS")
+        return 0
+
+    @property
+    def timestamps(self):
+        """How send times are taken: 'kernel' (TX timestamps keyed per packet),
+        'kernel-counter' (keyed by the kernel's send counter: kernels before 6.13),
+        'packet' (a user-space clock read before each packet's own sendmsg) or
+        'batch' (one clock read per sendmmsg batch)."""
+        return ("batch", "packet", "kernel", "kernel-counter")[self.ts_mode]
 
     cdef int _open(self, ttl, tos, bint dont_fragment, int rcvbuf_bytes, bint use_bpf) except -1:
         cdef int proto = IPPROTO_ICMP if self.family == AF_INET else IPPROTO_ICMPV6
@@ -755,7 +855,7 @@ cdef class IcmpSocket:
             if getsockname(self.fd, <sockaddr *>&sa, &sl) != 0:
                 _raise_oserror("getsockname")
             self.ident = (<uint16_t>(sa.sin6_port >> 8)) | (<uint16_t>((sa.sin6_port & 0xFF) << 8))
-        self._setopt(SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS")
+        self._setup_timestamps()
         self._setopt(SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL")
         if self.family == AF_INET:
             if not self.raw:
@@ -796,11 +896,20 @@ cdef class IcmpSocket:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             _raise_oserror("epoll_create1")
+        return 0
+
+    cdef int _arm_epoll(self) except -1:
+        """Watch the socket with the core's own epoll, on first use (sweep, wait): an
+        engine that waits in its own event loop never does, and every epoll watching
+        the socket costs the kernel a callback per reply and per TX timestamp."""
         cdef epoll_event ev
+        if self.ep_armed:
+            return 0
         ev.events = EPOLLIN | EPOLLERR
         ev.data.fd = self.fd
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
             _raise_oserror("epoll_ctl")
+        self.ep_armed = True
         return 0
 
     cdef int _setopt(self, int level, int name, int value, str what) except -1:
@@ -909,11 +1018,12 @@ cdef class IcmpSocket:
         PyMem_RawFree(self.tx_names)
         PyMem_RawFree(self.tx_iov)
         PyMem_RawFree(self.tx_msgs)
-        PyMem_RawFree(self.rx_bufs)
-        PyMem_RawFree(self.rx_ctrl)
-        PyMem_RawFree(self.rx_names)
-        PyMem_RawFree(self.rx_iov)
-        PyMem_RawFree(self.rx_msgs)
+        PyMem_RawFree(self.aidx)
+        PyMem_RawFree(self.tx_ctrl)
+        PyMem_RawFree(self.txr)
+        PyMem_RawFree(self.lat_hist)
+        _free_rxset(&self.rx)
+        _free_rxset(&self.eq)
         PyMem_RawFree(self.ev)
 
     def fileno(self):
@@ -994,6 +1104,7 @@ cdef class IcmpSocket:
         return 0
 
     cdef void _init_slot(self, uint32_t s) noexcept nogil:
+        self.aidx_valid = False
         memset(&self.stats[s], 0, sizeof(SlotStats))
         self.stats[s].active = 1
         self.stats[s].last_kind = LAST_NONE
@@ -1097,6 +1208,7 @@ cdef class IcmpSocket:
                 self.c_outstanding -= 1
             pr.state = ST_EMPTY
         self.stats[slot].active = 0
+        self.aidx_valid = False
         self.stats[slot].last_kind = LAST_NONE
         self.slot_tmo_ns[slot] = 0
         self.free_slots.append(slot)
@@ -1109,7 +1221,9 @@ cdef class IcmpSocket:
     def slot_stats(self, uint32_t slot):
         """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
         send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
-        last_ttl, last_err_type, last_err_code, last_err_router)"""
+        last_ttl, last_err_type, last_err_code, last_err_router, user_timed): user_timed
+        counts the replies whose RTT starts at a user-space send time (no kernel TX
+        timestamp for that probe)."""
         if slot >= self.n:
             raise IndexError(slot)
         cdef SlotStats *st = &self.stats[slot]
@@ -1118,7 +1232,8 @@ cdef class IcmpSocket:
             router = _ntop(self.family, self.err_router + <size_t>slot * self.addr_len)
         return (st.sent, st.received, st.dup, st.late, st.timeouts, st.unreach, st.texc,
                 st.senderr, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_sum_ns,
-                st.received - 1 if st.received > 1 else 0, st.last_ttl, st.err_type, st.err_code, router)
+                st.received - 1 if st.received > 1 else 0, st.last_ttl, st.err_type, st.err_code, router,
+                st.user_timed)
 
     def export_rows(self, uint32_t start, uint32_t count, uint8_t[::1] out):
         """Copy the results of slots [start, start + count) into ``out`` as packed
@@ -1187,12 +1302,15 @@ cdef class IcmpSocket:
             "malformed": self.c_malformed,
             "foreign_type": self.c_f_type, "foreign_ident": self.c_f_ident,
             "foreign_cookie": self.c_f_cookie, "foreign_source": self.c_f_source,
-            "foreign_unsent": self.c_f_unsent, "stale": self.c_stale,
+            "foreign_unsent": self.c_f_unsent, "foreign_seq": self.c_f_seq, "stale": self.c_stale,
             "errors_unattributed": self.c_unattributed, "packets_read": self.c_pkts,
             "outstanding": self.c_outstanding, "events_lost": self.c_events_lost,
             "socket_errors": self.c_sock_errors,
             "log_dropped": self.c_log_dropped, "log_pending": self.log_n,
             "send_ns": self.t_send_ns, "total_ns": self.t_total_ns,
+            "timed_kernel": self.c_timed_kernel, "timed_user": self.c_timed_user,
+            "tx_stamps": self.c_tx_stamps, "tx_unmatched": self.c_tx_unmatched,
+            "tx_late": self.c_tx_late, "rx_user": self.c_rx_user,
         }
 
     def reset_stats(self):
@@ -1202,8 +1320,11 @@ cdef class IcmpSocket:
         self.c_unreach = self.c_texc = self.c_senderr = self.c_enobufs = self.c_foreign = 0
         self.c_malformed = self.c_stale = self.c_unattributed = self.c_pkts = 0
         self.c_f_type = self.c_f_ident = self.c_f_cookie = self.c_f_source = self.c_f_unsent = 0
+        self.c_f_seq = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = self.c_log_dropped = 0
+        self.c_tx_stamps = self.c_tx_unmatched = self.c_tx_late = 0
+        self.c_timed_kernel = self.c_timed_user = self.c_rx_user = 0
         self.t_send_ns = self.t_total_ns = 0
         cdef uint8_t act
         for s in range(self.n):
@@ -1329,7 +1450,9 @@ cdef class IcmpSocket:
         cdef sockaddr_in6 *sin6
         cdef int64_t t
         cdef uint8_t icmp_type = ICMP_ECHO_REQUEST if self.family == AF_INET else ICMP6_ECHO_REQUEST
-        cdef Py_ssize_t built, done
+        cdef Py_ssize_t built, done, n_try
+        cdef uint32_t key
+        cdef TxRec *tr
         while i < count:
             # build up to B probes
             built = 0
@@ -1365,29 +1488,62 @@ cdef class IcmpSocket:
                     sin6 = &self.tx_names[built]
                     sin6.sin6_family = AF_INET6
                     memcpy(&sin6.sin6_addr, self.addrs + <size_t>s * 16, 16)
+                if self.ts_mode == TS_KERNEL_ID:
+                    # the key the kernel will report this probe's TX timestamp with
+                    key = self.tx_key_next + <uint32_t>built
+                    memcpy(CMSG_DATA(<cmsghdr *>(self.tx_ctrl + <size_t>built * TX_CTRL)), &key, 4)
+                    tr = &self.txr[key & (TX_RING - 1)]
+                    tr.key = key
+                    tr.slot = s
+                    tr.serial = serial
+                    tr.due_ns = self.due_ns
                 built += 1
             i = j
-            # send them; the send time is taken just before sendmmsg
+            # send them. A user-space send time is taken just before each sendmmsg (one
+            # packet per call in TS_PACKET mode); in the kernel modes it is replaced by
+            # the probe's TX timestamp when the error queue is read (_on_tx_stamp).
             done = 0
             tries = 0
             while done < built:
+                n_try = 1 if self.ts_mode == TS_PACKET else built - done
                 t = now_ns()
-                for k in range(done, built):
+                for k in range(done, done + n_try):
                     # slot and serial are read back from the probe header just built
                     s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
                     serial = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN + 4)
-                    self.probes[<size_t>s * self.window + serial % self.window].send_ns = t
-                r = sendmmsg(self.fd, self.tx_msgs + done, built - done, 0)
+                    pr = &self.probes[<size_t>s * self.window + serial % self.window]
+                    pr.send_ns = t
+                    pr.tx_kernel = 0
+                r = sendmmsg(self.fd, self.tx_msgs + done, n_try, 0)
                 if r > 0:
+                    if self.ts_mode == TS_KERNEL_ID:
+                        self.ts_id_checked = True
                     for k in range(done, done + r):
                         s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
                         self.stats[s].sent += 1
+                        if self.ts_mode == TS_KERNEL_CTR:
+                            # the kernel keys each packet it sends with its own counter
+                            tr = &self.txr[self.tx_key_next & (TX_RING - 1)]
+                            tr.key = self.tx_key_next
+                            tr.slot = s
+                            tr.serial = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN + 4)
+                            tr.due_ns = self.due_ns
+                            self.tx_key_next += 1
+                        elif self.ts_mode == TS_BATCH or self.ts_mode == TS_PACKET:
+                            self._lateness(self.due_ns, t)
                     self.c_sent += r
                     self.c_outstanding += r
                     done += r
                     continue
                 err = errno
                 if err == EINTR:
+                    continue
+                if err == EINVAL and self.ts_mode == TS_KERNEL_ID and not self.ts_id_checked:
+                    # the kernel refuses per-packet keys (SCM_TS_OPT_ID is Linux 6.13+):
+                    # use its own send counter, which nothing has moved yet
+                    self.ts_mode = TS_KERNEL_CTR
+                    self._tx_control(False)
+                    self.tx_key_next = 0
                     continue
                 if err == EAGAIN or err == ENOBUFS:
                     # the device or socket queue is full: make room and retry
@@ -1401,9 +1557,49 @@ cdef class IcmpSocket:
                 # the first message failed (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM...)
                 self._fail_one(done, err)
                 done += 1
+            if self.ts_mode == TS_KERNEL_ID:
+                self.tx_key_next += <uint32_t>built
             if not self.no_drain:
                 self._drain(0)
         return 0
+
+    cdef inline void _lateness(self, int64_t due, int64_t t) noexcept nogil:
+        """Count one probe that was due at ``due`` and left at ``t`` (0: not scheduled)."""
+        if due <= 0:
+            return
+        cdef int64_t d = t - due
+        if d < 0:
+            d = 0
+        self.lat_hist[_lat_bucket(d)] += 1
+        self.c_lat_n += 1
+        self.c_lat_sum_ns += <uint64_t>d
+        if d > self.c_lat_max_ns:
+            self.c_lat_max_ns = d
+
+    cdef void _on_tx_stamp(self, uint32_t key, int64_t t) noexcept nogil:
+        """The kernel's TX timestamp ``t`` of the probe sent with ``key``: it becomes
+        that probe's send time, unless the probe is not the one the key was given to
+        (the ring wrapped, the slot was freed) or its reply was already matched."""
+        cdef TxRec *tr = &self.txr[key & (TX_RING - 1)]
+        cdef Probe *pr
+        if tr.key != key or tr.slot >= self.n or not self.stats[tr.slot].active:
+            self.c_tx_unmatched += 1
+            return
+        tr.key = key + TX_RING      # consumed: valid again only once re-registered
+        pr = &self.probes[<size_t>tr.slot * self.window + tr.serial % self.window]
+        if (pr.serial != tr.serial or pr.tx_kernel or pr.state == ST_EMPTY or
+                pr.state == ST_SENDFAIL or t + 1000000 < pr.send_ns):
+            # not this probe any more; or stamped before it was handed to the kernel,
+            # which only a wrong key can do
+            self.c_tx_unmatched += 1
+            return
+        self._lateness(tr.due_ns, t)
+        if pr.state != ST_OUT:
+            self.c_tx_late += 1     # its reply or timeout was settled on the user-space time
+            return
+        pr.send_ns = t
+        pr.tx_kernel = 1
+        self.c_tx_stamps += 1
 
     cdef int _fail_one(self, Py_ssize_t k, int err) noexcept nogil:
         cdef int plen = ICMP_HDR_LEN + self.payload_size
@@ -1425,10 +1621,16 @@ cdef class IcmpSocket:
 
     # ------------------------------------------------------------ receiving
     cdef int _drain(self, int max_packets) noexcept nogil:
-        """recvmmsg until the queue is empty (or max_packets). Returns packets read."""
+        """recvmmsg until the queue is empty (or max_packets). Returns packets read.
+        The error queue is read first: it holds the TX timestamps of the probes whose
+        replies may be waiting, so each reply is matched against its kernel send time."""
         cdef int total = 0, r, retries = 0
+        # unprivileged sockets also get ICMP errors on the error queue (IP_RECVERR)
+        cdef bint errq = self.ts_rx_kernel or not self.raw
+        if errq:
+            total += self._drain_errq()
         while True:
-            r = self._recv_batch(0)
+            r = self._recv_batch(&self.rx, 0)
             if r < 0 and retries < 8:
                 retries += 1
                 continue
@@ -1437,28 +1639,29 @@ cdef class IcmpSocket:
             total += r
             if max_packets > 0 and total >= max_packets:
                 break
-        if not self.raw:
-            # unprivileged sockets get ICMP errors on the error queue (IP_RECVERR)
-            while True:
-                r = self._recv_batch(MSG_ERRQUEUE)
-                if r <= 0:
-                    break
-                total += r
+        if errq:
+            total += self._drain_errq()
         return total
 
-    cdef int _recv_batch(self, int extra_flags) noexcept nogil:
-        cdef int R = self.rx_batch, i, r
+    cdef int _drain_errq(self) noexcept nogil:
+        cdef int total = 0, r
+        while True:
+            r = self._recv_batch(&self.eq, MSG_ERRQUEUE)
+            if r <= 0:
+                break
+            total += r
+        return total
+
+    cdef int _recv_batch(self, RxSet *rs, int extra_flags) noexcept nogil:
+        cdef int R = rs.n, i, r
         cdef msghdr *h
         for i in range(R):
-            h = &self.rx_msgs[i].msg_hdr
-            h.msg_name = &self.rx_names[i]
+            # recvmmsg writes back only these (the buffers themselves stay put)
+            h = &rs.msgs[i].msg_hdr
             h.msg_namelen = sizeof(sockaddr_in6)
-            h.msg_iov = &self.rx_iov[i]
-            h.msg_iovlen = 1
-            h.msg_control = self.rx_ctrl + <size_t>i * CTRL_BUF
             h.msg_controllen = CTRL_BUF
             h.msg_flags = 0
-        r = recvmmsg(self.fd, self.rx_msgs, R, MSG_DONTWAIT | extra_flags, NULL)
+        r = recvmmsg(self.fd, rs.msgs, R, MSG_DONTWAIT | extra_flags, NULL)
         if r < 0:
             if errno == EAGAIN:
                 return 0
@@ -1469,25 +1672,35 @@ cdef class IcmpSocket:
         if r == 0:
             return 0
         cdef int64_t t_now = now_ns()
-        self.c_pkts += r
+        if extra_flags == 0:
+            self.c_pkts += r
+            self.eq_rechecked = False
         for i in range(r):
-            self._handle(i, t_now, extra_flags != 0)
+            self._handle(rs, i, t_now, extra_flags != 0)
         return r
 
-    cdef void _handle(self, int i, int64_t t_now, bint errqueue) noexcept nogil:
-        cdef msghdr *h = &self.rx_msgs[i].msg_hdr
-        cdef const uint8_t *buf = <const uint8_t *>self.rx_iov[i].iov_base
-        cdef Py_ssize_t n = self.rx_msgs[i].msg_len
+    cdef void _handle(self, RxSet *rs, int i, int64_t t_now, bint errqueue) noexcept nogil:
+        cdef msghdr *h = &rs.msgs[i].msg_hdr
+        cdef const uint8_t *buf = <const uint8_t *>rs.iov[i].iov_base
+        cdef Py_ssize_t n = rs.msgs[i].msg_len
         cdef int64_t t_rx = t_now
+        cdef bint have_ts = False
         cdef int ttl = -1
         cdef cmsghdr *c = CMSG_FIRSTHDR(h)
         cdef timespec *ts
         cdef sock_extended_err *ee = NULL
         cdef uint32_t ovfl
         while c != NULL:
-            if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+            if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPING:
+                # struct scm_timestamping: ts[0] is the software stamp
+                ts = <timespec *>CMSG_DATA(c)
+                if ts.tv_sec or ts.tv_nsec:
+                    t_rx = <int64_t>ts.tv_sec * NS + ts.tv_nsec
+                    have_ts = True
+            elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
                 ts = <timespec *>CMSG_DATA(c)
                 t_rx = <int64_t>ts.tv_sec * NS + ts.tv_nsec
+                have_ts = True
             elif c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
                 memcpy(&ovfl, CMSG_DATA(c), 4)
                 if ovfl > self.c_rxq_ovfl:
@@ -1501,8 +1714,17 @@ cdef class IcmpSocket:
                 ee = <sock_extended_err *>CMSG_DATA(c)
             c = CMSG_NXTHDR(h, c)
         if errqueue:
+            if ee != NULL and ee.ee_origin == SO_EE_ORIGIN_TIMESTAMPING:
+                if ee.ee_info == SCM_TSTAMP_SND and have_ts:
+                    self._on_tx_stamp(ee.ee_data, t_rx)
+                else:
+                    self.c_tx_unmatched += 1
+                return
+            self.c_pkts += 1
             self._handle_errqueue(buf, n, h, ee, t_rx)
             return
+        if not have_ts:
+            self.c_rx_user += 1
         cdef Parsed p
         cdef int rc = parse_c(buf, n, self.family, self.raw and self.family == AF_INET, &p)
         if rc < 0:
@@ -1520,14 +1742,28 @@ cdef class IcmpSocket:
             ttl = p.ttl
         cdef uint32_t slot, serial
         if not read_probe_header(p.payload, p.payload_len, self.k0, self.k1, &slot, &serial):
-            if p.is_error:
-                self.c_unattributed += 1   # quote too short to carry our cookie
+            if p.is_error and p.payload_len < PROBE_HDR:
+                # the quote ends before our cookie (many routers quote only 8 bytes):
+                # attribute it by identifier (checked above), sequence number and the
+                # quoted destination, to a probe still outstanding
+                if self._slot_of_quote(p.inner_dst, p.seq, &slot, &serial):
+                    self._on_error(slot, serial, p.type, p.code, self._src_of(h), t_rx)
+                else:
+                    self.c_unattributed += 1
+            elif p.is_error:
+                self.c_unattributed += 1   # a quote that is long enough but not ours
             else:
                 self.c_foreign += 1
                 self.c_f_cookie += 1
             return
         if slot >= self.n or not self.stats[slot].active:
             self.c_stale += 1
+            return
+        if p.seq != (serial & 0xFFFF):
+            # the cookie names serial N but the echo's sequence number is not N's: an
+            # altered or spliced packet, not this probe's answer
+            self.c_foreign += 1
+            self.c_f_seq += 1
             return
         cdef const uint8_t *want = self.addrs + <size_t>slot * self.addr_len
         cdef const uint8_t *src
@@ -1554,6 +1790,60 @@ cdef class IcmpSocket:
             return
         self._on_reply(slot, serial, t_rx, ttl)
 
+    cdef const uint8_t *_src_of(self, msghdr *h) noexcept nogil:
+        if self.family == AF_INET:
+            return <const uint8_t *>&(<sockaddr_in *>h.msg_name).sin_addr
+        return <const uint8_t *>&(<sockaddr_in6 *>h.msg_name).sin6_addr
+
+    cdef inline uint32_t _addr_hash(self, const uint8_t *a) noexcept nogil:
+        cdef uint32_t h = rd32(a)
+        if self.addr_len == 16:
+            h ^= rd32(a + 4) * 0x85EBCA6BU ^ rd32(a + 8) * 0xC2B2AE35U ^ rd32(a + 12) * 0x27D4EB2FU
+        return (h * 0x9E3779B1U) ^ (h >> 15)
+
+    cdef bint _build_aidx(self) noexcept nogil:
+        cdef uint32_t cap = 16, s, i
+        while cap < 2 * self.n + 1:
+            cap *= 2
+        if cap != self.aidx_cap:
+            PyMem_RawFree(self.aidx)
+            self.aidx = <uint32_t *>PyMem_RawMalloc(<size_t>cap * sizeof(uint32_t))
+            self.aidx_cap = cap if self.aidx != NULL else 0
+            if self.aidx == NULL:
+                return False
+        memset(self.aidx, 0, <size_t>cap * sizeof(uint32_t))
+        for s in range(self.n):
+            if not self.stats[s].active:
+                continue
+            i = self._addr_hash(self.addrs + <size_t>s * self.addr_len) & (cap - 1)
+            while self.aidx[i] != 0:
+                i = (i + 1) & (cap - 1)
+            self.aidx[i] = s + 1
+        self.aidx_valid = True
+        return True
+
+    cdef bint _slot_of_quote(self, const uint8_t *dst, uint16_t seq, uint32_t *slot,
+                             uint32_t *serial) noexcept nogil:
+        """The outstanding probe to ``dst`` whose sequence number is ``seq`` (the
+        identifier was checked by the caller). Several targets may share an address:
+        each is looked at."""
+        cdef uint32_t i, s, w
+        cdef Probe *pr
+        if dst == NULL or self.n == 0 or (not self.aidx_valid and not self._build_aidx()):
+            return False
+        i = self._addr_hash(dst) & (self.aidx_cap - 1)
+        while self.aidx[i] != 0:
+            s = self.aidx[i] - 1
+            if memcmp(self.addrs + <size_t>s * self.addr_len, dst, self.addr_len) == 0:
+                pr = &self.probes[<size_t>s * self.window]
+                for w in range(self.window):
+                    if pr[w].state == ST_OUT and (pr[w].serial & 0xFFFF) == seq:
+                        slot[0] = s
+                        serial[0] = pr[w].serial
+                        return True
+            i = (i + 1) & (self.aidx_cap - 1)
+        return False
+
     cdef void _on_reply(self, uint32_t slot, uint32_t serial, int64_t t_rx, int ttl) noexcept nogil:
         cdef SlotStats *st = &self.stats[slot]
         if serial >= st.next_serial:
@@ -1562,6 +1852,12 @@ cdef class IcmpSocket:
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         cdef int64_t rtt, tmo, slot_tmo
+        if (pr.state == ST_OUT and not pr.tx_kernel and pr.serial == serial and
+                self.ts_mode >= TS_KERNEL_ID and not self.eq_rechecked):
+            # its TX timestamp may have been queued after the error queue was last read
+            # (the probe left while this batch was being read): read it now, once a batch
+            self.eq_rechecked = True
+            self._drain_errq()
         if pr.serial != serial or pr.state == ST_EMPTY or pr.state == ST_SENDFAIL:
             # its window entry was reused: the probe had timed out long ago
             st.late += 1
@@ -1589,10 +1885,26 @@ cdef class IcmpSocket:
             self.c_late += 1
             self._event(slot, C_EV_LATE, serial, rtt, ttl, 0, 0, NULL, 0)
             return
+        if pr.state == ST_ERR_UNREACH or pr.state == ST_ERR_TEXC:
+            # a valid reply after an ICMP error for the same probe: the host answered,
+            # so the reply is the probe's outcome (fping counts it too); the error was
+            # returned as an event and stays one, it is no longer counted as final
+            if pr.state == ST_ERR_TEXC:
+                st.texc -= 1
+                self.c_texc -= 1
+            else:
+                st.unreach -= 1
+                self.c_unreach -= 1
+            self.c_outstanding += 1     # taken again just below
         pr.state = ST_DONE
         self.c_outstanding -= 1
         st.received += 1
         self.c_received += 1
+        if pr.tx_kernel:
+            self.c_timed_kernel += 1
+        else:
+            self.c_timed_user += 1
+            st.user_timed += 1
         if st.received == 1 or rtt < st.min_ns:
             st.min_ns = rtt
         if rtt > st.max_ns:
@@ -1618,7 +1930,9 @@ cdef class IcmpSocket:
             self.c_stale += 1       # an error for a probe already settled
             return
         cdef bint texc = (itype == ICMP_TIME_EXCEEDED) if self.family == AF_INET else (itype == ICMP6_TIME_EXCEEDED)
-        pr.state = ST_DONE
+        # the error settles the probe, but a real reply may still follow (the error
+        # raced the answer, or was forged): _on_reply lets that reply take its place
+        pr.state = ST_ERR_TEXC if texc else ST_ERR_UNREACH
         self.c_outstanding -= 1
         if texc:
             st.texc += 1
@@ -1665,21 +1979,38 @@ cdef class IcmpSocket:
         self._on_error(slot, serial, ee.ee_type, ee.ee_code, router, t_rx)
 
     # ------------------------------------------------------------ engine API
-    def send(self, slots, bint drain=True):
+    def send(self, slots, bint drain=True, long long due_ns=0):
         """Send one probe to each slot now (sendmmsg batches, GIL released). With
         ``drain`` the socket is drained after every batch (replies do not pile up in
-        the receive buffer during a large send). Returns every event seen: send
-        errors, timeouts of probes pushed out of a full window, and drained replies."""
+        the receive buffer during a large send). ``due_ns`` (CLOCK_REALTIME ns) is when
+        these probes were scheduled: how late each one left is counted in lateness().
+        Returns every event seen: send errors, timeouts of probes pushed out of a full
+        window, and drained replies."""
         self._check_open()
         cdef uint32_t[::1] arr = _slots_array(slots)
         cdef Py_ssize_t cnt = arr.shape[0]
         self.collect = True
         self.no_drain = not drain
+        self.due_ns = due_ns if due_ns > 0 else 0
         if cnt:
             with nogil:
                 self._send_slots(&arr[0], cnt)
         self.no_drain = False
+        self.due_ns = 0
         return self._take_events()
+
+    def lateness(self):
+        """How late probes sent with a ``due_ns`` left against it: (count, sum_ns,
+        max_ns, histogram) with the histogram a tuple of counts over
+        lateness_bucket_bounds(). The time a probe left is its kernel TX timestamp
+        (timestamps='kernel'), else the user-space send time."""
+        return (self.c_lat_n, self.c_lat_sum_ns, self.c_lat_max_ns,
+                tuple([self.lat_hist[i] for i in range(LAT_BUCKETS)]))
+
+    def reset_lateness(self):
+        self.c_lat_n = self.c_lat_sum_ns = 0
+        self.c_lat_max_ns = 0
+        memset(self.lat_hist, 0, LAT_BUCKETS * sizeof(uint64_t))
 
     def recv(self, int max_packets=0):
         """Drain queued packets without blocking (0 = until empty); return events."""
@@ -1858,6 +2189,7 @@ cdef class IcmpSocket:
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
         self._check_open()
+        self._arm_epoll()
         cdef epoll_event ev
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
@@ -1872,6 +2204,7 @@ cdef class IcmpSocket:
         apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
         wait up to ``timeout_s`` after the last send. All in C, GIL released."""
         self._check_open()
+        self._arm_epoll()
         if count < 1:
             raise ValueError(f"count {count} must be >= 1")
         if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:
@@ -1971,6 +2304,63 @@ cdef class IcmpSocket:
                 _sleep_ns(t_target - t)
             self._drain(0)
             t = now_ns()
+
+
+cdef void _alloc_rxset(RxSet *rs, int R, int rxlen) noexcept:
+    """R messages of rxlen bytes each; rs.msgs stays NULL when out of memory (the
+    caller raises MemoryError after freeing nothing: __dealloc__ frees what exists)."""
+    cdef int i
+    rs.n = R
+    rs.bufs = <uint8_t *>PyMem_RawMalloc(<size_t>R * rxlen)
+    rs.ctrl = <uint8_t *>PyMem_RawMalloc(<size_t>R * CTRL_BUF)
+    rs.names = <sockaddr_in6 *>PyMem_RawMalloc(R * sizeof(sockaddr_in6))
+    rs.iov = <iovec *>PyMem_RawMalloc(R * sizeof(iovec))
+    rs.msgs = <mmsghdr *>PyMem_RawCalloc(R, sizeof(mmsghdr))
+    if rs.bufs == NULL or rs.ctrl == NULL or rs.names == NULL or rs.iov == NULL or rs.msgs == NULL:
+        PyMem_RawFree(rs.msgs)
+        rs.msgs = NULL
+        return
+    for i in range(R):
+        rs.iov[i].iov_base = rs.bufs + <size_t>i * rxlen
+        rs.iov[i].iov_len = rxlen
+        rs.msgs[i].msg_hdr.msg_name = &rs.names[i]
+        rs.msgs[i].msg_hdr.msg_iov = &rs.iov[i]
+        rs.msgs[i].msg_hdr.msg_iovlen = 1
+        rs.msgs[i].msg_hdr.msg_control = rs.ctrl + <size_t>i * CTRL_BUF
+
+
+cdef void _free_rxset(RxSet *rs) noexcept:
+    PyMem_RawFree(rs.bufs)
+    PyMem_RawFree(rs.ctrl)
+    PyMem_RawFree(rs.names)
+    PyMem_RawFree(rs.iov)
+    PyMem_RawFree(rs.msgs)
+
+
+cdef inline int _lat_bucket(int64_t ns) noexcept nogil:
+    """Send-lateness bucket of ``ns``: whole microseconds below 16 us, then 8 buckets
+    per octave (within 12.5%), the last one open-ended."""
+    cdef uint64_t u = <uint64_t>(ns // 1000) if ns > 0 else 0
+    cdef int e = 0, b
+    if u < 16:
+        return <int>u
+    while (u >> e) > 1:
+        e += 1
+    b = 16 + (e - 4) * 8 + <int>((u >> (e - 3)) & 7)
+    return b if b < LAT_BUCKETS else LAT_BUCKETS - 1
+
+
+def lateness_bucket_bounds():
+    """The send-lateness histogram's bucket lower bounds in microseconds (bucket i
+    holds lateness in [bounds[i], bounds[i + 1]) us; the last is open-ended)."""
+    out = []
+    for i in range(LAT_BUCKETS):      # Python ints: the top bounds pass 2**31
+        if i < 16:
+            out.append(i)
+        else:
+            e = 4 + (i - 16) // 8
+            out.append((1 << e) + ((i - 16) % 8) * (1 << (e - 3)))
+    return out
 
 
 cdef inline void _put_le32(uint8_t *p, uint32_t v) noexcept nogil:

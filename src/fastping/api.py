@@ -114,7 +114,7 @@ class _Plan:
 
 
 def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
-    (sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js, jn, ttl, et, ec, rtr) = st
+    sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js, jn, ttl, et, ec, rtr = st[:18]
     h = HostResult(
         target=target,
         address=address,
@@ -126,6 +126,7 @@ def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResu
         unreachable=unr,
         time_exceeded=texc,
         send_errors=serr,
+        user_timed=st[18] if len(st) > 18 else 0,
     )
     if recv:
         avg = sm / recv

@@ -94,6 +94,7 @@ from .chunk import RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
+from .timing import SendLateness
 
 _CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
@@ -177,7 +178,8 @@ class IcmpSocketLike(Protocol):
     def close(self) -> None: ...
     def add_target(self, address: str) -> int: ...
     def remove_target(self, slot: int) -> None: ...
-    def send(self, slots: Iterable[int]) -> list[Any]: ...
+    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]: ...
+    def lateness(self) -> tuple[int, int, int, tuple[int, ...]]: ...
     def recv(self, max_packets: int = 0) -> list[Any]: ...
     def expire(self, timeout_s: float) -> list[Any]: ...
     def totals(self) -> dict[str, int]: ...
@@ -589,6 +591,7 @@ class MonitoringEngine:
         self._lag_sum_s = 0.0
         self._lag_last_s = 0.0
         self._closed_totals: dict[str, int] = {}  # sockets closed at stop, summed
+        self._closed_lateness = SendLateness()  # theirs, too
 
         for t in targets:
             self.add_target(t)
@@ -859,6 +862,7 @@ class MonitoringEngine:
         self._flush_logs()
         for k, v in self._socket_totals().items():
             self._closed_totals[k] = self._closed_totals.get(k, 0) + v
+        self._closed_lateness = self.send_lateness()
         for t in self._targets.values():  # keep the per-target counts of the closed slots
             if t.slot is not None:
                 done, received, t.base_last_rtt_ms = self._slot_counts(t)
@@ -1163,7 +1167,11 @@ class MonitoringEngine:
         factor = self._factor
         net_down = self._net_down
         sent_fams: set[int] = set()
+        # when each tick's probes were due, on the core's clock (CLOCK_REALTIME ns): the
+        # core counts how late each one really left (its kernel TX timestamp)
+        wall_off_ns = time.time_ns() - int(now * 1e9)
         for tk in range(prev + 1, cur + 1):
+            due_ns = int((self._t0 + tk * self.tick_s) * 1e9) + wall_off_ns
             groups = steady.pop(tk, None)
             if groups:
                 for key, grp in groups.items():
@@ -1188,11 +1196,11 @@ class MonitoringEngine:
                     # the core drains the socket after each sendmmsg batch: the events
                     # returned are send errors AND replies (on loopback the reply is
                     # queued inside sendmmsg)
-                    self._handle(fam, sock.send(arr))
+                    self._handle(fam, sock.send(arr, True, due_ns))
                     sent_fams.add(fam)
             bucket = wheel.pop(tk, None)
             if bucket:
-                self._send_due_targets(tk, cur, bucket, factor)
+                self._send_due_targets(tk, cur, bucket, factor, due_ns)
         # one recv() more takes what came in meanwhile
         for fam in sent_fams:
             sock = self._sockets.get(fam)
@@ -1222,7 +1230,9 @@ class MonitoringEngine:
             self._out.append(r)
         t.py_done += 1
 
-    def _send_due_targets(self, tk: int, cur: int, bucket: list[_Target], factor: float) -> None:
+    def _send_due_targets(
+        self, tk: int, cur: int, bucket: list[_Target], factor: float, due_ns: int = 0
+    ) -> None:
         """Due targets that need attention, one by one: not attached (name not resolved,
         no socket) or backing off. A target that is attached and not backing off
         becomes steady (its slot joins the slot array of its next tick)."""
@@ -1246,7 +1256,7 @@ class MonitoringEngine:
             if sock is None:
                 continue
             self._send_calls += 1
-            self._handle(t.family, sock.send((t.slot,)))
+            self._handle(t.family, sock.send((t.slot,), True, due_ns))
 
     def _probe_unattached(self, t: _Target, wall: float) -> None:
         """A due probe for a target without a slot: unresolved name or no socket."""
@@ -1638,6 +1648,13 @@ class MonitoringEngine:
     def interval_factor(self) -> float:
         return self._factor
 
+    def send_lateness(self) -> SendLateness:
+        """How late the probes left against their tick's schedule, over this engine's
+        life: the kernel's TX timestamp of each probe minus the time its tick was due
+        (event-loop wake-up lag plus the time to get through the batch). The prober's
+        own noise, so it is never mistaken for the network's jitter."""
+        return self._closed_lateness + SendLateness.of(s.lateness() for s in self._sockets.values())
+
     def stats(self) -> dict[str, Any]:
         """Counters for logs and metrics."""
         c = self._core_totals()
@@ -1681,6 +1698,7 @@ class MonitoringEngine:
                 "mean": round(self._lag_sum_s / self._ticks, 6) if self._ticks else 0.0,
             },
             "interval_factor": self._factor,
+            "send_lateness": self.send_lateness().to_dict(),
             "network_down": self._net_down,
             "guard": self.guard.stats(),
             "socket": sock_totals,

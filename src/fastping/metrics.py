@@ -147,6 +147,7 @@ METRIC_NAMES = (
     "fastping_event_loop_lag_max_seconds",
     "fastping_event_loop_lag_seconds_total",
     "fastping_engine_ticks_total",
+    "fastping_probe_send_lateness_seconds",
     "fastping_store_queue_depth",
     "fastping_store_written_total",
     "fastping_store_dropped_total",
@@ -541,6 +542,16 @@ class MetricsCollector(Collector):
             lag["mean"] * ticks,
         )
         yield _counter("fastping_engine_ticks", "Engine ticks.", ticks)
+        # the prober's own timing: how late each probe left against its tick (kernel
+        # TX timestamp - schedule), so prober noise is told apart from network jitter
+        lat = self.engine.send_lateness()
+        h = HistogramMetricFamily(
+            "fastping_probe_send_lateness_seconds",
+            "How late each probe left against its schedule (its kernel TX timestamp minus "
+            "the time its tick was due): the prober's own timing noise.",
+        )
+        h.add_metric([], lat.prometheus_buckets(), lat.sum_ns / 1e9)
+        yield h
         store = st.get("store") or {}
         yield _gauge(
             "fastping_store_queue_depth",

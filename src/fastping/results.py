@@ -93,6 +93,9 @@ class HostResult:
     ttl: int | None = None
     error: str | None = None  # resolve failure, or the last ICMP error / errno in words
     rtts_ms: list[float] = field(default_factory=list)  # per reply, when collected
+    # replies whose RTT starts at a user-space send time, not the kernel's TX timestamp
+    # (the sweep's summary counts both: timed_kernel, timed_user)
+    user_timed: int = 0
 
     @property
     def loss(self) -> float:

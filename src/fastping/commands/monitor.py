@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay inside run()
@@ -303,12 +304,17 @@ async def _main(
         log.info("serving Prometheus metrics", url=metrics.url)
     await store.start()
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
+    timing = _TimingRecorder(engine, str(store.path), log)
+    timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
     try:
         await engine.run(args.duration)
     finally:
         view.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await view
+        timing_task.cancel()
+        for task in (view, timing_task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
         await store.close()
         if metrics is not None:
             metrics.close()
@@ -326,6 +332,7 @@ async def _main(
         "outcomes": st["outcomes"],
         "subscriber_dropped": st["subscriber_dropped"],
         "interval_factor": st["interval_factor"],
+        "send_lateness": st["send_lateness"],
         "db": str(store.path),
     }
     if metrics is not None:
@@ -335,6 +342,46 @@ async def _main(
         sys.stdout.write("\n")
     print(json.dumps(summary), flush=True)
     return 0 if not ss.get("dropped") else 4
+
+
+class _TimingRecorder:
+    """Hands the engine's send lateness to the database window by window (beside the
+    results, in its own table), so `fastping report` shows the prober's own timing.
+    A failed write is logged and counted, never fatal: the results matter more."""
+
+    def __init__(self, engine: MonitoringEngine, db: str, log: Any) -> None:
+        from ..timing import SendLateness
+
+        self.engine, self.db, self.log = engine, db, log
+        self.last = SendLateness()
+        self.t_last = time.time()
+        self.failures = 0
+
+    async def every(self, period_s: float) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(max(period_s, 1.0))
+            await self.record()
+
+    async def record(self) -> None:
+        import asyncio
+        import sqlite3
+
+        from ..timing import delta, write_window
+
+        now, t = self.engine.send_lateness(), time.time()
+        win = delta(now, self.last)
+        if win.probes == 0:
+            return
+        try:
+            await asyncio.to_thread(write_window, self.db, self.t_last, t, win)
+        except (sqlite3.Error, OSError) as e:
+            self.failures += 1
+            if self.failures == 1:
+                self.log.warning("send timing not stored", db=self.db, error=str(e))
+            return
+        self.last, self.t_last = now, t
 
 
 def get_engine_logger() -> Any:
@@ -366,6 +413,7 @@ async def _summaries(engine: MonitoringEngine, log: Any) -> None:
             store_written=store.get("written"),
             store_dropped=store.get("dropped"),
             loop_lag_max_s=st["loop_lag_s"]["max"],
+            send_late_p99_us=st["send_lateness"]["p99_us"],
         )
 
 

@@ -186,12 +186,33 @@ def run(args: argparse.Namespace) -> int:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(hi))} UTC (RTTs in ms)"
         )
         print(_table(stats))
+        _print_send_timing(db, since, until)
         if any(s["approximate"] for s in stats):
             print("(percentiles of ranges older than the retention window are estimated "
                   "from per-minute rollups)")  # fmt: skip
     if args.html:
         _write_html(args, store, db, stats, since, until, now)
     return 0
+
+
+def _print_send_timing(db: str, since: float | None, until: float | None) -> None:
+    """The prober's own timing over the window (how late probes left against their
+    schedule), so its noise is not read as the network's jitter."""
+    import sqlite3
+
+    from ..timing import read_windows
+
+    try:
+        lat = read_windows(db, since, until)
+    except sqlite3.Error:
+        return
+    if lat.probes:
+        d = lat.to_dict()
+        print(
+            f"prober timing: {d['probes']:,} probes left p50 <= {d['p50_us']:,.0f} us, "
+            f"p99 <= {d['p99_us']:,.0f} us, max {d['max_us']:,.0f} us after their schedule "
+            "(kernel TX timestamps; this is fastping's own noise, not the network's)"
+        )
 
 
 def _write_html(

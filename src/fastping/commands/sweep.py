@@ -303,6 +303,7 @@ def _text_summary(s: dict[str, Any]) -> str:
         ("send_errors", "send errors"),
         ("rx_drops", "replies dropped by the kernel (receive buffer full)"),
         ("enobufs", "send retries (ENOBUFS)"),
+        ("timed_user", "replies timed from a user-space send time (no kernel TX timestamp)"),
         ("unresolved", "names not resolved"),
     ):
         if s.get(key):

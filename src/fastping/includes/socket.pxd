@@ -34,12 +34,15 @@ cdef extern from "<sys/socket.h>" nogil:
     cmsghdr *CMSG_FIRSTHDR(msghdr *m)
     cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
     unsigned char *CMSG_DATA(cmsghdr *c)
+    size_t CMSG_SPACE(size_t n)
+    size_t CMSG_LEN(size_t n)
 
     int AF_INET, AF_INET6
     int SOCK_RAW, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC
     int SOL_SOCKET
     int SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE
     int SO_TIMESTAMPNS, SCM_TIMESTAMPNS, SO_RXQ_OVFL, SO_ATTACH_FILTER
+    int SO_TIMESTAMPING, SCM_TIMESTAMPING
     int MSG_DONTWAIT, MSG_ERRQUEUE, MSG_TRUNC, MSG_CTRUNC
 
     int socket(int domain, int type, int protocol)

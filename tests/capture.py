@@ -1,0 +1,114 @@
+"""An independent observer for RTT truth tests: tcpdump on a namespace's ``lo`` with
+nanosecond timestamps, and a reader of the pcap it writes that pairs each echo
+request with its reply (by address, identifier and sequence number).
+
+The capture's gap between a request and its reply is the wire's RTT; what fastping
+reports for the same probe is compared against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PCAP_NS_MAGIC = 0xA1B23C4D  # pcap with nanosecond timestamps (--time-stamp-precision=nano)
+LINKTYPE_ETHERNET = 1  # what lo reports
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LINUX_SLL2 = 276
+LINK_HDR = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
+
+
+def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
+    """(kind, address, ident, seq, t_ns) for every ICMP/ICMPv6 echo request ("req",
+    address = its destination) and echo reply ("rep", address = its source)."""
+    data = path.read_bytes()
+    if len(data) < 24:
+        raise ValueError(f"{path}: not a pcap file ({len(data)} bytes)")
+    (magic,) = struct.unpack_from("<I", data, 0)
+    if magic != PCAP_NS_MAGIC:
+        raise ValueError(f"{path}: pcap magic {magic:#x}, want nanosecond pcap")
+    (link,) = struct.unpack_from("<I", data, 20)
+    skip = LINK_HDR[link]
+    out: list[tuple[str, str, int, int, int]] = []
+    off = 24
+    while off + 16 <= len(data):
+        sec, nsec, incl, _orig = struct.unpack_from("<IIII", data, off)
+        off += 16
+        pkt = data[off + skip : off + incl]
+        off += incl
+        t = sec * 1_000_000_000 + nsec
+        if not pkt:
+            continue
+        if pkt[0] >> 4 == 4 and len(pkt) >= 28 and pkt[9] == socket.IPPROTO_ICMP:
+            ihl = (pkt[0] & 15) * 4
+            typ = pkt[ihl]
+            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
+            if typ == 8:
+                out.append(("req", socket.inet_ntop(socket.AF_INET, pkt[16:20]), ident, seq, t))
+            elif typ == 0:
+                out.append(("rep", socket.inet_ntop(socket.AF_INET, pkt[12:16]), ident, seq, t))
+        elif pkt[0] >> 4 == 6 and len(pkt) >= 48 and pkt[6] == socket.IPPROTO_ICMPV6:
+            typ = pkt[40]
+            ident, seq = struct.unpack_from("!HH", pkt, 44)
+            if typ == 128:
+                out.append(("req", socket.inet_ntop(socket.AF_INET6, pkt[24:40]), ident, seq, t))
+            elif typ == 129:
+                out.append(("rep", socket.inet_ntop(socket.AF_INET6, pkt[8:24]), ident, seq, t))
+    return out
+
+
+def wire_rtts(path: Path) -> dict[tuple[str, int], list[int]]:
+    """(address, seq) -> the wire's request-to-reply gaps in ns, one per probe (the
+    first reply to each request; several when one address and seq were probed by
+    several sockets, which the tests avoid)."""
+    sent: dict[tuple[str, int, int], int] = {}
+    out: dict[tuple[str, int], list[int]] = {}
+    for kind, addr, ident, seq, t in read_echoes(path):
+        key = (addr, ident, seq)
+        if kind == "req":
+            sent.setdefault(key, t)
+        elif key in sent:
+            out.setdefault((addr, seq), []).append(t - sent.pop(key))
+    return out
+
+
+@contextlib.contextmanager
+def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
+    """Capture ICMP (or ICMPv6) on ``lo`` of ``netns`` into ``pcap`` while the block
+    runs; waits until tcpdump is listening, and checks afterwards that the kernel
+    dropped nothing from the capture (a capture with holes proves nothing)."""
+    cmd = [
+        "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
+        "-B", "262144", "--time-stamp-precision=nano", "-s", "128",
+        "icmp6" if icmp6 else "icmp",
+    ]  # fmt: skip
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    line = p.stderr.readline()
+    if "listening on" not in line:
+        p.kill()
+        raise RuntimeError(f"tcpdump did not start: {line!r}")
+    # it says so a moment before its ring is attached: packets sent at once are missed
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        time.sleep(0.3)
+        p.terminate()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+    dropped = [ln for ln in err.splitlines() if "dropped by kernel" in ln]
+    assert dropped and dropped[0].split()[0] == "0", f"tcpdump lost packets: {err!r}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..1)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    k = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
