@@ -434,3 +434,16 @@ def test_bad_lines_are_all_reported_by_the_command(tmp_path: Path) -> None:
     assert f"{f}:2: " in r.stderr and f"{f}:4: " in r.stderr
     r = run("sweep", "-f", "/dev/zero")
     assert r.returncode == 3 and "line longer than" in r.stderr
+
+
+def test_the_system_ping_fallback_goes_through_the_python_twin() -> None:
+    # no core arrays behind these results: write_rows and columns() use the HostResults
+    res = api.sweep(["127.0.0.1", "::1", "127.0.0.2-3"], mode="subprocess", rate_pps=0)
+    hosts = list(res)
+    f = pl.Formatter(pl.FMT_JSON, pl.SEL_ALL, 1)
+    res.write_rows(f, 1, formats.json_line)
+    assert f.getvalue().decode() == "".join(formats.json_line(h) for h in hosts)
+    assert f.alive == 4
+    cols = res.columns()
+    assert list(cols["family"]) == [4, 6, 4, 4] and list(cols["received"]) == [1, 1, 1, 1]
+    assert cols["address"][16:32] == socket.inet_pton(socket.AF_INET6, "::1")
