@@ -84,7 +84,7 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
     dropped nothing from the capture (a capture with holes proves nothing)."""
     cmd = [
         "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
-        "-B", "262144", "--time-stamp-precision=nano", "-s", "128",
+        "-B", "262144", "--immediate-mode", "--time-stamp-precision=nano", "-s", "128",
         "icmp6" if icmp6 else "icmp",
     ]  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -93,12 +93,23 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
     if "listening on" not in line:
         p.kill()
         raise RuntimeError(f"tcpdump did not start: {line!r}")
-    # it says so a moment before its ring is attached: packets sent at once are missed
-    time.sleep(0.5)
+    # it says so a moment before its ring is attached: until a sentinel echo (to an
+    # address no test probes) shows in the file, packets sent would be missed
+    sentinel = "::1" if icmp6 else "127.0.0.1"
+    deadline = time.monotonic() + 10
+    while pcap.stat().st_size <= 24 if pcap.exists() else True:
+        if time.monotonic() > deadline:
+            p.kill()
+            raise RuntimeError("tcpdump captured nothing within 10 s")
+        subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", sentinel],
+                       capture_output=True)  # fmt: skip
+        time.sleep(0.1)
     try:
         yield
     finally:
-        time.sleep(0.3)
+        # --immediate-mode: packets reach the file as they come, not a ring block later
+        # (without it the last second of a capture is lost at SIGTERM)
+        time.sleep(0.5)
         p.terminate()
         err = p.stderr.read()
         p.wait(timeout=30)

@@ -14,7 +14,7 @@ the kernel flush the default route) while the operation is in flight and
 restores link and route after `outage_s`. The client reports JSON lines on
 stdout: attempts (monotonic times; CLOCK_MONOTONIC is shared by all processes
 and namespaces on the host), exchanges, state changes and the result. Its
-structlog events go to stderr as JSON, so tests can assert on them.
+fastping's log records go to stderr as JSON, so tests can assert on them.
 
 Only addresses inside these namespaces are ever contacted.
 """
@@ -273,8 +273,6 @@ def run_outage(
 def _client_main(argv: list[str]) -> int:
     import asyncio
 
-    import structlog
-
     from fastping.retry import RetryConfig, Retryer, RetryError
 
     ap = argparse.ArgumentParser()
@@ -296,14 +294,10 @@ def _client_main(argv: list[str]) -> int:
                     help="cancel the run this long after the monitor reports DOWN")  # fmt: skip
     a = ap.parse_args(argv)
 
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    # fastping logs through stdlib logging: its JSON console format, on stderr
+    from fastping.logs import configure_logging
+
+    configure_logging(level="DEBUG", fmt="json")
     host, port = a.server.rsplit(":", 1)
 
     def emit(event: str, **kw: Any) -> None:

@@ -84,8 +84,9 @@ def test_ping_command() -> None:
     assert r.stdout.count("reply from 127.0.0.1") == 3
     assert "3 probes sent, 3 replies, 0.0% loss" in r.stdout
     j = run("ping", "::1", "-c", "2", "-i", "0.01", "--json")
-    d = json.loads(j.stdout)
+    *probes, d = [json.loads(x) for x in j.stdout.splitlines()]
     assert d["received"] == 2 and len(d["rtts_ms"]) == 2
+    assert [(p["seq"], p["outcome"]) for p in probes] == [(0, "reply"), (1, "reply")]
 
 
 @pytest.mark.parametrize(

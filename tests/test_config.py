@@ -37,7 +37,7 @@ def test_example_file_loads_and_is_loopback_only() -> None:
     assert cfg.target_settings(lab) == (0.5, 1.0, 56)
     assert cfg.store.retention_s == 604800 and cfg.store.batch_size == 1000
     assert cfg.logging.max_bytes == 10_000_000 and cfg.logging.backup_count == 5
-    assert cfg.resources.max_cpu_percent == 5.0 and cfg.resources.max_memory_mb == 100
+    assert cfg.resources.max_cpu_percent == 50 and cfg.resources.max_memory_mb == 100
 
 
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
@@ -142,7 +142,9 @@ def test_parse_config_from_a_dict() -> None:
     cfg = parse_config({"targets": ["::1"], "store": {"path": "/tmp/x.db"}})
     assert cfg.targets[0].host == "::1" and cfg.store.path == "/tmp/x.db"
     with pytest.raises(
-        ConfigError, match=r"defaults.interval_s: 'x' is not allowed: must be a number \(here"
+        ConfigError,
+        match=r"defaults.interval_s: 'x' is not allowed: must be a number of seconds or a "
+        r"duration like 500ms, 1s, 2m \(here",
     ):
         parse_config({"defaults": {"interval_s": "x"}}, source="here")
 

@@ -113,8 +113,13 @@ def test_interval_shorter_than_window_allows_is_refused() -> None:
     with pytest.raises(TargetError, match="already being watched"):
         eng.add_target("127.0.0.5")
         eng.add_target("127.0.0.5")
-    with pytest.raises(TargetError, match="block or range"):
-        eng.add_target("127.0.0.0/30")
+    eng.add_target("127.0.0.0/30")  # a block: its addresses, as fastping monitor does
+    assert {"127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"} <= set(eng._targets)
+    with pytest.raises(TargetError, match="'127.0.0.5' is already being watched"):
+        eng.add_target("127.0.0.4-6")
+    assert "127.0.0.4" not in eng._targets  # all or nothing
+    eng.remove_target("127.0.0.0/30")
+    assert "127.0.0.2" not in eng._targets
     with pytest.raises(TargetError, match="not an IPv4/IPv6 address"):
         eng.add_target("bad host!")
     with pytest.raises(TargetError, match="not being watched"):
@@ -535,10 +540,13 @@ def test_live_table_shows_problems_first() -> None:
     asyncio.run(eng.run(0.4, handle_signals=False))
     text = render_table(eng, rows_max=1, width=100)
     lines = text.splitlines()
-    assert lines[0].startswith("fastping monitor  targets 2")
-    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2]
+    assert lines[0].startswith("fastping monitor  0:00:00  targets 2")
+    assert "unreachable 0" in lines[0] and "errors 0" in lines[0]
+    assert "TARGET" in lines[2] and "LAST RTT ms" in lines[2] and "REASON" in lines[2]
     assert lines[3].split()[:2] == ["127.0.0.9", "down"] and "100.0%" in lines[3]
+    assert lines[3].endswith("  timeout")  # why it is down
     assert lines[4] == "... and 1 more (problems first)"
+    assert lines[5].startswith("status: up | down: timeout") and "*: backing off" in lines[6]
 
 
 def test_tick_defaults_to_20ms_or_the_shortest_interval() -> None:

@@ -219,13 +219,14 @@ def test_all_some_none_answering() -> None:
         await mon._check()
         assert mon.state is NetworkState.DEGRADED
         assert mon.reason.endswith("1 of 2 check hosts answered, no answer from 10.0.0.2")
-        assert mon.is_up()
+        assert mon.is_up() and mon.is_up  # a property like state; the call form still works
         mon.config = NetworkConfig(
             check_hosts=("10.0.0.1", "10.0.0.2"), degraded_counts_as_up=False
         )
-        assert not mon.is_up()
+        assert not mon.is_up() and not mon.is_up
         p.answers.clear()
         await mon._check()
+        assert not mon.is_up and mon.is_up == False  # noqa: E712
         assert mon.state is NetworkState.DOWN and mon.verified
         await mon.stop()
 

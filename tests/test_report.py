@@ -133,7 +133,7 @@ def test_html_max_charts(
 
 
 def test_missing_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--db", str(tmp_path / "none.db")]) == 4
+    assert main(["report", "--db", str(tmp_path / "none.db")]) == 3
     err = capsys.readouterr().err
     assert "no fastping database at" in err and "fastping monitor --db" in err
 
@@ -147,7 +147,7 @@ def test_empty_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         await store.close()
 
     asyncio.run(go())
-    assert main(["report", "--db", str(p)]) == 4
+    assert main(["report", "--db", str(p)]) == 3
     assert "holds no results yet" in capsys.readouterr().err
 
 
@@ -165,7 +165,7 @@ def test_unknown_target(
     db: tuple[Path, dict[str, list[float]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, _ = db
-    assert main(["report", "--db", str(path), "-t", "127.9.9.9"]) == 4
+    assert main(["report", "--db", str(path), "-t", "127.9.9.9"]) == 3
     err = capsys.readouterr().err
     assert "no results for target '127.9.9.9'" in err and "127.0.0.1" in err
 
@@ -194,3 +194,26 @@ def test_command_line_entry(db: tuple[Path, dict[str, list[float]]]) -> None:
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.splitlines()) == 2
+
+
+def test_targets_sorted_by_address_and_html_path_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    hosts = ["127.5.0.10", "127.5.0.2", "::1", "127.5.0.1", "gw.example"]
+
+    async def go() -> None:
+        store = ResultStore(tmp_path / "s.db")
+        await store.start()
+        store.submit(ProbeResult(h, h, 0, Outcome.REPLY, rtt_ms=0.1, time=now - 60) for h in hosts)
+        await store.close()
+
+    asyncio.run(go())
+    assert main(["report", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    rows = [json.loads(x)["target"] for x in capsys.readouterr().out.splitlines()]
+    assert rows == ["127.5.0.1", "127.5.0.2", "127.5.0.10", "::1", "gw.example"]
+    bad = tmp_path / "no-such-dir" / "r.html"
+    assert main(["report", "--db", str(tmp_path / "s.db"), "--html", str(bad)]) == 3
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before the table was printed
+    assert "--html: cannot write" in err and "choose a writable path" in err

@@ -5,16 +5,17 @@ clock/sleep drives the backoff and a fake monitor plays the network."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from fastping.errors import ConfigError, FastpingError, ResolveError, SocketError, TransientError
 from fastping.retry import (
@@ -30,6 +31,31 @@ from fastping.retry import (
 )
 
 # ------------------------------------------------------------------------- fakes
+
+
+_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+@contextlib.contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """fastping.retry's records as dicts (event, log_level, the extra fields), taken
+    from stdlib logging, the only way the library logs."""
+    out: list[dict[str, Any]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            d = {k: v for k, v in record.__dict__.items() if k not in _RECORD_KEYS}
+            out.append({"event": record.getMessage(), "log_level": record.levelname.lower(), **d})
+
+    lg = logging.getLogger("fastping.retry")
+    h, old = Grab(), lg.level
+    lg.addHandler(h)
+    lg.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old)
 
 
 class FakeTime:

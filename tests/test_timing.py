@@ -160,6 +160,19 @@ def test_monitor_summary_reports_send_lateness(tmp_path) -> None:  # type: ignor
     assert rep.returncode == 0, rep.stderr
     line = next(ln for ln in rep.stdout.splitlines() if ln.startswith("prober timing:"))
     assert f"{summary['sent']:,} probes left" in line
+    assert "resource guard" not in rep.stdout  # it never acted
+    # a window in which the guard stretched the intervals x4: the report says so
+    import time as _time
+
+    from fastping.timing import write_window
+
+    now = _time.time()
+    write_window(str(tmp_path / "l.db"), now - 10, now, hist_of([10]), interval_factor=4.0)
+    rep = subprocess.run(
+        fastping_cmd("report", "--db", str(tmp_path / "l.db"), "--since", "all"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert "resource guard: probe intervals stretched up to x4 for ~10 s" in rep.stdout
 
 
 def test_windows_round_trip_and_deltas(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -176,6 +189,11 @@ def test_windows_round_trip_and_deltas(tmp_path) -> None:  # type: ignore[no-unt
     assert (both.probes, both.sum_ns, both.hist) == (b.probes, b.sum_ns, b.hist)
     assert read_windows(db, 115.0, None).probes == 2  # only the window ending at 120
     assert read_windows(db, None, 105.0).probes == 0
+    from fastping.timing import read_windows_with_guard
+
+    write_window(db, 120.0, 130.0, a, interval_factor=2.5)
+    lat, factor, slowed_s = read_windows_with_guard(db, None, None)
+    assert (lat.probes, factor, slowed_s) == (b.probes + a.probes, 2.5, 10.0)
     # a database without the table (an older monitor's) has nothing, and says so quietly
     import sqlite3
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -29,6 +30,10 @@ from .errors import (
     TargetError,
 )
 from .results import HostResult, Outcome, ProbeResult, SweepResult
+
+# A library's logging is the host program's to configure: without this, Python's
+# last-resort handler would print fastping's warnings on stderr by itself.
+logging.getLogger("fastping").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .api import async_ping, async_sweep, ping, sweep

@@ -1639,7 +1639,9 @@ cdef class IcmpSocket:
             total += r
             if max_packets > 0 and total >= max_packets:
                 break
-        if errq:
+        if not self.raw:
+            # ICMP errors that came in meanwhile (a raw socket gets them as packets; its
+            # TX timestamps are only made by sends, and were read above)
             total += self._drain_errq()
         return total
 

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .errors import TargetError
-from .results import HostResult, Outcome, ProbeResult, SweepResult
+from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
 from .targets import resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
@@ -272,7 +272,7 @@ def _socket_sweep(
             watcher = _ProgressWatcher([j[0] for j in jobs], total_slots * count, on_progress)
             watcher.start()
         try:
-            events = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
+            events, interrupted = _run_jobs(jobs, count, interval_s, timeout_s, collect_rtts)
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -305,6 +305,7 @@ def _socket_sweep(
     totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
     totals["unresolved"] = plan.unresolved
     totals["workers"] = workers
+    totals["interrupted"] = int(interrupted)  # Ctrl-C ended a multi-round sweep early
     hosts = _Hosts(plan, socks, rtts)
     return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts)
 
@@ -422,31 +423,59 @@ def _run_jobs(
     interval_s: float,
     timeout_s: float,
     collect: bool,
-) -> list[tuple[int, int, list[Any]]]:
+) -> tuple[list[tuple[int, int, list[Any]]], bool]:
     """Run each socket's sweep; several at once run in threads (the core releases
     the GIL for the whole sweep, so they use as many cores). Returns (family,
-    first global slot, events) per socket."""
+    first global slot, events) per socket and call, and whether Ctrl-C cut it short.
+
+    Several rounds whose timeout fits in the interval run one round per call, the
+    wait between rounds in Python: the same schedule, and Ctrl-C (KeyboardInterrupt)
+    ends the sweep after the round in flight with the statistics so far (as fping
+    does). A longer timeout overlaps rounds, so
+    those run in one call of the core."""
     out: list[tuple[int, int, list[Any]]] = []
     errors: list[BaseException] = []
+    _interrupted = threading.Event()
 
-    def run(sock: Any, offset: int, rate: float) -> None:
+    def run(sock: Any, offset: int, rate: float, rounds: int) -> None:
         try:
-            ev = sock.sweep(count, interval_s, timeout_s, rate, None, collect)
+            ev = sock.sweep(rounds, interval_s, timeout_s, rate, None, collect)
             out.append((sock.family, offset, ev or []))
+        except KeyboardInterrupt:  # arrived as the round ended: its stats are in the core
+            _interrupted.set()
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
-    if len(jobs) == 1:
-        run(*jobs[0])
-    else:
-        threads = [threading.Thread(target=run, args=j, daemon=True) for j in jobs]
+    def run_all(rounds: int) -> None:
+        if len(jobs) == 1:
+            run(*jobs[0], rounds)
+            return
+        threads = [threading.Thread(target=run, args=(*j, rounds), daemon=True) for j in jobs]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            while t.is_alive():  # the core cannot be stopped mid-round: let it finish
+                try:
+                    t.join()
+                except KeyboardInterrupt:
+                    _interrupted.set()
+
+    if count == 1 or timeout_s > interval_s:
+        run_all(count)
+    else:
+        t0 = time.monotonic()
+        for r in range(count):
+            try:
+                if r:
+                    time.sleep(max(0.0, t0 + r * interval_s - time.monotonic()))
+                run_all(1)
+            except KeyboardInterrupt:
+                _interrupted.set()
+            if _interrupted.is_set():
+                break
     if errors:
         raise errors[0]
-    return out
+    return out, _interrupted.is_set()
 
 
 class _Hosts:
@@ -599,21 +628,165 @@ def ping(
     **options: Any,
 ) -> HostResult:
     """Ping one host ``count`` times; the result carries every RTT in ``rtts_ms``.
-    ``on_probe`` (if given) is called with each probe's outcome as the sweep ends."""
-    res = sweep(
-        [host],
-        count=count,
-        interval_s=interval_s,
-        timeout_s=timeout_s,
-        collect_rtts=True,
-        rate_pps=options.pop("rate_pps", 0.0),
-        **options,
-    )
-    h = res[0]
-    if on_probe is not None:
-        for i, rtt in enumerate(h.rtts_ms):
-            on_probe(ProbeResult(h.target, h.address, i, Outcome.REPLY, rtt_ms=rtt, ttl=h.ttl))
-    return h
+    ``on_probe`` (if given) is called with each probe's outcome as it is known
+    (``Pinger`` is the iterator behind it). A block (``"10.0.0.0/30"``) is refused,
+    as ``fastping ping`` refuses it: use ``sweep``."""
+    from .probe import UseSubprocess
+
+    options.pop("rate_pps", None)
+    mode = options.pop("mode", "auto")
+    try:
+        pinger = Pinger(
+            host, count=count, interval_s=interval_s, timeout_s=timeout_s, mode=mode, **options
+        )
+    except UseSubprocess:
+        res = sweep(
+            [host], count=count, interval_s=interval_s, timeout_s=timeout_s, rate_pps=0.0,
+            collect_rtts=True, mode="subprocess", **options,
+        )  # fmt: skip
+        h = res[0]
+        if on_probe is not None:
+            for i, rtt in enumerate(h.rtts_ms):
+                on_probe(ProbeResult(h.target, h.address, i, Outcome.REPLY, rtt_ms=rtt, ttl=h.ttl))
+        return h
+    for r in pinger:
+        if on_probe is not None:
+            on_probe(r)
+    return pinger.stats()
+
+
+class Pinger:
+    """One host pinged ``count`` times, each probe's outcome as it is known, the
+    way ping(8) prints them: ``for r in Pinger("::1", count=5): ...`` yields one
+    ``ProbeResult`` per probe (replies, timeouts, unreachables, send errors) plus
+    the duplicates and late replies, in the order they happen. ``stats()`` is the
+    host's summary so far, so a caller stopped by Ctrl-C still has one.
+
+    Needs an ICMP socket (raw or dgram): ``UseSubprocess`` when ``mode`` is
+    "subprocess" or auto finds none (``ping()`` then runs the system ping)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        count: int = 4,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        payload_size: int = 56,
+        ttl: int | None = None,
+        tos: int | None = None,
+        dont_fragment: bool = False,
+        mode: str = "auto",
+        family: int | None = None,
+    ) -> None:
+        _check_args(count, interval_s, timeout_s, 0.0, 1)
+        plan = _Plan(target_set([host]), family)
+        if plan.n_hosts != 1:
+            raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
+        self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
+        self.error: str | None = None
+        self.address: str | None = None
+        self._sock: Any = None
+        fam = plan.run_fam[0]
+        if fam < 0:  # a host name
+            self.target = plan.name_labels[0]
+            r = plan.names[0]
+            if isinstance(r, str):
+                self.error = r
+                return  # a name that did not resolve: stats() says so
+            fam = r[0]
+            self.address = plan.extra[fam][0]
+        else:
+            self.target = host.strip()
+            self.address = socket.inet_ntop(fam, plan.packed(fam))
+        from .probe import open_icmp_socket
+
+        self._sock = open_icmp_socket(
+            fam,
+            mode=mode,
+            payload_size=payload_size,
+            ttl=ttl,
+            tos=tos,
+            dont_fragment=dont_fragment,
+            window=_window(count, interval_s, timeout_s),
+        )
+        self._sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
+        self._slot = self._sock.add_target(self.address)
+        self.rtts_ms: list[float] = []
+
+    def __iter__(self) -> Iterator[ProbeResult]:
+        sock = self._sock
+        if sock is None:
+            return
+        finals = sent = 0
+        start = time.monotonic()
+        next_send = start
+        # bounded whatever the replies do: the last probe's timeout plus a margin
+        hard_stop = start + self.count * self.interval_s + self.timeout_s + 1.0
+        try:
+            while True:
+                now = time.monotonic()
+                events: list[Any] = []
+                if sent < self.count and now >= next_send:
+                    events += sock.send([self._slot])
+                    sent += 1
+                    next_send = start + sent * self.interval_s
+                events += sock.recv()
+                events += sock.expire(self.timeout_s)
+                for ev in events:
+                    r = self._result(ev)
+                    if r.outcome not in (Outcome.DUPLICATE, Outcome.LATE):
+                        finals += 1
+                    if r.outcome is Outcome.REPLY and r.rtt_ms is not None:
+                        self.rtts_ms.append(r.rtt_ms)
+                    yield r
+                if sent >= self.count and finals >= sent:
+                    return
+                now = time.monotonic()
+                if now >= hard_stop:
+                    return
+                due = next_send if sent < self.count else hard_stop
+                # short waits, so Ctrl-C is seen at once (the wait releases the GIL)
+                sock.wait(min(max(due - now, 0.0), 0.1))
+        finally:
+            self.close()
+
+    def _result(self, ev: Any) -> ProbeResult:
+        slot, kind, seq, rtt_ns, ttl, itype, icode, router, err = ev
+        outcome = OUTCOME_BY_KIND[kind]
+        has_rtt = kind in (0, 5, 6) and rtt_ns > 0  # reply, duplicate, late
+        return ProbeResult(
+            self.target,
+            self.address,
+            seq,
+            outcome,
+            rtt_ns / 1e6 if has_rtt else None,
+            (ttl or None) if has_rtt or kind in (2, 3) else None,
+            itype,
+            icode,
+            router,
+            err or None,
+            time.time(),
+        )
+
+    def stats(self) -> HostResult:
+        """The host's statistics over the probes so far."""
+        if self.address is None:
+            return HostResult(target=self.target, address=None, error=self.error)
+        h = _host_from_stats(self.target, self.address, self._stats)
+        h.rtts_ms = list(self.rtts_ms)
+        return h
+
+    @property
+    def _stats(self) -> tuple[Any, ...]:
+        if self._sock is not None and not self._sock.closed:
+            self._last_stats: tuple[Any, ...] = self._sock.slot_stats(self._slot)
+        return self._last_stats
+
+    def close(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._last_stats = self._sock.slot_stats(self._slot)
+            self._sock.close()
 
 
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "netstate": ("netstate", "is this host's own network up? state, reason, interfaces"),
     "report": ("report", "statistics and latency charts from a monitor's database"),
     "monitor": ("monitor", "watch targets continuously and record every probe in SQLite"),
+    "fping": ("fping", "fping 5.x's options and output on fastping's core (also fastping-fping)"),
 }
 
 # Exit statuses follow fping's convention.
@@ -53,13 +54,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_BAD_ARGS
-    from .errors import FastpingError, PermissionDenied, TargetError
+    from .errors import ConfigError, FastpingError, PermissionDenied, TargetError
 
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
         return 130
-    except TargetError as e:
+    except BrokenPipeError:
+        # `fastping report | head`: the reader has what it wanted; a quiet exit, and
+        # stdout pointed at /dev/null so the interpreter's final flush cannot fail too
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (TargetError, ConfigError) as e:
         print(f"fastping: {e}", file=sys.stderr)
         return EXIT_BAD_ARGS
     except PermissionDenied as e:

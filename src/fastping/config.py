@@ -13,16 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from .duration import parse_duration
 from .errors import ConfigError, TargetError
+from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
 from .targets import parse_target
 
 Mode = Literal["auto", "raw", "dgram", "subprocess"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _duration(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v  # numbers (and wrong types) go to pydantic's own checks and messages
+    try:
+        return parse_duration(v)
+    except ValueError:
+        raise ValueError("must be a number of seconds or a duration like 500ms, 1s, 2m") from None
+
+
+# seconds: a number or "500ms" / "1s" / "2m" / "1m30s" (fastping.duration), as retry: takes
+Seconds = Annotated[float, BeforeValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -33,8 +55,8 @@ class _Model(BaseModel):
 class Defaults(_Model):
     """Probe settings for targets that do not set their own."""
 
-    interval_s: float = Field(default=1.0, gt=0)
-    timeout_s: float = Field(default=1.0, gt=0)
+    interval_s: Seconds = Field(default=1.0, gt=0)
+    timeout_s: Seconds = Field(default=1.0, gt=0)
     payload_size: int = Field(default=56, ge=0, le=65507)
 
 
@@ -42,8 +64,8 @@ class TargetConfig(_Model):
     """One target; unset fields take ``defaults``."""
 
     host: str
-    interval_s: float | None = Field(default=None, gt=0)
-    timeout_s: float | None = Field(default=None, gt=0)
+    interval_s: Seconds | None = Field(default=None, gt=0)
+    timeout_s: Seconds | None = Field(default=None, gt=0)
     payload_size: int | None = Field(default=None, ge=0, le=65507)
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -59,20 +81,20 @@ class TargetConfig(_Model):
 
 class StoreConfig(_Model):
     path: str = "fastping.db"
-    retention_s: float = Field(default=7 * 86400.0, gt=0)
+    retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
     batch_size: int = Field(default=1000, gt=0)
-    flush_interval_s: float = Field(default=0.5, gt=0)
+    flush_interval_s: Seconds = Field(default=0.5, gt=0)
     max_queue: int = Field(default=1_000_000, gt=0)
     # seconds of a target's results per stored row: the engine hands the core's log
     # of replies and timeouts to the store this often, and the store holds other
     # results as long to pack them with their target's; a kill -9 loses at most this
-    chunk_s: float = Field(default=10.0, gt=0, le=3600)
+    chunk_s: Seconds = Field(default=10.0, gt=0, le=3600)
 
 
 class ResourcesConfig(_Model):
-    max_cpu_percent: float = Field(default=5.0, gt=0)
-    max_memory_mb: float = Field(default=100.0, gt=0)
-    check_interval_s: float = Field(default=5.0, gt=0)
+    max_cpu_percent: float = Field(default=DEFAULT_MAX_CPU_PERCENT, gt=0)
+    max_memory_mb: float = Field(default=DEFAULT_MAX_MEMORY_MB, gt=0)
+    check_interval_s: Seconds = Field(default=5.0, gt=0)
 
 
 class LoggingConfig(_Model):
@@ -207,6 +229,18 @@ def parse_config(
             paths[path] = len(lines)
             lines.append(text)
         raise ConfigError("\n".join(lines)) from None
+    # network: and retry: are validated by the modules that use them, here, so a bad
+    # value is found when the file is loaded, not when (or whether) the section is used
+    from .retry import RetryConfig
+
+    try:
+        RetryConfig.from_mapping(cfg.retry or None)
+        if cfg.network:
+            from .netstate import NetworkConfig
+
+            NetworkConfig.from_mapping(cfg.network)
+    except ConfigError as e:
+        raise ConfigError(f"{e} ({source})") from None
     # Checked here rather than in a model validator so the error can name the index.
     seen: dict[str, int] = {}
     for i, t in enumerate(cfg.targets):

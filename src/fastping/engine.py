@@ -450,7 +450,7 @@ class MonitoringEngine:
     ``store`` is anything with ``submit(iterable_of_ProbeResult)`` and ``async
     flush()`` (``store.ResultStore``); the engine submits and flushes but does not
     start or close it. ``network`` is an optional ``netstate.NetworkMonitor``.
-    ``guard`` is a ``ResourceGuard`` (``None``: the spec's defaults, 5 % / 100 MB;
+    ``guard`` is a ``ResourceGuard`` (``None``: 50 % of one core / 100 MB;
     pass ``ResourceGuard(None, None)`` to disable).
     """
 
@@ -532,6 +532,7 @@ class MonitoringEngine:
         self.guard = guard if guard is not None else ResourceGuard(logger=self._log)
         if self.guard._log is None:
             self.guard._log = self._log
+        self.guard.base_interval_s = self.interval_s
         self._socket_factory = socket_factory or _default_socket_factory(
             mode, dict(socket_options or {})
         )
@@ -612,18 +613,24 @@ class MonitoringEngine:
         slower than the target's own timeout is recorded as a timeout, so outcomes are
         exact per target; only a short-timeout target's timeouts are reported late.
 
-        Raises TargetError when ``host`` is malformed, a block / range (add its
-        addresses one by one), already watched, or asks for an interval the
+        A CIDR block or range adds each of its addresses, as ``fastping monitor`` does
+        (``targets.expand_target``: one rule for the command and the library).
+
+        Raises TargetError when ``host`` is malformed, already watched (for a block:
+        any of its addresses, and then none is added), or asks for an interval the
         socket window cannot serve.
         """
-        from .targets import Address, Name, parse_target
+        from .targets import Address, Name, expand_target, parse_target
 
         specs = parse_target(host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            raise TargetError(
-                f"target {host!r} is a block or range: the engine watches single hosts, "
-                "add its addresses one at a time"
-            )
+            hosts = expand_target(host)
+            taken = [h for h in hosts if h in self._targets]
+            if taken:
+                raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
+            for h in hosts:
+                self.add_target(h, interval_s, labels, timeout_s)
+            return
         spec = specs[0]
         key = spec.label if isinstance(spec, Address) else spec.name
         if key in self._targets:
@@ -662,7 +669,19 @@ class MonitoringEngine:
 
     def remove_target(self, host: str) -> None:
         """Stop watching ``host``. Probes already in flight still get their result
-        (the slot is freed ``timeout_s`` later)."""
+        (the slot is freed ``timeout_s`` later). A block or range removes each of
+        its addresses."""
+        if host not in self._targets and ("/" in host or "-" in host):
+            from .targets import expand_target
+
+            hosts = expand_target(host)
+            if hosts != [host]:
+                missing = [h for h in hosts if h not in self._targets]
+                if missing:
+                    raise TargetError(f"target {missing[0]!r} is not being watched")
+                for h in hosts:
+                    self.remove_target(h)
+                return
         t = self._targets.pop(host, None)
         if t is None:
             raise TargetError(f"target {host!r} is not being watched (see engine.targets())")
@@ -803,7 +822,8 @@ class MonitoringEngine:
         self._spawn(self._resolve_loop())
         self._arm(1)
         self._publish()
-        self._log.info(
+        # DEBUG: a program (fastping monitor) says it once, with the first round's outcome
+        self._log.debug(
             "monitoring started",
             targets=len(self._targets),
             interval_s=self.interval_s,
@@ -1414,7 +1434,10 @@ class MonitoringEngine:
         old = t.status
         t.status = status
         self._evs.append(StateChanged(t.host, "status", old, status, reason, time.time()))
-        self._log.info("target state changed", target=t.host, old=old, new=status, reason=reason)
+        # a target's first state is no change: 10,000 of them would be 10,000 INFO lines
+        # in the first second (the monitor logs one line for the first round instead)
+        log = self._log.debug if old == STATUS_UNKNOWN else self._log.info
+        log("target state changed", target=t.host, old=old, new=status, reason=reason)
 
     def _flush_out(self) -> None:
         """Hand this callback's results to the store and the subscribers."""

@@ -36,7 +36,6 @@ import ipaddress
 import json
 import logging
 import math
-import re
 import socket
 import sys
 import threading
@@ -143,8 +142,6 @@ class InterfaceStats:
 
 # --- configuration ------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 # The spec's profiles. Their check hosts are public resolvers, which we never
 # probe unless asked: a profile sets the timing only; add `check_hosts: [public]`.
@@ -156,18 +153,45 @@ PROFILES: dict[str, dict[str, float]] = {
 
 
 def parse_duration_s(value: object, key: str) -> float:
-    """Seconds from a number or a string like ``"500ms"``, ``"5s"``, ``"1m"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"network.{key}: expected a duration like 5s or 500ms, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNIT_S[m.group(2)]
-    else:
-        raise ConfigError(f"network.{key}: expected a duration like 5s or 500ms, got {value!r}")
+    """Seconds from a number or a string like ``"500ms"``, ``"5s"``, ``"1m30s"``
+    (``fastping.duration``: the one syntax every setting uses)."""
+    from .duration import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ConfigError(
+            f"network.{key}: expected a duration like 5s or 500ms, got {value!r}"
+        ) from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"network.{key}: must be a positive duration, got {value!r}")
     return seconds
+
+
+class UpFlag:
+    """A truth value that may also be called: ``NetworkMonitor.is_up`` was a method
+    beside the properties ``state`` and ``verified``, so ``if mon.is_up:`` was always
+    true. Now both ``if mon.is_up:`` and the older ``if mon.is_up():`` are right."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bool) -> None:
+        self._value = bool(value)
+
+    def __bool__(self) -> bool:
+        return self._value
+
+    def __call__(self) -> bool:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return bool(other) == self._value if isinstance(other, (bool, UpFlag)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return repr(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,14 +635,53 @@ class DefaultProber:
         except ImportError as e:  # the core is not built: TCP only, said once
             self._no_icmp(f"fastping's ICMP core is not available ({e})")
             return False
+        stop = threading.Event()
         try:
-            res = await api.async_ping(host, count=1, timeout_s=timeout_s)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._echo_until_answered, api, host, timeout_s, stop
+            )
         except (PermissionDenied, SocketError) as e:
             self._no_icmp(str(e))
             return False
         except FastpingError:  # e.g. ResolveError: the host is not reachable by name
             return False
-        return res.received > 0
+        finally:
+            stop.set()  # cancelled (TCP answered first, the monitor stops): end the thread
+
+    # (interval, how long) of the echoes of one check: fast at first, because an echo
+    # sent while the path is not back yet (a link that just came up, its queue not yet
+    # attached; the neighbour not yet resolved) is lost without a trace, and one echo
+    # per check would leave the state DOWN until the timeout: within the first second
+    # an answer comes at most ~15 ms after the path works again. Then slower, to the
+    # end of check_timeout: ~110 echoes in a 5 s check of a host that is really down.
+    ECHO_PHASES_S: tuple[tuple[float, float], ...] = ((0.005, 0.2), (0.015, 0.8), (0.25, 3600.0))
+
+    def _echo_until_answered(
+        self, api: Any, host: str, timeout_s: float, stop: threading.Event
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for interval_s, span_s in self.ECHO_PHASES_S:
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.is_set():
+                return False
+            span = min(span_s, left)
+            pinger = api.Pinger(
+                host,
+                count=max(1, int(span / interval_s)),
+                interval_s=interval_s,
+                # the last phase waits for the last echo's reply to the deadline; the
+                # earlier ones only a little past their last echo (the next phase goes on)
+                timeout_s=left if span >= left else min(left, max(interval_s * 4, 0.05)),
+            )
+            try:
+                for r in pinger:
+                    if r.outcome.value == "reply":
+                        return True
+                    if stop.is_set():
+                        return False
+            finally:
+                pinger.close()
+        return False
 
     def _no_icmp(self, why: str) -> None:
         self.icmp_unavailable = why
@@ -868,9 +931,14 @@ class NetworkMonitor:
     def interfaces(self) -> dict[str, str]:
         return dict(self._interfaces)
 
-    def is_up(self) -> bool:
-        return self._state is NetworkState.UP or (
-            self._state is NetworkState.DEGRADED and self.config.degraded_counts_as_up
+    @property
+    def is_up(self) -> UpFlag:
+        """Whether the network counts as up (UP, or DEGRADED when
+        ``degraded_counts_as_up``): a property like ``state`` and ``verified``, so
+        ``if mon.is_up:`` means what it says; ``mon.is_up()`` still works."""
+        return UpFlag(
+            self._state is NetworkState.UP
+            or (self._state is NetworkState.DEGRADED and self.config.degraded_counts_as_up)
         )
 
     def subscribe(self) -> Subscription:
@@ -887,7 +955,7 @@ class NetworkMonitor:
         """Return the state as soon as it is UP (or DEGRADED when
         ``degraded_counts_as_up``); raise :class:`NetworkTimeout` after
         ``timeout`` seconds. Cancelling the caller leaves no waiter behind."""
-        if self.is_up():
+        if self.is_up:
             return self._state
         if not self._running:
             raise MonitorNotRunning("NetworkMonitor is not running: call `await mon.start()` first")
@@ -1190,15 +1258,22 @@ class NetworkMonitor:
         self._checked_key = u.key
         ok = [h for h, r in self.host_results.items() if r]
         bad = [h for h, r in self.host_results.items() if not r]
+        # say how they answered: a host that drops ICMP but accepts (or refuses) a TCP
+        # connect is reachable, and not what `ping` would say
+        via: dict[str, str] = getattr(self._prober, "via", {})
+        by_tcp = [h for h in ok if via.get(h) == "tcp"]
+        how = f" ({', '.join(by_tcp)} by TCP connect only: no ICMP echo reply)" if by_tcp else ""
         if not bad:
             self._set_state(
-                NetworkState.UP, f"{u.reason}; all {len(ok)} check hosts answered", verified=True
+                NetworkState.UP,
+                f"{u.reason}; all {len(ok)} check hosts answered{how}",
+                verified=True,
             )
         elif ok:
             self._set_state(
                 NetworkState.DEGRADED,
                 f"{u.reason}; {len(ok)} of {len(hosts)} check hosts answered, "
-                f"no answer from {', '.join(bad)}",
+                f"no answer from {', '.join(bad)}{how}",
                 verified=True,
             )
         else:
@@ -1259,7 +1334,7 @@ class NetworkMonitor:
                     log.warning(
                         "a network-state subscriber is not reading: %d changes queued", backlog
                     )
-        if self.is_up():
+        if self.is_up:
             for fut in self._waiters:
                 if not fut.done():
                     fut.set_result(state)

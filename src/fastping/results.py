@@ -189,6 +189,7 @@ class SweepResult(Sequence[HostResult]):
         self._source = source  # api._Hosts: the core's arrays, read in blocks
         self.totals = totals
         self.duration_s = duration_s
+        self._index: dict[str, int] | None = None  # target / address -> position, on demand
 
     def __len__(self) -> int:
         return self._n
@@ -197,7 +198,13 @@ class SweepResult(Sequence[HostResult]):
     def __getitem__(self, i: int) -> HostResult: ...
     @overload
     def __getitem__(self, i: slice) -> list[HostResult]: ...
-    def __getitem__(self, i: int | slice) -> HostResult | list[HostResult]:
+    @overload
+    def __getitem__(self, i: str) -> HostResult: ...
+    def __getitem__(self, i: int | slice | str) -> HostResult | list[HostResult]:
+        """By position, slice, or target: ``res["127.0.0.1"]`` (the target as given,
+        or its address; KeyError when the sweep had no such target)."""
+        if isinstance(i, str):
+            return self._get(self._position(i))
         if isinstance(i, slice):
             return [self._get(j) for j in range(*i.indices(self._n))]
         if i < 0:
@@ -205,6 +212,32 @@ class SweepResult(Sequence[HostResult]):
         if not 0 <= i < self._n:
             raise IndexError(i)
         return self._get(i)
+
+    def _position(self, target: str) -> int:
+        if self._index is None:
+            index: dict[str, int] = {}
+            for k in range(self._n):  # once; the first name wins for an address listed twice
+                h = self._get(k)
+                index.setdefault(h.target, k)
+                if h.address is not None:
+                    index.setdefault(h.address, k)
+            self._index = index
+        try:
+            return self._index[target]
+        except KeyError:
+            raise KeyError(f"{target!r} was not a target of this sweep") from None
+
+    def get(self, target: str, default: HostResult | None = None) -> HostResult | None:
+        """The result of ``target`` (as given, or its address), or ``default``."""
+        try:
+            return self[target]
+        except KeyError:
+            return default
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, str):
+            return self.get(item) is not None
+        return super().__contains__(item)
 
     def __iter__(self) -> Iterator[HostResult]:
         for i in range(self._n):

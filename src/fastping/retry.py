@@ -36,16 +36,14 @@ import functools
 import inspect
 import math
 import random
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple, Protocol, TypeVar, cast, overload
 
-import structlog
-
 from .errors import ConfigError, FastpingError, TransientError
+from .logs import get_logger
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -63,7 +61,9 @@ __all__ = [
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-log = structlog.get_logger("fastping.retry")
+# through stdlib logging (logs.get_logger), never structlog's own default printer,
+# which writes to stdout whatever the host program configured
+log = get_logger("fastping.retry")
 
 # The monitor's NetworkState is a str Enum whose DOWN member equals "down", so the
 # retryer compares against the plain string and never imports netstate (its
@@ -177,16 +177,6 @@ def is_retryable_error(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------- config
 
-_DURATION_UNITS_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -196,26 +186,13 @@ def _parse_duration(key: str, value: object, *, allow_none: bool = False) -> flo
         if allow_none:
             return None
         raise ConfigError(f"retry.{key}: got {value!r}; expected a duration like 1s or 0.5")
-    if isinstance(value, bool):
-        pass  # bool is an int; True seconds is a typo, not a duration
-    elif isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)  # bare number: seconds
-        except ValueError:
-            pass
-        pos, total = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _DURATION_UNITS_S[m.group(2)]
-            pos = m.end()
-        else:
-            if pos == len(text) and pos > 0:
-                return total
-    allowed = "seconds as a number or a duration like 500ms, 1s, 1m30s"
+    from .duration import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError:
+        pass
+    allowed = "seconds as a number or a duration like 500ms, 1s, 2m, 1m30s"
     if allow_none:
         allowed += ", or null for no limit"
     raise ConfigError(f"retry.{key}: got {value!r}; expected {allowed}")

@@ -81,6 +81,40 @@ def parse_target(text: str) -> list[Spec]:
     )
 
 
+MAX_EXPANDED = 1 << 20  # addresses one block / range may expand to for a monitor
+
+
+def expand_target(text: str, limit: int = MAX_EXPANDED) -> list[str]:
+    """One target as the monitor and the engine watch it: an address or name stays
+    itself, a CIDR block or range becomes its addresses (at most ``limit``, else
+    TargetError). The one rule ``fastping monitor`` and ``MonitoringEngine`` share."""
+    specs = parse_target(text)
+    out: list[str] = []
+    for s in specs:
+        if isinstance(s, V4Range):
+            if s.count + len(out) > limit:
+                raise TargetError(
+                    f"target {text!r} expands to {s.count} addresses; a monitor watches at most "
+                    f"{limit} per block (split it, or use several agents with --shard)"
+                )
+            out.extend(str(ipaddress.IPv4Address(s.first + i)) for i in range(s.count))
+        elif isinstance(s, Address):
+            out.append(s.label if len(specs) == 1 else s.address)
+        else:
+            out.append(s.name)
+    return out
+
+
+def address_order(target: str) -> tuple[int, int, int, str]:
+    """Sort key: IPv4 addresses numerically (127.5.0.2 before 127.5.0.10), then IPv6,
+    then names alphabetically."""
+    try:
+        ip = ipaddress.ip_address(target.split("%", 1)[0])
+    except ValueError:
+        return (1, 0, 0, target)
+    return (0, ip.version, int(ip), target)
+
+
 def _looks_numeric_range(t: str) -> bool:
     a, _, b = t.partition("-")
     return bool(re.fullmatch(r"[0-9.]+", a) or ":" in a) and bool(b)

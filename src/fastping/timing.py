@@ -132,13 +132,21 @@ def delta(now: SendLateness, before: SendLateness) -> SendLateness:
 TIMING_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS send_timing (t0 REAL NOT NULL, t1 REAL NOT NULL, "
     "probes INTEGER NOT NULL, sum_ns INTEGER NOT NULL, max_ns INTEGER NOT NULL, "
-    "hist BLOB NOT NULL)"
+    "hist BLOB NOT NULL, interval_factor REAL NOT NULL DEFAULT 1.0)"
 )
 
 
-def write_window(db: str, t0: float, t1: float, lat: SendLateness, timeout_s: float = 2.0) -> None:
+def write_window(
+    db: str,
+    t0: float,
+    t1: float,
+    lat: SendLateness,
+    interval_factor: float = 1.0,
+    timeout_s: float = 2.0,
+) -> None:
     """Append one window's lateness to ``db`` (its own short connection, bounded by
-    ``timeout_s``; raises sqlite3.Error, which the caller logs and counts)."""
+    ``timeout_s``; raises sqlite3.Error, which the caller logs and counts), with the
+    largest factor the resource guard stretched the intervals by in it."""
     import sqlite3
     import struct
 
@@ -148,8 +156,8 @@ def write_window(db: str, t0: float, t1: float, lat: SendLateness, timeout_s: fl
         with conn:
             conn.execute(TIMING_SCHEMA)
             conn.execute(
-                "INSERT INTO send_timing VALUES (?, ?, ?, ?, ?, ?)",
-                (t0, t1, lat.probes, lat.sum_ns, lat.max_ns, blob),
+                "INSERT INTO send_timing VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (t0, t1, lat.probes, lat.sum_ns, lat.max_ns, blob, interval_factor),
             )
     finally:
         conn.close()
@@ -157,6 +165,14 @@ def write_window(db: str, t0: float, t1: float, lat: SendLateness, timeout_s: fl
 
 def read_windows(db: str, since: float | None, until: float | None) -> SendLateness:
     """The sum of the windows that end inside [since, until] (no table: nothing)."""
+    return read_windows_with_guard(db, since, until)[0]
+
+
+def read_windows_with_guard(
+    db: str, since: float | None, until: float | None
+) -> tuple[SendLateness, float, float]:
+    """(lateness summed, the largest guard factor, seconds of windows with a factor
+    above 1) over the windows that end inside [since, until]."""
     import sqlite3
     import struct
 
@@ -164,17 +180,22 @@ def read_windows(db: str, since: float | None, until: float | None) -> SendLaten
     try:
         try:
             rows = conn.execute(
-                "SELECT probes, sum_ns, max_ns, hist FROM send_timing WHERE t1 >= ? AND t1 <= ?",
+                "SELECT probes, sum_ns, max_ns, hist, interval_factor, t1 - t0 FROM send_timing"
+                " WHERE t1 >= ? AND t1 <= ?",
                 (since if since is not None else float("-inf"),
                  until if until is not None else float("inf")),
             ).fetchall()  # fmt: skip
         except sqlite3.OperationalError:
-            return SendLateness()  # written before fastping kept it
+            return SendLateness(), 1.0, 0.0  # written before fastping kept it
     finally:
         conn.close()
     parts: list[Part] = []
-    for probes, sum_ns, max_ns, blob in rows:
+    top, slowed_s = 1.0, 0.0
+    for probes, sum_ns, max_ns, blob, factor, span_s in rows:
         if len(blob) != 8 * N_BUCKETS:
             continue  # not ours
         parts.append((probes, sum_ns, max_ns, struct.unpack(f"<{N_BUCKETS}Q", blob)))
-    return SendLateness.of(parts)
+        top = max(top, float(factor))
+        if factor > 1.0:
+            slowed_s += float(span_s)
+    return SendLateness.of(parts), top, slowed_s

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-cpu-percent",
         type=float,
         metavar="P",
-        help="resource guard: slow probing above P %% of one core (default 5; 0 = off)",
+        help="resource guard: slow probing above P %% of one core (default 50; 0 = off)",
     )
     parser.add_argument(
         "--max-memory-mb",
@@ -101,25 +101,98 @@ def _die(msg: str) -> Any:
 
 def _expand(host: str) -> list[str]:
     """One user target -> hosts for the engine (blocks and ranges expanded, bounded)."""
-    import ipaddress
+    from ..targets import expand_target
 
-    from ..targets import Address, Name, V4Range, parse_target
+    return expand_target(host, MAX_EXPANDED)
 
-    specs = parse_target(host)
-    out: list[str] = []
-    for s in specs:
-        if isinstance(s, V4Range):
-            if s.count + len(out) > MAX_EXPANDED:
-                _die(
-                    f"target {host!r} expands to {s.count} addresses; monitor watches at most "
-                    f"{MAX_EXPANDED} per block (split it, or use several agents with --shard)"
-                )
-            out.extend(str(ipaddress.IPv4Address(s.first + i)) for i in range(s.count))
-        elif isinstance(s, Address):
-            out.append(s.label if len(specs) == 1 else s.address)
-        elif isinstance(s, Name):
-            out.append(s.name)
+
+Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
+
+
+def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
+    """Targets of a Prometheus file_sd JSON file: a list of ``{"targets": [...],
+    "labels": {...}}`` groups (the format Prometheus' ``file_sd_configs`` reads, so
+    one inventory feeds both). A ``host:port`` target is watched as ``host``."""
+    import json
+
+    from ..errors import TargetError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise TargetError(f"cannot read targets file {path!r}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise TargetError(f"{path}: not JSON ({e}); file_sd is a list of target groups") from None
+    if not isinstance(data, list):
+        raise TargetError(f'{path}: file_sd JSON must be a list of {{"targets": [...]}} groups')
+    out: list[tuple[str, dict[str, str]]] = []
+    for i, g in enumerate(data):
+        hosts = g.get("targets") if isinstance(g, dict) else None
+        labels = g.get("labels", {}) if isinstance(g, dict) else None
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise TargetError(f'{path}: group {i}: "targets" must be a list of strings')
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise TargetError(f'{path}: group {i}: "labels" must map strings to strings')
+        labels = {k: v for k, v in labels.items() if not k.startswith("__")}  # Prometheus-internal
+        out.extend((_strip_port(h), dict(labels)) for h in hosts)
     return out
+
+
+def _strip_port(target: str) -> str:
+    """``host:port`` / ``[v6]:port`` -> host; a bare address or name is kept."""
+    if target.startswith("["):
+        return target[1:].partition("]")[0]
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return target
+
+
+def _targets(
+    args: argparse.Namespace,
+    cfg: Any,
+    shard: tuple[int, int] | None,
+    interval_s: float,
+    timeout_s: float,
+) -> tuple[list[Wanted], int]:
+    """The targets to watch (deduplicated, this shard's share) and how many were listed."""
+    from ..errors import ConfigError
+    from ..shard import shard_of
+
+    wanted: list[Wanted] = []
+    texts = list(args.targets)
+    if args.file and args.file.endswith(".json"):
+        for host, labels in read_file_sd(args.file):
+            wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(host))
+    elif args.file:
+        from ..targets import read_targets_file
+
+        texts.extend(read_targets_file(args.file))
+    for text in texts:
+        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
+    for tc in cfg.targets:
+        iv, to, _payload = cfg.target_settings(tc)
+        if args.interval is not None and tc.interval_s is None:
+            iv = args.interval
+        if args.timeout is not None and tc.timeout_s is None:
+            to = args.timeout
+        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
+    if not wanted:
+        if args.config:
+            raise ConfigError(
+                f"{args.config}: no targets: list some under 'targets:' or on the command line"
+            )
+        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
+    seen: set[str] = set()
+    targets = []
+    for w in wanted:
+        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
+            seen.add(w[0])
+            targets.append(w)
+    return targets, len({w[0] for w in wanted})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else FastpingConfig()
 
-    from ..shard import parse_shard, shard_of
+    from ..shard import parse_shard
 
     shard_text = args.shard or cfg.shard
     shard: tuple[int, int] | None = None
@@ -157,34 +230,8 @@ def run(args: argparse.Namespace) -> int:
             "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
         )
 
-    # (host, interval_s, timeout_s, labels)
-    wanted: list[tuple[str, float, float, dict[str, str]]] = []
-    texts = list(args.targets)
-    if args.file:
-        from ..targets import read_targets_file
-
-        texts.extend(read_targets_file(args.file))
-    for text in texts:
-        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
-    for tc in cfg.targets:
-        iv, to, _payload = cfg.target_settings(tc)
-        if args.interval is not None and tc.interval_s is None:
-            iv = args.interval
-        if args.timeout is not None and tc.timeout_s is None:
-            to = args.timeout
-        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
-    if not wanted:
-        if args.config:
-            raise ConfigError(
-                f"{args.config}: no targets: list some under 'targets:' or on the command line"
-            )
-        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
-    seen: set[str] = set()
-    targets = []
-    for w in wanted:
-        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
-            seen.add(w[0])
-            targets.append(w)
+    targets, listed = _targets(args, cfg, shard, interval_s, timeout_s)
+    _check_sockets(targets, mode)
 
     table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
     lc = cfg.logging
@@ -216,7 +263,6 @@ def run(args: argparse.Namespace) -> int:
         # validated before anything starts: a bad key is a ConfigError naming it
         network_cfg = NetworkConfig.from_mapping(cfg.network or {})
     if shard is not None:
-        listed = len({w[0] for w in wanted})
         shard_txt = f"{shard[0]}/{shard[1]}"
         log.info("sharding: this agent watches its share", shard=shard_txt, targets=len(targets),
                  listed=listed)  # fmt: skip
@@ -243,6 +289,7 @@ async def _main(
     import asyncio
     import contextlib
     import json
+    import signal
 
     from ..engine import MonitoringEngine
     from ..guard import ResourceGuard
@@ -303,15 +350,28 @@ async def _main(
         )
         log.info("serving Prometheus metrics", url=metrics.url)
     await store.start()
+    loop = asyncio.get_running_loop()
+    current = {t[0]: t for t in targets}
+
+    def reload() -> None:
+        _reload(args, engine, current, shard, log)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
+    first_after = max([default_interval] + [t[1] for t in targets]) + max(
+        [default_timeout] + [t[2] for t in targets]
+    )
+    first = asyncio.create_task(first_round(engine, log, first_after + 0.5))
     timing = _TimingRecorder(engine, str(store.path), log)
     timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
     try:
         await engine.run(args.duration)
     finally:
-        view.cancel()
-        timing_task.cancel()
-        for task in (view, timing_task):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        for task in (view, first, timing_task):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
@@ -344,6 +404,74 @@ async def _main(
     return 0 if not ss.get("dropped") else 4
 
 
+def _reload(
+    args: argparse.Namespace,
+    engine: MonitoringEngine,
+    current: dict[str, Wanted],
+    shard: tuple[int, int] | None,
+    log: Any,
+) -> None:
+    """SIGHUP: read the configuration and target files again and add / remove the
+    targets that changed in the running engine (the store, the metrics endpoint and
+    every other target go on untouched; a removed target's probes in flight still get
+    their result). A file that does not load leaves everything as it was."""
+    from ..config import FastpingConfig, load_config
+    from ..errors import FastpingError
+
+    try:
+        cfg = load_config(args.config) if args.config else FastpingConfig()
+        iv = args.interval if args.interval is not None else cfg.defaults.interval_s
+        to = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+        new, _listed = _targets(args, cfg, shard, iv, to)
+    except FastpingError as e:
+        log.error("reload failed, still watching the previous targets", error=str(e))
+        return
+    wanted = {t[0]: t for t in new}
+    removed = [h for h, t in current.items() if wanted.get(h) != t]
+    added = [t for h, t in wanted.items() if current.get(h) != t]
+    for h in removed:
+        engine.remove_target(h)
+        del current[h]
+    refused = 0
+    for host, t_iv, t_to, labels in added:
+        try:
+            engine.add_target(host, interval_s=t_iv, timeout_s=t_to, labels=labels)
+        except FastpingError as e:
+            refused += 1
+            log.error("reload: target refused", target=host, error=str(e))
+            continue
+        current[host] = (host, t_iv, t_to, labels)
+    log.info("reloaded targets", added=len(added) - refused, removed=len(removed),
+             refused=refused, targets=len(current))  # fmt: skip
+
+
+def _check_sockets(targets: list[Wanted], mode: str) -> None:
+    """The monitor multiplexes every target through one ICMP socket per family; the
+    system ping cannot do that. So, before anything starts: a family whose socket
+    cannot be opened (in auto mode: only the system ping would be left) is
+    PermissionDenied (exit 4) with doctor's fix, as ``sweep --mode raw`` is."""
+    import socket
+
+    from ..errors import PermissionDenied
+    from ..probe import UseSubprocess, open_icmp_socket
+    from ..targets import Address, parse_target
+
+    families = set()
+    for host, *_ in targets:
+        spec = parse_target(host)[0]
+        families.add(spec.family if isinstance(spec, Address) else socket.AF_INET)
+    for fam in sorted(families):
+        try:
+            open_icmp_socket(fam, mode=mode).close()
+        except UseSubprocess as e:
+            d = e.diagnosis
+            why = f"{d.explain('raw')}.\n{d.explain('dgram')}." if d is not None else str(e)
+            raise PermissionDenied(
+                "the monitor needs an ICMP socket (raw or dgram; it cannot run on the system "
+                f"ping) and none may be opened here.\n{why}\nRun `fastping doctor` for details."
+            ) from None
+
+
 class _TimingRecorder:
     """Hands the engine's send lateness to the database window by window (beside the
     results, in its own table), so `fastping report` shows the prober's own timing.
@@ -356,12 +484,16 @@ class _TimingRecorder:
         self.last = SendLateness()
         self.t_last = time.time()
         self.failures = 0
+        self.factor_max = 1.0  # the guard's largest interval factor in this window
 
     async def every(self, period_s: float) -> None:
         import asyncio
 
+        n = max(1, round(period_s))
         while True:
-            await asyncio.sleep(max(period_s, 1.0))
+            for _ in range(n):  # the guard's factor, looked at every second
+                await asyncio.sleep(max(period_s, 1.0) / n)
+                self.factor_max = max(self.factor_max, self.engine.interval_factor)
             await self.record()
 
     async def record(self) -> None:
@@ -374,20 +506,40 @@ class _TimingRecorder:
         win = delta(now, self.last)
         if win.probes == 0:
             return
+        factor = max(self.factor_max, self.engine.interval_factor)
         try:
-            await asyncio.to_thread(write_window, self.db, self.t_last, t, win)
+            await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
         except (sqlite3.Error, OSError) as e:
             self.failures += 1
             if self.failures == 1:
                 self.log.warning("send timing not stored", db=self.db, error=str(e))
             return
-        self.last, self.t_last = now, t
+        self.last, self.t_last, self.factor_max = now, t, self.engine.interval_factor
 
 
 def get_engine_logger() -> Any:
     from ..logs import get_logger
 
     return get_logger("fastping.engine")
+
+
+async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> None:
+    """One line once every target has had its first probe's outcome (instead of a
+    "state changed" line per target)."""
+    import asyncio
+    from collections import Counter
+
+    await asyncio.sleep(after_s)
+    counts = Counter(i.status for i in engine.targets())
+    st = engine.stats()
+    log.info(
+        "monitor started: first round done",
+        targets=st["targets"],
+        interval_s=engine.interval_s,
+        timeout_s=engine.timeout_s,
+        **{k: counts.get(k, 0) for k in ("up", "down", "error", "unknown", "local_down")},
+        interval_factor=st["interval_factor"],
+    )
 
 
 async def _summaries(engine: MonitoringEngine, log: Any) -> None:
@@ -421,33 +573,59 @@ def _fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+LEGEND = (
+    "status: up | down: timeout, unreachable (the target or its path) | error: local failure",
+    "local_down: this host's own network is down | *: backing off after repeated local errors",
+)
+
+
+def _elapsed(seconds: float | None) -> str:
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _reason(i: Any) -> str:
+    why = (i.last_outcome or "-").replace("_", " ")
+    if i.backoff_s:
+        why += f", {i.consecutive_errors} in a row, next try in {i.backoff_s:.0f} s"
+    return why
+
+
 def render_table(engine: MonitoringEngine, rows_max: int, width: int) -> str:
     """The live table as text (also used by tests)."""
     st = engine.stats()
     # only the rows shown are looked up (10,000 TargetInfo a second cost ~3% of a core)
     infos = engine.top_targets(rows_max)
     store = st["store"] or {}
+    oc = st["outcomes"]
     head = (
-        f"fastping monitor  targets {st['targets']}  sent {st['sent']}  "
-        f"received {st['received']}  timeouts {st['outcomes']['timeout']}  "
+        f"fastping monitor  {_elapsed(st['uptime_s'])}  targets {st['targets']}  "
+        f"sent {st['sent']}  received {st['received']}  timeouts {oc['timeout']}  "
+        f"unreachable {oc['unreachable'] + oc['time_exceeded']}  errors {oc['send_error']}  "
         f"stored {store.get('written', '-')}  queued {store.get('queued', '-')}"
     )
     if st["interval_factor"] != 1.0:
-        head += f"  SLOWED x{st['interval_factor']:g} (resource guard)"
+        head += (
+            f"  SLOWED x{st['interval_factor']:g} by the resource guard "
+            "(--max-cpu-percent / --max-memory-mb)"
+        )
     if st["network_down"]:
         head += "  NETWORK DOWN"
     hw = max(20, min(40, max((len(i.host) for i in infos), default=6) + 2))
     lines = [head[:width], ""]
-    lines.append(f"{'TARGET':<{hw}}{'STATUS':<12}{'LAST RTT ms':>12}{'LOSS':>8}{'PROBES':>9}")
+    lines.append(
+        f"{'TARGET':<{hw}}{'STATUS':<12}{'LAST RTT ms':>12}{'LOSS':>8}{'PROBES':>9}  REASON"
+    )
     for i in infos[:rows_max]:
         loss = "-" if i.loss is None else f"{100 * i.loss:.1f}%"
         status = i.status + ("*" if i.backoff_s else "")
         lines.append(
             f"{i.host[: hw - 1]:<{hw}}{status:<12}{_fmt_ms(i.last_rtt_ms):>12}{loss:>8}"
-            f"{i.probes:>9}"
+            f"{i.probes:>9}  {_reason(i)}"
         )
     if st["targets"] > rows_max:
         lines.append(f"... and {st['targets'] - rows_max} more (problems first)")
+    lines.extend(LEGEND)
     return "\n".join(line[:width] for line in lines)
 
 
@@ -457,7 +635,7 @@ async def _table(engine: MonitoringEngine) -> None:
 
     while True:
         size = shutil.get_terminal_size((100, 30))
-        text = render_table(engine, max(1, size.lines - 5), size.columns)
+        text = render_table(engine, max(1, size.lines - 7), size.columns)
         # home + clear to end: redraw in place without scrolling
         sys.stdout.write("\x1b[H\x1b[J" + text + "\n")
         sys.stdout.flush()

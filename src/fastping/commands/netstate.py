@@ -138,7 +138,7 @@ async def _main(args: argparse.Namespace, config: Any) -> int:
                 )
             else:
                 _print_summary(mon, stats)
-            return 0 if mon.is_up() else 1
+            return 0 if mon.is_up else 1
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -167,7 +167,7 @@ async def _main(args: argparse.Namespace, config: Any) -> int:
         stop_task.cancel()
         await asyncio.gather(pump_task, stop_task, return_exceptions=True)
         sys.stdout.flush()
-        return 0 if mon.is_up() else 1
+        return 0 if mon.is_up else 1
     finally:
         await mon.stop()
 

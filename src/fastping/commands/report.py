@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
         db = load_config(args.config).store.path
     db = db or "fastping.db"
+    if args.html:
+        _check_writable(args.html)  # before anything is printed, not after
     store = ResultStore(db)
     now = time.time()
     since = parse_when(args.since, now)
@@ -160,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
             )
         stats = [s for t in args.target if (s := store.target_stats(t, since, until))]
     else:
-        stats = store.all_stats(since, until)
+        from ..targets import address_order
+
+        stats = sorted(store.all_stats(since, until), key=lambda s: address_order(s["target"]))
     window = "all" if since is None else args.since
     if not stats:
         span = store.time_range()
@@ -195,17 +199,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: str) -> None:
+    import os
+
+    from ..errors import ConfigError
+
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"--html: cannot write {path!r}: {e.strerror or e}; choose a writable path"
+        ) from None
+    if not existed:
+        os.unlink(path)
+
+
 def _print_send_timing(db: str, since: float | None, until: float | None) -> None:
     """The prober's own timing over the window (how late probes left against their
     schedule), so its noise is not read as the network's jitter."""
     import sqlite3
 
-    from ..timing import read_windows
+    from ..timing import read_windows_with_guard
 
     try:
-        lat = read_windows(db, since, until)
+        lat, factor, slowed_s = read_windows_with_guard(db, since, until)
     except sqlite3.Error:
         return
+    if factor > 1.0:
+        print(
+            f"resource guard: probe intervals stretched up to x{factor:g} for ~{slowed_s:.0f} s "
+            "of this window (fewer probes than asked; raise resources.max_cpu_percent / "
+            "--max-cpu-percent, or 0 to turn the guard off)"
+        )
     if lat.probes:
         d = lat.to_dict()
         print(
@@ -232,7 +259,9 @@ def _write_html(
     # Worst first: most loss, then slowest median.
     ranked = sorted(stats, key=lambda s: (-s["loss"], -(s["p50_ms"] or 0.0), s["target"]))
     chosen = ranked[: max(args.max_charts, 0)]
-    chosen.sort(key=lambda s: s["target"])
+    from ..targets import address_order
+
+    chosen.sort(key=lambda s: address_order(s["target"]))
     charts = []
     for s in chosen:
         # At least two probes a step, so a target probed every 10 s does not come out as

@@ -305,6 +305,7 @@ def _text_summary(s: dict[str, Any]) -> str:
         ("enobufs", "send retries (ENOBUFS)"),
         ("timed_user", "replies timed from a user-space send time (no kernel TX timestamp)"),
         ("unresolved", "names not resolved"),
+        ("interrupted", "interrupted (Ctrl-C): statistics of the rounds done"),
     ):
         if s.get(key):
             lines.append(f"{s[key]:>10} {label}")
