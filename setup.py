@@ -1,4 +1,4 @@
-"""Build the fastping._icmp extension.
+"""Build the fastping._icmp and fastping._pipeline extensions.
 
 FASTPING_DEBUG=1     -O0 -g, Cython line tracing and bounds checks.
 FASTPING_SANITIZE=1  ASan + UBSan; run the tests with
@@ -30,18 +30,22 @@ if SANITIZE:
     compile_args += san
     link_args += san
 
-ext = Extension(
-    "fastping._icmp",
-    ["src/fastping/_icmp.pyx"],
-    include_dirs=["src/fastping/includes"],
-    define_macros=macros,
-    extra_compile_args=compile_args,
-    extra_link_args=link_args,
-)
+exts = [
+    Extension(
+        name,
+        [f"src/{name.replace('.', '/')}.pyx"],
+        include_dirs=["src/fastping/includes"],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    # _icmp: codec and IcmpSocket; _pipeline: targets in, result lines out
+    for name in ("fastping._icmp", "fastping._pipeline")
+]
 
 setup(
     ext_modules=cythonize(
-        [ext],
+        exts,
         compiler_directives=directives,
         include_path=["src/fastping"],
         force=DEBUG or SANITIZE,

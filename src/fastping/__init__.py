@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 try:
     from . import _icmp as _core  # noqa: F401
+    from . import _pipeline as _pipeline  # noqa: F401
 
     HAS_EXTENSION = True
 except ImportError:  # pragma: no cover - a broken wheel; tests fail on this

@@ -39,6 +39,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+_Buffer = bytes | bytearray | memoryview
+
 # Event kinds (the ``kind`` field of an event tuple).
 EV_REPLY: Final[int]  # 0  echo reply for an outstanding probe
 EV_TIMEOUT: Final[int]  # 1  no answer within the timeout
@@ -155,6 +157,11 @@ class IcmpSocket:
         """Append ``count`` consecutive IPv4 addresses from ``first`` (host-order
         integer), expanded in C with no Python object per target; return the first
         new slot."""
+    def append_packed(self, packed: _Buffer) -> int:
+        """Append one slot per address in ``packed`` (network-order addresses of
+        this family, 4 or 16 bytes each, back to back: what fastping._pipeline
+        parses a targets file into), with no Python object per target; return the
+        first new slot."""
     def add_target(self, address: str) -> int:
         """Add one target, return its slot (a freed slot is reused)."""
     def remove_target(self, slot: int) -> None:
@@ -180,6 +187,11 @@ class IcmpSocket:
         send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
         last_ttl, last_err_type, last_err_code, last_err_router, user_timed);
         user_timed: replies timed from a user-space send time (no kernel TX stamp)"""
+    def export_rows(self, start: int, count: int, out: bytearray | memoryview) -> int:
+        """Copy the results of slots [start, start + count) into the writable
+        ``out`` as packed rows (``includes/slotrow.pxd``; ``_pipeline.ROW_SIZE``
+        bytes each), GIL released; return the rows written (fewer when ``out`` or
+        the slots run out)."""
     def totals(self) -> dict[str, int]:
         """Socket counters: sent, received, duplicates, late, timeouts, unreachable,
         time_exceeded, send_errors, enobufs, rx_drops (kernel, SO_RXQ_OVFL),

@@ -44,6 +44,7 @@ from includes.filter cimport (
     BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET,
     sock_filter, sock_fprog,
 )
+from includes.slotrow cimport SlotRow
 from includes.sockdiag cimport SK_MEMINFO_DROPS, SO_MEMINFO
 from includes.socket cimport (
     AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, IP_MTU_DISCOVER,
@@ -1167,6 +1168,25 @@ cdef class IcmpSocket:
         self.n += cnt
         return start
 
+    def append_packed(self, const uint8_t[::1] packed):
+        """Append one slot per address in ``packed`` (network-order addresses of this
+        family, 4 or 16 bytes each, back to back: what fastping._pipeline parses a
+        targets file into), with no Python object per target; return the first new slot."""
+        cdef Py_ssize_t nb = packed.shape[0]
+        if nb % self.addr_len:
+            raise ValueError(f"packed addresses: {nb} bytes is not a multiple of {self.addr_len}")
+        cdef uint32_t start = self.n, i, cnt = <uint32_t>(nb // self.addr_len)
+        if nb // self.addr_len + self.n > 0xFFFFFFFF:
+            raise ValueError("too many targets for one socket")
+        self._grow(self.n + cnt)
+        if cnt:
+            with nogil:
+                memcpy(self.addrs + <size_t>start * self.addr_len, &packed[0], <size_t>nb)
+                for i in range(cnt):
+                    self._init_slot(start + i)
+        self.n += cnt
+        return start
+
     cdef int _pton(self, object a, uint8_t *dst) except -1:
         if not isinstance(a, str):
             raise TypeError(f"address must be a str, not {type(a).__name__}")
@@ -1231,6 +1251,55 @@ cdef class IcmpSocket:
                 st.senderr, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_sum_ns,
                 st.received - 1 if st.received > 1 else 0, st.last_ttl, st.err_type, st.err_code, router,
                 st.user_timed)
+
+    def export_rows(self, uint32_t start, uint32_t count, uint8_t[::1] out):
+        """Copy the results of slots [start, start + count) into ``out`` as packed
+        rows (``includes/slotrow.pxd``), GIL released: the pipeline formats and
+        exports columns from them without a Python object per target. Returns the
+        number of rows written (fewer when ``out`` or the slots run out)."""
+        cdef Py_ssize_t cap = out.shape[0] // sizeof(SlotRow), k
+        cdef uint32_t end
+        if start > self.n:
+            raise IndexError(start)
+        if count > self.n - start:
+            count = self.n - start
+        if count > cap:
+            count = <uint32_t>cap
+        end = start + count
+        if count == 0:
+            return 0
+        cdef SlotRow *rows = <SlotRow *>&out[0]
+        cdef SlotStats *st
+        cdef SlotRow *r
+        cdef uint32_t s
+        with nogil:
+            memset(rows, 0, count * sizeof(SlotRow))
+            k = 0
+            for s in range(start, end):
+                st = &self.stats[s]
+                r = &rows[k]
+                r.sent = st.sent
+                r.received = st.received
+                r.dup = st.dup
+                r.late = st.late
+                r.timeouts = st.timeouts
+                r.unreach = st.unreach
+                r.texc = st.texc
+                r.senderr = st.senderr
+                r.min_ns = st.min_ns
+                r.max_ns = st.max_ns
+                r.sum_ns = st.sum_ns
+                r.jit_sum_ns = st.jit_sum_ns
+                r.sumsq = st.sumsq
+                r.ttl = st.last_ttl
+                r.err_type = st.err_type
+                r.err_code = st.err_code
+                memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
+                if (st.err_type or st.unreach or st.texc) and self.err_router != NULL:
+                    r.has_router = 1
+                    memcpy(r.router, self.err_router + <size_t>s * self.addr_len, self.addr_len)
+                k += 1
+        return count
 
     def totals(self):
         """Socket counters (see the stub). rx_drops is the kernel's count of replies

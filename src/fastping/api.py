@@ -7,84 +7,110 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import TargetError
 from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
-from .targets import Address, Name, V4Range, parse_targets, resolve
+from .targets import resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
 # sends 1,000 probes/s at most. Benchmarks and loopback sweeps pass rate_pps=0.
 DEFAULT_RATE_PPS = 1000.0
 
 
-@dataclass
-class _Entry:
-    """One input entry: a block of slots on one socket, or an unresolved name."""
+def target_set(targets: Iterable[str] | str | Any) -> Any:
+    """Parse targets (strings, or an already built ``_pipeline.TargetSet``) into a
+    TargetSet; bad targets raise TargetError naming each of them."""
+    from ._pipeline import TargetSet
 
-    label: str | None  # None: use the slot's address as the label
-    sock_index: int  # -1 for a name that did not resolve
-    first_slot: int
-    count: int
-    error: str | None = None
+    if isinstance(targets, TargetSet):
+        ts = targets
+    else:
+        ts = TargetSet()
+        ts.add_arguments([targets] if isinstance(targets, str) else targets)
+    check_target_set(ts)
+    return ts
 
 
-@dataclass
+def check_target_set(ts: Any, shown: int = 20) -> None:
+    """Raise TargetError listing the bad targets (the first ``shown``; all are counted)."""
+    if ts.fatal:
+        raise TargetError(ts.fatal)
+    if not ts.n_errors:
+        return
+    lines = [f"{src}:{no}: {msg}" if src is not None else msg for src, no, msg in ts.errors]
+    more = ts.n_errors - min(len(lines), shown)
+    text = "\n".join(lines[:shown])
+    if more > 0:
+        text += f"\n... and {more} more bad target{'s' if more > 1 else ''}"
+    raise TargetError(text)
+
+
 class _Plan:
-    entries: list[_Entry] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)  # cumulative host index per entry
-    n_hosts: int = 0
+    """Where each host of a sweep lives: runs of one family's slots in host order,
+    names (resolved to a slot or to an error), labels where the target is not its
+    address. Arrays, not an object per host."""
 
+    def __init__(self, ts: Any, family: int | None) -> None:
+        from ._pipeline import RUN_NAME, RUN_V4
 
-def _plan_targets(
-    targets: Iterable[str] | str, family: int | None
-) -> tuple[_Plan, dict[int, list[Any]]]:
-    """Parse and resolve targets; group them per family as socket slot blocks."""
-    if isinstance(targets, str):
-        targets = [targets]
-    specs = parse_targets(targets)
-    names = [s.name for s in specs if isinstance(s, Name)]
-    resolved = resolve(names, family) if names else {}
-    # per family: list of ("range", first, count) / ("addr", address) in slot order
-    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
-    blocks: dict[int, list[Any]] = {v4: [], v6: []}
-    next_slot: dict[int, int] = {v4: 0, v6: 0}
-    plan = _Plan()
-
-    def add(fam: int, label: str | None, item: Any, count: int) -> None:
-        if family is not None and fam != family:
-            raise TargetError(
-                f"target {label or item!r} is not {'IPv4' if family == socket.AF_INET else 'IPv6'}"
-            )
-        plan.entries.append(_Entry(label, fam, next_slot[fam], count))
-        blocks[fam].append(item)
-        next_slot[fam] += count
-
-    for s in specs:
-        if isinstance(s, V4Range):
-            add(v4, None, ("range", s.first, s.count), s.count)
-        elif isinstance(s, Address):
-            add(s.family, s.label, ("addr", s.address), 1)
-        else:
-            r = resolved[s.name]
+        v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+        if family == v4 and ts.n_v6:
+            raise TargetError(f"target {ts.first_v6!r} is not IPv4")
+        if family == v6 and ts.n_v4:
+            raise TargetError(f"target {ts.first_v4!r} is not IPv6")
+        self.ts = ts
+        self.labels: dict[int, str] = dict(ts.labels)
+        names: list[str] = ts.names
+        resolved = resolve(names, family) if names else {}
+        self.n_slots = {v4: int(ts.n_v4), v6: int(ts.n_v6)}
+        extra: dict[int, list[str]] = {v4: [], v6: []}
+        # per name: (family, global slot) or the error
+        self.names: list[tuple[int, int] | str] = []
+        self.name_labels = names
+        for n in names:
+            r = resolved[n]
             if isinstance(r, str):
-                plan.entries.append(_Entry(s.name, -1, 0, 1, error=r))
+                self.names.append(r)
             else:
-                add(r[1], s.name, ("addr", r[0]), 1)
-    total = 0
-    for e in plan.entries:
-        plan.offsets.append(total)
-        total += e.count
-    plan.n_hosts = total
-    return plan, blocks
+                addr, fam = r
+                if family is not None and fam != family:
+                    raise TargetError(f"target {n!r} is not {'IPv4' if family == v4 else 'IPv6'}")
+                self.names.append((fam, self.n_slots[fam]))
+                self.n_slots[fam] += 1
+                extra[fam].append(addr)
+        self.extra = extra
+        # runs: host start, kind (family, or -1 for names), first slot / name index, count
+        self.run_host = array("q")
+        self.run_fam = array("q")
+        self.run_pos = array("q")
+        self.run_len = array("q")
+        pos = {v4: 0, v6: 0, -1: 0}
+        h = 0
+        for kind, count in ts.runs():
+            fam = -1 if kind == RUN_NAME else (v4 if kind == RUN_V4 else v6)
+            self.run_host.append(h)
+            self.run_fam.append(fam)
+            self.run_pos.append(pos[fam])
+            self.run_len.append(count)
+            pos[fam] += count
+            h += count
+        self.n_hosts = h
+        self.unresolved = sum(1 for r in self.names if isinstance(r, str))
+
+    def packed(self, fam: int) -> bytes:
+        """The family's slot addresses (parsed ones, then resolved names)."""
+        out = self.ts.packed(fam)
+        if self.extra[fam]:
+            out += b"".join(socket.inet_pton(fam, a) for a in self.extra[fam])
+        return bytes(out)
 
 
 def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
@@ -202,7 +228,7 @@ def _socket_sweep(
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> SweepResult:
-    plan, blocks = _plan_targets(targets, family)
+    plan = _Plan(target_set(targets), family)
     window = _window(count, interval_s, timeout_s)
     from .probe import open_icmp_socket
 
@@ -214,17 +240,18 @@ def _socket_sweep(
         window=window,
         batch_size=batch_size,
     )
-    total_slots = sum((e.count for e in plan.entries if e.sock_index >= 0), 0)
+    total_slots = sum(plan.n_slots.values())
     if workers == 0:
         workers = auto_workers(total_slots, rate_pps)
     socks: dict[int, _Shards] = {}
     t0 = time.perf_counter()
     jobs: list[tuple[Any, int, float]] = []
     try:
-        for fam, items in blocks.items():
-            n = sum(it[2] if it[0] == "range" else 1 for it in items)
+        for fam, n in plan.n_slots.items():
             if n == 0:
                 continue
+            packed = memoryview(plan.packed(fam))
+            alen = 4 if fam == socket.AF_INET else 16
             # each worker owns a contiguous share of this family's slots, on a socket
             # of its own (own identifier, BPF filter and buffers)
             k = max(1, min(workers, n))
@@ -234,10 +261,12 @@ def _socket_sweep(
             for i in range(k):
                 sock = open_icmp_socket(fam, mode=mode, **opts)
                 shards.socks.append(sock)
-                _load_part(sock, items, bounds[i], bounds[i + 1])
+                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen])
                 # the rate is a global budget, shared in proportion to the work
                 share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
                 jobs.append((sock, bounds[i], share))
+            del packed
+        plan.ts.release_packed()
         watcher = None
         if on_progress is not None:
             watcher = _ProgressWatcher([j[0] for j in jobs], total_slots * count, on_progress)
@@ -274,10 +303,11 @@ def _socket_sweep(
     totals["sweep_window_ns"] = sweep_window  # first send to last reply or timeout
     totals["send_errors"] = totals.get("send_errors", 0)
     totals["sent"] = totals.get("sent", 0) + totals["send_errors"]
-    totals["unresolved"] = sum(1 for e in plan.entries if e.sock_index < 0)
+    totals["unresolved"] = plan.unresolved
     totals["workers"] = workers
     totals["interrupted"] = int(interrupted)  # Ctrl-C ended a multi-round sweep early
-    return SweepResult(plan.n_hosts, _getter(plan, socks, rtts), totals, duration)
+    hosts = _Hosts(plan, socks, rtts)
+    return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts)
 
 
 def auto_workers(n_targets: int, rate_pps: float) -> int:
@@ -448,30 +478,141 @@ def _run_jobs(
     return out, _interrupted.is_set()
 
 
-def _getter(
-    plan: _Plan, socks: dict[int, _Shards], rtts: dict[tuple[int, int], list[float]] | None
-) -> Callable[[int], HostResult]:
-    import bisect
+class _Hosts:
+    """The hosts of a finished sweep, read from the sockets' arrays: one at a time
+    (``get``, a HostResult), or in blocks of core rows for the compiled formatters
+    and the column export (``write``, ``columns``). The sockets are closed; their
+    arrays stay until this object goes."""
 
-    def get(i: int) -> HostResult:
-        k = bisect.bisect_right(plan.offsets, i) - 1
-        e = plan.entries[k]
-        if e.sock_index < 0:
-            return HostResult(target=e.label or "", address=None, error=e.error)
-        g = e.first_slot + (i - plan.offsets[k])
-        sock, slot = socks[e.sock_index].locate(g)
+    ROWS = 4096  # rows exported from the core at a time (~430 KiB)
+
+    def __init__(
+        self,
+        plan: _Plan,
+        socks: dict[int, _Shards],
+        rtts: dict[tuple[int, int], list[float]] | None,
+    ) -> None:
+        self.plan, self.socks, self.rtts = plan, socks, rtts
+
+    def get(self, i: int) -> HostResult:
+        import bisect
+
+        p = self.plan
+        k = bisect.bisect_right(p.run_host, i) - 1
+        fam, off = p.run_fam[k], p.run_pos[k] + (i - p.run_host[k])
+        label = p.labels.get(i)
+        if fam < 0:
+            r = p.names[off]
+            if isinstance(r, str):
+                return HostResult(target=p.name_labels[off], address=None, error=r)
+            label = p.name_labels[off]
+            fam, off = r
+        sock, slot = self.socks[fam].locate(off)
         addr = sock.slot_address(slot)
-        h = _host_from_stats(e.label or addr, addr, sock.slot_stats(slot))
-        if rtts is not None:
-            h.rtts_ms = rtts.get((e.sock_index, g), [])
+        h = _host_from_stats(label or addr, addr, sock.slot_stats(slot))
+        if self.rtts is not None:
+            h.rtts_ms = self.rtts.get((fam, off), [])
         return h
 
-    return get
+    def _pieces(self) -> Iterator[Any]:
+        """(socket, family, first slot, count, label) in host order, or (label, error)
+        for a name that did not resolve; a labelled host is a piece of its own."""
+        p = self.plan
+        labelled = sorted(p.labels)
+        li = 0
+        for k in range(len(p.run_host)):
+            fam, pos, n, h0 = p.run_fam[k], p.run_pos[k], p.run_len[k], p.run_host[k]
+            if fam < 0:
+                for j in range(pos, pos + n):
+                    r = p.names[j]
+                    if isinstance(r, str):
+                        yield (p.name_labels[j], r)
+                    else:
+                        yield from self._slots(r[0], r[1], 1, p.name_labels[j])
+                continue
+            h, end = h0, h0 + n
+            while h < end:
+                while li < len(labelled) and labelled[li] < h:
+                    li += 1
+                nxt = labelled[li] if li < len(labelled) and labelled[li] < end else end
+                if nxt > h:
+                    yield from self._slots(fam, pos + (h - h0), nxt - h, None)
+                    h = nxt
+                if h < end and li < len(labelled) and labelled[li] == h:
+                    yield from self._slots(fam, pos + (h - h0), 1, p.labels[h])
+                    h += 1
+
+    def _slots(
+        self, fam: int, g: int, n: int, label: str | None
+    ) -> Iterator[tuple[Any, int, int, int, str | None]]:
+        sh = self.socks[fam]
+        while n > 0:
+            sock, slot = sh.locate(g)
+            take = min(n, sock.n_slots - slot)
+            yield (sock, fam, slot, take, label)
+            g += take
+            n -= take
+
+    def _rows(self) -> Iterator[_Block]:
+        buf = bytearray(self.ROWS * _row_size())
+        for piece in self._pieces():
+            if len(piece) == 2:
+                yield _Block(None, 0, 0, piece[0], piece[1])
+                continue
+            sock, fam, slot, n, label = piece
+            while n > 0:
+                got = sock.export_rows(slot, min(n, self.ROWS), buf)
+                yield _Block(buf, got, fam, label, None)
+                slot += got
+                n -= got
+
+    def write(self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]) -> None:
+        """Feed every host, in order, to a ``_pipeline.Formatter``; a name that did
+        not resolve is formatted by ``text_of_missing`` (Python)."""
+        from ._pipeline import FMT_NONE, SEL_ALIVE
+
+        for b in self._rows():
+            if b.rows is None:
+                fmt.count_row(False)
+                if fmt.fmt != FMT_NONE and fmt.select != SEL_ALIVE:
+                    fmt.write_text(text_of_missing(HostResult(b.label or "", None, error=b.error)))
+            else:
+                fmt.write_rows(b.rows, b.n, b.family, b.label)
+
+    def columns(self) -> dict[str, Any]:
+        from ._pipeline import Columns
+
+        cols = Columns()
+        for b in self._rows():
+            if b.rows is None:
+                cols.add_missing()
+            else:
+                cols.add_rows(b.rows, b.n, b.family)
+        return cols.result()
 
 
-def _subprocess_sweep(targets: Iterable[str] | str, opts: dict[str, Any]) -> SweepResult:
+class _Block(NamedTuple):
+    """``n`` core rows of one family in ``rows`` (None: a name that did not resolve)."""
+
+    rows: bytearray | None
+    n: int
+    family: int
+    label: str | None
+    error: str | None
+
+
+def _row_size() -> int:
+    from ._pipeline import ROW_SIZE
+
+    return int(ROW_SIZE)
+
+
+def _subprocess_sweep(targets: Iterable[str] | str | Any, opts: dict[str, Any]) -> SweepResult:
+    from ._pipeline import TargetSet
     from .subproc import hosts_to_sweep_result, subprocess_sweep
 
+    if isinstance(targets, TargetSet):
+        targets = targets.address_strings()
     t0 = time.perf_counter()
     hosts = subprocess_sweep([targets] if isinstance(targets, str) else list(targets), **opts)
     return hosts_to_sweep_result(hosts, time.perf_counter() - t0)
@@ -539,22 +680,29 @@ class Pinger:
         family: int | None = None,
     ) -> None:
         _check_args(count, interval_s, timeout_s, 0.0, 1)
-        plan, blocks = _plan_targets([host], family)
-        if len(plan.entries) != 1 or plan.n_hosts != 1:
+        plan = _Plan(target_set([host]), family)
+        if plan.n_hosts != 1:
             raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
-        e = plan.entries[0]
-        self.target = e.label or host
         self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
-        self.error = e.error
+        self.error: str | None = None
         self.address: str | None = None
         self._sock: Any = None
-        if e.sock_index < 0:
-            return  # a name that did not resolve: stats() says so
+        fam = plan.run_fam[0]
+        if fam < 0:  # a host name
+            self.target = plan.name_labels[0]
+            r = plan.names[0]
+            if isinstance(r, str):
+                self.error = r
+                return  # a name that did not resolve: stats() says so
+            fam = r[0]
+            self.address = plan.extra[fam][0]
+        else:
+            self.target = host.strip()
+            self.address = socket.inet_ntop(fam, plan.packed(fam))
         from .probe import open_icmp_socket
 
-        self.address = blocks[e.sock_index][0][1]
         self._sock = open_icmp_socket(
-            e.sock_index,
+            fam,
             mode=mode,
             payload_size=payload_size,
             ttl=ttl,
@@ -651,11 +799,15 @@ class Pinger:
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:
     """``sweep`` without blocking the event loop (the core runs in a thread with
     the GIL released)."""
+    import asyncio  # here: a command-line sweep never pays for importing asyncio
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(sweep, targets, **kwargs))
 
 
 async def async_ping(host: str, **kwargs: Any) -> HostResult:
     """``ping`` without blocking the event loop."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, partial(ping, host, **kwargs))

@@ -182,9 +182,11 @@ class SweepResult(Sequence[HostResult]):
         get: Callable[[int], HostResult],
         totals: dict[str, int],
         duration_s: float,
+        source: Any = None,
     ) -> None:
         self._n = n
         self._get = get
+        self._source = source  # api._Hosts: the core's arrays, read in blocks
         self.totals = totals
         self.duration_s = duration_s
         self._index: dict[str, int] | None = None  # target / address -> position, on demand
@@ -241,6 +243,34 @@ class SweepResult(Sequence[HostResult]):
         for i in range(self._n):
             yield self._get(i)
 
+    def columns(self) -> dict[str, Any]:
+        """Every host's results as columns, in host order, with no Python object per
+        host: ``array.array``s named as HostResult's fields (``sent``, ``received``,
+        ``duplicates``, ``late``, ``timeouts``, ``unreachable``, ``time_exceeded``,
+        ``send_errors``: uint32; ``min_ms``, ``avg_ms``, ``max_ms``, ``stddev_ms``,
+        ``jitter_ms``: float64, NaN where HostResult has None; ``ttl`` (0: none),
+        ``icmp_type``, ``icmp_code``: uint8; ``family``: 4, 6, or 0 for a name that
+        did not resolve), and ``address``: bytes, 16 a host (an IPv4 address in the
+        first 4). Each supports the buffer protocol (``numpy.frombuffer``,
+        ``memoryview``)."""
+        if self._source is not None:
+            return self._source.columns()  # type: ignore[no-any-return]
+        return _columns_of(self)
+
+    def write_rows(
+        self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]
+    ) -> None:
+        """Feed every host to a ``_pipeline.Formatter`` (the command's output path);
+        results without core arrays (the system-ping fallback) go through Python."""
+        if self._source is not None:
+            self._source.write(fmt, count, text_of_missing)
+            return
+        for h in self:
+            fmt.count_row(h.alive)
+            sel = fmt.select
+            if fmt.fmt and not ((sel == 1 and not h.alive) or (sel == 2 and h.alive)):
+                fmt.write_text(text_of_missing(h))
+
     @property
     def sent(self) -> int:
         return self.totals.get("sent", 0)
@@ -269,3 +299,39 @@ class SweepResult(Sequence[HostResult]):
             "probes_per_s": round(self.probes_per_s, 1),
             **{k: v for k, v in self.totals.items() if k not in ("sent", "received")},
         }
+
+
+def _columns_of(hosts: Sequence[HostResult]) -> dict[str, Any]:
+    """columns() for results that are already HostResults (the Python twin)."""
+    import ipaddress
+    from array import array
+
+    nan = float("nan")
+    out: dict[str, Any] = {"family": array("B")}
+    for k in (
+        "sent",
+        "received",
+        "duplicates",
+        "late",
+        "timeouts",
+        "unreachable",
+        "time_exceeded",
+        "send_errors",
+    ):
+        out[k] = array("I", [getattr(h, k) for h in hosts])
+    for k in ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms"):
+        out[k] = array("d", [nan if getattr(h, k) is None else getattr(h, k) for h in hosts])
+    out["ttl"] = array("B", [h.ttl or 0 for h in hosts])
+    out["icmp_type"] = array("B", [0] * len(hosts))
+    out["icmp_code"] = array("B", [0] * len(hosts))
+    addr = bytearray()
+    for h in hosts:
+        if h.address is None:
+            out["family"].append(0)
+            addr += bytes(16)
+        else:
+            ip = ipaddress.ip_address(h.address.split("%", 1)[0])
+            out["family"].append(ip.version)
+            addr += ip.packed.ljust(16, b"\0")
+    out["address"] = bytes(addr)
+    return out

@@ -10,7 +10,6 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,5 +252,7 @@ def resolve(
 
     if not uniq:
         return {}
+    from concurrent.futures import ThreadPoolExecutor  # only when there are names
+
     with ThreadPoolExecutor(max_workers=min(workers, len(uniq))) as ex:
         return dict(ex.map(one, uniq))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -44,6 +45,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
+class _RateAction(argparse.Action):
+    """--rate / -r, remembering which was typed: fping's -r is a retry count."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.rate_flag = option_string
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import argtypes
 
@@ -77,8 +92,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-r",
         type=argtypes.rate,
         default=None,
+        action=_RateAction,
         metavar="PPS",
         help="total probes per second (default 1000; 0 = as fast as possible)",
+    )
+    p.add_argument(
+        "--probe-interval",
+        "-i",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between successive probes, another way to say --rate (-i 0.001 = "
+        "--rate 1000)",
+    )
+    p.add_argument(
+        "--csv",
+        action="store_true",
+        help="one CSV row per target, with a header (the columns of --json)",
     )
     p.add_argument(
         "--workers",
@@ -90,31 +120,123 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "at most 8, for sweeps big and fast enough to need them)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
-    p.add_argument("-a", "--alive", action="store_true", help="print only targets that answered")
     p.add_argument(
-        "-u", "--unreachable", action="store_true", help="print only targets that did not answer"
+        "-s",
+        "--stats",
+        action="store_true",
+        help="with --json / --csv: the summary as JSON on stderr too (text output always "
+        "has it there)",
+    )
+    p.add_argument(
+        "-a",
+        "--alive",
+        action="store_true",
+        help="print only the targets that answered, one a line (as fping -a)",
+    )
+    p.add_argument(
+        "-u",
+        "--unreachable",
+        action="store_true",
+        help="print only the targets that did not answer, one a line (as fping -u)",
     )
     add_common(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import api
-    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+def check_plausible(args: argparse.Namespace) -> None:
+    """Refuse values that are fping's units or meanings typed into our options,
+    naming the likely mistake (fping: -t/-p/-i in ms, -r = retries)."""
     from ..errors import TargetError
-    from ..targets import read_targets_file
 
-    targets: list[str] = list(args.targets)
-    for f in args.file:
-        targets.extend(read_targets_file(f))
-    if not targets:
-        raise TargetError("no targets: name some (fastping sweep 127.0.0.1 ::1) or use -f FILE")
     if args.count < 1:
         raise TargetError(f"-c/--count must be >= 1, not {args.count}")
     if args.timeout <= 0:
         raise TargetError(f"--timeout must be > 0, not {args.timeout}")
+    t = args.timeout
+    if t > 60:
+        raise TargetError(
+            f"-t {t:g}: {t:g} seconds? the timeout is in seconds here; fping's -t is in ms "
+            f"(for {t:g} ms: -t {t / 1000:g})"
+        )
+    p = args.period
+    if p < 0:
+        raise TargetError(f"-p/--period must be >= 0 seconds, not {p:g}")
+    if p > 60:
+        raise TargetError(
+            f"-p {p:g}: {p:g} seconds between rounds? the period is in seconds here; fping's "
+            f"-p is in ms (for {p:g} ms: -p {p / 1000:g}); for rounds minutes apart use "
+            "fastping monitor"
+        )
+    i = args.probe_interval
+    if i is not None:
+        if args.rate is not None:
+            raise TargetError("-i and --rate say the same thing: give one of them")
+        if i < 0:
+            raise TargetError(f"-i/--probe-interval must be >= 0 seconds, not {i:g}")
+        if i >= 1:
+            raise TargetError(
+                f"-i {i:g}: {i:g} seconds between probes? the interval is in seconds here; "
+                f"fping's -i is in ms (for {i:g} ms: -i {i / 1000:g}, i.e. --rate {1000 / i:g})"
+            )
+        args.rate = 1.0 / i if i > 0 else 0.0
+    r = args.rate
+    if r is not None and r < 0:
+        raise TargetError(f"--rate must be >= 0 probes/s (0 = no limit), not {r:g}")
+    if r is not None and getattr(args, "rate_flag", None) == "-r" and 0 < r < 10:
+        raise TargetError(
+            f"-r {r:g}: {r:g} probes per second? -r is the rate here (probes/s); fping's -r "
+            f"is a retry count: for {r:g} more probes per target use -c {int(r) + 1}, for "
+            f"this rate say --rate {r:g}"
+        )
+    if args.json and args.csv:
+        raise TargetError("--json and --csv: choose one output format")
+
+
+def read_targets(args: argparse.Namespace) -> Any:
+    """The command line's targets and -f files as one _pipeline.TargetSet (files
+    streamed); every bad line is reported, with its line number."""
+    from .. import api
+    from .._pipeline import TargetSet
+    from ..errors import TargetError
+
+    ts = TargetSet()
+    ts.add_arguments(list(args.targets))
+    for f in args.file:
+        try:
+            if f == "-":
+                ts.add_file(sys.stdin.buffer, "<stdin>")
+            else:
+                with open(f, "rb", buffering=0) as fh:
+                    ts.add_file(fh, f)
+        except OSError as e:
+            raise TargetError(f"cannot read targets file {f!r}: {e.strerror or e}") from None
+        if ts.fatal:
+            break
+    api.check_target_set(ts)
+    if ts.n_hosts == 0:
+        raise TargetError("no targets: name some (fastping sweep 127.0.0.1 ::1) or use -f FILE")
+    return ts
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import api, formats
+    from .._pipeline import (
+        FMT_CSV,
+        FMT_JSON,
+        FMT_NONE,
+        FMT_TARGET,
+        FMT_TEXT,
+        SEL_ALIVE,
+        SEL_ALL,
+        SEL_DOWN,
+        Formatter,
+    )
+    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+
+    check_plausible(args)
+    targets = read_targets(args)
     rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
     family = {4: 2, 6: 10}.get(args.family or 0)
-    progress = _Progress() if sys.stderr.isatty() and not args.json else None
+    progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
     try:
         res = api.sweep(
             targets,
@@ -134,56 +256,45 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
-    out = sys.stdout
-    alive = unresolved = 0
-    lines: list[str] = []
-    write = lines.append
-    for h in res:
-        if h.alive:
-            alive += 1
-        if h.error and h.address is None:
-            unresolved += 1
-        if args.quiet or (args.alive and not h.alive) or (args.unreachable and h.alive):
-            continue
-        write(json.dumps(h.to_dict()) if args.json else _text_line(h, args.count))
-        if len(lines) >= 4096:
-            out.write("\n".join(lines) + "\n")
-            lines.clear()
-    if lines:
-        out.write("\n".join(lines) + "\n")
-    summary = res.summary_with(alive=alive)
-    if args.json:
-        if args.quiet:
-            out.write(json.dumps(summary) + "\n")
+    del targets
+    select = SEL_ALIVE if args.alive else SEL_DOWN if args.unreachable else SEL_ALL
+    if args.quiet:
+        fmt_code, line = FMT_NONE, formats.target_line
+    elif args.json:
+        fmt_code, line = FMT_JSON, formats.json_line
+    elif args.csv:
+        fmt_code, line = FMT_CSV, formats.csv_line
+    elif args.alive or args.unreachable:
+        fmt_code, line = FMT_TARGET, formats.target_line
     else:
-        stream = out if args.quiet else sys.stderr
-        stream.write(_text_summary(summary))
+        fmt_code = FMT_TEXT
+
+        def line(h: Any) -> str:
+            return formats.text_line(h, args.count)
+
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    fmt = Formatter(fmt_code, select, args.count, out)
+    if fmt_code == FMT_CSV:
+        fmt.write_text(formats.CSV_HEADER)
+    res.write_rows(fmt, args.count, line)
+    fmt.flush()
+    alive = fmt.alive
+    unresolved = int(res.totals.get("unresolved", 0))
+    summary = res.summary_with(alive=alive)
+    if args.json or args.csv:
+        if args.quiet:
+            out.write((json.dumps(summary) + "\n").encode())
+        elif args.stats:
+            sys.stderr.write(json.dumps(summary) + "\n")
+    elif args.quiet:
+        out.write(_text_summary(summary).encode())
+    else:
+        sys.stderr.write(_text_summary(summary))
     out.flush()
     if unresolved:
         return EXIT_UNRESOLVED
     return EXIT_ALL_ALIVE if alive == len(res) else EXIT_SOME_DOWN
-
-
-def _text_line(h: Any, count: int) -> str:
-    name = h.target if h.target == h.address or h.address is None else f"{h.target} ({h.address})"
-    if h.address is None:
-        return f"{name} : {h.error}"
-    if count == 1:
-        if h.alive:
-            return f"{name} is alive ({h.avg_ms:.3f} ms)"
-        why = f" ({h.error})" if h.error else ""
-        return f"{name} is unreachable{why}"
-    stats = f"xmt/rcv/%loss = {h.sent}/{h.received}/{h.loss * 100:.0f}%"
-    if h.alive:
-        stats += f", min/avg/max = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}"
-    extra = []
-    if h.duplicates:
-        extra.append(f"{h.duplicates} dup")
-    if h.late:
-        extra.append(f"{h.late} late")
-    if h.error:
-        extra.append(h.error)
-    return f"{name} : {stats}" + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def _text_summary(s: dict[str, Any]) -> str:
