@@ -221,7 +221,10 @@ cdef class TargetSet:
             tmp[n] = 0
             if v4chars and inet_pton(AF_INET, tmp, a) == 1:
                 return self._add4(a, w, n)
-            if colon and inet_pton(AF_INET6, tmp, a) == 1:
+            # fe80::/10 (link-local) goes to the reference parser, which refuses it
+            # without a scope: it names no interface to send on
+            if (colon and inet_pton(AF_INET6, tmp, a) == 1 and
+                    not (a[0] == 0xFE and (a[1] & 0xC0) == 0x80)):
                 return self._add6(a, w, n)
         return self._slow(w, n, source, lineno)
 
