@@ -1785,15 +1785,7 @@ cdef class IcmpSocket:
             self.c_f_seq += 1
             return
         cdef const uint8_t *want = self.addrs + <size_t>slot * self.addr_len
-        cdef const uint8_t *src
-        cdef sockaddr_in *sin
-        cdef sockaddr_in6 *sin6
-        if self.family == AF_INET:
-            sin = <sockaddr_in *>h.msg_name
-            src = <const uint8_t *>&sin.sin_addr
-        else:
-            sin6 = <sockaddr_in6 *>h.msg_name
-            src = <const uint8_t *>&sin6.sin6_addr
+        cdef const uint8_t *src = self._src_of(h)
         if p.is_error:
             # the quoted probe must have gone to this slot's address; the reporter
             # is the router that sent the error
