@@ -443,6 +443,11 @@ cdef inline int put_s(Buf *b, const char *s) except -1:
     return buf_put(b, s, strlen(s))
 
 
+cdef inline int _key_or_sep(Buf *b, bint keys, const char *key, const char *sep) except -1:
+    # a JSON field's key, or the CSV separator before the next column
+    return put_s(b, key if keys else sep)
+
+
 cdef int put_u64(Buf *b, unsigned long long v) except -1:
     cdef char tmp[24]
     cdef int i = 23
@@ -807,56 +812,38 @@ cdef class Formatter:
                      bint keys) except -1:
         # loss, min, avg, max, stddev, jitter as round()ed reprs, JSON or CSV style
         cdef Buf *b = &self.out
-        if keys:
-            put_s(b, b', "loss": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "loss": ', sep)
         if d.loss == 0.0:
             buf_put(b, b"0.0", 3)
         elif d.loss == 1.0:
             buf_put(b, b"1.0", 3)
         else:
             put_repr_round(b, d.loss, 6)
-        if keys:
-            put_s(b, b', "min_ms": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "min_ms": ', sep)
         if d.alive:
             put_ms_round4(b, r.min_ns)
         else:
             put_s(b, none)
-        if keys:
-            put_s(b, b', "avg_ms": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "avg_ms": ', sep)
         if not d.alive:
             put_s(b, none)
         elif d.avg_exact:
             put_ms_round4(b, d.avg_ns)
         else:
             put_repr_round(b, d.avg_ms, 4)
-        if keys:
-            put_s(b, b', "max_ms": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "max_ms": ', sep)
         if d.alive:
             put_ms_round4(b, r.max_ns)
         else:
             put_s(b, none)
-        if keys:
-            put_s(b, b', "stddev_ms": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "stddev_ms": ', sep)
         if not d.alive:
             put_s(b, none)
         elif d.stddev_ms == 0.0:
             buf_put(b, b"0.0", 3)
         else:
             put_repr_round(b, d.stddev_ms, 4)
-        if keys:
-            put_s(b, b', "jitter_ms": ')
-        else:
-            put_s(b, sep)
+        _key_or_sep(b, keys, b', "jitter_ms": ', sep)
         if d.alive and d.has_jitter:
             put_repr_round(b, d.jitter_ms, 4)
         else:
