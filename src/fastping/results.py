@@ -301,6 +301,19 @@ class SweepResult(Sequence[HostResult]):
         }
 
 
+# HostResult's per-probe counters, in the order columns and totals list them
+HOST_COUNTS = (
+    "sent",
+    "received",
+    "duplicates",
+    "late",
+    "timeouts",
+    "unreachable",
+    "time_exceeded",
+    "send_errors",
+)
+
+
 def _columns_of(hosts: Sequence[HostResult]) -> dict[str, Any]:
     """columns() for results that are already HostResults (the Python twin)."""
     import ipaddress
@@ -308,16 +321,7 @@ def _columns_of(hosts: Sequence[HostResult]) -> dict[str, Any]:
 
     nan = float("nan")
     out: dict[str, Any] = {"family": array("B")}
-    for k in (
-        "sent",
-        "received",
-        "duplicates",
-        "late",
-        "timeouts",
-        "unreachable",
-        "time_exceeded",
-        "send_errors",
-    ):
+    for k in HOST_COUNTS:
         out[k] = array("I", [getattr(h, k) for h in hosts])
     for k in ("min_ms", "avg_ms", "max_ms", "stddev_ms", "jitter_ms"):
         out[k] = array("d", [nan if getattr(h, k) is None else getattr(h, k) for h in hosts])

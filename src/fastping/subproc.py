@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError, PermissionDenied, TargetError
 from .privilege import PingBinary, diagnose, find_ping
-from .results import HostResult, SweepResult, rtt_summary
+from .results import HOST_COUNTS, HostResult, SweepResult, rtt_summary
 from .targets import Address, Name, Spec, V4Range, parse_target, resolve
 
 __all__ = [
@@ -554,17 +554,7 @@ def subprocess_sweep(
 def hosts_to_sweep_result(hosts: Sequence[HostResult], duration_s: float) -> SweepResult:
     """Wrap subprocess results in the SweepResult the socket modes return, with
     totals summed from the hosts (there is no socket to ask)."""
-    keys = (
-        "sent",
-        "received",
-        "duplicates",
-        "late",
-        "timeouts",
-        "unreachable",
-        "time_exceeded",
-        "send_errors",
-    )
-    totals = {k: sum(getattr(h, k) for h in hosts) for k in keys}
+    totals = {k: sum(getattr(h, k) for h in hosts) for k in HOST_COUNTS}
     totals["resolve_errors"] = sum(1 for h in hosts if h.address is None)
     items = list(hosts)
     return SweepResult(len(items), items.__getitem__, totals, duration_s)
