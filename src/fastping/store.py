@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, mul, sub
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .chunk import OUTCOME_BY_CODE, OUTCOME_CODE, RECORD_SIZE, ChunkError, pack, unpack
 from .errors import ConfigError
@@ -337,8 +337,35 @@ def _pack_results(group: list[ProbeResult]) -> _Row:
     )
 
 
+class StoreBackend(Protocol):
+    """The write side of a ResultStore, the seam between its queue (bounded, retried,
+    drops counted) and one database engine. Every method runs in a worker thread;
+    ``open_locked``, ``write`` and ``rollup`` raise one of ``errors`` when the database
+    cannot take it now (locked, full, down, slow): the store keeps the batch queued and
+    retries. ``_Writer`` is SQLite's; ``store_pg._PgWriter`` is PostgreSQL's."""
+
+    errors: tuple[type[BaseException], ...]
+
+    def open_locked(self) -> None: ...
+
+    def write(
+        self, results: Sequence[ProbeResult], chunks: Sequence[_Chunk]
+    ) -> tuple[list[tuple[object, int, str]], int]:
+        """One batch in one transaction: (malformed items (item, records, reason),
+        rows written)."""
+        ...
+
+    def rollup(self, cutoff: float) -> int:
+        """Fold raw results older than ``cutoff`` into minute rollups; records folded."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
 class _Writer:
     """The write side: one connection, used by one worker thread at a time."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 
     def __init__(self, path: Path, busy_timeout_ms: int) -> None:
         self.path = path
@@ -984,6 +1011,7 @@ class ResultStore:
         retry_max_s: float = 5.0,
         busy_timeout_ms: int = 200,
         chunk_window_s: float = 10.0,
+        backend: StoreBackend | None = None,
     ) -> None:
         for name, value in (
             ("retention_s", retention_s),
@@ -998,6 +1026,7 @@ class ResultStore:
             if not value > 0:
                 raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
         self.path = Path(path)
+        self.db = str(path)  # how logs name the database
         self.retention_s = float(retention_s)
         self.batch_size = int(batch_size)  # records per write transaction
         self.flush_interval_s = float(flush_interval_s)
@@ -1013,7 +1042,7 @@ class ResultStore:
         self._hold_max = max(self.batch_size, self.max_queue // 2)
         self._queue_since = 0.0  # monotonic time the oldest queued ProbeResult came
         self._flush_goal = 0  # a flush() waits for _done to reach this
-        self._writer = _Writer(self.path, busy_timeout_ms)
+        self._writer: StoreBackend = backend or _Writer(self.path, busy_timeout_ms)
         self._queue: deque[ProbeResult] = deque()
         self._chunks: deque[_Chunk] = deque()
         self._chunk_records = 0  # records in self._chunks
@@ -1047,18 +1076,7 @@ class ResultStore:
         another schema version) raises."""
         if self._task is not None:
             return
-        parent = self.path.resolve().parent
-        if not parent.is_dir():
-            raise ConfigError(
-                f"store path {str(self.path)!r}: directory {str(parent)!r} does not exist; "
-                "create it or choose another --db / store.path"
-            )
-        if self.path.is_dir():
-            raise ConfigError(
-                f"store path {str(self.path)!r} is a directory; give a file name such as "
-                f"{str(self.path / 'fastping.db')!r}"
-            )
-        _refuse_foreign(self.path)
+        self._check_place()
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -1071,10 +1089,27 @@ class ResultStore:
                 # retrying would never help: refuse at start, as `report` does
                 raise ConfigError(_not_ours(self.path, e)) from None
             self._note_failure(e, "open")
-        except OSError as e:
-            self._note_failure(e, "open")
+        except Exception as e:
+            if not isinstance(e, (OSError, *self._writer.errors)) or isinstance(e, ConfigError):
+                raise
+            self._note_failure(e, "open")  # the writer retries (a server down, a lock)
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         self._task = asyncio.create_task(self._run(), name="fastping-store-writer")
+
+    def _check_place(self) -> None:
+        """Refuse, before anything starts, a place that can never work."""
+        parent = self.path.resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(
+                f"store path {str(self.path)!r}: directory {str(parent)!r} does not exist; "
+                "create it or choose another --db / store.path"
+            )
+        if self.path.is_dir():
+            raise ConfigError(
+                f"store path {str(self.path)!r} is a directory; give a file name such as "
+                f"{str(self.path / 'fastping.db')!r}"
+            )
+        _refuse_foreign(self.path)
 
     def _queued(self) -> int:
         return len(self._queue) + self._chunk_records
@@ -1188,7 +1223,7 @@ class ResultStore:
                 queued=self._queued(),
                 max_queue=self.max_queue,
                 last_error=self._last_error,
-                db=str(self.path),
+                db=self.db,
             )
             self._dropped_unlogged = 0
             self._last_drop_log = now
@@ -1246,7 +1281,7 @@ class ResultStore:
                 "store closed with unwritten results",
                 unwritten=left,
                 last_error=self._last_error,
-                db=str(self.path),
+                db=self.db,
             )
         self._log_drops(force=True)
         await self._notify()  # wake flush() callers waiting elsewhere
@@ -1291,7 +1326,7 @@ class ResultStore:
                 error=self._last_error,
                 queued=self._queued(),
                 failures=self._write_failures,
-                db=str(self.path),
+                db=self.db,
             )
 
     async def _notify(self) -> None:
@@ -1389,11 +1424,11 @@ class ResultStore:
                         dropped=bad_records,
                         first=repr(bad[0][0])[:300],
                         reason=bad[0][2],
-                        db=str(self.path),
+                        db=self.db,
                     )
                 if failing:
                     self._last_failure_log = 0.0
-                    log.info("store writes recovered", queued=self._queued(), db=str(self.path))
+                    log.info("store writes recovered", queued=self._queued(), db=self.db)
                 failing = False
                 delay = 0.0
                 await self._notify()
@@ -1410,9 +1445,9 @@ class ResultStore:
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         try:
             await self.rollup()
-        except (sqlite3.Error, OSError, ChunkError) as e:
+        except (*self._writer.errors, OSError, ChunkError) as e:
             # raw rows stay in place; the next round folds them
-            log.warning("store rollup failed; will retry", error=f"{e}", db=str(self.path))
+            log.warning("store rollup failed; will retry", error=f"{e}", db=self.db)
 
     async def rollup(self, now: float | None = None) -> int:
         """Fold raw results older than the retention window (whole minutes) into
@@ -1423,7 +1458,7 @@ class ResultStore:
         n = await asyncio.to_thread(self._writer.rollup, cutoff)
         self._rollup_rows += n
         if n:
-            log.info("store rolled up old results", records=n, before=cutoff, db=str(self.path))
+            log.info("store rolled up old results", records=n, before=cutoff, db=self.db)
         return n
 
     # ---- queries (sync; own read-only connection) -------------------------------------
