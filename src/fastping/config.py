@@ -105,6 +105,36 @@ class StoreConfig(_Model):
     # of replies and timeouts to the store this often, and the store holds other
     # results as long to pack them with their target's; a kill -9 loses at most this
     chunk_s: Seconds = Field(default=10.0, gt=0, le=3600)
+    # a shared PostgreSQL database instead of the SQLite file (postgresql://...), the
+    # name this agent's rows carry there (default: host name, #i/n when sharded), and
+    # the length of its time partitions (retention drops whole partitions)
+    url: str | None = None
+    agent: str | None = None
+    partition_s: Seconds = Field(default=3600.0, ge=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (store.path is for SQLite)")
+        return v
+
+
+class RemoteWriteConfig(_Model):
+    # Prometheus remote write: push the scrape endpoint's series to this URL
+    url: str | None = None
+    interval_s: Seconds = Field(default=15.0, gt=0)
+    timeout_s: Seconds = Field(default=10.0, gt=0)
+    # added to every series (a scrape gets job / instance from Prometheus; a push
+    # names them itself: job "fastping", instance the agent, unless given here)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
 
 class ResourcesConfig(_Model):
@@ -152,6 +182,7 @@ class FastpingConfig(_Model):
     network: dict[str, Any] = Field(default_factory=dict)
     retry: dict[str, Any] | str = Field(default_factory=dict)
     metrics: MetricsConfig = MetricsConfig()  # frozen, so one shared default is safe
+    remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
 
     @field_validator("targets", mode="before")

@@ -212,6 +212,8 @@ table{border-collapse:collapse;font-size:13px} td,th{padding:3px 8px;text-align:
 th{border-bottom:1px solid #999} td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#f4f4f4}
 svg .ax{font-size:11px;fill:#555}
+.side{display:flex;gap:14px} .side>div{flex:1;min-width:0} .side svg{width:100%;height:auto}
+h3{font-size:14px;margin:6px 0 2px;color:#333}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .legend i{display:inline-block;width:18px;height:4px;vertical-align:middle;margin-right:4px}
 .legend b{display:inline-block;width:14px;height:10px;vertical-align:middle;margin-right:4px}
@@ -228,8 +230,11 @@ def render_report(
     left_out: int = 0,
 ) -> str:
     """The whole page: a summary table of ``stats`` and one chart per
-    (stats, series, bucket_s)."""
+    (stats, series, bucket_s). Stats from a shared store carry ``agent``: the table
+    gets an agent column, and the charts of one target by several agents (adjacent
+    in ``charts``) are drawn side by side."""
     esc = html.escape
+    agents = any("agent" in s for s in stats)
 
     def when(t: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
@@ -238,7 +243,9 @@ def render_report(
     for s in stats:
         rows.append(
             "<tr>"
-            f"<td>{esc(s['target'])}</td><td>{s['sent']}</td><td>{s['received']}</td>"
+            f"<td>{esc(s['target'])}</td>"
+            + (f"<td>{esc(str(s.get('agent', '')))}</td>" if agents else "")
+            + f"<td>{s['sent']}</td><td>{s['received']}</td>"
             f"<td>{s['loss'] * 100:.1f}%</td><td>{_fmt_ms(s['min_ms'])}</td>"
             f"<td>{_fmt_ms(s['p50_ms'])}</td><td>{_fmt_ms(s['avg_ms'])}</td>"
             f"<td>{_fmt_ms(s['p95_ms'])}</td><td>{_fmt_ms(s['max_ms'])}</td>"
@@ -253,7 +260,7 @@ def render_report(
         '<span><b style="background:#9c9c9c"></b>p25–p75</span>'
         '<span><b style="background:#d42020;opacity:.25"></b>no reply at all</span>'
     )
-    sections = []
+    sections: list[tuple[str, str, str]] = []  # (target, agent, html)
     for s, series, bucket_s in charts:
         other = [
             f"{k.replace('_', ' ')} {s[k]}"
@@ -277,10 +284,32 @@ def render_report(
             + (f" · {esc(', '.join(other))}" if other else "")
             + (" · percentiles estimated from minute rollups" if s.get("approximate") else "")
         )
+        agent = str(s.get("agent", ""))
+        of = f"{s['target']} from {agent}" if agent else str(s["target"])
         sections.append(
-            f'<h2>{esc(s["target"])}</h2><p class="stats">{line}</p>'
-            + chart_svg(series, since, until, bucket_s, title=f"latency of {s['target']}")
+            (
+                str(s["target"]),
+                agent,
+                f'<p class="stats">{line}</p>'
+                + chart_svg(series, since, until, bucket_s, title=f"latency of {of}"),
+            )
         )
+    parts = []
+    i = 0
+    while i < len(sections):
+        j = i + 1
+        while j < len(sections) and sections[j][0] == sections[i][0]:
+            j += 1
+        head = f"<h2>{esc(sections[i][0])}</h2>"
+        if agents:
+            # one column per agent watching this target, side by side
+            cols = "".join(
+                f"<div><h3>from {esc(a)}</h3>{body}</div>" for _, a, body in sections[i:j]
+            )
+            parts.append(f'{head}<div class="side">{cols}</div>')
+        else:
+            parts.extend(head + body for _, _, body in sections[i:j])
+        i = j
     more = (
         f'<p class="meta">{left_out} more targets are in the table but not charted '
         "(the charts show those with the most loss, then the slowest); use --target to "
@@ -296,11 +325,11 @@ def render_report(
 <h1>fastping report</h1>
 <p class="meta">{esc(db)} · {when(since)} – {when(until)} UTC · {len(stats)} targets ·
 generated {when(time.time())} UTC</p>
-<table><tr><th>target</th><th>sent</th><th>recv</th><th>loss</th><th>min</th><th>median</th>
+<table><tr><th>target</th>{"<th>agent</th>" if agents else ""}<th>sent</th><th>recv</th><th>loss</th><th>min</th><th>median</th>
 <th>avg</th><th>p95</th><th>max</th><th>jitter (ms)</th></tr>
 {"".join(rows)}</table>
 <p class="legend">{legend}</p>
 {more}
-{"".join(sections)}
+{"".join(parts)}
 </body></html>
 """

@@ -77,3 +77,13 @@ def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
             f"{max(count, 1)} agents use 0/{max(count, 1)} .. {max(count, 1) - 1}/{max(count, 1)})"
         )
     return index, count
+
+
+def agent_name(shard: tuple[int, int] | None = None) -> str:
+    """This agent's default name in shared places (a PostgreSQL store's rows, remote
+    write's ``instance``): the host name, with the shard when it watches one
+    (``host#1/4``), so the agents of one list on one host stay apart."""
+    import socket
+
+    name = socket.gethostname() or "fastping"
+    return name if shard is None else f"{name}#{shard[0]}/{shard[1]}"

@@ -337,6 +337,11 @@ def _pack_results(group: list[ProbeResult]) -> _Row:
     )
 
 
+def is_postgres_url(db: str | Path | None) -> bool:
+    """``--db`` / ``store.url`` names a PostgreSQL database (``store_pg``), not a file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
 class StoreBackend(Protocol):
     """The write side of a ResultStore, the seam between its queue (bounded, retried,
     drops counted) and one database engine. Every method runs in a worker thread;

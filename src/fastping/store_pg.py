@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import socket
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
@@ -54,6 +53,7 @@ from .chunk import OUTCOME_BY_CODE, RECORD_SIZE
 from .errors import ConfigError
 from .logs import get_logger
 from .results import ProbeResult
+from .shard import agent_name
 from .store import (
     _ROLLUP_COLS,
     _ROLLUP_TOTAL,
@@ -70,6 +70,7 @@ from .store import (
     _rollup_row,
     _Stream,
     _Writer,
+    is_postgres_url,
 )
 
 log = get_logger("fastping.store")
@@ -152,10 +153,6 @@ _ROLLUP_UPSERT = (
 _PG_MALFORMED: tuple[type[Exception], ...] = (psycopg.DataError,)
 
 
-def is_postgres_url(text: str | None) -> bool:
-    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
-
-
 def redact(url: str) -> str:
     """The URL without its password (for logs and the report's header)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -169,12 +166,6 @@ def redact(url: str) -> str:
     netloc = u.netloc.rsplit("@", 1)[1]
     user = u.username or ""
     return urlunsplit((u.scheme, f"{user}:***@{netloc}", u.path, u.query, u.fragment))
-
-
-def default_agent(shard: tuple[int, int] | None = None) -> str:
-    """The host name, with the shard (``host#1/4``) when the agent watches one."""
-    name = socket.gethostname() or "fastping"
-    return name if shard is None else f"{name}#{shard[0]}/{shard[1]}"
 
 
 def _partition_start(t1: float, partition_s: float) -> int:
@@ -582,7 +573,7 @@ class PgResultStore(ResultStore):
         except psycopg.ProgrammingError as e:
             raise ConfigError(f"store URL {redact(url)!r}: {e}") from None
         self.url = url
-        self.agent = agent or default_agent()
+        self.agent = agent or agent_name()
         self.connect_timeout_s = connect_timeout_s
         self.statement_timeout_s = statement_timeout_s
         options.pop("busy_timeout_ms", None)
@@ -882,7 +873,6 @@ __all__ = [
     "DEFAULT_PARTITION_S",
     "PgResultStore",
     "TargetKey",
-    "default_agent",
     "is_postgres_url",
     "redact",
 ]

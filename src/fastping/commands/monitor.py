@@ -54,7 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", "-t", type=argtypes.timeout, metavar="S", help="probe timeout (at most 3600)"
     )
     parser.add_argument(
-        "--db", metavar="PATH", help=f"SQLite file for results (default: ./{DEFAULT_DB})"
+        "--db",
+        metavar="PATH|URL",
+        help=f"SQLite file for results (default: ./{DEFAULT_DB}), or a shared PostgreSQL "
+        "database: postgresql://user@host/dbname (store.url in the config)",
+    )
+    parser.add_argument(
+        "--agent",
+        metavar="NAME",
+        help="this agent's name on its rows in a shared PostgreSQL store and as the "
+        "remote-write instance (default: the host name, with #I/N when sharded)",
+    )
+    parser.add_argument(
+        "--remote-write",
+        metavar="URL",
+        help="push the /metrics series to a Prometheus remote-write receiver (e.g. "
+        "http://127.0.0.1:8428/api/v1/write) every --remote-write-interval seconds",
+    )
+    parser.add_argument(
+        "--remote-write-interval",
+        type=argtypes.seconds(0.1, 86400.0),
+        metavar="S",
+        help="seconds between remote-write pushes (default 15; remote_write.interval_s)",
     )
     parser.add_argument(
         "--duration",
@@ -241,6 +262,21 @@ def run(args: argparse.Namespace) -> int:
             metrics_listen, "--metrics" if args.metrics else f"{args.config}: metrics.listen"
         )
 
+    rw_url = args.remote_write or cfg.remote_write.url
+    if rw_url and not rw_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--remote-write {rw_url!r}: give an http:// or https:// URL")
+    db = args.db or cfg.store.url or (cfg.store.path if args.config else DEFAULT_DB)
+    from ..store import is_postgres_url
+
+    if is_postgres_url(db):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"--db {db.split('://')[0]}://...: the PostgreSQL store needs psycopg 3: "
+                "pip install 'fastping[postgresql]' (or 'psycopg[binary]')"
+            ) from None
+
     interval_s = args.interval if args.interval is not None else cfg.defaults.interval_s
     timeout_s = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
     for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
@@ -325,16 +361,33 @@ async def _main(
         check_interval_s=rc.check_interval_s,
         logger=get_engine_logger(),
     )
+    from ..shard import agent_name
+    from ..store import is_postgres_url
+
     sc = cfg.store
-    store = ResultStore(
-        args.db or (sc.path if args.config else DEFAULT_DB),
-        retention_s=sc.retention_s,
-        batch_size=sc.batch_size,
-        flush_interval_s=sc.flush_interval_s,
-        max_queue=sc.max_queue,
-        chunk_window_s=sc.chunk_s,
-    )
-    await store.start()  # first: a file that is not a fastping database is refused here
+    db = args.db or sc.url or (sc.path if args.config else DEFAULT_DB)
+    agent = args.agent or sc.agent or agent_name(shard)
+    store_options: dict[str, Any] = {
+        "retention_s": sc.retention_s,
+        "batch_size": sc.batch_size,
+        "flush_interval_s": sc.flush_interval_s,
+        "max_queue": sc.max_queue,
+        "chunk_window_s": sc.chunk_s,
+    }
+    shared = is_postgres_url(db)
+    store: ResultStore
+    if shared:
+        from ..store_pg import PgResultStore
+
+        pg = PgResultStore(db, agent=agent, partition_s=sc.partition_s, **store_options)
+        # the configured labels, for `fastping report --label` on the shared database
+        pg.set_labels({host: labels for host, _, _, labels in targets if labels})
+        store = pg
+    else:
+        store = ResultStore(db, **store_options)
+    # first: a file that is not a fastping database is refused here (a PostgreSQL
+    # server that is down is not: the writer retries it while results queue)
+    await store.start()
     network = None
     if network_cfg is not None:
         from ..netstate import NetworkMonitor
@@ -374,6 +427,30 @@ async def _main(
             shard=shard,
         )
         log.info("serving Prometheus metrics", url=metrics.url)
+    rw = cfg.remote_write
+    rw_url = args.remote_write or rw.url
+    remote = None
+    if rw_url:
+        from ..remote_write import RemoteWriter
+
+        if metrics is not None:
+            collector = metrics.collector
+        else:
+            from ..metrics import MetricsCollector
+
+            collector = MetricsCollector(
+                engine, label_names={k for t in targets for k in t[3]}, shard=shard
+            )
+        remote = RemoteWriter(
+            collector,
+            rw_url,
+            interval_s=args.remote_write_interval or rw.interval_s,
+            timeout_s=rw.timeout_s,
+            # what a Prometheus scrape would have added
+            labels={"job": "fastping", "instance": agent, **rw.labels},
+        )
+        remote.start()
+        log.info("remote write on", url=rw_url, interval_s=remote.interval_s)
     loop = asyncio.get_running_loop()
     current = {t[0]: t for t in targets}
 
@@ -387,8 +464,11 @@ async def _main(
         [default_timeout] + [t[2] for t in targets]
     )
     first = asyncio.create_task(first_round(engine, log, first_after + 0.5))
-    timing = _TimingRecorder(engine, str(store.path), log)
-    timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
+    # the prober's own timing windows live beside the results in the SQLite file
+    timing = None if shared else _TimingRecorder(engine, str(store.path), log)
+    timing_task = asyncio.create_task(
+        timing.every(float(cfg.store.chunk_s)) if timing is not None else asyncio.sleep(0)
+    )
     try:
         await engine.run(args.duration)
     finally:
@@ -398,8 +478,14 @@ async def _main(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
+        if timing is not None:
+            await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
         await store.close(timeout_s=min(STORE_CLOSE_S, args.stop_timeout))
+        if remote is not None:
+            # one last push: the receiver's counters end where the run's did
+            await asyncio.to_thread(remote.close)
+            if metrics is None:
+                remote.collector.detach()
         if metrics is not None:
             metrics.close()
         if network is not None:
@@ -418,8 +504,12 @@ async def _main(
         "subscriber_dropped": st["subscriber_dropped"],
         "interval_factor": st["interval_factor"],
         "send_lateness": st["send_lateness"],
-        "db": str(store.path),
+        "db": store.db,
     }
+    if shared:
+        summary["agent"] = agent
+    if remote is not None:
+        summary["remote_write"] = remote.stats()
     if metrics is not None:
         summary["metrics"] = metrics.url
         summary["metrics_scrapes"] = metrics.scrapes
@@ -429,7 +519,7 @@ async def _main(
     if ss.get("dropped"):
         print(
             f"fastping: {ss['dropped']} of {st['results']} results were not written to "
-            f"{store.path} (last error: {ss.get('last_error') or 'queue full'}); "
+            f"{store.db} (last error: {ss.get('last_error') or 'queue full'}); "
             f"{ss.get('written')} were",
             file=sys.stderr,
         )

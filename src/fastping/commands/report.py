@@ -19,6 +19,8 @@ JSON_KEYS: tuple[str, ...] = (
     "timeouts", "unreachable", "time_exceeded", "send_errors", "local_down",
     "resolve_errors", "duplicates", "late", "first_time", "last_time", "approximate",
 )  # fmt: skip
+# from a shared (PostgreSQL) store, after those
+SHARED_KEYS: tuple[str, ...] = ("agent", "labels")
 
 
 def parse_when(text: str, now: float) -> float | None:
@@ -54,9 +56,18 @@ def _when_arg(text: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", metavar="PATH", default=None,
-        help="the SQLite file `fastping monitor` wrote (default: store.path of --config, "
-        "else fastping.db)",
+        "--db", metavar="PATH|URL", default=None,
+        help="the SQLite file `fastping monitor` wrote, or the shared PostgreSQL database "
+        "(postgresql://...) many agents write (default: store.url, else store.path of "
+        "--config, else fastping.db)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--agent", metavar="NAME", action="append", default=None,
+        help="shared database: only this agent's results (repeat for more)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label", metavar="KEY=VALUE", action="append", default=None, type=_label_arg,
+        help="shared database: only targets with this configured label (repeat: all of them)",
     )  # fmt: skip
     parser.add_argument("--config", metavar="FILE", help="take the database path from this config")
     parser.add_argument(
@@ -86,9 +97,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _label_arg(text: str) -> tuple[str, str]:
+    k, sep, v = text.partition("=")
+    if not sep or not k.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. site=lab")
+    return k.strip(), v.strip()
+
+
 def _round(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k in JSON_KEYS:
+    for k in JSON_KEYS + tuple(k for k in SHARED_KEYS if k in d):
         v = d.get(k)
         if k == "loss" and isinstance(v, float):
             v = round(v, 6)
@@ -105,11 +123,17 @@ def _ms(v: float | None) -> str:
 
 
 def _table(stats: list[dict[str, Any]]) -> str:
+    """One row per target; from a shared store one per (target, agent), the agents of
+    one target next to each other, with an AGENT column."""
+    shared = any("agent" in s for s in stats)
     head = ("TARGET", "ADDRESS", "SENT", "RECV", "LOSS", "MIN", "AVG", "MAX", "P50", "P95",
             "P99", "JITTER")  # fmt: skip
+    if shared:
+        head = (head[0], "AGENT", *head[1:])
     rows = [
         (
             s["target"],
+            *((str(s["agent"]),) if shared else ()),
             str(s["address"]),
             str(s["sent"]),
             str(s["received"]),
@@ -127,26 +151,55 @@ def _table(stats: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = []
     for r in [head, *rows]:
-        cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(r)]
+        left = 3 if shared else 2
+        cells = [c.ljust(widths[i]) if i < left else c.rjust(widths[i]) for i, c in enumerate(r)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from ..errors import ConfigError
-    from ..store import ResultStore
+    from ..store import ResultStore, is_postgres_url
 
     db = args.db
     if db is None and args.config:
         from ..config import load_config
 
-        db = load_config(args.config).store.path
+        sc = load_config(args.config).store
+        db = sc.url or sc.path
     db = db or "fastping.db"
     if args.html:
         _check_writable(args.html)  # before anything is printed, not after
-    store = ResultStore(db)
+    shared = is_postgres_url(db)
+    store: Any
+    if shared:
+        try:
+            from ..store_pg import PgResultStore, redact
+        except ImportError:
+            raise ConfigError(
+                "a postgresql:// --db needs psycopg 3: pip install 'fastping[postgresql]'"
+            ) from None
+        store = PgResultStore(db)
+        db = redact(db)
+    else:
+        if args.agent or args.label:
+            raise ConfigError(
+                "--agent / --label filter a shared PostgreSQL store (--db postgresql://...); "
+                f"{db!r} is one agent's SQLite file and keeps no agents or labels"
+            )
+        store = ResultStore(db)
+    try:
+        return _report(args, store, db, shared)
+    finally:
+        if shared:
+            store.close_reader()
+
+
+def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
+    import json
+
+    from ..errors import ConfigError
+
     now = time.time()
     since = parse_when(args.since, now)
     until = parse_when(args.until, now) if args.until else None
@@ -165,6 +218,23 @@ def run(args: argparse.Namespace) -> int:
                 f"no results for target {', '.join(map(repr, missing))} in {db!r}; "
                 f"targets there: {shown}"
             )
+    if shared:
+        from ..targets import address_order
+
+        labels = dict(args.label) if args.label else None
+        stats = store.all_stats(since, until, targets=args.target, agents=args.agent,
+                                labels=labels)  # fmt: skip
+        if args.agent and not stats:
+            have = store.agents()
+            unknown = [a for a in args.agent if a not in have]
+            if unknown:
+                raise ConfigError(
+                    f"no agent {', '.join(map(repr, unknown))} in {db!r}; agents there: "
+                    + (", ".join(have[:20]) or "none")
+                )
+        # every agent's view of a target next to the others'
+        stats.sort(key=lambda s: (address_order(s["target"]), s["agent"]))
+    elif args.target:
         stats = [s for t in args.target if (s := store.target_stats(t, since, until))]
     else:
         from ..targets import address_order
@@ -189,13 +259,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         lo = since if since is not None else min(s["first_time"] for s in stats)
         hi = until if until is not None else now
+        agents = f" from {len({s['agent'] for s in stats})} agents" if shared else ""
         print(
-            f"{db}: {len(stats)} targets, "
+            f"{db}: {len({s['target'] for s in stats})} targets{agents}, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(lo))} – "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(hi))} UTC (RTTs in ms)"
         )
         print(_table(stats))
-        _print_send_timing(db, since, until)
+        if not shared:
+            _print_send_timing(db, since, until)
         if any(s["approximate"] for s in stats):
             print("(percentiles of ranges older than the retention window are estimated "
                   "from per-minute rollups)")  # fmt: skip
@@ -266,7 +338,7 @@ def _write_html(
     chosen = ranked[: max(args.max_charts, 0)]
     from ..targets import address_order
 
-    chosen.sort(key=lambda s: address_order(s["target"]))
+    chosen.sort(key=lambda s: (address_order(s["target"]), s.get("agent", "")))
     charts = []
     for s in chosen:
         # At least two probes a step, so a target probed every 10 s does not come out as
@@ -274,7 +346,8 @@ def _write_html(
         n = s["sent"] + s["local_down"] + s["resolve_errors"]
         interval_s = (s["last_time"] - s["first_time"]) / (n - 1) if n > 1 else 0.0
         bucket_s = pick_bucket_s(max(hi - lo, 2 * interval_s * 360))
-        charts.append((s, store.series(s["target"], lo, hi, bucket_s), bucket_s))
+        kw = {"agent": s["agent"]} if "agent" in s else {}
+        charts.append((s, store.series(s["target"], lo, hi, bucket_s, **kw), bucket_s))
     page = render_report(
         db=db, since=lo, until=hi, stats=stats, charts=charts,
         left_out=len(stats) - len(chosen),
