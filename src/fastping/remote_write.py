@@ -158,11 +158,15 @@ def snappy_decompress(data: bytes) -> bytes:
 def samples_of(metrics: Iterable[Any], extra: Mapping[str, str]) -> list[tuple[dict[str, str], float]]:
     """(labels with ``__name__``, value) of every sample of prometheus_client metric
     families (what a scrape of the same families shows), ``extra`` labels added
-    (a sample's own label of the same name wins, as Prometheus' honor_labels)."""
+    (a sample's own label of the same name wins, as Prometheus' honor_labels). A label
+    with an empty value is left out: in Prometheus' data model it is no label (a
+    scrape's ``source=""`` is stored without ``source``), and receivers refuse or drop
+    empty values."""
     out = []
     for m in metrics:
         for s in m.samples:
-            labels = {**extra, **s.labels, "__name__": s.name}
+            labels = {k: v for k, v in {**extra, **s.labels}.items() if v != ""}
+            labels["__name__"] = s.name
             out.append((labels, float(s.value)))
     return out
 
