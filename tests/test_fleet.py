@@ -131,9 +131,10 @@ def test_two_shards_into_one_postgres_report_every_target_once(
     assert side.count("<h3>from ") == 2 and "from extra" in side
     assert names[shard_of("127.0.7.1", 2)] in side
     j = report("--db", pg.url, "--since", "all", "--json", "--label", "site=lab")
-    assert [(x["target"], x["agent"], x["labels"]) for x in map(json.loads, j.stdout.split("\n")[:-1])] == [
+    picked = [json.loads(x) for x in j.stdout.splitlines()]
+    assert [(x["target"], x["agent"], x["labels"]) for x in picked] == [
         ("127.0.7.1", "extra", {"site": "lab"})
-    ]  # fmt: skip
+    ]
     j = report("--db", pg.url, "--since", "all", "--json", "--agent", names[1])
     assert {json.loads(x)["agent"] for x in j.stdout.splitlines()} == {names[1]}
 
@@ -152,7 +153,7 @@ def test_postgres_down_20s_loses_nothing_or_counts_exactly(tmp_path: Path) -> No
         )
         keep_t = [f"127.0.8.{i}" for i in range(1, 11)]
         tight_t = [f"127.0.9.{i}" for i in range(1, 11)]
-        run = ("--interval", "0.1", "--duration", "34", "--stop-timeout", "20")
+        run = ("--interval", "0.1", "--duration", "30", "--stop-timeout", "20")
         keep = monitor(*keep_t, "--config", str(tmp_path / "keep.yaml"), "--db", srv.url,
                        "--agent", "keep", *run)  # fmt: skip
         tight = monitor(*tight_t, "--config", str(tmp_path / "tight.yaml"), "--db", srv.url,
@@ -290,11 +291,13 @@ def test_monitor_remote_write_cli_ends_with_the_runs_counters(
 ) -> None:
     need_root()
     targets = [f"127.0.11.{i}" for i in range(1, 6)]
-    rc, summary, err = finish(monitor(*targets, "--db", str(tmp_path / "rw.db"), "--interval", "0.2",
-                                      "--duration", "2", "--remote-write", vm.write_url,
-                                      "--remote-write-interval", "0.5", "--agent", "cli"))  # fmt: skip
+    agent = monitor(*targets, "--db", str(tmp_path / "rw.db"), "--interval", "0.2",
+                    "--duration", "2", "--remote-write", vm.write_url,
+                    "--remote-write-interval", "0.5", "--agent", "cli")  # fmt: skip
+    rc, summary, err = finish(agent)
     assert rc == 0, err[-2000:]
     assert summary["remote_write"]["failures"] == 0 and summary["remote_write"]["pushes"] >= 2
+
     def total() -> float:
         res = vm.query('sum(smokeping_requests_total{instance="cli"})')
         return float(res[0]["value"][1]) if res else -1.0
@@ -319,7 +322,33 @@ def test_remote_write_encoding_bytes() -> None:
     # 1.0 as a little-endian double; 300 ms as the varint ac 02
     assert encode_sample(1.0, 300) == b"\x09" + b"\x00" * 6 + b"\xf0\x3f" + b"\x10\xac\x02"
     body = encode_write_request([([("z", "1"), ("__name__", "m_total")], [(2.5, 1700000000123)])])
-    (labels, samples), = decode_write_request(body)
+    ((labels, samples),) = decode_write_request(body)
     assert list(labels) == ["__name__", "z"]  # sorted by name on the wire
     assert samples == [(2.5, 1700000000123)]
     assert snappy_decompress(snappy_compress(body * 50)) == body * 50
+
+
+def test_config_and_command_line_choices(tmp_path: Path) -> None:
+    """store.url / remote_write in the config are checked when loaded; the SQLite
+    report refuses the shared store's filters with words saying why."""
+    from fastping.config import load_config
+    from fastping.errors import ConfigError
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "store: {url: 'postgresql://u@127.0.0.1/db', agent: a1, partition_s: 600}\n"
+        "remote_write: {url: 'http://127.0.0.1:1/api/v1/write', interval_s: 5,"
+        " labels: {job: j}}\n"
+    )
+    cfg = load_config(str(good))
+    assert cfg.store.url == "postgresql://u@127.0.0.1/db" and cfg.store.agent == "a1"
+    assert cfg.store.partition_s == 600 and cfg.remote_write.labels == {"job": "j"}
+    for bad in ("store: {url: 'mysql://x'}\n", "remote_write: {url: 'ftp://x'}\n",
+                "store: {partition_s: 10}\n"):  # fmt: skip
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(ConfigError):
+            load_config(str(tmp_path / "bad.yaml"))
+    r = report("--db", str(tmp_path / "x.db"), "--agent", "a1")
+    assert r.returncode == 3 and "shared PostgreSQL store" in r.stderr
+    r = report("--db", str(tmp_path / "x.db"), "--label", "nokey")
+    assert r.returncode == 3 and "KEY=VALUE" in r.stderr

@@ -18,7 +18,6 @@ import pytest
 from fastping import chunk
 from fastping.results import Outcome, ProbeResult
 from fastping.store import ResultStore
-
 from servers import PgServer, need
 
 try:
@@ -136,9 +135,13 @@ def test_same_answers_as_sqlite(pg_url: str, tmp_path: Path) -> None:
     assert pg.recent(tg, 25) == lite.recent(tg, 25)
     assert any(r.router == "127.0.0.254" for r in pg.recent(tg, 100))  # the side rows
     assert pg.series(tg, NOW - 300, NOW, 30) == lite.series(tg, NOW - 300, NOW, 30)
-    rows = psycopg.connect(pg_url).execute(  # type: ignore[union-attr]
-        "SELECT count(*), count(DISTINCT agent), min(agent) FROM fastping_results"
-    ).fetchone()
+    rows = (
+        psycopg.connect(pg_url)
+        .execute(  # type: ignore[union-attr]
+            "SELECT count(*), count(DISTINCT agent), min(agent) FROM fastping_results"
+        )
+        .fetchone()
+    )
     assert rows[0] == pg.stats()["rows_written"] and rows[1:] == (1, "a1")
     pg.close_reader()
 
@@ -197,9 +200,12 @@ def test_retention_folds_and_drops_whole_partitions(pg_url: str, tmp_path: Path)
     n_roll = conn.execute("SELECT count(*), min(agent) FROM fastping_rollups").fetchone()
     assert n_roll[0] > 0 and n_roll[1] == "r"
     # the side rows went with their partitions
-    assert conn.execute(
-        "SELECT count(*) FROM fastping_results_extra WHERE t1 < %s", (min(after),)
-    ).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM fastping_results_extra WHERE t1 < %s", (min(after),)
+        ).fetchone()[0]
+        == 0
+    )
     conn.close()
     pg.close_reader()
 
@@ -267,3 +273,36 @@ def test_redact_hides_the_password() -> None:
         need("psycopg", "pip install 'psycopg[binary]'")
     assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_slow_server_times_out_and_is_retried(pg_url: str) -> None:
+    """A server that does not answer (here: the results table locked by another
+    session) costs the writer statement_timeout_s, then the batch is retried; nothing
+    is lost."""
+    pg = PgResultStore(pg_url, agent="slow", statement_timeout_s=0.5, retry_max_s=0.3,
+                       chunk_window_s=0.1)  # fmt: skip
+
+    async def go() -> dict[str, Any]:
+        await pg.start()
+        pg.submit(sample_results(["127.0.0.1"], 5, NOW - 20))
+        assert await pg.flush(10)
+        blocker = await asyncio.to_thread(psycopg.connect, pg_url)  # type: ignore[union-attr]
+        await asyncio.to_thread(
+            blocker.execute, "LOCK TABLE fastping_results IN ACCESS EXCLUSIVE MODE"
+        )
+        pg.submit(sample_results(["127.0.0.1"], 50, NOW - 10, step=0.1))
+        await asyncio.sleep(2.0)  # 2 s of a locked table
+        failures = pg.stats()["write_failures"]
+        await asyncio.to_thread(blocker.rollback)
+        blocker.close()
+        assert await pg.flush(10)
+        await pg.close()
+        st = pg.stats()
+        st["failures_while_locked"] = failures
+        return st
+
+    st = asyncio.run(go())
+    assert st["failures_while_locked"] >= 2
+    assert st["dropped"] == 0 and st["written"] == 55
+    assert pg.count_results() == 55
+    pg.close_reader()

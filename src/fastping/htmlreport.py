@@ -317,6 +317,7 @@ def render_report(
         if left_out
         else ""
     )
+    agent_th = "<th>agent</th>" if agents else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>fastping report: {esc(db)}</title>
@@ -325,7 +326,7 @@ def render_report(
 <h1>fastping report</h1>
 <p class="meta">{esc(db)} · {when(since)} – {when(until)} UTC · {len(stats)} targets ·
 generated {when(time.time())} UTC</p>
-<table><tr><th>target</th>{"<th>agent</th>" if agents else ""}<th>sent</th><th>recv</th><th>loss</th><th>min</th><th>median</th>
+<table><tr><th>target</th>{agent_th}<th>sent</th><th>recv</th><th>loss</th><th>min</th><th>median</th>
 <th>avg</th><th>p95</th><th>max</th><th>jitter (ms)</th></tr>
 {"".join(rows)}</table>
 <p class="legend">{legend}</p>

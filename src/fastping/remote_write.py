@@ -143,9 +143,7 @@ def snappy_compress(data: bytes) -> bytes:
     try:
         import cramjam
     except ImportError:  # pragma: no cover - a dependency of the package
-        raise ConfigError(
-            "remote write needs cramjam (snappy): pip install cramjam"
-        ) from None
+        raise ConfigError("remote write needs cramjam (snappy): pip install cramjam") from None
     return bytes(cramjam.snappy.compress_raw(data))
 
 
@@ -155,7 +153,9 @@ def snappy_decompress(data: bytes) -> bytes:
     return bytes(cramjam.snappy.decompress_raw(data))
 
 
-def samples_of(metrics: Iterable[Any], extra: Mapping[str, str]) -> list[tuple[dict[str, str], float]]:
+def samples_of(
+    metrics: Iterable[Any], extra: Mapping[str, str]
+) -> list[tuple[dict[str, str], float]]:
     """(labels with ``__name__``, value) of every sample of prometheus_client metric
     families (what a scrape of the same families shows), ``extra`` labels added
     (a sample's own label of the same name wins, as Prometheus' honor_labels). A label

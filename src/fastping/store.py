@@ -1450,7 +1450,9 @@ class ResultStore:
         self._next_rollup = time.monotonic() + self.rollup_interval_s
         try:
             await self.rollup()
-        except (*self._writer.errors, OSError, ChunkError) as e:
+        except Exception as e:
+            if not isinstance(e, (*self._writer.errors, OSError, ChunkError)):
+                raise
             # raw rows stay in place; the next round folds them
             log.warning("store rollup failed; will retry", error=f"{e}", db=self.db)
 

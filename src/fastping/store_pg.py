@@ -66,8 +66,8 @@ from .store import (
     _f32_to_float,
     _fold,
     _merge_rollups,
-    _Row,
     _rollup_row,
+    _Row,
     _Stream,
     _Writer,
     is_postgres_url,
@@ -128,7 +128,9 @@ CREATE TABLE IF NOT EXISTS fastping_rollups (
 );
 """
 
-_COPY_RESULTS = "COPY fastping_results (agent, tid, t0, t1, n, address, data) FROM STDIN (FORMAT BINARY)"
+_COPY_RESULTS = (
+    "COPY fastping_results (agent, tid, t0, t1, n, address, data) FROM STDIN (FORMAT BINARY)"
+)
 _COPY_RESULTS_TYPES = ["text", "int4", "float8", "float8", "int4", "text", "bytea"]
 _COPY_EXTRA = (
     "COPY fastping_results_extra (tid, t1, t, seq, outcome, icmp_type, icmp_code, router, errno)"
@@ -145,7 +147,8 @@ _INSERT_EXTRA = (
 )
 _ROLLUP_UPSERT = (
     f"INSERT INTO fastping_rollups (agent, {', '.join(_ROLLUP_COLS)}) "
-    f"VALUES ({', '.join(['%s'] * (len(_ROLLUP_COLS) + 1))}) ON CONFLICT (tid, minute) DO UPDATE SET "
+    f"VALUES ({', '.join(['%s'] * (len(_ROLLUP_COLS) + 1))})"
+    " ON CONFLICT (tid, minute) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ROLLUP_COLS if c not in ("tid", "minute"))
 )
 # a value PostgreSQL cannot hold (a NUL in a text, an integer out of range): the row is
@@ -476,7 +479,11 @@ class _PgWriter:
 
 
 def connect(
-    url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0, *, read: bool = False
+    url: str,
+    connect_timeout_s: float = 5.0,
+    statement_timeout_s: float = 30.0,
+    *,
+    read: bool = False,
 ) -> psycopg.Connection[Any]:
     """A connection that gives up instead of hanging on a server that is down or slow:
     ``connect_timeout``, TCP keepalives, and ``statement_timeout`` on every statement."""
@@ -509,7 +516,7 @@ def ensure_schema(conn: psycopg.Connection[Any], partition_s: float) -> float:
     partition length. A database of another schema version is a ConfigError."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_DDL,))
-        conn.execute(_SCHEMA)  # type: ignore[arg-type]
+        conn.execute(_SCHEMA)
         conn.execute(
             "INSERT INTO fastping_meta (key, value) VALUES ('schema_version', %s), "
             "('partition_s', %s) ON CONFLICT (key) DO NOTHING",
@@ -805,10 +812,17 @@ class PgResultStore(ResultStore):
             it, ic, router, errno = extras.get((t, seq, code), none4)
             out.append(
                 ProbeResult(
-                    target=target, address=_decode_address(target, st.address_at(k)),
-                    seq=seq, outcome=OUTCOME_BY_CODE[code],
-                    rtt_ms=None if rtt != rtt else _f32_to_float(rtt), ttl=ttl or None,
-                    icmp_type=it, icmp_code=ic, router=router, errno=errno, time=t,
+                    target=target,
+                    address=_decode_address(target, st.address_at(k)),
+                    seq=seq,
+                    outcome=OUTCOME_BY_CODE[code],
+                    rtt_ms=None if rtt != rtt else _f32_to_float(rtt),
+                    ttl=ttl or None,
+                    icmp_type=it,
+                    icmp_code=ic,
+                    router=router,
+                    errno=errno,
+                    time=t,
                 )  # fmt: skip
             )
         return out

@@ -265,6 +265,13 @@ def run(args: argparse.Namespace) -> int:
     rw_url = args.remote_write or cfg.remote_write.url
     if rw_url and not rw_url.startswith(("http://", "https://")):
         raise ConfigError(f"--remote-write {rw_url!r}: give an http:// or https:// URL")
+    if rw_url:
+        try:
+            import cramjam  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "remote write needs snappy (cramjam): pip install 'fastping[remote-write]'"
+            ) from None
     db = args.db or cfg.store.url or (cfg.store.path if args.config else DEFAULT_DB)
     from ..store import is_postgres_url
 

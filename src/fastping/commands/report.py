@@ -126,8 +126,8 @@ def _table(stats: list[dict[str, Any]]) -> str:
     """One row per target; from a shared store one per (target, agent), the agents of
     one target next to each other, with an AGENT column."""
     shared = any("agent" in s for s in stats)
-    head = ("TARGET", "ADDRESS", "SENT", "RECV", "LOSS", "MIN", "AVG", "MAX", "P50", "P95",
-            "P99", "JITTER")  # fmt: skip
+    head: tuple[str, ...] = ("TARGET", "ADDRESS", "SENT", "RECV", "LOSS", "MIN", "AVG", "MAX",
+                             "P50", "P95", "P99", "JITTER")  # fmt: skip
     if shared:
         head = (head[0], "AGENT", *head[1:])
     rows = [
