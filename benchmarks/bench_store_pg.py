@@ -67,22 +67,25 @@ def _window(targets: int, agent: int, t_start: float) -> list[tuple[str, str, by
     return items
 
 
-def run_agent(db: str, agent: int, targets: int, seconds: float, out: Any = None) -> dict[str, Any]:
+def run_agent(
+    db: str, agent: int, targets: int, seconds: float, out: Any = None, batch: int = 1000
+) -> dict[str, Any]:
     """One agent for ``seconds``: hand-offs every CHUNK_S, then flush and close."""
-    res = asyncio.run(_agent(db, agent, targets, seconds))
+    res = asyncio.run(_agent(db, agent, targets, seconds, batch))
     if out is not None:
         out.put(res)
     return res
 
 
-async def _agent(db: str, agent: int, targets: int, seconds: float) -> dict[str, Any]:
+async def _agent(db: str, agent: int, targets: int, seconds: float, batch: int) -> dict[str, Any]:
     store: ResultStore
     if db.startswith("postgresql://"):
         from fastping.store_pg import PgResultStore
 
-        store = PgResultStore(db, agent=f"bench-{agent}", chunk_window_s=CHUNK_S)
+        store = PgResultStore(db, agent=f"bench-{agent}", chunk_window_s=CHUNK_S,
+                              batch_size=batch)  # fmt: skip
     else:
-        store = ResultStore(db, chunk_window_s=CHUNK_S)
+        store = ResultStore(db, chunk_window_s=CHUNK_S, batch_size=batch)
     cpu = [0.0]
     handed: dict[int, float] = {}  # id(chunk data) -> hand-off time
     per_chunk: list[float] = []  # hand-off -> commit
@@ -152,7 +155,7 @@ def _line(label: str, r: dict[str, Any], server_us: float | None = None) -> str:
     return s
 
 
-def bench(seconds: float, targets: int, agents: int, fast: bool) -> list[str]:
+def bench(seconds: float, targets: int, agents: int, fast: bool, batch: int = 1000) -> list[str]:
     from servers import PgServer
 
     lines = []
@@ -161,17 +164,17 @@ def bench(seconds: float, targets: int, agents: int, fast: bool) -> list[str]:
     try:
         lines.append(f"{targets:,} targets x 1 probe/s for {seconds:g} s, chunk_s {CHUNK_S}; "
                      f"PostgreSQL {'fsync/sync commit off' if fast else 'defaults (fsync on)'}"
-                     f", {os.cpu_count()} cores")  # fmt: skip
-        r = run_agent(str(tmp / "bench.db"), 0, targets, seconds)
+                     f", store.batch_size {batch}, {os.cpu_count()} cores")  # fmt: skip
+        r = run_agent(str(tmp / "bench.db"), 0, targets, seconds, batch=batch)
         lines.append(_line("SQLite, 1 agent", r))
         cpu0 = srv.postgres_cpu_s()
-        r = run_agent(srv.url, 0, targets, seconds)
+        r = run_agent(srv.url, 0, targets, seconds, batch=batch)
         server = (srv.postgres_cpu_s() - cpu0) / max(1, r["results"]) * 1e6
         lines.append(_line("PostgreSQL, 1 agent", r, server))
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         cpu0 = srv.postgres_cpu_s()
-        procs = [ctx.Process(target=run_agent, args=(srv.url, a + 1, targets, seconds, q))
+        procs = [ctx.Process(target=run_agent, args=(srv.url, a + 1, targets, seconds, q, batch))
                  for a in range(agents)]  # fmt: skip
         for p in procs:
             p.start()
@@ -217,6 +220,7 @@ if __name__ == "__main__":
     ap.add_argument("--targets", type=int, default=10_000)
     ap.add_argument("--agents", type=int, default=4)
     ap.add_argument("--pg-fast", action="store_true", help="fsync and synchronous_commit off")
+    ap.add_argument("--batch-size", type=int, default=1000, help="store.batch_size (records)")
     a = ap.parse_args()
-    for line in bench(a.seconds, a.targets, a.agents, a.pg_fast):
+    for line in bench(a.seconds, a.targets, a.agents, a.pg_fast, a.batch_size):
         print(line, flush=True)

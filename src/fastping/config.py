@@ -128,6 +128,8 @@ class RemoteWriteConfig(_Model):
     # added to every series (a scrape gets job / instance from Prometheus; a push
     # names them itself: job "fastping", instance the agent, unless given here)
     labels: dict[str, str] = Field(default_factory=dict)
+    # extra HTTP headers, e.g. {Authorization: "Bearer ..."} or a tenant header
+    headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod

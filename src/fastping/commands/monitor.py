@@ -374,14 +374,15 @@ async def _main(
     sc = cfg.store
     db = args.db or sc.url or (sc.path if args.config else DEFAULT_DB)
     agent = args.agent or sc.agent or agent_name(shard)
+    shared = is_postgres_url(db)
     store_options: dict[str, Any] = {
         "retention_s": sc.retention_s,
-        "batch_size": sc.batch_size,
         "flush_interval_s": sc.flush_interval_s,
         "max_queue": sc.max_queue,
         "chunk_window_s": sc.chunk_s,
     }
-    shared = is_postgres_url(db)
+    if not shared or "batch_size" in sc.model_fields_set:
+        store_options["batch_size"] = sc.batch_size  # else PostgreSQL's own default
     store: ResultStore
     if shared:
         from ..store_pg import PgResultStore
@@ -455,6 +456,7 @@ async def _main(
             timeout_s=rw.timeout_s,
             # what a Prometheus scrape would have added
             labels={"job": "fastping", "instance": agent, **rw.labels},
+            headers=rw.headers,
         )
         remote.start()
         log.info("remote write on", url=rw_url, interval_s=remote.interval_s)
@@ -571,6 +573,9 @@ def _reload(
             log.error("reload: target refused", target=host, error=str(e))
             continue
         current[host] = (host, t_iv, t_to, labels)
+    set_labels = getattr(engine.store, "set_labels", None)  # a shared store keeps them
+    if set_labels is not None:
+        set_labels({host: labels for host, _, _, labels in added if host in current})
     log.info("reloaded targets", added=len(added) - refused, removed=len(removed),
              refused=refused, targets=len(current))  # fmt: skip
 
