@@ -116,6 +116,9 @@ def test_two_shards_into_one_postgres_report_every_target_once(
     t = report("--db", pg.url, "--since", "all")
     assert t.returncode == 0 and "30 targets from 2 agents" in t.stdout
     assert sum(1 for line in t.stdout.splitlines() if line.startswith("127.0.7.")) == 30
+    # the prober's own timing, every agent's windows together
+    timing = [ln for ln in t.stdout.splitlines() if ln.startswith("prober timing:")]
+    assert timing and f"{sum(s['sent'] for _, s, _ in done):,} probes" in timing[0]
     # a third agent watching one of the targets: that target shows both views side
     # by side; the filters pick agents and labels
     cfg = tmp_path / "extra.yaml"

@@ -173,10 +173,14 @@ def test_retention_folds_and_drops_whole_partitions(pg_url: str, tmp_path: Path)
     lite = ResultStore(tmp_path / "r.db", retention_s=3600)
     asyncio.run(fill(pg, results, [], window_s=60))
     asyncio.run(fill(lite, results, [], window_s=60))
+    # a second agent's rows share the partitions; the first agent's rollup folds them
+    # too, under their own agent
+    other = sample_results(["127.0.0.1"], 100, old, step=60.0)
+    asyncio.run(fill(PgResultStore(pg_url, agent="r2", partition_s=600), other, [], 60))
     before = pg.partitions()
     assert len(before) >= 17  # a partition every 10 minutes
-    total = pg.count_results()
-    assert total == len(results)
+    total = pg.count_results(agent="r")
+    assert total == len(results) and pg.count_results(agent="r2") == len(other)
 
     async def roll(store: Any) -> int:
         await store.start()
@@ -189,16 +193,21 @@ def test_retention_folds_and_drops_whole_partitions(pg_url: str, tmp_path: Path)
     cutoff = (NOW - 3600) // 60 * 60
     assert all(p + 600 > cutoff for p in after) and len(after) < len(before)
     assert set(after) <= set(before)
-    assert folded > 0 and pg.count_results() == total  # nothing lost, only folded
+    # nothing lost, only folded
+    assert folded > 0 and pg.count_results(agent="r") == total
+    assert pg.count_results(agent="r2") == len(other)
     asyncio.run(roll(lite))
     # counts over the whole range agree exactly with SQLite's (which folds by minute)
-    for s_pg, s_lite in zip(pg.all_stats(since=None), lite.all_stats(since=None), strict=True):
+    mine = pg.all_stats(agents=["r"])
+    for s_pg, s_lite in zip(mine, lite.all_stats(since=None), strict=True):
         for k in ("sent", "received", "timeouts", "unreachable", "min_ms", "max_ms"):
             assert s_pg[k] == pytest.approx(s_lite[k]), k
         assert s_pg["approximate"]
     conn = psycopg.connect(pg_url)  # type: ignore[union-attr]
-    n_roll = conn.execute("SELECT count(*), min(agent) FROM fastping_rollups").fetchone()
-    assert n_roll[0] > 0 and n_roll[1] == "r"
+    n_roll = conn.execute(
+        "SELECT count(*), array_agg(DISTINCT agent ORDER BY agent) FROM fastping_rollups"
+    ).fetchone()
+    assert n_roll[0] > 0 and n_roll[1] == ["r", "r2"]
     # the side rows went with their partitions
     assert (
         conn.execute(

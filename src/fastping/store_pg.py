@@ -72,6 +72,7 @@ from .store import (
     _Writer,
     is_postgres_url,
 )
+from .timing import N_BUCKETS, SendLateness
 
 log = get_logger("fastping.store")
 
@@ -130,6 +131,18 @@ CREATE TABLE IF NOT EXISTS fastping_rollups (
     first_rtt_ms double precision, last_rtt_ms double precision,
     PRIMARY KEY (tid, minute)
 );
+-- the prober's own send timing, one row per agent per window (timing.py's send_timing)
+CREATE TABLE IF NOT EXISTS fastping_send_timing (
+    agent text NOT NULL,
+    t0 double precision NOT NULL,
+    t1 double precision NOT NULL,
+    probes bigint NOT NULL,
+    sum_ns bigint NOT NULL,
+    max_ns bigint NOT NULL,
+    hist bytea NOT NULL,
+    interval_factor double precision NOT NULL DEFAULT 1.0
+);
+CREATE INDEX IF NOT EXISTS fastping_send_timing_t1 ON fastping_send_timing (t1);
 """
 
 _COPY_RESULTS = (
@@ -593,6 +606,60 @@ class PgResultStore(ResultStore):
         super().__init__(url, backend=self._pg, **options)
         self.db = redact(url)
         self._rconn: psycopg.Connection[Any] | None = None
+        self._tconn: psycopg.Connection[Any] | None = None
+        self._tlock = threading.Lock()
+
+    def write_timing(
+        self, t0: float, t1: float, lat: SendLateness, interval_factor: float = 1.0
+    ) -> None:
+        """Append one window of the prober's send lateness (``timing.write_window``'s
+        row, with this agent), on a connection of its own bounded to 2 s; raises
+        psycopg.Error / OSError, which the monitor logs and counts."""
+        import struct
+
+        blob = struct.pack(f"<{N_BUCKETS}Q", *lat.hist)
+        with self._tlock:
+            try:
+                if self._tconn is None or self._tconn.closed:
+                    self._tconn = connect(self.url, 2.0, 2.0)
+                self._tconn.execute(
+                    "INSERT INTO fastping_send_timing VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (self.agent, t0, t1, lat.probes, lat.sum_ns, lat.max_ns, blob,
+                     interval_factor),
+                )  # fmt: skip
+            except BaseException:
+                if self._tconn is not None:
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        self._tconn.close()
+                    self._tconn = None
+                raise
+
+    def read_timing(
+        self, since: float | None, until: float | None, agents: Sequence[str] | None = None
+    ) -> tuple[SendLateness, float, float]:
+        """``timing.read_windows_with_guard`` over the agents' windows (None: all)."""
+        import struct
+
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT probes, sum_ns, max_ns, hist, interval_factor, t1 - t0"
+                " FROM fastping_send_timing WHERE t1 >= %s AND t1 <= %s"
+                " AND (%s::text[] IS NULL OR agent = ANY(%s))",
+                (-math.inf if since is None else since, math.inf if until is None else until,
+                 None if agents is None else list(agents),
+                 None if agents is None else list(agents)),
+            ).fetchall()  # fmt: skip
+        parts = []
+        top, slowed_s = 1.0, 0.0
+        for probes, sum_ns, max_ns, blob, factor, span_s in rows:
+            if len(blob) != 8 * N_BUCKETS:
+                continue
+            parts.append((int(probes), int(sum_ns), int(max_ns),
+                          struct.unpack(f"<{N_BUCKETS}Q", bytes(blob))))  # fmt: skip
+            top = max(top, float(factor))
+            if factor > 1.0:
+                slowed_s += float(span_s)
+        return SendLateness.of(parts), top, slowed_s
 
     def _check_place(self) -> None:
         pass  # a server may be down now and up later: the writer retries
@@ -604,6 +671,11 @@ class PgResultStore(ResultStore):
     async def close(self, timeout_s: float = 30.0) -> None:
         await super().close(timeout_s)
         self.close_reader()
+        with self._tlock:
+            if self._tconn is not None:
+                with contextlib.suppress(psycopg.Error, OSError):
+                    self._tconn.close()
+                self._tconn = None
 
     def close_reader(self) -> None:
         if self._rconn is not None:

@@ -474,10 +474,11 @@ async def _main(
     )
     first = asyncio.create_task(first_round(engine, log, first_after + 0.5))
     # the prober's own timing windows live beside the results in the SQLite file
-    timing = None if shared else _TimingRecorder(engine, str(store.path), log)
-    timing_task = asyncio.create_task(
-        timing.every(float(cfg.store.chunk_s)) if timing is not None else asyncio.sleep(0)
+    # (SQLite: in the file, beside the results; PostgreSQL: with this agent's name)
+    timing = _TimingRecorder(
+        engine, store.db, log, write=getattr(store, "write_timing", None) if shared else None
     )
+    timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
     try:
         await engine.run(args.duration)
     finally:
@@ -487,8 +488,7 @@ async def _main(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if timing is not None:
-            await timing.record()  # the last window (bounded: sqlite's 2 s busy timeout)
+        await timing.record()  # the last window (bounded: a 2 s timeout)
         await store.close(timeout_s=min(STORE_CLOSE_S, args.stop_timeout))
         if remote is not None:
             # one last push: the receiver's counters end where the run's did
@@ -612,10 +612,12 @@ class _TimingRecorder:
     results, in its own table), so `fastping report` shows the prober's own timing.
     A failed write is logged and counted, never fatal: the results matter more."""
 
-    def __init__(self, engine: MonitoringEngine, db: str, log: Any) -> None:
+    def __init__(self, engine: MonitoringEngine, db: str, log: Any, write: Any = None) -> None:
         from ..timing import SendLateness
 
         self.engine, self.db, self.log = engine, db, log
+        # write(t0, t1, window, factor): a shared store's; else timing.write_window(db, ...)
+        self.write = write
         self.last = SendLateness()
         self.t_last = time.time()
         self.failures = 0
@@ -633,7 +635,6 @@ class _TimingRecorder:
 
     async def record(self) -> None:
         import asyncio
-        import sqlite3
 
         from ..timing import delta, write_window
 
@@ -644,14 +645,16 @@ class _TimingRecorder:
         factor = max(self.factor_max, self.engine.interval_factor)
         self.check_schedule(win, t - self.t_last)
         try:
-            await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
-        except (sqlite3.Error, OSError) as e:
+            if self.write is not None:
+                await asyncio.to_thread(self.write, self.t_last, t, win, factor)
+            else:
+                await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
+        except Exception as e:  # noqa: BLE001 - sqlite3, psycopg, OSError: never fatal
             self.failures += 1
             if self.failures == 1:
                 self.log.warning("send timing not stored", db=self.db, error=str(e))
             return
         self.last, self.t_last, self.factor_max = now, t, self.engine.interval_factor
-
 
     def check_schedule(self, win: Any, window_s: float) -> None:
         """Say so when probes missed their schedule in this window (the event loop was

@@ -266,7 +266,9 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(hi))} UTC (RTTs in ms)"
         )
         print(_table(stats))
-        if not shared:
+        if shared:
+            _print_timing(store.read_timing(since, until, args.agent))
+        else:
             _print_send_timing(db, since, until)
         if any(s["approximate"] for s in stats):
             print("(percentiles of ranges older than the retention window are estimated "
@@ -301,9 +303,13 @@ def _print_send_timing(db: str, since: float | None, until: float | None) -> Non
     from ..timing import read_windows_with_guard
 
     try:
-        lat, factor, slowed_s = read_windows_with_guard(db, since, until)
+        _print_timing(read_windows_with_guard(db, since, until))
     except sqlite3.Error:
         return
+
+
+def _print_timing(got: tuple[Any, float, float]) -> None:
+    lat, factor, slowed_s = got
     if factor > 1.0:
         print(
             f"resource guard: probe intervals stretched up to x{factor:g} for ~{slowed_s:.0f} s "
