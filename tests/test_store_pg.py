@@ -224,11 +224,15 @@ def test_malformed_rows_are_set_aside_and_counted(pg_url: str) -> None:
     bad = ProbeResult("127.0.0.9", "127.0.0.9", 1, Outcome.UNREACHABLE, router="a\x00b",
                       time=NOW - 10)  # fmt: skip
     badname = ProbeResult("127.0.0.8\x00", None, 1, Outcome.TIMEOUT, time=NOW - 10)
+    # wider than SQLite's 64 bits: refused, not cut to its low bytes
+    wide = ProbeResult("127.0.0.7", None, 1, Outcome.SEND_ERROR, errno=2**70, time=NOW - 10)
+    big = ProbeResult("127.0.0.6", None, 1, Outcome.SEND_ERROR, errno=2**40, time=NOW - 10)
     pg = PgResultStore(pg_url, agent="m")
-    asyncio.run(fill(pg, [*good, bad, badname], []))
+    asyncio.run(fill(pg, [*good, bad, badname, wide, big], []))
     st = pg.stats()
-    assert st["dropped"] == 2 and st["written"] == 5
-    assert pg.count_results() == 5
+    assert st["dropped"] == 3 and st["written"] == 6
+    assert pg.count_results() == 6
+    assert [r.errno for r in pg.recent("127.0.0.6")] == [2**40]
     pg.close_reader()
 
 

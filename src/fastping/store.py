@@ -1031,7 +1031,7 @@ class ResultStore:
             if not value > 0:
                 raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
         self.path = Path(path)
-        self.db = str(path)  # how logs name the database
+        self.db = str(self.path)  # how logs and summaries name the database
         self.retention_s = float(retention_s)
         self.batch_size = int(batch_size)  # records per write transaction
         self.flush_interval_s = float(flush_interval_s)

@@ -114,7 +114,7 @@ CREATE TABLE IF NOT EXISTS fastping_results_extra (
     t double precision NOT NULL,
     seq integer NOT NULL,
     outcome smallint NOT NULL,
-    icmp_type integer, icmp_code integer, router text, errno integer
+    icmp_type bigint, icmp_code bigint, router text, errno bigint  -- SQLite's 64 bits
 ) PARTITION BY RANGE (t1);
 CREATE INDEX IF NOT EXISTS fastping_results_extra_tid_t ON fastping_results_extra (tid, t);
 CREATE TABLE IF NOT EXISTS fastping_rollups (
@@ -153,7 +153,8 @@ _COPY_EXTRA = (
     "COPY fastping_results_extra (tid, t1, t, seq, outcome, icmp_type, icmp_code, router, errno)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_COPY_EXTRA_TYPES = ["int4", "float8", "float8", "int4", "int2", "int4", "int4", "text", "int4"]
+_COPY_EXTRA_TYPES = ["int4", "float8", "float8", "int4", "int2", "int8", "int8", "text", "int8"]
+_INT8 = range(-(2**63), 2**63)
 _INSERT_RESULT = (
     "INSERT INTO fastping_results (agent, tid, t0, t1, n, address, data)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -316,6 +317,11 @@ class _PgWriter:
                     if r.extras:
                         extras.extend((tid, r.t1, *e) for e in r.extras)
             if extras:
+                for e in extras:
+                    # binary COPY keeps the low bytes of a wider int: refuse it here
+                    for v in (e[5], e[6], e[8]):
+                        if v is not None and v not in _INT8:
+                            raise psycopg.DataError(f"{v} is out of the range of bigint")
                 with cur.copy(_COPY_EXTRA) as cp:
                     cp.set_types(_COPY_EXTRA_TYPES)
                     for e in extras:
