@@ -19,6 +19,8 @@ Figures per agent:
   latency);
 - dropped / queued at the end (must be 0).
 
+Each store writes with its own default store.batch_size (SQLite 1,000 records a
+transaction, PostgreSQL 10,000) unless ``--batch-size`` sets both.
 The PostgreSQL cluster is started here (initdb into a temporary directory, 127.0.0.1,
 Debian's defaults: fsync and synchronous_commit on; ``--pg-fast`` turns both off,
 closer to SQLite's WAL + synchronous=NORMAL, which does not sync each commit).
@@ -68,7 +70,7 @@ def _window(targets: int, agent: int, t_start: float) -> list[tuple[str, str, by
 
 
 def run_agent(
-    db: str, agent: int, targets: int, seconds: float, out: Any = None, batch: int = 1000
+    db: str, agent: int, targets: int, seconds: float, out: Any = None, batch: int | None = None
 ) -> dict[str, Any]:
     """One agent for ``seconds``: hand-offs every CHUNK_S, then flush and close."""
     res = asyncio.run(_agent(db, agent, targets, seconds, batch))
@@ -77,15 +79,17 @@ def run_agent(
     return res
 
 
-async def _agent(db: str, agent: int, targets: int, seconds: float, batch: int) -> dict[str, Any]:
+async def _agent(
+    db: str, agent: int, targets: int, seconds: float, batch: int | None
+) -> dict[str, Any]:
+    opt = {} if batch is None else {"batch_size": batch}  # else each store's default
     store: ResultStore
     if db.startswith("postgresql://"):
         from fastping.store_pg import PgResultStore
 
-        store = PgResultStore(db, agent=f"bench-{agent}", chunk_window_s=CHUNK_S,
-                              batch_size=batch)  # fmt: skip
+        store = PgResultStore(db, agent=f"bench-{agent}", chunk_window_s=CHUNK_S, **opt)
     else:
-        store = ResultStore(db, chunk_window_s=CHUNK_S, batch_size=batch)
+        store = ResultStore(db, chunk_window_s=CHUNK_S, **opt)
     cpu = [0.0]
     handed: dict[int, float] = {}  # id(chunk data) -> hand-off time
     per_chunk: list[float] = []  # hand-off -> commit
@@ -155,7 +159,9 @@ def _line(label: str, r: dict[str, Any], server_us: float | None = None) -> str:
     return s
 
 
-def bench(seconds: float, targets: int, agents: int, fast: bool, batch: int = 1000) -> list[str]:
+def bench(
+    seconds: float, targets: int, agents: int, fast: bool, batch: int | None = None
+) -> list[str]:
     from servers import PgServer
 
     lines = []
@@ -164,7 +170,8 @@ def bench(seconds: float, targets: int, agents: int, fast: bool, batch: int = 10
     try:
         lines.append(f"{targets:,} targets x 1 probe/s for {seconds:g} s, chunk_s {CHUNK_S}; "
                      f"PostgreSQL {'fsync/sync commit off' if fast else 'defaults (fsync on)'}"
-                     f", store.batch_size {batch}, {os.cpu_count()} cores")  # fmt: skip
+                     f", store.batch_size {batch or 'default (SQLite 1000, PostgreSQL 10000)'}"
+            f", {os.cpu_count()} cores")  # fmt: skip
         r = run_agent(str(tmp / "bench.db"), 0, targets, seconds, batch=batch)
         lines.append(_line("SQLite, 1 agent", r))
         cpu0 = srv.postgres_cpu_s()
@@ -220,7 +227,8 @@ if __name__ == "__main__":
     ap.add_argument("--targets", type=int, default=10_000)
     ap.add_argument("--agents", type=int, default=4)
     ap.add_argument("--pg-fast", action="store_true", help="fsync and synchronous_commit off")
-    ap.add_argument("--batch-size", type=int, default=1000, help="store.batch_size (records)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="store.batch_size for both (default: each store's own)")  # fmt: skip
     a = ap.parse_args()
     for line in bench(a.seconds, a.targets, a.agents, a.pg_fast, a.batch_size):
         print(line, flush=True)
