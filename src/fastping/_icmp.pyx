@@ -1812,7 +1812,8 @@ cdef class IcmpSocket:
             if r <= 0:
                 break
             total += r
-            if max_packets > 0 and total >= max_packets:
+            if r < self.rx.n or (max_packets > 0 and total >= max_packets):
+                # fewer than asked for: the queue was empty (no call just to hear EAGAIN)
                 break
         if not self.raw:
             # ICMP errors that came in meanwhile (a raw socket gets them as packets; its
@@ -1827,6 +1828,8 @@ cdef class IcmpSocket:
             if r <= 0:
                 break
             total += r
+            if r < self.eq.n:
+                break       # the queue was empty
         return total
 
     cdef int _recv_batch(self, RxSet *rs, int extra_flags) noexcept nogil:
