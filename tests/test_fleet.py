@@ -355,3 +355,33 @@ def test_config_and_command_line_choices(tmp_path: Path) -> None:
     assert r.returncode == 3 and "shared PostgreSQL store" in r.stderr
     r = report("--db", str(tmp_path / "x.db"), "--label", "nokey")
     assert r.returncode == 3 and "KEY=VALUE" in r.stderr
+
+
+def test_remote_write_receiver_down_is_counted_then_recovers(vm: VictoriaMetrics) -> None:
+    """A receiver that is not there: the push fails, is counted and said; counters are
+    cumulative, so the next push that gets through carries them all."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from fastping.remote_write import RemoteWriter
+    from servers import free_port
+
+    class Counters:
+        n = 0
+
+        def collect(self) -> Any:
+            fam = CounterMetricFamily("fastping_test_pushes", "test", labels=["k"])
+            fam.add_metric(["a"], self.n)
+            yield fam
+
+    c = Counters()
+    rw = RemoteWriter(c, f"http://127.0.0.1:{free_port()}/api/v1/write", timeout_s=2,
+                      labels={"job": "t"})  # fmt: skip
+    c.n = 5
+    assert not rw.push() and rw.failures == 1 and "Error" in str(rw.last_error)
+    rw.url = vm.write_url
+    c.n = 7
+    assert rw.push() and rw.pushes == 1 and rw.last_error is None
+    res = settled(lambda: vm.query('fastping_test_pushes_total{job="t",k="a"}'))
+    assert float(res[0]["value"][1]) == 7
+    bad = RemoteWriter(c, f"{vm.url}/no/such/path", timeout_s=2)
+    assert not bad.push() and "HTTP 4" in str(bad.last_error)
