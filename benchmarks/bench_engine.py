@@ -282,9 +282,8 @@ def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
         sh = sorted(r["cpu_share_steady"] for r in rows if r["timestamps"] == mode)
         med[mode] = sh[len(sh) // 2]
         print(f"{mode}: steady CPU share median {med[mode]:.4f} (runs: {sh})")
-    print(
-        f"engine: kernel timestamps cost {100 * (med['kernel'] - med['batch']):.2f} points of a core"
-    )
+    cost = 100 * (med["kernel"] - med["batch"])
+    print(f"engine: kernel timestamps cost {cost:.2f} points of a core")
     if len(ref_rows) == 2:
         c = {ts: sorted(v)[len(v) // 2] for ts, v in ref_rows.items()}
         print(
