@@ -6,9 +6,9 @@ The scenario runs in a namespace of its own where nft drops the echo requests to
 address (the fake's ``dead``), in each outcome-log mode: three rounds of send, recv and
 expire, a target removed and its slot reused. Compared: the kinds of the events each
 round's send and recv return (together: the core hands back replies drained during the
-send, the fake at recv) and its expire, per slot, the counters, the per-slot stats, the last outcome and the
-outcome log's records (their sequence numbers aside: the core's first probe of a slot
-is serial 0, the fake's 1, and no test relies on either)."""
+send, the fake at recv) and its expire, per slot; the counters, the per-slot stats, the
+last outcome and the outcome log's records (their sequence numbers aside: the core's
+first probe of a slot is serial 0, the fake's 1, and no test relies on either)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import time
 from typing import Any
 
 import pytest
+from tests.engine_fakes import FakeIcmpSocket
+
 from conftest import needs_root
 from fastping import chunk
-from tests.engine_fakes import FakeIcmpSocket
 
 pytestmark = needs_root
 
@@ -78,8 +79,9 @@ def scenario(sock: Any, mode: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_the_fake_socket_behaves_as_the_core(mode: int) -> None:
-    from fastping._icmp import IcmpSocket
     from tests.privhelpers import in_netns, netns
+
+    from fastping._icmp import IcmpSocket
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
         subprocess.run(["nft", "-f", "-"], input=RULES, text=True, check=True)
