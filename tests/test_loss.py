@@ -1,0 +1,222 @@
+"""loss.py driven directly: known loss patterns in, measured parameters out."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from fastping import chunk
+from fastping.loss import (
+    BURST_BUCKETS,
+    LossTracker,
+    Outage,
+    OutageRule,
+    find_outages,
+    group_incidents,
+    ipdv,
+    ipdv_quantiles,
+    network_of,
+    rfc3550_jitter,
+)
+
+INTERVAL = 1.0
+TIMEOUT = 0.5
+T0 = 1_800_000_000.0
+
+
+def records(lost: list[bool], rtt_of=lambda i: 10.0) -> tuple[list[float], list[float], bytes]:
+    """Record columns as the core logs them: a reply's time is send + RTT, a
+    timeout's is send + timeout."""
+    t, r, c = [], [], []
+    for i, x in enumerate(lost):
+        send = T0 + i * INTERVAL
+        if x:
+            t.append(send + TIMEOUT)
+            r.append(math.nan)
+            c.append(1)
+        else:
+            rtt = rtt_of(i)
+            t.append(send + rtt / 1000)
+            r.append(rtt)
+            c.append(0)
+    return t, r, bytes(c)
+
+
+def gilbert(n: int, p: float, r: float, k: float = 0.0, h: float = 1.0, seed: int = 1) -> list[bool]:
+    """Gilbert-Elliott: good -> bad with p, bad -> good with r; lost with k (good), h (bad)."""
+    rnd = random.Random(seed)
+    bad = False
+    out = []
+    for _ in range(n):
+        out.append(rnd.random() < (h if bad else k))
+        bad = (rnd.random() >= r) if bad else (rnd.random() < p)
+    return out
+
+
+def test_random_loss_reads_as_gilbert_p_equal_loss() -> None:
+    rnd = random.Random(7)
+    lost = [rnd.random() < 0.05 for _ in range(20000)]
+    tr = LossTracker(OutageRule(min_lost=5))
+    t, r, c = records(lost)
+    evs = tr.feed("a", t, r, c, TIMEOUT)
+    st = tr.stats("a")
+    assert st is not None
+    assert st.lost == sum(lost)
+    assert abs(st.loss - 0.05) < 0.005
+    # independent loss: p = L, r = 1 - L
+    assert abs(st.p - 0.05) < 0.006
+    assert abs(st.r - 0.95) < 0.02
+    assert st.mean_burst < 1.1
+    # five in a row at 5% happens ~0.3 times in 20,000: none or next to none
+    assert len(evs) <= 2
+
+
+def test_bursts_of_ten_every_hundred() -> None:
+    lost = [(i % 100) >= 90 for i in range(10000)]
+    tr = LossTracker(OutageRule(min_lost=20))
+    t, r, c = records(lost)
+    assert tr.feed("a", t, r, c, TIMEOUT) == []  # 10 < 20: no outage
+    st = tr.stats("a")
+    assert st.burst_hist == {10: 100}
+    assert st.mean_burst == 10
+    assert st.r == pytest.approx(99 / 999)  # 1/r = mean run length, the last has no successor
+    assert st.p == pytest.approx(100 / 9000)
+    assert st.rfc3611_bursts == 100
+    assert st.burst_density == 1.0
+    assert st.gap_density == 0.0
+    # the agent-wide histogram: all in the (5, 10] bucket
+    assert tr.burst_buckets[BURST_BUCKETS.index(10)] == 99  # the open one is not finished
+
+
+@pytest.mark.parametrize("p,r", [(0.01, 0.2), (0.05, 0.5), (0.002, 0.05)])
+def test_gilbert_parameters_recovered(p: float, r: float) -> None:
+    lost = gilbert(200_000, p, r, seed=3)
+    tr = LossTracker()
+    t, rt, c = records(lost)
+    tr.feed("a", t, rt, c, TIMEOUT)
+    st = tr.stats("a")
+    assert st.p == pytest.approx(p, rel=0.1)
+    assert st.r == pytest.approx(r, rel=0.1)
+    assert st.mean_burst == pytest.approx(1 / r, rel=0.1)
+
+
+def test_rfc3611_densities_of_gilbert_elliott() -> None:
+    # bad state: 50% loss, mean stay 40 probes; good state: 0.1% loss, mean stay 1000
+    lost = gilbert(300_000, p=0.001, r=0.025, k=0.001, h=0.5, seed=11)
+    tr = LossTracker()
+    t, rt, c = records(lost)
+    tr.feed("a", t, rt, c, TIMEOUT)
+    st = tr.stats("a")
+    # bursts are cut where the channel happens to deliver >= 16 in a row, so the
+    # density inside them is above h and the gap density near k
+    assert 0.45 < st.burst_density < 0.7
+    assert st.gap_density < 0.004
+    assert st.rfc3611_bursts > 100
+
+
+def test_outages_found_exactly_none_invented() -> None:
+    lost = [False] * 300
+    truth = [(50, 80), (120, 121), (200, 203), (250, 300)]  # [first lost, first answered)
+    for a, b in truth:
+        for i in range(a, b):
+            lost[i] = True
+    lost[10] = lost[11] = True  # two in a row: not an outage with min_lost=3
+    tr = LossTracker(OutageRule(min_lost=3))
+    t, r, c = records(lost)
+    evs = tr.feed("a", t, r, c, TIMEOUT)
+    starts = [e.outage for e in evs if e.what == "start"]
+    ends = [e.outage for e in evs if e.what == "end"]
+    assert [o.start for o in starts] == [T0 + 50, T0 + 200, T0 + 250]
+    assert [(o.start, o.end, o.lost) for o in ends] == [
+        (T0 + 50, pytest.approx(T0 + 80), 30),
+        (T0 + 200, pytest.approx(T0 + 203), 3),
+    ]
+    assert [o.start for o in tr.current_outages()] == [T0 + 250]
+    assert tr.outages_current == 1 and tr.outages_total == 3
+
+
+def test_chunk_fast_path_equals_record_walk() -> None:
+    lost = gilbert(5000, 0.02, 0.3, seed=5)
+    t, r, c = records(lost, rtt_of=lambda i: 5 + (i % 7))
+    a = LossTracker()
+    evs_a = a.feed("x", t, r, c, TIMEOUT)
+    b = LossTracker()
+    evs_b = []
+    for i in range(0, len(c), 10):  # hand-overs of 10 records, as the engine does
+        blob = chunk.pack(t[i : i + 10], r[i : i + 10], list(range(i, i + 10))[: len(c[i : i + 10])],
+                          c[i : i + 10], [64] * len(c[i : i + 10]))  # fmt: skip
+        evs_b += b.feed_chunk("x", blob, TIMEOUT)
+    assert [(e.what, e.outage.start, e.outage.end) for e in evs_a] == [
+        (e.what, e.outage.start, pytest.approx(e.outage.end)) for e in evs_b
+    ]
+    sa, sb = a.stats("x"), b.stats("x")
+    assert (sa.probes, sa.lost, sa.burst_hist, sa.rfc3611_bursts) == (
+        sb.probes, sb.lost, sb.burst_hist, sb.rfc3611_bursts,
+    )  # fmt: skip
+    assert sa.p == pytest.approx(sb.p) and sa.r == pytest.approx(sb.r)
+
+
+def test_local_down_takes_the_run_back() -> None:
+    tr = LossTracker(OutageRule(min_lost=3), local_grace_s=5.0)
+    t, r, c = records([False] * 10 + [True] * 4)  # losses from T0+10 on
+    evs = tr.feed("a", t, r, c, TIMEOUT)
+    assert [e.what for e in evs] == ["start"]
+    # our network is seen down at T0+13.7: those four losses were ours
+    evs = tr.local_down(T0 + 13.7)
+    assert [(e.what, e.outage.kind) for e in evs] == [("end", "target"), ("start", "local")]
+    assert evs[0].outage.lost == 0 and "withdrawn" in evs[0].outage.rule
+    assert tr.outages_total == 0 and tr.outages_current == 0
+    st = tr.stats("a")
+    assert st.lost == 0 and st.probes == 10
+    evs = tr.local_up(T0 + 40, lost=25)
+    assert evs[0].outage == Outage(None, T0 + 13.7, T0 + 40, 25, "local", "network monitor: DOWN")
+
+
+def test_local_down_cuts_an_older_outage() -> None:
+    tr = LossTracker(OutageRule(min_lost=3), local_grace_s=5.0)
+    t, r, c = records([False] * 10 + [True] * 30)
+    tr.feed("a", t, r, c, TIMEOUT)
+    evs = tr.local_down(T0 + 41)
+    end = next(e.outage for e in evs if e.outage.kind == "target")
+    assert end.start == T0 + 10 and end.end == T0 + 41 and end.lost == 30
+    assert tr.outages_total == 1 and tr.outages_current == 0
+
+
+def test_jitter_definitions() -> None:
+    rtts = [10.0, 12.0, math.nan, 11.0, 15.0]
+    # successive answered RTTs: 10, 12, 11, 15 -> |D| 2, 1, 4
+    j = 0.0
+    for d in (2, 1, 4):
+        j += (d - j) / 16
+    assert rfc3550_jitter(rtts) == pytest.approx(j)
+    assert rfc3550_jitter([1.0]) is None
+    # IPDV only for sequence-consecutive, both answered: (0,1) and (3,4)
+    seq = [65534, 65535, 0, 1, 2]
+    assert ipdv(seq, rtts) == [2.0, 4.0]
+    q = ipdv_quantiles(seq, rtts, (50, 100))
+    assert q == {"ipdv_p50_ms": 3.0, "ipdv_p100_ms": 4.0}
+
+
+def test_incidents_group_a_slash24() -> None:
+    os_ = [Outage(f"192.0.2.{i}", 100.0 + i * 0.2, 160.0, 55) for i in range(1, 30)]
+    os_ += [Outage("198.51.100.7", 101.0, 130.0, 29)]  # another network: alone
+    os_ += [Outage("192.0.2.99", 400.0, 410.0, 10)]  # same /24, much later: alone
+    inc = group_incidents(os_, window_s=10, min_targets=2)
+    assert len(inc) == 1
+    assert inc[0].network == "192.0.2.0/24" and len(inc[0].targets) == 29
+    assert inc[0].start == 100.2 and inc[0].end == 160.0
+    assert network_of("2001:db8::5") == "2001:db8::/64" and network_of("example.org") is None
+
+
+def test_find_outages_offline() -> None:
+    t, r, c = records([False] * 5 + [True] * 6 + [False] * 5)
+    outs, st = find_outages("a", t, r, c, TIMEOUT, OutageRule(3))
+    assert [(o.start, round(o.end, 6), o.lost) for o in outs] == [(T0 + 5, T0 + 11, 6)]
+    assert st.outages == 1
+
+
+def test_rule_checked() -> None:
+    with pytest.raises(ValueError):
+        OutageRule(0)
