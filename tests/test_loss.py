@@ -26,7 +26,9 @@ TIMEOUT = 0.5
 T0 = 1_800_000_000.0
 
 
-def records(lost: list[bool], rtt_of=lambda i: 10.0) -> tuple[list[float], list[float], bytes]:
+def records(
+    lost: list[bool], rtt_of=lambda i: 10.0
+) -> tuple[list[float], list[float], list[int], bytes]:
     """Record columns as the core logs them: a reply's time is send + RTT, a
     timeout's is send + timeout."""
     t, r, c = [], [], []
@@ -41,7 +43,7 @@ def records(lost: list[bool], rtt_of=lambda i: 10.0) -> tuple[list[float], list[
             t.append(send + rtt / 1000)
             r.append(rtt)
             c.append(0)
-    return t, r, bytes(c)
+    return t, r, [i & 0xFFFF for i in range(len(lost))], bytes(c)
 
 
 def gilbert(n: int, p: float, r: float, k: float = 0.0, h: float = 1.0, seed: int = 1) -> list[bool]:
@@ -59,8 +61,8 @@ def test_random_loss_reads_as_gilbert_p_equal_loss() -> None:
     rnd = random.Random(7)
     lost = [rnd.random() < 0.05 for _ in range(20000)]
     tr = LossTracker(OutageRule(min_lost=5))
-    t, r, c = records(lost)
-    evs = tr.feed("a", t, r, c, TIMEOUT)
+    t, r, q, c = records(lost)
+    evs = tr.feed("a", t, r, q, c, TIMEOUT)
     st = tr.stats("a")
     assert st is not None
     assert st.lost == sum(lost)
@@ -76,8 +78,9 @@ def test_random_loss_reads_as_gilbert_p_equal_loss() -> None:
 def test_bursts_of_ten_every_hundred() -> None:
     lost = [(i % 100) >= 90 for i in range(10000)]
     tr = LossTracker(OutageRule(min_lost=20))
-    t, r, c = records(lost)
-    assert tr.feed("a", t, r, c, TIMEOUT) == []  # 10 < 20: no outage
+    t, r, q, c = records(lost)
+    assert tr.feed("a", t, r, q, c, TIMEOUT) == []  # 10 < 20: no outage
+    assert tr.settle() == []
     st = tr.stats("a")
     assert st.burst_hist == {10: 100}
     assert st.mean_burst == 10
@@ -94,8 +97,8 @@ def test_bursts_of_ten_every_hundred() -> None:
 def test_gilbert_parameters_recovered(p: float, r: float) -> None:
     lost = gilbert(200_000, p, r, seed=3)
     tr = LossTracker()
-    t, rt, c = records(lost)
-    tr.feed("a", t, rt, c, TIMEOUT)
+    t, rt, q, c = records(lost)
+    tr.feed("a", t, rt, q, c, TIMEOUT)
     st = tr.stats("a")
     assert st.p == pytest.approx(p, rel=0.1)
     assert st.r == pytest.approx(r, rel=0.1)
@@ -106,8 +109,8 @@ def test_rfc3611_densities_of_gilbert_elliott() -> None:
     # bad state: 50% loss, mean stay 40 probes; good state: 0.1% loss, mean stay 1000
     lost = gilbert(300_000, p=0.001, r=0.025, k=0.001, h=0.5, seed=11)
     tr = LossTracker()
-    t, rt, c = records(lost)
-    tr.feed("a", t, rt, c, TIMEOUT)
+    t, rt, q, c = records(lost)
+    tr.feed("a", t, rt, q, c, TIMEOUT)
     st = tr.stats("a")
     # bursts are cut where the channel happens to deliver >= 16 in a row, so the
     # density inside them is above h and the gap density near k
@@ -124,8 +127,8 @@ def test_outages_found_exactly_none_invented() -> None:
             lost[i] = True
     lost[10] = lost[11] = True  # two in a row: not an outage with min_lost=3
     tr = LossTracker(OutageRule(min_lost=3))
-    t, r, c = records(lost)
-    evs = tr.feed("a", t, r, c, TIMEOUT)
+    t, r, q, c = records(lost)
+    evs = tr.feed("a", t, r, q, c, TIMEOUT)
     starts = [e.outage for e in evs if e.what == "start"]
     ends = [e.outage for e in evs if e.what == "end"]
     assert [o.start for o in starts] == [T0 + 50, T0 + 200, T0 + 250]
@@ -139,15 +142,17 @@ def test_outages_found_exactly_none_invented() -> None:
 
 def test_chunk_fast_path_equals_record_walk() -> None:
     lost = gilbert(5000, 0.02, 0.3, seed=5)
-    t, r, c = records(lost, rtt_of=lambda i: 5 + (i % 7))
+    t, r, q, c = records(lost, rtt_of=lambda i: 5 + (i % 7))
     a = LossTracker()
-    evs_a = a.feed("x", t, r, c, TIMEOUT)
+    evs_a = a.feed("x", t, r, q, c, TIMEOUT)
     b = LossTracker()
     evs_b = []
     for i in range(0, len(c), 10):  # hand-overs of 10 records, as the engine does
         blob = chunk.pack(t[i : i + 10], r[i : i + 10], list(range(i, i + 10))[: len(c[i : i + 10])],
                           c[i : i + 10], [64] * len(c[i : i + 10]))  # fmt: skip
         evs_b += b.feed_chunk("x", blob, TIMEOUT)
+    evs_a += a.settle()
+    evs_b += b.settle()
     assert [(e.what, e.outage.start, e.outage.end) for e in evs_a] == [
         (e.what, e.outage.start, pytest.approx(e.outage.end)) for e in evs_b
     ]
@@ -160,8 +165,8 @@ def test_chunk_fast_path_equals_record_walk() -> None:
 
 def test_local_down_takes_the_run_back() -> None:
     tr = LossTracker(OutageRule(min_lost=3), local_grace_s=5.0)
-    t, r, c = records([False] * 10 + [True] * 4)  # losses from T0+10 on
-    evs = tr.feed("a", t, r, c, TIMEOUT)
+    t, r, q, c = records([False] * 10 + [True] * 4)  # losses from T0+10 on
+    evs = tr.feed("a", t, r, q, c, TIMEOUT)
     assert [e.what for e in evs] == ["start"]
     # our network is seen down at T0+13.7: those four losses were ours
     evs = tr.local_down(T0 + 13.7)
@@ -176,8 +181,8 @@ def test_local_down_takes_the_run_back() -> None:
 
 def test_local_down_cuts_an_older_outage() -> None:
     tr = LossTracker(OutageRule(min_lost=3), local_grace_s=5.0)
-    t, r, c = records([False] * 10 + [True] * 30)
-    tr.feed("a", t, r, c, TIMEOUT)
+    t, r, q, c = records([False] * 10 + [True] * 30)
+    tr.feed("a", t, r, q, c, TIMEOUT)
     evs = tr.local_down(T0 + 41)
     end = next(e.outage for e in evs if e.outage.kind == "target")
     assert end.start == T0 + 10 and end.end == T0 + 41 and end.lost == 30
@@ -211,8 +216,8 @@ def test_incidents_group_a_slash24() -> None:
 
 
 def test_find_outages_offline() -> None:
-    t, r, c = records([False] * 5 + [True] * 6 + [False] * 5)
-    outs, st = find_outages("a", t, r, c, TIMEOUT, OutageRule(3))
+    t, r, q, c = records([False] * 5 + [True] * 6 + [False] * 5)
+    outs, st = find_outages("a", t, r, q, c, TIMEOUT, OutageRule(3))
     assert [(o.start, round(o.end, 6), o.lost) for o in outs] == [(T0 + 5, T0 + 11, 6)]
     assert st.outages == 1
 
@@ -220,3 +225,44 @@ def test_find_outages_offline() -> None:
 def test_rule_checked() -> None:
     with pytest.raises(ValueError):
         OutageRule(0)
+
+
+def test_log_order_is_not_probe_order() -> None:
+    """Interval 0.1 s, timeout 0.5 s: the core logs a reply to probe k+1 long before
+    the timeout of probe k. Fed in that (logged) order, in hand-overs of 1 s, the
+    runs, outages and their times come out as in probe order."""
+    iv, tmo = 0.1, 0.5
+    lost = gilbert(3000, 0.03, 0.2, seed=9)
+    for i in range(1000, 1100):
+        lost[i] = True  # a 10 s outage
+    recs = []
+    for i, x in enumerate(lost):
+        send = T0 + i * iv
+        recs.append((send + tmo + 0.03, math.nan, i & 0xFFFF, 1) if x
+                    else (send + 0.002, 2.0, i & 0xFFFF, 0))  # fmt: skip
+    logged = sorted(recs)  # the order outcomes became known
+    a = LossTracker(OutageRule(5))
+    ta, ra, qa, ca = zip(*recs, strict=True)
+    ev_a = a.feed("x", ta, ra, qa, bytes(ca), tmo, iv) + a.settle()
+    b = LossTracker(OutageRule(5))
+    ev_b = []
+    k = 0
+    while k < len(logged):
+        j = k
+        while j < len(logged) and logged[j][0] < logged[k][0] + 1.0:
+            j += 1
+        part = logged[k:j]
+        blob = chunk.pack([p[0] for p in part], [p[1] for p in part], [p[2] for p in part],
+                          [p[3] for p in part], [0] * len(part))  # fmt: skip
+        ev_b += b.feed_chunk("x", blob, tmo, iv)
+        k = j
+    ev_b += b.settle()
+    sa, sb = a.stats("x"), b.stats("x")
+    assert sa.burst_hist == sb.burst_hist and sa.lost == sb.lost == sum(lost)
+    assert sa.p == pytest.approx(sb.p) and sa.r == pytest.approx(sb.r)
+    key = [(e.what, round(e.outage.start, 3), e.outage.end and round(e.outage.end, 3)) for e in ev_a]
+    assert key == [(e.what, round(e.outage.start, 3), e.outage.end and round(e.outage.end, 3))
+                   for e in ev_b]  # fmt: skip
+    big = [e.outage for e in ev_b if e.what == "end" and e.outage.lost >= 100]
+    assert len(big) == 1
+    assert abs(big[0].start - (T0 + 100.0)) < iv and abs(big[0].end - (T0 + 110.0)) < iv

@@ -54,11 +54,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import struct
 import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .chunk import OUTCOME_CODE, RECORD_SIZE
 from .results import Outcome, percentile
@@ -67,12 +69,18 @@ _REPLY = OUTCOME_CODE[Outcome.REPLY]
 _TIMEOUT = OUTCOME_CODE[Outcome.TIMEOUT]
 _LOST_BYTE = bytes((_TIMEOUT,))
 _SWAP = sys.byteorder != "little"
+_D = struct.Struct("<d")
+_F = struct.Struct("<f")
+_I = struct.Struct("<i")
 
 DEFAULT_MIN_LOST = 3
 DEFAULT_GMIN = 16  # RFC 3611 section 4.7.2: "the value of Gmin SHOULD be 16"
 # upper bounds of the burst-length histogram (runs of consecutive losses); +Inf last
 BURST_BUCKETS: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 50, 100, 1000)
 DEFAULT_LOCAL_GRACE_S = 5.0
+# a timeout is known this long after timeout_s at most (an expiry round, loop lag)
+HOLD_MARGIN_S = 0.25
+_SEQ_KEY = itemgetter(0)
 
 KIND_TARGET = "target"
 KIND_LOCAL = "local"
@@ -179,7 +187,8 @@ class _State:
         "probes", "lost", "run", "run_start", "run_last", "last_reply", "have_last",
         "rl", "lr", "hist", "max_run", "bursts",
         "since_loss", "g_lost", "g_total", "b_lost", "b_total", "b_count",
-        "outage", "outages", "cut",
+        "outage", "outages", "cut", "tail", "last_reply_send",
+        "pending", "pend_timeout", "pend_iv", "useq", "have_seq", "wseq",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -205,6 +214,17 @@ class _State:
         self.outage: Outage | None = None  # open outage (reported as started)
         self.outages = 0
         self.cut = False  # the open run was cut by our own network going down
+        # the send time of the last reply: from the last chunk (read only when needed,
+        # the fast path just keeps the chunk) or last_reply_send
+        self.tail: bytes | None = None
+        self.last_reply_send = math.nan
+        # records held back until later ones are in: (seq, t, rtt, code)
+        self.pending: list[tuple[int, float, float, int]] = []
+        self.pend_timeout = 0.0
+        self.pend_iv = 0.0
+        self.useq = 0  # the last sequence number seen, unwrapped
+        self.have_seq = False
+        self.wseq = 0  # the last sequence number walked, unwrapped
 
 
 class LossTracker:
@@ -243,8 +263,11 @@ class LossTracker:
 
     # -- feeding -------------------------------------------------------------------
 
-    def feed_chunk(self, target: str, chunk: bytes, timeout_s: float) -> list[OutageEvent]:
-        """One chunk (``fastping.chunk`` layout) of ``target``'s records."""
+    def feed_chunk(
+        self, target: str, chunk: bytes, timeout_s: float, interval_s: float = 0.0
+    ) -> list[OutageEvent]:
+        """One chunk (``fastping.chunk`` layout) of ``target``'s records; ``timeout_s``
+        and ``interval_s`` (0: unknown) are the target's."""
         n = len(chunk) // RECORD_SIZE
         if n == 0:
             return []
@@ -253,56 +276,146 @@ class LossTracker:
             st = self._s[target] = _State()
         codes = chunk[16 * n : 17 * n]
         self.records += n
-        if st.run == 0 and _LOST_BYTE not in codes:
-            # the common case: all received, no run open
-            st.probes += n
-            st.since_loss += n
-            st.last_reply = True
-            st.have_last = True
-            return []
+        if st.run == 0 and not st.pending and _LOST_BYTE not in codes and st.have_seq:
+            # the common case: all received, no run open, nothing held back, and the
+            # sequence numbers follow the last walked one without a hole (so no
+            # timeout of an earlier probe can still come and belong before them)
+            first = _I.unpack_from(chunk, 12 * n)[0]
+            last = _I.unpack_from(chunk, 12 * n + 4 * (n - 1))[0]
+            if (first - st.wseq - 1) & 0xFFFF == 0 and (last - first) & 0xFFFF == n - 1:
+                st.probes += n
+                st.since_loss += n
+                st.last_reply = True
+                st.have_last = True
+                st.tail = chunk
+                st.wseq += n
+                st.useq = st.wseq
+                return []
         mv = memoryview(chunk)
         t = array("d")
         t.frombytes(mv[: 8 * n])
         rtt = array("f")
         rtt.frombytes(mv[8 * n : 12 * n])
+        seq = array("i")
+        seq.frombytes(mv[12 * n : 16 * n])
         if _SWAP:
             t.byteswap()
             rtt.byteswap()
-        return self._walk(target, st, t, rtt, codes, timeout_s)
+            seq.byteswap()
+        return self._order(target, st, t, rtt, seq, codes, timeout_s, interval_s, False)
 
     def feed(
         self,
         target: str,
         t: Sequence[float],
         rtt_ms: Sequence[float],
+        seq: Sequence[int],
         codes: bytes | Sequence[int],
         timeout_s: float,
+        interval_s: float = 0.0,
     ) -> list[OutageEvent]:
-        """Records as columns (record time, RTT ms or NaN, outcome code)."""
+        """Records as columns (record time, RTT ms or NaN, ICMP sequence, outcome code)."""
         st = self._s.get(target)
         if st is None:
             st = self._s[target] = _State()
         self.records += len(codes)
-        return self._walk(target, st, t, rtt_ms, bytes(codes), timeout_s)
+        return self._order(target, st, t, rtt_ms, seq, bytes(codes), timeout_s, interval_s, False)
 
-    def _walk(
+    def settle(self) -> list[OutageEvent]:
+        """Walk every record still held back (at stop, or offline at the end)."""
+        out: list[OutageEvent] = []
+        for target, st in self._s.items():
+            if st.pending:
+                out += self._order(target, st, (), (), (), b"", st.pend_timeout, st.pend_iv, True)
+        return out
+
+    def _order(
         self,
         target: str,
         st: _State,
         t: Sequence[float],
         rtt: Sequence[float],
+        seq: Sequence[int],
         codes: bytes,
         timeout_s: float,
+        interval_s: float,
+        final: bool,
+    ) -> list[OutageEvent]:
+        """Records in probe order, then walked. The log is in the order outcomes became
+        known: with an interval shorter than the timeout (or a timeout expired an
+        expiry round late) a reply to probe k+1 is logged before the timeout of probe
+        k. So records are sorted by sequence number (16 bits, wrapping), and while a
+        loss run is open the last ``timeout_s + HOLD_MARGIN_S`` of sends are held back
+        until the next hand-over: a timeout still to come may belong before them."""
+        recs = st.pending
+        st.pending = []
+        if len(seq):
+            # unwrap the 16-bit sequence numbers in logged order (near probe order:
+            # within the probes a target has in flight)
+            u = st.useq
+            last = u & 0xFFFF if st.have_seq else seq[0]
+            if not st.have_seq:
+                u = last - 1  # the first record's key is its own sequence number
+                last = u & 0xFFFF
+                st.wseq = u  # nothing walked: "the one before the first"
+                st.have_seq = True
+            keys = []
+            for q in seq:
+                u += ((q - last + 32768) & 0xFFFF) - 32768
+                last = q
+                keys.append(u)
+            st.useq = u
+            recs.extend(zip(keys, t, rtt, codes))
+        if not recs:
+            return []
+        recs.sort(key=_SEQ_KEY)
+        walk = recs
+        if not final:
+            # walk in sequence up to a hole whose probe may still be out (its
+            # outcome not known yet): a hole older than timeout + margin before the
+            # latest record is for good (a send error, a probe not sent)
+            horizon = max(r[1] for r in recs) - timeout_s - HOLD_MARGIN_S
+            expect = st.wseq + 1
+            cut = len(recs)
+            for i, r in enumerate(recs):
+                if r[0] > expect:
+                    sent = r[1] - (r[2] / 1000.0 if r[3] == _REPLY and r[2] == r[2] else timeout_s)
+                    if sent > horizon:
+                        cut = i
+                        break
+                expect = r[0] + 1
+            if cut < len(recs):
+                walk = recs[:cut]
+                st.pending = recs[cut:]
+                st.pend_timeout = timeout_s
+                st.pend_iv = interval_s
+        if walk:
+            st.wseq = walk[-1][0]
+        return self._walk(target, st, walk, timeout_s, interval_s)
+
+    def _walk(
+        self,
+        target: str,
+        st: _State,
+        recs: Sequence[tuple[int, float, float, int]],
+        timeout_s: float,
+        interval_s: float = 0.0,
     ) -> list[OutageEvent]:
         out: list[OutageEvent] = []
         min_lost = self.rule.min_lost
         gmin = self.gmin
-        for i, c in enumerate(codes):
+        for _seq, rt, r, c in recs:
             if c == _TIMEOUT:
-                sent = t[i] - timeout_s
+                sent = rt - timeout_s
                 if st.have_last and st.last_reply:
                     st.rl += 1
                 if st.run == 0:
+                    # a timeout is recorded when it expires (up to an expiry round
+                    # late): the probe after the last reply, on schedule, is closer
+                    if interval_s > 0 and st.have_last and st.last_reply:
+                        prev = self._last_reply_send(st)
+                        if prev == prev and prev + interval_s < sent:
+                            sent = prev + interval_s
                     st.run_start = sent
                     st.cut = False
                 st.run += 1
@@ -328,18 +441,34 @@ class LossTracker:
                     self.outages_current += 1
                     out.append(OutageEvent("start", o))
             elif c == _REPLY:
-                r = rtt[i]
-                sent = t[i] - (r / 1000.0 if r == r else 0.0)
+                sent = rt - (r / 1000.0 if r == r else 0.0)
                 if st.have_last and not st.last_reply:
                     st.lr += 1
                 if st.run:
-                    self._end_run(st, sent, out)
+                    # the probe after the last lost one, on schedule, when that is
+                    # earlier (its reply may have been logged before the last timeouts)
+                    end = sent
+                    if interval_s > 0 and st.run_last + interval_s < end:
+                        end = st.run_last + interval_s
+                    self._end_run(st, end, out)
                 st.probes += 1
                 st.since_loss += 1
                 st.last_reply = True
                 st.have_last = True
+                st.last_reply_send = sent
+                st.tail = None
             # other codes are not in the log; a caller feeding them is ignored
         return out
+
+    @staticmethod
+    def _last_reply_send(st: _State) -> float:
+        tail = st.tail
+        if tail is None:
+            return st.last_reply_send
+        n = len(tail) // RECORD_SIZE
+        t = _D.unpack_from(tail, 8 * (n - 1))[0]
+        r = _F.unpack_from(tail, 8 * n + 4 * (n - 1))[0]
+        return float(t - r / 1000.0)
 
     def _close_group(self, st: _State) -> None:
         if st.g_lost >= 2:
@@ -371,7 +500,7 @@ class LossTracker:
         that began within ``local_grace_s`` before are ours, not theirs."""
         if self._local is not None:
             return []
-        out: list[OutageEvent] = []
+        out = self.settle()  # what was held back happened before
         for st in self._s.values():
             if not st.run:
                 continue
@@ -594,6 +723,7 @@ def find_outages(
     target: str,
     t: Sequence[float],
     rtt_ms: Sequence[float],
+    seq: Sequence[int],
     codes: bytes | Sequence[int],
     timeout_s: float,
     rule: OutageRule | None = None,
@@ -601,6 +731,7 @@ def find_outages(
     """Offline: every outage in one target's records (ended and still open) and its
     loss pattern, with the tracker the engine uses."""
     tr = LossTracker(rule)
-    evs = tr.feed(target, t, rtt_ms, codes, timeout_s)
+    evs = tr.feed(target, t, rtt_ms, seq, codes, timeout_s)
+    evs += tr.settle()
     done = [e.outage for e in evs if e.what == "end"]
     return done + tr.current_outages(), tr.stats(target)

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 from .chunk import OUTCOME_BY_CODE, OUTCOME_CODE, RECORD_SIZE, ChunkError, pack, unpack
 from .errors import ConfigError
 from .logs import get_logger
+from .loss import KIND_LOCAL, KIND_TARGET, Outage
 from .results import Outcome, ProbeResult, percentile, rtt_summary
 
 log = get_logger("fastping.store")
@@ -335,6 +336,87 @@ def _pack_results(group: list[ProbeResult]) -> _Row:
     return _Row(
         target, _encode_address(target, addr), float(t[0]), float(t[-1]), n, data, extras, group
     )
+
+
+# Outages (fastping.loss): one row per outage, written when it starts (end NULL) and
+# updated when it ends. Kept apart from the results schema (CREATE IF NOT EXISTS at
+# the first outage write, no schema version change): a database without the table
+# simply has no outages. target '' is our own network (kind 'local'). A target's row
+# with lost = 0 was withdrawn (the losses turned out to be our own network's).
+_OUTAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outages (
+    kind TEXT NOT NULL,         -- 'target' or 'local' (our own network)
+    target TEXT NOT NULL,       -- '' for kind 'local'
+    start REAL NOT NULL,        -- Unix seconds: send time of the first lost probe
+    end REAL,                   -- send time of the first answered probe; NULL: ongoing
+    lost INTEGER NOT NULL,      -- probes lost in it (local: recorded as local_down)
+    rule TEXT NOT NULL,
+    PRIMARY KEY (kind, target, start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outages_start ON outages (start);
+"""
+_UPSERT_OUTAGE = (
+    "INSERT INTO outages (kind, target, start, end, lost, rule) VALUES (?,?,?,?,?,?) "
+    "ON CONFLICT (kind, target, start) DO UPDATE SET end = excluded.end, "
+    "lost = excluded.lost, rule = excluded.rule"
+)
+
+
+def _write_outages(writer: _Writer, outages: Sequence[Outage]) -> None:
+    """One transaction of outage upserts on the writer's connection (worker thread)."""
+    with writer.lock:
+        try:
+            conn = writer.open()
+            conn.executescript(_OUTAGE_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    _UPSERT_OUTAGE,
+                    [(o.kind, o.target or "", o.start, o.end, o.lost, o.rule) for o in outages],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            writer.close()
+            raise
+
+
+def _read_outages(
+    conn: sqlite3.Connection,
+    since: float | None,
+    until: float | None,
+    targets: Sequence[str] | None,
+    kind: str | None,
+) -> list[Outage]:
+    if conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outages'"
+    ).fetchone() is None:
+        return []
+    sql = (
+        "SELECT kind, target, start, end, lost, rule FROM outages WHERE "
+        f"NOT (kind = '{KIND_TARGET}' AND lost = 0)"
+    )
+    args: list[Any] = []
+    if since is not None:
+        sql += " AND (end IS NULL OR end >= ?)"
+        args.append(since)
+    if until is not None:
+        sql += " AND start <= ?"
+        args.append(until)
+    if kind is not None:
+        sql += " AND kind = ?"
+        args.append(kind)
+    out = [
+        Outage(None if k == KIND_LOCAL else tg, st, en, lost, k, rule)
+        for k, tg, st, en, lost, rule in conn.execute(sql + " ORDER BY start, target", args)
+    ]
+    if targets is not None:
+        keep = set(targets)
+        out = [o for o in out if o.target is None or o.target in keep]
+    return out
 
 
 class _Writer:
@@ -1037,6 +1119,9 @@ class ResultStore:
         self._submitted_total = 0  # records accepted into the queue, ever
         self._done = 0  # records accepted and since written or dropped
         self._progress: asyncio.Condition | None = None
+        self._outage_q: list[Outage] = []  # submit_outages(), written by the writer task
+        self._outages_written = 0
+        self._outages_dropped = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -1162,6 +1247,50 @@ class ResultStore:
         if self._wake is not None and self._chunk_records >= self.batch_size:
             self._set_wake()
 
+    def submit_outages(self, outages: Iterable[Outage]) -> None:
+        """Queue outage starts and ends (``fastping.loss.Outage``) for the outages
+        table; the same outage again (same kind, target and start) updates its row.
+        Never blocks; written by the writer task, retried like results."""
+        items = list(outages)
+        if not items:
+            return
+        with self._lock:
+            if self._closed:
+                self._outages_dropped += len(items)
+                return
+            self._outage_q.extend(items)
+        if self._wake is not None:
+            self._set_wake()
+
+    async def _write_outage_q(self) -> bool:
+        """Write what submit_outages() queued; False (kept queued) on a failure."""
+        with self._lock:
+            batch = self._outage_q
+            self._outage_q = []
+        if not batch:
+            return True
+        try:
+            await asyncio.to_thread(_write_outages, self._writer, batch)
+        except Exception as e:  # noqa: BLE001 - locked, full, read-only, ...: retried
+            with self._lock:
+                self._outage_q[:0] = batch
+            self._note_failure(e, "write outages")
+            return False
+        self._outages_written += len(batch)
+        return True
+
+    def outages(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+        kind: str | None = None,
+    ) -> list[Outage]:
+        """Outages overlapping [since, until] (None: no bound), oldest first; ours
+        (kind 'local', target None) are included unless ``kind`` says otherwise."""
+        with self._read() as conn:
+            return _read_outages(conn, since, until, targets, kind)
+
     def _set_wake(self) -> None:
         assert self._wake is not None and self._loop is not None
         try:
@@ -1196,6 +1325,8 @@ class ResultStore:
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything submitted so far is written (or was counted as dropped).
         Returns False if ``timeout_s`` passed first; the results stay queued."""
+        if self._outage_q and self._task is not None:
+            await self._write_outage_q()
         goal = self._submitted_total
         if self._done >= goal:
             return True
@@ -1224,6 +1355,13 @@ class ResultStore:
         if self._task is None:
             return
         await self.flush(timeout_s)
+        if self._outage_q and not await self._write_outage_q():
+            with self._lock:
+                lost_outages = len(self._outage_q)
+                self._outage_q = []
+            self._outages_dropped += lost_outages
+            log.error("store closed with unwritten outages", unwritten=lost_outages,
+                      last_error=self._last_error, db=str(self.path))  # fmt: skip
         self._closing = True
         assert self._wake is not None
         self._wake.set()
@@ -1273,6 +1411,8 @@ class ResultStore:
             "retries": self._retries,
             "rolled_up": self._rollup_rows,
             "last_error": self._last_error,
+            "outages_written": self._outages_written,
+            "outages_dropped": self._outages_dropped,
         }
 
     # ---- writer task -----------------------------------------------------------------
@@ -1397,6 +1537,8 @@ class ResultStore:
                 failing = False
                 delay = 0.0
                 await self._notify()
+            if self._outage_q and not failing:
+                await self._write_outage_q()
             if time.monotonic() >= self._next_rollup and not self._closing:
                 await self._maybe_rollup()
 

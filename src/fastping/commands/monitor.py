@@ -93,6 +93,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "this on too) and record probes sent while it is down as local_down, not as loss",
     )
     parser.add_argument(
+        "--outage-after",
+        type=int,
+        default=3,
+        metavar="N",
+        help="N consecutive lost probes make an outage: logged, stored (fastping report "
+        "lists them) and counted in the metrics (default 3)",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -246,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
     for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
         if not v > 0:
             raise ConfigError(f"{name} {v!r}: give a positive number of seconds")
+    if args.outage_after < 1:
+        raise ConfigError(
+            f"--outage-after {args.outage_after}: give how many consecutive lost probes make "
+            "an outage, 1 or more (3 is usual)"
+        )
     mode = args.mode or cfg.mode
     if mode == "subprocess":
         raise ConfigError(
@@ -316,6 +329,7 @@ async def _main(
 
     from ..engine import MonitoringEngine
     from ..guard import ResourceGuard
+    from ..loss import OutageRule
     from ..store import ResultStore
 
     rc = cfg.resources
@@ -358,6 +372,7 @@ async def _main(
         guard=guard,
         network=network,
         stop_flush_s=args.stop_timeout,
+        outage_rule=OutageRule(min_lost=args.outage_after),
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
