@@ -926,6 +926,14 @@ class MonitoringEngine:
         # what is still out after the full timeout is a timeout (expire(0) takes all)
         self._drain_all(0.0)
         self._flush_logs()
+        if self.loss is not None:
+            # records held back for order are all in now; outages still going on are
+            # stored with what they have lost so far (and no end: we stopped watching)
+            self._outage_events(self.loss.settle())
+            submit = getattr(self.store, "submit_outages", None)
+            if submit is not None:
+                with contextlib.suppress(Exception):
+                    submit(self.loss.current_outages())
         for k, v in self._socket_totals().items():
             self._closed_totals[k] = self._closed_totals.get(k, 0) + v
         self._closed_lateness = self.send_lateness()

@@ -564,7 +564,12 @@ class LossTracker:
         return list(self._s)
 
     def current_outages(self) -> list[Outage]:
-        return [st.outage for st in self._s.values() if st.outage is not None]
+        """Targets' outages going on, each with the probes it has lost so far."""
+        return [
+            Outage(o.target, o.start, None, st.run, o.kind, o.rule)
+            for st in self._s.values()
+            if (o := st.outage) is not None
+        ]
 
     def stats(self, target: str) -> LossStats | None:
         st = self._s.get(target)

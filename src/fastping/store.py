@@ -1660,6 +1660,60 @@ class ResultStore:
             )
         return out
 
+    def probe_log(
+        self, since: float | None = None, until: float | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> dict[str, tuple[array[float], array[float], array[int], bytes]]:
+        """Each target's replies and timeouts in [since, until] as columns (record
+        time, RTT ms / NaN, ICMP sequence, outcome code), in stored order: what
+        ``fastping.loss`` reads to tell loss patterns apart. Raw rows only (the
+        retention window): rollups keep counts, not the order of losses."""
+        lo = -math.inf if since is None else since
+        hi = math.inf if until is None else until
+        keep = None if targets is None else set(targets)
+        out: dict[str, tuple[array[float], array[float], array[int], bytes]] = {}
+        parts: dict[str, list[tuple[array[float], array[float], array[int], bytearray]]] = {}
+        with self._read() as conn:
+            names = dict(conn.execute("SELECT id, name FROM targets"))
+            for tid, data in conn.execute(
+                "SELECT tid, data FROM results WHERE t1 >= ? AND t0 <= ? ORDER BY tid, t0, rowid",
+                (lo, hi),
+            ):
+                name = names.get(tid)
+                if name is None or (keep is not None and name not in keep):
+                    continue
+                cols = unpack(data)
+                code = cols.code
+                if code.count(_REPLY) + code.count(_TIMEOUT) == len(code) and (
+                    not cols.t or (cols.t[0] >= lo and cols.t[-1] <= hi)
+                ):
+                    parts.setdefault(name, []).append(
+                        (cols.t, cols.rtt_ms, cols.seq, bytearray(code))
+                    )
+                    continue
+                sel = [
+                    i for i, c in enumerate(code)
+                    if (c == _REPLY or c == _TIMEOUT) and lo <= cols.t[i] <= hi
+                ]  # fmt: skip
+                parts.setdefault(name, []).append((
+                    array("d", [cols.t[i] for i in sel]),
+                    array("f", [cols.rtt_ms[i] for i in sel]),
+                    array("i", [cols.seq[i] for i in sel]),
+                    bytearray(code[i] for i in sel),
+                ))  # fmt: skip
+        for name, ps in parts.items():
+            t: array[float] = array("d")
+            r: array[float] = array("f")
+            q: array[int] = array("i")
+            c = bytearray()
+            for a, b, d, e in ps:
+                t.extend(a)
+                r.extend(b)
+                q.extend(d)
+                c += e
+            out[name] = (t, r, q, bytes(c))
+        return out
+
     def _accumulate_many(
         self,
         conn: sqlite3.Connection,
