@@ -135,7 +135,9 @@ def responder(t: Topo, truth_path: Path, seed: int = 1) -> Iterator[subprocess.P
         assert p.stdout is not None
         line = p.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"responder did not start: {line!r} {p.stderr.read() if p.stderr else ''}")
+            raise RuntimeError(
+                f"responder did not start: {line!r} {p.stderr.read() if p.stderr else ''}"
+            )
         yield p
     finally:
         if p.poll() is None:
@@ -152,7 +154,9 @@ def read_truth(path: Path) -> dict[str, list[tuple[int, float, bool]]]:
     return {addr: [(int(q), float(a), bool(d)) for q, a, d in recs] for addr, recs in raw.items()}
 
 
-def truth_outages(recs: list[tuple[int, float, bool]], min_lost: int) -> list[tuple[float, float | None, int]]:
+def truth_outages(
+    recs: list[tuple[int, float, bool]], min_lost: int
+) -> list[tuple[float, float | None, int]]:
     """Runs of >= min_lost consecutive drops in arrival order: (first dropped
     request's arrival, first answered one's arrival after it, dropped)."""
     out = []
@@ -232,7 +236,7 @@ def serve(truth_path: str, seed: int) -> None:
     while not stop and time.monotonic() < deadline:
         try:
             pkt = rx.recv(65535)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             continue
         except InterruptedError:
             continue

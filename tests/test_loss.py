@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 
@@ -46,7 +47,9 @@ def records(
     return t, r, [i & 0xFFFF for i in range(len(lost))], bytes(c)
 
 
-def gilbert(n: int, p: float, r: float, k: float = 0.0, h: float = 1.0, seed: int = 1) -> list[bool]:
+def gilbert(
+    n: int, p: float, r: float, k: float = 0.0, h: float = 1.0, seed: int = 1
+) -> list[bool]:
     """Gilbert-Elliott: good -> bad with p, bad -> good with r; lost with k (good), h (bad)."""
     rnd = random.Random(seed)
     bad = False
@@ -148,8 +151,8 @@ def test_chunk_fast_path_equals_record_walk() -> None:
     b = LossTracker()
     evs_b = []
     for i in range(0, len(c), 10):  # hand-overs of 10 records, as the engine does
-        blob = chunk.pack(t[i : i + 10], r[i : i + 10], list(range(i, i + 10))[: len(c[i : i + 10])],
-                          c[i : i + 10], [64] * len(c[i : i + 10]))  # fmt: skip
+        k = len(c[i : i + 10])
+        blob = chunk.pack(t[i : i + 10], r[i : i + 10], q[i : i + 10], c[i : i + 10], [64] * k)
         evs_b += b.feed_chunk("x", blob, TIMEOUT)
     evs_a += a.settle()
     evs_b += b.settle()
@@ -260,9 +263,195 @@ def test_log_order_is_not_probe_order() -> None:
     sa, sb = a.stats("x"), b.stats("x")
     assert sa.burst_hist == sb.burst_hist and sa.lost == sb.lost == sum(lost)
     assert sa.p == pytest.approx(sb.p) and sa.r == pytest.approx(sb.r)
-    key = [(e.what, round(e.outage.start, 3), e.outage.end and round(e.outage.end, 3)) for e in ev_a]
+    key = [
+        (e.what, round(e.outage.start, 3), e.outage.end and round(e.outage.end, 3)) for e in ev_a
+    ]
     assert key == [(e.what, round(e.outage.start, 3), e.outage.end and round(e.outage.end, 3))
                    for e in ev_b]  # fmt: skip
     big = [e.outage for e in ev_b if e.what == "end" and e.outage.lost >= 100]
     assert len(big) == 1
     assert abs(big[0].start - (T0 + 100.0)) < iv and abs(big[0].end - (T0 + 110.0)) < iv
+
+
+# ---- in the engine (fake socket: no privilege, no network) -----------------------
+
+
+class _OutageStore:
+    """ListStore plus the outages table's entry point."""
+
+    def __init__(self) -> None:
+        from engine_fakes import ListStore
+
+        self.inner = ListStore()
+        self.outages: list[Outage] = []
+
+    def submit(self, results):  # type: ignore[no-untyped-def]
+        self.inner.submit(results)
+
+    def submit_chunks(self, items):  # type: ignore[no-untyped-def]
+        self.inner.submit_chunks(items)
+
+    def submit_outages(self, outages):  # type: ignore[no-untyped-def]
+        self.outages.extend(outages)
+
+    async def flush(self, timeout_s=None):  # type: ignore[no-untyped-def]
+        return True
+
+    def stats(self):  # type: ignore[no-untyped-def]
+        return {}
+
+
+class _Net:
+    class _S:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def __init__(self) -> None:
+        self.state = self._S("UP")
+
+    def is_up(self) -> bool:
+        return self.state.name != "DOWN"
+
+
+def test_engine_outage_events_store_and_metrics() -> None:
+    import asyncio
+
+    from engine_fakes import CaptureLog, FakeFactory
+    from fastping.engine import MonitoringEngine
+    from fastping.guard import ResourceGuard
+    from fastping.loss import OutageEvent
+    from fastping.metrics import MetricsCollector
+
+    fac = FakeFactory(dead={"127.0.0.9"})
+    store = _OutageStore()
+    log = CaptureLog()
+    eng = MonitoringEngine(
+        ["127.0.0.9", "127.0.0.2"], store=store, socket_factory=fac, logger=log,
+        guard=ResourceGuard(None, None), interval_s=0.05, timeout_s=0.1, store_flush_s=0.1,
+        outage_rule=OutageRule(3),
+    )  # fmt: skip
+    sub = eng.subscribe(maxsize=100_000)
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.6)
+        assert [o.target for o in eng.outages()] == ["127.0.0.9"]
+        fac.v4.dead.clear()  # it answers again
+        back = time.time()
+        await asyncio.sleep(0.5)
+        await eng.stop()
+        ends = [e.outage for e in evs() if e.what == "end"]
+        assert len(ends) == 1 and abs(ends[0].end - back) < 0.05 + 0.03, (ends, back)
+
+    got: list[OutageEvent] = []
+
+    def evs() -> list[OutageEvent]:
+        got.extend(e for e in sub.drain() if isinstance(e, OutageEvent))
+        return got
+
+    asyncio.run(main())
+    what = [(e.what, e.outage.target) for e in evs()]
+    assert what == [("start", "127.0.0.9"), ("end", "127.0.0.9")]
+    assert [o.end is None for o in store.outages] == [True, False]
+    end = store.outages[-1]
+    assert end.lost >= 8 and end.duration_s == pytest.approx(end.lost * 0.05, abs=0.06)
+    assert any("outage started" in m for m in log.messages("warning"))
+    st = eng.stats()["loss"]
+    assert st["outages_total"] == 1 and st["outages_current"] == 0
+    text = MetricsCollector(eng).render().decode()
+    assert "fastping_outages_total 1.0" in text
+    assert "fastping_outages_current 0.0" in text
+    assert "fastping_local_outage 0.0" in text
+    assert 'fastping_loss_burst_length_bucket{le="+Inf"} 1.0' in text
+    assert f"fastping_loss_burst_length_sum {float(end.lost)}" in text
+
+
+def test_engine_our_network_down_is_not_the_targets_outage() -> None:
+    import asyncio
+
+    from engine_fakes import CaptureLog, FakeFactory
+    from fastping.engine import MonitoringEngine
+    from fastping.guard import ResourceGuard
+    from fastping.metrics import MetricsCollector
+
+    fac = FakeFactory()
+    net = _Net()
+    store = _OutageStore()
+    eng = MonitoringEngine(
+        ["127.0.0.2", "127.0.0.3"], store=store, socket_factory=fac, logger=CaptureLog(),
+        guard=ResourceGuard(None, None), interval_s=0.05, timeout_s=0.1, store_flush_s=0.1,
+        network=net,
+    )  # fmt: skip
+
+    async def main() -> None:
+        await eng.start()
+        await asyncio.sleep(0.3)
+        # our link goes: nothing answers; the network monitor notices 0.2 s later, so
+        # the targets' first timeouts are logged before it says DOWN
+        fac.v4.dead.update({"127.0.0.2", "127.0.0.3"})
+        await asyncio.sleep(0.2)
+        net.state = net._S("DOWN")
+        await asyncio.sleep(0.4)
+        assert "fastping_local_outage 1.0" in MetricsCollector(eng).render().decode()
+        fac.v4.dead.clear()
+        net.state = net._S("UP")
+        await asyncio.sleep(0.3)
+        await eng.stop()
+
+    asyncio.run(main())
+    final = {(o.kind, o.target, o.start): o for o in store.outages}  # as the table upserts
+    theirs = [o for o in final.values() if o.kind == "target" and o.lost > 0]
+    ours = [o for o in store.outages if o.kind == "local"]
+    # a start may have been published before the network monitor spoke: withdrawn
+    assert all(o.end is not None for o in final.values() if o.kind == "target"), final
+    assert theirs == []
+    assert eng.loss is not None and eng.loss.dropped_as_local >= 2  # taken back as ours
+    assert len(ours) == 2 and ours[-1].end is not None and ours[-1].lost >= 8
+    st = eng.stats()["loss"]
+    assert st["outages_total"] == 0 and st["local_outages_total"] == 1
+    for h in ("127.0.0.2", "127.0.0.3"):
+        s = eng.loss.stats(h) if eng.loss else None
+        assert s is not None and s.lost == 0, s
+
+
+def test_store_outages_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import sqlite3
+
+    from fastping.store import ResultStore
+
+    db = tmp_path / "o.db"
+
+    async def main() -> None:
+        async with ResultStore(db) as st:
+            st.submit_chunks([("127.0.0.1", None, chunk.pack([T0], [1.0], [1], [0], [64]))])
+            await st.flush()
+            assert st.outages() == []  # no table yet: nothing, not an error
+            st.submit_outages([Outage("127.0.0.1", T0 + 10, None, 3, rule="3 consecutive lost"),
+                               Outage(None, T0 + 50, None, 0, "local", "network monitor: DOWN"),
+                               Outage("127.0.0.2", T0 + 60, None, 3)])  # fmt: skip
+            await st.flush()
+            # the same outages ending: their rows are updated, not doubled
+            st.submit_outages(
+                [
+                    Outage("127.0.0.1", T0 + 10, T0 + 40, 30),
+                    Outage(None, T0 + 50, T0 + 55, 250, "local"),
+                    Outage("127.0.0.2", T0 + 60, T0 + 60, 0, rule="withdrawn"),
+                ]
+            )
+            assert st.stats()["outages_written"] == 3
+        # close() wrote the rest
+
+    asyncio.run(main())
+    st = ResultStore(db)
+    got = st.outages()
+    assert got == [Outage("127.0.0.1", T0 + 10, T0 + 40, 30, "target", ""),
+                   Outage(None, T0 + 50, T0 + 55, 250, "local", "")]  # withdrawn: gone  # fmt: skip
+    assert st.outages(since=T0 + 41) == [got[1]]
+    assert st.outages(until=T0 + 9) == []
+    assert st.outages(kind="target") == [got[0]]
+    assert st.outages(targets=["127.0.0.9"]) == [got[1]]  # ours stay in every target view
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM outages").fetchone()[0] == 3
+    t, rtt, seq, code = st.probe_log()["127.0.0.1"]
+    assert list(seq) == [1] and code == b"\x00"

@@ -1567,24 +1567,20 @@ class MonitoringEngine:
 
     def _feed_loss(self, items: list[tuple[str, str | None, bytes]]) -> None:
         """The chunks of one hand-over to the loss tracker; outage events out. Per
-        chunk: a dict lookup and, for a chunk that is all replies, a bytes scan."""
+        chunk that is all replies: a dict lookup, a bytes scan and two ints read."""
         loss = self.loss
         assert loss is not None
-        targets = self._targets
-        default_timeout = self.timeout_s
-        feed = loss.feed_chunk
-        evs: list[OutageEvent] = []
-        factor = self._factor  # the guard's stretch of every interval
-        for host, _addr, blob in items:
-            t = targets.get(host)
-            if t is not None:
-                e = feed(host, blob, t.timeout_s, t.interval_s * factor)
-            else:
-                e = feed(host, blob, default_timeout)
-            if e:
-                evs.extend(e)
+        evs = loss.feed_chunks(items, self._loss_params)
         if evs:
             self._outage_events(evs)
+
+    def _loss_params(self, host: str) -> tuple[float, float]:
+        """(timeout_s, interval_s) of a target for the loss tracker: its interval as
+        the resource guard stretches it; (timeout, 0 = unknown) once removed."""
+        t = self._targets.get(host)
+        if t is None:
+            return self.timeout_s, 0.0
+        return t.timeout_s, t.interval_s * self._factor
 
     def _outage_events(self, evs: Sequence[OutageEvent]) -> None:
         """Outage starts and ends: to subscribers (as engine events), the store (its

@@ -58,7 +58,7 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -276,12 +276,15 @@ class LossTracker:
             st = self._s[target] = _State()
         codes = chunk[16 * n : 17 * n]
         self.records += n
-        if st.run == 0 and not st.pending and _LOST_BYTE not in codes and st.have_seq:
+        if st.run == 0 and not st.pending and _LOST_BYTE not in codes:
             # the common case: all received, no run open, nothing held back, and the
             # sequence numbers follow the last walked one without a hole (so no
             # timeout of an earlier probe can still come and belong before them)
             first = _I.unpack_from(chunk, 12 * n)[0]
             last = _I.unpack_from(chunk, 12 * n + 4 * (n - 1))[0]
+            if not st.have_seq:  # the target's first chunk: it starts the numbering
+                st.have_seq = True
+                st.wseq = st.useq = first - 1
             if (first - st.wseq - 1) & 0xFFFF == 0 and (last - first) & 0xFFFF == n - 1:
                 st.probes += n
                 st.since_loss += n
@@ -303,6 +306,46 @@ class LossTracker:
             rtt.byteswap()
             seq.byteswap()
         return self._order(target, st, t, rtt, seq, codes, timeout_s, interval_s, False)
+
+    def feed_chunks(
+        self,
+        items: Iterable[tuple[str, object, bytes]],
+        params: Callable[[str], tuple[float, float]],
+    ) -> list[OutageEvent]:
+        """A whole hand-over, ``(target, _, chunk)`` each (the engine's items);
+        ``params(target)`` gives its (timeout_s, interval_s), asked only for chunks
+        that need more than the fast path. The fast path is inlined here: at 10,000
+        targets it runs 1,000 times a second, and a method call is a third of it."""
+        states = self._s
+        lost = _LOST_BYTE
+        unpack_i = _I.unpack_from
+        out: list[OutageEvent] = []
+        records = 0
+        for target, _, chunk in items:
+            n = len(chunk) // RECORD_SIZE
+            st = states.get(target)
+            if (
+                st is not None
+                and not st.run
+                and not st.pending
+                and st.have_seq
+                and chunk.find(lost, 16 * n, 17 * n) < 0
+            ):
+                first = unpack_i(chunk, 12 * n)[0]
+                if (first - st.wseq - 1) & 0xFFFF == 0 and (
+                    unpack_i(chunk, 16 * n - 4)[0] - first
+                ) & 0xFFFF == n - 1:
+                    records += n
+                    st.probes += n
+                    st.since_loss += n
+                    st.tail = chunk
+                    st.wseq = st.useq = st.wseq + n
+                    continue
+            e = self.feed_chunk(target, chunk, *params(target))
+            if e:
+                out.extend(e)
+        self.records += records
+        return out
 
     def feed(
         self,
@@ -365,7 +408,7 @@ class LossTracker:
                 last = q
                 keys.append(u)
             st.useq = u
-            recs.extend(zip(keys, t, rtt, codes))
+            recs.extend(zip(keys, t, rtt, codes, strict=True))
         if not recs:
             return []
         recs.sort(key=_SEQ_KEY)
@@ -519,8 +562,12 @@ class LossTracker:
                     self.outages_total -= 1
                     self.outages_current -= 1
                     # the start was published: close it as nothing, at its own start
-                    out.append(OutageEvent("end", Outage(o.target, o.start, o.start, 0,
-                                                         o.kind, "withdrawn: our network")))
+                    out.append(
+                        OutageEvent(
+                            "end",
+                            Outage(o.target, o.start, o.start, 0, o.kind, "withdrawn: our network"),
+                        )
+                    )
                 st.run = 0
                 st.last_reply = True
             else:

@@ -715,7 +715,7 @@ class MetricsCollector(Collector):
         buckets: list[tuple[str, float]] = []
         for le, c in zip((*map(float, BURST_BUCKETS), math.inf), counts, strict=True):
             cum += c
-            buckets.append((floatToGoString(le), float(cum)))
+            buckets.append(("+Inf" if le == math.inf else str(int(le)), float(cum)))
         h = HistogramMetricFamily(
             "fastping_loss_burst_length",
             "Finished runs of consecutive lost probes, by length (probes), all targets.",

@@ -1693,7 +1693,7 @@ class ResultStore:
                     continue
                 sel = [
                     i for i, c in enumerate(code)
-                    if (c == _REPLY or c == _TIMEOUT) and lo <= cols.t[i] <= hi
+                    if c in (_REPLY, _TIMEOUT) and lo <= cols.t[i] <= hi
                 ]  # fmt: skip
                 parts.setdefault(name, []).append((
                     array("d", [cols.t[i] for i in sel]),

@@ -230,9 +230,8 @@ def _pattern_table(stats: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..loss import group_incidents
-
     from ..errors import ConfigError
+    from ..loss import group_incidents
     from ..store import ResultStore
 
     db = args.db
