@@ -266,3 +266,41 @@ def serve(truth_path: str, seed: int) -> None:
 
 if __name__ == "__main__":
     serve(sys.argv[1], int(sys.argv[2]))
+
+
+HOOK_CODE = r"""
+import http.server, json, sys
+out = open(sys.argv[2], "a")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        out.write(json.dumps(json.loads(body)) + "\n"); out.flush()
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+srv.timeout = 0.5
+import time
+end = time.monotonic() + 600  # bounded whatever happens to the test
+while time.monotonic() < end:
+    srv.handle_request()
+"""
+
+
+@contextlib.contextmanager
+def webhook_sink(t: Topo, port: int, path: Path) -> Iterator[subprocess.Popen[str]]:
+    """An HTTP server on 127.0.0.1 inside the monitor's namespace; every POSTed JSON
+    document becomes a line of ``path``."""
+    p = subprocess.Popen(
+        t.mon(sys.executable, "-c", HOOK_CODE, str(port), str(path)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("webhook sink did not start")
+        yield p
+    finally:
+        p.kill()
+        p.wait()

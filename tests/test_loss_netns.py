@@ -83,8 +83,10 @@ def test_known_patterns_measured(topo: scenario.Topo, tmp_path: Path) -> None:
     db = tmp_path / "loss.db"
     truth_file = tmp_path / "truth.json"
     addrs = list(scenario.TARGETS.values())
-    with scenario.responder(topo, truth_file):
-        proc = monitor(topo, db, addrs, "--duration", str(DURATION))
+    hooks = tmp_path / "hooks.jsonl"
+    with scenario.responder(topo, truth_file), scenario.webhook_sink(topo, 18021, hooks):
+        proc = monitor(topo, db, addrs, "--duration", str(DURATION),
+                       "--outage-webhook", "http://127.0.0.1:18021/outage")  # fmt: skip
         out, err = proc.communicate(timeout=DURATION + 60)
     assert proc.returncode == 0, err[-3000:]
     truth = scenario.read_truth(truth_file)
@@ -156,6 +158,12 @@ def test_known_patterns_measured(topo: scenario.Topo, tmp_path: Path) -> None:
     assert [round(o.duration_s, 1) for o in outs] == [0.6, 3.0], outs
     assert not any(o.target == scenario.TARGETS["clean"] for o in stored)
     assert "outage started" in err and "outage ended" in err
+    # and the webhook got each start and each end, the same as the table
+    posted = [json.loads(x) for x in hooks.read_text().splitlines()]
+    ends = {(d["target"], d["start"]) for d in posted if d["event"] == "outage_end"}
+    starts = {(d["target"], d["start"]) for d in posted if d["event"] == "outage_start"}
+    assert starts == {(o.target, round(o.start, 3)) for o in stored}
+    assert ends == {(o.target, round(o.start, 3)) for o in stored if o.end is not None}
 
     # 4. shown: the text report lists them, the HTML marks them on the charts
     html = tmp_path / "r.html"

@@ -635,6 +635,8 @@ class MonitoringEngine:
         # loss patterns and outages (fastping.loss), fed with the outcome log's chunks
         self.loss: LossTracker | None = LossTracker(outage_rule) if loss_tracking else None
         self._local_down_at_start = 0  # self._local_down when our network went down
+        self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
+        self._outage_listener_errors = 0
         self._outage_log_lines = 0
 
         for t in targets:
@@ -1589,6 +1591,12 @@ class MonitoringEngine:
         if not evs:
             return
         self._evs.extend(evs)
+        for fn in self._outage_listeners:
+            try:
+                fn(evs)
+            except Exception as e:  # a listener (a webhook queue) must not stop probing
+                self._outage_listener_errors += 1
+                self._log.error("outage listener failed", error=repr(e))
         submit = getattr(self.store, "submit_outages", None) if self.store is not None else None
         if submit is not None:
             try:
@@ -1875,6 +1883,12 @@ class MonitoringEngine:
             "burst_sum": loss.burst_sum,
             "records": loss.records,
         }
+
+    def add_outage_listener(self, fn: Callable[[Sequence[OutageEvent]], None]) -> None:
+        """Call ``fn(events)`` with every batch of outage starts and ends, in the event
+        loop (keep it short: queue the work). Unlike a subscription it does not make
+        the core return every probe's event, so it costs nothing per probe."""
+        self._outage_listeners.append(fn)
 
     def outages(self) -> list[Any]:
         """Outages going on now (``fastping.loss.Outage``), targets' and ours."""

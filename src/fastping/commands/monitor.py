@@ -101,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lists them) and counted in the metrics (default 3)",
     )
     parser.add_argument(
+        "--outage-webhook",
+        metavar="URL",
+        help="POST each outage start and end (a target's, or our own network's) to URL as "
+        "JSON (http:// or https://; retried, never blocking probing)",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -254,6 +260,12 @@ def run(args: argparse.Namespace) -> int:
     for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
         if not v > 0:
             raise ConfigError(f"{name} {v!r}: give a positive number of seconds")
+    if args.outage_webhook:
+        from ..netstate import _webhook_url_problem
+
+        why = _webhook_url_problem(args.outage_webhook)
+        if why:
+            raise ConfigError(f"--outage-webhook {args.outage_webhook!r}: {why}")
     if args.outage_after < 1:
         raise ConfigError(
             f"--outage-after {args.outage_after}: give how many consecutive lost probes make "
@@ -376,6 +388,20 @@ async def _main(
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
+    outage_hook = None
+    if args.outage_webhook:
+        from ..netstate import _Webhook
+
+        outage_hook = _Webhook(args.outage_webhook, 5.0, 3)
+        hook = outage_hook
+
+        def post_outages(evs: Any) -> None:
+            for ev in evs:
+                doc = {"event": f"outage_{ev.what}", "state": f"outage {ev.what}"}
+                doc.update(ev.outage.to_dict())
+                hook.post(doc)
+
+        engine.add_outage_listener(post_outages)
 
     metrics = None
     if metrics_listen:
@@ -419,6 +445,9 @@ async def _main(
             metrics.close()
         if network is not None:
             await network.stop()
+        if outage_hook is not None:
+            # deliver what is queued (retries included), bounded like the store
+            await asyncio.to_thread(outage_hook.close, min(10.0, args.stop_timeout))
     st = engine.stats()
     ss = store.stats()
     summary = {
