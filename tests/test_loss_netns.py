@@ -169,15 +169,21 @@ def test_known_patterns_measured(topo: scenario.Topo, tmp_path: Path) -> None:
     html = tmp_path / "r.html"
     r = report(db, "--html", str(html))
     assert r.returncode == 0, r.stderr
+    assert "GILBERT_P" in r.stdout and "outages: " in r.stdout
     big = max(outs, key=lambda o: o.lost)
-    assert any(ln.startswith(f"  {big.target} ") and f"lost {big.lost} " in ln
-               for ln in r.stdout.splitlines()), r.stdout  # fmt: skip
-    assert "GILBERT_P" in r.stdout
+    listed = report(db, "--outages").stdout.splitlines()
+    assert any(ln.startswith(f"  {big.target} ") and f"lost {big.lost} " in ln for ln in listed)
+    assert len([ln for ln in listed if ln.startswith("  10.")]) == len(stored)
     page = html.read_text()
-    assert page.count('<rect class="outage"') >= 2 and "<h2>Outages</h2>" in page
+    # each outage a band on its target's chart (all six are charted), none of ours
+    assert page.count('<rect class="outage"') == len(stored) and "<h2>Outages</h2>" in page
+    assert page.count('<rect class="ouroutage"') == 0
     r = report(db, "--outages", "--json")
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len([x for x in lines if x.get("target") == scenario.TARGETS["outages"]]) == 2
+    # the lossy targets share 10.213.1.0/24: outages starting together are incidents
+    inc = [x["incident"] for x in lines if "incident" in x]
+    assert inc and all(i["network"] == "10.213.1.0/24" and len(i["targets"]) >= 2 for i in inc)
 
 
 def test_local_link_drop_is_our_outage(topo: scenario.Topo, tmp_path: Path) -> None:

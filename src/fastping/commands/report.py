@@ -91,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are one incident (default 10)",
     )  # fmt: skip
     parser.add_argument(
+        "--max-patterns", metavar="N", type=int, default=1000,
+        help="loss patterns and RFC 3550 / RFC 3393 jitter (read record by record) for at "
+        "most N targets, those with the most loss first; the others get null (default 1000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-charts", metavar="N", type=int, default=100,
         help="chart at most N targets in --html, those with the most loss first (default 100)",
     )  # fmt: skip
@@ -157,11 +162,15 @@ def _when(t: float | None) -> str:
 def _patterns(
     store: Any, stats: list[dict[str, Any]], since: float | None, until: float | None,
     outages: list[Any],
+    limit: int,
 ) -> None:
-    """Add the loss pattern (fastping.loss) of each target's raw records to its stats."""
+    """Add the loss pattern (fastping.loss) of each target's raw records to its stats:
+    of the ``limit`` targets with the most loss (the analysis reads every record in
+    Python; 10,000 targets x an hour would be 36 million)."""
     from ..loss import LossTracker, ipdv_quantiles, rfc3550_jitter
 
-    logs = store.probe_log(since, until, [s["target"] for s in stats])
+    ranked = sorted(stats, key=lambda s: (-s["loss"], s["target"]))[:limit]
+    logs = store.probe_log(since, until, [s["target"] for s in ranked]) if ranked else {}
     by_target: dict[str, list[Any]] = {}
     for o in outages:
         if o.target is not None:
@@ -182,17 +191,23 @@ def _patterns(
         s.update(ipdv_quantiles(seq, rtt))
 
 
-def _outage_lines(outages: list[Any], incidents: list[Any]) -> list[str]:
+def _outage_lines(outages: list[Any], incidents: list[Any], limit: int | None = None) -> list[str]:
+    """The outage list (the first ``limit`` when given) and the incidents."""
     lines = []
     ours = [o for o in outages if o.target is None]
     theirs = [o for o in outages if o.target is not None]
     lines.append(f"outages: {len(theirs)} of targets, {len(ours)} of our own network "
                  "(ours are never counted as a target's)")  # fmt: skip
-    for o in sorted(outages, key=lambda o: o.start):
+    shown = sorted(outages, key=lambda o: o.start)
+    if limit is not None and len(shown) > limit:
+        shown = shown[:limit]
+    for o in shown:
         dur = "-" if o.duration_s is None else f"{o.duration_s:.3f} s"
         who = o.target if o.target is not None else "OUR NETWORK"
         lines.append(f"  {who:<24} {_when(o.start)} – {_when(o.end)}  {dur:>12}  "
                      f"lost {o.lost}  ({o.rule})")  # fmt: skip
+    if len(shown) < len(outages):
+        lines.append(f"  ... {len(outages) - len(shown)} more: fastping report --outages")
     for inc in incidents:
         lines.append(
             f"incident {inc.network}: {len(inc.targets)} targets from {_when(inc.start)} "
@@ -290,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastping report: no results in {db!r} for --since {window}{hint}", file=sys.stderr)
         return 1
 
-    _patterns(store, stats, since, until, outages)
+    _patterns(store, stats, since, until, outages, max(args.max_patterns, 0))
     if args.json:
         for s in stats:
             d = _round(s)
@@ -312,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
                   "before), r = P(received | lost before); RFC 3611 densities with Gmin 16; "
                   "J3550 = RFC 3550 jitter, IPDV = RFC 3393 |delay variation| p50/p99, ms):")
             print(_pattern_table([s for s in stats if (s.get("loss_pattern") or {}).get("lost")]))
-        print("\n".join(_outage_lines(outages, incidents)))
+        print("\n".join(_outage_lines(outages, incidents, limit=50)))
         _print_send_timing(db, since, until)
         if any(s["approximate"] for s in stats):
             print("(percentiles of ranges older than the retention window are estimated "
