@@ -139,7 +139,16 @@ def test_known_patterns_measured(topo: scenario.Topo, tmp_path: Path) -> None:
     c = lp["clean"]
     assert c["lost"] == 0 and c["bursts"] == 0, c
 
-    # 3. outages: every one found, start and end within one interval, none invented
+    # 3. outages: every one found, start and end within one interval, none invented.
+    # A lost probe's send time is not logged (its record is written at expiry): the
+    # start is the last reply's send + the interval, early by as much as the prober
+    # was late to send the lost one; so the start may also be off by the prober's own
+    # lateness in this run (it records it: kernel TX timestamps against the schedule;
+    # a busy CI machine makes it tens of ms at a 20 ms interval). The end is a reply's
+    # kernel send time.
+    from fastping.timing import read_windows_with_guard
+
+    late_s = (read_windows_with_guard(str(db), None, None)[0].max_ns or 0) / 1e9
     stored = ResultStore(db).outages()
     assert all(o.kind == "target" for o in stored), stored  # our network stayed up
     for addr in addrs:
@@ -148,7 +157,7 @@ def test_known_patterns_measured(topo: scenario.Topo, tmp_path: Path) -> None:
         assert len(got) == len(want), (name_of[addr], got, want)
         for o, (a, b, n) in zip(got, want, strict=True):
             assert o.lost == n, (o, n)
-            assert abs(o.start - a) < INTERVAL, (name_of[addr], o.start - a)
+            assert abs(o.start - a) < INTERVAL + late_s, (name_of[addr], o.start - a, late_s)
             if b is None:  # still going on when the monitor stopped
                 assert o.end is None, o
             else:

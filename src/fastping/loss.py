@@ -502,12 +502,9 @@ class LossTracker:
                 if st.have_last and not st.last_reply:
                     st.lr += 1
                 if st.run:
-                    # the probe after the last lost one, on schedule, when that is
-                    # earlier (its reply may have been logged before the last timeouts)
-                    end = sent
-                    if interval_s > 0 and st.run_last + interval_s < end:
-                        end = st.run_last + interval_s
-                    self._end_run(st, end, out)
+                    # walked in sequence: this is the probe right after the run (or
+                    # after probes that never left), its send time exact (kernel)
+                    self._end_run(st, sent, out)
                 st.probes += 1
                 st.since_loss += 1
                 st.last_reply = True
