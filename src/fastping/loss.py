@@ -319,6 +319,19 @@ class LossTracker:
             t.byteswap()
             rtt.byteswap()
             seq.byteswap()
+        first = seq[0]
+        if (
+            st.have_seq
+            and not st.pending
+            and (first - st.wseq - 1) & 0xFFFF == 0
+            and first + n <= 0x10000
+            and seq == array("i", range(first, first + n))
+        ):
+            # in probe order already, right after the last walked one (the usual
+            # case with an interval longer than the timeout): no sort, no hold
+            st.wseq += n
+            st.useq = st.wseq
+            return self._walk(target, st, zip(seq, t, rtt, codes), timeout_s, interval_s)
         return self._order(target, st, t, rtt, seq, codes, timeout_s, interval_s, False)
 
     def feed_chunks(
@@ -454,7 +467,7 @@ class LossTracker:
         self,
         target: str,
         st: _State,
-        recs: Sequence[tuple[int, float, float, int]],
+        recs: Iterable[tuple[int, float, float, int]],
         timeout_s: float,
         interval_s: float = 0.0,
     ) -> list[OutageEvent]:
