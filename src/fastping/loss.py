@@ -331,7 +331,8 @@ class LossTracker:
             # case with an interval longer than the timeout): no sort, no hold
             st.wseq += n
             st.useq = st.wseq
-            return self._walk(target, st, zip(seq, t, rtt, codes), timeout_s, interval_s)
+            recs = zip(seq, t, rtt, codes, strict=True)
+            return self._walk(target, st, recs, timeout_s, interval_s)
         return self._order(target, st, t, rtt, seq, codes, timeout_s, interval_s, False)
 
     def feed_chunks(
