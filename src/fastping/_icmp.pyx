@@ -32,10 +32,7 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.uio cimport iovec
 from posix.unistd cimport close as c_close
 
-from includes.epoll cimport (
-    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLERR, EPOLLIN, epoll_create1, epoll_ctl, epoll_event,
-    epoll_wait,
-)
+from includes.poll cimport POLLERR, POLLIN, poll, pollfd
 from includes.errqueue cimport (
     ICMP_FILTER, SO_EE_OFFENDER, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, icmp_filter,
     sock_extended_err,
@@ -700,8 +697,9 @@ cdef class IcmpSocket:
     cdef readonly int batch_size
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
-    cdef int fd, epfd
-    cdef bint ep_armed           # fd added to epfd (_arm_epoll)
+    cdef int fd
+    cdef int busy                # a method is using fd with the GIL released (_enter/_leave)
+    cdef bint closing            # close() came while busy: the loop winds down, _leave closes
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -769,7 +767,6 @@ cdef class IcmpSocket:
                   int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000,
                   str timestamps="kernel"):
         self.fd = -1
-        self.epfd = -1
         if family != AF_INET and family != AF_INET6:
             raise ValueError(f"family must be socket.AF_INET or socket.AF_INET6, not {family}")
         if kind not in ("raw", "dgram"):
@@ -947,24 +944,17 @@ cdef class IcmpSocket:
             # Packets queued between socket() and the filters skipped them; none can
             # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
             self._flush_queue()
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            _raise_oserror("epoll_create1")
         return 0
 
-    cdef int _arm_epoll(self) except -1:
-        """Watch the socket with the core's own epoll, on first use (sweep, wait): an
-        engine that waits in its own event loop never does, and every epoll watching
-        the socket costs the kernel a callback per reply and per TX timestamp."""
-        cdef epoll_event ev
-        if self.ep_armed:
-            return 0
-        ev.events = EPOLLIN | EPOLLERR
-        ev.data.fd = self.fd
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
-            _raise_oserror("epoll_ctl")
-        self.ep_armed = True
-        return 0
+    cdef int _poll(self, int timeout_ms) noexcept nogil:
+        """Wait until the socket has something to read (a reply, or on its error queue)
+        or ``timeout_ms`` passes; > 0 when it has. poll(2), so the socket is watched only
+        while someone waits (see includes/poll.pxd)."""
+        cdef pollfd pf
+        pf.fd = self.fd
+        pf.events = POLLIN | POLLERR
+        pf.revents = 0
+        return poll(&pf, 1, timeout_ms)
 
     cdef int _setopt(self, int level, int name, int value, str what) except -1:
         if setsockopt(self.fd, level, name, &value, sizeof(value)) != 0:
@@ -1060,8 +1050,6 @@ cdef class IcmpSocket:
     def __dealloc__(self):
         if self.fd >= 0:
             c_close(self.fd)
-        if self.epfd >= 0:
-            c_close(self.epfd)
         PyMem_RawFree(self.addrs)
         PyMem_RawFree(self.stats)
         PyMem_RawFree(self.probes)
@@ -1085,13 +1073,32 @@ cdef class IcmpSocket:
         return self.fd
 
     def close(self):
-        """Close the socket (idempotent)."""
+        """Close the socket (idempotent). From another thread while a sweep, send,
+        recv or wait runs with the GIL released: that call stops at its next batch and
+        the socket is closed as it returns (the fd is never pulled from under it)."""
+        if self.busy:
+            self.closing = True
+            return
         if self.fd >= 0:
             c_close(self.fd)
             self.fd = -1
-        if self.epfd >= 0:
-            c_close(self.epfd)
-            self.epfd = -1
+
+    cdef int _enter(self) except -1:
+        # before an operation that uses fd with the GIL released: one at a time
+        self._check_open()
+        if self.closing:
+            raise ValueError("I/O on a closed IcmpSocket")
+        if self.busy:
+            raise RuntimeError("the IcmpSocket is in use by another thread: use one socket "
+                               "from one thread at a time")
+        self.busy = 1
+        return 0
+
+    cdef void _leave(self) noexcept:
+        self.busy = 0
+        if self.closing and self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
 
     @property
     def closed(self):
@@ -2175,17 +2182,20 @@ cdef class IcmpSocket:
         these probes were scheduled: how late each one left is counted in lateness().
         Returns every event seen: send errors, timeouts of probes pushed out of a full
         window, and drained replies."""
-        self._check_open()
         cdef uint32_t[::1] arr = _slots_array(slots)
         cdef Py_ssize_t cnt = arr.shape[0]
-        self.collect = True
-        self.no_drain = not drain
-        self.due_ns = due_ns if due_ns > 0 else 0
-        if cnt:
-            with nogil:
-                self._send_slots(&arr[0], cnt)
-        self.no_drain = False
-        self.due_ns = 0
+        self._enter()
+        try:
+            self.collect = True
+            self.no_drain = not drain
+            self.due_ns = due_ns if due_ns > 0 else 0
+            if cnt:
+                with nogil:
+                    self._send_slots(&arr[0], cnt)
+        finally:
+            self.no_drain = False
+            self.due_ns = 0
+            self._leave()
         return self._take_events()
 
     def lateness(self):
@@ -2203,10 +2213,13 @@ cdef class IcmpSocket:
 
     def recv(self, int max_packets=0):
         """Drain queued packets without blocking (0 = until empty); return events."""
-        self._check_open()
-        self.collect = True
-        with nogil:
-            self._drain(max_packets)
+        self._enter()
+        try:
+            self.collect = True
+            with nogil:
+                self._drain(max_packets)
+        finally:
+            self._leave()
         return self._take_events()
 
     def expire(self, double timeout_s):
@@ -2384,13 +2397,14 @@ cdef class IcmpSocket:
 
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
-        self._check_open()
-        self._arm_epoll()
-        cdef epoll_event ev
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
-        with nogil:
-            r = epoll_wait(self.epfd, &ev, 1, ms)
+        self._enter()
+        try:
+            with nogil:
+                r = self._poll(ms)
+        finally:
+            self._leave()
         return r > 0
 
     # ------------------------------------------------------------ bounded sweep
@@ -2400,7 +2414,6 @@ cdef class IcmpSocket:
         apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
         wait up to ``timeout_s`` after the last send. All in C, GIL released."""
         self._check_open()
-        self._arm_epoll()
         if count < 1:
             raise ValueError(f"count {count} must be >= 1")
         if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:
@@ -2424,13 +2437,17 @@ cdef class IcmpSocket:
             inflight = min(rate_pps * (timeout_s + 0.1), float(self.n) * count)
             if inflight * 1024 > self.rcvbuf_bytes // 2:
                 self.set_rcvbuf(<int>min(inflight * 1024, 256 * 1024 * 1024))
+        self._enter()
         self.sweeping = True     # no outcome log / quiet filtering: sweep has its own results
         # one round: no jitter, and nobody asks for the last outcome's time
         self.need_recent = count > 1
-        with nogil:
-            rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
-        self.sweeping = False
-        self.need_recent = True
+        try:
+            with nogil:
+                rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
+        finally:
+            self.sweeping = False
+            self.need_recent = True
+            self._leave()
         if rc < 0:
             _raise_oserror("sweep")
         if events:
@@ -2448,7 +2465,6 @@ cdef class IcmpSocket:
         cdef double per_probe_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
         cdef int64_t sent_total = 0
         cdef int B = self.batch_size
-        cdef epoll_event ev
         # at low rates send smaller batches so the pace stays smooth (<= ~1 ms a batch)
         chunk = B
         if rate_pps > 0 and rate_pps < B * 1000.0:
@@ -2456,12 +2472,14 @@ cdef class IcmpSocket:
             if chunk < 1:
                 chunk = 1
         for r in range(count):
+            if self.closing:
+                break               # close() from another thread: stop sending
             round_start = t0 + r * interval_ns
             t = now_ns()
             if t < round_start:
                 self._wait_until(round_start)
             i = 0
-            while i < ns:
+            while i < ns and not self.closing:
                 k = chunk if ns - i > chunk else ns - i
                 if per_probe_ns > 0:
                     self._wait_until(t0 + <int64_t>(sent_total * per_probe_ns))
@@ -2477,11 +2495,11 @@ cdef class IcmpSocket:
         t_send = last_send - t0
         # wait for the stragglers, up to the timeout after the last send
         deadline = last_send + self.timeout_ns
-        while self.c_outstanding > 0:
+        while self.c_outstanding > 0 and not self.closing:
             t = now_ns()
             if t >= deadline:
                 break
-            r = epoll_wait(self.epfd, &ev, 1, <int>((deadline - t) // 1000000) + 1)
+            r = self._poll(<int>((deadline - t) // 1000000) + 1)
             self._drain(0)
         self._drain(0)
         # what is still outstanding has timed out
@@ -2493,12 +2511,12 @@ cdef class IcmpSocket:
     cdef void _wait_until(self, int64_t t_target) noexcept nogil:
         """Drain replies while waiting for t_target (pacing / next round)."""
         cdef int64_t t = now_ns()
-        cdef epoll_event ev
         cdef int ms
-        while t < t_target:
+        while t < t_target and not self.closing:
             if t_target - t > 1500000:
                 ms = <int>((t_target - t) // 1000000) - 1
-                epoll_wait(self.epfd, &ev, 1, ms if ms > 0 else 1)
+                # at most 100 ms at a time: a close() from another thread is seen soon
+                self._poll(1 if ms < 1 else 100 if ms > 100 else ms)
             else:
                 _sleep_ns(t_target - t)
             self._drain(0)
