@@ -1898,14 +1898,3 @@ class MonitoringEngine:
         if self.loss.local_outage is not None:
             cur.append(self.loss.local_outage)
         return cur
-
-
-def parse_family(text: str | None) -> int | None:
-    """'4' / '6' / None -> socket family (CLI helper)."""
-    if text in (None, "", "any"):
-        return None
-    if text in ("4", "inet", "ipv4"):
-        return socket.AF_INET
-    if text in ("6", "inet6", "ipv6"):
-        return socket.AF_INET6
-    raise ConfigError(f"family {text!r}: use 4, 6 or any")
