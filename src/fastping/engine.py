@@ -93,6 +93,7 @@ from ._icmp import (
 from .chunk import RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
+from .loss import LossTracker, OutageEvent, OutageRule
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
 from .timing import SendLateness, behind_schedule_us
 
@@ -242,7 +243,8 @@ class StateChanged:
     time: float = 0.0
 
 
-EngineEvent = ResultEvent | TargetAdded | TargetRemoved | StateChanged
+# OutageEvent (fastping.loss): a target's outage (or our own network's) started / ended
+EngineEvent = ResultEvent | TargetAdded | TargetRemoved | StateChanged | OutageEvent
 
 
 class Subscription:
@@ -499,6 +501,8 @@ class MonitoringEngine:
         resolver: Resolver | None = None,
         logger: Any = None,
         stop_flush_s: float = DEFAULT_STOP_FLUSH_S,
+        outage_rule: OutageRule | None = None,
+        loss_tracking: bool = True,
     ) -> None:
         _check_interval("interval_s", interval_s)
         _check_timeout("timeout_s", timeout_s)
@@ -628,6 +632,12 @@ class MonitoringEngine:
         self._lag_last_s = 0.0
         self._closed_totals: dict[str, int] = {}  # sockets closed at stop, summed
         self._closed_lateness = SendLateness()  # theirs, too
+        # loss patterns and outages (fastping.loss), fed with the outcome log's chunks
+        self.loss: LossTracker | None = LossTracker(outage_rule) if loss_tracking else None
+        self._local_down_at_start = 0  # self._local_down when our network went down
+        self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
+        self._outage_listener_errors = 0
+        self._outage_log_lines = 0
 
         for t in targets:
             self.add_target(t)
@@ -844,6 +854,9 @@ class MonitoringEngine:
         self._next_expire_at = self._t0 + self.expire_every_s
         self._next_log_flush_at = self._t0 + self.store_flush_s
         self._net_down = self.network is not None and _network_is_down(self.network)
+        if self._net_down and self.loss is not None:
+            self._local_down_at_start = self._local_down
+            self._outage_events(self.loss.local_down(time.time()))
         self._update_log_modes()
         # open the sockets the initial targets need up front, so a permission
         # problem shows at once (each family's failure is still per-target below)
@@ -915,6 +928,14 @@ class MonitoringEngine:
         # what is still out after the full timeout is a timeout (expire(0) takes all)
         self._drain_all(0.0)
         self._flush_logs()
+        if self.loss is not None:
+            # records held back for order are all in now; outages still going on are
+            # stored with what they have lost so far (and no end: we stopped watching)
+            self._outage_events(self.loss.settle())
+            submit = getattr(self.store, "submit_outages", None)
+            if submit is not None:
+                with contextlib.suppress(Exception):
+                    submit(self.loss.current_outages())
         for k, v in self._socket_totals().items():
             self._closed_totals[k] = self._closed_totals.get(k, 0) + v
         self._closed_lateness = self.send_lateness()
@@ -1031,6 +1052,8 @@ class MonitoringEngine:
             self._submit_chunk_items(
                 [(t.host, sock.slot_address(s), b) for s, b in sock.take_log(slot)]
             )
+            if self.loss is not None and t.removed and t.host not in self._targets:
+                self._outage_events(self.loss.forget(t.host))
         smap[slot] = None
         sock.remove_target(slot)
         self._flush_out()
@@ -1532,6 +1555,8 @@ class MonitoringEngine:
     def _submit_chunk_items(self, items: list[tuple[str, str | None, bytes]]) -> None:
         if not items:
             return
+        if self.loss is not None:
+            self._feed_loss(items)
         self._chunks += len(items)
         self._log_records += sum(len(b) for _, _, b in items) // _CHUNK_RECORD
         if self.store is None:
@@ -1541,6 +1566,67 @@ class MonitoringEngine:
         except Exception as e:  # never let the store stop probing; count it
             self._store_errors += 1
             self._log.error("store rejected the outcome log", error=str(e), chunks=len(items))
+
+    def _feed_loss(self, items: list[tuple[str, str | None, bytes]]) -> None:
+        """The chunks of one hand-over to the loss tracker; outage events out. Per
+        chunk that is all replies: a dict lookup, a bytes scan and two ints read."""
+        loss = self.loss
+        assert loss is not None
+        evs = loss.feed_chunks(items, self._loss_params)
+        if evs:
+            self._outage_events(evs)
+
+    def _loss_params(self, host: str) -> tuple[float, float]:
+        """(timeout_s, interval_s) of a target for the loss tracker: its interval as
+        the resource guard stretches it; (timeout, 0 = unknown) once removed."""
+        t = self._targets.get(host)
+        if t is None:
+            return self.timeout_s, 0.0
+        return t.timeout_s, t.interval_s * self._factor
+
+    def _outage_events(self, evs: Sequence[OutageEvent]) -> None:
+        """Outage starts and ends: to subscribers (as engine events), the store (its
+        outages table, when it has one) and the log (a summary line past 20 a batch:
+        a whole fleet going down must not write 10,000 lines)."""
+        if not evs:
+            return
+        self._evs.extend(evs)
+        for fn in self._outage_listeners:
+            try:
+                fn(evs)
+            except Exception as e:  # a listener (a webhook queue) must not stop probing
+                self._outage_listener_errors += 1
+                self._log.error("outage listener failed", error=repr(e))
+        submit = getattr(self.store, "submit_outages", None) if self.store is not None else None
+        if submit is not None:
+            try:
+                submit([e.outage for e in evs])
+            except Exception as e:  # never let the store stop probing; count it
+                self._store_errors += 1
+                self._log.error("store rejected outages", error=str(e), outages=len(evs))
+        for ev in evs[:20]:
+            o = ev.outage
+            who = o.target if o.target is not None else "our own network"
+            if ev.what == "start":
+                self._log.warning(
+                    "outage started", target=who, kind=o.kind, start=round(o.start, 3),
+                    rule=o.rule,
+                )  # fmt: skip
+            else:
+                self._log.info(
+                    "outage ended", target=who, kind=o.kind, start=round(o.start, 3),
+                    end=None if o.end is None else round(o.end, 3),
+                    duration_s=None if o.duration_s is None else round(o.duration_s, 3),
+                    lost=o.lost, rule=o.rule,
+                )  # fmt: skip
+        if len(evs) > 20:
+            self._log.warning(
+                "more outage events", events=len(evs) - 20,
+                starts=sum(1 for e in evs[20:] if e.what == "start"),
+                ends=sum(1 for e in evs[20:] if e.what == "end"),
+            )  # fmt: skip
+        if self._running and not self._in_tick:
+            self._publish()
 
     def _publish(self) -> None:
         if self._evs:
@@ -1556,6 +1642,18 @@ class MonitoringEngine:
             return
         down = _network_is_down(self.network)
         if down != self._net_down:
+            if self.loss is not None:
+                # what the log holds happened before: the tracker sees it first, then
+                # our outage (a target's loss run just before it is ours, not theirs)
+                self._flush_logs()
+                now = time.time()
+                if down:
+                    self._local_down_at_start = self._local_down
+                    self._outage_events(self.loss.local_down(now))
+                else:
+                    self._outage_events(
+                        self.loss.local_up(now, self._local_down - self._local_down_at_start)
+                    )
             self._net_down = down
             self._update_log_modes()
             if not down:
@@ -1769,5 +1867,34 @@ class MonitoringEngine:
             "store_submit_errors": self._store_errors,
             "observer_errors": self._observer_errors,
             "store": store_stats,
+            "loss": self._loss_stats(),
         }
 
+    def _loss_stats(self) -> dict[str, Any] | None:
+        loss = self.loss
+        if loss is None:
+            return None
+        return {
+            "outages_total": loss.outages_total,
+            "outages_current": loss.outages_current,
+            "local_outages_total": loss.local_outages_total,
+            "local_outage": loss.local_outage is not None,
+            "burst_buckets": list(loss.burst_buckets),
+            "burst_sum": loss.burst_sum,
+            "records": loss.records,
+        }
+
+    def add_outage_listener(self, fn: Callable[[Sequence[OutageEvent]], None]) -> None:
+        """Call ``fn(events)`` with every batch of outage starts and ends, in the event
+        loop (keep it short: queue the work). Unlike a subscription it does not make
+        the core return every probe's event, so it costs nothing per probe."""
+        self._outage_listeners.append(fn)
+
+    def outages(self) -> list[Any]:
+        """Outages going on now (``fastping.loss.Outage``), targets' and ours."""
+        if self.loss is None:
+            return []
+        cur = self.loss.current_outages()
+        if self.loss.local_outage is not None:
+            cur.append(self.loss.local_outage)
+        return cur

@@ -34,6 +34,10 @@ PLOT_H = 180
 STRIP_H = 14  # loss strip under the plot
 
 
+OUTAGE_COLOUR = "#ff8c00"
+OUR_OUTAGE_COLOUR = "#3b6fb6"
+
+
 def pick_bucket_s(span_s: float, points: int = 360) -> int:
     """A round bucket length giving about ``points`` buckets over ``span_s``."""
     want = span_s / points
@@ -78,9 +82,16 @@ def _time_ticks(t0: float, t1: float) -> tuple[list[float], str]:
 
 
 def chart_svg(
-    series: Sequence[dict[str, Any]], t0: float, t1: float, bucket_s: float, title: str = ""
+    series: Sequence[dict[str, Any]],
+    t0: float,
+    t1: float,
+    bucket_s: float,
+    title: str = "",
+    outages: Sequence[Any] = (),
 ) -> str:
-    """One chart; ``series`` as ResultStore.series(..., quantiles=True) gives it."""
+    """One chart; ``series`` as ResultStore.series(..., quantiles=True) gives it;
+    ``outages`` (fastping.loss.Outage: the target's and our own network's) are marked
+    as bands across the plot, with their times in a tooltip."""
     w = WIDTH - LEFT - RIGHT
     x_of = (lambda t: LEFT + (t - t0) / (t1 - t0) * w) if t1 > t0 else (lambda t: LEFT)
     maxes = sorted(p["max_ms"] for p in series if p.get("max_ms") is not None)
@@ -134,6 +145,24 @@ def chart_svg(
         f"time (UTC), {int(bucket_s)} s per step</text>"
     )
 
+    for o in outages:
+        a = max(o.start, t0)
+        b = min(o.end if o.end is not None else t1, t1)
+        if b < a:
+            continue
+        ours = o.target is None
+        colour = OUR_OUTAGE_COLOUR if ours else OUTAGE_COLOUR
+        x0 = x_of(a)
+        width = max(x_of(b) - x0, 1.5)
+        dur = "ongoing" if o.end is None else f"{o.end - o.start:.3f} s"
+        tip = (
+            "our own network down" if ours else f"outage: {o.lost} probes lost"
+        ) + f"\n{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(o.start))} UTC, {dur}"
+        out.append(
+            f'<rect class="{"ouroutage" if ours else "outage"}" x="{x0:.1f}" y="{TOP}" '
+            f'width="{width:.2f}" height="{PLOT_H + STRIP_H + 2}" fill="{colour}" '
+            f'fill-opacity="0.28"><title>{html.escape(tip)}</title></rect>'
+        )
     smoke = (("min_ms", "max_ms", "#e3e3e3"), ("p5_ms", "p95_ms", "#c4c4c4"),
              ("p25_ms", "p75_ms", "#9c9c9c"))  # fmt: skip
     strip_y = TOP + PLOT_H + 2
@@ -220,6 +249,33 @@ h3{font-size:14px;margin:6px 0 2px;color:#333}
 """
 
 
+def _outage_table(outages: Sequence[Any], incidents: Sequence[Any]) -> str:
+    esc = html.escape
+
+    def when(t: float | None) -> str:
+        return "ongoing" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+    if not outages:
+        return '<p class="meta">No outages in this window.</p>'
+    rows = "".join(
+        f'<tr class="{"ouroutage" if o.target is None else "outage"}">'
+        f"<td>{esc(o.target) if o.target is not None else '<b>our own network</b>'}</td>"
+        f"<td>{when(o.start)}</td><td>{when(o.end)}</td>"
+        f"<td>{'-' if o.end is None else f'{o.end - o.start:.3f}'}</td><td>{o.lost}</td>"
+        f"<td>{esc(o.rule)}</td></tr>"
+        for o in sorted(outages, key=lambda o: o.start)
+    )
+    inc = "".join(
+        f"<li>{esc(i.network)}: {len(i.targets)} targets, {when(i.start)} – {when(i.end)} UTC</li>"
+        for i in incidents
+    )
+    return (
+        "<h2>Outages</h2><table><tr><th>target</th><th>start (UTC)</th><th>end</th>"
+        f"<th>duration (s)</th><th>lost</th><th>rule</th></tr>{rows}</table>"
+        + (f"<p>Incidents (outages of one /24 starting together):</p><ul>{inc}</ul>" if inc else "")
+    )
+
+
 def render_report(
     *,
     db: str,
@@ -228,6 +284,8 @@ def render_report(
     stats: Sequence[dict[str, Any]],
     charts: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]], float]],
     left_out: int = 0,
+    outages: Sequence[Any] = (),
+    incidents: Sequence[Any] = (),
 ) -> str:
     """The whole page: a summary table of ``stats`` and one chart per
     (stats, series, bucket_s). Stats from a shared store carry ``agent``: the table
@@ -259,6 +317,8 @@ def render_report(
         '<span><b style="background:#c4c4c4"></b>p5–p95</span>'
         '<span><b style="background:#9c9c9c"></b>p25–p75</span>'
         '<span><b style="background:#d42020;opacity:.25"></b>no reply at all</span>'
+        f'<span><b style="background:{OUTAGE_COLOUR};opacity:.4"></b>outage</span>'
+        f'<span><b style="background:{OUR_OUTAGE_COLOUR};opacity:.4"></b>our network down</span>'
     )
     sections: list[tuple[str, str, str]] = []  # (target, agent, html)
     for s, series, bucket_s in charts:
@@ -291,7 +351,14 @@ def render_report(
                 str(s["target"]),
                 agent,
                 f'<p class="stats">{line}</p>'
-                + chart_svg(series, since, until, bucket_s, title=f"latency of {of}"),
+                + chart_svg(
+                    series,
+                    since,
+                    until,
+                    bucket_s,
+                    title=f"latency of {of}",
+                    outages=[o for o in outages if o.target in (None, s["target"])],
+                ),
             )
         )
     parts = []
@@ -330,6 +397,7 @@ generated {when(time.time())} UTC</p>
 <th>avg</th><th>p95</th><th>max</th><th>jitter (ms)</th></tr>
 {"".join(rows)}</table>
 <p class="legend">{legend}</p>
+{_outage_table(outages, incidents)}
 {more}
 {"".join(parts)}
 </body></html>

@@ -17,7 +17,11 @@ Two sets of metrics (``METRIC_NAMES`` lists them all):
 * **fastping's own**: ``fastping_results_total{outcome=...}`` per target for every
   outcome kind, socket receive drops / ENOBUFS / foreign packets, probes sent,
   event-loop lag, store queue depth and dropped writes, network state and the
-  seconds spent in each, resource-guard throttling.
+  seconds spent in each, resource-guard throttling, and loss patterns
+  (``fastping.loss``): ``fastping_outages_total`` (targets' outages started),
+  ``fastping_outages_current`` (targets in an outage now), our own network's
+  outages apart (``fastping_local_outages_total``, ``fastping_local_outage``)
+  and ``fastping_loss_burst_length`` (a histogram of loss-run lengths, in probes).
 
 How it is counted. The engine hands every batch of results to ``observe`` (an
 engine observer, called in the event loop, never dropping anything). ``observe``
@@ -46,6 +50,7 @@ derived from the buckets it read, so a scrape is always self-consistent.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -163,6 +168,11 @@ METRIC_NAMES = (
     "fastping_guard_cpu_percent",
     "fastping_guard_rss_bytes",
     "fastping_metrics_ignored_labels_total",
+    "fastping_outages_total",
+    "fastping_outages_current",
+    "fastping_local_outages_total",
+    "fastping_local_outage",
+    "fastping_loss_burst_length",
 )
 
 
@@ -661,6 +671,7 @@ class MetricsCollector(Collector):
                 "fastping_guard_rss_bytes", "Resident memory at the guard's last check.",
                 rss * 1024 * 1024,
             )  # fmt: skip
+        yield from self._loss_families(st.get("loss"))
         yield _counter(
             "fastping_metrics_ignored_labels",
             "Target label names not exported (not configured when metrics started).",
@@ -672,6 +683,44 @@ class MetricsCollector(Collector):
             )
             shard.add_metric([f"{self.shard[0]}/{self.shard[1]}"], 1.0)
             yield shard
+
+    @staticmethod
+    def _loss_families(loss: dict[str, Any] | None) -> Iterator[Metric]:
+        """Outages and loss-run lengths (the engine's LossTracker; nothing when the
+        engine runs without it)."""
+        if not loss:
+            return
+        from .loss import BURST_BUCKETS
+
+        yield _counter(
+            "fastping_outages", "Target outages started (see --outage-after); our own "
+            "network's are counted apart.", loss["outages_total"],
+        )  # fmt: skip
+        yield _gauge(
+            "fastping_outages_current", "Targets in an outage now.", loss["outages_current"]
+        )
+        yield _counter(
+            "fastping_local_outages",
+            "Outages of this host's own network (network monitor DOWN): never a target's.",
+            loss["local_outages_total"],
+        )
+        yield _gauge(
+            "fastping_local_outage",
+            "1 while this host's own network is down.",
+            1.0 if loss["local_outage"] else 0.0,
+        )
+        counts = loss["burst_buckets"]
+        cum = 0
+        buckets: list[tuple[str, float]] = []
+        for le, c in zip((*map(float, BURST_BUCKETS), math.inf), counts, strict=True):
+            cum += c
+            buckets.append(("+Inf" if le == math.inf else str(int(le)), float(cum)))
+        h = HistogramMetricFamily(
+            "fastping_loss_burst_length",
+            "Finished runs of consecutive lost probes, by length (probes), all targets.",
+        )
+        h.add_metric([], buckets, float(loss["burst_sum"]))
+        yield h
 
 
 class _EngineOnly(Collector):

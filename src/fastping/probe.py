@@ -64,6 +64,7 @@ def __getattr__(name: str) -> Any:
         return getattr(subproc, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _PERMISSION_ERRNOS = (errno.EPERM, errno.EACCES)
 
 

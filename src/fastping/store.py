@@ -58,6 +58,7 @@ from typing import Any, NamedTuple, Protocol
 from .chunk import OUTCOME_BY_CODE, OUTCOME_CODE, RECORD_SIZE, ChunkError, pack, unpack
 from .errors import ConfigError
 from .logs import get_logger
+from .loss import KIND_LOCAL, KIND_TARGET, Outage
 from .results import Outcome, ProbeResult, percentile, rtt_summary
 
 log = get_logger("fastping.store")
@@ -367,6 +368,90 @@ class StoreBackend(Protocol):
     def shutdown(self) -> None: ...
 
 
+# Outages (fastping.loss): one row per outage, written when it starts (end NULL) and
+# updated when it ends. Kept apart from the results schema (CREATE IF NOT EXISTS at
+# the first outage write, no schema version change): a database without the table
+# simply has no outages. target '' is our own network (kind 'local'). A target's row
+# with lost = 0 was withdrawn (the losses turned out to be our own network's).
+_OUTAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outages (
+    kind TEXT NOT NULL,         -- 'target' or 'local' (our own network)
+    target TEXT NOT NULL,       -- '' for kind 'local'
+    start REAL NOT NULL,        -- Unix seconds: send time of the first lost probe
+    end REAL,                   -- send time of the first answered probe; NULL: ongoing
+    lost INTEGER NOT NULL,      -- probes lost in it (local: recorded as local_down)
+    rule TEXT NOT NULL,
+    PRIMARY KEY (kind, target, start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outages_start ON outages (start);
+"""
+_UPSERT_OUTAGE = (
+    "INSERT INTO outages (kind, target, start, end, lost, rule) VALUES (?,?,?,?,?,?) "
+    "ON CONFLICT (kind, target, start) DO UPDATE SET end = excluded.end, "
+    "lost = excluded.lost, rule = excluded.rule"
+)
+
+
+def _write_outages(writer: _Writer, outages: Sequence[Outage]) -> None:
+    """One transaction of outage upserts on the writer's connection (worker thread)."""
+    with writer.lock:
+        try:
+            conn = writer.open()
+            conn.executescript(_OUTAGE_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    _UPSERT_OUTAGE,
+                    [(o.kind, o.target or "", o.start, o.end, o.lost, o.rule) for o in outages],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            writer.close()
+            raise
+
+
+def _read_outages(
+    conn: sqlite3.Connection,
+    since: float | None,
+    until: float | None,
+    targets: Sequence[str] | None,
+    kind: str | None,
+) -> list[Outage]:
+    if (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outages'"
+        ).fetchone()
+        is None
+    ):
+        return []
+    sql = (
+        "SELECT kind, target, start, end, lost, rule FROM outages WHERE "
+        f"NOT (kind = '{KIND_TARGET}' AND lost = 0)"
+    )
+    args: list[Any] = []
+    if since is not None:
+        sql += " AND (end IS NULL OR end >= ?)"
+        args.append(since)
+    if until is not None:
+        sql += " AND start <= ?"
+        args.append(until)
+    if kind is not None:
+        sql += " AND kind = ?"
+        args.append(kind)
+    out = [
+        Outage(None if k == KIND_LOCAL else tg, st, en, lost, k, rule)
+        for k, tg, st, en, lost, rule in conn.execute(sql + " ORDER BY start, target", args)
+    ]
+    if targets is not None:
+        keep = set(targets)
+        out = [o for o in out if o.target is None or o.target in keep]
+    return out
+
+
 class _Writer:
     """The write side: one connection, used by one worker thread at a time."""
 
@@ -388,12 +473,16 @@ class _Writer:
                 # An older layout must not get half of the new tables added to it.
                 version = _schema_version(conn)
                 # tables, none of them ours (meta is created first): another program's file
-                if version is None and conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name != 'meta' "
-                    "LIMIT 1"
-                ).fetchone() and not conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
-                ).fetchone():
+                if (
+                    version is None
+                    and conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name != 'meta' "
+                        "LIMIT 1"
+                    ).fetchone()
+                    and not conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+                    ).fetchone()
+                ):
                     raise ConfigError(_not_ours(self.path, "another program's tables"))
                 _check_version(self.path, version)
                 # WAL: readers (the report command) never block the writer, and a commit
@@ -1071,6 +1160,9 @@ class ResultStore:
         self._submitted_total = 0  # records accepted into the queue, ever
         self._done = 0  # records accepted and since written or dropped
         self._progress: asyncio.Condition | None = None
+        self._outage_q: list[Outage] = []  # submit_outages(), written by the writer task
+        self._outages_written = 0
+        self._outages_dropped = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -1202,6 +1294,55 @@ class ResultStore:
         if self._wake is not None and self._chunk_records >= self.batch_size:
             self._set_wake()
 
+    def submit_outages(self, outages: Iterable[Outage]) -> None:
+        """Queue outage starts and ends (``fastping.loss.Outage``) for the outages
+        table; the same outage again (same kind, target and start) updates its row.
+        Never blocks; written by the writer task, retried like results."""
+        items = list(outages)
+        if not items:
+            return
+        with self._lock:
+            if self._closed:
+                self._outages_dropped += len(items)
+                return
+            self._outage_q.extend(items)
+        if self._wake is not None:
+            self._set_wake()
+
+    async def _write_outage_q(self) -> bool:
+        """Write what submit_outages() queued; False (kept queued) on a failure."""
+        with self._lock:
+            batch = self._outage_q
+            self._outage_q = []
+        if not batch:
+            return True
+        try:
+            # a backend with its own outages table (PostgreSQL) writes them itself
+            own = getattr(self._writer, "write_outages", None)
+            if own is not None:
+                await asyncio.to_thread(own, batch)
+            else:
+                await asyncio.to_thread(_write_outages, self._writer, batch)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - locked, full, read-only, ...: retried
+            with self._lock:
+                self._outage_q[:0] = batch
+            self._note_failure(e, "write outages")
+            return False
+        self._outages_written += len(batch)
+        return True
+
+    def outages(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+        kind: str | None = None,
+    ) -> list[Outage]:
+        """Outages overlapping [since, until] (None: no bound), oldest first; ours
+        (kind 'local', target None) are included unless ``kind`` says otherwise."""
+        with self._read() as conn:
+            return _read_outages(conn, since, until, targets, kind)
+
     def _set_wake(self) -> None:
         assert self._wake is not None and self._loop is not None
         try:
@@ -1236,6 +1377,8 @@ class ResultStore:
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything submitted so far is written (or was counted as dropped).
         Returns False if ``timeout_s`` passed first; the results stay queued."""
+        if self._outage_q and self._task is not None:
+            await self._write_outage_q()
         goal = self._submitted_total
         if self._done >= goal:
             return True
@@ -1264,6 +1407,13 @@ class ResultStore:
         if self._task is None:
             return
         await self.flush(timeout_s)
+        if self._outage_q and not await self._write_outage_q():
+            with self._lock:
+                lost_outages = len(self._outage_q)
+                self._outage_q = []
+            self._outages_dropped += lost_outages
+            log.error("store closed with unwritten outages", unwritten=lost_outages,
+                      last_error=self._last_error, db=str(self.path))  # fmt: skip
         self._closing = True
         assert self._wake is not None
         self._wake.set()
@@ -1313,6 +1463,8 @@ class ResultStore:
             "retries": self._retries,
             "rolled_up": self._rollup_rows,
             "last_error": self._last_error,
+            "outages_written": self._outages_written,
+            "outages_dropped": self._outages_dropped,
         }
 
     # ---- writer task -----------------------------------------------------------------
@@ -1437,6 +1589,8 @@ class ResultStore:
                 failing = False
                 delay = 0.0
                 await self._notify()
+            if self._outage_q and not failing:
+                await self._write_outage_q()
             if time.monotonic() >= self._next_rollup and not self._closing:
                 await self._maybe_rollup()
 
@@ -1558,6 +1712,62 @@ class ResultStore:
                     time=t,
                 )  # fmt: skip
             )
+        return out
+
+    def probe_log(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> dict[str, tuple[array[float], array[float], array[int], bytes]]:
+        """Each target's replies and timeouts in [since, until] as columns (record
+        time, RTT ms / NaN, ICMP sequence, outcome code), in stored order: what
+        ``fastping.loss`` reads to tell loss patterns apart. Raw rows only (the
+        retention window): rollups keep counts, not the order of losses."""
+        lo = -math.inf if since is None else since
+        hi = math.inf if until is None else until
+        keep = None if targets is None else set(targets)
+        out: dict[str, tuple[array[float], array[float], array[int], bytes]] = {}
+        parts: dict[str, list[tuple[array[float], array[float], array[int], bytearray]]] = {}
+        with self._read() as conn:
+            names = dict(conn.execute("SELECT id, name FROM targets"))
+            for tid, data in conn.execute(
+                "SELECT tid, data FROM results WHERE t1 >= ? AND t0 <= ? ORDER BY tid, t0, rowid",
+                (lo, hi),
+            ):
+                name = names.get(tid)
+                if name is None or (keep is not None and name not in keep):
+                    continue
+                cols = unpack(data)
+                code = cols.code
+                if code.count(_REPLY) + code.count(_TIMEOUT) == len(code) and (
+                    not cols.t or (cols.t[0] >= lo and cols.t[-1] <= hi)
+                ):
+                    parts.setdefault(name, []).append(
+                        (cols.t, cols.rtt_ms, cols.seq, bytearray(code))
+                    )
+                    continue
+                sel = [
+                    i for i, c in enumerate(code)
+                    if c in (_REPLY, _TIMEOUT) and lo <= cols.t[i] <= hi
+                ]  # fmt: skip
+                parts.setdefault(name, []).append((
+                    array("d", [cols.t[i] for i in sel]),
+                    array("f", [cols.rtt_ms[i] for i in sel]),
+                    array("i", [cols.seq[i] for i in sel]),
+                    bytearray(code[i] for i in sel),
+                ))  # fmt: skip
+        for name, ps in parts.items():
+            t: array[float] = array("d")
+            r: array[float] = array("f")
+            q: array[int] = array("i")
+            c = bytearray()
+            for a, b, d, e in ps:
+                t.extend(a)
+                r.extend(b)
+                q.extend(d)
+                c += e
+            out[name] = (t, r, q, bytes(c))
         return out
 
     def _accumulate_many(

@@ -52,6 +52,7 @@ from psycopg.types.json import Jsonb
 from .chunk import OUTCOME_BY_CODE, RECORD_SIZE
 from .errors import ConfigError
 from .logs import get_logger
+from .loss import KIND_LOCAL, KIND_TARGET, Outage
 from .results import ProbeResult
 from .shard import agent_name
 from .store import (
@@ -257,6 +258,23 @@ class _PgWriter:
         with self._labels_lock:
             for name, lab in labels.items():
                 self._labels[name] = dict(lab)
+
+    def write_outages(self, outages: Sequence[Outage]) -> None:
+        """Upsert outage starts and ends (fastping.loss) with this agent, one
+        transaction (the SQLite store's outages table, with an agent column)."""
+        with self.lock:
+            try:
+                conn = self.open()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(_OUTAGE_SCHEMA)
+                    cur.executemany(
+                        _UPSERT_OUTAGE,
+                        [(self.agent, o.kind, o.target or "", o.start, o.end, o.lost, o.rule)
+                         for o in outages],
+                    )  # fmt: skip
+            except BaseException:
+                self.close()
+                raise
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -577,6 +595,24 @@ class TargetKey(NamedTuple):
     labels: dict[str, str]
 
 
+_OUTAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fastping_outages (
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    start DOUBLE PRECISION NOT NULL,
+    "end" DOUBLE PRECISION,
+    lost BIGINT NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (agent, kind, target, start)
+)"""
+_UPSERT_OUTAGE = (
+    'INSERT INTO fastping_outages (agent, kind, target, start, "end", lost, rule) '
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (agent, kind, target, start) "
+    'DO UPDATE SET "end" = EXCLUDED."end", lost = EXCLUDED.lost, rule = EXCLUDED.rule'
+)
+
+
 class PgResultStore(ResultStore):
     """Probe results in PostgreSQL (see the module docstring). Writes go through
     ResultStore's queue; the queries take ``agent`` / ``agents`` and ``labels``
@@ -669,6 +705,49 @@ class PgResultStore(ResultStore):
 
     def _check_place(self) -> None:
         pass  # a server may be down now and up later: the writer retries
+
+    def outages(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+        kind: str | None = None,
+        agents: Sequence[str] | None = None,
+    ) -> list[Outage]:
+        """ResultStore.outages over every agent's (or ``agents``') outages."""
+        with self._read() as conn:
+            if not conn.execute("SELECT to_regclass('fastping_outages') IS NOT NULL").fetchone()[0]:
+                return []
+            rows = conn.execute(
+                'SELECT kind, target, start, "end", lost, rule FROM fastping_outages'
+                " WHERE NOT (kind = %s AND lost = 0)"
+                ' AND ("end" IS NULL OR "end" >= %s) AND start <= %s'
+                " AND (%s::text IS NULL OR kind = %s)"
+                " AND (%s::text[] IS NULL OR agent = ANY(%s)) ORDER BY start, target",
+                (KIND_TARGET, -math.inf if since is None else since,
+                 math.inf if until is None else until, kind, kind,
+                 None if agents is None else list(agents),
+                 None if agents is None else list(agents)),
+            ).fetchall()  # fmt: skip
+        out = [
+            Outage(None if k == KIND_LOCAL else tg, float(st), None if en is None else float(en),
+                   int(lost), k, rule)
+            for k, tg, st, en, lost, rule in rows
+        ]  # fmt: skip
+        if targets is not None:
+            keep = set(targets)
+            out = [o for o in out if o.target is None or o.target in keep]
+        return out
+
+    def probe_log(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> dict[str, tuple[array[float], array[float], array[int], bytes]]:
+        """Loss patterns are read from SQLite stores only so far: none here (the report
+        says so by showing no pattern; the outages are shown)."""
+        return {}
 
     def set_labels(self, labels: Mapping[str, Mapping[str, str]]) -> None:
         """Record the configured labels of targets (written with the next batch)."""

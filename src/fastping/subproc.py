@@ -557,4 +557,3 @@ def hosts_to_sweep_result(hosts: Sequence[HostResult], duration_s: float) -> Swe
     totals["resolve_errors"] = sum(1 for h in hosts if h.address is None)
     items = list(hosts)
     return SweepResult(len(items), items.__getitem__, totals, duration_s)
-

@@ -56,8 +56,7 @@ Spec = V4Range | Address | Name
 # fe80::/10 exists on every link: unscoped, the kernel picks an interface for it
 # (RFC 4007 section 6), so the probe may go out where nobody meant.
 _NO_SCOPE = (
-    "link-local address needs a scope: {t}%eth0 (the interface it is on; `ip -6 addr` "
-    "lists them)"
+    "link-local address needs a scope: {t}%eth0 (the interface it is on; `ip -6 addr` lists them)"
 )
 
 

@@ -228,9 +228,7 @@ def _needs_value(letter: str) -> bool:
 
 def _apply(o: Options, letter: str, val: str | None, seen: set[str]) -> None:
     if letter in _REFUSED_LETTERS:
-        raise Refused(
-            f"{_REFUSED['-' + letter]} is not supported by fastping-fping: leave it out"
-        )
+        raise Refused(f"{_REFUSED['-' + letter]} is not supported by fastping-fping: leave it out")
     if letter == "h":
         raise _Help()
     if letter == "v":
@@ -354,8 +352,9 @@ def _generate(o: Options) -> list[Entry]:
             if lo.version != hi.version or int(hi) < int(lo):
                 raise Usage("-g: give a start and an end address of one family, start <= end")
             if lo.version == 6:
-                return [_single(str(ipaddress.ip_address(a)), o)
-                        for a in range(int(lo), int(hi) + 1)]
+                return [
+                    _single(str(ipaddress.ip_address(a)), o) for a in range(int(lo), int(hi) + 1)
+                ]
             return [V4Block(int(lo), int(hi) - int(lo) + 1)]
         if len(t) == 1:
             net = ipaddress.ip_network(t[0], strict=False)
@@ -517,8 +516,11 @@ def _bind(sock: Any, o: Options) -> None:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, o.iface.encode())
             except OSError as e:
-                raise Usage(f"binding to specific interface (SO_BINTODEVICE): {e.strerror}",
-                            hint=False, prefix=False) from None
+                raise Usage(
+                    f"binding to specific interface (SO_BINTODEVICE): {e.strerror}",
+                    hint=False,
+                    prefix=False,
+                ) from None
         if o.src:
             try:
                 ip = ipaddress.ip_address(o.src)
@@ -551,8 +553,9 @@ def sprint_tm(ms: float) -> str:
     return f"{ms:.3e}"
 
 
-def _icmp_error(out: Out, totals: Totals, o: Options, ev: tuple[Any, ...], target: str,
-                family: int) -> None:
+def _icmp_error(
+    out: Out, totals: Totals, o: Options, ev: tuple[Any, ...], target: str, family: int
+) -> None:
     """An ICMP error for one of our probes: counted as fping's "other ICMP received"
     and reported on stderr unless -q. IPv4 only: fping 5.1's ICMPv6 socket lets only
     echo replies through (ICMP6_FILTER), so it neither reports nor counts the others."""
@@ -563,8 +566,9 @@ def _icmp_error(out: Out, totals: Totals, o: Options, ev: tuple[Any, ...], targe
         out.err(_icmp_error_text(ev[1], ev[5], ev[6], ev[7], target))
 
 
-def _icmp_error_text(kind: int, itype: int | None, code: int | None, router: str | None,
-                     target: str) -> str:
+def _icmp_error_text(
+    kind: int, itype: int | None, code: int | None, router: str | None, target: str
+) -> str:
     if kind == EV_TIME_EXCEEDED:
         what = "ICMP Time Exceeded"
     elif itype == 3 and code is not None and 0 <= code < len(_UNREACH):
@@ -622,8 +626,9 @@ class Totals:
         self.rtt_max = max(self.rtt_max, ms)
 
 
-def _stats_block(out: Out, t: Totals, n_hosts: int, alive: int, unknown: int,
-                 elapsed_s: float) -> None:
+def _stats_block(
+    out: Out, t: Totals, n_hosts: int, alive: int, unknown: int, elapsed_s: float
+) -> None:
     """fping's print_global_stats (-s), on stderr."""
     out.err("")
     resolved = n_hosts - unknown  # fping counts only the targets it could ping
@@ -710,16 +715,25 @@ def run_fping(o: Options) -> int:
     return 0 if alive == plan.n_hosts else 1
 
 
-def _gather(plan: Plan, totals: Totals, slots: dict[int, list[int] | None], count: int,
-            interval_s: float, timeout_s: float, rate: float,
-            events: bool = True) -> list[tuple[int, list[Any]]]:
+def _gather(
+    plan: Plan,
+    totals: Totals,
+    slots: dict[int, list[int] | None],
+    count: int,
+    interval_s: float,
+    timeout_s: float,
+    rate: float,
+    events: bool = True,
+) -> list[tuple[int, list[Any]]]:
     """One ``IcmpSocket.sweep`` per family (side by side: the core releases the GIL),
     returning each family's events (none with ``events=False``: read slot_stats).
     ``slots[fam]``: None for all, or the ones to probe."""
     import threading
 
-    work = {f: (sock.n_slots if slots.get(f) is None else len(slots[f] or []))
-            for f, sock in plan.socks.items()}
+    work = {
+        f: (sock.n_slots if slots.get(f) is None else len(slots[f] or []))
+        for f, sock in plan.socks.items()
+    }
     total = sum(work.values())
     res: list[tuple[int, list[Any]]] = []
     errors: list[BaseException] = []
@@ -785,8 +799,11 @@ def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: fl
                     out.err(_dup_line(labels[gi[ev[0]]], ev[2], o.size, ev[3]))
         for fam in plan.socks:
             prev = pending[fam]
-            rest = [s for s in (range(plan.socks[fam].n_slots) if prev is None else prev)
-                    if s not in answered[fam]]
+            rest = [
+                s
+                for s in (range(plan.socks[fam].n_slots) if prev is None else prev)
+                if s not in answered[fam]
+            ]
             pending[fam] = rest
         if o.fast_reachable and o.reachable is not None and alive >= o.reachable:
             break
@@ -801,8 +818,11 @@ def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: fl
                 out.out(label)
             elif verbose:
                 if up:
-                    out.out(f"{label} is alive ({sprint_tm(rtt[i])} ms)" if o.elapsed
-                            else f"{label} is alive")
+                    out.out(
+                        f"{label} is alive ({sprint_tm(rtt[i])} ms)"
+                        if o.elapsed
+                        else f"{label} is alive"
+                    )
                 else:
                     out.out(f"{label} is unreachable")
     _reachable_line(o, out, alive)
@@ -824,8 +844,9 @@ class _Stop:
         self.stop = True
 
 
-def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: float,
-               overlap: bool) -> int:
+def _run_count(
+    plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: float, overlap: bool
+) -> int:
     """-c / -C / -l: per-probe lines, then per-host summaries."""
     rate = _rate(o)
     idx = plan.index
@@ -867,8 +888,20 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                     if q and q_delay <= 0:
                         next_q += o.squiet_s
                         out.err(time.strftime("[%H:%M:%S]"))
-                        _summaries(out, o, labels, fams, width, q[0], q[1], q[2], q[3], q[4], rtts,
-                                   interim=True)
+                        _summaries(
+                            out,
+                            o,
+                            labels,
+                            fams,
+                            width,
+                            q[0],
+                            q[1],
+                            q[2],
+                            q[3],
+                            q[4],
+                            rtts,
+                            interim=True,
+                        )
                         out.flush()
                         q = _interval(n)
                         continue
@@ -878,13 +911,31 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                 if stop.stop:
                     break
             t_round = time.time()
-            evs = _gather(plan, totals, {f: None for f in plan.socks}, count_per_sweep,
-                          period_s, timeout_s, rate, events=not from_stats)
+            evs = _gather(
+                plan,
+                totals,
+                {f: None for f in plan.socks},
+                count_per_sweep,
+                period_s,
+                timeout_s,
+                rate,
+                events=not from_stats,
+            )
             if keep_rtts:
                 rtts.extend(array("d", [math.nan]) * n for _ in range(count_per_sweep))
             if from_stats:
-                for i in _round_from_stats(plan, totals, sent, recv, mn, mx, sm, other, dups,
-                                           rtts[r] if keep_rtts else None):
+                for i in _round_from_stats(
+                    plan,
+                    totals,
+                    sent,
+                    recv,
+                    mn,
+                    mx,
+                    sm,
+                    other,
+                    dups,
+                    rtts[r] if keep_rtts else None,
+                ):
                     out.err(_dup_line(labels[i], r, o.size, 0))
             lines: list[tuple[int, int, str]] = []
             for fam, events in evs:
@@ -912,9 +963,15 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                         if verbose:
                             loss = (sent[i] - recv[i]) * 100 // sent[i]
                             ts = _ts(o, t_round + seq * period_s * overlap + ms / 1000)
-                            lines.append((seq, i, f"{ts}{labels[i]:<{width}} : [{seq}], "
-                                          f"{o.size + 8} bytes, {sprint_tm(ms)} ms "
-                                          f"({sprint_tm(sm[i] / recv[i])} avg, {loss}% loss)"))
+                            lines.append(
+                                (
+                                    seq,
+                                    i,
+                                    f"{ts}{labels[i]:<{width}} : [{seq}], "
+                                    f"{o.size + 8} bytes, {sprint_tm(ms)} ms "
+                                    f"({sprint_tm(sm[i] / recv[i])} avg, {loss}% loss)",
+                                )
+                            )
                     elif kind in (EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_SEND_ERROR):
                         sent[i] += 1
                         totals.timeouts += 1
@@ -926,8 +983,14 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
                             loss = (sent[i] - recv[i]) * 100 // sent[i]
                             avg = sprint_tm(sm[i] / recv[i]) if recv[i] else "NaN"
                             ts = _ts(o, time.time())
-                            lines.append((seq, i, f"{ts}{labels[i]:<{width}} : [{seq}], timed out "
-                                          f"({avg} avg, {loss}% loss)"))
+                            lines.append(
+                                (
+                                    seq,
+                                    i,
+                                    f"{ts}{labels[i]:<{width}} : [{seq}], timed out "
+                                    f"({avg} avg, {loss}% loss)",
+                                )
+                            )
                     elif kind == EV_DUP:
                         totals.received += 1
                         # fping 5.1 reports duplicates only where it prints no line per
@@ -955,13 +1018,27 @@ def _run_count(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: floa
 
 def _interval(n: int) -> list[Any]:
     """Per-host sent, received, min, max and RTT sum of one -Q interval."""
-    return [array("q", [0]) * n, array("q", [0]) * n, array("d", [math.inf]) * n,
-            array("d", [0.0]) * n, array("d", [0.0]) * n]
+    return [
+        array("q", [0]) * n,
+        array("q", [0]) * n,
+        array("d", [math.inf]) * n,
+        array("d", [0.0]) * n,
+        array("d", [0.0]) * n,
+    ]
 
 
-def _round_from_stats(plan: Plan, totals: Totals, sent: array[int], recv: array[int],
-                      mn: array[float], mx: array[float], sm: array[float], other: array[int],
-                      dups: array[int], row: array[float] | None) -> list[int]:
+def _round_from_stats(
+    plan: Plan,
+    totals: Totals,
+    sent: array[int],
+    recv: array[int],
+    mn: array[float],
+    mx: array[float],
+    sm: array[float],
+    other: array[int],
+    dups: array[int],
+    row: array[float] | None,
+) -> list[int]:
     """Fold one single-probe round into the per-host arrays from the core's cumulative
     per-slot counters: a host whose reply count grew answered, with the RTT by which
     its RTT sum grew. Returns the hosts that got a duplicate reply."""
@@ -1016,21 +1093,40 @@ def _ts(o: Options, t: float) -> str:
     return f"[{t:.5f}] " if o.timestamp else ""
 
 
-def _summaries(out: Out, o: Options, labels: list[str], fams: bytearray, width: int,
-               sent: array[int], recv: array[int], mn: array[float], mx: array[float],
-               sm: array[float], rtts: list[array[float]], interim: bool) -> None:
+def _summaries(
+    out: Out,
+    o: Options,
+    labels: list[str],
+    fams: bytearray,
+    width: int,
+    sent: array[int],
+    recv: array[int],
+    mn: array[float],
+    mx: array[float],
+    sm: array[float],
+    rtts: list[array[float]],
+    interim: bool,
+) -> None:
     if o.vcount and not interim and len(rtts) == 1:
         # -C 1 (SmokePing's shape at a million targets): one comprehension, no call per host
         row = rtts[0]
         out.flush()
         for lo in range(0, len(labels), 65536):
             hi = min(lo + 65536, len(labels))
-            out.e.extend([
-                f"{labels[i]:<{width}} : "
-                + ("-" if row[i] != row[i] else f"{row[i]:.3f}" if row[i] < 1.0
-                   else sprint_tm(row[i]))
-                for i in range(lo, hi) if fams[i]
-            ])
+            out.e.extend(
+                [
+                    f"{labels[i]:<{width}} : "
+                    + (
+                        "-"
+                        if row[i] != row[i]
+                        else f"{row[i]:.3f}"
+                        if row[i] < 1.0
+                        else sprint_tm(row[i])
+                    )
+                    for i in range(lo, hi)
+                    if fams[i]
+                ]
+            )
             out.flush()
         return
     for i, label in enumerate(labels):
@@ -1044,14 +1140,22 @@ def _summaries(out: Out, o: Options, labels: list[str], fams: bytearray, width: 
         loss = (s - rc) * 100 // s if s else 0
         line = f"{label:<{width}} : xmt/rcv/%loss = {s}/{rc}/{loss}%"
         if rc:
-            line += (f", min/avg/max = {sprint_tm(mn[i])}/{sprint_tm(sm[i] / rc)}/"
-                     f"{sprint_tm(mx[i])}")
+            line += f", min/avg/max = {sprint_tm(mn[i])}/{sprint_tm(sm[i] / rc)}/{sprint_tm(mx[i])}"
         out.err(line)
 
 
-def _json(out: Out, o: Options, labels: list[str], fams: bytearray, sent: array[int],
-          recv: array[int], mn: array[float], mx: array[float], sm: array[float],
-          rtts: list[array[float]]) -> None:
+def _json(
+    out: Out,
+    o: Options,
+    labels: list[str],
+    fams: bytearray,
+    sent: array[int],
+    recv: array[int],
+    mn: array[float],
+    mx: array[float],
+    sm: array[float],
+    rtts: list[array[float]],
+) -> None:
     """-J: one JSON document on stdout, ``{"hosts": {label: ...}}``: with -C each
     host's RTT list (null for a lost probe), otherwise its xmt/rcv/loss/min/avg/max."""
     import json
@@ -1064,8 +1168,11 @@ def _json(out: Out, o: Options, labels: list[str], fams: bytearray, sent: array[
             hosts[label] = [None if math.isnan(row[i]) else round(row[i], 3) for row in rtts]
         else:
             s, rc = sent[i], recv[i]
-            d: dict[str, Any] = {"xmt": s, "rcv": rc,
-                                 "loss_percentage": (s - rc) * 100 // s if s else 0}
+            d: dict[str, Any] = {
+                "xmt": s,
+                "rcv": rc,
+                "loss_percentage": (s - rc) * 100 // s if s else 0,
+            }
             if rc:
                 d.update(min=round(mn[i], 3), avg=round(sm[i] / rc, 3), max=round(mx[i], 3))
             hosts[label] = d
@@ -1115,8 +1222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``fastping fping ARGS...``: everything after ``fping`` is fping's command line."""
-    p.add_argument("fping_args", nargs=argparse.REMAINDER, metavar="ARG",
-                   help="fping 5.x options and targets (fastping fping -h lists them)")
+    p.add_argument(
+        "fping_args",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="fping 5.x options and targets (fastping fping -h lists them)",
+    )
     p.prefix_chars = "\0"  # no option of ours: fping's parser reads them all
 
 

@@ -114,6 +114,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "this on too) and record probes sent while it is down as local_down, not as loss",
     )
     parser.add_argument(
+        "--outage-after",
+        type=int,
+        default=3,
+        metavar="N",
+        help="N consecutive lost probes make an outage: logged, stored (fastping report "
+        "lists them) and counted in the metrics (default 3)",
+    )
+    parser.add_argument(
+        "--outage-webhook",
+        metavar="URL",
+        help="POST each outage start and end (a target's, or our own network's) to URL as "
+        "JSON (http:// or https://; retried, never blocking probing)",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -289,6 +303,17 @@ def run(args: argparse.Namespace) -> int:
     for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
         if not v > 0:
             raise ConfigError(f"{name} {v!r}: give a positive number of seconds")
+    if args.outage_webhook:
+        from ..netstate import _webhook_url_problem
+
+        why = _webhook_url_problem(args.outage_webhook)
+        if why:
+            raise ConfigError(f"--outage-webhook {args.outage_webhook!r}: {why}")
+    if args.outage_after < 1:
+        raise ConfigError(
+            f"--outage-after {args.outage_after}: give how many consecutive lost probes make "
+            "an outage, 1 or more (3 is usual)"
+        )
     mode = args.mode or cfg.mode
     if mode == "subprocess":
         raise ConfigError(
@@ -359,6 +384,7 @@ async def _main(
 
     from ..engine import MonitoringEngine
     from ..guard import ResourceGuard
+    from ..loss import OutageRule
     from ..store import ResultStore
 
     rc = cfg.resources
@@ -419,9 +445,24 @@ async def _main(
         guard=guard,
         network=network,
         stop_flush_s=args.stop_timeout,
+        outage_rule=OutageRule(min_lost=args.outage_after),
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
+    outage_hook = None
+    if args.outage_webhook:
+        from ..netstate import _Webhook
+
+        outage_hook = _Webhook(args.outage_webhook, 5.0, 3)
+        hook = outage_hook
+
+        def post_outages(evs: Any) -> None:
+            for ev in evs:
+                doc = {"event": f"outage_{ev.what}", "state": f"outage {ev.what}"}
+                doc.update(ev.outage.to_dict())
+                hook.post(doc)
+
+        engine.add_outage_listener(post_outages)
 
     metrics = None
     if metrics_listen:
@@ -499,6 +540,9 @@ async def _main(
             metrics.close()
         if network is not None:
             await network.stop()
+        if outage_hook is not None:
+            # deliver what is queued (retries included), bounded like the store
+            await asyncio.to_thread(outage_hook.close, min(10.0, args.stop_timeout))
     st = engine.stats()
     ss = store.stats()
     summary = {

@@ -92,6 +92,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write a self-contained HTML page with a latency chart per target",
     )  # fmt: skip
     parser.add_argument(
+        "--outages", action="store_true",
+        help="list only the outages (targets' and our own network's) and the incidents "
+        "that group them; with --json one object per line",
+    )  # fmt: skip
+    parser.add_argument(
+        "--incident-window", metavar="S", type=float, default=10.0,
+        help="outages of targets in one /24 (/64) starting within S seconds of each other "
+        "are one incident (default 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-patterns", metavar="N", type=int, default=1000,
+        help="loss patterns and RFC 3550 / RFC 3393 jitter (read record by record) for at "
+        "most N targets, those with the most loss first; the others get null (default 1000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-charts", metavar="N", type=int, default=100,
         help="chart at most N targets in --html, those with the most loss first (default 100)",
     )  # fmt: skip
@@ -157,6 +172,105 @@ def _table(stats: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Loss-pattern keys each --json line gets after JSON_KEYS (fastping.loss defines them).
+PATTERN_KEYS: tuple[str, ...] = (
+    "rfc3550_jitter_ms", "ipdv_p50_ms", "ipdv_p95_ms", "ipdv_p99_ms", "loss_pattern", "outages",
+)  # fmt: skip
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "ongoing"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
+def _patterns(
+    store: Any,
+    stats: list[dict[str, Any]],
+    since: float | None,
+    until: float | None,
+    outages: list[Any],
+    limit: int,
+) -> None:
+    """Add the loss pattern (fastping.loss) of each target's raw records to its stats:
+    of the ``limit`` targets with the most loss (the analysis reads every record in
+    Python; 10,000 targets x an hour would be 36 million)."""
+    from ..loss import LossTracker, ipdv_quantiles, rfc3550_jitter
+
+    ranked = sorted(stats, key=lambda s: (-s["loss"], s["target"]))[:limit]
+    logs = store.probe_log(since, until, [s["target"] for s in ranked]) if ranked else {}
+    by_target: dict[str, list[Any]] = {}
+    for o in outages:
+        if o.target is not None:
+            by_target.setdefault(o.target, []).append(o)
+    for s in stats:
+        cols = logs.get(s["target"])
+        s["outages"] = [o.to_dict() for o in by_target.get(s["target"], [])]
+        if cols is None:
+            s.update({k: None for k in PATTERN_KEYS if k != "outages"})
+            continue
+        t, rtt, seq, code = cols
+        tr = LossTracker()
+        tr.feed(s["target"], t, rtt, seq, code, 0.0)
+        tr.settle()
+        st = tr.stats(s["target"])
+        s["loss_pattern"] = None if st is None else st.to_dict()
+        s["rfc3550_jitter_ms"] = rfc3550_jitter(rtt)
+        s.update(ipdv_quantiles(seq, rtt))
+
+
+def _outage_lines(outages: list[Any], incidents: list[Any], limit: int | None = None) -> list[str]:
+    """The outage list (the first ``limit`` when given) and the incidents."""
+    lines = []
+    ours = [o for o in outages if o.target is None]
+    theirs = [o for o in outages if o.target is not None]
+    lines.append(f"outages: {len(theirs)} of targets, {len(ours)} of our own network "
+                 "(ours are never counted as a target's)")  # fmt: skip
+    shown = sorted(outages, key=lambda o: o.start)
+    if limit is not None and len(shown) > limit:
+        shown = shown[:limit]
+    for o in shown:
+        dur = "-" if o.duration_s is None else f"{o.duration_s:.3f} s"
+        who = o.target if o.target is not None else "OUR NETWORK"
+        lines.append(f"  {who:<24} {_when(o.start)} – {_when(o.end)}  {dur:>12}  "
+                     f"lost {o.lost}  ({o.rule})")  # fmt: skip
+    if len(shown) < len(outages):
+        lines.append(f"  ... {len(outages) - len(shown)} more: fastping report --outages")
+    for inc in incidents:
+        lines.append(
+            f"incident {inc.network}: {len(inc.targets)} targets from {_when(inc.start)} "
+            f"to {_when(inc.end)}: {', '.join(inc.targets[:8])}"
+            + (", ..." if len(inc.targets) > 8 else "")
+        )
+    return lines
+
+
+def _pattern_table(stats: list[dict[str, Any]]) -> str:
+    head = ("TARGET", "BURSTS", "MEAN", "MAX", "GILBERT_P", "GILBERT_R", "BURST_DENS",
+            "GAP_DENS", "J3550", "IPDV50", "IPDV99", "OUTAGES")  # fmt: skip
+
+    def f(v: Any, d: int = 4) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    rows = []
+    for s in stats:
+        lp = s.get("loss_pattern") or {}
+        rows.append((
+            s["target"], str(lp.get("bursts", "-")), f(lp.get("mean_burst"), 2),
+            str(lp.get("max_burst", "-")), f(lp.get("gilbert_p")), f(lp.get("gilbert_r")),
+            f(lp.get("burst_density"), 3), f(lp.get("gap_density"), 4),
+            f(s.get("rfc3550_jitter_ms"), 3), f(s.get("ipdv_p50_ms"), 3),
+            f(s.get("ipdv_p99_ms"), 3), str(len(s.get("outages") or [])),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+        ).rstrip()
+        for r in [head, *rows]
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..store import ResultStore, is_postgres_url
@@ -199,6 +313,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
     import json
 
     from ..errors import ConfigError
+    from ..loss import group_incidents
 
     now = time.time()
     since = parse_when(args.since, now)
@@ -241,6 +356,17 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
 
         stats = sorted(store.all_stats(since, until), key=lambda s: address_order(s["target"]))
     window = "all" if since is None else args.since
+    outages = store.outages(since, until, args.target)
+    incidents = group_incidents(outages, window_s=args.incident_window)
+    if args.outages:
+        if args.json:
+            for o in outages:
+                print(json.dumps(o.to_dict()))
+            for inc in incidents:
+                print(json.dumps({"incident": inc.to_dict()}))
+        else:
+            print("\n".join(_outage_lines(outages, incidents)))
+        return 0
     if not stats:
         span = store.time_range()
         hint = ""
@@ -253,9 +379,14 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
         print(f"fastping report: no results in {db!r} for --since {window}{hint}", file=sys.stderr)
         return 1
 
+    _patterns(store, stats, since, until, outages, max(args.max_patterns, 0))
     if args.json:
         for s in stats:
-            print(json.dumps(_round(s)))
+            d = _round(s)
+            for k in PATTERN_KEYS:
+                v = s.get(k)
+                d[k] = round(v, 4) if isinstance(v, float) else v
+            print(json.dumps(d))
     else:
         lo = since if since is not None else min(s["first_time"] for s in stats)
         hi = until if until is not None else now
@@ -266,6 +397,14 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(hi))} UTC (RTTs in ms)"
         )
         print(_table(stats))
+        if any((s.get("loss_pattern") or {}).get("lost") for s in stats):
+            print(
+                "loss patterns (runs of consecutive losses; Gilbert p = P(lost | received "
+                "before), r = P(received | lost before); RFC 3611 densities with Gmin 16; "
+                "J3550 = RFC 3550 jitter, IPDV = RFC 3393 |delay variation| p50/p99, ms):"
+            )
+            print(_pattern_table([s for s in stats if (s.get("loss_pattern") or {}).get("lost")]))
+        print("\n".join(_outage_lines(outages, incidents, limit=50)))
         if shared:
             _print_timing(store.read_timing(since, until, args.agent))
         else:
@@ -274,7 +413,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
             print("(percentiles of ranges older than the retention window are estimated "
                   "from per-minute rollups)")  # fmt: skip
     if args.html:
-        _write_html(args, store, db, stats, since, until, now)
+        _write_html(args, store, db, stats, since, until, now, outages, incidents)
     return 0
 
 
@@ -333,6 +472,8 @@ def _write_html(
     since: float | None,
     until: float | None,
     now: float,
+    outages: list[Any] | None = None,
+    incidents: list[Any] | None = None,
 ) -> None:
     from ..errors import ConfigError
     from ..htmlreport import pick_bucket_s, render_report
@@ -356,7 +497,7 @@ def _write_html(
         charts.append((s, store.series(s["target"], lo, hi, bucket_s, **kw), bucket_s))
     page = render_report(
         db=db, since=lo, until=hi, stats=stats, charts=charts,
-        left_out=len(stats) - len(chosen),
+        left_out=len(stats) - len(chosen), outages=outages or [], incidents=incidents or [],
     )  # fmt: skip
     try:
         with open(args.html, "w", encoding="utf-8") as f:
