@@ -284,9 +284,13 @@ class SpecialServer:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self._servers: list[asyncio.base_events.Server] = []
         self.connections = 0
+        self.active = 0
+        self.max_active = 0
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             if self.mode == "reset":
                 sock = w.get_extra_info("socket")
@@ -309,6 +313,7 @@ class SpecialServer:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self.active -= 1
             with contextlib.suppress(Exception):
                 w.close()
 

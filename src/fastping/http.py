@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
+import heapq
 import ipaddress
 import json
 import re
@@ -576,6 +577,7 @@ class HttpRunner:
         r._hop_start_ns = hop_start
         pool_key = (check.url, url, address)
         conn: _Conn | None = None
+        tls_obj: Any = None
         phase = "connect"
         # one timer for the whole request (not a wait_for task per phase): at the
         # deadline it cancels this task, and the phase we were in is the outcome
@@ -599,7 +601,7 @@ class HttpRunner:
                 r.tls_ms = 0.0 if https else None
                 conn.h11.start_next_cycle()
                 conn.first_byte_ns = 0
-                t_ready = time.perf_counter_ns()
+                t_ready = hop_start
             else:
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 try:
@@ -607,7 +609,8 @@ class HttpRunner:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     if check.source_address:
                         sock.bind((check.source_address, 0))
-                    t_c = time.perf_counter_ns()
+                    # phases are contiguous: each starts where the one before ended
+                    t_c = hop_start
                     await loop.sock_connect(sock, (address, port))
                     t_connected = time.perf_counter_ns()
                 except BaseException:
@@ -619,7 +622,7 @@ class HttpRunner:
                 if https:
                     phase = "tls"
                     ctx = self._ssl_context(check.verify_tls, check.ca_file)
-                    t_tls = time.perf_counter_ns()
+                    t_tls = t_connected
                     assert conn.transport is not None  # set by connection_made
                     left = max(0.001, deadline - time.monotonic())
                     tr = await loop.start_tls(conn.transport, conn, ctx, server_hostname=name,
@@ -629,12 +632,9 @@ class HttpRunner:
                     conn.transport = tr  # type: ignore[assignment]
                     t_ready = time.perf_counter_ns()
                     r.tls_ms = _ms(t_tls, t_ready)
-                    obj = tr.get_extra_info("ssl_object")
-                    if obj is not None:
-                        r.tls_version = obj.version()
-                        r.cert_not_after = _chain_earliest(obj)
+                    tls_obj = tr.get_extra_info("ssl_object")
                 else:
-                    t_ready = time.perf_counter_ns()
+                    t_ready = t_connected
             assert conn.transport is not None
             sn = conn.transport.get_extra_info("sockname")
             r.source = str(sn[0]) if sn else None
@@ -688,6 +688,9 @@ class HttpRunner:
             t_end = time.perf_counter_ns()
             r.transfer_ms = _ms(t_first, t_end)
             r.total_ms = _ms(hop_start, t_end) + dns_ms
+            if tls_obj is not None:  # after the clock stopped: not in any phase
+                r.tls_version = tls_obj.version()
+                r.cert_not_after = _chain_earliest(tls_obj)
             _judge(check, r, bytes(body), truncated, location)
             if check.reuse_connection and conn.reusable():
                 self._pool[pool_key] = conn
@@ -833,6 +836,7 @@ class _Sched:
     next_at: float
     running: bool = False
     latest: list[HttpResult] = field(default_factory=list)
+    removed: bool = False
 
 
 class HttpScheduler:
@@ -853,6 +857,10 @@ class HttpScheduler:
         self.sinks = list(sinks)
         self.clock = clock
         self._items: dict[str, _Sched] = {}
+        # (next_at, seq, item): due() pops only what is due, O(log n) each, so 10,000
+        # checks cost nothing between their turns
+        self._heap: list[tuple[float, int, _Sched]] = []
+        self._seq = 0
         self.skipped = 0
         self.runs = 0
         self._stop = asyncio.Event()
@@ -864,10 +872,18 @@ class HttpScheduler:
     def add(self, check: HttpCheck, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         offset = (hash_stable(check.url) % 10_000) / 10_000 * check.interval_s
-        self._items[check.url] = _Sched(check, now + offset)
+        self.remove(check.url)
+        s = self._items[check.url] = _Sched(check, now + offset)
+        self._push(s)
+
+    def _push(self, s: _Sched) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (s.next_at, self._seq, s))
 
     def remove(self, url: str) -> None:
-        self._items.pop(url, None)
+        s = self._items.pop(url, None)
+        if s is not None:
+            s.removed = True  # its heap entry is dropped when it comes up
 
     @property
     def checks(self) -> list[HttpCheck]:
@@ -879,19 +895,26 @@ class HttpScheduler:
     def due(self, now: float) -> list[_Sched]:
         """The checks due at ``now``, their next time advanced (pure: no I/O)."""
         out = []
-        for s in self._items.values():
-            if s.next_at <= now:
-                iv = s.check.interval_s
-                # the next slot on the grid after now (a late wake-up skips, not bursts)
-                s.next_at += iv * max(1, int((now - s.next_at) // iv) + 1)
-                if s.running:
-                    self.skipped += 1
-                else:
-                    out.append(s)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, s = heapq.heappop(heap)
+            if s.removed:
+                continue
+            iv = s.check.interval_s
+            # the next slot on the grid after now (a late wake-up skips, not bursts)
+            s.next_at += iv * max(1, int((now - s.next_at) // iv) + 1)
+            self._push(s)
+            if s.running:
+                self.skipped += 1
+            else:
+                out.append(s)
         return out
 
     def next_wake(self) -> float | None:
-        return min((s.next_at for s in self._items.values()), default=None)
+        heap = self._heap
+        while heap and heap[0][2].removed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     async def _run_one(self, s: _Sched) -> None:
         s.running = True
