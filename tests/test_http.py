@@ -534,3 +534,20 @@ def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
     # the ICMP results of those addresses are in the ICMP store too
     names = {n for (n,) in sqlite3.connect(db).execute("SELECT name FROM targets")}
     assert {"127.0.0.1", "::1"} <= names
+    # report: the HTTP table in text, a stacked phase chart per URL and address in HTML
+    page = tmp_path / "r.html"
+    rep = subprocess.run(
+        fastping_cmd("report", "--db", str(db), "--since", "all", "--html", str(page)),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    assert "HTTP checks: 3 URL/address pairs" in rep.stdout
+    assert "cert_expired" in rep.stdout
+    doc = page.read_text()
+    assert doc.count('aria-label="phases of ') == 3
+    from fastping.htmlreport import HTTP_PARTS
+
+    colours = dict((k, c) for k, c, _ in HTTP_PARTS)
+    for part in ("connect", "tls", "wait_network", "server", "transfer"):
+        assert f'fill="{colours[part]}"' in doc, part
+    assert "failed: cert_expired" in doc

@@ -249,3 +249,56 @@ class HttpStore:
                 )  # fmt: skip
             )
         return out
+
+    def series(
+        self, url: str, address: str | None, since: float, until: float, bucket_s: float
+    ) -> list[dict[str, Any]]:
+        """Per time bucket of one URL and address: check counts and the medians of
+        each stacked part (redirect, dns, connect, tls, send, wait split into its
+        network RTT share and the server's, transfer), for the report's chart."""
+        conn = self._read()
+        try:
+            cur = conn.execute(
+                "SELECT * FROM http_results WHERE url = ? AND address IS ? AND t >= ? AND t <= ?"
+                " ORDER BY t",
+                (url, address, since, until),
+            )
+            buckets: dict[int, list[sqlite3.Row]] = {}
+            for row in cur:
+                buckets.setdefault(int((row["t"] - since) // bucket_s), []).append(row)
+        finally:
+            conn.close()
+        ok_values = {HttpOutcome.OK.value, HttpOutcome.CERT_EXPIRING.value}
+        out = []
+        for k in sorted(buckets):
+            rows = buckets[k]
+            good = [r for r in rows if r["outcome"] in ok_values]
+            parts: dict[str, float | None] = {}
+            for key in STACK:
+                xs: list[float] = []
+                for r in good:
+                    v = _stack_value(r, key)
+                    if v is not None:
+                        xs.append(v)
+                parts[key] = _median(xs)
+            out.append({"time": since + k * bucket_s, "checks": len(rows), "ok": len(good),
+                        "parts": parts,
+                        "failed": sorted({r["outcome"] for r in rows} - ok_values)})  # fmt: skip
+        return out
+
+
+# the report's stacked parts, bottom to top; wait is split at the network RTT
+STACK = ("redirect", "dns", "connect", "tls", "send", "wait_network", "server", "transfer")
+
+
+def _stack_value(r: sqlite3.Row, key: str) -> float | None:
+    if key == "server":
+        return r["server_ms"] if r["server_ms"] is not None else r["wait_ms"]
+    if key == "wait_network":
+        if r["wait_ms"] is None:
+            return None
+        if r["server_ms"] is None:
+            return 0.0
+        return r["wait_ms"] - r["server_ms"]
+    v = r[f"{key}_ms"]
+    return None if v is None else float(v)
