@@ -120,7 +120,7 @@ async def run_fastping(urls: list[str], ca: str, interval_s: float, duration_s: 
             "skipped": sched.skipped}  # fmt: skip
 
 
-_SAMPLE = re.compile(r'^(probe_[a-z_]+)(?:\{([^}]*)\})? (\S+)$', re.M)
+_SAMPLE = re.compile(r"^(probe_[a-z_]+)(?:\{([^}]*)\})? (\S+)$", re.M)
 
 
 async def run_blackbox(urls: list[str], ca: str, interval_s: float, duration_s: float,

@@ -42,8 +42,11 @@ async def measure(name: str, one: Callable[[int], Awaitable[int]], n: int, conc:
     res = await asyncio.gather(*(w(i) for i in range(n)))
     c1, t1 = cpu_s(), time.perf_counter()
     ok = sum(1 for r in res if r == 200)
-    print(f"{name:34s} ok {ok}/{n}  checks/s {n / (t1 - t0):7.0f}  "
-          f"CPU/check {1e6 * (c1 - c0) / n:6.0f} us", flush=True)
+    print(
+        f"{name:34s} ok {ok}/{n}  checks/s {n / (t1 - t0):7.0f}  "
+        f"CPU/check {1e6 * (c1 - c0) / n:6.0f} us",
+        flush=True,
+    )
 
 
 async def main(n: int, conc: int) -> None:
@@ -64,8 +67,9 @@ async def main(n: int, conc: int) -> None:
 
         await measure("fastping (asyncio + h11), phases", fp, n, conc)
         # connection reuse is per check: CONC checks, each run in turn on its own connection
-        checks_ka = [HttpCheck(f"{url}?c={i}", ca_file=ca, reuse_connection=True)
-                     for i in range(conc)]
+        checks_ka = [
+            HttpCheck(f"{url}?c={i}", ca_file=ca, reuse_connection=True) for i in range(conc)
+        ]
         runner_ka = HttpRunner(max_concurrency=conc)
         locks = [asyncio.Lock() for _ in range(conc)]
 
@@ -84,11 +88,18 @@ async def main(n: int, conc: int) -> None:
         async def mark(*_: object) -> None:
             marks.append(time.perf_counter_ns())
 
-        for sig in ("on_request_start", "on_dns_resolvehost_start", "on_connection_create_start",
-                    "on_connection_create_end", "on_request_headers_sent", "on_request_end"):
+        for sig in (
+            "on_request_start",
+            "on_dns_resolvehost_start",
+            "on_connection_create_start",
+            "on_connection_create_end",
+            "on_request_headers_sent",
+            "on_request_end",
+        ):
             getattr(tc, sig).append(mark)
         conn = aiohttp.TCPConnector(ssl=ctx, force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=conn, trace_configs=[tc]) as s:
+
             async def ah(i: int) -> int:
                 async with s.get(url) as r:
                     await r.read()
@@ -97,6 +108,7 @@ async def main(n: int, conc: int) -> None:
             await measure(f"aiohttp {aiohttp.__version__} new conn + trace", ah, n, conc)
         conn = aiohttp.TCPConnector(ssl=ctx, limit=0)
         async with aiohttp.ClientSession(connector=conn) as s:
+
             async def ah_ka(i: int) -> int:
                 async with s.get(url) as r:
                     await r.read()
@@ -113,11 +125,13 @@ async def main(n: int, conc: int) -> None:
         async with httpcore.AsyncConnectionPool(
             ssl_context=ctx, max_keepalive_connections=0, max_connections=conc
         ) as pool:
+
             async def hc(i: int) -> int:
                 return (await pool.request("GET", url, extensions={"trace": trace})).status
 
             await measure(f"httpcore {httpcore.__version__} new conn + trace", hc, n, conc)
         async with httpcore.AsyncConnectionPool(ssl_context=ctx, max_connections=conc) as pool:
+
             async def hc_ka(i: int) -> int:
                 return (await pool.request("GET", url)).status
 
@@ -125,6 +139,7 @@ async def main(n: int, conc: int) -> None:
         async with httpx.AsyncClient(
             verify=ctx, limits=httpx.Limits(max_keepalive_connections=0, max_connections=conc)
         ) as c:
+
             async def hx(i: int) -> int:
                 return (await c.get(url)).status_code
 

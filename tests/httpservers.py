@@ -33,7 +33,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def need_tool(name: str) -> str:
     """The tool's path; skip without it, but fail under CI=true (a skip in CI
     would hide a missing apt package)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+    )
     if path is None:
         msg = f"needs {name} (apt-get install {name})"
         if IN_CI:
@@ -98,7 +100,9 @@ def make_certs(d: Path) -> tuple[dict[str, Path], dict[str, float]]:
     not_after: dict[str, float] = {}
     out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(tag: str, sans: list[x509.GeneralName], before: dt.datetime, after: dt.datetime) -> None:
+    def leaf(
+        tag: str, sans: list[x509.GeneralName], before: dt.datetime, after: dt.datetime
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -138,8 +142,12 @@ def make_certs(d: Path) -> tuple[dict[str, Path], dict[str, float]]:
     ]
     leaf("good", local, now - dt.timedelta(days=1), now + dt.timedelta(days=45))
     leaf("expired", local, now - dt.timedelta(days=60), now - dt.timedelta(days=1))
-    leaf("wrongname", [x509.DNSName("wrong.invalid")], now - dt.timedelta(days=1),
-         now + dt.timedelta(days=45))
+    leaf(
+        "wrongname",
+        [x509.DNSName("wrong.invalid")],
+        now - dt.timedelta(days=1),
+        now + dt.timedelta(days=45),
+    )
     return out, not_after
 
 
@@ -228,7 +236,15 @@ class Nginx:
         conf = NGINX_CONF.format(d=self.d, workers=self.workers, servers=servers, user=user)
         (self.d / "nginx.conf").write_text(conf)
         self.proc = subprocess.Popen(
-            [exe, "-p", str(self.d), "-c", str(self.d / "nginx.conf"), "-e", str(self.d / "error.log")],
+            [
+                exe,
+                "-p",
+                str(self.d),
+                "-c",
+                str(self.d / "nginx.conf"),
+                "-e",
+                str(self.d / "error.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -238,8 +254,10 @@ class Nginx:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"nginx exited: {err} {self.error_log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports["wrongname"]), 0.2), \
-                        socket.create_connection(("::1", self.ports["wrongname"]), 0.2):
+                with (
+                    socket.create_connection(("127.0.0.1", self.ports["wrongname"]), 0.2),
+                    socket.create_connection(("::1", self.ports["wrongname"]), 0.2),
+                ):
                     return self
             except OSError:
                 time.sleep(0.05)
@@ -294,7 +312,9 @@ class SpecialServer:
         try:
             if self.mode == "reset":
                 sock = w.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 w.transport.abort()
                 return
             while True:
@@ -305,7 +325,9 @@ class SpecialServer:
                 body = b"slow but fine\n"
                 w.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
                 )
                 await w.drain()
                 if b"connection: close" in head.lower():

@@ -10,7 +10,6 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, child_env, fastping_cmd
-from httpservers import Nginx, SpecialServer, free_port
 
+from conftest import ROOT, child_env, fastping_cmd
 from fastping.http import HttpCheck, HttpOutcome, HttpResult, HttpRunner, HttpScheduler
+from httpservers import Nginx, SpecialServer, free_port
 
 HOSTS = ["127.0.0.1", "::1"]
 
@@ -136,7 +135,9 @@ def test_a_certificate_expiring_soon_is_flagged_but_still_ok(nginx: Nginx) -> No
     r = one(HttpCheck(nginx.url("https"), ca_file=ca, cert_min_days=60))
     assert r.outcome is HttpOutcome.CERT_EXPIRING and r.ok
     assert "expires in 4" in (r.error or "")
-    assert one(HttpCheck(nginx.url("https"), ca_file=ca, cert_min_days=30)).outcome is HttpOutcome.OK
+    assert (
+        one(HttpCheck(nginx.url("https"), ca_file=ca, cert_min_days=30)).outcome is HttpOutcome.OK
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -167,9 +168,13 @@ def test_a_redirect_loop_stops_at_the_limit(nginx: Nginx) -> None:
 def test_status_expectations(nginx: Nginx) -> None:
     down = one(HttpCheck(nginx.url("http", "/down")))
     assert (down.outcome, down.status) == (HttpOutcome.STATUS, 503)
-    assert one(HttpCheck(nginx.url("http", "/down"), expect_status=(503,))).outcome is HttpOutcome.OK
+    assert (
+        one(HttpCheck(nginx.url("http", "/down"), expect_status=(503,))).outcome is HttpOutcome.OK
+    )
     assert one(HttpCheck(nginx.url("http", "/missing"))).status == 404
-    assert one(HttpCheck(nginx.url("http", "/"), expect_status=(204,))).outcome is HttpOutcome.STATUS
+    assert (
+        one(HttpCheck(nginx.url("http", "/"), expect_status=(204,))).outcome is HttpOutcome.STATUS
+    )
 
 
 def test_body_regex_and_json_field(nginx: Nginx) -> None:
@@ -256,7 +261,11 @@ def test_the_runner_survives_timeouts_and_keeps_working(special: Any, nginx: Ngi
         return [*out[0], *out[1], *after]
 
     a, b, c = asyncio.run(go())
-    assert (a.outcome, b.outcome, c.outcome) == (HttpOutcome.TIMEOUT, HttpOutcome.OK, HttpOutcome.OK)
+    assert (a.outcome, b.outcome, c.outcome) == (
+        HttpOutcome.TIMEOUT,
+        HttpOutcome.OK,
+        HttpOutcome.OK,
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -346,7 +355,7 @@ def test_scheduler_spreads_checks_and_skips_one_still_running() -> None:
     checks = [HttpCheck(f"http://127.0.0.1/{i}", interval_s=10) for i in range(200)]
     sched = HttpScheduler(checks, runner=None, clock=lambda: now[0])  # type: ignore[arg-type]
     firsts = sorted(s.next_at for s in sched._items.values())
-    assert 1000.0 <= firsts[0] and firsts[-1] < 1010.0
+    assert firsts[0] >= 1000.0 and firsts[-1] < 1010.0
     assert firsts[-1] - firsts[0] > 8  # spread over the interval, not a burst
     due = sched.due(1010.0)
     assert len(due) == 200 and all(1010.0 < s.next_at <= 1020.0 for s in due)
@@ -431,8 +440,11 @@ def test_metrics_use_blackbox_exporter_names(nginx: Nginx) -> None:
     assert f'probe_http_status_code{{ip="::1",url="{u6}"}} 200.0' in text
     assert f'probe_success{{ip="127.0.0.1",url="{nginx.url("http", "/down")}"}} 0.0' in text
     exp = nginx.not_after["good"]
-    assert f'probe_ssl_earliest_cert_expiry{{ip="::1",url="{u6}"}} {exp:.9e}'.replace(
-        "e+09", "e+09") in text or str(exp) in text
+    assert (
+        f'probe_ssl_earliest_cert_expiry{{ip="::1",url="{u6}"}} {exp:.9e}'.replace("e+09", "e+09")
+        in text
+        or str(exp) in text
+    )
     assert 'fastping_http_checks_total{ip="127.0.0.1",outcome="status_mismatch"' in text
     assert f'probe_ip_protocol{{ip="::1",url="{u6}"}} 6.0' in text
 
@@ -453,7 +465,13 @@ def test_config_http_section_and_url_targets() -> None:
                            "https://localhost:8443/health", "http://127.0.0.1:9000/"}  # fmt: skip
     j = checks["http://[::1]:8080/j"]
     assert (j.family, j.expect_status, j.json_value, j.interval_s, j.ca_file, j.labels) == (
-        socket.AF_INET6, (200, 204), 3, 30.0, "/x/ca.pem", (("team", "web"),))
+        socket.AF_INET6,
+        (200, 204),
+        3,
+        30.0,
+        "/x/ca.pem",
+        (("team", "web"),),
+    )
     with pytest.raises(ConfigError, match="http.checks"):
         parse_config_text("http:\n  checks: ['ftp://x/']\n")
     with pytest.raises(ConfigError, match="body_regex"):
@@ -480,7 +498,11 @@ def test_command_line_text_and_json(nginx: Nginx) -> None:
     assert p.returncode == 1, p.stderr  # the expired certificate
     rows = [json.loads(ln) for ln in p.stdout.splitlines()]
     assert [(r["outcome"], r["reused"]) for r in rows] == [
-        ("ok", False), ("cert_expired", False), ("ok", True), ("cert_expired", False)]
+        ("ok", False),
+        ("cert_expired", False),
+        ("ok", True),
+        ("cert_expired", False),
+    ]
     assert rows[1]["cert_days_left"] < 0
 
 
@@ -508,7 +530,11 @@ def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
         while time.monotonic() < deadline and "fastping_http_server_seconds" not in text:
             time.sleep(0.5)
             try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5).read().decode()
+                text = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                )
             except OSError:
                 continue
         out, err = p.communicate(timeout=30)
@@ -521,9 +547,13 @@ def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
     assert summary["http"]["checks"] == 3 and summary["http"]["stored"] >= 9
     assert summary["http"]["icmp_addresses"] == 2  # 127.0.0.1 and ::1 became ICMP targets
     assert "probe_http_duration_seconds" in text and "probe_ssl_earliest_cert_expiry" in text
-    rows = sqlite3.connect(db).execute(
-        "SELECT url, address, outcome, rtt_source, rtt_ms, wait_ms, server_ms FROM http_results"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute(
+            "SELECT url, address, outcome, rtt_source, rtt_ms, wait_ms, server_ms FROM http_results"
+        )
+        .fetchall()
+    )
     assert {r[2] for r in rows if "expired" not in r[0] and r[0].endswith("/json")} == {"ok"}
     # after the engine's first replies the split uses the ICMP RTT of the same address
     icmp = [r for r in rows if r[3] == "icmp" and r[2] == "ok"]

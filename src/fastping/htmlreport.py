@@ -241,8 +241,12 @@ def http_chart_svg(
     for i in range(6):
         v = ymax * i / 5
         y = y_of(v)
-        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>')
+        out.append(
+            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+        )
+        out.append(
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
+        )
     out.append(
         f'<text x="14" y="{TOP + PLOT_H / 2:.0f}" class="ax" text-anchor="middle" '
         f'transform="rotate(-90 14 {TOP + PLOT_H / 2:.0f})">time (ms)</text>'
@@ -252,7 +256,9 @@ def http_chart_svg(
     for t in ticks:
         x = x_of(t)
         label = time.strftime(fmt, time.gmtime(t))
-        out.append(f'<text x="{x:.1f}" y="{base + 12}" text-anchor="middle" class="ax">{label}</text>')
+        out.append(
+            f'<text x="{x:.1f}" y="{base + 12}" text-anchor="middle" class="ax">{label}</text>'
+        )
     out.append(
         f'<text x="{LEFT + w}" y="{base + 28}" text-anchor="end" class="ax">'
         f"time (UTC), {int(bucket_s)} s per bar, medians of each part</text>"
@@ -293,7 +299,9 @@ def http_chart_svg(
         f'<rect x="{LEFT}" y="{strip_y}" width="{w}" height="{STRIP_H}" fill="none" '
         'stroke="#bbb" stroke-width="0.5"/>'
     )
-    out.append(f'<text x="{LEFT - 6}" y="{strip_y + 11}" text-anchor="end" class="ax">failed</text>')
+    out.append(
+        f'<text x="{LEFT - 6}" y="{strip_y + 11}" text-anchor="end" class="ax">failed</text>'
+    )
     if not series:
         out.append(
             f'<text x="{LEFT + w / 2}" y="{TOP + PLOT_H / 2}" text-anchor="middle" '

@@ -46,7 +46,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -202,7 +202,7 @@ class HttpResult:
         return (self.cert_not_after - time.time()) / 86400.0
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__slots__ if not k.startswith("_")}  # type: ignore[attr-defined]
+        d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         d["outcome"] = self.outcome.value
         d["labels"] = dict(self.labels)
         d["cert_days_left"] = self.cert_days_left
@@ -215,7 +215,12 @@ def split_server_time(r: HttpResult, icmp_rtt_ms: float | None) -> HttpResult:
     reused connection has none: then no split without ICMP)."""
     rtt, src = (icmp_rtt_ms, "icmp") if icmp_rtt_ms is not None else (r.connect_ms, "tcp")
     if rtt is None or r.wait_ms is None or r.total_ms is None:
-        r.rtt_ms, r.rtt_source, r.server_ms, r.path_ms = rtt, (src if rtt is not None else None), None, None
+        r.rtt_ms, r.rtt_source, r.server_ms, r.path_ms = (
+            rtt,
+            (src if rtt is not None else None),
+            None,
+            None,
+        )
         return r
     r.rtt_ms, r.rtt_source = rtt, src
     r.server_ms = max(0.0, r.wait_ms - rtt)
@@ -336,8 +341,11 @@ class _Conn(asyncio.Protocol):
                 self.buf.clear()
                 self.h11.receive_data(data)
             elif self.eof:
-                if self.h11.their_state is h11.SEND_BODY or self.h11.their_state is h11.IDLE \
-                        or self.h11.their_state is h11.SEND_RESPONSE:
+                if (
+                    self.h11.their_state is h11.SEND_BODY
+                    or self.h11.their_state is h11.IDLE
+                    or self.h11.their_state is h11.SEND_RESPONSE
+                ):
                     if self.exc is not None and isinstance(self.exc, OSError):
                         raise self.exc
                     raise ConnectionResetError("the server closed the connection before answering")
@@ -462,16 +470,48 @@ class HttpRunner:
         try:
             addrs = await self._addresses(check, host, port, deadline)
         except _Timeout:
-            return [self._final(check, HttpResult(check.url, None, HttpOutcome.TIMEOUT, wall,
-                                                  timeout_phase="dns", labels=check.labels))]
+            return [
+                self._final(
+                    check,
+                    HttpResult(
+                        check.url,
+                        None,
+                        HttpOutcome.TIMEOUT,
+                        wall,
+                        timeout_phase="dns",
+                        labels=check.labels,
+                    ),
+                )
+            ]
         except (OSError, UnicodeError) as e:
-            return [self._final(check, HttpResult(check.url, None, HttpOutcome.RESOLVE, wall,
-                                                  error=str(e), labels=check.labels))]
+            return [
+                self._final(
+                    check,
+                    HttpResult(
+                        check.url,
+                        None,
+                        HttpOutcome.RESOLVE,
+                        wall,
+                        error=str(e),
+                        labels=check.labels,
+                    ),
+                )
+            ]
         dns_ms = _ms(t0, time.perf_counter_ns())
         if not addrs:
-            return [self._final(check, HttpResult(check.url, None, HttpOutcome.RESOLVE, wall,
-                                                  error="no address of the asked family",
-                                                  labels=check.labels))]
+            return [
+                self._final(
+                    check,
+                    HttpResult(
+                        check.url,
+                        None,
+                        HttpOutcome.RESOLVE,
+                        wall,
+                        error="no address of the asked family",
+                        labels=check.labels,
+                    ),
+                )
+            ]
         if not check.all_addresses:
             addrs = addrs[:1]
         return list(
@@ -500,7 +540,12 @@ class HttpRunner:
         return split_server_time(r, icmp)
 
     async def _run_address(
-        self, check: HttpCheck, family: int, address: str, dns_ms: float, wall: float,
+        self,
+        check: HttpCheck,
+        family: int,
+        address: str,
+        dns_ms: float,
+        wall: float,
         deadline: float,
     ) -> HttpResult:
         async with self._sem:
@@ -512,7 +557,12 @@ class HttpRunner:
         return self._final(check, r)
 
     async def _follow(
-        self, check: HttpCheck, family: int, address: str, dns_ms: float, wall: float,
+        self,
+        check: HttpCheck,
+        family: int,
+        address: str,
+        dns_ms: float,
+        wall: float,
         deadline: float,
     ) -> HttpResult:
         """The request, and the redirect chain when following; the result holds the
@@ -547,23 +597,50 @@ class HttpRunner:
                 try:
                     addrs = await self._addresses(check, nu.hostname or "", nport, deadline)
                 except _Timeout:
-                    return HttpResult(check.url, address, HttpOutcome.TIMEOUT, wall,
-                                      redirects=hops, final_url=url, timeout_phase="dns",
-                                      labels=check.labels)
+                    return HttpResult(
+                        check.url,
+                        address,
+                        HttpOutcome.TIMEOUT,
+                        wall,
+                        redirects=hops,
+                        final_url=url,
+                        timeout_phase="dns",
+                        labels=check.labels,
+                    )
                 except (OSError, UnicodeError) as e:
-                    return HttpResult(check.url, address, HttpOutcome.RESOLVE, wall,
-                                      redirects=hops, final_url=url, error=str(e),
-                                      labels=check.labels)
+                    return HttpResult(
+                        check.url,
+                        address,
+                        HttpOutcome.RESOLVE,
+                        wall,
+                        redirects=hops,
+                        final_url=url,
+                        error=str(e),
+                        labels=check.labels,
+                    )
                 if not addrs:
-                    return HttpResult(check.url, address, HttpOutcome.RESOLVE, wall,
-                                      redirects=hops, final_url=url, labels=check.labels)
+                    return HttpResult(
+                        check.url,
+                        address,
+                        HttpOutcome.RESOLVE,
+                        wall,
+                        redirects=hops,
+                        final_url=url,
+                        labels=check.labels,
+                    )
                 family, address = addrs[0]
                 dns_ms = _ms(t_dns, time.perf_counter_ns())
                 origin = _origin(url)
 
     async def _one(
-        self, check: HttpCheck, url: str, family: int, address: str, dns_ms: float,
-        wall: float, deadline: float,
+        self,
+        check: HttpCheck,
+        url: str,
+        family: int,
+        address: str,
+        dns_ms: float,
+        wall: float,
+        deadline: float,
     ) -> HttpResult:
         """One request to one address; never raises (every failure is an outcome)."""
         loop = asyncio.get_running_loop()
@@ -571,8 +648,7 @@ class HttpRunner:
         https = u.scheme == "https"
         port = u.port or (443 if https else 80)
         name = check.server_name or u.hostname or address
-        r = HttpResult(check.url, address, HttpOutcome.OK, wall, dns_ms=dns_ms,
-                       labels=check.labels)
+        r = HttpResult(check.url, address, HttpOutcome.OK, wall, dns_ms=dns_ms, labels=check.labels)
         hop_start = time.perf_counter_ns()
         r._hop_start_ns = hop_start
         pool_key = (check.url, url, address)
@@ -625,11 +701,12 @@ class HttpRunner:
                     t_tls = t_connected
                     assert conn.transport is not None  # set by connection_made
                     left = max(0.001, deadline - time.monotonic())
-                    tr = await loop.start_tls(conn.transport, conn, ctx, server_hostname=name,
-                                              ssl_handshake_timeout=left)
+                    tr = await loop.start_tls(
+                        conn.transport, conn, ctx, server_hostname=name, ssl_handshake_timeout=left
+                    )
                     if tr is None:
                         raise ConnectionResetError("the connection closed during the TLS handshake")
-                    conn.transport = tr  # type: ignore[assignment]
+                    conn.transport = tr
                     t_ready = time.perf_counter_ns()
                     r.tls_ms = _ms(t_tls, t_ready)
                     tls_obj = tr.get_extra_info("ssl_object")
@@ -731,7 +808,8 @@ class HttpRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
             uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None and task is not None and task.cancelling():
+            cancelling = getattr(task, "cancelling", None)
+            if uncancel is not None and cancelling is not None and cancelling():
                 uncancel()
         if r.outcome in CERT_OUTCOMES:
             # read the certificate anyway, without verifying, for its expiry
@@ -748,9 +826,11 @@ class HttpRunner:
         tr = None
         try:
             tr, _ = await _within(
-                loop.create_connection(lambda: _Conn(loop), address, port, ssl=ctx,
-                                       server_hostname=name, family=family),
-                deadline, "tls",
+                loop.create_connection(
+                    lambda: _Conn(loop), address, port, ssl=ctx, server_hostname=name, family=family
+                ),
+                deadline,
+                "tls",
             )
             obj = tr.get_extra_info("ssl_object")
             der = obj.getpeercert(binary_form=True) if obj is not None else None
@@ -775,14 +855,20 @@ def _json_get(doc: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(cur, dict) and part in cur:
             cur = cur[part]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+        elif (
+            isinstance(cur, list)
+            and part.lstrip("-").isdigit()
+            and -len(cur) <= int(part) < len(cur)
+        ):
             cur = cur[int(part)]
         else:
             return _MISSING
     return cur
 
 
-def _judge(check: HttpCheck, r: HttpResult, body: bytes, truncated: bool, location: str | None) -> None:
+def _judge(
+    check: HttpCheck, r: HttpResult, body: bytes, truncated: bool, location: str | None
+) -> None:
     """Set the outcome of a complete answer (redirect Location kept for _follow)."""
     st = r.status or 0
     is_redirect = st in (301, 302, 303, 307, 308) and location is not None

@@ -194,9 +194,10 @@ class HttpStore:
         except (ConfigError, sqlite3.Error):
             return False
         try:
-            return conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'http_results'"
-            ).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'http_results'").fetchone()
+                is not None
+            )
         finally:
             conn.close()
 
@@ -242,9 +243,18 @@ class HttpStore:
 
             out.append(
                 UrlSummary(
-                    url, addr, len(rows), len(good), outcomes,
-                    {p: med(f"{p}_ms") for p in PHASES}, med("redirect_ms"), med("total_ms"),
-                    med("rtt_ms"), med("server_ms"), med("path_ms"), rows[-1]["status"],
+                    url,
+                    addr,
+                    len(rows),
+                    len(good),
+                    outcomes,
+                    {p: med(f"{p}_ms") for p in PHASES},
+                    med("redirect_ms"),
+                    med("total_ms"),
+                    med("rtt_ms"),
+                    med("server_ms"),
+                    med("path_ms"),
+                    rows[-1]["status"],
                     rows[-1]["cert_not_after"],
                 )  # fmt: skip
             )
@@ -292,13 +302,13 @@ STACK = ("redirect", "dns", "connect", "tls", "send", "wait_network", "server", 
 
 
 def _stack_value(r: sqlite3.Row, key: str) -> float | None:
+    wait, server = r["wait_ms"], r["server_ms"]
     if key == "server":
-        return r["server_ms"] if r["server_ms"] is not None else r["wait_ms"]
+        v = server if server is not None else wait
+        return None if v is None else float(v)
     if key == "wait_network":
-        if r["wait_ms"] is None:
+        if wait is None:
             return None
-        if r["server_ms"] is None:
-            return 0.0
-        return r["wait_ms"] - r["server_ms"]
+        return 0.0 if server is None else float(wait) - float(server)
     v = r[f"{key}_ms"]
     return None if v is None else float(v)

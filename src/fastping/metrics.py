@@ -452,8 +452,8 @@ class MetricsCollector(Collector):
         yield serr
         yield res
         yield from self.collect_engine()
-        for c in self._more:
-            yield from c.collect()
+        for more in self._more:
+            yield from more.collect()
 
     def add_collector(self, c: Collector) -> None:
         """Serve ``c``'s families too (the HTTP checks' ``HttpMetricsCollector``)."""
@@ -928,8 +928,10 @@ class HttpMetricsCollector(Collector):
             n: GaugeMetricFamily(n, d, labels=lab)
             for n, d in (
                 ("probe_success", "Displays whether or not the probe was a success"),
-                ("probe_duration_seconds", "Returns how long the probe took to complete in seconds"),
-                ("probe_dns_lookup_time_seconds", "Returns the time taken for probe dns lookup in seconds"),
+                ("probe_duration_seconds",
+                 "Returns how long the probe took to complete in seconds"),
+                ("probe_dns_lookup_time_seconds",
+                 "Returns the time taken for probe dns lookup in seconds"),
                 ("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6"),
                 ("probe_http_status_code", "Response HTTP status code"),
                 ("probe_http_version", "Returns the version of HTTP of the probe response"),

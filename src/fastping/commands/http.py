@@ -42,17 +42,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", metavar="ADDR", help="connect from this local address")
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    p.add_argument("--first", action="store_true",
-                   help="check only the first address of a name (default: every address)")
+    p.add_argument(
+        "--first",
+        action="store_true",
+        help="check only the first address of a name (default: every address)",
+    )
     p.add_argument("--reuse", action="store_true",
                    help="with -c: keep the connection for the next check")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="connections in flight at most (default 64)")  # fmt: skip
     p.add_argument("-H", "--header", action="append", default=[], metavar="NAME:VALUE")
-    p.add_argument("--no-icmp", dest="icmp", action="store_false",
-                   help="no ICMP echoes: the split uses the TCP connect time as the RTT")
-    p.add_argument("--mode", default="auto", choices=["auto", "raw", "dgram"],
-                   help="ICMP socket mode for --icmp (default auto)")
+    p.add_argument(
+        "--no-icmp",
+        dest="icmp",
+        action="store_false",
+        help="no ICMP echoes: the split uses the TCP connect time as the RTT",
+    )
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "raw", "dgram"],
+        help="ICMP socket mode for --icmp (default auto)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per result line")
 
 
@@ -78,13 +89,23 @@ def _checks(args: argparse.Namespace) -> list[Any]:
         try:
             out.append(
                 HttpCheck(
-                    url, timeout_s=args.timeout, follow_redirects=not args.no_follow,
-                    max_redirects=args.max_redirects, expect_status=tuple(args.status),
-                    body_regex=args.body_regex, json_field=args.json_field,
-                    json_value=json_value, verify_tls=not args.insecure, ca_file=args.ca_file,
-                    server_name=args.server_name, cert_min_days=args.cert_min_days,
-                    source_address=args.source, family=fam, all_addresses=not args.first,
-                    reuse_connection=args.reuse, headers=tuple(headers),
+                    url,
+                    timeout_s=args.timeout,
+                    follow_redirects=not args.no_follow,
+                    max_redirects=args.max_redirects,
+                    expect_status=tuple(args.status),
+                    body_regex=args.body_regex,
+                    json_field=args.json_field,
+                    json_value=json_value,
+                    verify_tls=not args.insecure,
+                    ca_file=args.ca_file,
+                    server_name=args.server_name,
+                    cert_min_days=args.cert_min_days,
+                    source_address=args.source,
+                    family=fam,
+                    all_addresses=not args.first,
+                    reuse_connection=args.reuse,
+                    headers=tuple(headers),
                 )  # fmt: skip
             )
         except ValueError as e:

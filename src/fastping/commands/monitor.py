@@ -183,10 +183,9 @@ def _targets(
     http_only: bool = False,
 ) -> tuple[list[Wanted], int]:
     """The targets to watch (deduplicated, this shard's share) and how many were listed."""
+    from ..config import is_url
     from ..errors import ConfigError
     from ..shard import shard_of
-
-    from ..config import is_url
 
     wanted: list[Wanted] = []
     texts = [t for t in args.targets if not is_url(t)]  # URLs are HTTP checks

@@ -260,7 +260,7 @@ def _print_http(db: str, since: float | None, until: float | None) -> None:
           "server = wait - network RTT)")  # fmt: skip
     head = ("url", "address", "checks", "ok", "dns", "connect", "tls", "wait", "rtt", "server",
             "total", "failures")  # fmt: skip
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
     for u in sums:
         ph = u.phases_ms
         rows.append((
