@@ -93,13 +93,13 @@ def fmt(v: float | None) -> str:
 
 
 async def run_fastping(urls: list[str], ca: str, interval_s: float, duration_s: float,
-                       conc: int) -> dict[str, Any]:  # fmt: skip
+                       conc: int, resolve_cache_s: float) -> dict[str, Any]:  # fmt: skip
     from fastping.http import HttpCheck, HttpRunner, HttpScheduler
 
     checks = [HttpCheck(u, ca_file=ca, interval_s=interval_s, timeout_s=interval_s,
                         family=socket.AF_INET, all_addresses=False) for u in urls]  # fmt: skip
     results: list[Any] = []
-    runner = HttpRunner(max_concurrency=conc)
+    runner = HttpRunner(max_concurrency=conc, resolve_cache_s=resolve_cache_s)
     sched = HttpScheduler(checks, runner, sinks=[results.extend])
     c0, t0 = self_cpu_s(), time.monotonic()
     await sched.run(duration_s)
@@ -219,7 +219,7 @@ async def main(a: argparse.Namespace) -> None:
     assert ng.proc is not None
     ca = str(ng.certs["ca"])
     port = ng.ports["https"]
-    urls = [f"https://localhost:{port}/?u={i}" for i in range(a.urls)]
+    urls = [f"https://{a.host}:{port}/?u={i}" for i in range(a.urls)]
     # every probe's TLS is verified against this CA: check once that it works
     ssl.create_default_context(cafile=ca)
     lines = [f"{a.urls} HTTPS URLs on nginx (workers {a.nginx_workers}), every "
@@ -227,10 +227,13 @@ async def main(a: argparse.Namespace) -> None:
     res: dict[str, dict[str, Any]] = {}
     try:
         order = ["fastping", "blackbox"] if not a.blackbox_first else ["blackbox", "fastping"]
+        if a.only:
+            order = [a.only]
         for who in order:
             n0 = nginx_cpu_s(ng.proc.pid)
             if who == "fastping":
-                r = await run_fastping(urls, ca, a.interval, a.duration, a.concurrency)
+                r = await run_fastping(urls, ca, a.interval, a.duration, a.concurrency,
+                                       a.resolve_cache)
             else:
                 r = await run_blackbox(urls, ca, a.interval, a.duration, d)
             r["nginx_cpu"] = nginx_cpu_s(ng.proc.pid) - n0
@@ -265,4 +268,9 @@ if __name__ == "__main__":
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--nginx-workers", type=int, default=1)
     ap.add_argument("--blackbox-first", action="store_true")
+    ap.add_argument("--host", default="localhost",
+                    help="the URLs' host: localhost (resolved each check) or 127.0.0.1")
+    ap.add_argument("--resolve-cache", type=float, default=5.0,
+                    help="fastping's http.resolve_cache_s (default 5, as monitor; 0: every check)")
+    ap.add_argument("--only", choices=["fastping", "blackbox"], help="run one side only")
     asyncio.run(main(ap.parse_args()))

@@ -298,6 +298,31 @@ def test_a_name_with_several_addresses_gives_one_result_per_address(nginx: Nginx
     assert asked[0] == ("multi.test", 0)
 
 
+def test_resolve_cache_shares_one_resolution_between_checks_of_a_name(nginx: Nginx) -> None:
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int, family: int) -> list[tuple[int, str]]:
+        calls.append(host)
+        await asyncio.sleep(0.01)  # concurrent checks wait for this one answer
+        return [(socket.AF_INET, "127.0.0.1")]
+
+    port = nginx.ports["http"]
+    checks = [HttpCheck(f"http://cached.test:{port}/?i={i}") for i in range(5)]
+
+    async def go(cache_s: float) -> list[HttpResult]:
+        r = HttpRunner(resolver=resolver, resolve_cache_s=cache_s)
+        first = await asyncio.gather(*(r.run(c) for c in checks))
+        again = await r.run(checks[0])
+        await r.close()
+        return [x for rs in first for x in rs] + again
+
+    res = asyncio.run(go(60.0))
+    assert len(calls) == 1 and all(r.outcome is HttpOutcome.OK for r in res)
+    calls.clear()
+    asyncio.run(go(0.0))
+    assert len(calls) == 6
+
+
 def test_a_name_that_does_not_resolve_is_a_result() -> None:
     async def resolver(host: str, port: int, family: int) -> list[tuple[int, str]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

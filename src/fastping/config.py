@@ -179,6 +179,9 @@ class HttpConfig(_Model):
     defaults: HttpDefaults = HttpDefaults()  # frozen, so one shared default is safe
     checks: list[HttpCheckConfig] = Field(default_factory=list)
     max_concurrency: int = Field(default=256, ge=1, le=100_000)
+    # a name's addresses serve every check of that name for this long (0: resolve at
+    # every check); Go's resolver, and so blackbox_exporter, caches /etc/hosts for 5 s
+    resolve_cache_s: Seconds = Field(default=5.0, ge=0, le=86400)
     # ping each checked address too, for the path/server split (off: TCP connect RTT)
     icmp: bool = True
 

@@ -427,9 +427,18 @@ class HttpRunner:
         max_concurrency: int = 256,
         resolver: Resolver | None = None,
         rtt_of: Callable[[str], float | None] | None = None,
+        resolve_cache_s: float = 0.0,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
+        if resolve_cache_s < 0:
+            raise ValueError("resolve_cache_s must be >= 0")
+        # a name's addresses are reused for this long by every check of that name
+        # (0: resolved at every check); concurrent resolutions of one name are one
+        self.resolve_cache_s = resolve_cache_s
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}
+        self._dns_flight: dict[tuple[str, int], asyncio.Future[list[tuple[int, str]]]] = {}
+        self.resolutions = 0
         self.max_concurrency = max_concurrency
         self._sem = asyncio.Semaphore(max_concurrency)
         self._resolver = resolver or system_resolver
@@ -526,11 +535,41 @@ class HttpRunner:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return await _within(self._resolver(host, port, check.family), deadline, "dns")
+            return await _within(self._resolve(host, port, check.family), deadline, "dns")
         fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         if check.family and check.family != fam:
             return []
         return [(fam, str(ip))]
+
+    async def _resolve(self, host: str, port: int, family: int) -> list[tuple[int, str]]:
+        if self.resolve_cache_s <= 0:
+            self.resolutions += 1
+            return await self._resolver(host, port, family)
+        key = (host.lower(), family)
+        now = time.monotonic()
+        hit = self._dns.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        fut = self._dns_flight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._dns_flight[key] = fut
+        try:
+            self.resolutions += 1
+            addrs = await self._resolver(host, port, family)
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()  # retrieved here: no "never retrieved" warning
+            raise
+        finally:
+            self._dns_flight.pop(key, None)
+        self._dns[key] = (now + self.resolve_cache_s, addrs)
+        if len(self._dns) > 100_000:  # bounded: drop the expired
+            self._dns = {k: v for k, v in self._dns.items() if v[0] > now}
+        fut.set_result(addrs)
+        return addrs
 
     def _final(self, check: HttpCheck, r: HttpResult) -> HttpResult:
         self.checks_done += 1

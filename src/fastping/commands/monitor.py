@@ -517,7 +517,8 @@ async def _start_http(
 
     hc = cfg.http
     rtts = _EngineRtts(engine, interval_s, timeout_s, log)
-    runner = HttpRunner(max_concurrency=hc.max_concurrency, rtt_of=rtts if hc.icmp else None)
+    runner = HttpRunner(max_concurrency=hc.max_concurrency, rtt_of=rtts if hc.icmp else None,
+                        resolve_cache_s=hc.resolve_cache_s)  # fmt: skip
     hstore = HttpStore(store.path, retention_s=cfg.store.retention_s,
                        flush_interval_s=max(0.5, cfg.store.flush_interval_s))  # fmt: skip
     await hstore.start()
