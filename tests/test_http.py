@@ -531,6 +531,22 @@ def test_command_line_text_and_json(nginx: Nginx) -> None:
     assert rows[1]["cert_days_left"] < 0
 
 
+@pytest.mark.skipif(not ROOT, reason="needs root for raw ICMP sockets")
+def test_command_line_splits_with_icmp_echoes_of_the_same_addresses(nginx: Nginx) -> None:
+    p = subprocess.run(
+        fastping_cmd("http", "--json", "--mode", "raw", nginx.url("http", host="127.0.0.1"),
+                     nginx.url("http", host="::1")),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert [(r["address"], r["rtt_source"]) for r in rows] == [("127.0.0.1", "icmp"),
+                                                               ("::1", "icmp")]  # fmt: skip
+    for r in rows:
+        assert 0 < r["rtt_ms"] < r["connect_ms"] + 50
+        assert r["server_ms"] == pytest.approx(max(0.0, r["wait_ms"] - r["rtt_ms"]))
+
+
 @pytest.mark.skipif(not ROOT, reason="needs root for the engine's raw ICMP socket")
 def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
     tmp_path: Path, nginx: Nginx

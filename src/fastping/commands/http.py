@@ -2,7 +2,7 @@
 
 Each URL's host is resolved and every address checked (``--first`` for only the
 first); while the checks run, ICMP echoes go to the same addresses (``--icmp``,
-default on; off with ``--no-icmp``) so ``server`` is the wait for the first byte
+default on; off with ``--no-icmp``; sent just before each round) so ``server`` is the wait for the first byte
 minus the network RTT, not minus a guess. Text (one line per address) or ``--json``
 (one object per line). Exit status: 0 when every check is ok, 1 when some failed,
 2 when a name did not resolve.
@@ -173,7 +173,6 @@ async def _main(args: argparse.Namespace) -> int:
     worst = 0
     try:
         for _ in range(args.count):
-            icmp_task = None
             if args.icmp:
                 addrs: list[str] = []
                 for c in checks:
@@ -184,13 +183,11 @@ async def _main(args: argparse.Namespace) -> int:
                     for _fam, a in found[: None if c.all_addresses else 1]:
                         if a not in addrs:
                             addrs.append(a)
-                icmp_task = asyncio.create_task(_icmp_rtts(addrs, args.mode, args.timeout))
-            # the ICMP echoes fly while the checks run (same path, same moment); the
-            # split is made once both are in
-            results = await asyncio.gather(*(runner.run(c) for c in checks))
-            if icmp_task is not None:
+                # just before the checks, not during them: the sweep's thread would
+                # share the CPU with the handshakes and stretch every phase
                 rtts.clear()
-                rtts.update(await icmp_task)
+                rtts.update(await _icmp_rtts(addrs, args.mode, args.timeout))
+            results = await asyncio.gather(*(runner.run(c) for c in checks))
             from ..http import split_server_time
 
             for rs in results:
