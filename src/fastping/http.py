@@ -535,6 +535,9 @@ class HttpRunner:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
+            hit = self._dns.get((host.lower(), check.family))
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]  # no task, no wait_for: a cached answer costs no loop turn
             return await _within(self._resolve(host, port, check.family), deadline, "dns")
         fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         if check.family and check.family != fam:
