@@ -204,3 +204,49 @@ def test_windows_round_trip_and_deltas(tmp_path) -> None:  # type: ignore[no-unt
     junk.write_bytes(b"not a database" * 100)
     with pytest.raises(sqlite3.DatabaseError):
         write_window(str(junk), 0.0, 1.0, a)
+
+
+@needs_root
+def test_a_missed_schedule_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The monitor held up for 0.6 s (SIGSTOP, as a scrape storm or a stalled disk
+    would hold its loop): the probes due meanwhile leave late, and the log and the
+    summary say how many missed their schedule, rather than passing it off as the
+    network's delay."""
+    import signal
+    import time as _time
+
+    p = subprocess.Popen(
+        fastping_cmd(
+            "monitor", "127.9.7.0/28", "--interval", "0.2", "--duration", "3",
+            "--db", str(tmp_path / "s.db"), "--table", "never", "--log-level", "WARNING",
+        ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        _time.sleep(1.5)
+        p.send_signal(signal.SIGSTOP)
+        _time.sleep(0.6)
+        p.send_signal(signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    lat = json.loads(out.strip().splitlines()[-1])["send_lateness"]
+    # 16 targets, each due at least twice in the 0.6 s stop: all left >= 100 ms late
+    assert lat["behind_schedule"] >= 16, lat
+    assert lat["max_us"] >= 400_000, lat
+    warn = [ln for ln in err.splitlines() if "probing behind schedule" in ln]
+    assert warn, err
+    assert "behind_schedule=" in warn[0] or '"behind_schedule"' in warn[0]
+
+
+def test_behind_schedule_counts_whole_buckets() -> None:
+    from fastping.timing import behind_schedule_us
+
+    assert behind_schedule_us(1.0) == 100_000 and behind_schedule_us(0.05) == 25_000
+    lat = hist_of([50, 90_000, 110_000, 150_000, 3_000_000])
+    assert lat.at_least_us(100_000) == 3  # 90 ms is not behind, 110 ms is
+    # a bucket that straddles the limit ([98,304, 106,496) us) is not counted: at least N
+    assert hist_of([100_000]).at_least_us(100_000) == 0
+    assert lat.to_dict(100_000)["behind_schedule"] == 3
+    assert "behind_schedule" not in lat.to_dict()

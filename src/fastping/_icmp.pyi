@@ -147,6 +147,13 @@ class IcmpSocket:
     # -- targets ---------------------------------------------------------
     @property
     def n_slots(self) -> int: ...
+    def memory(self) -> dict[str, Any]:
+        """Bytes held per purpose: addresses, slots (48-byte SlotStats), probes (16
+        bytes per slot and window entry), rare (64-byte records made on a slot's
+        first duplicate, late reply, ICMP error, send error, user-timed reply or RTT
+        of 4.3 s or more), recent (24 bytes per slot, made on the first reply unless
+        only sweep(count=1) runs), timeouts (8 bytes per slot, made by the first
+        set_slot_timeout), address_index, log, events, buffers; per_slot_size."""
     def set_targets(self, addresses: Sequence[str]) -> None:
         """Replace all slots with ``addresses`` (numeric, of this family); resets stats."""
     def clear_targets(self) -> None:
@@ -201,7 +208,8 @@ class IcmpSocket:
         timed_user (replies whose send time is the kernel's TX timestamp / a
         user-space clock read), tx_stamps (TX timestamps applied), tx_unmatched (TX
         timestamps naming no probe in flight), tx_late (stamps read after their
-        probe was settled), rx_user (replies without a kernel RX timestamp)."""
+        probe was settled), rx_user (replies without a kernel RX timestamp),
+        stats_lost (per-slot figures not kept for lack of memory)."""
     def reset_stats(self) -> None:
         """Zero the counters and per-slot stats (and last outcomes); targets, slot
         timeouts and the outcome log stay."""
@@ -259,7 +267,8 @@ class IcmpSocket:
     def slot_last(self, slot: int) -> tuple[int, int, int]:
         """``(last_kind, last_rtt_ns, last_t_ns)``: the kind (EV_*) of the slot's last
         final outcome and when it was known (CLOCK_REALTIME ns), and the RTT of its
-        last reply; ``(-1, 0, 0)`` before the first. Tracked in every log mode."""
+        last reply; ``(-1, 0, 0)`` before the first. Tracked in every log mode; after
+        only sweep(count=1) (which keeps no times) the RTT and time read 0."""
     def set_slot_timeout(self, slot: int, timeout_s: float) -> None:
         """The slot's own timeout (0: none; add_target / remove_target reset it). A
         reply slower than min(timeout_s, this) times its probe out (EV_TIMEOUT) and

@@ -96,6 +96,8 @@ DEF C_EV_SEND_ERROR = 4
 DEF C_EV_DUPLICATE = 5
 DEF C_EV_LATE = 6
 DEF LAST_NONE = 0xFF         # SlotStats.last_kind before a slot's first final outcome
+DEF SF_WIDE = 1              # SlotStats.flags: the slot's RTT range is in its SlotRare
+DEF RTT_NARROW_MAX = 0xFFFFFFFF  # the widest RTT (ns) SlotStats.min_rtt/max_rtt hold
 
 # Outcome-log modes (set_log)
 DEF LOG_OFF = 0              # nothing logged, every event returned
@@ -592,17 +594,47 @@ cdef Py_ssize_t _parse_probes_into(uint32_t[::1] slots, const uint8_t *base, Py_
 
 # ---------------------------------------------------------------- IcmpSocket
 cdef struct SlotStats:
-    uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
+    # what every slot needs on every probe, 48 bytes: the rarely moved counters, RTTs
+    # too wide for 32 bits and ICMP error details are in the slot's SlotRare (made on
+    # its first such event), the engine's last-outcome record and the jitter state in
+    # SlotRecent (a column made only for the sockets that need it): a million-target
+    # sweep keeps 48 + 16 (Probe) + 4 (address) bytes per target
+    uint32_t sent, received, timeouts
     uint32_t next_serial         # jitter is averaged over received - 1 successive pairs
-    uint32_t user_timed          # replies whose send time is a user-space clock read
-    int64_t min_ns, max_ns, sum_ns, last_rtt_ns, jit_sum_ns
+    uint32_t min_rtt, max_rtt    # ns; the slot's SlotRare holds them once one did not fit
+    #                              (flags & SF_WIDE: an RTT of 2**32 ns, 4.3 s, or more)
+    int64_t sum_ns
     double sumsq
-    int64_t last_t_ns            # when the last final outcome was known (CLOCK_REALTIME ns)
-    uint8_t active, last_ttl, err_type, err_code
+    uint32_t rare                # 1 + the index of the slot's SlotRare; 0: none yet
+    uint8_t active, last_ttl
     # kind of the last final outcome (reply, timeout, unreachable, time exceeded, send
     # error), LAST_NONE before the first: quiet mode returns a reply/timeout only when
     # it differs, so the engine sees changes of state without an event per probe
     uint8_t last_kind
+    uint8_t flags                # SF_*
+
+
+cdef struct SlotRare:
+    # what few slots ever need: made on a slot's first duplicate, late reply, ICMP
+    # error, send error, user-timed reply or RTT too wide for SlotStats, and kept with
+    # the slot (zeroed, not freed, when the slot is reset or reused)
+    uint32_t dup, late, unreach, texc, senderr
+    uint32_t user_timed          # replies whose send time is a user-space clock read
+    int64_t min_ns, max_ns       # the RTT range once SF_WIDE is set
+    uint8_t err_type, err_code
+    uint8_t router[16]           # who sent the last ICMP error
+
+
+cdef SlotRare NO_RARE           # all zero: what a slot without a SlotRare reads
+
+
+cdef struct SlotRecent:
+    # the engine's per-slot record of its last outcome, and the jitter state: a column
+    # made on the first reply of a socket that is not sweeping once (sweep(count=1)
+    # reports no jitter and no last outcome, so a million-target sweep does without)
+    int64_t last_rtt_ns
+    int64_t last_t_ns            # when the last final outcome was known (CLOCK_REALTIME ns)
+    int64_t jit_sum_ns
 
 
 cdef struct Probe:
@@ -678,10 +710,13 @@ cdef class IcmpSocket:
     cdef uint8_t *addrs          # n_cap * addr_len
     cdef SlotStats *stats
     cdef Probe *probes           # n_cap * window
-    cdef uint8_t *err_router     # lazily: n_cap * addr_len
-    cdef int64_t *slot_tmo_ns    # n_cap: per-slot timeout (0: none), apart from SlotStats so
-    #                              expire()'s scan reads 8 bytes per slot, not a whole SlotStats
+    cdef SlotRare *rare          # rare_n records, each owned by one slot (SlotStats.rare)
+    cdef uint32_t rare_n, rare_cap
+    cdef SlotRecent *recent      # NULL until needed, then n_cap (see SlotRecent)
+    cdef bint need_recent        # make `recent` on the next reply (False in sweep(count=1))
+    cdef int64_t *slot_tmo_ns    # NULL until a slot gets its own timeout, then n_cap (0: none)
     cdef uint32_t n, n_cap
+    cdef uint32_t n_seen         # slots below it were initialised once (their SlotStats.rare is valid)
     cdef list free_slots
     # address -> slots, built only when an ICMP error quotes too little of a probe to
     # carry its cookie (RFC 792's minimum: IP header + 8 bytes); rebuilt after changes
@@ -724,6 +759,7 @@ cdef class IcmpSocket:
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
     cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent, c_f_seq
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors, c_log_dropped
+    cdef uint64_t c_stats_lost       # per-slot figures not kept: no memory for a SlotRare/SlotRecent
     cdef uint64_t c_tx_stamps, c_tx_unmatched, c_tx_late, c_timed_kernel, c_timed_user, c_rx_user
     cdef int64_t c_outstanding
     cdef int64_t t_send_ns, t_total_ns
@@ -764,6 +800,7 @@ cdef class IcmpSocket:
         self.window = window
         self.addr_len = 4 if family == AF_INET else 16
         self.free_slots = []
+        self.need_recent = True
         self.key = _os.urandom(16)
         self.k0, self.k1 = _key_words(self.key)
         self._alloc_buffers()
@@ -1028,7 +1065,8 @@ cdef class IcmpSocket:
         PyMem_RawFree(self.addrs)
         PyMem_RawFree(self.stats)
         PyMem_RawFree(self.probes)
-        PyMem_RawFree(self.err_router)
+        PyMem_RawFree(self.rare)
+        PyMem_RawFree(self.recent)
         PyMem_RawFree(self.slot_tmo_ns)
         PyMem_RawFree(self.log)
         PyMem_RawFree(self.tx_pkts)
@@ -1090,6 +1128,30 @@ cdef class IcmpSocket:
     def n_slots(self):
         return self.n
 
+    def memory(self):
+        """Bytes held per purpose: addresses, slots (SlotStats), probes (the window
+        of each slot), rare (SlotRare records), recent (SlotRecent column), timeouts
+        (per-slot timeouts), log (outcome log), events, buffers (batch and TX ring);
+        "per_slot_size" gives the record sizes."""
+        cdef size_t n = self.n_cap
+        cdef size_t ring = TX_RING * sizeof(TxRec) if self.txr != NULL else 0
+        return {
+            "addresses": n * self.addr_len,
+            "slots": n * sizeof(SlotStats),
+            "probes": n * self.window * sizeof(Probe),
+            "rare": <size_t>self.rare_cap * sizeof(SlotRare),
+            "recent": n * sizeof(SlotRecent) if self.recent != NULL else 0,
+            "timeouts": n * sizeof(int64_t) if self.slot_tmo_ns != NULL else 0,
+            "address_index": <size_t>self.aidx_cap * sizeof(uint32_t),
+            "log": <size_t>self.log_cap * sizeof(LogRec),
+            "events": <size_t>self.ev_cap * sizeof(Event),
+            "buffers": ring + <size_t>self.batch_size * (
+                ICMP_HDR_LEN + self.payload_size + sizeof(sockaddr_in6) + sizeof(iovec)
+                + sizeof(mmsghdr)),
+            "per_slot_size": {"SlotStats": sizeof(SlotStats), "Probe": sizeof(Probe),
+                              "SlotRare": sizeof(SlotRare), "SlotRecent": sizeof(SlotRecent)},
+        }
+
     cdef int _grow(self, uint32_t need) except -1:
         cdef uint32_t cap = self.n_cap if self.n_cap else 16
         if need <= self.n_cap:
@@ -1108,24 +1170,106 @@ cdef class IcmpSocket:
         if a == NULL:
             raise MemoryError()
         self.probes = <Probe *>a
-        a = PyMem_RawRealloc(self.slot_tmo_ns, <size_t>cap * sizeof(int64_t))
-        if a == NULL:
-            raise MemoryError()
-        self.slot_tmo_ns = <int64_t *>a
-        if self.err_router != NULL:
-            a = PyMem_RawRealloc(self.err_router, <size_t>cap * self.addr_len)
+        if self.slot_tmo_ns != NULL:
+            a = PyMem_RawRealloc(self.slot_tmo_ns, <size_t>cap * sizeof(int64_t))
             if a == NULL:
                 raise MemoryError()
-            self.err_router = <uint8_t *>a
+            self.slot_tmo_ns = <int64_t *>a
+        if self.recent != NULL:
+            a = PyMem_RawRealloc(self.recent, <size_t>cap * sizeof(SlotRecent))
+            if a == NULL:
+                raise MemoryError()
+            self.recent = <SlotRecent *>a
         self.n_cap = cap
         return 0
 
+    cdef SlotRare *_rare(self, uint32_t slot) noexcept nogil:
+        """The slot's SlotRare, made on first use; NULL (counted in stats_lost) when
+        there is no memory for it."""
+        cdef SlotStats *st = &self.stats[slot]
+        cdef uint32_t cap
+        cdef void *a
+        if st.rare:
+            return &self.rare[st.rare - 1]
+        if self.rare_n == self.rare_cap:
+            cap = self.rare_cap * 2 + 256
+            if cap > self.n_cap:
+                cap = self.n_cap if self.n_cap > self.rare_cap else self.rare_cap + 1
+            a = PyMem_RawRealloc(self.rare, <size_t>cap * sizeof(SlotRare))
+            if a == NULL:
+                self.c_stats_lost += 1
+                return NULL
+            self.rare = <SlotRare *>a
+            self.rare_cap = cap
+        memset(&self.rare[self.rare_n], 0, sizeof(SlotRare))
+        self.rare_n += 1
+        st.rare = self.rare_n
+        return &self.rare[st.rare - 1]
+
+    cdef inline void _count_late(self, uint32_t slot) noexcept nogil:
+        cdef SlotRare *rr = self._rare(slot)
+        if rr != NULL:
+            rr.late += 1
+
+    cdef inline const SlotRare *_rare_ro(self, uint32_t slot) noexcept nogil:
+        # for reading: the slot's SlotRare, or an all-zero one
+        cdef uint32_t r = self.stats[slot].rare
+        return &self.rare[r - 1] if r else &NO_RARE
+
+    cdef SlotRecent *_recent(self, uint32_t slot) noexcept nogil:
+        """The slot's SlotRecent, or NULL when the socket keeps none (sweep(count=1)) or
+        there is no memory for the column (counted in stats_lost)."""
+        if self.recent == NULL:
+            if not self.need_recent or self.n_cap == 0:
+                return NULL
+            self.recent = <SlotRecent *>PyMem_RawCalloc(self.n_cap, sizeof(SlotRecent))
+            if self.recent == NULL:
+                self.c_stats_lost += 1
+                return NULL
+        return &self.recent[slot]
+
+    cdef inline void _wide_rtt(self, uint32_t slot, int64_t rtt) noexcept nogil:
+        """Take ``rtt`` into the slot's RTT range when it (or an earlier one) does not
+        fit SlotStats' 32 bits: the range moves to the slot's SlotRare for good."""
+        cdef SlotStats *st = &self.stats[slot]
+        cdef SlotRare *rr = self._rare(slot)
+        if rr == NULL:
+            return
+        if not (st.flags & SF_WIDE):
+            st.flags |= SF_WIDE
+            if st.received == 1:
+                rr.min_ns = rr.max_ns = rtt
+                return
+            rr.min_ns = st.min_rtt
+            rr.max_ns = st.max_rtt
+        if rtt < rr.min_ns:
+            rr.min_ns = rtt
+        if rtt > rr.max_ns:
+            rr.max_ns = rtt
+
+    cdef void _clear_slot(self, uint32_t s) noexcept nogil:
+        # zero the slot's figures; its SlotRare stays its own, zeroed
+        cdef uint32_t r = self.stats[s].rare
+        cdef uint8_t act = self.stats[s].active
+        memset(&self.stats[s], 0, sizeof(SlotStats))
+        self.stats[s].active = act
+        self.stats[s].last_kind = LAST_NONE
+        self.stats[s].rare = r
+        if r:
+            memset(&self.rare[r - 1], 0, sizeof(SlotRare))
+        if self.recent != NULL:
+            memset(&self.recent[s], 0, sizeof(SlotRecent))
+
     cdef void _init_slot(self, uint32_t s) noexcept nogil:
         self.aidx_valid = False
-        memset(&self.stats[s], 0, sizeof(SlotStats))
+        if s >= self.n_seen:
+            # a slot never used before: its memory holds nothing to keep
+            self.stats[s].rare = 0
+            self.n_seen = s + 1
         self.stats[s].active = 1
-        self.stats[s].last_kind = LAST_NONE
-        self.slot_tmo_ns[s] = 0
+        self._clear_slot(s)
+        if self.slot_tmo_ns != NULL:
+            self.slot_tmo_ns[s] = 0
         memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
 
     def clear_targets(self):
@@ -1227,7 +1371,8 @@ cdef class IcmpSocket:
         self.stats[slot].active = 0
         self.aidx_valid = False
         self.stats[slot].last_kind = LAST_NONE
-        self.slot_tmo_ns[slot] = 0
+        if self.slot_tmo_ns != NULL:
+            self.slot_tmo_ns[slot] = 0
         self.free_slots.append(slot)
 
     def slot_address(self, uint32_t slot):
@@ -1243,14 +1388,47 @@ cdef class IcmpSocket:
         timestamp for that probe)."""
         if slot >= self.n:
             raise IndexError(slot)
-        cdef SlotStats *st = &self.stats[slot]
-        router = None
-        if (st.err_type or st.unreach or st.texc) and self.err_router != NULL:
-            router = _ntop(self.family, self.err_router + <size_t>slot * self.addr_len)
-        return (st.sent, st.received, st.dup, st.late, st.timeouts, st.unreach, st.texc,
-                st.senderr, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_sum_ns,
-                st.received - 1 if st.received > 1 else 0, st.last_ttl, st.err_type, st.err_code, router,
-                st.user_timed)
+        cdef SlotRow r
+        self._row(slot, &r)
+        cdef const SlotRare *rr = self._rare_ro(slot)
+        router = _ntop(self.family, r.router) if r.has_router else None
+        # without kernel TX timestamps every reply is timed from user space
+        user_timed = rr.user_timed if self.ts_mode >= TS_KERNEL_ID else r.received
+        return (r.sent, r.received, r.dup, r.late, r.timeouts, r.unreach, r.texc,
+                r.senderr, r.min_ns, r.max_ns, r.sum_ns, r.sumsq, r.jit_sum_ns,
+                r.received - 1 if r.received > 1 and self.recent != NULL else 0, r.ttl,
+                r.err_type, r.err_code, router, user_timed)
+
+    cdef void _row(self, uint32_t s, SlotRow *r) noexcept nogil:
+        # slot s's figures gathered from its columns into one exported row
+        cdef const SlotStats *st = &self.stats[s]
+        cdef const SlotRare *rr = self._rare_ro(s)
+        memset(r, 0, sizeof(SlotRow))
+        r.sent = st.sent
+        r.received = st.received
+        r.timeouts = st.timeouts
+        r.dup = rr.dup
+        r.late = rr.late
+        r.unreach = rr.unreach
+        r.texc = rr.texc
+        r.senderr = rr.senderr
+        if st.flags & SF_WIDE:
+            r.min_ns = rr.min_ns
+            r.max_ns = rr.max_ns
+        else:
+            r.min_ns = st.min_rtt
+            r.max_ns = st.max_rtt
+        r.sum_ns = st.sum_ns
+        if self.recent != NULL:
+            r.jit_sum_ns = self.recent[s].jit_sum_ns
+        r.sumsq = st.sumsq
+        r.ttl = st.last_ttl
+        r.err_type = rr.err_type
+        r.err_code = rr.err_code
+        memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
+        if rr.err_type or rr.unreach or rr.texc:
+            r.has_router = 1
+            memcpy(r.router, rr.router, self.addr_len)
 
     def export_rows(self, uint32_t start, uint32_t count, uint8_t[::1] out):
         """Copy the results of slots [start, start + count) into ``out`` as packed
@@ -1269,35 +1447,11 @@ cdef class IcmpSocket:
         if count == 0:
             return 0
         cdef SlotRow *rows = <SlotRow *>&out[0]
-        cdef SlotStats *st
-        cdef SlotRow *r
         cdef uint32_t s
         with nogil:
-            memset(rows, 0, count * sizeof(SlotRow))
             k = 0
             for s in range(start, end):
-                st = &self.stats[s]
-                r = &rows[k]
-                r.sent = st.sent
-                r.received = st.received
-                r.dup = st.dup
-                r.late = st.late
-                r.timeouts = st.timeouts
-                r.unreach = st.unreach
-                r.texc = st.texc
-                r.senderr = st.senderr
-                r.min_ns = st.min_ns
-                r.max_ns = st.max_ns
-                r.sum_ns = st.sum_ns
-                r.jit_sum_ns = st.jit_sum_ns
-                r.sumsq = st.sumsq
-                r.ttl = st.last_ttl
-                r.err_type = st.err_type
-                r.err_code = st.err_code
-                memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
-                if (st.err_type or st.unreach or st.texc) and self.err_router != NULL:
-                    r.has_router = 1
-                    memcpy(r.router, self.err_router + <size_t>s * self.addr_len, self.addr_len)
+                self._row(s, &rows[k])
                 k += 1
         return count
 
@@ -1328,6 +1482,7 @@ cdef class IcmpSocket:
             "timed_kernel": self.c_timed_kernel, "timed_user": self.c_timed_user,
             "tx_stamps": self.c_tx_stamps, "tx_unmatched": self.c_tx_unmatched,
             "tx_late": self.c_tx_late, "rx_user": self.c_rx_user,
+            "stats_lost": self.c_stats_lost,
         }
 
     def reset_stats(self):
@@ -1340,15 +1495,12 @@ cdef class IcmpSocket:
         self.c_f_seq = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = self.c_log_dropped = 0
+        self.c_stats_lost = 0
         self.c_tx_stamps = self.c_tx_unmatched = self.c_tx_late = 0
         self.c_timed_kernel = self.c_timed_user = self.c_rx_user = 0
         self.t_send_ns = self.t_total_ns = 0
-        cdef uint8_t act
         for s in range(self.n):
-            act = self.stats[s].active
-            memset(&self.stats[s], 0, sizeof(SlotStats))
-            self.stats[s].active = act
-            self.stats[s].last_kind = LAST_NONE
+            self._clear_slot(s)
             memset(&self.probes[<size_t>s * self.window], 0, self.window * sizeof(Probe))
 
     # ------------------------------------------------------------ events
@@ -1411,8 +1563,10 @@ cdef class IcmpSocket:
         keeps its own aggregates and must not fill the log."""
         cdef SlotStats *st = &self.stats[slot]
         cdef bint same = st.last_kind == kind
+        cdef SlotRecent *rc = self._recent(slot)
         st.last_kind = kind
-        st.last_t_ns = t
+        if rc != NULL:
+            rc.last_t_ns = t
         if self.log_mode_ != LOG_OFF and not self.sweeping:
             self._log(slot, kind, serial, rtt, ttl, t)
             if same and self.log_mode_ == LOG_QUIET:
@@ -1450,8 +1604,10 @@ cdef class IcmpSocket:
 
     cdef inline void _set_last(self, uint32_t slot, uint8_t kind, int64_t t) noexcept nogil:
         # final outcomes other than reply/timeout are always returned; only remembered
+        cdef SlotRecent *rc = self._recent(slot)
         self.stats[slot].last_kind = kind
-        self.stats[slot].last_t_ns = t
+        if rc != NULL:
+            rc.last_t_ns = t
 
     cdef int _send_slots(self, const uint32_t *slots, Py_ssize_t count) noexcept nogil:
         """Send one probe to each slot, in batches. Returns 0, or -1 after a fatal errno."""
@@ -1623,8 +1779,10 @@ cdef class IcmpSocket:
         cdef uint32_t s = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN)
         cdef uint32_t serial = rd32(self.tx_pkts + <size_t>k * plen + ICMP_HDR_LEN + 4)
         cdef Probe *pr = &self.probes[<size_t>s * self.window + serial % self.window]
+        cdef SlotRare *rr = self._rare(s)
         pr.state = ST_SENDFAIL
-        self.stats[s].senderr += 1
+        if rr != NULL:
+            rr.senderr += 1
         self.c_senderr += 1
         self._set_last(s, C_EV_SEND_ERROR, now_ns())
         self._event(s, C_EV_SEND_ERROR, serial, 0, -1, 0, 0, NULL, err)
@@ -1863,6 +2021,8 @@ cdef class IcmpSocket:
             return
         cdef Probe *pr = &self.probes[<size_t>slot * self.window + serial % self.window]
         cdef int64_t rtt, tmo, slot_tmo
+        cdef SlotRare *rr
+        cdef SlotRecent *rc
         if (pr.state == ST_OUT and not pr.tx_kernel and pr.serial == serial and
                 self.ts_mode >= TS_KERNEL_ID and not self.eq_rechecked):
             # its TX timestamp may have been queued after the error queue was last read
@@ -1871,12 +2031,14 @@ cdef class IcmpSocket:
             self._drain_errq()
         if pr.serial != serial or pr.state == ST_EMPTY or pr.state == ST_SENDFAIL:
             # its window entry was reused: the probe had timed out long ago
-            st.late += 1
+            self._count_late(slot)
             self.c_late += 1
             self._event(slot, C_EV_LATE, serial, 0, ttl, 0, 0, NULL, 0)
             return
         if pr.state == ST_DONE:
-            st.dup += 1
+            rr = self._rare(slot)
+            if rr != NULL:
+                rr.dup += 1
             self.c_dup += 1
             self._event(slot, C_EV_DUPLICATE, serial, 0, ttl, 0, 0, NULL, 0)
             return
@@ -1885,14 +2047,14 @@ cdef class IcmpSocket:
             rtt = 0
         # the socket's timeout, or the slot's own when shorter (sweep() has its own)
         tmo = self.timeout_ns
-        if not self.sweeping:
+        if not self.sweeping and self.slot_tmo_ns != NULL:
             slot_tmo = self.slot_tmo_ns[slot]
             if slot_tmo > 0 and (tmo <= 0 or slot_tmo < tmo):
                 tmo = slot_tmo
         if pr.state == ST_EXPIRED or (tmo > 0 and rtt > tmo):
             if pr.state == ST_OUT:
                 self._expire_probe(slot, pr, t_rx)
-            st.late += 1
+            self._count_late(slot)
             self.c_late += 1
             self._event(slot, C_EV_LATE, serial, rtt, ttl, 0, 0, NULL, 0)
             return
@@ -1900,11 +2062,14 @@ cdef class IcmpSocket:
             # a valid reply after an ICMP error for the same probe: the host answered,
             # so the reply is the probe's outcome (fping counts it too); the error was
             # returned as an event and stays one, it is no longer counted as final
+            rr = self._rare(slot)       # made by _on_error (or NULL, counted there)
             if pr.state == ST_ERR_TEXC:
-                st.texc -= 1
+                if rr != NULL:
+                    rr.texc -= 1
                 self.c_texc -= 1
             else:
-                st.unreach -= 1
+                if rr != NULL:
+                    rr.unreach -= 1
                 self.c_unreach -= 1
             self.c_outstanding += 1     # taken again just below
         pr.state = ST_DONE
@@ -1915,16 +2080,25 @@ cdef class IcmpSocket:
             self.c_timed_kernel += 1
         else:
             self.c_timed_user += 1
-            st.user_timed += 1
-        if st.received == 1 or rtt < st.min_ns:
-            st.min_ns = rtt
-        if rtt > st.max_ns:
-            st.max_ns = rtt
+            if self.ts_mode >= TS_KERNEL_ID:
+                # only counted per slot where it is the exception (slot_stats)
+                rr = self._rare(slot)
+                if rr != NULL:
+                    rr.user_timed += 1
+        if rtt <= <int64_t>RTT_NARROW_MAX and not (st.flags & SF_WIDE):
+            if st.received == 1 or rtt < st.min_rtt:
+                st.min_rtt = <uint32_t>rtt
+            if rtt > st.max_rtt:
+                st.max_rtt = <uint32_t>rtt
+        else:
+            self._wide_rtt(slot, rtt)
         st.sum_ns += rtt
         st.sumsq += <double>rtt * <double>rtt
-        if st.received > 1:
-            st.jit_sum_ns += rtt - st.last_rtt_ns if rtt > st.last_rtt_ns else st.last_rtt_ns - rtt
-        st.last_rtt_ns = rtt
+        rc = self._recent(slot)
+        if rc != NULL:
+            if st.received > 1:
+                rc.jit_sum_ns += rtt - rc.last_rtt_ns if rtt > rc.last_rtt_ns else rc.last_rtt_ns - rtt
+            rc.last_rtt_ns = rtt
         if ttl >= 0:
             st.last_ttl = <uint8_t>ttl
         self._final(slot, C_EV_REPLY, serial, rtt, ttl, t_rx)
@@ -1945,18 +2119,19 @@ cdef class IcmpSocket:
         # raced the answer, or was forged): _on_reply lets that reply take its place
         pr.state = ST_ERR_TEXC if texc else ST_ERR_UNREACH
         self.c_outstanding -= 1
+        cdef SlotRare *rr = self._rare(slot)
         if texc:
-            st.texc += 1
             self.c_texc += 1
         else:
-            st.unreach += 1
             self.c_unreach += 1
-        st.err_type = itype
-        st.err_code = icode
-        if self.err_router == NULL:
-            self.err_router = <uint8_t *>PyMem_RawMalloc(<size_t>self.n_cap * self.addr_len)
-        if self.err_router != NULL:
-            memcpy(self.err_router + <size_t>slot * self.addr_len, router, self.addr_len)
+        if rr != NULL:
+            if texc:
+                rr.texc += 1
+            else:
+                rr.unreach += 1
+            rr.err_type = itype
+            rr.err_code = icode
+            memcpy(rr.router, router, self.addr_len)
         self._set_last(slot, C_EV_TIME_EXCEEDED if texc else C_EV_UNREACHABLE, t)
         self._event(slot, C_EV_TIME_EXCEEDED if texc else C_EV_UNREACHABLE, serial, 0, -1,
                     itype, icode, router, 0)
@@ -2051,9 +2226,10 @@ cdef class IcmpSocket:
         cdef Probe *pr
         for s in range(self.n):
             lim = limit
-            slot_tmo = self.slot_tmo_ns[s]
-            if slot_tmo > 0 and t - slot_tmo > lim:
-                lim = t - slot_tmo
+            if self.slot_tmo_ns != NULL:
+                slot_tmo = self.slot_tmo_ns[s]
+                if slot_tmo > 0 and t - slot_tmo > lim:
+                    lim = t - slot_tmo
             pr = &self.probes[<size_t>s * self.window]
             for w in range(self.window):
                 if pr[w].state == ST_OUT and pr[w].send_ns <= lim:
@@ -2105,7 +2281,9 @@ cdef class IcmpSocket:
         cdef SlotStats *st = &self.stats[slot]
         if st.last_kind == LAST_NONE:
             return (-1, 0, 0)
-        return (st.last_kind, st.last_rtt_ns, st.last_t_ns)
+        if self.recent == NULL:
+            return (st.last_kind, 0, 0)     # only sweep(count=1) ran: it keeps no times
+        return (st.last_kind, self.recent[slot].last_rtt_ns, self.recent[slot].last_t_ns)
 
     def set_slot_timeout(self, long long slot, double timeout_s):
         """Give ``slot`` its own timeout (0: none). A reply slower than it (or than
@@ -2115,6 +2293,10 @@ cdef class IcmpSocket:
             raise KeyError(f"slot {slot} is not in use")
         if not timeout_s >= 0:      # also refuses NaN
             raise ValueError(f"timeout_s {timeout_s} must be >= 0 seconds (0: none)")
+        if self.slot_tmo_ns == NULL:
+            self.slot_tmo_ns = <int64_t *>PyMem_RawCalloc(self.n_cap, sizeof(int64_t))
+            if self.slot_tmo_ns == NULL:
+                raise MemoryError()
         self.slot_tmo_ns[slot] = <int64_t>(timeout_s * 1e9)
 
     def take_log(self, long long slot=-1):
@@ -2240,9 +2422,12 @@ cdef class IcmpSocket:
             if inflight * 1024 > self.rcvbuf_bytes // 2:
                 self.set_rcvbuf(<int>min(inflight * 1024, 256 * 1024 * 1024))
         self.sweeping = True     # no outcome log / quiet filtering: sweep has its own results
+        # one round: no jitter, and nobody asks for the last outcome's time
+        self.need_recent = count > 1
         with nogil:
             rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
         self.sweeping = False
+        self.need_recent = True
         if rc < 0:
             _raise_oserror("sweep")
         if events:

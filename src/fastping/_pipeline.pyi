@@ -64,6 +64,9 @@ class TargetSet:
         """(kind, count) pairs in host order."""
     def packed(self, family: int) -> bytes:
         """The family's addresses, packed (network order, 4 or 16 bytes each)."""
+    def take_packed(self, family: int) -> PackedAddresses:
+        """Move the family's packed addresses out without a copy (see PackedAddresses);
+        packed() of that family is empty afterwards, counts and runs stay."""
     def release_packed(self) -> None:
         """Free the packed addresses (the sockets have their copy)."""
     def address_strings(self) -> list[str]:
@@ -102,3 +105,11 @@ class Columns:
     def add_rows(self, rows: _Buffer, n: int, family: int) -> None: ...
     def add_missing(self) -> None: ...
     def result(self) -> dict[str, array[Any] | bytes]: ...
+
+
+class PackedAddresses:
+    """Addresses moved out of a TargetSet by take_packed: a read-only buffer of
+    network-order addresses (4 or 16 bytes each), freed with the last view of it."""
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __len__(self) -> int: ...

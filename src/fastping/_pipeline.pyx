@@ -24,6 +24,7 @@ so the two can never disagree.
 """
 
 from cpython.array cimport array, resize_smart
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_RawFree, PyMem_RawRealloc
 from libc.math cimport sqrt
@@ -401,6 +402,18 @@ cdef class TargetSet:
             return b""
         return PyBytes_FromStringAndSize(<char *>b.p, b.n)
 
+    def take_packed(self, int family):
+        """Move the family's packed addresses out, without a copy: a read-only buffer
+        (PackedAddresses) that frees them when the last view of it goes. The set keeps
+        its counts and runs; packed() of that family is empty afterwards."""
+        cdef Buf *b = &self.v4 if family == AF_INET else &self.v6
+        cdef PackedAddresses out = PackedAddresses.__new__(PackedAddresses)
+        out.p = b.p
+        out.n = <Py_ssize_t>b.n
+        b.p = NULL
+        b.n = b.cap = 0
+        return out
+
     def release_packed(self):
         """Free the packed addresses (the sockets have their own copy now)."""
         buf_free(&self.v4)
@@ -424,6 +437,27 @@ cdef class TargetSet:
                     ni += 1
                 h += 1
         return out
+
+
+cdef class PackedAddresses:
+    """Addresses moved out of a TargetSet by take_packed: a read-only buffer of
+    network-order addresses, freed with the last view of it."""
+
+    cdef uint8_t *p
+    cdef Py_ssize_t n
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, <void *>(self.p if self.p != NULL else <uint8_t *>b""),
+                          self.n, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __len__(self):
+        return self.n
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.p)
 
 
 cdef str _ntop4(const uint8_t *a):

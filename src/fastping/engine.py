@@ -94,7 +94,7 @@ from .chunk import RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
-from .timing import SendLateness
+from .timing import SendLateness, behind_schedule_us
 
 _CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
@@ -1762,7 +1762,7 @@ class MonitoringEngine:
                 "mean": round(self._lag_sum_s / self._ticks, 6) if self._ticks else 0.0,
             },
             "interval_factor": self._factor,
-            "send_lateness": self.send_lateness().to_dict(),
+            "send_lateness": self.send_lateness().to_dict(behind_schedule_us(self.interval_s)),
             "network_down": self._net_down,
             "guard": self.guard.stats(),
             "socket": sock_totals,

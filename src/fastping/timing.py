@@ -81,21 +81,31 @@ class SendLateness:
                 return float(min(upper, self.max_ns / 1e3))
         return self.max_ns / 1e3
 
+    def at_least_us(self, us: float) -> int:
+        """Probes that left at least ``us`` microseconds late (buckets whose lower
+        bound is at least ``us``: a bucket that straddles it is not counted, so this
+        undercounts by at most one bucket's share, 12.5% of the bound)."""
+        return sum(c for b, c in zip(BOUNDS_US, self.hist, strict=True) if c and b >= us)
+
     @property
     def mean_us(self) -> float | None:
         return self.sum_ns / self.probes / 1e3 if self.probes else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, behind_us: float | None = None) -> dict[str, Any]:
+        """The counts as a dict; with ``behind_us``, "behind_schedule" is the number of
+        probes that left at least that late (see behind_schedule_us)."""
+
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 1)
 
+        extra = {} if behind_us is None else {"behind_schedule": self.at_least_us(behind_us)}
         return {
             "probes": self.probes,
             "mean_us": r(self.mean_us),
             "p50_us": r(self.quantile_us(0.5)),
             "p99_us": r(self.quantile_us(0.99)),
             "max_us": r(self.max_ns / 1e3) if self.probes else None,
-        }
+        } | extra
 
     def prometheus_buckets(self) -> list[tuple[str, int]]:
         """Cumulative (le in seconds, count) pairs, ending with +Inf."""
@@ -109,6 +119,13 @@ class SendLateness:
             out.append((repr(b / 1e6), cum))
         out.append(("+Inf", self.probes))
         return out
+
+
+def behind_schedule_us(interval_s: float) -> float:
+    """When a probe has missed its schedule: it left 100 ms or more after it was due, or
+    half its interval when that is shorter (the next round is then nearer than this
+    one). Said in the monitor's log and summary, never taken for the network's jitter."""
+    return min(100_000.0, interval_s * 1e6 / 2)
 
 
 def _part(x: SendLateness) -> Part:

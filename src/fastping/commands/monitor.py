@@ -639,6 +639,7 @@ class _TimingRecorder:
         if win.probes == 0:
             return
         factor = max(self.factor_max, self.engine.interval_factor)
+        self.check_schedule(win, t - self.t_last)
         try:
             await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
         except (sqlite3.Error, OSError) as e:
@@ -647,6 +648,26 @@ class _TimingRecorder:
                 self.log.warning("send timing not stored", db=self.db, error=str(e))
             return
         self.last, self.t_last, self.factor_max = now, t, self.engine.interval_factor
+
+
+    def check_schedule(self, win: Any, window_s: float) -> None:
+        """Say so when probes missed their schedule in this window (the event loop was
+        held up: a scrape storm, a slow disk, an overloaded machine): a probe sent late
+        is not the network's delay, and the operator must know the rounds slipped."""
+        from ..timing import behind_schedule_us
+
+        limit_us = behind_schedule_us(self.engine.interval_s)
+        behind = win.at_least_us(limit_us)
+        if behind:
+            self.log.warning(
+                "probing behind schedule",
+                behind_schedule=behind,
+                probes=win.probes,
+                late_by_at_least_ms=round(limit_us / 1e3, 1),
+                window_s=round(window_s, 1),
+                send_late_p99_ms=round((win.quantile_us(0.99) or 0.0) / 1e3, 1),
+                send_late_max_ms=round(win.max_ns / 1e6, 1),
+            )
 
 
 def get_engine_logger() -> Any:
@@ -698,6 +719,7 @@ async def _summaries(engine: MonitoringEngine, log: Any) -> None:
             store_dropped=store.get("dropped"),
             loop_lag_max_s=st["loop_lag_s"]["max"],
             send_late_p99_us=st["send_lateness"]["p99_us"],
+            behind_schedule=st["send_lateness"]["behind_schedule"],
         )
 
 
