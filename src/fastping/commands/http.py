@@ -1,11 +1,11 @@
 """``fastping http URL...``: check URLs once (or -c N times), phase by phase.
 
 Each URL's host is resolved and every address checked (``--first`` for only the
-first); while the checks run, ICMP echoes go to the same addresses (``--icmp``,
-default on; off with ``--no-icmp``; sent just before each round) so ``server`` is the wait for the first byte
-minus the network RTT, not minus a guess. Text (one line per address) or ``--json``
-(one object per line). Exit status: 0 when every check is ok, 1 when some failed,
-2 when a name did not resolve.
+first). Just before each round, three ICMP echoes go to every address (``--no-icmp``
+turns them off), so ``server`` is the wait for the first byte minus the network RTT,
+not minus a guess. Text (one line per address) or ``--json`` (one object per line).
+Exit status: 0 when every check is ok, 1 when some failed, 2 when a name did not
+resolve.
 """
 
 from __future__ import annotations
