@@ -291,7 +291,10 @@ class Nginx:
 class SpecialServer:
     """``mode``: ``slow`` (answers a valid HTTP/1.1 200 after ``delay_s`` from the
     request's end), ``reset`` (RST on every connection: SO_LINGER 0 then close),
-    ``silent`` (accepts, reads, never answers). Listens on 127.0.0.1 and ::1."""
+    ``silent`` (accepts, reads, never answers), ``http10`` (an HTTP/1.0 answer whose
+    body ends at the close), ``cut`` (closes 10 bytes into a 1,000-byte body), ``oneshot`` (like slow, but
+    closes after one answer, keep-alive or not). Listens
+    on 127.0.0.1 and ::1."""
 
     def __init__(self, mode: str, delay_s: float = 0.0) -> None:
         self.mode = mode
@@ -322,6 +325,14 @@ class SpecialServer:
                 if self.mode == "silent":
                     await asyncio.sleep(3600)
                 await asyncio.sleep(self.delay_s)
+                if self.mode == "http10":  # no Content-Length: the body ends at the close
+                    w.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"y" * 5000)
+                    await w.drain()
+                    break
+                if self.mode == "cut":  # promises 1000 bytes, sends 10, closes
+                    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"z" * 10)
+                    await w.drain()
+                    break
                 body = b"slow but fine\n"
                 w.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
@@ -330,8 +341,8 @@ class SpecialServer:
                     + body
                 )
                 await w.drain()
-                if b"connection: close" in head.lower():
-                    break
+                if b"connection: close" in head.lower() or self.mode == "oneshot":
+                    break  # oneshot: closes after one answer though keep-alive was asked
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:

@@ -242,6 +242,17 @@ def test_a_server_that_never_answers_times_out_in_wait(special: Any, host: str) 
     assert r.wait_ms is None and r.connect_ms is not None
 
 
+def test_a_body_that_ends_at_the_close_and_one_cut_short(special: Any) -> None:
+    whole = one(HttpCheck(special("http10").url()))
+    assert (whole.outcome, whole.http_version, whole.body_bytes) == (HttpOutcome.OK, "HTTP/1.0",
+                                                                     5000)  # fmt: skip
+    cut = one(HttpCheck(special("cut").url()))
+    # the head came whole (status known), the body did not: a reset in transfer
+    assert cut.outcome is HttpOutcome.RESET and cut.status == 200
+    assert (cut.error or "").startswith("transfer: ") and "closed" in (cut.error or "")
+    assert cut.transfer_ms is None and cut.wait_ms is not None
+
+
 def test_a_closed_port_is_refused() -> None:
     port = free_port()  # nothing listens there
     res = check(HttpCheck(f"http://127.0.0.1:{port}/"), HttpCheck(f"https://[::1]:{port}/"))
@@ -350,6 +361,23 @@ def test_connection_reuse_is_per_check(special: Any) -> None:
     before = s.connections
     fresh = asyncio.run(go(False))
     assert s.connections - before == 3 and not any(r.reused for r in fresh)
+
+
+def test_a_kept_connection_the_server_closed_is_not_reused(special: Any) -> None:
+    s = special("oneshot")
+
+    async def go() -> list[HttpResult]:
+        r = HttpRunner()
+        c = HttpCheck(s.url(), reuse_connection=True)
+        first = await r.run(c)
+        await asyncio.sleep(0.05)  # the server's FIN arrives
+        out = [*first, *(await r.run(c))]
+        await r.close()
+        return out
+
+    a, b = asyncio.run(go())
+    assert (a.outcome, b.outcome) == (HttpOutcome.OK, HttpOutcome.OK)
+    assert not b.reused and s.connections == 2
 
 
 def test_concurrency_is_bounded(special: Any) -> None:

@@ -297,6 +297,7 @@ class _Conn(asyncio.Protocol):
         self.buf: list[bytes] = []
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False
+        self.fed_eof = False  # h11 was told of the EOF
         self.exc: BaseException | None = None
         self.first_byte_ns = 0
         self.key: tuple[str, int, str, str] | None = None
@@ -326,10 +327,18 @@ class _Conn(asyncio.Protocol):
             w.set_result(None)
 
     async def next_event(self) -> Any:
-        """The next h11 event, reading as needed; raises ConnectionResetError at an
-        EOF h11 does not accept as the end of the message."""
+        """The next h11 event, reading as needed. At EOF h11 decides: a body that
+        runs to the close (HTTP/1.0 style) ends there; anything cut short raises
+        ConnectionResetError (or the socket's own error, e.g. ECONNRESET)."""
         while True:
-            ev = self.h11.next_event()
+            try:
+                ev = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                if self.fed_eof:
+                    if isinstance(self.exc, OSError):
+                        raise self.exc from None
+                    raise ConnectionResetError(f"the server closed the connection: {e}") from None
+                raise
             if ev is not h11.NEED_DATA:
                 return ev
             if not self.buf and not self.eof:
@@ -340,16 +349,13 @@ class _Conn(asyncio.Protocol):
                 data = b"".join(self.buf)
                 self.buf.clear()
                 self.h11.receive_data(data)
-            elif self.eof:
-                if (
-                    self.h11.their_state is h11.SEND_BODY
-                    or self.h11.their_state is h11.IDLE
-                    or self.h11.their_state is h11.SEND_RESPONSE
-                ):
-                    if self.exc is not None and isinstance(self.exc, OSError):
-                        raise self.exc
-                    raise ConnectionResetError("the server closed the connection before answering")
+            elif self.eof and not self.fed_eof:
+                self.fed_eof = True
                 self.h11.receive_data(b"")
+            elif self.eof:
+                if isinstance(self.exc, OSError):
+                    raise self.exc
+                raise ConnectionResetError("the server closed the connection before answering")
 
     def reusable(self) -> bool:
         return (
@@ -614,6 +620,10 @@ class HttpRunner:
         origin = _origin(url)
         while True:
             r = await self._one(check, url, family, address, dns_ms, wall, deadline)
+            if r.reused and r.outcome is HttpOutcome.RESET and r.status is None:
+                # the kept connection had gone stale (the server's keep-alive ended):
+                # once more on a new one, which is what the check is about
+                r = await self._one(check, url, family, address, dns_ms, wall, deadline)
             r.redirects = hops
             r.url = check.url
             r.final_url = url
