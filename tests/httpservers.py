@@ -292,9 +292,9 @@ class SpecialServer:
     """``mode``: ``slow`` (answers a valid HTTP/1.1 200 after ``delay_s`` from the
     request's end), ``reset`` (RST on every connection: SO_LINGER 0 then close),
     ``silent`` (accepts, reads, never answers), ``http10`` (an HTTP/1.0 answer whose
-    body ends at the close), ``cut`` (closes 10 bytes into a 1,000-byte body), ``oneshot`` (like slow, but
-    closes after one answer, keep-alive or not). Listens
-    on 127.0.0.1 and ::1."""
+    body ends at the close), ``cut`` (closes 10 bytes into a 1,000-byte body),
+    ``oneshot`` (like slow, but closes after one answer, keep-alive or not). Listens on
+    127.0.0.1 and ::1."""
 
     def __init__(self, mode: str, delay_s: float = 0.0) -> None:
         self.mode = mode

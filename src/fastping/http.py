@@ -1001,6 +1001,7 @@ class HttpScheduler:
         self._seq = 0
         self.skipped = 0
         self.runs = 0
+        self.errors = 0
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         now = clock()
@@ -1058,12 +1059,20 @@ class HttpScheduler:
         s.running = True
         try:
             res = await self.runner.run(s.check)
+        except Exception as e:  # a bug of ours must not end the checks: said, counted
+            self.errors += 1
+            _log().error("HTTP check failed unexpectedly", url=s.check.url, error=repr(e))
+            return
         finally:
             s.running = False
         s.latest = res
         self.runs += 1
         for sink in self.sinks:
-            sink(res)
+            try:
+                sink(res)
+            except Exception as e:
+                self.errors += 1
+                _log().error("HTTP results sink failed", url=s.check.url, error=repr(e))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -1090,6 +1099,12 @@ class HttpScheduler:
                 # running checks end within their own timeout; wait for them
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self.runner.close()
+
+
+def _log() -> Any:
+    from .logs import get_logger
+
+    return get_logger("fastping.http")
 
 
 def hash_stable(text: str) -> int:
