@@ -650,3 +650,41 @@ def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
     for part in ("connect", "tls", "wait_network", "server", "transfer"):
         assert f'fill="{colours[part]}"' in doc, part
     assert "failed: cert_expired" in doc
+
+
+def test_monitor_with_only_http_checks_reloads_them_on_sighup(tmp_path: Path, nginx: Nginx) -> None:
+    import signal
+
+    db = tmp_path / "r.db"
+    cfg = tmp_path / "f.yaml"
+    a, b, c = (nginx.url("http", f"/?{x}") for x in "abc")
+
+    def write(urls: list[str]) -> None:
+        cfg.write_text(
+            f"http:\n  icmp: false\n  defaults: {{interval_s: 0.3}}\n  checks: {urls!r}\n"
+            f"store: {{path: {db}}}\n"
+        )
+
+    write([a, b])
+    p = subprocess.Popen(
+        fastping_cmd("monitor", "--config", str(cfg), "--duration", "4", "--table", "never"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        time.sleep(1.8)
+        write([a, c])
+        reload_at = time.time()
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "reloaded HTTP checks" in err
+    rows = sqlite3.connect(db).execute("SELECT url, t FROM http_results").fetchall()
+    by = {u: [t for uu, t in rows if uu == u] for u in (a, b, c)}
+    assert by[a] and by[b] and by[c]
+    assert max(by[b]) < reload_at + 0.5  # b stopped at the reload (one may be in flight)
+    assert min(by[c]) > reload_at - 0.1  # c started with it
+    assert json.loads(out.splitlines()[-1])["targets"] == 0  # no ICMP target at all

@@ -1024,6 +1024,18 @@ class HttpScheduler:
         if s is not None:
             s.removed = True  # its heap entry is dropped when it comes up
 
+    def replace(self, checks: Iterable[HttpCheck]) -> tuple[int, int]:
+        """Make the checks these (a reload): new or changed ones added, gone ones
+        removed, unchanged ones keep their schedule. Returns (added, removed)."""
+        want = {c.url: c for c in checks}
+        gone = [u for u, s in self._items.items() if want.get(u) != s.check]
+        for u in gone:
+            self.remove(u)
+        new = [c for u, c in want.items() if u not in self._items]
+        for c in new:
+            self.add(c)
+        return len(new), len(gone)
+
     @property
     def checks(self) -> list[HttpCheck]:
         return [s.check for s in self._items.values()]

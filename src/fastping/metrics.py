@@ -918,6 +918,12 @@ class HttpMetricsCollector(Collector):
             self._counts[ck] = self._counts.get(ck, 0) + 1
         self._latest = latest  # one reference swap: the scrape thread sees a whole dict
 
+    def keep_only(self, urls: Iterable[str]) -> None:
+        """Drop the series of URLs no longer checked (a reload removed them)."""
+        keep = set(urls)
+        self._latest = {k: v for k, v in self._latest.items() if k[0] in keep}
+        self._counts = {k: v for k, v in self._counts.items() if k[0] in keep}
+
     def describe(self) -> Iterator[Metric]:
         return iter(())
 

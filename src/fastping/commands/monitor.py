@@ -392,8 +392,10 @@ async def _main(
     loop = asyncio.get_running_loop()
     current = {t[0]: t for t in targets}
 
+    http_side: dict[str, _HttpSide] = {}
+
     def reload() -> None:
-        _reload(args, engine, current, shard, log)
+        _reload(args, engine, current, shard, log, http_side.get("http"))
 
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload)
@@ -408,6 +410,7 @@ async def _main(
     if http_checks:
         http = await _start_http(cfg, http_checks, engine, store, metrics, log, default_interval,
                                  default_timeout)  # fmt: skip
+        http_side["http"] = http
     try:
         await engine.run(args.duration)
     finally:
@@ -463,8 +466,9 @@ async def _main(
 class _HttpSide:
     """The HTTP checks beside the engine: scheduler task, store table, metrics."""
 
-    def __init__(self, sched: Any, task: Any, hstore: Any, rtts: Any) -> None:
+    def __init__(self, sched: Any, task: Any, hstore: Any, rtts: Any, metrics: Any) -> None:
         self.sched, self.task, self.hstore, self.rtts = sched, task, hstore, rtts
+        self.metrics = metrics  # HttpMetricsCollector or None
 
     async def stop(self) -> None:
         self.sched.request_stop()
@@ -523,6 +527,7 @@ async def _start_http(
                        flush_interval_s=max(0.5, cfg.store.flush_interval_s))  # fmt: skip
     await hstore.start()
     sinks: list[Any] = [hstore.submit]
+    hm = None
     if metrics is not None:
         from ..metrics import HttpMetricsCollector
 
@@ -533,7 +538,7 @@ async def _start_http(
     log.info("HTTP checks", checks=len(checks), max_concurrency=hc.max_concurrency,
              icmp_split=hc.icmp)  # fmt: skip
     task = asyncio.create_task(sched.run(), name="fastping-http")
-    return _HttpSide(sched, task, hstore, rtts)
+    return _HttpSide(sched, task, hstore, rtts, hm)
 
 
 def _reload(
@@ -542,22 +547,38 @@ def _reload(
     current: dict[str, Wanted],
     shard: tuple[int, int] | None,
     log: Any,
+    http: _HttpSide | None = None,
 ) -> None:
     """SIGHUP: read the configuration and target files again and add / remove the
     targets that changed in the running engine (the store, the metrics endpoint and
     every other target go on untouched; a removed target's probes in flight still get
-    their result). A file that does not load leaves everything as it was."""
-    from ..config import FastpingConfig, load_config
+    their result), and the HTTP checks likewise. A file that does not load leaves
+    everything as it was."""
+    from ..config import FastpingConfig, is_url, load_config
     from ..errors import FastpingError
 
     try:
         cfg = load_config(args.config) if args.config else FastpingConfig()
         iv = args.interval if args.interval is not None else cfg.defaults.interval_s
         to = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
-        new, _listed = _targets(args, cfg, shard, iv, to)
+        checks = cfg.http_checks([t for t in args.targets if is_url(t)])
+        if shard is not None:
+            from ..shard import shard_of
+
+            checks = [c for c in checks if shard_of(c.url, shard[1]) == shard[0]]
+        new, _listed = _targets(args, cfg, shard, iv, to, bool(checks))
     except FastpingError as e:
         log.error("reload failed, still watching the previous targets", error=str(e))
         return
+    if http is not None:
+        h_added, h_removed = http.sched.replace(checks)
+        if http.metrics is not None:
+            http.metrics.keep_only(c.url for c in checks)
+        log.info("reloaded HTTP checks", added=h_added, removed=h_removed,
+                 checks=len(http.sched.checks))  # fmt: skip
+    elif checks:
+        log.warning("reload: HTTP checks appear only at start; restart the monitor for them",
+                    checks=len(checks))  # fmt: skip
     wanted = {t[0]: t for t in new}
     removed = [h for h, t in current.items() if wanted.get(h) != t]
     added = [t for h, t in wanted.items() if current.get(h) != t]
