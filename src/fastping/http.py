@@ -44,6 +44,7 @@ import json
 import re
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -183,7 +184,8 @@ class HttpResult:
     timeout_phase: str | None = None
     error: str | None = None
     rtt_ms: float | None = None  # the network RTT used for the split
-    rtt_source: str | None = None  # "icmp" or "tcp" (the connect phase)
+    rtt_source: str | None = None  # "icmp", "tcp" (kernel's SYN RTT), "connect" (the phase)
+    tcp_rtt_ms: float | None = None  # the kernel's RTT of the TCP handshake (TCP_INFO)
     server_ms: float | None = None
     path_ms: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -211,9 +213,16 @@ class HttpResult:
 
 def split_server_time(r: HttpResult, icmp_rtt_ms: float | None) -> HttpResult:
     """Fill ``rtt_ms``, ``rtt_source``, ``server_ms`` and ``path_ms`` (docs/http.md):
-    the ICMP RTT of the same address when given, else the TCP handshake time (a
-    reused connection has none: then no split without ICMP)."""
-    rtt, src = (icmp_rtt_ms, "icmp") if icmp_rtt_ms is not None else (r.connect_ms, "tcp")
+    the ICMP RTT of the same address when given, else the kernel's RTT of the TCP
+    handshake (TCP_INFO), else the connect phase (a reused connection has neither:
+    then no split without ICMP)."""
+    rtt: float | None
+    if icmp_rtt_ms is not None:
+        rtt, src = icmp_rtt_ms, "icmp"
+    elif r.tcp_rtt_ms is not None:
+        rtt, src = r.tcp_rtt_ms, "tcp"
+    else:
+        rtt, src = (None if r.reused else r.connect_ms), "connect"
     if rtt is None or r.wait_ms is None or r.total_ms is None:
         r.rtt_ms, r.rtt_source, r.server_ms, r.path_ms = (
             rtt,
@@ -369,6 +378,29 @@ class _Conn(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+# struct tcp_info (linux/tcp.h): eight u8 fields, then u32 tcpi_rto, ato, snd_mss,
+# rcv_mss, unacked, sacked, lost, retrans, fackets, last_data_sent, last_ack_sent,
+# last_data_recv, last_ack_recv, pmtu, rcv_ssthresh, rtt (us), rttvar, ...
+TCPI_RTT_OFFSET = 68
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def _tcp_rtt_ms(sock: socket.socket) -> float | None:
+    """The kernel's smoothed RTT of a connection just made: after the handshake its
+    one sample is SYN -> SYN-ACK, timed by the kernel, so no event-loop delay of ours
+    is in it (the connect phase has that delay)."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        ti = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(ti) < TCPI_RTT_OFFSET + 4:
+        return None
+    us = int.from_bytes(ti[TCPI_RTT_OFFSET : TCPI_RTT_OFFSET + 4], sys.byteorder)
+    return us / 1000.0 if us else None
 
 
 def _ms(a_ns: int, b_ns: int) -> float:
@@ -745,6 +777,7 @@ class HttpRunner:
                     sock.close()
                     raise
                 r.connect_ms = _ms(t_c, t_connected)
+                r.tcp_rtt_ms = _tcp_rtt_ms(sock)
                 _, proto = await loop.create_connection(lambda: _Conn(loop), sock=sock)
                 conn = proto
                 if https:

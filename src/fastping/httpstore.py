@@ -34,7 +34,7 @@ log = get_logger("fastping.httpstore")
 COLUMNS = (
     "t", "url", "address", "outcome", "status", "http_version", "redirects",
     "dns_ms", "connect_ms", "tls_ms", "send_ms", "wait_ms", "transfer_ms", "redirect_ms",
-    "total_ms", "rtt_ms", "rtt_source", "server_ms", "path_ms", "cert_not_after",
+    "total_ms", "rtt_ms", "rtt_source", "tcp_rtt_ms", "server_ms", "path_ms", "cert_not_after",
     "body_bytes", "source", "reused", "timeout_phase", "error",
 )  # fmt: skip
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS http_results (
     status INTEGER, http_version TEXT, redirects INTEGER NOT NULL DEFAULT 0,
     dns_ms REAL, connect_ms REAL, tls_ms REAL, send_ms REAL, wait_ms REAL,
     transfer_ms REAL, redirect_ms REAL, total_ms REAL, rtt_ms REAL, rtt_source TEXT,
+    tcp_rtt_ms REAL,
     server_ms REAL, path_ms REAL, cert_not_after REAL, body_bytes INTEGER,
     source TEXT, reused INTEGER, timeout_phase TEXT, error TEXT
 );
@@ -55,7 +56,8 @@ def _row(r: HttpResult) -> tuple[Any, ...]:
     return (
         r.ts, r.url, r.address, r.outcome.value, r.status, r.http_version, r.redirects,
         r.dns_ms, r.connect_ms, r.tls_ms, r.send_ms, r.wait_ms, r.transfer_ms, r.redirect_ms,
-        r.total_ms, r.rtt_ms, r.rtt_source, r.server_ms, r.path_ms, r.cert_not_after,
+        r.total_ms, r.rtt_ms, r.rtt_source, r.tcp_rtt_ms, r.server_ms, r.path_ms,
+        r.cert_not_after,
         r.body_bytes, r.source, int(r.reused), r.timeout_phase, r.error,
     )  # fmt: skip
 
