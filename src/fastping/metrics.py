@@ -949,7 +949,7 @@ class HttpMetricsCollector(Collector):
                  "Server time to the first byte: wait minus the network RTT (docs/http.md)"),
                 ("fastping_http_path_seconds", "Total time minus the server time (docs/http.md)"),
                 ("fastping_http_network_rtt_seconds",
-                 "The network RTT the split used (ICMP of the same address, else the TCP handshake's)"),
+                 "The network RTT the split used (ICMP of the address, else the TCP handshake's)"),
             )
         }  # fmt: skip
         phases = GaugeMetricFamily(
