@@ -115,7 +115,12 @@ async def run_fastping(urls: list[str], ca: str, interval_s: float, duration_s: 
     outcomes: dict[str, int] = {}
     for r in results:
         outcomes[r.outcome.value] = outcomes.get(r.outcome.value, 0) + 1
-    return {"checks": len(results), "ok": len(ok), "wall": wall, "cpu": cpu,
+    split = {
+        k: statistics.median(xs) if (xs := [getattr(r, k) for r in ok if getattr(r, k) is not None])
+        else None
+        for k in ("tcp_rtt_ms", "wait_ms", "server_ms", "path_ms")
+    }
+    return {"checks": len(results), "ok": len(ok), "wall": wall, "cpu": cpu, "split": split,
             "phases": phases, "totals": [r.total_ms for r in ok], "outcomes": outcomes,
             "skipped": sched.skipped}  # fmt: skip
 
@@ -253,6 +258,13 @@ async def main(a: argparse.Namespace) -> None:
     lines.append("phases (successful checks):")
     for who, r in res.items():
         lines += summarise(who, r["phases"], r["totals"])
+    if "fastping" in res:
+        sp = res["fastping"]["split"]
+        lines.append(
+            "fastping's split (medians; no ICMP here, so the RTT is the kernel's TCP "
+            f"handshake RTT): rtt {fmt(sp['tcp_rtt_ms'])} ms, wait {fmt(sp['wait_ms'])} ms, "
+            f"server {fmt(sp['server_ms'])} ms, path {fmt(sp['path_ms'])} ms"
+        )
     if "fastping" in res and "blackbox" in res:
         f, b = res["fastping"], res["blackbox"]
         cf, cb = f["cpu"] / max(1, f["checks"]), b["cpu"] / max(1, b["checks"])
