@@ -161,6 +161,19 @@ def test_deep_nesting_is_refused(depth: int) -> None:
         parse_config_text("targets: " + "[" * depth + "]" * depth + "\n", "deep.yaml")
 
 
+def test_brackets_in_quotes_and_comments_are_not_nesting() -> None:
+    """The pre-scan that refuses deep flow nesting before PyYAML's (quadratic) scanner
+    counts no bracket inside quotes or a comment."""
+    many = "[" * (MAX_DEPTH + 5)
+    cfg = parse_config_text(
+        f"targets:  # {many}\n  - host: 127.0.0.1\n    labels: {{a: '{many}', b: \"{many}\"}}\n",
+        "q.yaml",
+    )
+    assert cfg.targets[0].labels == {"a": many, "b": many}
+    with pytest.raises(ConfigError, match="line 2: nested deeper than 64"):
+        parse_config_text("targets:\n  - " + many + "]" * len(many) + "\n", "deep2.yaml")
+
+
 def test_huge_config_is_refused() -> None:
     with pytest.raises(ConfigError, match="too big for a config file"):
         parse_config_text("#" * (17 << 20), "big.yaml")

@@ -32,10 +32,7 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.uio cimport iovec
 from posix.unistd cimport close as c_close
 
-from includes.epoll cimport (
-    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLERR, EPOLLIN, epoll_create1, epoll_ctl, epoll_event,
-    epoll_wait,
-)
+from includes.poll cimport POLLERR, POLLIN, poll, pollfd
 from includes.errqueue cimport (
     ICMP_FILTER, SO_EE_OFFENDER, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, icmp_filter,
     sock_extended_err,
@@ -700,8 +697,7 @@ cdef class IcmpSocket:
     cdef readonly int batch_size
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
-    cdef int fd, epfd
-    cdef bint ep_armed           # fd added to epfd (_arm_epoll)
+    cdef int fd
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -769,7 +765,6 @@ cdef class IcmpSocket:
                   int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000,
                   str timestamps="kernel"):
         self.fd = -1
-        self.epfd = -1
         if family != AF_INET and family != AF_INET6:
             raise ValueError(f"family must be socket.AF_INET or socket.AF_INET6, not {family}")
         if kind not in ("raw", "dgram"):
@@ -947,24 +942,17 @@ cdef class IcmpSocket:
             # Packets queued between socket() and the filters skipped them; none can
             # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
             self._flush_queue()
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            _raise_oserror("epoll_create1")
         return 0
 
-    cdef int _arm_epoll(self) except -1:
-        """Watch the socket with the core's own epoll, on first use (sweep, wait): an
-        engine that waits in its own event loop never does, and every epoll watching
-        the socket costs the kernel a callback per reply and per TX timestamp."""
-        cdef epoll_event ev
-        if self.ep_armed:
-            return 0
-        ev.events = EPOLLIN | EPOLLERR
-        ev.data.fd = self.fd
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
-            _raise_oserror("epoll_ctl")
-        self.ep_armed = True
-        return 0
+    cdef int _poll(self, int timeout_ms) noexcept nogil:
+        """Wait until the socket has something to read (a reply, or on its error queue)
+        or ``timeout_ms`` passes; > 0 when it has. poll(2), so the socket is watched only
+        while someone waits (see includes/poll.pxd)."""
+        cdef pollfd pf
+        pf.fd = self.fd
+        pf.events = POLLIN | POLLERR
+        pf.revents = 0
+        return poll(&pf, 1, timeout_ms)
 
     cdef int _setopt(self, int level, int name, int value, str what) except -1:
         if setsockopt(self.fd, level, name, &value, sizeof(value)) != 0:
@@ -1060,8 +1048,6 @@ cdef class IcmpSocket:
     def __dealloc__(self):
         if self.fd >= 0:
             c_close(self.fd)
-        if self.epfd >= 0:
-            c_close(self.epfd)
         PyMem_RawFree(self.addrs)
         PyMem_RawFree(self.stats)
         PyMem_RawFree(self.probes)
@@ -1089,9 +1075,6 @@ cdef class IcmpSocket:
         if self.fd >= 0:
             c_close(self.fd)
             self.fd = -1
-        if self.epfd >= 0:
-            c_close(self.epfd)
-            self.epfd = -1
 
     @property
     def closed(self):
@@ -1812,7 +1795,8 @@ cdef class IcmpSocket:
             if r <= 0:
                 break
             total += r
-            if max_packets > 0 and total >= max_packets:
+            if r < self.rx.n or (max_packets > 0 and total >= max_packets):
+                # fewer than asked for: the queue was empty (no call just to hear EAGAIN)
                 break
         if not self.raw:
             # ICMP errors that came in meanwhile (a raw socket gets them as packets; its
@@ -1827,6 +1811,8 @@ cdef class IcmpSocket:
             if r <= 0:
                 break
             total += r
+            if r < self.eq.n:
+                break       # the queue was empty
         return total
 
     cdef int _recv_batch(self, RxSet *rs, int extra_flags) noexcept nogil:
@@ -2382,12 +2368,10 @@ cdef class IcmpSocket:
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
         self._check_open()
-        self._arm_epoll()
-        cdef epoll_event ev
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
         with nogil:
-            r = epoll_wait(self.epfd, &ev, 1, ms)
+            r = self._poll(ms)
         return r > 0
 
     # ------------------------------------------------------------ bounded sweep
@@ -2397,7 +2381,6 @@ cdef class IcmpSocket:
         apart, probes paced at ``rate_pps`` (0 = flat out); drain replies interleaved;
         wait up to ``timeout_s`` after the last send. All in C, GIL released."""
         self._check_open()
-        self._arm_epoll()
         if count < 1:
             raise ValueError(f"count {count} must be >= 1")
         if interval_s < 0 or timeout_s <= 0 or rate_pps < 0:
@@ -2445,7 +2428,6 @@ cdef class IcmpSocket:
         cdef double per_probe_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
         cdef int64_t sent_total = 0
         cdef int B = self.batch_size
-        cdef epoll_event ev
         # at low rates send smaller batches so the pace stays smooth (<= ~1 ms a batch)
         chunk = B
         if rate_pps > 0 and rate_pps < B * 1000.0:
@@ -2478,7 +2460,7 @@ cdef class IcmpSocket:
             t = now_ns()
             if t >= deadline:
                 break
-            r = epoll_wait(self.epfd, &ev, 1, <int>((deadline - t) // 1000000) + 1)
+            r = self._poll(<int>((deadline - t) // 1000000) + 1)
             self._drain(0)
         self._drain(0)
         # what is still outstanding has timed out
@@ -2490,12 +2472,11 @@ cdef class IcmpSocket:
     cdef void _wait_until(self, int64_t t_target) noexcept nogil:
         """Drain replies while waiting for t_target (pacing / next round)."""
         cdef int64_t t = now_ns()
-        cdef epoll_event ev
         cdef int ms
         while t < t_target:
             if t_target - t > 1500000:
                 ms = <int>((t_target - t) // 1000000) - 1
-                epoll_wait(self.epfd, &ev, 1, ms if ms > 0 else 1)
+                self._poll(ms if ms > 0 else 1)
             else:
                 _sleep_ns(t_target - t)
             self._drain(0)

@@ -11,6 +11,7 @@ See ``examples/fastping.yaml`` for every key.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,10 @@ PAYLOAD_MAX = 65000  # IcmpSocket's limit
 MAX_CONFIG_BYTES = 16 << 20
 MAX_NODES = 2_000_000  # nodes after alias expansion (10k targets with labels: ~100k)
 MAX_DEPTH = 64
+# brackets outside quotes and comments: PyYAML's scanner takes time quadratic in the
+# depth of flow collections ("[[[[..." 100k deep: seconds), so their depth is checked
+# before it runs
+_FLOW = re.compile(r"""[\[\]{}]|"(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*'|(?:^|(?<=\s))#[^\n]*""", re.M)
 
 
 class Defaults(_Model):
@@ -362,6 +367,7 @@ def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
             f"{source}: {len(text)} characters is too big for a config file (at most "
             f"{MAX_CONFIG_BYTES}); put long target lists in a file for --file"
         )
+    _check_flow_depth(text, source)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _check_shape(node, source)
@@ -378,6 +384,26 @@ def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: bad YAML: {e}") from None
     return parse_config(data, source=source, node=node)
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    """Refuse flow collections ([...], {...}) nested deeper than MAX_DEPTH before the
+    YAML scanner sees them (it is quadratic in that depth)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for m in _FLOW.finditer(text):
+        c = m.group()
+        if c == "[" or c == "{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, m.start()) + 1
+                raise ConfigError(
+                    f"{source}, line {line}: nested deeper than {MAX_DEPTH} levels: not a "
+                    "fastping config"
+                )
+        elif c == "]" or c == "}":
+            depth = max(0, depth - 1)
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
