@@ -692,3 +692,10 @@ def test_monitor_with_only_http_checks_reloads_them_on_sighup(tmp_path: Path, ng
     assert max(by[b]) < reload_at + 0.5  # b stopped at the reload (one may be in flight)
     assert min(by[c]) > reload_at - 0.1  # c started with it
     assert json.loads(out.splitlines()[-1])["targets"] == 0  # no ICMP target at all
+
+
+def test_a_tls_handshake_that_never_comes_times_out_in_tls(special: Any) -> None:
+    s = special("silent")  # accepts and reads the ClientHello, never answers it
+    r = one(HttpCheck(s.url().replace("http://", "https://"), timeout_s=0.5))
+    assert r.outcome is HttpOutcome.TIMEOUT and r.timeout_phase == "tls", (r.outcome, r.error)
+    assert r.connect_ms is not None and r.tls_ms is None

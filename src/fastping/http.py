@@ -785,7 +785,9 @@ class HttpRunner:
                     ctx = self._ssl_context(check.verify_tls, check.ca_file)
                     t_tls = t_connected
                     assert conn.transport is not None  # set by connection_made
-                    left = max(0.001, deadline - time.monotonic())
+                    # asyncio's own handshake timeout a second after ours, so a slow
+                    # handshake is our timeout in "tls", not its ConnectionAbortedError
+                    left = max(0.001, deadline - time.monotonic()) + 1.0
                     tr = await loop.start_tls(
                         conn.transport, conn, ctx, server_hostname=name, ssl_handshake_timeout=left
                     )
