@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
+import functools
 import heapq
 import ipaddress
 import json
@@ -257,6 +258,7 @@ def _der_item(b: bytes, i: int) -> tuple[int, int, int]:
     return tag, i, i + n
 
 
+@functools.lru_cache(maxsize=4096)  # a server shows the same certificate every check
 def cert_not_after(der: bytes) -> float | None:
     """The notAfter of a DER certificate as Unix seconds (None if unreadable)."""
     try:
