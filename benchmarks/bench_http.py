@@ -51,6 +51,12 @@ def self_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def children_cpu_s() -> float:
+    """Reaped children (fastping's worker processes, once they exited)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process and its reaped children (proc(5): fields 14-17)."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -93,17 +99,26 @@ def fmt(v: float | None) -> str:
 
 
 async def run_fastping(urls: list[str], ca: str, interval_s: float, duration_s: float,
-                       conc: int, resolve_cache_s: float) -> dict[str, Any]:  # fmt: skip
+                       conc: int, resolve_cache_s: float,
+                       workers: int = 1) -> dict[str, Any]:  # fmt: skip
     from fastping.http import HttpCheck, HttpRunner, HttpScheduler
 
     checks = [HttpCheck(u, ca_file=ca, interval_s=interval_s, timeout_s=interval_s,
                         family=socket.AF_INET, all_addresses=False) for u in urls]  # fmt: skip
     results: list[Any] = []
-    runner = HttpRunner(max_concurrency=conc, resolve_cache_s=resolve_cache_s)
-    sched = HttpScheduler(checks, runner, sinks=[results.extend])
-    c0, t0 = self_cpu_s(), time.monotonic()
+    sched: Any
+    if workers > 1:
+        from fastping.httpworkers import HttpWorkerPool
+
+        sched = HttpWorkerPool(checks, workers, max_concurrency=conc,
+                               resolve_cache_s=resolve_cache_s, sinks=[results.extend])
+    else:
+        runner = HttpRunner(max_concurrency=conc, resolve_cache_s=resolve_cache_s)
+        sched = HttpScheduler(checks, runner, sinks=[results.extend])
+    c0, k0, t0 = self_cpu_s(), children_cpu_s(), time.monotonic()
     await sched.run(duration_s)
-    wall, cpu = time.monotonic() - t0, self_cpu_s() - c0
+    wall = time.monotonic() - t0
+    cpu = self_cpu_s() - c0 + children_cpu_s() - k0  # the workers' too
     ok = [r for r in results if r.ok]
     phases = {
         "resolve": [r.dns_ms for r in ok],
@@ -227,7 +242,8 @@ async def main(a: argparse.Namespace) -> None:
     urls = [f"https://{a.host}:{port}/?u={i}" for i in range(a.urls)]
     # every probe's TLS is verified against this CA: check once that it works
     ssl.create_default_context(cafile=ca)
-    lines = [f"{a.urls} HTTPS URLs on nginx (workers {a.nginx_workers}), every "
+    lines = [f"{a.urls} HTTPS URLs on nginx (workers {a.nginx_workers}), fastping workers "
+             f"{a.workers}, every "
              f"{a.interval:g} s for {a.duration:g} s; {os.cpu_count()} cores, shared"]  # fmt: skip
     res: dict[str, dict[str, Any]] = {}
     try:
@@ -238,7 +254,7 @@ async def main(a: argparse.Namespace) -> None:
             n0 = nginx_cpu_s(ng.proc.pid)
             if who == "fastping":
                 r = await run_fastping(urls, ca, a.interval, a.duration, a.concurrency,
-                                       a.resolve_cache)
+                                       a.resolve_cache, a.workers)
             else:
                 r = await run_blackbox(urls, ca, a.interval, a.duration, d)
             r["nginx_cpu"] = nginx_cpu_s(ng.proc.pid) - n0
@@ -284,5 +300,7 @@ if __name__ == "__main__":
                     help="the URLs' host: localhost (resolved each check) or 127.0.0.1")
     ap.add_argument("--resolve-cache", type=float, default=5.0,
                     help="fastping's http.resolve_cache_s (default 5, as monitor; 0: every check)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="fastping's http.workers: processes running the checks (default 1)")
     ap.add_argument("--only", choices=["fastping", "blackbox"], help="run one side only")
     asyncio.run(main(ap.parse_args()))

@@ -700,3 +700,28 @@ def test_a_tls_handshake_that_never_comes_times_out_in_tls(special: Any) -> None
     r = one(HttpCheck(s.url().replace("http://", "https://"), timeout_s=0.5))
     assert r.outcome is HttpOutcome.TIMEOUT and r.timeout_phase == "tls", (r.outcome, r.error)
     assert r.connect_ms is not None and r.tls_ms is None
+
+
+def test_worker_processes_run_the_checks_and_the_parent_splits(nginx: Nginx) -> None:
+    from fastping.httpworkers import HttpWorkerPool, check_from_json, check_to_json
+
+    ca = str(nginx.certs["ca"])
+    checks = [
+        HttpCheck(nginx.url("https", f"/?w={i}", host=HOSTS[i % 2]), ca_file=ca, interval_s=0.5,
+                  headers=(("X-Test", "1"),), labels=(("team", "web"),), body=b"")
+        for i in range(8)
+    ]  # fmt: skip
+    assert check_from_json(check_to_json(checks[0])) == checks[0]
+    got: list[HttpResult] = []
+
+    async def go() -> HttpWorkerPool:
+        pool = HttpWorkerPool(checks, 2, sinks=[got.extend], rtt_of=lambda a: 0.01)
+        await pool.run(2.2)
+        return pool
+
+    pool = asyncio.run(go())
+    assert {r.url for r in got} == {c.url for c in checks}
+    assert all(r.outcome is HttpOutcome.OK and r.status == 200 for r in got)
+    assert all(r.rtt_source == "icmp" and r.rtt_ms == 0.01 for r in got)  # the parent's RTT
+    assert got[0].labels == (("team", "web"),) and got[0].cert_not_after == nginx.not_after["good"]
+    assert pool.runs == len(got) >= 24  # 8 checks, every 0.5 s, over 2 s

@@ -184,6 +184,8 @@ class HttpConfig(_Model):
     defaults: HttpDefaults = HttpDefaults()  # frozen, so one shared default is safe
     checks: list[HttpCheckConfig] = Field(default_factory=list)
     max_concurrency: int = Field(default=256, ge=1, le=100_000)
+    # processes running the checks (one event loop each; 1: in the monitor's own loop)
+    workers: int = Field(default=1, ge=1, le=64)
     # a name's addresses serve every check of that name for this long (0: resolve at
     # every check); Go's resolver, and so blackbox_exporter, caches /etc/hosts for 5 s
     resolve_cache_s: Seconds = Field(default=5.0, ge=0, le=86400)

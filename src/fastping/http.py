@@ -1039,7 +1039,8 @@ class HttpScheduler:
         self.skipped = 0
         self.runs = 0
         self.errors = 0
-        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         now = clock()
         for c in checks:
@@ -1051,6 +1052,7 @@ class HttpScheduler:
         self.remove(check.url)
         s = self._items[check.url] = _Sched(check, now + offset)
         self._push(s)
+        self._wake.set()  # a running loop recomputes its next wake-up
 
     def _push(self, s: _Sched) -> None:
         self._seq += 1
@@ -1124,12 +1126,14 @@ class HttpScheduler:
                 _log().error("HTTP results sink failed", url=s.check.url, error=repr(e))
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
 
     async def run(self, duration_s: float | None = None) -> None:
         end = None if duration_s is None else self.clock() + duration_s
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
+                self._wake.clear()  # set by request_stop, and by add() to wake us
                 now = self.clock()
                 if end is not None and now >= end:
                     break
@@ -1142,7 +1146,7 @@ class HttpScheduler:
                 if end is not None:
                     sleep = min(sleep, max(0.0, end - self.clock()))
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), min(sleep, 1.0))
+                    await asyncio.wait_for(self._wake.wait(), min(sleep, 1.0))
         finally:
             if self._tasks:
                 # running checks end within their own timeout; wait for them

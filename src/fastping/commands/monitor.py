@@ -469,6 +469,7 @@ class _HttpSide:
     def __init__(self, sched: Any, task: Any, hstore: Any, rtts: Any, metrics: Any) -> None:
         self.sched, self.task, self.hstore, self.rtts = sched, task, hstore, rtts
         self.metrics = metrics  # HttpMetricsCollector or None
+        self.results = 0
 
     async def stop(self) -> None:
         self.sched.request_stop()
@@ -478,9 +479,13 @@ class _HttpSide:
     def summary(self) -> dict[str, Any]:
         st = self.hstore.stats()
         return {"checks": len(self.sched.checks), "runs": self.sched.runs,
-                "skipped": self.sched.skipped, "results": self.sched.runner.checks_done,
-                "stored": st["written"], "store_dropped": st["dropped"],
+                "skipped": self.sched.skipped, "errors": self.sched.errors,
+                "results": self.results, "stored": st["written"],
+                "store_dropped": st["dropped"],
                 "icmp_addresses": len(self.rtts.added)}  # fmt: skip
+
+    def count(self, rs: list[Any]) -> None:
+        self.results += len(rs)
 
 
 class _EngineRtts:
@@ -534,11 +539,21 @@ async def _start_http(
         hm = HttpMetricsCollector()
         metrics.collector.add_collector(hm)
         sinks.append(hm.observe)
-    sched = HttpScheduler(checks, runner, sinks=sinks)
+    sched: Any
+    if hc.workers > 1:
+        from ..httpworkers import HttpWorkerPool
+
+        sched = HttpWorkerPool(checks, hc.workers, max_concurrency=hc.max_concurrency,
+                               resolve_cache_s=hc.resolve_cache_s, sinks=sinks,
+                               rtt_of=rtts if hc.icmp else None)  # fmt: skip
+    else:
+        sched = HttpScheduler(checks, runner, sinks=sinks)
     log.info("HTTP checks", checks=len(checks), max_concurrency=hc.max_concurrency,
-             icmp_split=hc.icmp)  # fmt: skip
+             workers=hc.workers, icmp_split=hc.icmp)  # fmt: skip
     task = asyncio.create_task(sched.run(), name="fastping-http")
-    return _HttpSide(sched, task, hstore, rtts, hm)
+    side = _HttpSide(sched, task, hstore, rtts, hm)
+    sched.sinks.append(side.count)
+    return side
 
 
 def _reload(
