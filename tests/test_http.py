@@ -6,6 +6,7 @@ one that never answers; IPv4 and IPv6."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sqlite3
@@ -657,7 +658,10 @@ def test_monitor_runs_http_checks_beside_icmp_with_the_split_store_and_metrics(
     assert "failed: cert_expired" in doc
 
 
-def test_monitor_with_only_http_checks_reloads_them_on_sighup(tmp_path: Path, nginx: Nginx) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_monitor_with_only_http_checks_reloads_them_on_sighup(
+    tmp_path: Path, nginx: Nginx, workers: int
+) -> None:
     import signal
 
     db = tmp_path / "r.db"
@@ -666,17 +670,25 @@ def test_monitor_with_only_http_checks_reloads_them_on_sighup(tmp_path: Path, ng
 
     def write(urls: list[str]) -> None:
         cfg.write_text(
-            f"http:\n  icmp: false\n  defaults: {{interval_s: 0.3}}\n  checks: {urls!r}\n"
+            f"http:\n  icmp: false\n  workers: {workers}\n  defaults: {{interval_s: 0.3}}\n"
+            f"  checks: {urls!r}\n"
             f"store: {{path: {db}}}\n"
         )
 
     write([a, b])
     p = subprocess.Popen(
-        fastping_cmd("monitor", "--config", str(cfg), "--duration", "4", "--table", "never"),
+        fastping_cmd("monitor", "--config", str(cfg), "--duration", "7", "--table", "never"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
     )  # fmt: skip
     try:
-        time.sleep(1.8)
+        # reload once both first checks are stored (start-up time varies: workers)
+        deadline = time.monotonic() + 5
+        seen: set[str] = set()
+        while time.monotonic() < deadline and seen != {a, b}:
+            time.sleep(0.2)
+            with contextlib.suppress(sqlite3.Error):
+                q = sqlite3.connect(db).execute("SELECT DISTINCT url FROM http_results")
+                seen = {u for (u,) in q}
         write([a, c])
         reload_at = time.time()
         p.send_signal(signal.SIGHUP)
@@ -689,7 +701,7 @@ def test_monitor_with_only_http_checks_reloads_them_on_sighup(tmp_path: Path, ng
     assert "reloaded HTTP checks" in err
     rows = sqlite3.connect(db).execute("SELECT url, t FROM http_results").fetchall()
     by = {u: [t for uu, t in rows if uu == u] for u in (a, b, c)}
-    assert by[a] and by[b] and by[c]
+    assert by[a] and by[b] and by[c], (err[-2000:], {u: len(v) for u, v in by.items()})
     assert max(by[b]) < reload_at + 0.5  # b stopped at the reload (one may be in flight)
     assert min(by[c]) > reload_at - 0.1  # c started with it
     assert json.loads(out.splitlines()[-1])["targets"] == 0  # no ICMP target at all
