@@ -209,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-concurrency", type=int, default=256)
     ap.add_argument("--resolve-cache", type=float, default=0.0)
     a = ap.parse_args(argv)
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent decides when we stop (EOF on
+    # stdin), so the checks in flight are finished and written, not cut with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_worker(a.max_concurrency, a.resolve_cache))
     return 0
 
