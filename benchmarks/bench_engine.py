@@ -192,11 +192,13 @@ def run_c_reference(n: int, rounds: int) -> dict[str, Any] | None:
 PACED_SOURCE = Path(__file__).with_name("c") / "paced_ref.c"
 
 
-def run_paced_reference(n: int, seconds: float) -> dict[str, Any] | None:
+def run_paced_reference(n: int, seconds: float, tstamp: int = 0) -> dict[str, Any] | None:
     """benchmarks/c/paced_ref.c: the same probes paced as the engine paces them (each
     tick of the engine's default length sends the targets due in it), in C with nothing
     around it. Spread over
-    ticks the kernel's work costs more per probe than in mmsg_ceiling's one burst."""
+    ticks the kernel's work costs more per probe than in mmsg_ceiling's one burst.
+    ``tstamp=1``: with the kernel timestamping fastping does (what the kernel alone
+    charges for timing every probe)."""
     from fastping.engine import DEFAULT_TICK_S
 
     if shutil.which("gcc") is None or os.geteuid() != 0:
@@ -207,7 +209,7 @@ def run_paced_reference(n: int, seconds: float) -> dict[str, Any] | None:
         subprocess.run(["gcc", "-O2", "-o", str(exe), str(PACED_SOURCE)], check=True)
         out = subprocess.run(
             [str(exe), "-n", str(n), "-a", "127.2.0.1", "-i", "1000", "-k", str(tick_ms),
-             "-d", str(seconds)],
+             "-d", str(seconds), "-T", str(tstamp)],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
@@ -258,6 +260,7 @@ def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
     """The cost of kernel TX timestamps: the same engine run with the old batch
     stamp and with kernel stamps, interleaved, in one invocation."""
     rows = []
+    ref_rows: dict[int, list[float]] = {}
     for i in range(pairs):
         for mode in ("batch", "kernel") if i % 2 == 0 else ("kernel", "batch"):
             with tempfile.TemporaryDirectory() as d:
@@ -268,9 +271,25 @@ def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
             row = {k: r[k] for k in keep}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        # the C loop paced the same way, without and with the same kernel timestamping
+        for ts in (0, 1):
+            ref = run_paced_reference(n, min(duration_s, 20.0), ts)
+            if ref is not None:
+                ref_rows.setdefault(ts, []).append(ref["share_of_one_core"])
+                print(json.dumps({"c_paced_ref_tstamp": ts} | ref), flush=True)
+    med: dict[str, float] = {}
     for mode in ("batch", "kernel"):
         sh = sorted(r["cpu_share_steady"] for r in rows if r["timestamps"] == mode)
-        print(f"{mode}: steady CPU share median {sh[len(sh) // 2]:.4f} (runs: {sh})")
+        med[mode] = sh[len(sh) // 2]
+        print(f"{mode}: steady CPU share median {med[mode]:.4f} (runs: {sh})")
+    cost = 100 * (med["kernel"] - med["batch"])
+    print(f"engine: kernel timestamps cost {cost:.2f} points of a core")
+    if len(ref_rows) == 2:
+        c = {ts: sorted(v)[len(v) // 2] for ts, v in ref_rows.items()}
+        print(
+            f"C paced reference: {100 * c[0]:.2f}% -> {100 * c[1]:.2f}% of a core with the same "
+            f"timestamping: the kernel alone charges {100 * (c[1] - c[0]):.2f} points"
+        )
     return 0
 
 

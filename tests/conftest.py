@@ -114,3 +114,20 @@ def netns() -> Iterator[Netns]:
         yield n
     finally:
         n.down()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (CI=true) a skipped test fails the run: there a skip means a missing
+    install step (an apt package, root), not a test that does not apply."""
+    if os.environ.get("CI") != "true":
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = tr.stats.get("skipped", []) if tr is not None else []
+    if skipped:
+        reasons = sorted({str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
+                          for r in skipped})  # fmt: skip
+        sys.stderr.write(
+            f"\nCI=true: {len(skipped)} test(s) skipped, which CI counts as a failure "
+            "(a missing install step in .ci/run?):\n" + "".join(f"  {x}\n" for x in reasons)
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -447,3 +447,40 @@ def test_ping_counts_a_late_duplicate_of_its_last_probe() -> None:
         got, received, dups = in_netns(ns, body)
     assert got == [Outcome.REPLY, Outcome.REPLY, Outcome.DUPLICATE]
     assert (received, dups) == (2, 1)
+
+
+def test_close_from_another_thread_stops_a_sweep_without_pulling_the_fd() -> None:
+    """close() while a paced sweep runs with the GIL released: the sweep stops at its
+    next batch and returns what it has, the socket is closed as it returns; another
+    thread's I/O on the busy socket is refused rather than run beside it."""
+    import threading
+
+    n = 2000
+    s = IcmpSocket(V4)
+    s.append_packed(b"".join(socket.inet_aton(f"127.9.8.{i % 250}") for i in range(n)))
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        t = time.monotonic()
+        s.sweep(count=1, timeout_s=0.5, rate_pps=1000.0)  # 2 s of sending when let be
+        box["took"] = time.monotonic() - t
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.3)
+    try:
+        s.recv()
+        box["recv"] = "ran"
+    except RuntimeError as e:
+        box["recv"] = str(e)
+    s.close()
+    assert not s.closed  # still in use: closed when the sweep returns
+    th.join(10)
+    assert not th.is_alive()
+    assert "in use by another thread" in str(box["recv"])
+    assert float(box["took"]) < 1.5  # type: ignore[arg-type]
+    assert s.closed
+    t = s.totals()
+    assert 100 < t["sent"] < n and t["received"] == t["sent"]
+    with pytest.raises(ValueError, match="closed"):
+        s.send([0])

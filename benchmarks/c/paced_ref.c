@@ -8,7 +8,12 @@
  * ICMP_FILTER, sendmmsg batches of 64, a recvmmsg drain after every batch, an
  * absolute-time sleep between ticks. Replies are counted, not matched.
  *
- * usage: paced_ref [-n N] [-a BASE] [-i INTERVAL_MS] [-k TICK_MS] [-d SECONDS]
+ * -T 1: the same kernel timestamping fastping does (SO_TIMESTAMPING TX+RX software
+ * stamps, OPT_ID|OPT_TSONLY, each packet keyed with SCM_TS_OPT_ID when the kernel takes
+ * it, the error queue drained before the replies after every batch, RX stamps read
+ * from the control messages): what the kernel alone charges for timing every probe.
+ *
+ * usage: paced_ref [-n N] [-a BASE] [-i INTERVAL_MS] [-k TICK_MS] [-d SECONDS] [-T 0|1]
  *   defaults: 10000 targets from 127.2.0.1, 1000 ms interval, 10 ms tick, 10 s
  *   prints: RESULT sent=S replies=R cpu_user_s=U cpu_sys_s=Y wall_s=W
  * Loopback only: BASE must be inside 127.0.0.0/8 (refused otherwise).
@@ -16,7 +21,9 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/errqueue.h>
 #include <linux/icmp.h>
+#include <linux/net_tstamp.h>
 #include <netinet/ip.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,13 +36,38 @@
 
 #define PAYLOAD 56
 #define B 64
+#ifndef SCM_TS_OPT_ID
+#define SCM_TS_OPT_ID 81
+#endif
+#define CTRL 128
 
-static int fd;
-static long replies;
+static int fd, tstamp;
+static long replies, tx_stamps, rx_stamped;
 static struct mmsghdr rmsg[256];
 static struct iovec riov[256];
 static struct sockaddr_in rsrc[256];
 static uint8_t rbuf[256][256];
+static uint8_t rctl[256][CTRL];
+
+static long count_stamps(int r) {
+    long k = 0;
+    for (int i = 0; i < r; i++)
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&rmsg[i].msg_hdr); c; c = CMSG_NXTHDR(&rmsg[i].msg_hdr, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPING) k++;
+    return k;
+}
+
+static int recv_batch(int flags) {
+    for (int i = 0; i < 256; i++) {
+        riov[i].iov_base = rbuf[i];
+        riov[i].iov_len = sizeof rbuf[i];
+        rmsg[i].msg_hdr = (struct msghdr){.msg_name = &rsrc[i], .msg_namelen = sizeof rsrc[i],
+                                          .msg_iov = &riov[i], .msg_iovlen = 1,
+                                          .msg_control = tstamp ? rctl[i] : NULL,
+                                          .msg_controllen = tstamp ? CTRL : 0};
+    }
+    return recvmmsg(fd, rmsg, 256, MSG_DONTWAIT | flags, NULL);
+}
 
 static uint16_t csum(const void *p, int len) {
     const uint16_t *w = p;
@@ -48,16 +80,16 @@ static uint16_t csum(const void *p, int len) {
 }
 
 static void drain(void) {
-    for (;;) {
-        for (int i = 0; i < 256; i++) {
-            riov[i].iov_base = rbuf[i];
-            riov[i].iov_len = sizeof rbuf[i];
-            rmsg[i].msg_hdr = (struct msghdr){.msg_name = &rsrc[i], .msg_namelen = sizeof rsrc[i],
-                                              .msg_iov = &riov[i], .msg_iovlen = 1};
+    int r;
+    if (tstamp)     /* the TX stamps first, as fastping reads them */
+        while ((r = recv_batch(MSG_ERRQUEUE)) > 0) {
+            tx_stamps += count_stamps(r);
+            if (r < 256) break;
         }
-        int r = recvmmsg(fd, rmsg, 256, MSG_DONTWAIT, NULL);
-        if (r <= 0) return;
+    while ((r = recv_batch(0)) > 0) {
         replies += r;
+        if (tstamp) rx_stamped += count_stamps(r);
+        if (r < 256) break;
     }
 }
 
@@ -67,14 +99,15 @@ int main(int argc, char **argv) {
     int n = 10000, interval_ms = 1000, tick_ms = 10, c;
     double duration_s = 10;
     const char *basestr = "127.2.0.1";
-    while ((c = getopt(argc, argv, "n:a:i:k:d:")) != -1) {
+    while ((c = getopt(argc, argv, "n:a:i:k:d:T:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'a': basestr = optarg; break;
         case 'i': interval_ms = atoi(optarg); break;
         case 'k': tick_ms = atoi(optarg); break;
         case 'd': duration_s = atof(optarg); break;
-        default: fprintf(stderr, "usage: paced_ref [-n N] [-a BASE] [-i MS] [-k MS] [-d S]\n"); return 2;
+        case 'T': tstamp = atoi(optarg); break;
+        default: fprintf(stderr, "usage: paced_ref [-n N] [-a BASE] [-i MS] [-k MS] [-d S] [-T 0|1]\n"); return 2;
         }
     }
     struct in_addr a;
@@ -91,6 +124,16 @@ int main(int argc, char **argv) {
     setsockopt(fd, SOL_RAW, ICMP_FILTER, &f, sizeof f);
     int rb = 1 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rb, sizeof rb);
+    if (tstamp) {
+        int fl = SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_RX_SOFTWARE |
+                 SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY;
+        if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &fl, sizeof fl) != 0) {
+            perror("SO_TIMESTAMPING");
+            return 1;
+        }
+    }
+    static uint8_t sctl[B][CMSG_SPACE(sizeof(uint32_t))];
+    uint32_t key = 0;
 
     static uint8_t pkt[B][8 + PAYLOAD];
     static struct sockaddr_in dst[B];
@@ -124,6 +167,16 @@ int main(int argc, char **argv) {
             iov[built] = (struct iovec){.iov_base = p, .iov_len = sizeof pkt[0]};
             msg[built].msg_hdr = (struct msghdr){.msg_name = &dst[built], .msg_namelen = sizeof dst[0],
                                                  .msg_iov = &iov[built], .msg_iovlen = 1};
+            if (tstamp) {   /* the packet's own key for its TX stamp (Linux 6.13+) */
+                struct cmsghdr *cm = (struct cmsghdr *)sctl[built];
+                cm->cmsg_level = SOL_SOCKET;
+                cm->cmsg_type = SCM_TS_OPT_ID;
+                cm->cmsg_len = CMSG_LEN(sizeof key);
+                memcpy(CMSG_DATA(cm), &key, sizeof key);
+                key++;
+                msg[built].msg_hdr.msg_control = sctl[built];
+                msg[built].msg_hdr.msg_controllen = sizeof sctl[built];
+            }
             if (++built == B || i + ticks_per_round >= n) {
                 int off = 0;
                 while (off < built) {
@@ -148,7 +201,8 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &r1);
     struct timespec end;
     clock_gettime(CLOCK_MONOTONIC, &end);
-    printf("RESULT sent=%ld replies=%ld cpu_user_s=%.3f cpu_sys_s=%.3f wall_s=%.3f\n", sent, replies,
+    printf("RESULT tstamp=%d sent=%ld replies=%ld tx_stamps=%ld rx_stamped=%ld cpu_user_s=%.3f "
+           "cpu_sys_s=%.3f wall_s=%.3f\n", tstamp, sent, replies, tx_stamps, rx_stamped,
            tv(r1.ru_utime) - tv(r0.ru_utime), tv(r1.ru_stime) - tv(r0.ru_stime),
            (end.tv_sec - start.tv_sec) + (end.tv_nsec - start.tv_nsec) * 1e-9);
     return 0;

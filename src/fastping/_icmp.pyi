@@ -39,7 +39,11 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+from typing_extensions import disjoint_base
+
 _Buffer = bytes | bytearray | memoryview
+
+PAYLOAD_MAX: Final[int]  # the largest payload_size, bytes
 
 # Event kinds (the ``kind`` field of an event tuple).
 EV_REPLY: Final[int]  # 0  echo reply for an outstanding probe
@@ -104,13 +108,17 @@ def parse_probes(
 ) -> array[int]:
     """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
 
+@disjoint_base
 class IcmpSocket:
     family: int  # socket.AF_INET or socket.AF_INET6
     kind: str  # "raw" or "dgram"
     ident: int  # ICMP identifier (kernel-assigned for dgram sockets)
     payload_size: int
-    def __init__(
-        self,
+    batch_size: int
+    window: int
+    # the constructor is a __cinit__ (tp_new) in the extension, hence __new__ here
+    def __new__(
+        cls,
         family: int = ...,
         *,
         kind: str = "raw",
@@ -127,7 +135,7 @@ class IcmpSocket:
         # SO_TIMESTAMPING), "packet" (one sendmsg and clock read per probe, as fping),
         # "batch" (one clock read per sendmmsg batch: fastest, RTTs include batching)
         timestamps: str = "kernel",
-    ) -> None: ...
+    ) -> IcmpSocket: ...
     @property
     def timestamps(self) -> str:
         """The send-time mode in force: 'kernel', 'kernel-counter' (keyed by the

@@ -698,6 +698,8 @@ cdef class IcmpSocket:
     cdef readonly int window
     cdef readonly bytes key      # the cookie key (tests forge packets with it)
     cdef int fd
+    cdef int busy                # a method is using fd with the GIL released (_enter/_leave)
+    cdef bint closing            # close() came while busy: the loop winds down, _leave closes
     cdef bint raw
     cdef int addr_len            # 4 or 16
     cdef uint64_t k0, k1
@@ -1071,8 +1073,30 @@ cdef class IcmpSocket:
         return self.fd
 
     def close(self):
-        """Close the socket (idempotent)."""
+        """Close the socket (idempotent). From another thread while a sweep, send,
+        recv or wait runs with the GIL released: that call stops at its next batch and
+        the socket is closed as it returns (the fd is never pulled from under it)."""
+        if self.busy:
+            self.closing = True
+            return
         if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+
+    cdef int _enter(self) except -1:
+        # before an operation that uses fd with the GIL released: one at a time
+        self._check_open()
+        if self.closing:
+            raise ValueError("I/O on a closed IcmpSocket")
+        if self.busy:
+            raise RuntimeError("the IcmpSocket is in use by another thread: use one socket "
+                               "from one thread at a time")
+        self.busy = 1
+        return 0
+
+    cdef void _leave(self) noexcept:
+        self.busy = 0
+        if self.closing and self.fd >= 0:
             c_close(self.fd)
             self.fd = -1
 
@@ -2158,17 +2182,20 @@ cdef class IcmpSocket:
         these probes were scheduled: how late each one left is counted in lateness().
         Returns every event seen: send errors, timeouts of probes pushed out of a full
         window, and drained replies."""
-        self._check_open()
         cdef uint32_t[::1] arr = _slots_array(slots)
         cdef Py_ssize_t cnt = arr.shape[0]
-        self.collect = True
-        self.no_drain = not drain
-        self.due_ns = due_ns if due_ns > 0 else 0
-        if cnt:
-            with nogil:
-                self._send_slots(&arr[0], cnt)
-        self.no_drain = False
-        self.due_ns = 0
+        self._enter()
+        try:
+            self.collect = True
+            self.no_drain = not drain
+            self.due_ns = due_ns if due_ns > 0 else 0
+            if cnt:
+                with nogil:
+                    self._send_slots(&arr[0], cnt)
+        finally:
+            self.no_drain = False
+            self.due_ns = 0
+            self._leave()
         return self._take_events()
 
     def lateness(self):
@@ -2186,10 +2213,13 @@ cdef class IcmpSocket:
 
     def recv(self, int max_packets=0):
         """Drain queued packets without blocking (0 = until empty); return events."""
-        self._check_open()
-        self.collect = True
-        with nogil:
-            self._drain(max_packets)
+        self._enter()
+        try:
+            self.collect = True
+            with nogil:
+                self._drain(max_packets)
+        finally:
+            self._leave()
         return self._take_events()
 
     def expire(self, double timeout_s):
@@ -2367,11 +2397,14 @@ cdef class IcmpSocket:
 
     def wait(self, double timeout_s):
         """Block (GIL released) until the socket is readable or ``timeout_s`` passes."""
-        self._check_open()
         cdef int ms = <int>(timeout_s * 1000)
         cdef int r
-        with nogil:
-            r = self._poll(ms)
+        self._enter()
+        try:
+            with nogil:
+                r = self._poll(ms)
+        finally:
+            self._leave()
         return r > 0
 
     # ------------------------------------------------------------ bounded sweep
@@ -2404,13 +2437,17 @@ cdef class IcmpSocket:
             inflight = min(rate_pps * (timeout_s + 0.1), float(self.n) * count)
             if inflight * 1024 > self.rcvbuf_bytes // 2:
                 self.set_rcvbuf(<int>min(inflight * 1024, 256 * 1024 * 1024))
+        self._enter()
         self.sweeping = True     # no outcome log / quiet filtering: sweep has its own results
         # one round: no jitter, and nobody asks for the last outcome's time
         self.need_recent = count > 1
-        with nogil:
-            rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
-        self.sweeping = False
-        self.need_recent = True
+        try:
+            with nogil:
+                rc = self._sweep(sl, ns, count, interval_ns, rate_pps)
+        finally:
+            self.sweeping = False
+            self.need_recent = True
+            self._leave()
         if rc < 0:
             _raise_oserror("sweep")
         if events:
@@ -2435,12 +2472,14 @@ cdef class IcmpSocket:
             if chunk < 1:
                 chunk = 1
         for r in range(count):
+            if self.closing:
+                break               # close() from another thread: stop sending
             round_start = t0 + r * interval_ns
             t = now_ns()
             if t < round_start:
                 self._wait_until(round_start)
             i = 0
-            while i < ns:
+            while i < ns and not self.closing:
                 k = chunk if ns - i > chunk else ns - i
                 if per_probe_ns > 0:
                     self._wait_until(t0 + <int64_t>(sent_total * per_probe_ns))
@@ -2456,7 +2495,7 @@ cdef class IcmpSocket:
         t_send = last_send - t0
         # wait for the stragglers, up to the timeout after the last send
         deadline = last_send + self.timeout_ns
-        while self.c_outstanding > 0:
+        while self.c_outstanding > 0 and not self.closing:
             t = now_ns()
             if t >= deadline:
                 break
@@ -2473,10 +2512,11 @@ cdef class IcmpSocket:
         """Drain replies while waiting for t_target (pacing / next round)."""
         cdef int64_t t = now_ns()
         cdef int ms
-        while t < t_target:
+        while t < t_target and not self.closing:
             if t_target - t > 1500000:
                 ms = <int>((t_target - t) // 1000000) - 1
-                self._poll(ms if ms > 0 else 1)
+                # at most 100 ms at a time: a close() from another thread is seen soon
+                self._poll(1 if ms < 1 else 100 if ms > 100 else ms)
             else:
                 _sleep_ns(t_target - t)
             self._drain(0)

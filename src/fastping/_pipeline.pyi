@@ -10,6 +10,8 @@ from array import array
 from collections.abc import Iterable
 from typing import Any, BinaryIO, Final, Protocol
 
+from typing_extensions import disjoint_base
+
 MAX_LINE: Final[int]
 MAX_ERRORS_KEPT: Final[int]
 GARBAGE_MIN_LINES: Final[int]
@@ -36,6 +38,7 @@ class _Reader(Protocol):
 class _Writer(Protocol):
     def write(self, data: bytes, /) -> Any: ...
 
+@disjoint_base
 class TargetSet:
     """Targets parsed into packed arrays, in the order given. ``runs()``: (kind,
     count) in host order; ``labels``: host index -> the target as typed where it
@@ -72,6 +75,7 @@ class TargetSet:
     def address_strings(self) -> list[str]:
         """Every target as text, in host order."""
 
+@disjoint_base
 class Formatter:
     """Per-target output from core rows (``fmt``: FMT_*, ``select``: SEL_*,
     ``count``: probes per target). Output goes to ``stream.write`` each MiB and
@@ -82,9 +86,10 @@ class Formatter:
     count: int
     alive: int
     rows: int
-    def __init__(
-        self, fmt: int, select: int, count: int, stream: _Writer | None = None
-    ) -> None: ...
+    # a __cinit__ (tp_new) in the extension, hence __new__ here
+    def __new__(
+        cls, fmt: int, select: int, count: int, stream: _Writer | None = None
+    ) -> Formatter: ...
     def write_rows(self, rows: _Buffer, n: int, family: int, label: str | None = None) -> None:
         """Format ``n`` rows; ``label``: the target as typed, for one row whose
         target is not its address."""
@@ -97,19 +102,20 @@ class Formatter:
     def flush(self) -> None:
         """Hand the pending output to the stream."""
 
+@disjoint_base
 class Columns:
     """Core rows as arrays (see SweepResult.columns)."""
 
     n: int
+    arrays: dict[str, array[Any]]
     def __init__(self) -> None: ...
     def add_rows(self, rows: _Buffer, n: int, family: int) -> None: ...
     def add_missing(self) -> None: ...
     def result(self) -> dict[str, array[Any] | bytes]: ...
 
-
+@disjoint_base
 class PackedAddresses:
     """Addresses moved out of a TargetSet by take_packed: a read-only buffer of
     network-order addresses (4 or 16 bytes each), freed with the last view of it."""
 
-    def __buffer__(self, flags: int, /) -> memoryview: ...
     def __len__(self) -> int: ...

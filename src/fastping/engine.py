@@ -1771,13 +1771,3 @@ class MonitoringEngine:
             "store": store_stats,
         }
 
-
-def parse_family(text: str | None) -> int | None:
-    """'4' / '6' / None -> socket family (CLI helper)."""
-    if text in (None, "", "any"):
-        return None
-    if text in ("4", "inet", "ipv4"):
-        return socket.AF_INET
-    if text in ("6", "inet6", "ipv6"):
-        return socket.AF_INET6
-    raise ConfigError(f"family {text!r}: use 4, 6 or any")

@@ -340,15 +340,6 @@ def read_cap_eff(path: str = PROC_STATUS) -> int | None:
     return None
 
 
-def has_cap_net_raw(cap_eff: int | None = None) -> bool:
-    """Whether CAP_NET_RAW is in the effective set (falls back to euid 0)."""
-    if cap_eff is None:
-        cap_eff = read_cap_eff()
-    if cap_eff is None:
-        return os.geteuid() == 0
-    return bool(cap_eff >> CAP_NET_RAW_BIT & 1)
-
-
 def parse_ping_group_range(text: str) -> tuple[int, int]:
     """``"1\\t0\\n"`` -> (1, 0). Raises ValueError on anything else."""
     parts = text.split()

@@ -49,10 +49,6 @@ def shard_of(target: str, count: int) -> int:
     return jump_hash(target_key(target), count)
 
 
-def in_shard(target: str, index: int, count: int) -> bool:
-    return shard_of(target, count) == index
-
-
 def select(targets: Iterable[str], shard: tuple[int, int] | None) -> list[str]:
     """The targets of ``shard`` = ``(index, count)``, in their order (None: all)."""
     if shard is None:

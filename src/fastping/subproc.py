@@ -42,7 +42,6 @@ import math
 import os
 import re
 import socket
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -559,9 +558,3 @@ def hosts_to_sweep_result(hosts: Sequence[HostResult], duration_s: float) -> Swe
     items = list(hosts)
     return SweepResult(len(items), items.__getitem__, totals, duration_s)
 
-
-def timed_subprocess_sweep(targets: Iterable[str | Spec] | str, **kwargs: object) -> SweepResult:
-    """:func:`subprocess_sweep` wrapped as a SweepResult with its duration."""
-    t0 = time.perf_counter()
-    hosts = subprocess_sweep(targets, **kwargs)  # type: ignore[arg-type]
-    return hosts_to_sweep_result(hosts, time.perf_counter() - t0)
