@@ -271,6 +271,7 @@ async def main(a: argparse.Namespace) -> None:
             print(lines[-1], flush=True)
     finally:
         ng.stop()
+        shutil.rmtree(d, ignore_errors=True)
     lines.append("phases (successful checks):")
     for who, r in res.items():
         lines += summarise(who, r["phases"], r["totals"])

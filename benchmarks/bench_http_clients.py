@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import shutil
 import ssl
 import sys
 import tempfile
@@ -146,6 +147,7 @@ async def main(n: int, conc: int) -> None:
             await measure(f"httpx {httpx.__version__} new conn", hx, n, conc)
     finally:
         ng.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
