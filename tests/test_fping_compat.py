@@ -317,9 +317,25 @@ def test_the_targets_are_what_the_matrix_needs(ns: Netns) -> None:
     """The matrix means something only if the namespace targets behave as named:
     checked with Debian's fping itself."""
     r = subprocess.run(
-        ["ip", "netns", "exec", ns.host, "fping", "-C", "1", "-t", "200", "-p", "300",
-         *MIXED, *MIXED6, DUP],
-        capture_output=True, text=True, timeout=30,
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns.host,
+            "fping",
+            "-C",
+            "1",
+            "-t",
+            "200",
+            "-p",
+            "300",
+            *MIXED,
+            *MIXED6,
+            DUP,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     got = {}
     for line in r.stderr.splitlines():
@@ -333,6 +349,8 @@ def test_the_targets_are_what_the_matrix_needs(ns: Netns) -> None:
     assert f"ICMP Host Unreachable from 10.201.0.1 for ICMP Echo sent to {UNREACH}" in r.stderr
     r = subprocess.run(
         ["ip", "netns", "exec", ns.host, "fping", "-C", "1", "-q", DUP],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert f"{DUP} : duplicate for [0]" in r.stderr

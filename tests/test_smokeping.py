@@ -84,7 +84,7 @@ def test_smokeping_fping_probe_writes_rrd(tmp_path: Path) -> None:
     (tmp_path / "cache").mkdir()
     wrapper = tmp_path / "fastping-fping"
     wrapper.write_text(
-        f"#!/bin/sh\nPYTHONPATH={SRC} exec {sys.executable} -m fastping.commands.fping \"$@\"\n"
+        f'#!/bin/sh\nPYTHONPATH={SRC} exec {sys.executable} -m fastping.commands.fping "$@"\n'
     )
     wrapper.chmod(0o755)
     config = tmp_path / "config"

@@ -93,11 +93,111 @@ class TargetConfig(_Model):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
+        if is_url(v):  # an HTTP(S) check with the http: section's settings
+            _check_url(v)
+            return v.strip()
         try:
             parse_target(v)
         except TargetError as e:
             raise ValueError(str(e)) from None
         return v.strip()
+
+
+def is_url(text: str) -> bool:
+    """An ``http://`` / ``https://`` target: an HTTP check, not an ICMP target."""
+    t = text.strip().lower()
+    return t.startswith("http://") or t.startswith("https://")
+
+
+def _check_url(v: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(v.strip())
+        u.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+
+
+class HttpCheckConfig(_Model):
+    """One HTTP(S) check (``fastping.http.HttpCheck``); unset fields take ``http.defaults``."""
+
+    url: str
+    interval_s: Seconds | None = Field(default=None, ge=0.1, le=86400)
+    timeout_s: Seconds | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    method: str | None = None
+    follow_redirects: bool | None = None
+    max_redirects: int | None = Field(default=None, ge=0, le=100)
+    expect_status: list[int] | None = None
+    body_regex: str | None = None
+    json_field: str | None = None
+    json_value: Any = None
+    verify_tls: bool | None = None
+    ca_file: str | None = None
+    server_name: str | None = None
+    cert_min_days: float | None = Field(default=None, ge=0)
+    source_address: str | None = None
+    family: Literal[0, 4, 6] | None = None
+    all_addresses: bool | None = None
+    reuse_connection: bool | None = None
+    headers: dict[str, str] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        _check_url(v)
+        return v.strip()
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+
+class HttpDefaults(_Model):
+    """Settings for HTTP checks that do not set their own (a check's keys)."""
+
+    interval_s: Seconds = Field(default=60.0, ge=0.1, le=86400)
+    timeout_s: Seconds = Field(default=10.0, gt=0, le=MAX_TIMEOUT_S)
+    follow_redirects: bool = True
+    max_redirects: int = Field(default=10, ge=0, le=100)
+    verify_tls: bool = True
+    ca_file: str | None = None
+    cert_min_days: float = Field(default=0.0, ge=0)
+    all_addresses: bool = True
+    reuse_connection: bool = False
+
+
+class HttpConfig(_Model):
+    """The ``http:`` section: checks beside the ICMP engine."""
+
+    defaults: HttpDefaults = HttpDefaults()  # frozen, so one shared default is safe
+    checks: list[HttpCheckConfig] = Field(default_factory=list)
+    max_concurrency: int = Field(default=256, ge=1, le=100_000)
+    # processes running the checks (one event loop each; 1: in the monitor's own loop)
+    workers: int = Field(default=1, ge=1, le=64)
+    # a name's addresses serve every check of that name for this long (0: resolve at
+    # every check); Go's resolver, and so blackbox_exporter, caches /etc/hosts for 5 s
+    resolve_cache_s: Seconds = Field(default=5.0, ge=0, le=86400)
+    # ping each checked address too, for the path/server split (off: TCP connect RTT)
+    icmp: bool = True
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _url_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"url": t} if isinstance(t, str) else t for t in v]
+        return v
 
 
 class StoreConfig(_Model):
@@ -191,6 +291,7 @@ class FastpingConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()  # frozen, so one shared default is safe
     remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
+    http: HttpConfig = HttpConfig()  # frozen, so one shared default is safe
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -220,6 +321,59 @@ class FastpingConfig(_Model):
             d.timeout_s if t.timeout_s is None else t.timeout_s,
             d.payload_size if t.payload_size is None else t.payload_size,
         )
+
+    def http_checks(self, extra_urls: Sequence[str] = ()) -> list[Any]:
+        """Every HTTP check: ``http.checks``, the ``http(s)://`` entries of ``targets``
+        and ``extra_urls`` (the command line), as ``fastping.http.HttpCheck``, each URL
+        once (the first entry wins), defaults filled in."""
+        import socket
+
+        from .http import HttpCheck
+
+        d = self.http.defaults
+        entries: list[HttpCheckConfig] = list(self.http.checks)
+        for t in self.targets:
+            if is_url(t.host):
+                iv = t.interval_s if t.interval_s is not None else None
+                entries.append(HttpCheckConfig(url=t.host, interval_s=iv, timeout_s=t.timeout_s,
+                                               labels=dict(t.labels)))  # fmt: skip
+        entries += [HttpCheckConfig(url=u) for u in extra_urls]
+        out: list[HttpCheck] = []
+        seen: set[str] = set()
+        fam = {0: 0, 4: socket.AF_INET, 6: socket.AF_INET6}
+        for e in entries:
+            if e.url in seen:
+                continue
+            seen.add(e.url)
+
+            def pick(v: Any, default: Any) -> Any:
+                return default if v is None else v
+
+            out.append(
+                HttpCheck(
+                    e.url,
+                    method=pick(e.method, "GET"),
+                    timeout_s=pick(e.timeout_s, d.timeout_s),
+                    interval_s=pick(e.interval_s, d.interval_s),
+                    follow_redirects=pick(e.follow_redirects, d.follow_redirects),
+                    max_redirects=pick(e.max_redirects, d.max_redirects),
+                    expect_status=tuple(e.expect_status or ()),
+                    body_regex=e.body_regex,
+                    json_field=e.json_field,
+                    json_value=e.json_value,
+                    verify_tls=pick(e.verify_tls, d.verify_tls),
+                    ca_file=pick(e.ca_file, d.ca_file),
+                    server_name=e.server_name,
+                    cert_min_days=pick(e.cert_min_days, d.cert_min_days),
+                    source_address=e.source_address,
+                    family=fam[pick(e.family, 0)],
+                    all_addresses=pick(e.all_addresses, d.all_addresses),
+                    reuse_connection=pick(e.reuse_connection, d.reuse_connection),
+                    headers=tuple((e.headers or {}).items()),
+                    labels=tuple(sorted(e.labels.items())),
+                )
+            )
+        return out
 
     @property
     def shard_index(self) -> tuple[int, int] | None:
@@ -527,6 +681,9 @@ def _allowed_keys(loc: Sequence[int | str]) -> list[str]:
 __all__ = [
     "Defaults",
     "FastpingConfig",
+    "HttpCheckConfig",
+    "HttpConfig",
+    "HttpDefaults",
     "LoggingConfig",
     "MetricsConfig",
     "ResourcesConfig",

@@ -232,6 +232,164 @@ def chart_svg(
     return "\n".join(out)
 
 
+# the stacked parts of an HTTP check (httpstore.STACK), bottom to top, and their colours
+HTTP_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("redirect", "#bdbdbd", "earlier redirects"),
+    ("dns", "#8dd3c7", "dns"),
+    ("connect", "#80b1d3", "connect"),
+    ("tls", "#bebada", "tls"),
+    ("send", "#fdb462", "send"),
+    ("wait_network", "#b3de69", "wait: network RTT"),
+    ("server", "#fb8072", "wait: server"),
+    ("transfer", "#fccde5", "transfer"),
+)
+
+
+def http_chart_svg(
+    series: Sequence[dict[str, Any]], t0: float, t1: float, bucket_s: float, title: str = ""
+) -> str:
+    """One URL's checks over time as stacked bars: per bucket, the median of each part
+    (``HttpStore.series``), so the bar's height is about the median total and the red
+    part is the server's own time. Buckets where a check failed get a red tick under
+    the plot."""
+    w = WIDTH - LEFT - RIGHT
+    x_of = (lambda t: LEFT + (t - t0) / (t1 - t0) * w) if t1 > t0 else (lambda t: LEFT)
+    totals = sorted(sum(v for v in p["parts"].values() if v) for p in series)
+    top = totals[min(len(totals) - 1, int(len(totals) * 0.98))] if totals else 0.0
+    ymax = _nice_ceiling(top * 1.1)
+
+    def y_of(ms: float) -> float:
+        return TOP + PLOT_H - min(ms, ymax) / ymax * PLOT_H
+
+    out: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{PLOT_H}" fill="#fcfcfc" '
+        'stroke="#999" stroke-width="0.5"/>',
+    ]
+    for i in range(6):
+        v = ymax * i / 5
+        y = y_of(v)
+        out.append(
+            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+        )
+        out.append(
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
+        )
+    out.append(
+        f'<text x="14" y="{TOP + PLOT_H / 2:.0f}" class="ax" text-anchor="middle" '
+        f'transform="rotate(-90 14 {TOP + PLOT_H / 2:.0f})">time (ms)</text>'
+    )
+    ticks, fmt = _time_ticks(t0, t1)
+    base = TOP + PLOT_H + STRIP_H + 4
+    for t in ticks:
+        x = x_of(t)
+        label = time.strftime(fmt, time.gmtime(t))
+        out.append(
+            f'<text x="{x:.1f}" y="{base + 12}" text-anchor="middle" class="ax">{label}</text>'
+        )
+    out.append(
+        f'<text x="{LEFT + w}" y="{base + 28}" text-anchor="end" class="ax">'
+        f"time (UTC), {int(bucket_s)} s per bar, medians of each part</text>"
+    )
+    strip_y = TOP + PLOT_H + 2
+    for p in series:
+        t = float(p["time"])
+        x0 = x_of(max(t, t0))
+        width = max(min(x_of(t + bucket_s), LEFT + w) - x0 - 0.3, 0.6)
+        acc = 0.0
+        tip = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))} UTC, "
+               f"{p['ok']}/{p['checks']} ok"]  # fmt: skip
+        for key, colour, label in HTTP_PARTS:
+            v = p["parts"].get(key)
+            if not v:
+                continue
+            y_hi, y_lo = y_of(acc + v), y_of(acc)
+            acc += v
+            tip.append(f"{label} {_fmt_ms(v)} ms")
+            if y_lo - y_hi >= 0.05:
+                out.append(
+                    f'<rect x="{x0:.1f}" y="{y_hi:.2f}" width="{width:.2f}" '
+                    f'height="{y_lo - y_hi:.2f}" fill="{colour}"/>'
+                )
+        if p["failed"]:
+            tip.append("failed: " + ", ".join(p["failed"]))
+            share = 1 - p["ok"] / p["checks"]
+            h = max(share * STRIP_H, 1.5)
+            out.append(
+                f'<rect x="{x0:.1f}" y="{strip_y + STRIP_H - h:.1f}" width="{width:.2f}" '
+                f'height="{h:.1f}" fill="#d42020"/>'
+            )
+        out.append(
+            f'<rect x="{x0:.1f}" y="{TOP}" width="{width:.2f}" height="{PLOT_H + STRIP_H + 2}" '
+            f'fill="transparent"><title>{html.escape(chr(10).join(tip))}</title></rect>'
+        )
+    out.append(
+        f'<rect x="{LEFT}" y="{strip_y}" width="{w}" height="{STRIP_H}" fill="none" '
+        'stroke="#bbb" stroke-width="0.5"/>'
+    )
+    out.append(
+        f'<text x="{LEFT - 6}" y="{strip_y + 11}" text-anchor="end" class="ax">failed</text>'
+    )
+    if not series:
+        out.append(
+            f'<text x="{LEFT + w / 2}" y="{TOP + PLOT_H / 2}" text-anchor="middle" '
+            'class="ax">no checks in this window</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def http_section(
+    summaries: Sequence[Any],
+    charts: Sequence[tuple[Any, Sequence[dict[str, Any]], float]],
+    since: float,
+    until: float,
+) -> str:
+    """The HTTP part of the page: a table per URL and address, then a stacked phase
+    chart for each (``summaries``: ``HttpStore.summaries()``)."""
+    esc = html.escape
+    if not summaries:
+        return ""
+    rows = []
+    for s in summaries:
+        ph = s.phases_ms
+        bad = ", ".join(f"{k} {n}" for k, n in sorted(s.outcomes.items()) if k != "ok")
+        rows.append(
+            f"<tr><td>{esc(s.url)}</td><td>{esc(str(s.address))}</td><td>{s.checks}</td>"
+            f"<td>{s.ok}</td>"
+            + "".join(f"<td>{_fmt_ms(ph.get(k))}</td>" for k in ("dns", "connect", "tls", "wait"))
+            + f"<td>{_fmt_ms(s.rtt_ms)}</td><td>{_fmt_ms(s.server_ms)}</td>"
+            f"<td>{_fmt_ms(s.total_ms)}</td><td>{esc(bad)}</td></tr>"
+        )
+    legend = (
+        "".join(
+            f'<span><b style="background:{c}"></b>{esc(lbl)}</span>' for _, c, lbl in HTTP_PARTS
+        )
+        + '<span><b style="background:#d42020"></b>failed checks</span>'
+    )
+    sections = []
+    for s, series, bucket_s in charts:
+        sections.append(
+            f"<h2>{esc(s.url)} [{esc(str(s.address))}]</h2>"
+            f'<p class="stats">{s.ok}/{s.checks} ok · median total {_fmt_ms(s.total_ms)} ms · '
+            f"server {_fmt_ms(s.server_ms)} ms · network RTT {_fmt_ms(s.rtt_ms)} ms</p>"
+            + http_chart_svg(series, since, until, bucket_s, title=f"phases of {s.url}")
+        )
+    return (
+        "<h1>HTTP checks</h1>"
+        '<p class="meta">medians over successful checks; server = wait for the first byte '
+        "minus the network RTT of the same address (docs/http.md)</p>"
+        "<table><tr><th>url</th><th>address</th><th>checks</th><th>ok</th><th>dns</th>"
+        "<th>connect</th><th>tls</th><th>wait</th><th>rtt</th><th>server</th>"
+        "<th>total (ms)</th><th>failures</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + f'<p class="legend">{legend}</p>'
+        + "".join(sections)
+    )
+
+
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:24px;
 max-width:1000px}
@@ -286,11 +444,13 @@ def render_report(
     left_out: int = 0,
     outages: Sequence[Any] = (),
     incidents: Sequence[Any] = (),
+    extra_html: str = "",
 ) -> str:
     """The whole page: a summary table of ``stats`` and one chart per
     (stats, series, bucket_s). Stats from a shared store carry ``agent``: the table
     gets an agent column, and the charts of one target by several agents (adjacent
-    in ``charts``) are drawn side by side."""
+    in ``charts``) are drawn side by side; ``extra_html`` (the HTTP checks' section)
+    at the end."""
     esc = html.escape
     agents = any("agent" in s for s in stats)
 
@@ -400,5 +560,6 @@ generated {when(time.time())} UTC</p>
 {_outage_table(outages, incidents)}
 {more}
 {"".join(parts)}
+{extra_html}
 </body></html>
 """

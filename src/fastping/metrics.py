@@ -329,6 +329,7 @@ class MetricsCollector(Collector):
         self._clocks_due = 0.0
         self._engine_registry = CollectorRegistry(auto_describe=False)
         self._engine_registry.register(_EngineOnly(self))
+        self._more: list[Collector] = []
         for info in engine.targets():  # series from the start, before any result
             self._new_series(info.host, info.address)
         if attach:
@@ -461,6 +462,13 @@ class MetricsCollector(Collector):
         yield serr
         yield res
         yield from self.collect_engine()
+        for more in self._more:
+            yield from more.collect()
+
+    def add_collector(self, c: Collector) -> None:
+        """Serve ``c``'s families too (the HTTP checks' ``HttpMetricsCollector``)."""
+        self._more.append(c)
+        self._engine_registry.register(c)
 
     def render(self) -> bytes:
         """The whole scrape as one bytes object (see ``render_chunks``)."""
@@ -904,3 +912,133 @@ def serve_metrics(
     """Serve ``engine``'s metrics on ``listen`` (``HOST:PORT``; see ``parse_listen``)."""
     host, port = parse_listen(listen)
     return MetricsServer(MetricsCollector(engine, **collector_options), host, port)
+
+
+# ---------------------------------------------------------------------------------
+# HTTP checks, with blackbox_exporter's names
+
+
+HTTP_METRIC_NAMES = (
+    "probe_success",
+    "probe_duration_seconds",
+    "probe_dns_lookup_time_seconds",
+    "probe_ip_protocol",
+    "probe_http_duration_seconds",
+    "probe_http_status_code",
+    "probe_http_version",
+    "probe_http_redirects",
+    "probe_http_ssl",
+    "probe_http_content_length",
+    "probe_ssl_earliest_cert_expiry",
+    "fastping_http_server_seconds",
+    "fastping_http_path_seconds",
+    "fastping_http_network_rtt_seconds",
+    "fastping_http_checks_total",
+)
+
+# blackbox_exporter's phases (prober/http.go) from ours: processing is connection
+# ready -> first byte, i.e. our send + wait
+_BB_PHASES = (
+    ("resolve", ("dns_ms",)),
+    ("connect", ("connect_ms",)),
+    ("tls", ("tls_ms",)),
+    ("processing", ("send_ms", "wait_ms")),
+    ("transfer", ("transfer_ms",)),
+)
+
+
+class HttpMetricsCollector(Collector):
+    """The latest result of every (URL, address) of an ``HttpScheduler`` as
+    blackbox_exporter's gauges, labelled ``url`` and ``ip`` (blackbox serves one
+    probe per scrape; here one agent serves them all), plus counts per outcome.
+    ``observe`` is the scheduler's sink (event loop); ``collect`` runs in the
+    metrics thread and reads only the dict snapshot."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}
+
+    def observe(self, results: Sequence[Any]) -> None:
+        latest = dict(self._latest)
+        for r in results:
+            key = (r.url, r.address or "")
+            latest[key] = r
+            ck = (r.url, r.address or "", r.outcome.value)
+            self._counts[ck] = self._counts.get(ck, 0) + 1
+        self._latest = latest  # one reference swap: the scrape thread sees a whole dict
+
+    def keep_only(self, urls: Iterable[str]) -> None:
+        """Drop the series of URLs no longer checked (a reload removed them)."""
+        keep = set(urls)
+        self._latest = {k: v for k, v in self._latest.items() if k[0] in keep}
+        self._counts = {k: v for k, v in self._counts.items() if k[0] in keep}
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self._latest
+        lab = ("url", "ip")
+        g = {
+            n: GaugeMetricFamily(n, d, labels=lab)
+            for n, d in (
+                ("probe_success", "Displays whether or not the probe was a success"),
+                ("probe_duration_seconds",
+                 "Returns how long the probe took to complete in seconds"),
+                ("probe_dns_lookup_time_seconds",
+                 "Returns the time taken for probe dns lookup in seconds"),
+                ("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6"),
+                ("probe_http_status_code", "Response HTTP status code"),
+                ("probe_http_version", "Returns the version of HTTP of the probe response"),
+                ("probe_http_redirects", "The number of redirects"),
+                ("probe_http_ssl", "Indicates if SSL was used for the final redirect"),
+                ("probe_http_content_length", "Length of http content response"),
+                ("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime"),
+                ("fastping_http_server_seconds",
+                 "Server time to the first byte: wait minus the network RTT (docs/http.md)"),
+                ("fastping_http_path_seconds", "Total time minus the server time (docs/http.md)"),
+                ("fastping_http_network_rtt_seconds",
+                 "The network RTT the split used (ICMP of the address, else the TCP handshake's)"),
+            )
+        }  # fmt: skip
+        phases = GaugeMetricFamily(
+            "probe_http_duration_seconds",
+            "Duration of http request by phase (of the last request of a redirect chain)",
+            labels=(*lab, "phase"),
+        )
+        for (url, ip), r in latest.items():
+            v = [url, ip]
+            g["probe_success"].add_metric(v, 1.0 if r.ok else 0.0)
+            if r.total_ms is not None:
+                g["probe_duration_seconds"].add_metric(v, r.total_ms / 1000.0)
+            if r.dns_ms is not None:
+                g["probe_dns_lookup_time_seconds"].add_metric(v, r.dns_ms / 1000.0)
+            if ip:
+                g["probe_ip_protocol"].add_metric(v, 6.0 if ":" in ip else 4.0)
+            g["probe_http_status_code"].add_metric(v, float(r.status or 0))
+            if r.http_version:
+                g["probe_http_version"].add_metric(v, float(r.http_version.split("/")[-1]))
+            g["probe_http_redirects"].add_metric(v, float(r.redirects))
+            final = r.final_url or r.url
+            g["probe_http_ssl"].add_metric(v, 1.0 if final.startswith("https:") else 0.0)
+            g["probe_http_content_length"].add_metric(v, float(r.body_bytes))
+            if r.cert_not_after is not None:
+                g["probe_ssl_earliest_cert_expiry"].add_metric(v, r.cert_not_after)
+            for name, attr in (("fastping_http_server_seconds", "server_ms"),
+                               ("fastping_http_path_seconds", "path_ms"),
+                               ("fastping_http_network_rtt_seconds", "rtt_ms")):  # fmt: skip
+                x = getattr(r, attr)
+                if x is not None:
+                    g[name].add_metric(v, x / 1000.0)
+            for phase, attrs in _BB_PHASES:
+                xs = [getattr(r, a) for a in attrs]
+                phases.add_metric([*v, phase], sum(x for x in xs if x is not None) / 1000.0)
+        yield from g.values()
+        yield phases
+        checks = CounterMetricFamily(
+            "fastping_http_checks", "HTTP checks per URL, address and outcome",
+            labels=(*lab, "outcome"),
+        )  # fmt: skip
+        for (url, ip, oc), n in list(self._counts.items()):
+            checks.add_metric([url, ip, oc], n)
+        yield checks

@@ -215,13 +215,15 @@ def _targets(
     shard: tuple[int, int] | None,
     interval_s: float,
     timeout_s: float,
+    http_only: bool = False,
 ) -> tuple[list[Wanted], int]:
     """The targets to watch (deduplicated, this shard's share) and how many were listed."""
+    from ..config import is_url
     from ..errors import ConfigError
     from ..shard import shard_of
 
     wanted: list[Wanted] = []
-    texts = list(args.targets)
+    texts = [t for t in args.targets if not is_url(t)]  # URLs are HTTP checks
     if args.file and args.file.endswith(".json"):
         for host, labels in read_file_sd(args.file):
             wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(host))
@@ -232,12 +234,16 @@ def _targets(
     for text in texts:
         wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
     for tc in cfg.targets:
+        if is_url(tc.host):
+            continue
         iv, to, _payload = cfg.target_settings(tc)
         if args.interval is not None and tc.interval_s is None:
             iv = args.interval
         if args.timeout is not None and tc.timeout_s is None:
             to = args.timeout
         wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
+    if not wanted and http_only:
+        return [], 0
     if not wanted:
         if args.config:
             raise ConfigError(
@@ -321,7 +327,14 @@ def run(args: argparse.Namespace) -> int:
             "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
         )
 
-    targets, listed = _targets(args, cfg, shard, interval_s, timeout_s)
+    from ..config import is_url
+
+    http_checks = cfg.http_checks([t for t in args.targets if is_url(t)])
+    if shard is not None:
+        from ..shard import shard_of
+
+        http_checks = [c for c in http_checks if shard_of(c.url, shard[1]) == shard[0]]
+    targets, listed = _targets(args, cfg, shard, interval_s, timeout_s, bool(http_checks))
     _check_sockets(targets, mode)
 
     table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
@@ -362,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
                         listed=listed)  # fmt: skip
 
     return asyncio.run(
-        _main(args, cfg, targets, mode, table, log, metrics_listen, shard, network_cfg)
+        _main(args, cfg, targets, mode, table, log, metrics_listen, shard, network_cfg, http_checks)
     )
 
 
@@ -376,6 +389,7 @@ async def _main(
     metrics_listen: str | None = None,
     shard: tuple[int, int] | None = None,
     network_cfg: Any = None,
+    http_checks: list[Any] | None = None,
 ) -> int:
     import asyncio
     import contextlib
@@ -504,8 +518,10 @@ async def _main(
     loop = asyncio.get_running_loop()
     current = {t[0]: t for t in targets}
 
+    http_side: dict[str, _HttpSide] = {}
+
     def reload() -> None:
-        _reload(args, engine, current, shard, log)
+        _reload(args, engine, current, shard, log, http_side.get("http"))
 
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload)
@@ -520,9 +536,16 @@ async def _main(
         engine, store.db, log, write=getattr(store, "write_timing", None) if shared else None
     )
     timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
+    http = None
+    if http_checks:
+        http = await _start_http(cfg, http_checks, engine, store, metrics, log, default_interval,
+                                 default_timeout)  # fmt: skip
+        http_side["http"] = http
     try:
         await engine.run(args.duration)
     finally:
+        if http is not None:
+            await http.stop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
         for task in (view, first, timing_task):
@@ -563,6 +586,8 @@ async def _main(
         summary["agent"] = agent
     if remote is not None:
         summary["remote_write"] = remote.stats()
+    if http is not None:
+        summary["http"] = http.summary()
     if metrics is not None:
         summary["metrics"] = metrics.url
         summary["metrics_scrapes"] = metrics.scrapes
@@ -580,28 +605,144 @@ async def _main(
     return 0
 
 
+class _HttpSide:
+    """The HTTP checks beside the engine: scheduler task, store table, metrics."""
+
+    def __init__(self, sched: Any, task: Any, hstore: Any, rtts: Any, metrics: Any) -> None:
+        self.sched, self.task, self.hstore, self.rtts = sched, task, hstore, rtts
+        self.metrics = metrics  # HttpMetricsCollector or None
+        self.results = 0
+
+    async def stop(self) -> None:
+        self.sched.request_stop()
+        await self.task
+        await self.hstore.close()
+
+    def summary(self) -> dict[str, Any]:
+        st = self.hstore.stats()
+        return {"checks": len(self.sched.checks), "runs": self.sched.runs,
+                "skipped": self.sched.skipped, "errors": self.sched.errors,
+                "results": self.results, "stored": st["written"],
+                "store_dropped": st["dropped"],
+                "icmp_addresses": len(self.rtts.added)}  # fmt: skip
+
+    def count(self, rs: list[Any]) -> None:
+        self.results += len(rs)
+
+
+class _EngineRtts:
+    """The ICMP RTT of an HTTP check's address, from the engine: the first time an
+    address is asked for it becomes an engine target (unless it is one already), and
+    from then on its last reply's RTT is the answer (None before the first reply or
+    after a timeout: the split then falls back to the TCP connect time)."""
+
+    def __init__(self, engine: Any, interval_s: float, timeout_s: float, log: Any) -> None:
+        self.engine, self.interval_s, self.timeout_s, self.log = engine, interval_s, timeout_s, log
+        self.added: set[str] = set()
+
+    def __call__(self, address: str) -> float | None:
+        from ..errors import TargetError
+
+        if address not in self.engine:
+            try:
+                self.engine.add_target(
+                    address, interval_s=self.interval_s, timeout_s=self.timeout_s
+                )
+            except TargetError as e:
+                self.log.warning("no ICMP RTT for an HTTP check's address", address=address,
+                                 error=str(e))  # fmt: skip
+                return None
+            self.added.add(address)
+            return None
+        info = self.engine.target(address)
+        return None if info.last_outcome != "reply" else info.last_rtt_ms
+
+
+async def _start_http(
+    cfg: Any,
+    checks: list[Any],
+    engine: Any,
+    store: Any,
+    metrics: Any,
+    log: Any,
+    interval_s: float,
+    timeout_s: float,
+) -> _HttpSide:
+    import asyncio
+
+    from ..http import HttpRunner, HttpScheduler
+    from ..httpstore import HttpStore
+
+    hc = cfg.http
+    rtts = _EngineRtts(engine, interval_s, timeout_s, log)
+    runner = HttpRunner(max_concurrency=hc.max_concurrency, rtt_of=rtts if hc.icmp else None,
+                        resolve_cache_s=hc.resolve_cache_s)  # fmt: skip
+    hstore = HttpStore(store.path, retention_s=cfg.store.retention_s,
+                       flush_interval_s=max(0.5, cfg.store.flush_interval_s))  # fmt: skip
+    await hstore.start()
+    sinks: list[Any] = [hstore.submit]
+    hm = None
+    if metrics is not None:
+        from ..metrics import HttpMetricsCollector
+
+        hm = HttpMetricsCollector()
+        metrics.collector.add_collector(hm)
+        sinks.append(hm.observe)
+    sched: Any
+    if hc.workers > 1:
+        from ..httpworkers import HttpWorkerPool
+
+        sched = HttpWorkerPool(checks, hc.workers, max_concurrency=hc.max_concurrency,
+                               resolve_cache_s=hc.resolve_cache_s, sinks=sinks,
+                               rtt_of=rtts if hc.icmp else None)  # fmt: skip
+    else:
+        sched = HttpScheduler(checks, runner, sinks=sinks)
+    log.info("HTTP checks", checks=len(checks), max_concurrency=hc.max_concurrency,
+             workers=hc.workers, icmp_split=hc.icmp)  # fmt: skip
+    task = asyncio.create_task(sched.run(), name="fastping-http")
+    side = _HttpSide(sched, task, hstore, rtts, hm)
+    sched.sinks.append(side.count)
+    return side
+
+
 def _reload(
     args: argparse.Namespace,
     engine: MonitoringEngine,
     current: dict[str, Wanted],
     shard: tuple[int, int] | None,
     log: Any,
+    http: _HttpSide | None = None,
 ) -> None:
     """SIGHUP: read the configuration and target files again and add / remove the
     targets that changed in the running engine (the store, the metrics endpoint and
     every other target go on untouched; a removed target's probes in flight still get
-    their result). A file that does not load leaves everything as it was."""
-    from ..config import FastpingConfig, load_config
+    their result), and the HTTP checks likewise. A file that does not load leaves
+    everything as it was."""
+    from ..config import FastpingConfig, is_url, load_config
     from ..errors import FastpingError
 
     try:
         cfg = load_config(args.config) if args.config else FastpingConfig()
         iv = args.interval if args.interval is not None else cfg.defaults.interval_s
         to = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
-        new, _listed = _targets(args, cfg, shard, iv, to)
+        checks = cfg.http_checks([t for t in args.targets if is_url(t)])
+        if shard is not None:
+            from ..shard import shard_of
+
+            checks = [c for c in checks if shard_of(c.url, shard[1]) == shard[0]]
+        new, _listed = _targets(args, cfg, shard, iv, to, bool(checks))
     except FastpingError as e:
         log.error("reload failed, still watching the previous targets", error=str(e))
         return
+    if http is not None:
+        h_added, h_removed = http.sched.replace(checks)
+        if http.metrics is not None:
+            http.metrics.keep_only(c.url for c in checks)
+        log.info("reloaded HTTP checks", added=h_added, removed=h_removed,
+                 checks=len(http.sched.checks))  # fmt: skip
+    elif checks:
+        log.warning("reload: HTTP checks appear only at start; restart the monitor for them",
+                    checks=len(checks))  # fmt: skip
     wanted = {t[0]: t for t in new}
     removed = [h for h, t in current.items() if wanted.get(h) != t]
     added = [t for h, t in wanted.items() if current.get(h) != t]

@@ -412,6 +412,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
         if any(s["approximate"] for s in stats):
             print("(percentiles of ranges older than the retention window are estimated "
                   "from per-minute rollups)")  # fmt: skip
+        _print_http(db, since, until)
     if args.html:
         _write_html(args, store, db, stats, since, until, now, outages, incidents)
     return 0
@@ -464,6 +465,53 @@ def _print_timing(got: tuple[Any, float, float]) -> None:
         )
 
 
+def _print_http(db: str, since: float | None, until: float | None) -> None:
+    """The HTTP checks' table (medians over successful checks), when there are any."""
+    from ..httpstore import HttpStore
+
+    sums = HttpStore(db).summaries(since, until)
+    if not sums:
+        return
+    print()
+    print(f"HTTP checks: {len(sums)} URL/address pairs (medians of successful checks, ms; "
+          "server = wait - network RTT)")  # fmt: skip
+    head = ("url", "address", "checks", "ok", "dns", "connect", "tls", "wait", "rtt", "server",
+            "total", "failures")  # fmt: skip
+    rows: list[tuple[str, ...]] = [head]
+    for u in sums:
+        ph = u.phases_ms
+        rows.append((
+            u.url, str(u.address), str(u.checks), str(u.ok),
+            *(_ms(ph.get(k)) for k in ("dns", "connect", "tls", "wait")),
+            _ms(u.rtt_ms), _ms(u.server_ms), _ms(u.total_ms),
+            ", ".join(f"{k} {n}" for k, n in sorted(u.outcomes.items()) if k != "ok") or "-",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 or i == len(head) - 1 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
+
+
+def _http_html(db: str, lo: float, hi: float, max_charts: int) -> str:
+    from ..htmlreport import http_section, pick_bucket_s
+    from ..httpstore import HttpStore
+
+    hs = HttpStore(db)
+    sums = hs.summaries(lo, hi)
+    if not sums:
+        return ""
+    # worst first (most failures, then slowest), at most max_charts charts
+    ranked = sorted(sums, key=lambda u: (u.ok / max(1, u.checks), -(u.total_ms or 0.0)))
+    chosen = ranked[: max(max_charts, 0)]
+    bucket_s = pick_bucket_s(hi - lo, points=120)
+    charts = [(u, hs.series(u.url, u.address, lo, hi, bucket_s), float(bucket_s)) for u in chosen]
+    return http_section(sums, charts, lo, hi)
+
+
 def _write_html(
     args: argparse.Namespace,
     store: Any,
@@ -498,6 +546,8 @@ def _write_html(
     page = render_report(
         db=db, since=lo, until=hi, stats=stats, charts=charts,
         left_out=len(stats) - len(chosen), outages=outages or [], incidents=incidents or [],
+        # the HTTP checks' table lives in the SQLite file beside the results
+        extra_html="" if db.startswith(("postgresql://", "postgres://")) else _http_html(db, lo, hi, args.max_charts),
     )  # fmt: skip
     try:
         with open(args.html, "w", encoding="utf-8") as f:
