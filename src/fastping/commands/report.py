@@ -547,7 +547,10 @@ def _write_html(
         db=db, since=lo, until=hi, stats=stats, charts=charts,
         left_out=len(stats) - len(chosen), outages=outages or [], incidents=incidents or [],
         # the HTTP checks' table lives in the SQLite file beside the results
-        extra_html="" if db.startswith(("postgresql://", "postgres://")) else _http_html(db, lo, hi, args.max_charts),
+        extra_html=(
+            "" if db.startswith(("postgresql://", "postgres://"))
+            else _http_html(db, lo, hi, args.max_charts)
+        ),
     )  # fmt: skip
     try:
         with open(args.html, "w", encoding="utf-8") as f:
