@@ -3,14 +3,65 @@ event contract, and an in-memory store. Real-socket tests live in test_engine.py
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 from fastping.results import ProbeResult
 
 EV_REPLY, EV_TIMEOUT, EV_SEND_ERROR, EV_LATE = 0, 1, 4, 6
+T = TypeVar("T")
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the loop would sleep: the time the
+    callbacks take counts for nothing, so the engine's schedule is exact and does not
+    depend on the machine's load (the engine reads its time from ``loop.time()``). Real
+    I/O is still polled at every turn; with no timer due at all the loop blocks for
+    real (a thread's result, a signal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 1000.0
+        real = self._selector
+        loop = self
+
+        class _Selector:
+            def select(self, timeout: float | None = None) -> Any:
+                events = real.select(0)
+                if events or timeout is None:
+                    return events or real.select(timeout)
+                loop._now += max(0.0, timeout)
+                return events
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        self._selector = _Selector()  # type: ignore[assignment]
+
+    def time(self) -> float:
+        return self._now
+
+
+def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a VirtualClockLoop."""
+    loop = VirtualClockLoop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def now() -> float:
+    """The running loop's clock (virtual under run_virtual; time.monotonic() under an
+    ordinary loop, which is what its time() is), or time.monotonic() outside one."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 class FakeIcmpSocket:
@@ -180,12 +231,12 @@ class FakeIcmpSocket:
             self.due.append(due_ns)
         slots = list(slots)
         self.send_batches.append(len(slots))
-        now = time.monotonic()
+        t_now = now()
         out: list[tuple[Any, ...]] = []
         for s in slots:
             addr = self.slots[s]
             seq = self._seq[s] = (self._seq[s] + 1) & 0xFFFF
-            self.sends.append((now, addr))
+            self.sends.append((t_now, addr))
             if addr in self.refuse:
                 self._final((s, EV_SEND_ERROR, seq, 0, 0, 0, 0, None, self.refuse_errno), out)
                 continue
@@ -194,7 +245,7 @@ class FakeIcmpSocket:
             if addr in self.dead:
                 if sum(1 for k in self._outstanding if k[0] == s) >= self.window:
                     raise AssertionError(f"window {self.window} exceeded for {addr}")
-                self._outstanding[(s, seq)] = now
+                self._outstanding[(s, seq)] = t_now
             elif self.rtt_ns > self._slot_timeout_ns.get(s, self.rtt_ns):
                 # slower than the slot's timeout: the probe times out, the reply is late
                 self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
@@ -212,11 +263,11 @@ class FakeIcmpSocket:
         return out
 
     def expire(self, timeout_s: float) -> list[tuple[Any, ...]]:
-        now = time.monotonic()
+        t_now = now()
         out: list[tuple[Any, ...]] = []
         for (s, seq), t0 in list(self._outstanding.items()):
             limit = min(timeout_s, self._slot_timeout_ns.get(s, 10**18) / 1e9)
-            if now - t0 >= limit:
+            if t_now - t0 >= limit:
                 del self._outstanding[(s, seq)]
                 self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
         return out

@@ -81,14 +81,17 @@ def test_results_recorded_and_queried_back(tmp_path: Path) -> None:
         run_engine(db, targets, 1.0, interval_s=0.1, min_interval_s=0.1, timeout_s=0.5)
     )
     st = eng.stats()
-    assert st["sent"] == st["received"] == st["results"] >= 27
+    # ~30 at 0.1 s for 1 s; a loaded machine may skip rounds (the schedule itself is
+    # pinned down exactly in test_engine_unit, on a virtual clock): what matters here is
+    # that every probe sent is received, recorded and queried back
+    assert st["sent"] == st["received"] == st["results"] >= 9
     assert st["outstanding"] == 0 and st["socket"]["rx_drops"] == 0
     assert db_count(db) == st["sent"]  # every probe has its row
     now = time.time()
     for t in targets:
         recent = store.recent(t, 100)
         info = eng.target(t)
-        assert len(recent) == info.probes >= 9, t
+        assert len(recent) == info.probes >= 3, t
         assert all(r.outcome is Outcome.REPLY and 0 < (r.rtt_ms or 0) < 50 for r in recent)
         stats = store.target_stats(t, now - 60, now + 1)
         assert stats is not None and stats["loss"] == 0.0 and stats["sent"] == info.probes

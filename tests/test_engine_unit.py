@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine_fakes import CaptureLog, FakeFactory, ListStore
+from engine_fakes import CaptureLog, FakeFactory, ListStore, run_virtual
 from fastping.engine import (
     MonitoringEngine,
     ResultEvent,
@@ -93,17 +93,20 @@ def test_each_target_on_its_own_interval() -> None:
     eng.add_target("127.0.0.3", interval_s=0.5)
     eng.add_target("127.0.0.4")  # engine default: 1 s
 
-    asyncio.run(eng.run(1.55, handle_signals=False))
+    # on a virtual clock: the schedule is exact whatever the machine's load
+    run_virtual(eng.run(1.55, handle_signals=False))
     n = Counter(r.target for r in store.results)
-    assert 28 <= n["127.0.0.2"] <= 32, n
+    assert n["127.0.0.2"] == 31, n  # 1.55 s / 50 ms, from its phase in the first interval
     assert n["127.0.0.3"] == 3, n
-    assert n["127.0.0.4"] == 1 or n["127.0.0.4"] == 2, n
+    assert n["127.0.0.4"] == 1, n
     # the socket window is sized from the shortest interval: ceil(0.2/0.05)+1
     assert fac.v4.window == 5
-    # phase is kept: the gaps of the fast target are 50 ms +- a tick
+    # phase is kept: 50 ms is 2.5 ticks of 20 ms, so the gaps are 2 and 3 ticks in turn
     times = [t for t, a in fac.v4.sends if a == "127.0.0.2"]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(0.035 <= g <= 0.075 for g in gaps), gaps
+    gaps = [round(b - a, 9) for a, b in zip(times, times[1:], strict=False)]
+    assert set(gaps) == {0.04, 0.06}, gaps
+    assert all(a != b for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+    assert abs((times[-1] - times[0]) / len(gaps) - 0.05) <= 0.02 / len(gaps)
 
 
 def test_interval_shorter_than_window_allows_is_refused() -> None:
@@ -184,9 +187,10 @@ def test_slow_subscriber_loses_oldest_and_does_not_slow_probing() -> None:
                              eng2.run(1.0, handle_signals=False))  # fmt: skip
         return len(store1.results), len(store2.results), sub
 
-    n_without, n_with, sub = asyncio.run(both())
-    assert abs(n_with - n_without) <= 0.05 * n_without, (n_with, n_without)
-    assert n_with >= 900
+    # a virtual clock: the engines keep their schedule exactly, so any difference is the
+    # subscriber's doing
+    n_without, n_with, sub = run_virtual(both())
+    assert n_with == n_without == 1000, (n_with, n_without)
     assert len(sub) == 50
     # everything beyond its 50 slots was counted as dropped, oldest first
     assert sub.dropped >= n_with - 50
@@ -245,21 +249,19 @@ def test_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
         await asyncio.sleep(0.5)
         await eng.stop()
 
-    asyncio.run(main())
+    run_virtual(main())  # a virtual clock: the backoff's delays exactly, whatever the load
     times = [t for t, a in fac.v4.sends if a == "127.0.0.7"]
     errs = [r for r in store.results if r.outcome is Outcome.SEND_ERROR]
     assert all(r.errno == errno.ENETUNREACH for r in errs)
-    n_err = len(errs)
-    # without backoff 1.3 s / 20 ms = 65 probes; with it: 3 + 0.04, 0.08, 0.16, 0.16 ...
-    assert 8 <= n_err <= 14, n_err
-    gaps = [b - a for a, b in zip(times[:n_err], times[1:n_err], strict=False)]
-    assert gaps[0] < 0.035 and gaps[1] < 0.035  # first errors: normal interval
-    assert 0.03 <= gaps[2] <= 0.06  # 2 x 20 ms
-    assert 0.06 <= gaps[3] <= 0.1  # 4 x
-    assert all(0.14 <= g <= 0.19 for g in gaps[5:]), gaps  # capped at 0.16 s
-    # after healing: back to a probe every ~20 ms (reset on success)
+    # without backoff 1.3 s / 20 ms = 65 probes; with it: 3 at the interval, then the
+    # delay doubles (40, 80 ms) up to the 160 ms cap
+    gaps = [round(b - a, 9) for a, b in zip(times, times[1:], strict=False)]
+    assert len(errs) == 12, len(errs)
+    assert gaps[:11] == [0.02, 0.02, 0.04, 0.08] + [0.16] * 7, gaps
+    # after healing: back to a probe every 20 ms at once (reset on success)
     ok = [r for r in store.results if r.outcome is Outcome.REPLY]
-    assert len(ok) >= 15, len(ok)
+    assert set(gaps[12:]) == {0.02}, gaps
+    assert len(ok) == len(times) - 12 >= 15, len(ok)
     assert eng.target("127.0.0.7").consecutive_errors == 0
     assert any("backing off" in m for m in log.messages("warning"))
 
@@ -561,13 +563,13 @@ def test_tick_defaults_to_20ms_or_the_shortest_interval() -> None:
 def test_interval_that_is_not_a_whole_number_of_ticks_is_exact_on_average() -> None:
     # 30 ms at a 20 ms tick: gaps of 20 and 40 ms alternate, 30 ms on average
     eng, fac, store, _ = make(["127.0.0.2"], interval_s=0.03, timeout_s=0.2, tick_s=0.02)
-    asyncio.run(eng.run(1.2, handle_signals=False))
+    run_virtual(eng.run(1.2, handle_signals=False))  # a virtual clock: exact, whatever the load
     times = [t for t, _ in fac.v4.sends]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert len(gaps) >= 30
+    gaps = [round(b - a, 9) for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 39  # 1.2 s / 30 ms, from its phase in the first interval
+    assert set(gaps) == {0.02, 0.04} and all(a != b for a, b in zip(gaps, gaps[1:], strict=False))
     mean = (times[-1] - times[0]) / len(gaps)
-    assert 0.028 <= mean <= 0.032, mean
-    assert all(0.01 <= g <= 0.05 for g in gaps), gaps
+    assert abs(mean - 0.03) <= 0.02 / len(gaps), mean  # off by at most one tick over the run
 
 
 def test_a_small_engine_sleeps_through_empty_ticks() -> None:

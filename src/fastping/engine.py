@@ -467,6 +467,15 @@ def _check_timeout(name: str, v: float) -> None:
         raise ConfigError(f"{name}={v!r}: give seconds > 0 and at most {MAX_TIMEOUT_S:g}")
 
 
+def _tick_of(elapsed_s: float, tick_s: float) -> int:
+    """The tick ``elapsed_s`` falls in. A tick fired at its own start time must count as
+    that tick: asyncio runs a timer up to its clock's resolution early, and
+    ``k * tick_s / tick_s`` may come out a hair below ``k`` in floating point, which
+    would make the engine re-arm the same tick at once (a clock that stands still,
+    as a test's virtual one, would then never leave it)."""
+    return int(elapsed_s / tick_s + 1e-6)
+
+
 class MonitoringEngine:
     """Probe every target on its own interval through one socket per family.
 
@@ -1152,7 +1161,7 @@ class MonitoringEngine:
         """The current tick (the loop may have slept through empty ones)."""
         if self._loop is None or not self._running:
             return self._cur_tick
-        return max(self._cur_tick, int((self._loop.time() - self._t0) / self.tick_s))
+        return max(self._cur_tick, _tick_of(self._loop.time() - self._t0, self.tick_s))
 
     def _arm(self, tick: int) -> None:
         assert self._loop is not None
@@ -1202,7 +1211,7 @@ class MonitoringEngine:
         self._lag_sum_s += lag
         if lag > self._lag_max_s:
             self._lag_max_s = lag
-        cur = int((now - self._t0) / self.tick_s)
+        cur = _tick_of(now - self._t0, self.tick_s)
         prev = self._cur_tick
         self._cur_tick = cur
         self._in_tick = True
@@ -1240,7 +1249,10 @@ class MonitoringEngine:
         exact += step
         if exact < cur + 0.5:
             exact += (int((cur + 0.5 - exact) / step) + 1) * step
-        return max(tk + 1, int(exact + 0.5)), exact
+        # rounded half up, with the same millionth of a tick as _tick_of: a phase that
+        # sits on a half tick must not fall on either side by floating-point noise (an
+        # interval of a whole number of ticks would come out as alternating gaps)
+        return max(tk + 1, int(exact + 0.5 + 1e-6)), exact
 
     def _send_due(self, prev: int, cur: int, now: float) -> None:
         # Steady targets cost no Python per probe: each due slot array goes to the core
