@@ -354,7 +354,8 @@ def test_engine_outage_events_store_and_metrics() -> None:
     assert what == [("start", "127.0.0.9"), ("end", "127.0.0.9")]
     assert [o.end is None for o in store.outages] == [True, False]
     end = store.outages[-1]
-    assert end.lost >= 8 and end.duration_s == pytest.approx(end.lost * 0.05, abs=0.06)
+    # lost probes every 50 ms; on a loaded machine a send may slip by up to an interval
+    assert end.lost >= 8 and end.duration_s == pytest.approx(end.lost * 0.05, abs=0.05 + 0.06)
     assert any("outage started" in m for m in log.messages("warning"))
     st = eng.stats()["loss"]
     assert st["outages_total"] == 1 and st["outages_current"] == 0
