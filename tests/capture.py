@@ -117,6 +117,31 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
     assert dropped and dropped[0].split()[0] == "0", f"tcpdump lost packets: {err!r}"
 
 
+@contextlib.contextmanager
+def observed_netns(
+    prefix: str, v6_local: str, *, sysctls: tuple[str, ...] = (), nft_rules: str | None = None
+) -> Iterator[str]:
+    """A namespace of the test's own for truth tests: ``lo`` up, ``v6_local`` (a /112)
+    answered by its kernel as 127/8 is, the given sysctls and nftables rules; deleted
+    afterwards."""
+    import uuid
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        run = ["ip", "netns", "exec", name]
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run([*run, "ip", "-6", "route", "add", "local", v6_local, "dev", "lo"],
+                       check=True)  # fmt: skip
+        for kv in sysctls:
+            subprocess.run([*run, "sysctl", "-qw", kv], check=True)
+        if nft_rules is not None:
+            subprocess.run([*run, "nft", "-f", "-"], input=nft_rules, text=True, check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..1)."""
     if not sorted_values:

@@ -108,24 +108,26 @@ def test_a_reused_slot_starts_from_zero() -> None:
         IcmpSocket(V4, window=2) as s,
         socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw,
     ):
+
+        def probe_and_copy(slot: int) -> None:
+            # one probe, its reply from the kernel, then a copy of it: a duplicate
+            s.send([slot])
+            time.sleep(0.05)
+            s.recv()
+            _forge_reply(
+                raw, "127.0.0.1", s.ident, 0, _icmp.build_probe_payload(slot, 0, s.key, 56)
+            )
+            time.sleep(0.05)
+            s.recv()
+
         slot = s.add_target("127.0.0.1")
-        s.send([slot])
-        time.sleep(0.05)
-        s.recv()
-        _forge_reply(raw, "127.0.0.1", s.ident, 0, _icmp.build_probe_payload(slot, 0, s.key, 56))
-        time.sleep(0.05)
-        s.recv()
+        probe_and_copy(slot)
         assert s.slot_stats(slot)[2] == 1  # the copy: one duplicate
         s.remove_target(slot)
         again = s.add_target("127.0.0.1")
         assert again == slot
         assert s.slot_stats(again)[:8] == (0,) * 8
-        s.send([again])
-        time.sleep(0.05)
-        s.recv()
-        _forge_reply(raw, "127.0.0.1", s.ident, 0, _icmp.build_probe_payload(again, 0, s.key, 56))
-        time.sleep(0.05)
-        s.recv()
+        probe_and_copy(again)
         assert s.slot_stats(again)[:3] == (1, 1, 1)
         rare = s.memory()["rare"]
         s.reset_stats()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.capture import percentile, tcpdump, wire_rtts
+from tests.capture import observed_netns, percentile, tcpdump, wire_rtts
 from tests.conftest import ROOT, child_env
 
 pytestmark = [
@@ -36,21 +35,11 @@ V6_LOCAL = "fd00:f9::/112"
 
 @pytest.fixture()
 def ns() -> Iterator[str]:
-    name = f"fpt-truth-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        run = ["ip", "netns", "exec", name]
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(
-            [*run, "ip", "-6", "route", "add", "local", V6_LOCAL, "dev", "lo"], check=True
-        )
-        # datagram (unprivileged) ICMP sockets for every group, in this namespace only
-        subprocess.run(
-            [*run, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"], check=True
-        )
+    # datagram (unprivileged) ICMP sockets for every group, in this namespace only
+    with observed_netns(
+        "fpt-truth", V6_LOCAL, sysctls=("net.ipv4.ping_group_range=0 2147483647",)
+    ) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def fastping_in(ns: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.capture import read_echoes, tcpdump
+from tests.capture import observed_netns, read_echoes, tcpdump
 from tests.conftest import ROOT, child_env
 
 pytestmark = [
@@ -40,17 +39,8 @@ table inet fpt_loss {
 
 @pytest.fixture()
 def ns() -> Iterator[str]:
-    name = f"fpt-loss-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        run = ["ip", "netns", "exec", name]
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run([*run, "ip", "-6", "route", "add", "local", V6_LOCAL, "dev", "lo"],
-                       check=True)  # fmt: skip
-        subprocess.run([*run, "nft", "-f", "-"], input=DROP_RULES, text=True, check=True)
+    with observed_netns("fpt-loss", V6_LOCAL, nft_rules=DROP_RULES) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def wire_counts(pcap: Path, targets: set[str]) -> dict[str, tuple[int, int]]:

@@ -200,6 +200,13 @@ class HttpConfig(_Model):
         return v
 
 
+def _url_of(v: str | None, schemes: tuple[str, ...], msg: str) -> str | None:
+    """A URL field's check: None, or a URL of one of ``schemes`` (ValueError ``msg``)."""
+    if v is not None and not v.startswith(schemes):
+        raise ValueError(msg)
+    return v
+
+
 class StoreConfig(_Model):
     path: str = "fastping.db"
     retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
@@ -220,9 +227,8 @@ class StoreConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL (store.path is for SQLite)")
-        return v
+        return _url_of(v, ("postgresql://", "postgres://"),
+                       "must be a postgresql:// URL (store.path is for SQLite)")  # fmt: skip
 
 
 class RemoteWriteConfig(_Model):
@@ -239,9 +245,7 @@ class RemoteWriteConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+        return _url_of(v, ("http://", "https://"), "must be an http:// or https:// URL")
 
 
 class ResourcesConfig(_Model):
