@@ -1089,6 +1089,61 @@ def _f32_to_float(x: float) -> float:
 _TID_GROUP = 512
 
 
+def _newest_records(
+    rows: Iterable[tuple[float, float, int, str | None, bytes]], limit: int, where: str
+) -> tuple[_Stream, int, int] | None:
+    """The stream of the chunks that hold a target's newest ``limit`` records, from its
+    rows (t0, t1, rowid, address, data) newest first, and the [start, end) of those
+    records in it; None when there are none. Chunks of one target may overlap in time,
+    so rows are taken until the next one ends before everything taken."""
+    taken: list[tuple[float, int, str | None, bytes]] = []
+    have = 0
+    oldest = math.inf
+    for t0, t1, rowid, addr, data in rows:
+        if have >= limit and t1 < oldest:
+            break
+        taken.append((t0, rowid, addr, bytes(data)))
+        have += len(data) // RECORD_SIZE
+        oldest = min(oldest, t0)
+    taken.sort(key=lambda x: (x[0], x[1]))
+    st = _Stream.of([(a, d) for _, _, a, d in taken], full=True, where=where)
+    end = len(st.t)
+    start = max(0, end - limit)
+    return None if start == end else (st, start, end)
+
+
+def _results_of(
+    target: str,
+    st: _Stream,
+    start: int,
+    end: int,
+    extras: dict[tuple[float, int, int], tuple[Any, ...]],
+) -> list[ProbeResult]:
+    """Records [start, end) of ``st`` as ProbeResults, with the ICMP details and errno
+    of the side rows (``extras``: (t, seq, outcome) -> (type, code, router, errno))."""
+    none4 = (None, None, None, None)
+    out = []
+    for k in range(start, end):
+        t, seq, code, rtt, ttl = st.t[k], st.seq[k], st.code[k], st.rtt[k], st.ttl[k]
+        it, ic, router, errno = extras.get((t, seq, code), none4)
+        out.append(
+            ProbeResult(
+                target=target,
+                address=_decode_address(target, st.address_at(k)),
+                seq=seq,
+                outcome=OUTCOME_BY_CODE[code],
+                rtt_ms=None if rtt != rtt else _f32_to_float(rtt),
+                ttl=ttl or None,
+                icmp_type=it,
+                icmp_code=ic,
+                router=router,
+                errno=errno,
+                time=t,
+            )  # fmt: skip
+        )
+    return out
+
+
 class ResultStore:
     """Probe results in a SQLite file (see the module docstring)."""
 
@@ -1663,56 +1718,27 @@ class ResultStore:
             if row is None or limit <= 0:
                 return []
             tid = int(row[0])
-            # Newest chunks first, until the next one ends before everything taken:
-            # chunks of one target may overlap in time, so the newest `limit` records
-            # need not all be in the newest chunk.
-            taken: list[tuple[float, int, str | None, bytes]] = []
-            have = 0
-            oldest = math.inf
-            for t0, t1, rowid, addr, data in conn.execute(
-                "SELECT t0, t1, rowid, address, data FROM results WHERE tid = ?"
-                " ORDER BY t1 DESC, rowid DESC",
-                (tid,),
-            ):
-                if have >= limit and t1 < oldest:
-                    break
-                taken.append((t0, rowid, addr, data))
-                have += len(data) // RECORD_SIZE
-                oldest = min(oldest, t0)
-            taken.sort(key=lambda x: (x[0], x[1]))
-            st = _Stream.of([(a, d) for _, _, a, d in taken], full=True, where=self._where(target))
-            end = len(st.t)
-            start = max(0, end - limit)
-            if start == end:
-                return []
-            extras: dict[tuple[float, int, int], tuple[Any, ...]] = {}
-            for t, seq, code, *rest in conn.execute(
-                "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno FROM results_extra"
-                " WHERE tid = ? AND t >= ? AND t <= ?",
-                (tid, st.t[start], st.t[end - 1]),
-            ):
-                extras[(t, seq, code)] = tuple(rest)
-        none4 = (None, None, None, None)
-        out = []
-        for k in range(start, end):
-            t, seq, code, rtt, ttl = st.t[k], st.seq[k], st.code[k], st.rtt[k], st.ttl[k]
-            it, ic, router, errno = extras.get((t, seq, code), none4)
-            out.append(
-                ProbeResult(
-                    target=target,
-                    address=_decode_address(target, st.address_at(k)),
-                    seq=seq,
-                    outcome=OUTCOME_BY_CODE[code],
-                    rtt_ms=None if rtt != rtt else _f32_to_float(rtt),
-                    ttl=ttl or None,
-                    icmp_type=it,
-                    icmp_code=ic,
-                    router=router,
-                    errno=errno,
-                    time=t,
-                )  # fmt: skip
+            picked = _newest_records(
+                conn.execute(
+                    "SELECT t0, t1, rowid, address, data FROM results WHERE tid = ?"
+                    " ORDER BY t1 DESC, rowid DESC",
+                    (tid,),
+                ),
+                limit,
+                self._where(target),
             )
-        return out
+            if picked is None:
+                return []
+            st, start, end = picked
+            extras = {
+                (t, seq, code): tuple(rest)
+                for t, seq, code, *rest in conn.execute(
+                    "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
+                    " FROM results_extra WHERE tid = ? AND t >= ? AND t <= ?",
+                    (tid, st.t[start], st.t[end - 1]),
+                )
+            }
+        return _results_of(target, st, start, end, extras)
 
     def probe_log(
         self,

@@ -49,7 +49,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .chunk import OUTCOME_BY_CODE, RECORD_SIZE
+from .chunk import RECORD_SIZE
 from .errors import ConfigError
 from .logs import get_logger
 from .loss import KIND_LOCAL, KIND_TARGET, Outage
@@ -63,10 +63,10 @@ from .store import (
     ResultStore,
     _Acc,
     _Chunk,
-    _decode_address,
-    _f32_to_float,
     _fold,
     _merge_rollups,
+    _newest_records,
+    _results_of,
     _rollup_row,
     _Row,
     _Stream,
@@ -941,53 +941,27 @@ class PgResultStore(ResultStore):
             if not keys or limit <= 0:
                 return []
             tid = keys[0].tid
-            taken: list[tuple[float, int, str | None, bytes]] = []
-            have = 0
-            oldest = math.inf
-            for t0, t1, rowid, addr, data in conn.execute(
-                "SELECT t0, t1, rowid, address, data FROM fastping_results WHERE tid = %s"
-                " ORDER BY t1 DESC, rowid DESC",
-                (tid,),
-            ):
-                if have >= limit and t1 < oldest:
-                    break
-                taken.append((t0, rowid, addr, bytes(data)))
-                have += len(data) // RECORD_SIZE
-                oldest = min(oldest, t0)
-            taken.sort(key=lambda x: (x[0], x[1]))
-            st = _Stream.of([(a, d) for _, _, a, d in taken], full=True, where=self.db)
-            end = len(st.t)
-            start = max(0, end - limit)
-            if start == end:
-                return []
-            extras: dict[tuple[float, int, int], tuple[Any, ...]] = {}
-            for t, seq, code, *rest in conn.execute(
-                "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
-                " FROM fastping_results_extra WHERE tid = %s AND t >= %s AND t <= %s",
-                (tid, st.t[start], st.t[end - 1]),
-            ):
-                extras[(t, seq, code)] = tuple(rest)
-        none4 = (None, None, None, None)
-        out = []
-        for k in range(start, end):
-            t, seq, code, rtt, ttl = st.t[k], st.seq[k], st.code[k], st.rtt[k], st.ttl[k]
-            it, ic, router, errno = extras.get((t, seq, code), none4)
-            out.append(
-                ProbeResult(
-                    target=target,
-                    address=_decode_address(target, st.address_at(k)),
-                    seq=seq,
-                    outcome=OUTCOME_BY_CODE[code],
-                    rtt_ms=None if rtt != rtt else _f32_to_float(rtt),
-                    ttl=ttl or None,
-                    icmp_type=it,
-                    icmp_code=ic,
-                    router=router,
-                    errno=errno,
-                    time=t,
-                )  # fmt: skip
+            picked = _newest_records(
+                conn.execute(
+                    "SELECT t0, t1, rowid, address, data FROM fastping_results WHERE tid = %s"
+                    " ORDER BY t1 DESC, rowid DESC",
+                    (tid,),
+                ),
+                limit,
+                self.db,
             )
-        return out
+            if picked is None:
+                return []
+            st, start, end = picked
+            extras = {
+                (t, seq, code): tuple(rest)
+                for t, seq, code, *rest in conn.execute(
+                    "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
+                    " FROM fastping_results_extra WHERE tid = %s AND t >= %s AND t <= %s",
+                    (tid, st.t[start], st.t[end - 1]),
+                )
+            }
+        return _results_of(target, st, start, end, extras)
 
     def count_results(
         self,
