@@ -81,6 +81,31 @@ def _time_ticks(t0: float, t1: float) -> tuple[list[float], str]:
     return ticks, fmt
 
 
+def _frame(title: str, ymax: float, w: float, ylabel: str) -> list[str]:
+    """A chart's start: the svg element, the plot area, the y grid with its labels (six
+    lines from 0 to ``ymax`` ms) and the y axis' name."""
+    out: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{PLOT_H}" fill="#fcfcfc" '
+        'stroke="#999" stroke-width="0.5"/>',
+    ]
+    for i in range(6):
+        v = ymax * i / 5
+        y = TOP + PLOT_H - min(v, ymax) / ymax * PLOT_H
+        out.append(
+            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+        )
+        out.append(
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
+        )
+    out.append(
+        f'<text x="14" y="{TOP + PLOT_H / 2:.0f}" class="ax" text-anchor="middle" '
+        f'transform="rotate(-90 14 {TOP + PLOT_H / 2:.0f})">{ylabel}</text>'
+    )
+    return out
+
+
 def chart_svg(
     series: Sequence[dict[str, Any]],
     t0: float,
@@ -108,26 +133,7 @@ def chart_svg(
     def y_of(ms: float) -> float:
         return TOP + PLOT_H - min(ms, ymax) / ymax * PLOT_H
 
-    out: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}">',
-        f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{PLOT_H}" fill="#fcfcfc" '
-        'stroke="#999" stroke-width="0.5"/>',
-    ]
-    # y grid and labels
-    for i in range(6):
-        v = ymax * i / 5
-        y = y_of(v)
-        out.append(
-            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-        )
-        out.append(
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
-        )
-    out.append(
-        f'<text x="14" y="{TOP + PLOT_H / 2:.0f}" class="ax" text-anchor="middle" '
-        f'transform="rotate(-90 14 {TOP + PLOT_H / 2:.0f})">RTT (ms)</text>'
-    )
+    out = _frame(title, ymax, w, "RTT (ms)")
     # x ticks
     ticks, fmt = _time_ticks(t0, t1)
     base = TOP + PLOT_H + STRIP_H + 4
@@ -261,25 +267,7 @@ def http_chart_svg(
     def y_of(ms: float) -> float:
         return TOP + PLOT_H - min(ms, ymax) / ymax * PLOT_H
 
-    out: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}">',
-        f'<rect x="{LEFT}" y="{TOP}" width="{w}" height="{PLOT_H}" fill="#fcfcfc" '
-        'stroke="#999" stroke-width="0.5"/>',
-    ]
-    for i in range(6):
-        v = ymax * i / 5
-        y = y_of(v)
-        out.append(
-            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-        )
-        out.append(
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_fmt_ms(v)}</text>'
-        )
-    out.append(
-        f'<text x="14" y="{TOP + PLOT_H / 2:.0f}" class="ax" text-anchor="middle" '
-        f'transform="rotate(-90 14 {TOP + PLOT_H / 2:.0f})">time (ms)</text>'
-    )
+    out = _frame(title, ymax, w, "time (ms)")
     ticks, fmt = _time_ticks(t0, t1)
     base = TOP + PLOT_H + STRIP_H + 4
     for t in ticks:
