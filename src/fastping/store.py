@@ -1089,17 +1089,19 @@ def _f32_to_float(x: float) -> float:
 _TID_GROUP = 512
 
 
-def _newest_records(
-    rows: Iterable[tuple[float, float, int, str | None, bytes]], limit: int, where: str
-) -> tuple[_Stream, int, int] | None:
-    """The stream of the chunks that hold a target's newest ``limit`` records, from its
-    rows (t0, t1, rowid, address, data) newest first, and the [start, end) of those
-    records in it; None when there are none. Chunks of one target may overlap in time,
-    so rows are taken until the next one ends before everything taken."""
+def _recent_records(
+    conn: Any, target: str, tid: int, limit: int, where: str, chunks_sql: str, extra_sql: str
+) -> list[ProbeResult]:
+    """The newest ``limit`` records of target ``tid`` as ProbeResults, oldest first, in
+    either store: ``chunks_sql`` selects its chunks (t0, t1, rowid, address, data) newest
+    first, ``extra_sql`` the side rows (t, seq, outcome, icmp_type, icmp_code, router,
+    errno) of a time range; both take the store's own parameter style. Chunks of one
+    target may overlap in time, so chunks are taken until the next one ends before
+    everything taken."""
     taken: list[tuple[float, int, str | None, bytes]] = []
     have = 0
     oldest = math.inf
-    for t0, t1, rowid, addr, data in rows:
+    for t0, t1, rowid, addr, data in conn.execute(chunks_sql, (tid,)):
         if have >= limit and t1 < oldest:
             break
         taken.append((t0, rowid, addr, bytes(data)))
@@ -1109,18 +1111,12 @@ def _newest_records(
     st = _Stream.of([(a, d) for _, _, a, d in taken], full=True, where=where)
     end = len(st.t)
     start = max(0, end - limit)
-    return None if start == end else (st, start, end)
-
-
-def _results_of(
-    target: str,
-    st: _Stream,
-    start: int,
-    end: int,
-    extras: dict[tuple[float, int, int], tuple[Any, ...]],
-) -> list[ProbeResult]:
-    """Records [start, end) of ``st`` as ProbeResults, with the ICMP details and errno
-    of the side rows (``extras``: (t, seq, outcome) -> (type, code, router, errno))."""
+    if start == end:
+        return []
+    extras: dict[tuple[float, int, int], tuple[Any, ...]] = {
+        (t, seq, code): tuple(rest)
+        for t, seq, code, *rest in conn.execute(extra_sql, (tid, st.t[start], st.t[end - 1]))
+    }
     none4 = (None, None, None, None)
     out = []
     for k in range(start, end):
@@ -1717,28 +1713,13 @@ class ResultStore:
             row = conn.execute("SELECT id FROM targets WHERE name = ?", (target,)).fetchone()
             if row is None or limit <= 0:
                 return []
-            tid = int(row[0])
-            picked = _newest_records(
-                conn.execute(
-                    "SELECT t0, t1, rowid, address, data FROM results WHERE tid = ?"
-                    " ORDER BY t1 DESC, rowid DESC",
-                    (tid,),
-                ),
-                limit,
-                self._where(target),
-            )
-            if picked is None:
-                return []
-            st, start, end = picked
-            extras = {
-                (t, seq, code): tuple(rest)
-                for t, seq, code, *rest in conn.execute(
-                    "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
-                    " FROM results_extra WHERE tid = ? AND t >= ? AND t <= ?",
-                    (tid, st.t[start], st.t[end - 1]),
-                )
-            }
-        return _results_of(target, st, start, end, extras)
+            return _recent_records(
+                conn, target, int(row[0]), limit, self._where(target),
+                "SELECT t0, t1, rowid, address, data FROM results WHERE tid = ?"
+                " ORDER BY t1 DESC, rowid DESC",
+                "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
+                " FROM results_extra WHERE tid = ? AND t >= ? AND t <= ?",
+            )  # fmt: skip
 
     def probe_log(
         self,

@@ -65,8 +65,7 @@ from .store import (
     _Chunk,
     _fold,
     _merge_rollups,
-    _newest_records,
-    _results_of,
+    _recent_records,
     _rollup_row,
     _Row,
     _Stream,
@@ -940,28 +939,13 @@ class PgResultStore(ResultStore):
             )
             if not keys or limit <= 0:
                 return []
-            tid = keys[0].tid
-            picked = _newest_records(
-                conn.execute(
-                    "SELECT t0, t1, rowid, address, data FROM fastping_results WHERE tid = %s"
-                    " ORDER BY t1 DESC, rowid DESC",
-                    (tid,),
-                ),
-                limit,
-                self.db,
-            )
-            if picked is None:
-                return []
-            st, start, end = picked
-            extras = {
-                (t, seq, code): tuple(rest)
-                for t, seq, code, *rest in conn.execute(
-                    "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
-                    " FROM fastping_results_extra WHERE tid = %s AND t >= %s AND t <= %s",
-                    (tid, st.t[start], st.t[end - 1]),
-                )
-            }
-        return _results_of(target, st, start, end, extras)
+            return _recent_records(
+                conn, target, keys[0].tid, limit, self.db,
+                "SELECT t0, t1, rowid, address, data FROM fastping_results WHERE tid = %s"
+                " ORDER BY t1 DESC, rowid DESC",
+                "SELECT t, seq, outcome, icmp_type, icmp_code, router, errno"
+                " FROM fastping_results_extra WHERE tid = %s AND t >= %s AND t <= %s",
+            )  # fmt: skip
 
     def count_results(
         self,
