@@ -1199,9 +1199,10 @@ cdef class IcmpSocket:
         if st.rare:
             return &self.rare[st.rare - 1]
         if self.rare_n == self.rare_cap:
+            # at most one record a slot: rare_n < n_seen <= n_cap here, so n_cap is room
             cap = self.rare_cap * 2 + 256
             if cap > self.n_cap:
-                cap = self.n_cap if self.n_cap > self.rare_cap else self.rare_cap + 1
+                cap = self.n_cap
             a = PyMem_RawRealloc(self.rare, <size_t>cap * sizeof(SlotRare))
             if a == NULL:
                 self.c_stats_lost += 1

@@ -107,19 +107,18 @@ class _Plan:
 
     def packed(self, fam: int) -> bytes:
         """The family's slot addresses (parsed ones, then resolved names)."""
-        out = self.ts.packed(fam)
-        if self.extra[fam]:
-            out += b"".join(socket.inet_pton(fam, a) for a in self.extra[fam])
-        return bytes(out)
+        return bytes(self.ts.packed(fam)) + self._resolved(fam)
 
     def take_packed(self, fam: int) -> Any:
         """packed(), with the parsed addresses moved out of the target set rather than
         copied (a million IPv4 targets: 4 MB less at the sweep's peak); the set holds
         none of that family afterwards."""
         out = self.ts.take_packed(fam)
-        if self.extra[fam]:
-            return bytes(out) + b"".join(socket.inet_pton(fam, a) for a in self.extra[fam])
-        return out
+        return bytes(out) + self._resolved(fam) if self.extra[fam] else out
+
+    def _resolved(self, fam: int) -> bytes:
+        # the addresses of the names that resolved to this family, packed
+        return b"".join(socket.inet_pton(fam, a) for a in self.extra[fam])
 
 
 def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
@@ -255,7 +254,6 @@ def _socket_sweep(
     socks: dict[int, _Shards] = {}
     t0 = time.perf_counter()
     jobs: list[tuple[Any, int, float]] = []
-    family_bounds: dict[int, list[int]] = {}
     try:
         for fam, n in plan.n_slots.items():
             if n == 0:
@@ -265,13 +263,12 @@ def _socket_sweep(
             k = max(1, min(workers, n))
             bounds = [n * i // k for i in range(k + 1)]
             shards = socks[fam] = _Shards(fam, bounds[:-1])
-            family_bounds[fam] = bounds
             # every socket of every family first: a mode that cannot open one falls
             # back with the target set whole (its addresses are moved out just below)
             shards.socks = [open_icmp_socket(fam, mode=mode, **opts) for _ in range(k)]
         for fam, shards in socks.items():
             alen = 4 if fam == socket.AF_INET else 16
-            bounds = family_bounds[fam]
+            bounds = [*shards.starts, plan.n_slots[fam]]
             packed = memoryview(plan.take_packed(fam))
             for i, sock in enumerate(shards.socks):
                 sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen])

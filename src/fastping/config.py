@@ -425,6 +425,12 @@ def parse_config_text(text: str, source: str = "<config>") -> FastpingConfig:
     return parse_config(data, source=source, node=node)
 
 
+def _too_deep(source: str, line: int) -> ConfigError:
+    return ConfigError(
+        f"{source}, line {line}: nested deeper than {MAX_DEPTH} levels: not a fastping config"
+    )
+
+
 def _check_flow_depth(text: str, source: str) -> None:
     """Refuse flow collections ([...], {...}) nested deeper than MAX_DEPTH before the
     YAML scanner sees them (it is quadratic in that depth)."""
@@ -436,11 +442,7 @@ def _check_flow_depth(text: str, source: str) -> None:
         if c == "[" or c == "{":
             depth += 1
             if depth > MAX_DEPTH:
-                line = text.count("\n", 0, m.start()) + 1
-                raise ConfigError(
-                    f"{source}, line {line}: nested deeper than {MAX_DEPTH} levels: not a "
-                    "fastping config"
-                )
+                raise _too_deep(source, text.count("\n", 0, m.start()) + 1)
         elif c == "]" or c == "}":
             depth = max(0, depth - 1)
 
@@ -456,11 +458,7 @@ def _check_shape(root: yaml.Node | None, source: str) -> None:
     while stack:
         n, depth, done = stack.pop()
         if depth > MAX_DEPTH:
-            line = n.start_mark.line + 1 if n.start_mark else 0
-            raise ConfigError(
-                f"{source}, line {line}: nested deeper than {MAX_DEPTH} levels: not a "
-                "fastping config"
-            )
+            raise _too_deep(source, n.start_mark.line + 1 if n.start_mark else 0)
         if isinstance(n, yaml.MappingNode):
             kids = [x for kv in n.value for x in kv]
         elif isinstance(n, yaml.SequenceNode):
