@@ -303,6 +303,21 @@ class FakeFactory:
         return self.sockets[socket.AF_INET]
 
 
+class FakeNetwork:
+    """The slice of netstate.NetworkMonitor the engine reads: ``state.name`` and
+    ``is_up()``; a test sets ``state`` to ``FakeNetwork._S("DOWN")`` and back."""
+
+    class _S:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def __init__(self) -> None:
+        self.state = self._S("UP")
+
+    def is_up(self) -> bool:
+        return self.state.name != "DOWN"
+
+
 class ListStore:
     """The slice of ResultStore the engine uses, in memory."""
 

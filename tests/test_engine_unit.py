@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine_fakes import CaptureLog, FakeFactory, ListStore, run_virtual
+from engine_fakes import CaptureLog, FakeFactory, FakeNetwork, ListStore, run_virtual
 from fastping.engine import (
     MonitoringEngine,
     ResultEvent,
@@ -318,18 +318,6 @@ def test_resolve_error_is_a_result_and_names_reresolve() -> None:
     assert calls["good.test"] >= 2  # re-resolved on its interval
     assert eng.stats()["outcomes"]["resolve_error"] == len(bad)
     assert eng.target("bad.test").status == "error"
-
-
-class FakeNetwork:
-    class _S:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-    def __init__(self) -> None:
-        self.state = self._S("UP")
-
-    def is_up(self) -> bool:
-        return self.state.name != "DOWN"
 
 
 def test_network_down_records_local_down_not_loss() -> None:

@@ -301,18 +301,6 @@ class _OutageStore:
         return {}
 
 
-class _Net:
-    class _S:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-    def __init__(self) -> None:
-        self.state = self._S("UP")
-
-    def is_up(self) -> bool:
-        return self.state.name != "DOWN"
-
-
 def test_engine_outage_events_store_and_metrics() -> None:
     import asyncio
 
@@ -370,13 +358,13 @@ def test_engine_outage_events_store_and_metrics() -> None:
 def test_engine_our_network_down_is_not_the_targets_outage() -> None:
     import asyncio
 
-    from engine_fakes import CaptureLog, FakeFactory
+    from engine_fakes import CaptureLog, FakeFactory, FakeNetwork
     from fastping.engine import MonitoringEngine
     from fastping.guard import ResourceGuard
     from fastping.metrics import MetricsCollector
 
     fac = FakeFactory()
-    net = _Net()
+    net = FakeNetwork()
     store = _OutageStore()
     eng = MonitoringEngine(
         ["127.0.0.2", "127.0.0.3"], store=store, socket_factory=fac, logger=CaptureLog(),
