@@ -11,8 +11,10 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from tests.capture import percentile, syn_rtts, tcpdump
 
 from fastping import _icmp
 from privhelpers import in_netns, netns
@@ -303,3 +305,90 @@ def test_without_cap_net_raw_the_error_says_what_to_do() -> None:
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     assert "CAP_NET_RAW" in r.stdout and "tcpconnect" in r.stdout
+
+
+# ------------------------------------------------------------ truth
+def _timed_sweep(n: int, port: int) -> tuple[bytes, dict[tuple[int, int], int]]:
+    with _icmp.TcpSocket() as t:
+        t.append_range_v4(int.from_bytes(socket.inet_aton("127.3.0.1"), "big"), n, port)
+        events = t.sweep(count=3, interval_s=0.05, timeout_s=1.0, events=True)
+        serial = {}
+        rtts = {}
+        for slot, kind, _seq, rtt, *_ in events:
+            if kind in (EV_REPLY, EV_CLOSED):
+                k = serial.get(slot, 0)
+                serial[slot] = k + 1
+                rtts[(slot, k)] = rtt
+        return t.key, rtts
+
+
+def test_tcp_rtts_agree_with_the_wire(tmp_path: Path) -> None:
+    """Each SYN's RTT against a nanosecond tcpdump of the same SYN and its answer."""
+    n = 256
+    pcap = tmp_path / "syn.pcap"
+    with netns() as ns:
+
+        def run() -> tuple[bytes, dict[tuple[int, int], int]]:
+            with _listener(host="0.0.0.0") as ls:  # open on every 127.x address
+                port = ls.getsockname()[1]
+                with tcpdump(ns, pcap, tcp=True):
+                    return _timed_sweep(n, port)
+
+        key, rtts = in_netns(ns, run)
+    wire = syn_rtts(pcap)
+    assert len(rtts) == 3 * n
+    diffs = sorted(abs(rtt - wire[_icmp.tcp_isn(key, s, k)]) for (s, k), rtt in rtts.items())
+    assert percentile(diffs, 0.5) <= 5_000, diffs[len(diffs) // 2]
+    assert percentile(diffs, 0.99) <= 10_000, diffs[-5:]
+
+
+# ------------------------------------------------------------ the command
+def test_sweep_command_tcp_ports_text_json_and_urls() -> None:
+    with _listener() as ls, _listener(socket.AF_INET6, "::1") as ls6:
+        port, port6 = ls.getsockname()[1], ls6.getsockname()[1]
+        closed = _free_port()
+        r = subprocess.run(
+            ["fastping", "sweep", "--tcp", "-p", f"{port},{closed}", "127.0.0.1"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr  # not every pair open
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"127.0.0.1:{port} is open (")
+        assert lines[1].startswith(f"127.0.0.1:{closed} is closed (")
+        assert "1 open" in r.stderr and "2 host:port pairs" in r.stderr
+        r = subprocess.run(
+            ["fastping", "sweep", f"tcp://[::1]:{port6}", f"tcp://127.0.0.1:{port}", "--json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert {(x["address"], x["port"], x["state"]) for x in rows} == {
+            ("::1", port6, "open"),
+            ("127.0.0.1", port, "open"),
+        }
+        assert {x["target"] for x in rows} == {f"[::1]:{port6}", f"127.0.0.1:{port}"}
+        # -a: the open pairs only
+        r = subprocess.run(
+            ["fastping", "sweep", "--tcp", "--port", f"{closed},{port}", "127.0.0.1", "-a"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tcp", "127.0.0.1"], "--tcp needs the ports to probe"),
+        (["--port", "80", "127.0.0.1"], "add --tcp"),
+        (["--tcp", "-p", "80-70", "127.0.0.1"], "within 1..65535, low to high"),
+        (["--tcp", "-p", "http", "127.0.0.1"], "not a number or a range"),
+        (["tcp://127.0.0.1"], "write tcp://HOST:PORT"),
+        (["tcp://127.0.0.1:0"], "port 1..65535"),
+        (["-p", "abc", "127.0.0.1"], "-p:"),
+    ],
+)
+def test_sweep_command_refuses_bad_ports_saying_what_to_write(
+    args: list[str], message: str
+) -> None:
+    r = subprocess.run(["fastping", "sweep", *args], capture_output=True, text=True)
+    assert r.returncode == 3 and message in r.stderr, r.stderr

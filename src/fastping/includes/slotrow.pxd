@@ -1,7 +1,7 @@
 # One target's results as the core exports them (IcmpSocket.export_rows) and the
 # pipeline's formatters and column export read them (_pipeline.pyx): a fixed layout
 # shared by both compiled modules, so results cross between them as bytes, not objects.
-from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 
 
 cdef extern from *:
@@ -11,6 +11,7 @@ cdef extern from *:
         double sumsq;
         uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr, closed;
         uint8_t ttl, err_type, err_code, has_router;
+        uint16_t port;
         uint8_t addr[16];
         uint8_t router[16];
     } fastping_slot_row;
@@ -20,5 +21,6 @@ cdef extern from *:
         double sumsq
         uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr, closed
         uint8_t ttl, err_type, err_code, has_router
+        uint16_t port                # 0: a kind without ports (ICMP)
         uint8_t addr[16]
         uint8_t router[16]

@@ -173,6 +173,7 @@ cdef class ProbeSocket:
     cdef uint64_t c_enobufs, c_foreign, c_malformed, c_stale, c_unattributed, c_pkts
     cdef uint64_t c_f_type, c_f_ident, c_f_cookie, c_f_source, c_f_unsent, c_f_seq
     cdef uint64_t c_rxq_ovfl, c_events_lost, c_sock_errors, c_log_dropped
+    cdef uint64_t c_closed           # answers that said "port closed" (in c_received too)
     cdef uint64_t c_stats_lost       # per-slot figures not kept: no memory for a SlotRare/SlotRecent
     cdef uint64_t c_tx_stamps, c_tx_unmatched, c_tx_late, c_timed_kernel, c_timed_user, c_rx_user
     cdef int64_t c_outstanding
@@ -817,6 +818,8 @@ cdef class ProbeSocket:
         r.err_type = rr.err_type
         r.err_code = rr.err_code
         memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
+        if self.ports != NULL:
+            r.port = self.ports[s]
         if rr.err_type or rr.unreach or rr.texc:
             r.has_router = 1
             memcpy(r.router, rr.router, self.addr_len)
@@ -873,7 +876,7 @@ cdef class ProbeSocket:
             "timed_kernel": self.c_timed_kernel, "timed_user": self.c_timed_user,
             "tx_stamps": self.c_tx_stamps, "tx_unmatched": self.c_tx_unmatched,
             "tx_late": self.c_tx_late, "rx_user": self.c_rx_user,
-            "stats_lost": self.c_stats_lost,
+            "stats_lost": self.c_stats_lost, "closed": self.c_closed,
         }
 
     def reset_stats(self):
@@ -886,7 +889,7 @@ cdef class ProbeSocket:
         self.c_f_seq = 0
         self.c_outstanding = 0
         self.c_rxq_ovfl = self.c_events_lost = self.c_sock_errors = self.c_log_dropped = 0
-        self.c_stats_lost = 0
+        self.c_stats_lost = self.c_closed = 0
         self.c_tx_stamps = self.c_tx_unmatched = self.c_tx_late = 0
         self.c_timed_kernel = self.c_timed_user = self.c_rx_user = 0
         self.t_send_ns = self.t_total_ns = 0
@@ -1397,6 +1400,7 @@ cdef class ProbeSocket:
         if ttl >= 0:
             st.last_ttl = <uint8_t>ttl
         if kind == C_EV_CLOSED:
+            self.c_closed += 1
             rr = self._rare(slot)
             if rr != NULL:
                 rr.closed += 1
