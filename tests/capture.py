@@ -23,9 +23,8 @@ LINKTYPE_LINUX_SLL2 = 276
 LINK_HDR = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
 
 
-def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
-    """(kind, address, ident, seq, t_ns) for every ICMP/ICMPv6 echo request ("req",
-    address = its destination) and echo reply ("rep", address = its source)."""
+def packets(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(t_ns, packet from its IP header on) for every packet of a nanosecond pcap."""
     data = path.read_bytes()
     if len(data) < 24:
         raise ValueError(f"{path}: not a pcap file ({len(data)} bytes)")
@@ -34,16 +33,21 @@ def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
         raise ValueError(f"{path}: pcap magic {magic:#x}, want nanosecond pcap")
     (link,) = struct.unpack_from("<I", data, 20)
     skip = LINK_HDR[link]
-    out: list[tuple[str, str, int, int, int]] = []
     off = 24
     while off + 16 <= len(data):
         sec, nsec, incl, _orig = struct.unpack_from("<IIII", data, off)
         off += 16
         pkt = data[off + skip : off + incl]
         off += incl
-        t = sec * 1_000_000_000 + nsec
-        if not pkt:
-            continue
+        if pkt:
+            yield sec * 1_000_000_000 + nsec, pkt
+
+
+def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
+    """(kind, address, ident, seq, t_ns) for every ICMP/ICMPv6 echo request ("req",
+    address = its destination) and echo reply ("rep", address = its source)."""
+    out: list[tuple[str, str, int, int, int]] = []
+    for t, pkt in packets(path):
         if pkt[0] >> 4 == 4 and len(pkt) >= 28 and pkt[9] == socket.IPPROTO_ICMP:
             ihl = (pkt[0] & 15) * 4
             typ = pkt[ihl]
@@ -150,23 +154,14 @@ def observed_netns(
 def syn_rtts(path: Path) -> dict[int, int]:
     """Initial sequence number of each SYN -> the wire's gap to the first SYN-ACK or
     RST acknowledging it (IPv4 on lo)."""
-    data = path.read_bytes()
-    (link,) = struct.unpack_from("<I", data, 20)
-    skip = LINK_HDR[link]
     sent: dict[int, int] = {}
     out: dict[int, int] = {}
-    off = 24
-    while off + 16 <= len(data):
-        sec, nsec, incl, _orig = struct.unpack_from("<IIII", data, off)
-        off += 16
-        pkt = data[off + skip : off + incl]
-        off += incl
+    for t, pkt in packets(path):
         if len(pkt) < 40 or pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_TCP:
             continue
         ihl = (pkt[0] & 15) * 4
         seq, ack = struct.unpack_from("!II", pkt, ihl + 4)
         flags = pkt[ihl + 13]
-        t = sec * 1_000_000_000 + nsec
         if flags & 0x12 == 0x02:  # SYN
             sent.setdefault(seq, t)
         elif flags & 0x10 and flags & 0x06:  # SYN-ACK or RST+ACK

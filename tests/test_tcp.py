@@ -145,8 +145,8 @@ def test_filtered_and_unreachable_ports_in_a_namespace() -> None:
         assert (sent, received, timeouts, unreach) == (2, 2, 0, 0)
         assert r["stats"][1][:6] == (2, 0, 0, 0, 2, 0)  # type: ignore[index]
         assert r["stats"][2][:6] == (2, 0, 0, 0, 0, 2)  # type: ignore[index]
-        assert r["totals"]["foreign"] == 0  # type: ignore[index]
-        assert r["totals"]["errors_unattributed"] == 0  # type: ignore[index]
+        assert r["totals"]["foreign"] == 0, r["totals"]  # type: ignore[index]
+        assert r["totals"]["errors_unattributed"] == 0, r["totals"]  # type: ignore[index]
 
 
 def _tcp4(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:

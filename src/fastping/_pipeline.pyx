@@ -822,26 +822,10 @@ cdef class Formatter:
             buf_put(b, b" is ", 4)
             put_s(b, port_state(r))
             if self.count == 1:
-                if r.received:
-                    buf_put(b, b" (", 2)
-                    put_ms_fixed3(b, d.avg_ms, d.avg_ns, d.avg_exact)
-                    buf_put(b, b" ms)", 4)
-                elif d.err:
-                    buf_put(b, b" (", 2)
-                    self._err_text(r, d, family)
-                    buf_put(b, b")", 1)
-                return buf_put(b, b"\n", 1)
+                return self._one(r, d, r.received > 0, family)
         if self.count == 1:
-            if d.alive:
-                buf_put(b, b" is alive (", 11)
-                put_ms_fixed3(b, d.avg_ms, d.avg_ns, d.avg_exact)
-                return buf_put(b, b" ms)\n", 5)
-            buf_put(b, b" is unreachable", 15)
-            if d.err:
-                buf_put(b, b" (", 2)
-                self._err_text(r, d, family)
-                buf_put(b, b")", 1)
-            return buf_put(b, b"\n", 1)
+            buf_put(b, b" is alive" if d.alive else b" is unreachable", 9 if d.alive else 15)
+            return self._one(r, d, d.alive, family)
         buf_put(b, b" : xmt/rcv/%loss = ", 19)
         put_u64(b, d.sent)
         buf_put(b, b"/", 1)
@@ -877,6 +861,19 @@ cdef class Formatter:
                     buf_put(b, b", ", 2)
                 self._err_text(r, d, family)
             buf_put(b, b"]", 1)
+        return buf_put(b, b"\n", 1)
+
+    cdef int _one(self, const SlotRow *r, Derived *d, bint timed, int family) except -1:
+        # the end of a one-probe line: " (0.041 ms)", or the error, or nothing
+        cdef Buf *b = &self.out
+        if timed:
+            buf_put(b, b" (", 2)
+            put_ms_fixed3(b, d.avg_ms, d.avg_ns, d.avg_exact)
+            return buf_put(b, b" ms)\n", 5)
+        if d.err:
+            buf_put(b, b" (", 2)
+            self._err_text(r, d, family)
+            buf_put(b, b")", 1)
         return buf_put(b, b"\n", 1)
 
     cdef int _err_text(self, const SlotRow *r, Derived *d, int family) except -1:
