@@ -519,9 +519,18 @@ def _msg_route(msg: Any) -> _Route | None:
 def _proc_topology() -> _Topology:
     """The same view from /proc/net/{route,ipv6_route} and psutil, for hosts where
     netlink is unavailable (operstate is then inferred from the flags)."""
+    topo = _Topology()
+    index_of = _psutil_links(topo)
+    _proc_routes_v4(topo, index_of)
+    _proc_routes_v6(topo, index_of)
+    return topo
+
+
+def _psutil_links(topo: _Topology) -> dict[str, int]:
+    """Links and their global addresses from psutil into ``topo``; the interface
+    index of each name (``if_nametoindex``, else its place in sorted order)."""
     import psutil
 
-    topo = _Topology()
     stats = psutil.net_if_stats()
     addrs = psutil.net_if_addrs()
     index_of: dict[str, int] = {}
@@ -542,6 +551,11 @@ def _proc_topology() -> _Topology:
             ip = ipaddress.ip_address(a.address.split("%")[0])
             if not (ip.is_link_local or ip.is_loopback):
                 topo.addrs.setdefault(i, set()).add((int(a.family), str(ip)))
+    return index_of
+
+
+def _proc_routes_v4(topo: _Topology, index_of: Mapping[str, int]) -> None:
+    """IPv4 default routes of /proc/net/route (main table) into ``topo``."""
     with contextlib.suppress(OSError), open("/proc/net/route") as f:
         for line in f.read().splitlines()[1:]:
             p = line.split()
@@ -558,6 +572,10 @@ def _proc_topology() -> _Topology:
                             (index_of[p[0]],),
                         )
                     )
+
+
+def _proc_routes_v6(topo: _Topology, index_of: Mapping[str, int]) -> None:
+    """IPv6 default routes of /proc/net/ipv6_route (not RTF_REJECT) into ``topo``."""
     with contextlib.suppress(OSError), open("/proc/net/ipv6_route") as f:
         for line in f.read().splitlines():
             p = line.split()
@@ -576,7 +594,6 @@ def _proc_topology() -> _Topology:
                         (index_of[p[9]],),
                     )
                 )
-    return topo
 
 
 # --- connectivity checks --------------------------------------------------------------
