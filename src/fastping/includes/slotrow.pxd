@@ -9,7 +9,7 @@ cdef extern from *:
     typedef struct fastping_slot_row {
         int64_t min_ns, max_ns, sum_ns, jit_sum_ns;
         double sumsq;
-        uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr;
+        uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr, closed;
         uint8_t ttl, err_type, err_code, has_router;
         uint8_t addr[16];
         uint8_t router[16];
@@ -18,7 +18,7 @@ cdef extern from *:
     ctypedef struct SlotRow "fastping_slot_row":
         int64_t min_ns, max_ns, sum_ns, jit_sum_ns
         double sumsq
-        uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr
+        uint32_t sent, received, dup, late, timeouts, unreach, texc, senderr, closed
         uint8_t ttl, err_type, err_code, has_router
         uint8_t addr[16]
         uint8_t router[16]
