@@ -23,9 +23,8 @@ LINKTYPE_LINUX_SLL2 = 276
 LINK_HDR = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
 
 
-def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
-    """(kind, address, ident, seq, t_ns) for every ICMP/ICMPv6 echo request ("req",
-    address = its destination) and echo reply ("rep", address = its source)."""
+def packets(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(t_ns, packet from its IP header on) for every packet of a nanosecond pcap."""
     data = path.read_bytes()
     if len(data) < 24:
         raise ValueError(f"{path}: not a pcap file ({len(data)} bytes)")
@@ -34,16 +33,21 @@ def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
         raise ValueError(f"{path}: pcap magic {magic:#x}, want nanosecond pcap")
     (link,) = struct.unpack_from("<I", data, 20)
     skip = LINK_HDR[link]
-    out: list[tuple[str, str, int, int, int]] = []
     off = 24
     while off + 16 <= len(data):
         sec, nsec, incl, _orig = struct.unpack_from("<IIII", data, off)
         off += 16
         pkt = data[off + skip : off + incl]
         off += incl
-        t = sec * 1_000_000_000 + nsec
-        if not pkt:
-            continue
+        if pkt:
+            yield sec * 1_000_000_000 + nsec, pkt
+
+
+def read_echoes(path: Path) -> list[tuple[str, str, int, int, int]]:
+    """(kind, address, ident, seq, t_ns) for every ICMP/ICMPv6 echo request ("req",
+    address = its destination) and echo reply ("rep", address = its source)."""
+    out: list[tuple[str, str, int, int, int]] = []
+    for t, pkt in packets(path):
         if pkt[0] >> 4 == 4 and len(pkt) >= 28 and pkt[9] == socket.IPPROTO_ICMP:
             ihl = (pkt[0] & 15) * 4
             typ = pkt[ihl]
@@ -78,14 +82,15 @@ def wire_rtts(path: Path) -> dict[tuple[str, int], list[int]]:
 
 
 @contextlib.contextmanager
-def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
-    """Capture ICMP (or ICMPv6) on ``lo`` of ``netns`` into ``pcap`` while the block
-    runs; waits until tcpdump is listening, and checks afterwards that the kernel
-    dropped nothing from the capture (a capture with holes proves nothing)."""
+def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False) -> Iterator[None]:
+    """Capture ICMP (or ICMPv6, or with ``tcp`` TCP) on ``lo`` of ``netns`` into
+    ``pcap`` while the block runs; waits until tcpdump is listening, and checks
+    afterwards that the kernel dropped nothing from the capture (a capture with
+    holes proves nothing)."""
     cmd = [
         "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
         "-B", "262144", "--immediate-mode", "--time-stamp-precision=nano", "-s", "128",
-        "icmp6" if icmp6 else "icmp",
+        "tcp" if tcp else "icmp6" if icmp6 else "icmp",
     ]  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
@@ -101,8 +106,12 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False) -> Iterator[None]:
         if time.monotonic() > deadline:
             p.kill()
             raise RuntimeError("tcpdump captured nothing within 10 s")
-        subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", sentinel],
-                       capture_output=True)  # fmt: skip
+        if tcp:  # a connect() to a closed port: a SYN and its RST
+            subprocess.run(["ip", "netns", "exec", netns, "bash", "-c",
+                            "exec 3<>/dev/tcp/127.0.0.1/1"], capture_output=True)  # fmt: skip
+        else:
+            subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", sentinel],
+                           capture_output=True)  # fmt: skip
         time.sleep(0.1)
     try:
         yield
@@ -140,6 +149,26 @@ def observed_netns(
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def syn_rtts(path: Path) -> dict[int, int]:
+    """Initial sequence number of each SYN -> the wire's gap to the first SYN-ACK or
+    RST acknowledging it (IPv4 on lo)."""
+    sent: dict[int, int] = {}
+    out: dict[int, int] = {}
+    for t, pkt in packets(path):
+        if len(pkt) < 40 or pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_TCP:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        seq, ack = struct.unpack_from("!II", pkt, ihl + 4)
+        flags = pkt[ihl + 13]
+        if flags & 0x12 == 0x02:  # SYN
+            sent.setdefault(seq, t)
+        elif flags & 0x10 and flags & 0x06:  # SYN-ACK or RST+ACK
+            isn = (ack - 1) & 0xFFFFFFFF
+            if isn in sent and isn not in out:
+                out[isn] = t - sent[isn]
+    return out
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

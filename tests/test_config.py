@@ -11,6 +11,7 @@ import pytest
 
 from fastping.config import FastpingConfig, load_config, parse_config, parse_config_text
 from fastping.errors import ConfigError
+from fastping.retry import RetryConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastping.yaml"
 
@@ -59,7 +60,11 @@ def test_targets_as_strings_or_mappings(tmp_path: Path) -> None:
     assert [t.host for t in cfg.targets] == ["127.0.0.1", "127.0.0.2", "127.0.1.0/30"]
     assert cfg.target_settings(cfg.targets[0])[0] == 2.0
     assert cfg.target_settings(cfg.targets[1])[0] == 0.5
-    assert cfg.retry == "balanced" and cfg.shard_index == (1, 4) and cfg.logging.level == "DEBUG"
+    assert (
+        cfg.retry == RetryConfig.profile("balanced")
+        and cfg.shard_index == (1, 4)
+        and cfg.logging.level == "DEBUG"
+    )
 
 
 def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
@@ -95,8 +100,24 @@ def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
         ("metrics: {listen: 'localhost:0'}\n", "metrics.listen: 'localhost:0' is not allowed: must be HOST:PORT"),
         ("shard: 4/4\n", "shard: '4/4' is not allowed: needs 0 <= i < n"),
         ("shard: half\n", "shard: 'half' is not allowed: must be \"i/n\""),
-        ("retry: 3\n", "retry: 3 is not allowed: must be a mapping or a string"),
-        ("network: [a]\n", "network: ['a'] is not allowed: must be a mapping"),
+        ("retry: 3\n", "retry: 3 is not allowed: must be a mapping of retry keys or a profile name (conservative, balanced, patient)"),
+        ("network: [a]\n", "network: ['a'] is not allowed: must be a mapping of network keys or a profile name"),
+        ("network: {check_interval: soon}\n", "network.check_interval: 'soon' is not allowed: must be a number of seconds or a duration like 500ms, 1s, 2m"),
+        ("network: {check_timeout: true}\n", "network.check_timeout: true is not allowed: must be a number of seconds or a duration like 500ms, 1s, 2m, not true or false"),
+        ("network: {check_hosts: 5}\n", "network.check_hosts: 5 is not allowed: must be a list"),
+        ("network: {webhook_retries: -1}\n", "network.webhook_retries: -1 is not allowed: must be >= 0"),
+        ("network: {check_intreval: 5}\n", "network.check_intreval: unknown key; allowed keys here: profile, check_interval, check_timeout"),
+        ("network: {profile: eager}\n", "network.profile: 'eager' is not allowed: must be one of conservative, balanced, patient"),
+        ("network: {notify_on_change: 'ftp://x'}\n", "network.notify_on_change: 'ftp://x' is not allowed: scheme 'ftp' is not http or https: give an http:// or https:// webhook URL"),
+        ("retry: {max_attempts: many}\n", "retry.max_attempts: 'many' is not allowed: must be a whole number"),
+        ("retry: {max_attempts: true}\n", "retry.max_attempts: true is not allowed: must be a whole number, not true or false"),
+        ("retry: {max_attempts: 0}\n", "retry.max_attempts: 0 is not allowed: must be >= 1"),
+        ("retry: {multiplier: 0.5}\n", "retry.multiplier: 0.5 is not allowed: must be a finite number >= 1.0 (1.0 keeps the delay constant)"),
+        ("retry: {initial_delay: 2, max_delay: 1}\n", "retry.max_delay: 1 is not allowed: must be >= initial_delay (2 s)"),
+        ("retry: {network_timeout: 0}\n", "retry.network_timeout: 0 is not allowed: must be seconds > 0 (a number or a duration like 30s, 2m), or null to wait without limit"),
+        ("retry: {max_attempt: 3}\n", "retry.max_attempt: unknown key; allowed keys here: profile, max_attempts, initial_delay"),
+        ("retry: reckless\n", "retry.profile: 'reckless' is not allowed: must be one of conservative, balanced, patient"),
+        ("defaults: {interval_s: true}\n", "defaults.interval_s: true is not allowed: must be a number of seconds or a duration like 500ms, 1s, 2m, not true or false"),
     ],
 )  # fmt: skip
 def test_invalid_values(tmp_path: Path, text: str, expected: str) -> None:
@@ -152,3 +173,25 @@ def test_parse_config_from_a_dict() -> None:
 def test_parse_text_source_name() -> None:
     with pytest.raises(ConfigError, match=r"\(inline, line 1\)"):
         parse_config_text("mode: nope", source="inline")
+
+
+def test_network_and_retry_sections_are_the_models_their_code_uses(tmp_path: Path) -> None:
+    from fastping.netstate import NetworkConfig
+
+    cfg = load_config(
+        write(tmp_path, "network: {profile: patient, check_hosts: 127.0.0.1}\n"
+              "retry: {profile: conservative, initial_delay: 500ms}\n")
+    )  # fmt: skip
+    assert cfg.network == NetworkConfig.profile("patient", check_hosts=("127.0.0.1",))
+    assert cfg.network.check_interval == 30.0 and cfg.network.model_fields_set
+    assert cfg.retry == RetryConfig.from_mapping({"profile": "conservative", "initial_delay": 0.5})
+    assert not load_config(write(tmp_path, "mode: auto\n")).network.model_fields_set
+
+
+def test_section_errors_name_the_line(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "mode: auto\nretry:\n  max_attempts: 0\nnetwork:\n  debounce: -1\n")
+    src = tmp_path / "fastping.yaml"
+    assert msg.splitlines() == [
+        f"network.debounce: -1 is not allowed: must be > 0 ({src}, line 5)",
+        f"retry.max_attempts: 0 is not allowed: must be >= 1 ({src}, line 3)",
+    ]

@@ -86,7 +86,7 @@ def test_profiles_carry_the_spec_timing(name: str, interval_s: float, timeout_s:
         ({"check_hosts": 5}, "network.check_hosts"),
         ({"check_hosts": [""]}, "network.check_hosts[0]"),
         ({"notify_on_change": "ftp://x"}, "network.notify_on_change"),
-        ({"enable_netlink": "yes"}, "network.enable_netlink"),
+        ({"enable_netlink": "maybe"}, "network.enable_netlink"),
         ({"webhook_retries": -1}, "network.webhook_retries"),
         ({"check_intreval": 5}, "network.check_intreval"),
         ({"profile": "eager"}, "network.profile"),

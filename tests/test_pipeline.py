@@ -24,7 +24,8 @@ from fastping import _pipeline as pl
 from fastping import api, formats
 from fastping.targets import Address, Name, V4Range, parse_target
 
-ROW = struct.Struct("<4qd8I4B16s16s4x")
+# includes/slotrow.pxd: ... senderr, closed (9 uint32), 4 uint8, port (uint16), addr, router
+ROW = struct.Struct("<4qd9I4BH16s16s6x")
 
 
 def test_row_layout_matches_the_core() -> None:
@@ -237,10 +238,12 @@ def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]
         unr,
         texc,
         serr,
+        0,  # closed: ICMP rows have no port
         ttl,
         et,
         ec,
         has_router,
+        0,  # port
         addr.ljust(16, b"\0"),
         router.ljust(16, b"\0"),
     )
@@ -285,7 +288,7 @@ def test_formatters_equal_the_python_formatting_byte_for_byte(family: int, count
     hosts = []
     for (row, st), lab in zip(rows, labels, strict=True):
         alen = 4 if family == socket.AF_INET else 16
-        addr = socket.inet_ntop(family, row[ROW.size - 36 : ROW.size - 36 + alen])
+        addr = socket.inet_ntop(family, row[ROW.size - 38 : ROW.size - 38 + alen])
         hosts.append(api._host_from_stats(lab or addr, addr, st))
     for code, ref in fmts.items():
         for sel in (pl.SEL_ALL, pl.SEL_ALIVE, pl.SEL_DOWN):

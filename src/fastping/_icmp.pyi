@@ -39,7 +39,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -109,33 +109,16 @@ def parse_probes(
     """Slots of the valid, cookie-carrying echo packets among consecutive packets."""
 
 @disjoint_base
-class IcmpSocket:
+class ProbeSocket:
+    """The loop every probe kind shares (see IcmpSocket, TcpSocket): slots, batched
+    sends and reads with the GIL released, kernel timestamps, pacing, the outcome
+    log and the counters. Not made directly."""
+
     family: int  # socket.AF_INET or socket.AF_INET6
     kind: str  # "raw" or "dgram"
-    ident: int  # ICMP identifier (kernel-assigned for dgram sockets)
-    payload_size: int
     batch_size: int
     window: int
-    # the constructor is a __cinit__ (tp_new) in the extension, hence __new__ here
-    def __new__(
-        cls,
-        family: int = ...,
-        *,
-        kind: str = "raw",
-        payload_size: int = 56,
-        ttl: int | None = None,
-        tos: int | None = None,
-        dont_fragment: bool = False,
-        rcvbuf_bytes: int = 0,  # 0 = sized automatically to the in-flight burst
-        batch_size: int = 64,
-        window: int = 1,  # probes per slot that may be outstanding at once
-        bpf: bool = True,  # classic BPF filter on raw sockets (identifier)
-        log_max: int = 4_000_000,  # outcome-log records held at most (see take_log)
-        # send times: "kernel" (TX timestamps; falls back to "packet" without
-        # SO_TIMESTAMPING), "packet" (one sendmsg and clock read per probe, as fping),
-        # "batch" (one clock read per sendmmsg batch: fastest, RTTs include batching)
-        timestamps: str = "kernel",
-    ) -> IcmpSocket: ...
+    def __new__(cls, *args: Any, **kwargs: Any) -> ProbeSocket: ...
     @property
     def timestamps(self) -> str:
         """The send-time mode in force: 'kernel', 'kernel-counter' (keyed by the
@@ -149,7 +132,7 @@ class IcmpSocket:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-    def __enter__(self) -> IcmpSocket: ...
+    def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
 
     # -- targets ---------------------------------------------------------
@@ -162,26 +145,38 @@ class IcmpSocket:
         of 4.3 s or more), recent (24 bytes per slot, made on the first reply unless
         only sweep(count=1) runs), timeouts (8 bytes per slot, made by the first
         set_slot_timeout), address_index, log, events, buffers; per_slot_size."""
-    def set_targets(self, addresses: Sequence[str]) -> None:
-        """Replace all slots with ``addresses`` (numeric, of this family); resets stats."""
+    def set_targets(
+        self, addresses: Sequence[str], ports: Sequence[int] | int | None = None
+    ) -> None:
+        """Replace all slots with ``addresses`` (numeric, of this family; ``ports``
+        for kinds with ports); resets stats."""
     def clear_targets(self) -> None:
         """Drop every slot and reset stats."""
-    def append_targets(self, addresses: Sequence[str]) -> int:
-        """Append slots for numeric ``addresses``; return the first new slot."""
-    def append_range_v4(self, first: int, count: int) -> int:
+    def append_targets(
+        self, addresses: Sequence[str], ports: Sequence[int] | int | None = None
+    ) -> int:
+        """Append slots for numeric ``addresses`` (``ports``: one per address or one
+        for all, for kinds with ports); return the first new slot."""
+    def append_range_v4(self, first: int, count: int, port: int = 0) -> int:
         """Append ``count`` consecutive IPv4 addresses from ``first`` (host-order
         integer), expanded in C with no Python object per target; return the first
         new slot."""
-    def append_packed(self, packed: _Buffer) -> int:
+    def append_packed(self, packed: _Buffer, port: int = 0) -> int:
         """Append one slot per address in ``packed`` (network-order addresses of
         this family, 4 or 16 bytes each, back to back: what fastping._pipeline
         parses a targets file into), with no Python object per target; return the
         first new slot."""
-    def add_target(self, address: str) -> int:
-        """Add one target, return its slot (a freed slot is reused)."""
+    def add_target(self, address: str, port: int = 0) -> int:
+        """Add one target (``port``: for kinds with ports), return its slot (a freed
+        slot is reused)."""
     def remove_target(self, slot: int) -> None:
         """Free ``slot``: later replies for it are ignored (counted as stale)."""
     def slot_address(self, slot: int) -> str: ...
+    def slot_port(self, slot: int) -> int:
+        """The slot's port (0 for kinds without ports)."""
+    def slot_closed(self, slot: int) -> int:
+        """Answers of the slot that said its port is closed (TCP RST): in
+        slot_stats' received too, with their RTTs."""
 
     # -- bounded sweep, all in C with the GIL released ---------------------
     def sweep(
@@ -281,6 +276,65 @@ class IcmpSocket:
         """The slot's own timeout (0: none; add_target / remove_target reset it). A
         reply slower than min(timeout_s, this) times its probe out (EV_TIMEOUT) and
         is EV_LATE; ``expire(t)`` uses min(t, this) for the slot. sweep() ignores it."""
+
+@disjoint_base
+class IcmpSocket(ProbeSocket):
+    """ICMP/ICMPv6 echo on one raw or unprivileged datagram socket."""
+
+    ident: int  # ICMP identifier (kernel-assigned for dgram sockets)
+    payload_size: int
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        kind: str = "raw",
+        payload_size: int = 56,
+        ttl: int | None = None,
+        tos: int | None = None,
+        dont_fragment: bool = False,
+        rcvbuf_bytes: int = 0,  # 0 = sized automatically to the in-flight burst
+        batch_size: int = 64,
+        window: int = 1,  # probes per slot that may be outstanding at once
+        bpf: bool = True,  # classic BPF filter on raw sockets (identifier)
+        log_max: int = 4_000_000,  # outcome-log records held at most (see take_log)
+        # send times: "kernel" (TX timestamps; falls back to "packet" without
+        # SO_TIMESTAMPING), "packet" (one sendmsg and clock read per probe, as fping),
+        # "batch" (one clock read per sendmmsg batch: fastest, RTTs include batching)
+        timestamps: str = "kernel",
+    ) -> None: ...
+
+@disjoint_base
+class TcpSocket(ProbeSocket):
+    """Stateless TCP SYN probes on one raw IPPROTO_TCP socket (CAP_NET_RAW): a
+    SYN-ACK is EV_REPLY (open), a RST EV_CLOSED (closed), silence EV_TIMEOUT
+    (filtered), an ICMP error quoting the SYN EV_UNREACHABLE. The cookie is in the
+    initial sequence number, the serial's low 8 bits in the source port
+    (sport_base .. sport_base + TCP_SPORT_SPAN - 1)."""
+
+    sport_base: int
+    source: str | None  # the source address the SYNs carry (None: the route's)
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        source: str | None = None,
+        ttl: int | None = None,
+        tos: int | None = None,
+        rcvbuf_bytes: int = 0,
+        batch_size: int = 64,
+        window: int = 1,  # 1..64
+        bpf: bool = True,  # classic BPF: SYN-ACKs and RSTs to our ports only
+        log_max: int = 4_000_000,
+        timestamps: str = "kernel",
+        sport_base: int | None = None,  # random in 40000..59999 by default
+    ) -> None: ...
+
+EV_CLOSED: Final[int]  # 7  the port answered closed (TCP RST): an answer, with an RTT
+TCP_SPORT_SPAN: Final[int]  # source ports per TcpSocket (256)
+
+def tcp_isn(key: bytes, slot: int, serial: int) -> int:
+    """The initial sequence number a TcpSocket with cookie ``key`` gives probe
+    ``serial`` of ``slot``; its answer acknowledges it + 1."""
 
 def lateness_bucket_bounds() -> list[int]:
     """Lower bounds (us) of the send-lateness histogram's buckets: whole us below

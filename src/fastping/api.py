@@ -169,8 +169,13 @@ def sweep(
     collect_rtts: bool = False,
     batch_size: int = 64,
     on_progress: Callable[[int, int, int], None] | None = None,
+    tcp_port: int = 0,
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
+
+    ``tcp_port``: stateless TCP SYN probes to that port instead of ICMP echo
+    (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW); a target is then alive
+    when its port answers open (a SYN-ACK), and a RST is counted apart as closed.
 
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
@@ -191,7 +196,12 @@ def sweep(
         family=family,
         collect_rtts=collect_rtts,
     )
-    if mode == "subprocess":
+    if tcp_port:
+        if not 1 <= tcp_port <= 65535:
+            raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
+        if mode not in ("auto", "raw"):
+            raise ValueError(f"TCP probes use a raw socket: mode {mode!r} does not apply")
+    elif mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
 
@@ -212,6 +222,7 @@ def sweep(
             collect_rtts=collect_rtts,
             batch_size=batch_size,
             on_progress=on_progress,
+            tcp_port=tcp_port,
         )
     except UseSubprocess:
         # auto mode and no ICMP socket allowed: the system ping (already logged why)
@@ -235,11 +246,10 @@ def _socket_sweep(
     collect_rtts: bool,
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None = None,
+    tcp_port: int = 0,
 ) -> SweepResult:
     plan = _Plan(target_set(targets), family)
     window = _window(count, interval_s, timeout_s)
-    from .probe import open_icmp_socket
-
     opts = dict(
         payload_size=payload_size,
         ttl=ttl,
@@ -265,13 +275,13 @@ def _socket_sweep(
             shards = socks[fam] = _Shards(fam, bounds[:-1])
             # every socket of every family first: a mode that cannot open one falls
             # back with the target set whole (its addresses are moved out just below)
-            shards.socks = [open_icmp_socket(fam, mode=mode, **opts) for _ in range(k)]
+            shards.socks = [_open_socket(fam, mode, opts, tcp_port) for _ in range(k)]
         for fam, shards in socks.items():
             alen = 4 if fam == socket.AF_INET else 16
             bounds = [*shards.starts, plan.n_slots[fam]]
             packed = memoryview(plan.take_packed(fam))
             for i, sock in enumerate(shards.socks):
-                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen])
+                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen], tcp_port)
                 # the rate is a global budget, shared in proportion to the work
                 share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
                 jobs.append((sock, bounds[i], share))
@@ -318,6 +328,23 @@ def _socket_sweep(
     totals["interrupted"] = int(interrupted)  # Ctrl-C ended a multi-round sweep early
     hosts = _Hosts(plan, socks, rtts)
     return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts)
+
+
+def _open_socket(fam: int, mode: str, opts: dict[str, Any], tcp_port: int) -> Any:
+    """One worker's socket: ICMP in the privilege mode asked for, or TCP SYN."""
+    if not tcp_port:
+        from .probe import open_icmp_socket
+
+        return open_icmp_socket(fam, mode=mode, **opts)
+    from ._icmp import TcpSocket
+
+    return TcpSocket(
+        fam,
+        ttl=opts["ttl"],
+        tos=opts["tos"],
+        window=opts["window"],
+        batch_size=opts["batch_size"],
+    )
 
 
 def auto_workers(n_targets: int, rate_pps: float) -> int:

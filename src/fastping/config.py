@@ -12,46 +12,23 @@ See ``examples/fastping.yaml`` for every key.
 from __future__ import annotations
 
 import re
-import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import Field, ValidationError, field_validator
 
-from .duration import parse_duration
 from .errors import ConfigError, TargetError
 from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
+from .netstate import NetworkConfig
+from .retry import RetryConfig
+from .settings import Model as _Model
+from .settings import Seconds, error_text, show
 from .targets import parse_target
 
 Mode = Literal["auto", "raw", "dgram", "subprocess"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-
-def _duration(v: Any) -> Any:
-    if not isinstance(v, str):
-        return v  # numbers (and wrong types) go to pydantic's own checks and messages
-    try:
-        return parse_duration(v)
-    except ValueError:
-        raise ValueError("must be a number of seconds or a duration like 500ms, 1s, 2m") from None
-
-
-# seconds: a number or "500ms" / "1s" / "2m" / "1m30s" (fastping.duration), as retry: takes
-Seconds = Annotated[float, BeforeValidator(_duration)]
-
-
-class _Model(BaseModel):
-    # extra="forbid": a misspelt key is an error, not a silently ignored setting
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # Limits the engine and the socket enforce, stated here so a config that could never
@@ -289,9 +266,9 @@ class FastpingConfig(_Model):
     store: StoreConfig = StoreConfig()  # frozen, so one shared default is safe
     resources: ResourcesConfig = ResourcesConfig()  # frozen, so one shared default is safe
     logging: LoggingConfig = LoggingConfig()  # frozen, so one shared default is safe
-    # Validated by their own modules (NetworkConfig, RetryConfig) when they use them.
-    network: dict[str, Any] = Field(default_factory=dict)
-    retry: dict[str, Any] | str = Field(default_factory=dict)
+    # the models of the modules that use them (a mapping, or a profile name)
+    network: NetworkConfig = NetworkConfig()  # frozen, so one shared default is safe
+    retry: RetryConfig = RetryConfig()  # frozen, so one shared default is safe
     metrics: MetricsConfig = MetricsConfig()  # frozen, so one shared default is safe
     remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
@@ -496,31 +473,9 @@ def parse_config(
     try:
         cfg = FastpingConfig.model_validate(data)
     except ValidationError as e:
-        lines: list[str] = []
-        paths: dict[str, int] = {}
-        for err in e.errors():
-            path, text = _describe(err, data, source, node)
-            if path in paths and err["type"] != "missing":
-                # the branches of a union (retry: mapping or profile name): one line
-                i = paths[path]
-                head, _, tail = lines[i].rpartition(" (")
-                lines[i] = f"{head} or {_allowed(err).removeprefix('must be ')} ({tail}"
-                continue
-            paths[path] = len(lines)
-            lines.append(text)
-        raise ConfigError("\n".join(lines)) from None
-    # network: and retry: are validated by the modules that use them, here, so a bad
-    # value is found when the file is loaded, not when (or whether) the section is used
-    from .retry import RetryConfig
-
-    try:
-        RetryConfig.from_mapping(cfg.retry or None)
-        if cfg.network:
-            from .netstate import NetworkConfig
-
-            NetworkConfig.from_mapping(cfg.network)
-    except ConfigError as e:
-        raise ConfigError(f"{e} ({source})") from None
+        raise ConfigError(
+            error_text(e, FastpingConfig, where=lambda loc: f" ({source}{_where(node, loc)})")
+        ) from None
     # Checked here rather than in a model validator so the error can name the index.
     seen: dict[str, int] = {}
     for i, t in enumerate(cfg.targets):
@@ -539,42 +494,11 @@ def parse_config(
     return cfg
 
 
-def _keypath(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _line(
     path: str, value: Any, reason: str, source: str, node: yaml.Node | None,
     loc: Sequence[int | str],
 ) -> str:  # fmt: skip
-    shown = "missing" if value is _MISSING else _show(value)
-    verb = "" if value is _MISSING else " is not allowed"
-    where = _where(node, loc)
-    return f"{path}: {shown}{verb}: {reason} ({source}{where})"
-
-
-_MISSING = object()
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 4, 4, 40, 40
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (Mapping, list)):
-        # bounded: repr() of an alias-expanded value would walk all of it
-        text = _REPR.repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return str(value)
+    return f"{path}: {show(value)} is not allowed: {reason} ({source}{_where(node, loc)})"
 
 
 def _where(node: yaml.Node | None, loc: Sequence[int | str]) -> str:
@@ -600,84 +524,6 @@ def _where(node: yaml.Node | None, loc: Sequence[int | str]) -> str:
     if best is None:
         return ""
     return f", line {best.start_mark.line + 1}"
-
-
-# pydantic error types -> what is allowed, in words
-def _allowed(err: Mapping[str, Any]) -> str:
-    t = err["type"]
-    ctx = {k: _num(v) for k, v in (err.get("ctx") or {}).items()}
-    if t == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if t == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if t == "less_than":
-        return f"must be < {ctx['lt']}"
-    if t == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if t == "literal_error":
-        return f"must be one of {ctx['expected']}"
-    if t == "extra_forbidden":
-        return "unknown key"
-    if t == "missing":
-        return "required"
-    if t in ("float_parsing", "float_type"):
-        return "must be a number"
-    if t in ("int_parsing", "int_type", "int_from_float"):
-        return "must be a whole number"
-    if t in ("bool_parsing", "bool_type"):
-        return "must be true or false"
-    if t == "string_type":
-        return "must be a string"
-    if t in ("dict_type", "model_type", "model_attributes_type"):
-        return "must be a mapping"
-    if t == "list_type":
-        return "must be a list"
-    if t == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return str(err["msg"])
-
-
-def _num(v: Any) -> Any:
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
-def _describe(
-    err: Mapping[str, Any], data: Mapping[str, Any], source: str, node: yaml.Node | None
-) -> tuple[str, str]:
-    loc = list(err["loc"])
-    # pydantic names the branch of a union it tried ("retry.dict[str,any]") and the
-    # function of a validator; keep only the user's keys and indexes.
-    loc = [p for p in loc if isinstance(p, int) or not _is_internal(p)]
-    path = _keypath(loc) or "(top level)"
-    reason = _allowed(err)
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        if allowed:
-            reason = f"unknown key; allowed keys here: {', '.join(allowed)}"
-        return path, f"{path}: {reason} ({source}{_where(node, loc)})"
-    value = _MISSING if err["type"] == "missing" else err.get("input")
-    return path, _line(path, value, reason, source, node, loc)
-
-
-def _is_internal(part: str) -> bool:
-    return "[" in part or part.startswith("function-") or part in ("str", "dict", "list")
-
-
-def _allowed_keys(loc: Sequence[int | str]) -> list[str]:
-    model: type[BaseModel] = FastpingConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))
-        sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is None:
-            return []
-        model = sub
-    return list(model.model_fields)
 
 
 __all__ = [

@@ -55,7 +55,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -489,68 +489,86 @@ class MetricsCollector(Collector):
 
         live = self._live()
         out: list[str] = []
-        w = out.append
-        f = _TARGET_FAMILIES
+        for key, write in self._text_writers(out.append):
+            name, typ, doc = _TARGET_FAMILIES[key]
+            n = name + "_total" if typ == "counter" else name
+            out.append(f"# HELP {n} {doc}\n# TYPE {n} {typ}\n")
+            for s in live:
+                if len(out) >= CHUNK_LINES:
+                    yield "".join(out).encode()
+                    out.clear()
+                write(n, s)
+        yield "".join(out).encode()
+        yield generate_latest(self._engine_registry)
 
-        def head(key: str) -> str:
-            name, typ, doc = f[key]
-            full = name + "_total" if typ == "counter" else name
-            w(f"# HELP {full} {doc}\n# TYPE {full} {typ}\n")
-            return full
+    def _text_writers(
+        self, w: Callable[[str], None]
+    ) -> list[tuple[str, Callable[[str, _Series], None]]]:
+        """Per target family (a ``_TARGET_FAMILIES`` key), what writes one series'
+        lines with ``w``, given the family's full name."""
+        les = self._les
+        pre = [f',outcome="{o.value}"}} ' for o in OUTCOMES]
 
-        n = head("requests")
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+        def requests(n: str, s: _Series) -> None:
             c = s.counts
             sent = c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + s.sent_down
             w(f"{n}{{{s.lab}}} {sent}\n")
-        n = head("hist")
-        les = self._les
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+
+        def hist(n: str, s: _Series) -> None:
             lab = s.lab
             acc = 0
             for le, k in zip(les, list(s.buckets), strict=True):
                 acc += k
                 w(f'{n}_bucket{{{lab},le="{le}"}} {acc}\n')
             w(f"{n}_sum{{{lab}}} {s.rtt_sum_ms / 1000.0!r}\n{n}_count{{{lab}}} {acc}\n")
-        n = head("ttl")
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+
+        def ttl(n: str, s: _Series) -> None:
             w(f"{n}{{{s.lab}}} {s.ttl}\n")
-        n = head("dup")
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+
+        def dup(n: str, s: _Series) -> None:
             w(f"{n}{{{s.lab}}} {s.counts[_I_DUP]}\n")
-        n = head("send_err")
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+
+        def send_err(n: str, s: _Series) -> None:
             w(f"{n}{{{s.lab}}} {s.counts[_I_SENDERR]}\n")
-        n = head("results")
-        pre = [f',outcome="{o.value}"}} ' for o in OUTCOMES]
-        for s in live:
-            if len(out) >= CHUNK_LINES:
-                yield "".join(out).encode()
-                out.clear()
+
+        def results(n: str, s: _Series) -> None:
             lab = f"{n}{{{s.lab}"
             for p, k in zip(pre, list(s.counts), strict=True):
                 w(f"{lab}{p}{k}\n")
-        yield "".join(out).encode()
-        yield generate_latest(self._engine_registry)
+
+        return [
+            ("requests", requests),
+            ("hist", hist),
+            ("ttl", ttl),
+            ("dup", dup),
+            ("send_err", send_err),
+            ("results", results),
+        ]
 
     def collect_engine(self) -> Iterator[Metric]:
         """The agent-wide families (socket, loop, store, network, guard)."""
         st = self.engine.stats()
+        yield from self._socket_families(st)
+        yield from self._loop_families(st)
+        yield from self._store_families(st)
+        yield from self._network_families()
+        yield from self._guard_families(st)
+        yield from self._loss_families(st.get("loss"))
+        yield _counter(
+            "fastping_metrics_ignored_labels",
+            "Target label names not exported (not configured when metrics started).",
+            self.ignored_labels,
+        )
+        if self.shard is not None:
+            shard = GaugeMetricFamily(
+                "fastping_shard", "This agent's shard (index of count).", labels=("shard",)
+            )
+            shard.add_metric([f"{self.shard[0]}/{self.shard[1]}"], 1.0)
+            yield shard
+
+    @staticmethod
+    def _socket_families(st: dict[str, Any]) -> Iterator[Metric]:
+        """Targets, probes and the socket's own counters."""
         sock = st.get("socket") or {}
         yield _counter(
             "smokeping_receive_errors",
@@ -576,6 +594,9 @@ class MetricsCollector(Collector):
             ("events_lost", "events_lost", "Core events lost (event buffer full)."),
         ):  # fmt: skip
             yield _counter(f"fastping_socket_{name}", doc, sock.get(key, 0))
+
+    def _loop_families(self, st: dict[str, Any]) -> Iterator[Metric]:
+        """The engine's tick lag and the probes' send lateness."""
         lag = st["loop_lag_s"]
         ticks = st["ticks"]
         yield _gauge(
@@ -600,6 +621,10 @@ class MetricsCollector(Collector):
         )
         h.add_metric([], lat.prometheus_buckets(), lat.sum_ns / 1e9)
         yield h
+
+    @staticmethod
+    def _store_families(st: dict[str, Any]) -> Iterator[Metric]:
+        """The store's queue and writes, and the events subscribers lost."""
         store = st.get("store") or {}
         yield _gauge(
             "fastping_store_queue_depth",
@@ -627,6 +652,9 @@ class MetricsCollector(Collector):
             "Events slow subscribers lost (oldest first).",
             st.get("subscriber_dropped", 0),
         )
+
+    def _network_families(self) -> Iterator[Metric]:
+        """This host's own network state and the time spent in each."""
         state = _network_state(self.engine)
         totals = self._net_clock.update(state)
         g = GaugeMetricFamily(
@@ -644,6 +672,9 @@ class MetricsCollector(Collector):
             t.add_metric([name], totals.get(name, 0.0))
         yield g
         yield t
+
+    def _guard_families(self, st: dict[str, Any]) -> Iterator[Metric]:
+        """The resource guard: throttling and the CPU and memory it last saw."""
         guard = st.get("guard") or {}
         throttled = self.engine.guard.throttled
         gt = self._throttle_clock.update("1" if throttled else "0")
@@ -679,18 +710,6 @@ class MetricsCollector(Collector):
                 "fastping_guard_rss_bytes", "Resident memory at the guard's last check.",
                 rss * 1024 * 1024,
             )  # fmt: skip
-        yield from self._loss_families(st.get("loss"))
-        yield _counter(
-            "fastping_metrics_ignored_labels",
-            "Target label names not exported (not configured when metrics started).",
-            self.ignored_labels,
-        )
-        if self.shard is not None:
-            shard = GaugeMetricFamily(
-                "fastping_shard", "This agent's shard (index of count).", labels=("shard",)
-            )
-            shard.add_metric([f"{self.shard[0]}/{self.shard[1]}"], 1.0)
-            yield shard
 
     @staticmethod
     def _loss_families(loss: dict[str, Any] | None) -> Iterator[Metric]:
@@ -979,60 +998,14 @@ class HttpMetricsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         latest = self._latest
         lab = ("url", "ip")
-        g = {
-            n: GaugeMetricFamily(n, d, labels=lab)
-            for n, d in (
-                ("probe_success", "Displays whether or not the probe was a success"),
-                ("probe_duration_seconds",
-                 "Returns how long the probe took to complete in seconds"),
-                ("probe_dns_lookup_time_seconds",
-                 "Returns the time taken for probe dns lookup in seconds"),
-                ("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6"),
-                ("probe_http_status_code", "Response HTTP status code"),
-                ("probe_http_version", "Returns the version of HTTP of the probe response"),
-                ("probe_http_redirects", "The number of redirects"),
-                ("probe_http_ssl", "Indicates if SSL was used for the final redirect"),
-                ("probe_http_content_length", "Length of http content response"),
-                ("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime"),
-                ("fastping_http_server_seconds",
-                 "Server time to the first byte: wait minus the network RTT (docs/http.md)"),
-                ("fastping_http_path_seconds", "Total time minus the server time (docs/http.md)"),
-                ("fastping_http_network_rtt_seconds",
-                 "The network RTT the split used (ICMP of the address, else the TCP handshake's)"),
-            )
-        }  # fmt: skip
+        g = _http_gauges(lab)
         phases = GaugeMetricFamily(
             "probe_http_duration_seconds",
             "Duration of http request by phase (of the last request of a redirect chain)",
             labels=(*lab, "phase"),
         )
         for (url, ip), r in latest.items():
-            v = [url, ip]
-            g["probe_success"].add_metric(v, 1.0 if r.ok else 0.0)
-            if r.total_ms is not None:
-                g["probe_duration_seconds"].add_metric(v, r.total_ms / 1000.0)
-            if r.dns_ms is not None:
-                g["probe_dns_lookup_time_seconds"].add_metric(v, r.dns_ms / 1000.0)
-            if ip:
-                g["probe_ip_protocol"].add_metric(v, 6.0 if ":" in ip else 4.0)
-            g["probe_http_status_code"].add_metric(v, float(r.status or 0))
-            if r.http_version:
-                g["probe_http_version"].add_metric(v, float(r.http_version.split("/")[-1]))
-            g["probe_http_redirects"].add_metric(v, float(r.redirects))
-            final = r.final_url or r.url
-            g["probe_http_ssl"].add_metric(v, 1.0 if final.startswith("https:") else 0.0)
-            g["probe_http_content_length"].add_metric(v, float(r.body_bytes))
-            if r.cert_not_after is not None:
-                g["probe_ssl_earliest_cert_expiry"].add_metric(v, r.cert_not_after)
-            for name, attr in (("fastping_http_server_seconds", "server_ms"),
-                               ("fastping_http_path_seconds", "path_ms"),
-                               ("fastping_http_network_rtt_seconds", "rtt_ms")):  # fmt: skip
-                x = getattr(r, attr)
-                if x is not None:
-                    g[name].add_metric(v, x / 1000.0)
-            for phase, attrs in _BB_PHASES:
-                xs = [getattr(r, a) for a in attrs]
-                phases.add_metric([*v, phase], sum(x for x in xs if x is not None) / 1000.0)
+            _add_http_result(g, phases, [url, ip], r)
         yield from g.values()
         yield phases
         checks = CounterMetricFamily(
@@ -1042,3 +1015,61 @@ class HttpMetricsCollector(Collector):
         for (url, ip, oc), n in list(self._counts.items()):
             checks.add_metric([url, ip, oc], n)
         yield checks
+
+
+def _http_gauges(lab: tuple[str, ...]) -> dict[str, GaugeMetricFamily]:
+    """The blackbox_exporter gauges (and fastping's server/path split) by name."""
+    return {
+        n: GaugeMetricFamily(n, d, labels=lab)
+        for n, d in (
+            ("probe_success", "Displays whether or not the probe was a success"),
+            ("probe_duration_seconds",
+             "Returns how long the probe took to complete in seconds"),
+            ("probe_dns_lookup_time_seconds",
+             "Returns the time taken for probe dns lookup in seconds"),
+            ("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6"),
+            ("probe_http_status_code", "Response HTTP status code"),
+            ("probe_http_version", "Returns the version of HTTP of the probe response"),
+            ("probe_http_redirects", "The number of redirects"),
+            ("probe_http_ssl", "Indicates if SSL was used for the final redirect"),
+            ("probe_http_content_length", "Length of http content response"),
+            ("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime"),
+            ("fastping_http_server_seconds",
+             "Server time to the first byte: wait minus the network RTT (docs/http.md)"),
+            ("fastping_http_path_seconds", "Total time minus the server time (docs/http.md)"),
+            ("fastping_http_network_rtt_seconds",
+             "The network RTT the split used (ICMP of the address, else the TCP handshake's)"),
+        )
+    }  # fmt: skip
+
+
+def _add_http_result(
+    g: dict[str, GaugeMetricFamily], phases: GaugeMetricFamily, v: list[str], r: Any
+) -> None:
+    """One (URL, address)'s latest result ``r`` as samples labelled ``v`` ([url, ip])."""
+    ip = v[1]
+    g["probe_success"].add_metric(v, 1.0 if r.ok else 0.0)
+    if r.total_ms is not None:
+        g["probe_duration_seconds"].add_metric(v, r.total_ms / 1000.0)
+    if r.dns_ms is not None:
+        g["probe_dns_lookup_time_seconds"].add_metric(v, r.dns_ms / 1000.0)
+    if ip:
+        g["probe_ip_protocol"].add_metric(v, 6.0 if ":" in ip else 4.0)
+    g["probe_http_status_code"].add_metric(v, float(r.status or 0))
+    if r.http_version:
+        g["probe_http_version"].add_metric(v, float(r.http_version.split("/")[-1]))
+    g["probe_http_redirects"].add_metric(v, float(r.redirects))
+    final = r.final_url or r.url
+    g["probe_http_ssl"].add_metric(v, 1.0 if final.startswith("https:") else 0.0)
+    g["probe_http_content_length"].add_metric(v, float(r.body_bytes))
+    if r.cert_not_after is not None:
+        g["probe_ssl_earliest_cert_expiry"].add_metric(v, r.cert_not_after)
+    for name, attr in (("fastping_http_server_seconds", "server_ms"),
+                       ("fastping_http_path_seconds", "path_ms"),
+                       ("fastping_http_network_rtt_seconds", "rtt_ms")):  # fmt: skip
+        x = getattr(r, attr)
+        if x is not None:
+            g[name].add_metric(v, x / 1000.0)
+    for phase, attrs in _BB_PHASES:
+        xs = [getattr(r, a) for a in attrs]
+        phases.add_metric([*v, phase], sum(x for x in xs if x is not None) / 1000.0)

@@ -46,9 +46,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from .errors import ConfigError, FastpingError, PermissionDenied, SocketError
+from .settings import Seconds, Section, WholeNumber
 
 log = logging.getLogger("fastping.netstate")
 
@@ -152,22 +155,6 @@ PROFILES: dict[str, dict[str, float]] = {
 }
 
 
-def parse_duration_s(value: object, key: str) -> float:
-    """Seconds from a number or a string like ``"500ms"``, ``"5s"``, ``"1m30s"``
-    (``fastping.duration``: the one syntax every setting uses)."""
-    from .duration import parse_duration
-
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise ConfigError(
-            f"network.{key}: expected a duration like 5s or 500ms, got {value!r}"
-        ) from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"network.{key}: must be a positive duration, got {value!r}")
-    return seconds
-
-
 class UpFlag:
     """A truth value that may also be called: ``NetworkMonitor.is_up`` was a method
     beside the properties ``state`` and ``verified``, so ``if mon.is_up:`` was always
@@ -194,22 +181,38 @@ class UpFlag:
         return repr(self._value)
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkConfig:
-    """Settings of :class:`NetworkMonitor` (YAML section ``network:``)."""
+def _names(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v  # one name is a list of one
 
-    check_interval: float = 10.0  # s, periodic check (and re-sync) period
-    check_timeout: float = 5.0  # s, per check round
-    check_hosts: tuple[str, ...] = ()  # names/addresses, or presets "gateway", "public"
-    notify_on_change: str | None = None  # webhook URL POSTed on every state change
-    enable_netlink: bool = True
-    preferred_ifaces: tuple[str, ...] = ()  # names or fnmatch patterns; empty = all non-loopback
-    degraded_counts_as_up: bool = True  # is_up() / wait_for_network() accept DEGRADED
-    debounce: float = 0.005  # s, gathers one burst of netlink events before checking
-    webhook_timeout: float = 5.0  # s, per POST attempt
-    webhook_retries: int = 3  # extra attempts after the first, with doubling delay
 
-    KEYS = (
+def _host_name(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must be a host name or address")
+    return v
+
+
+def _iface_name(v: str) -> str:
+    if not v:
+        raise ValueError("must be an interface name or pattern (eth0, wlan*)")
+    return v
+
+
+HostNames = Annotated[
+    tuple[Annotated[str, AfterValidator(_host_name)], ...], BeforeValidator(_names)
+]
+IfaceNames = Annotated[
+    tuple[Annotated[str, AfterValidator(_iface_name)], ...], BeforeValidator(_names)
+]
+
+
+class NetworkConfig(Section):
+    """Settings of :class:`NetworkMonitor` (YAML section ``network:``): a mapping of
+    these keys, optionally with ``profile:`` (whose timing they override). A bad
+    value, from the file, ``from_mapping`` or the constructor, raises ConfigError
+    naming the key."""
+
+    SECTION: ClassVar[str] = "network"
+    KEYS: ClassVar[tuple[str, ...]] = (
         "check_interval",
         "check_timeout",
         "check_hosts",
@@ -222,35 +225,40 @@ class NetworkConfig:
         "webhook_retries",
     )
 
-    def __post_init__(self) -> None:
-        # Normalise lists to tuples so the config stays hashable and immutable.
-        object.__setattr__(self, "check_hosts", tuple(self.check_hosts))
-        object.__setattr__(self, "preferred_ifaces", tuple(self.preferred_ifaces))
-        for key in ("check_interval", "check_timeout", "debounce", "webhook_timeout"):
-            object.__setattr__(self, key, parse_duration_s(getattr(self, key), key))
-        for i, host in enumerate(self.check_hosts):
-            if not isinstance(host, str) or not host.strip():
-                raise ConfigError(f"network.check_hosts[{i}]: expected a host name or address")
-        for i, name in enumerate(self.preferred_ifaces):
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"network.preferred_ifaces[{i}]: expected an interface name")
-        url = self.notify_on_change
-        if url is not None:
-            why = _webhook_url_problem(url)
-            if why:
-                raise ConfigError(
-                    f"network.notify_on_change: {why}: give an http:// or https:// webhook "
-                    f"URL with a host (http://127.0.0.1:8080/hook), got {url!r}"
-                )
-        if (
-            isinstance(self.webhook_retries, bool)
-            or not isinstance(self.webhook_retries, int)
-            or (self.webhook_retries < 0)
-        ):
-            raise ConfigError("network.webhook_retries: expected a whole number >= 0")
-        for key in ("enable_netlink", "degraded_counts_as_up"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"network.{key}: expected true or false")
+    # periodic check (and re-sync) period
+    check_interval: Seconds = Field(default=10.0, gt=0, allow_inf_nan=False)
+    check_timeout: Seconds = Field(default=5.0, gt=0, allow_inf_nan=False)  # per check round
+    check_hosts: HostNames = ()  # names/addresses, or presets "gateway", "public"
+    notify_on_change: str | None = None  # webhook URL POSTed on every state change
+    enable_netlink: bool = True
+    preferred_ifaces: IfaceNames = ()  # names or fnmatch patterns; empty = all non-loopback
+    degraded_counts_as_up: bool = True  # is_up() / wait_for_network() accept DEGRADED
+    # gathers one burst of netlink events before checking
+    debounce: Seconds = Field(default=0.005, gt=0, allow_inf_nan=False)
+    webhook_timeout: Seconds = Field(default=5.0, gt=0, allow_inf_nan=False)  # per POST attempt
+    webhook_retries: WholeNumber = Field(default=3, ge=0)  # extra attempts, doubling delay
+
+    @field_validator("notify_on_change", mode="before")
+    @classmethod
+    def _no_webhook(cls, v: Any) -> Any:
+        # The spec's boolean ("notify only on change") is what we always do; a
+        # webhook needs a URL.
+        return None if isinstance(v, bool) else v
+
+    @field_validator("notify_on_change")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        why = None if v is None else _webhook_url_problem(v)
+        if why:
+            raise ValueError(
+                f"{why}: give an http:// or https:// webhook URL with a host "
+                "(http://127.0.0.1:8080/hook)"
+            )
+        return v
+
+    @classmethod
+    def profile_values(cls) -> Mapping[str, Mapping[str, Any]]:
+        return PROFILES
 
     @classmethod
     def profile(cls, name: str, **overrides: Any) -> NetworkConfig:
@@ -260,46 +268,6 @@ class NetworkConfig:
                 f"network.profile: unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
             )
         return cls(**{**PROFILES[name], **overrides})
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> NetworkConfig:
-        """Build from the YAML ``network:`` section; ConfigError names the bad key."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError("network: expected a mapping of settings")
-        values: dict[str, Any] = {}
-        if "profile" in data:
-            name = data["profile"]
-            if not isinstance(name, str) or name not in PROFILES:
-                raise ConfigError(
-                    f"network.profile: unknown profile {name!r}; "
-                    f"choose one of {', '.join(PROFILES)}"
-                )
-            values.update(PROFILES[name])
-        for key, value in data.items():
-            if key == "profile":
-                continue
-            if key not in cls.KEYS:
-                raise ConfigError(
-                    f"network.{key}: unknown setting; known: profile, {', '.join(cls.KEYS)}"
-                )
-            if key in ("check_hosts", "preferred_ifaces"):
-                if isinstance(value, str):
-                    value = [value]
-                if not isinstance(value, (list, tuple)):
-                    raise ConfigError(f"network.{key}: expected a list of names")
-            if key == "notify_on_change" and isinstance(value, bool):
-                # The spec's boolean ("notify only on change") is what we always do;
-                # a webhook needs a URL.
-                value = None
-            values[key] = value
-        try:
-            return cls(**values)
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as e:  # pragma: no cover - defensive
-            raise ConfigError(f"network: {e}") from e
 
 
 # --- the netlink view -----------------------------------------------------------
@@ -519,9 +487,18 @@ def _msg_route(msg: Any) -> _Route | None:
 def _proc_topology() -> _Topology:
     """The same view from /proc/net/{route,ipv6_route} and psutil, for hosts where
     netlink is unavailable (operstate is then inferred from the flags)."""
+    topo = _Topology()
+    index_of = _psutil_links(topo)
+    _proc_routes_v4(topo, index_of)
+    _proc_routes_v6(topo, index_of)
+    return topo
+
+
+def _psutil_links(topo: _Topology) -> dict[str, int]:
+    """Links and their global addresses from psutil into ``topo``; the interface
+    index of each name (``if_nametoindex``, else its place in sorted order)."""
     import psutil
 
-    topo = _Topology()
     stats = psutil.net_if_stats()
     addrs = psutil.net_if_addrs()
     index_of: dict[str, int] = {}
@@ -542,6 +519,11 @@ def _proc_topology() -> _Topology:
             ip = ipaddress.ip_address(a.address.split("%")[0])
             if not (ip.is_link_local or ip.is_loopback):
                 topo.addrs.setdefault(i, set()).add((int(a.family), str(ip)))
+    return index_of
+
+
+def _proc_routes_v4(topo: _Topology, index_of: Mapping[str, int]) -> None:
+    """IPv4 default routes of /proc/net/route (main table) into ``topo``."""
     with contextlib.suppress(OSError), open("/proc/net/route") as f:
         for line in f.read().splitlines()[1:]:
             p = line.split()
@@ -558,6 +540,10 @@ def _proc_topology() -> _Topology:
                             (index_of[p[0]],),
                         )
                     )
+
+
+def _proc_routes_v6(topo: _Topology, index_of: Mapping[str, int]) -> None:
+    """IPv6 default routes of /proc/net/ipv6_route (not RTF_REJECT) into ``topo``."""
     with contextlib.suppress(OSError), open("/proc/net/ipv6_route") as f:
         for line in f.read().splitlines():
             p = line.split()
@@ -576,7 +562,6 @@ def _proc_topology() -> _Topology:
                         (index_of[p[9]],),
                     )
                 )
-    return topo
 
 
 # --- connectivity checks --------------------------------------------------------------
@@ -909,7 +894,7 @@ class NetworkMonitor:
                     f"NetworkMonitor: unknown setting(s) {', '.join(sorted(unknown))}; "
                     f"known: {', '.join(NetworkConfig.KEYS)}"
                 )
-            base = replace(base, **overrides)
+            base = NetworkConfig(**{**base.model_dump(), **overrides})
         self.config = base
         self._prober: HostProber = prober or DefaultProber()
         self._state = NetworkState.UNKNOWN

@@ -39,11 +39,15 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, NamedTuple, Protocol, TypeVar, cast, overload
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, cast, overload
 
+from pydantic import Field, ValidationInfo, field_validator
+
+from .duration import parse_duration
 from .errors import ConfigError, FastpingError, TransientError
 from .logs import get_logger
+from .settings import Seconds, Section, WholeNumber
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -177,56 +181,18 @@ def is_retryable_error(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------- config
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+# The spec's configuration examples set max_attempts, initial_delay and
+# wait_for_network per profile; max_delay 30s, multiplier 2 and jitter come from
+# its retry example and are shared. It gives no network_timeout: "operations can
+# wait indefinitely for network recovery", bounded by the caller's deadline.
+_PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "conservative": {"max_attempts": 3, "initial_delay": 1.0, "wait_for_network": True},
+    "balanced": {"max_attempts": 5, "initial_delay": 1.0, "wait_for_network": True},
+    "patient": {"max_attempts": 10, "initial_delay": 2.0, "wait_for_network": True},
+}
 
 
-def _parse_duration(key: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-        if allow_none:
-            return None
-        raise ConfigError(f"retry.{key}: got {value!r}; expected a duration like 1s or 0.5")
-    from .duration import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError:
-        pass
-    allowed = "seconds as a number or a duration like 500ms, 1s, 2m, 1m30s"
-    if allow_none:
-        allowed += ", or null for no limit"
-    raise ConfigError(f"retry.{key}: got {value!r}; expected {allowed}")
-
-
-def _parse_bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigError(f"retry.{key}: got {value!r}; expected true or false")
-
-
-def _parse_int(key: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise ConfigError(f"retry.{key}: got {value!r}; expected a whole number >= 1")
-
-
-def _parse_float(key: str, value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"retry.{key}: got {value!r}; expected a number >= 1.0")
-
-
-@dataclass(frozen=True)
-class RetryConfig:
+class RetryConfig(Section):
     """How often and how patiently to retry. The defaults are the `balanced` profile.
 
     max_attempts:     attempts that may fail before giving up (the first one counts);
@@ -242,46 +208,74 @@ class RetryConfig:
                       long as the overall deadline allows. When it passes with the
                       network still down, the failure counts as an attempt and the
                       next attempt runs at once (the pause served as its backoff).
+
+    The YAML `retry:` section (``from_mapping``, and ``fastping.config`` for the
+    file) may name a profile (`profile: patient`, or just the string `patient`)
+    and set keys, which override the profile's values::
+
+        retry:
+          profile: conservative
+          initial_delay: 500ms
+          network_timeout: 2m
+
+    Durations are seconds or Go-style strings ("500ms", "1s", "1m30s"). A bad value,
+    from the file or the constructor, raises ConfigError naming the key, the value
+    and what is allowed.
     """
 
-    max_attempts: int = 5
-    initial_delay: float = 1.0
-    max_delay: float = 30.0
+    SECTION: ClassVar[str] = "retry"
+
+    max_attempts: WholeNumber = Field(default=5, ge=1)
+    initial_delay: Seconds = Field(default=1.0, ge=0, allow_inf_nan=False)
+    max_delay: Seconds = Field(default=30.0, ge=0, allow_inf_nan=False)
     multiplier: float = 2.0
     jitter: bool = True
     wait_for_network: bool = True
     network_timeout: float | None = None
 
-    def __post_init__(self) -> None:
-        def bad(key: str, allowed: str) -> ConfigError:
-            return ConfigError(f"retry.{key}: got {getattr(self, key)!r}; expected {allowed}")
+    @field_validator("max_delay")
+    @classmethod
+    def _not_below_initial(cls, v: float, info: ValidationInfo) -> float:
+        initial = info.data.get("initial_delay")
+        if initial is not None and v < initial:
+            raise ValueError(f"must be >= initial_delay ({initial:g} s)")
+        return v
 
-        if (
-            not isinstance(self.max_attempts, int)
-            or isinstance(self.max_attempts, bool)
-            or self.max_attempts < 1
-        ):
-            raise bad("max_attempts", "a whole number >= 1")
-        for key in ("initial_delay", "max_delay"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
-                raise bad(key, "a finite number of seconds >= 0")
-        if self.max_delay < self.initial_delay:
-            raise bad("max_delay", f"a number of seconds >= initial_delay ({self.initial_delay})")
-        m = self.multiplier
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (1.0 <= m < math.inf):
-            raise bad("multiplier", "a finite number >= 1.0 (1.0 keeps the delay constant)")
-        if not isinstance(self.jitter, bool):
-            raise bad("jitter", "true or false")
-        if not isinstance(self.wait_for_network, bool):
-            raise bad("wait_for_network", "true or false")
-        nt = self.network_timeout
-        if nt is not None and (
-            isinstance(nt, bool) or not isinstance(nt, (int, float)) or not (0 < nt < math.inf)
-        ):
-            raise bad("network_timeout", "a number of seconds > 0, or null to wait without limit")
+    @field_validator("multiplier", mode="before")
+    @classmethod
+    def _multiplier(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true or false")
+        return v
 
-    # ---- profiles and mappings
+    @field_validator("multiplier")
+    @classmethod
+    def _growth(cls, v: float) -> float:
+        if not 1.0 <= v < math.inf:
+            raise ValueError("must be a finite number >= 1.0 (1.0 keeps the delay constant)")
+        return v
+
+    @field_validator("network_timeout", mode="before")
+    @classmethod
+    def _network_timeout(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null")):
+            return None
+        try:
+            seconds = parse_duration(v)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds < math.inf:
+            raise ValueError(
+                "must be seconds > 0 (a number or a duration like 30s, 2m), "
+                "or null to wait without limit"
+            )
+        return seconds
+
+    # ---- profiles
+
+    @classmethod
+    def profile_values(cls) -> Mapping[str, Mapping[str, Any]]:
+        return _PROFILE_SETTINGS
 
     @classmethod
     def profile(cls, name: str) -> RetryConfig:
@@ -292,54 +286,6 @@ class RetryConfig:
             raise ConfigError(
                 f"retry.profile: got {name!r}; expected one of {', '.join(PROFILES)}"
             ) from None
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | str | None) -> RetryConfig:
-        """Build from the YAML `retry:` section.
-
-        `data` may name a profile (`profile: patient`, or just the string
-        `patient`) and/or set keys, which override the profile's values:
-
-            retry:
-              profile: conservative
-              initial_delay: 500ms
-              network_timeout: 2m
-
-        Unknown keys and bad values raise ConfigError naming the key, the value
-        and what is allowed.
-        """
-        if data is None:
-            return cls()
-        if isinstance(data, str):
-            return cls.profile(data)
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"retry: got {data!r}; expected a mapping of retry keys or a profile name "
-                f"({', '.join(PROFILES)})"
-            )
-        allowed = ["profile", *(f.name for f in fields(cls))]
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(
-                    f"retry.{key}: unknown key (value {data[key]!r}); "
-                    f"allowed keys: {', '.join(allowed)}"
-                )
-        base = cls.profile(str(data["profile"])) if "profile" in data else cls()
-        changes: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "profile":
-                continue
-            if key == "max_attempts":
-                changes[key] = _parse_int(key, value)
-            elif key in ("initial_delay", "max_delay"):
-                changes[key] = _parse_duration(key, value)
-            elif key == "network_timeout":
-                changes[key] = _parse_duration(key, value, allow_none=True)
-            elif key == "multiplier":
-                changes[key] = _parse_float(key, value)
-            else:  # jitter, wait_for_network
-                changes[key] = _parse_bool(key, value)
-        return replace(base, **changes)  # __post_init__ validates ranges
 
     # ---- the schedule
 
@@ -360,14 +306,8 @@ class RetryConfig:
         return sum(self.backoff_cap(n) for n in range(1, self.max_attempts))
 
 
-# The spec's configuration examples set max_attempts, initial_delay and
-# wait_for_network per profile; max_delay 30s, multiplier 2 and jitter come from
-# its retry example and are shared. It gives no network_timeout: "operations can
-# wait indefinitely for network recovery", bounded by the caller's deadline.
 PROFILES: Mapping[str, RetryConfig] = {
-    "conservative": RetryConfig(max_attempts=3, initial_delay=1.0, wait_for_network=True),
-    "balanced": RetryConfig(max_attempts=5, initial_delay=1.0, wait_for_network=True),
-    "patient": RetryConfig(max_attempts=10, initial_delay=2.0, wait_for_network=True),
+    name: RetryConfig(**values) for name, values in _PROFILE_SETTINGS.items()
 }
 DEFAULT_PROFILE = "balanced"
 

@@ -1140,6 +1140,13 @@ def _recent_records(
     return out
 
 
+def _check_positive(**settings: float) -> None:
+    """ConfigError naming the first store setting that is not > 0."""
+    for name, value in settings.items():
+        if not value > 0:
+            raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
+
+
 class ResultStore:
     """Probe results in a SQLite file (see the module docstring)."""
 
@@ -1158,18 +1165,16 @@ class ResultStore:
         chunk_window_s: float = 10.0,
         backend: StoreBackend | None = None,
     ) -> None:
-        for name, value in (
-            ("retention_s", retention_s),
-            ("batch_size", batch_size),
-            ("flush_interval_s", flush_interval_s),
-            ("max_queue", max_queue),
-            ("rollup_interval_s", rollup_interval_s),
-            ("retry_initial_s", retry_initial_s),
-            ("retry_max_s", retry_max_s),
-            ("chunk_window_s", chunk_window_s),
-        ):
-            if not value > 0:
-                raise ConfigError(f"store {name}: {value!r} is not allowed: must be > 0")
+        _check_positive(
+            retention_s=retention_s,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            max_queue=max_queue,
+            rollup_interval_s=rollup_interval_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+            chunk_window_s=chunk_window_s,
+        )
         self.path = Path(path)
         self.db = str(self.path)  # how logs and summaries name the database
         self.retention_s = float(retention_s)
@@ -1188,6 +1193,10 @@ class ResultStore:
         self._queue_since = 0.0  # monotonic time the oldest queued ProbeResult came
         self._flush_goal = 0  # a flush() waits for _done to reach this
         self._writer: StoreBackend = backend or _Writer(self.path, busy_timeout_ms)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """The queues, counters and writer-task handles of a store not yet started."""
         self._queue: deque[ProbeResult] = deque()
         self._chunks: deque[_Chunk] = deque()
         self._chunk_records = 0  # records in self._chunks

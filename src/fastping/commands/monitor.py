@@ -361,11 +361,9 @@ def run(args: argparse.Namespace) -> int:
             f"every target uses defaults.payload_size={cfg.defaults.payload_size}"
         )
     network_cfg = None
-    if cfg.network or args.netstate:
-        from ..netstate import NetworkConfig
-
-        # validated before anything starts: a bad key is a ConfigError naming it
-        network_cfg = NetworkConfig.from_mapping(cfg.network or {})
+    if cfg.network.model_fields_set or args.netstate:
+        # validated with the file: a bad key was a ConfigError naming it and its line
+        network_cfg = cfg.network
     if shard is not None:
         shard_txt = f"{shard[0]}/{shard[1]}"
         log.info("sharding: this agent watches its share", shard=shard_txt, targets=len(targets),

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -80,12 +80,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-c", "--count", type=argtypes.count, default=1, metavar="N", help="probes per target"
     )
     p.add_argument(
-        "-p",
         "--period",
         type=argtypes.seconds(0.0, 86400.0),
-        default=1.0,
+        default=None,
         metavar="S",
         help="seconds between rounds when -c > 1 (default 1)",
+    )
+    p.add_argument(
+        "-p",
+        dest="p_short",
+        default=None,
+        metavar="S|PORTS",
+        help="seconds between rounds, as --period; with --tcp the ports, as --port",
+    )
+    p.add_argument(
+        "--tcp",
+        action="store_true",
+        help="stateless TCP SYN probes to --port instead of ICMP echo (root or CAP_NET_RAW): "
+        "a port is open (SYN-ACK), closed (RST), filtered (silence) or unreachable (ICMP); "
+        "targets may also be written tcp://HOST:PORT",
+    )
+    p.add_argument(
+        "--port",
+        "--ports",
+        dest="ports",
+        default=None,
+        metavar="PORTS",
+        help="TCP ports to probe on every target: 22,80,443 or 8000-8010 (needs --tcp)",
     )
     p.add_argument(
         "--rate",
@@ -147,6 +168,7 @@ def check_plausible(args: argparse.Namespace) -> None:
     naming the likely mistake (fping: -t/-p/-i in ms, -r = retries)."""
     from ..errors import TargetError
 
+    _resolve_p(args)
     if args.count < 1:
         raise TargetError(f"-c/--count must be >= 1, not {args.count}")
     if args.timeout <= 0:
@@ -191,16 +213,97 @@ def check_plausible(args: argparse.Namespace) -> None:
         raise TargetError("--json and --csv: choose one output format")
 
 
-def read_targets(args: argparse.Namespace) -> Any:
-    """The command line's targets and -f files as one _pipeline.TargetSet (files
-    streamed); every bad line is reported, with its line number."""
+def _resolve_p(args: argparse.Namespace) -> None:
+    """-p is the period (fping's -p, in seconds here), or with --tcp the ports (nmap's
+    -p); tcp://HOST:PORT targets imply --tcp."""
+    from ..errors import TargetError
+    from . import argtypes
+
+    if any(t.lower().startswith("tcp://") for t in args.targets):
+        args.tcp = True
+    if args.p_short is not None:
+        if args.tcp:
+            if args.ports is not None:
+                raise TargetError("-p and --port both name the ports: give one of them")
+            args.ports = args.p_short
+        else:
+            if args.period is not None:
+                raise TargetError("-p and --period say the same thing: give one of them")
+            try:
+                args.period = argtypes.seconds(0.0, 86400.0)(args.p_short)
+            except argparse.ArgumentTypeError as e:
+                raise TargetError(f"-p: {e}") from None
+    if args.period is None:
+        args.period = 1.0
+    if args.ports is not None and not args.tcp:
+        raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
+    args.port_list = parse_ports(args.ports) if args.ports is not None else []
+
+
+def parse_ports(text: str) -> list[int]:
+    """``22,80,443`` / ``8000-8010`` / a mix, in the order given, each port once."""
+    from ..errors import TargetError
+
+    out: dict[int, None] = {}
+    for part in text.split(","):
+        part = part.strip()
+        lo_s, _, hi_s = part.partition("-")
+        try:
+            lo, hi = int(lo_s), int(hi_s) if hi_s else int(lo_s)
+        except ValueError:
+            raise TargetError(
+                f"port {part!r} in {text!r} is not a number or a range: write 22,80,443 or "
+                "8000-8010"
+            ) from None
+        if not (1 <= lo <= 65535 and 1 <= hi <= 65535) or lo > hi:
+            raise TargetError(f"port range {part!r} must be within 1..65535, low to high")
+        for port in range(lo, hi + 1):
+            out[port] = None
+    if not out:
+        raise TargetError("no ports: name some (--port 22,80,443)")
+    return list(out)
+
+
+def tcp_targets(args: argparse.Namespace) -> list[tuple[int, list[str]]]:
+    """(port, target words) for each port to sweep: the tcp://HOST:PORT targets by
+    their own port, the others on every --port."""
+    from ..errors import TargetError
+
+    by_port: dict[int, list[str]] = {}
+    plain = []
+    for t in args.targets:
+        if not t.lower().startswith("tcp://"):
+            plain.append(t)
+            continue
+        rest = t[6:]
+        host, sep, port_s = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+            raise TargetError(
+                f"{t!r}: write tcp://HOST:PORT (IPv6 in brackets: tcp://[::1]:22), port 1..65535"
+            )
+        by_port.setdefault(int(port_s), []).append(host)
+    if (plain or args.file) and not args.port_list:
+        raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
+    for port in args.port_list:
+        by_port.setdefault(port, []).extend(plain)
+    return [(port, words) for port, words in by_port.items()]
+
+
+def read_targets(
+    args: argparse.Namespace, words: list[str] | None = None, files: list[str] | None = None
+) -> Any:
+    """The command line's targets and -f files (or ``words`` and ``files``) as one
+    _pipeline.TargetSet (files streamed); every bad line is reported, with its line
+    number."""
     from .. import api
     from .._pipeline import TargetSet
     from ..errors import TargetError
 
     ts = TargetSet()
-    ts.add_arguments(list(args.targets))
-    for f in args.file:
+    ts.add_arguments(list(args.targets if words is None else words))
+    for f in args.file if files is None else files:
         try:
             if f == "-":
                 ts.add_file(sys.stdin.buffer, "<stdin>")
@@ -217,28 +320,14 @@ def read_targets(args: argparse.Namespace) -> Any:
     return ts
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import api, formats
-    from .._pipeline import (
-        FMT_CSV,
-        FMT_JSON,
-        FMT_NONE,
-        FMT_TARGET,
-        FMT_TEXT,
-        SEL_ALIVE,
-        SEL_ALL,
-        SEL_DOWN,
-        Formatter,
-    )
-    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+def _sweep(args: argparse.Namespace, targets: Any, tcp_port: int) -> Any:
+    from .. import api
 
-    check_plausible(args)
-    targets = read_targets(args)
     rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
     family = {4: 2, 6: 10}.get(args.family or 0)
     progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
     try:
-        res = api.sweep(
+        return api.sweep(
             targets,
             count=args.count,
             interval_s=args.period,
@@ -252,12 +341,29 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             family=family,
             on_progress=progress.update if progress else None,
+            tcp_port=tcp_port,
         )
     finally:
         if progress:
             progress.close()
-    del targets
+
+
+def _formatter(args: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    from .. import formats
+    from .._pipeline import (
+        FMT_CSV,
+        FMT_JSON,
+        FMT_NONE,
+        FMT_TARGET,
+        FMT_TEXT,
+        SEL_ALIVE,
+        SEL_ALL,
+        SEL_DOWN,
+        Formatter,
+    )
+
     select = SEL_ALIVE if args.alive else SEL_DOWN if args.unreachable else SEL_ALL
+    line: Callable[[Any], str]
     if args.quiet:
         fmt_code, line = FMT_NONE, formats.target_line
     elif args.json:
@@ -273,38 +379,95 @@ def run(args: argparse.Namespace) -> int:
             return formats.text_line(h, args.count)
 
     sys.stdout.flush()
-    out = sys.stdout.buffer
-    fmt = Formatter(fmt_code, select, args.count, out)
+    fmt = Formatter(fmt_code, select, args.count, sys.stdout.buffer)
     if fmt_code == FMT_CSV:
         fmt.write_text(formats.CSV_HEADER)
-    res.write_rows(fmt, args.count, line)
-    fmt.flush()
-    alive = fmt.alive
-    unresolved = int(res.totals.get("unresolved", 0))
-    summary = res.summary_with(alive=alive)
+    return fmt, line
+
+
+def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
+    """Each sweep of the run and its port (0: ICMP): one, or one per TCP port."""
+    if not args.tcp:
+        targets = read_targets(args)
+        yield _sweep(args, targets, 0), 0
+        return
+    files = args.file
+    for port, words in tcp_targets(args):
+        targets = read_targets(args, words, files if port in args.port_list else [])
+        yield _sweep(args, targets, port), port
+
+
+def _merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for several sweeps (TCP ports, swept one after another)."""
+    if len(summaries) == 1:
+        return summaries[0]
+    out: dict[str, Any] = {}
+    for s in summaries:
+        for k, v in s.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    for k in ("send_window_ns", "sweep_window_ns", "workers"):
+        if k in out:
+            out[k] = max(s.get(k, 0) for s in summaries)
+    out["duration_s"] = round(out["duration_s"], 6)
+    out["probes_per_s"] = round(out["sent"] / out["duration_s"], 1) if out["duration_s"] else 0.0
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+
+    check_plausible(args)
+    out = sys.stdout.buffer
+    fmt, line = _formatter(args)
+    summaries, ports, unresolved, hosts = [], [], 0, 0
+    for res, port in _sweeps(args):
+        alive0 = fmt.alive
+        res.write_rows(fmt, args.count, line)
+        fmt.flush()
+        unresolved += int(res.totals.get("unresolved", 0))
+        hosts += len(res)
+        summaries.append(res.summary_with(alive=fmt.alive - alive0))
+        ports.append(port)
+        del res
+    summary = _merged(summaries)
+    if args.tcp:
+        summary["ports"] = ports
     if args.json or args.csv:
         if args.quiet:
             out.write((json.dumps(summary) + "\n").encode())
         elif args.stats:
             sys.stderr.write(json.dumps(summary) + "\n")
     elif args.quiet:
-        out.write(_text_summary(summary).encode())
+        out.write(_text_summary(summary, tcp=args.tcp).encode())
     else:
-        sys.stderr.write(_text_summary(summary))
+        sys.stderr.write(_text_summary(summary, tcp=args.tcp))
     out.flush()
     if unresolved:
         return EXIT_UNRESOLVED
-    return EXIT_ALL_ALIVE if alive == len(res) else EXIT_SOME_DOWN
+    return EXIT_ALL_ALIVE if fmt.alive == hosts else EXIT_SOME_DOWN
 
 
-def _text_summary(s: dict[str, Any]) -> str:
-    lines = [
-        f"{s['targets']:>10} targets",
-        f"{s['alive']:>10} alive",
-        f"{s['down']:>10} unreachable",
-        f"{s['sent']:>10} probes sent",
-        f"{s['received']:>10} replies",
-    ]
+def _text_summary(s: dict[str, Any], tcp: bool = False) -> str:
+    if tcp:
+        lines = [
+            f"{s['targets']:>10} host:port pairs",
+            f"{s['alive']:>10} open",
+            f"{s['down']:>10} not open (closed, filtered or unreachable)",
+            f"{s['sent']:>10} SYNs sent",
+            f"{s['received']:>10} answers",
+            f"{s.get('closed', 0):>10} of them RSTs (port closed)",
+        ]
+    else:
+        lines = [
+            f"{s['targets']:>10} targets",
+            f"{s['alive']:>10} alive",
+            f"{s['down']:>10} unreachable",
+            f"{s['sent']:>10} probes sent",
+            f"{s['received']:>10} replies",
+        ]
     for key, label in (
         ("duplicates", "duplicates"),
         ("late", "late replies"),

@@ -13,3 +13,4 @@ cdef extern from "<linux/filter.h>" nogil:
 
     int BPF_LD, BPF_LDX, BPF_JMP, BPF_RET
     int BPF_B, BPF_H, BPF_W, BPF_ABS, BPF_IND, BPF_MSH, BPF_K, BPF_JEQ
+    int BPF_JGE, BPF_JSET, BPF_ALU, BPF_AND

@@ -48,6 +48,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int socket(int domain, int type, int protocol)
     int bind(int fd, const sockaddr *addr, socklen_t len)
     int getsockname(int fd, sockaddr *addr, socklen_t *len)
+    int connect(int fd, const sockaddr *addr, socklen_t len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     ssize_t recv(int fd, void *buf, size_t len, int flags)
@@ -76,7 +77,7 @@ cdef extern from "<netinet/in.h>" nogil:
         in6_addr sin6_addr
         unsigned int sin6_scope_id
 
-    int IPPROTO_IP, IPPROTO_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_RAW
+    int IPPROTO_IP, IPPROTO_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_RAW, IPPROTO_TCP, IPPROTO_UDP
     int IP_TTL, IP_TOS, IP_RECVTTL, IP_RECVERR, IP_MTU_DISCOVER, IP_PMTUDISC_DO
     int IPV6_UNICAST_HOPS, IPV6_TCLASS, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT
     int IPV6_RECVERR, IPV6_DONTFRAG, IPV6_CHECKSUM
