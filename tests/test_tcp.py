@@ -22,6 +22,10 @@ from privhelpers import in_netns, netns
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
 EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
+# Source ports below the ephemeral range the listeners' ports come from: were a
+# listener's port among ours, our own kernel's RSTs to it (it answers each SYN-ACK
+# with one) would reach the socket and be counted, rightly, as foreign packets.
+QUIET_PORTS = 20000
 
 
 def _listener(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
@@ -51,7 +55,7 @@ def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
     with _listener(family, host) as ls:
         open_port = ls.getsockname()[1]
         closed_port = _free_port(family, host)
-        with _icmp.TcpSocket(family) as t:
+        with _icmp.TcpSocket(family, sport_base=QUIET_PORTS) as t:
             a = t.add_target(host, open_port)
             b = t.add_target(host, closed_port)
             assert (t.slot_port(a), t.slot_port(b)) == (open_port, closed_port)
@@ -72,7 +76,7 @@ def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
 
 def test_no_listener_on_that_address_is_closed_not_open() -> None:
     # a listener bound to 127.0.0.1 does not answer for 127.0.0.2: that is a RST
-    with _listener() as ls, _icmp.TcpSocket() as t:
+    with _listener() as ls, _icmp.TcpSocket(sport_base=QUIET_PORTS) as t:
         port = ls.getsockname()[1]
         t.add_target("127.0.0.1", port)
         t.add_target("127.0.0.2", port)
@@ -82,7 +86,7 @@ def test_no_listener_on_that_address_is_closed_not_open() -> None:
 
 
 def test_bad_ports_and_arguments_are_refused_with_what_to_do() -> None:
-    with _icmp.TcpSocket() as t:
+    with _icmp.TcpSocket(sport_base=QUIET_PORTS) as t:
         with pytest.raises(ValueError, match="TCP port 0 must be 1..65535"):
             t.add_target("127.0.0.1", 0)
         with pytest.raises(ValueError, match="TCP port 70000"):
@@ -103,7 +107,7 @@ def _filtered_and_rejected(ns: str) -> dict[str, object]:
     port unreachable, for 127.0.0.1 and ::1."""
     out: dict[str, object] = {}
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        with _listener(family, host) as ls, _icmp.TcpSocket(family) as t:
+        with _listener(family, host) as ls, _icmp.TcpSocket(family, sport_base=QUIET_PORTS) as t:
             port = ls.getsockname()[1]
             for p in (port, 1111, 2222):
                 t.add_target(host, p)
@@ -145,8 +149,8 @@ def test_filtered_and_unreachable_ports_in_a_namespace() -> None:
         assert (sent, received, timeouts, unreach) == (2, 2, 0, 0)
         assert r["stats"][1][:6] == (2, 0, 0, 0, 2, 0)  # type: ignore[index]
         assert r["stats"][2][:6] == (2, 0, 0, 0, 0, 2)  # type: ignore[index]
-        assert r["totals"]["foreign"] == 0, r["totals"]  # type: ignore[index]
-        assert r["totals"]["errors_unattributed"] == 0, r["totals"]  # type: ignore[index]
+        odd = {k: v for k, v in r["totals"].items() if k.startswith(("foreign", "errors")) and v}  # type: ignore[attr-defined]
+        assert not odd, odd
 
 
 def _tcp4(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
@@ -172,7 +176,7 @@ def _hostile(ns: str) -> dict[str, object]:
     its probe: what each is counted as."""
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     out: dict[str, object] = {}
-    with raw, _icmp.TcpSocket() as t:
+    with raw, _icmp.TcpSocket(sport_base=QUIET_PORTS) as t:
         slot = t.add_target("127.0.0.5", 3333)
         t.send([slot])
         isn = _icmp.tcp_isn(t.key, slot, 0)
@@ -309,7 +313,7 @@ def test_without_cap_net_raw_the_error_says_what_to_do() -> None:
 
 # ------------------------------------------------------------ truth
 def _timed_sweep(n: int, port: int) -> tuple[bytes, dict[tuple[int, int], int]]:
-    with _icmp.TcpSocket() as t:
+    with _icmp.TcpSocket(sport_base=QUIET_PORTS) as t:
         t.append_range_v4(int.from_bytes(socket.inet_aton("127.3.0.1"), "big"), n, port)
         events = t.sweep(count=3, interval_s=0.05, timeout_s=1.0, events=True)
         serial = {}
@@ -384,7 +388,7 @@ def test_sweep_command_tcp_ports_text_json_and_urls() -> None:
         (["--tcp", "-p", "http", "127.0.0.1"], "not a number or a range"),
         (["tcp://127.0.0.1"], "write tcp://HOST:PORT"),
         (["tcp://127.0.0.1:0"], "port 1..65535"),
-        (["-p", "abc", "127.0.0.1"], "-p:"),
+        (["-p", "abc", "127.0.0.1"], "argument -p/--period:"),
     ],
 )
 def test_sweep_command_refuses_bad_ports_saying_what_to_write(

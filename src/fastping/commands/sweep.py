@@ -232,7 +232,7 @@ def _resolve_p(args: argparse.Namespace) -> None:
             try:
                 args.period = argtypes.seconds(0.0, 86400.0)(args.p_short)
             except argparse.ArgumentTypeError as e:
-                raise TargetError(f"-p: {e}") from None
+                raise TargetError(f"argument -p/--period: {e}") from None
     if args.period is None:
         args.period = 1.0
     if args.ports is not None and not args.tcp:
