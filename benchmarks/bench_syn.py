@@ -18,7 +18,8 @@ our kernel resets each half-open connection. Figures, per tool, pairs/s:
 * ``benchmarks/c/syn_ref.c`` with ``-T 1`` (every probe timed by the kernel, as
   fastping does) and ``-T 0`` (the plain loop): answered pairs / wall;
 * ``fastping sweep --tcp -p PORT CIDR --rate 0 -q --json``: pairs / wall of the whole
-  process (start-up, target expansion, output), its core rate, and its peak RSS.
+  process (start-up, target expansion, output), its core rate, and its peak RSS
+  (GNU time, Debian's ``time`` package).
 
 Loopback inside the namespace only.
 """
@@ -116,19 +117,16 @@ def run_syn_ref(binary: Path, n: int, tstamp: int) -> tuple[float, int, dict[str
 
 def run_fastping(n: int) -> tuple[float, float, int, float]:
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    cmd = in_ns(sys.executable, "-m", "fastping.cli", "sweep", "--tcp", "-p", str(PORT),
-                CIDR[n], "--rate", "0", "-q", "--json", "--timeout", "1", "-w", "1")  # fmt: skip
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(p.pid, 0)  # `ip netns exec` execs: this is fastping
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        assert p.returncode == 0, err.read().decode()
-        s = json.loads(out.read().decode().strip().splitlines()[-1])
-    rss_mb = usage.ru_maxrss / 1024
+    # GNU time's %M: the peak RSS of fastping's own process (`ip netns exec` execs it)
+    cmd = in_ns("/usr/bin/time", "-f", "maxrss_kb=%M", sys.executable, "-m", "fastping.cli",
+                "sweep", "--tcp", "-p", str(PORT), CIDR[n], "--rate", "0", "-q", "--json",
+                "--timeout", "1", "-w", "1")  # fmt: skip
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    rss_mb = int(re.findall(r"maxrss_kb=(\d+)", r.stderr)[-1]) / 1024
+    s = json.loads(r.stdout.strip().splitlines()[-1])
     return n / wall, float(s["probes_per_s"]), int(s["received"]), rss_mb
 
 
