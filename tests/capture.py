@@ -82,15 +82,18 @@ def wire_rtts(path: Path) -> dict[tuple[str, int], list[int]]:
 
 
 @contextlib.contextmanager
-def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False) -> Iterator[None]:
-    """Capture ICMP (or ICMPv6, or with ``tcp`` TCP) on ``lo`` of ``netns`` into
+def tcpdump(
+    netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False, udp: bool = False
+) -> Iterator[None]:
+    """Capture ICMP (or ICMPv6, or with ``tcp`` TCP, with ``udp`` UDP and the ICMP
+    errors about it) on ``lo`` of ``netns`` into
     ``pcap`` while the block runs; waits until tcpdump is listening, and checks
     afterwards that the kernel dropped nothing from the capture (a capture with
     holes proves nothing)."""
     cmd = [
         "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
         "-B", "262144", "--immediate-mode", "--time-stamp-precision=nano", "-s", "128",
-        "tcp" if tcp else "icmp6" if icmp6 else "icmp",
+        "tcp" if tcp else "udp or icmp" if udp else "icmp6" if icmp6 else "icmp",
     ]  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
@@ -109,6 +112,9 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False) -
         if tcp:  # a connect() to a closed port: a SYN and its RST
             subprocess.run(["ip", "netns", "exec", netns, "bash", "-c",
                             "exec 3<>/dev/tcp/127.0.0.1/1"], capture_output=True)  # fmt: skip
+        elif udp:  # a datagram to a closed port: it and its port unreachable
+            subprocess.run(["ip", "netns", "exec", netns, "bash", "-c",
+                            "echo x > /dev/udp/127.0.0.1/9"], capture_output=True)  # fmt: skip
         else:
             subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", sentinel],
                            capture_output=True)  # fmt: skip

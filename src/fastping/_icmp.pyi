@@ -339,3 +339,61 @@ def tcp_isn(key: bytes, slot: int, serial: int) -> int:
 def lateness_bucket_bounds() -> list[int]:
     """Lower bounds (us) of the send-lateness histogram's buckets: whole us below
     16, then 8 per octave; the last bucket is open-ended."""
+
+@disjoint_base
+class DnsSocket(ProbeSocket):
+    """DNS queries on one unprivileged UDP socket: a slot is a (server address, port,
+    name, qtype) question. A response from the server's address:port whose ID is the
+    keyed ID of one of the slot's probes and whose question is the slot's is EV_REPLY
+    whatever its rcode (slot_dns says which); an ICMP error quoting the query
+    EV_UNREACHABLE; silence EV_TIMEOUT. Responses from a queried server that carry
+    another question count as mismatched and never settle a probe."""
+
+    sport: int  # the local port the queries leave from
+    source: str | None
+    rd: bool  # recursion desired
+    edns: int  # EDNS0 UDP payload size offered (0: no OPT RR)
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        source: str | None = None,
+        sport: int = 0,
+        rd: bool = True,
+        edns: int = 1232,  # 512..1400, or 0
+        ttl: int | None = None,
+        tos: int | None = None,
+        rcvbuf_bytes: int = 0,
+        batch_size: int = 64,
+        window: int = 1,
+        log_max: int = 4_000_000,
+        timestamps: str = "kernel",
+    ) -> None: ...
+    def set_question(self, name: str, qtype: str | int = "A") -> None: ...
+    def add_query(self, address: str, port: int, name: str, qtype: str | int = "A") -> int: ...
+    def append_queries(
+        self,
+        addresses: Iterable[str],
+        ports: Iterable[int],
+        names: Iterable[str],
+        qtypes: Iterable[str | int],
+    ) -> int: ...
+    def slot_question(self, slot: int) -> tuple[str, int]: ...
+    def slot_dns(self, slot: int) -> dict[str, Any]: ...
+    def totals(self) -> dict[str, Any]: ...  # with mismatched and dns (answers by kind)
+
+DNS_QTYPES: dict[str, int]
+DNS_RCODES: dict[int, str]
+DNS_KINDS: tuple[str, ...]  # noerror, nxdomain, servfail, refused, other, truncated
+DNS_PARSE_OK: Final[int]
+
+def dns_qtype(qtype: str | int) -> int: ...
+def dns_name_wire(name: str) -> bytes: ...
+def dns_name_text(wire: _Buffer) -> str: ...
+def dns_query(
+    key: bytes, slot: int, serial: int, name: str, qtype: str | int = "A", rd: bool = True,
+    edns: int = 1232,
+) -> bytes: ...
+def dns_parse(
+    data: _Buffer,
+) -> tuple[int, tuple[int, int, int, bytes, int, int, int, int | None, bool] | None]: ...

@@ -1,0 +1,439 @@
+"""DnsSocket (units/dns.pxi) and its Python twin (fastping.dnscodec): the codec against
+dnspython and each other, Hypothesis fuzzing of the C parser, every outcome against a
+real unbound in a namespace of the test's own, hostile answers from a scripted
+responder, and RTTs against a packet capture."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rrset
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capture import packets, percentile, tcpdump
+from dnsservers import BIG_TXT, free_port, respond, unbound
+from fastping import _icmp, dnscodec
+from privhelpers import in_netns, netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
+
+KEY = bytes(range(16))
+
+
+# ------------------------------------------------------------ the codec
+@pytest.mark.parametrize("name", [".", "a.test", "A.Test.", "x" * 63 + ".example", "_dns.x-y.z"])
+@pytest.mark.parametrize("qtype", ["A", "AAAA", "NS", "TXT", "SOA", "MX", "ANY", "TYPE65280", 99])
+@pytest.mark.parametrize(("rd", "edns"), [(True, 1232), (False, 0), (True, 512)])
+def test_queries_are_what_dnspython_reads_and_the_twin_builds(
+    name: str, qtype: str | int, rd: bool, edns: int
+) -> None:
+    for slot, serial in ((0, 0), (7, 123456), (2**32 - 1, 2**32 - 1)):
+        q = _icmp.dns_query(KEY, slot, serial, name, qtype, rd, edns)
+        m = dns.message.from_wire(q)
+        assert q == dnscodec.build_query(m.id, name, qtype, rd=rd, edns=edns)
+        assert len(m.question) == 1
+        assert m.question[0].name == dns.name.from_text(name)
+        assert int(m.question[0].rdtype) == dnscodec.qtype_number(qtype)
+        assert int(m.question[0].rdclass) == 1
+        assert bool(m.flags & dns.flags.RD) == rd
+        assert m.edns == (0 if edns else -1)
+        if edns:
+            assert m.payload == edns
+    # the ID is the keyed cookie's top 16 bits: different probes, different IDs
+    ids = {dns.message.from_wire(_icmp.dns_query(KEY, 0, k, "a.test")).id for k in range(64)}
+    assert len(ids) > 50
+
+
+def _responses() -> list[bytes]:
+    out = []
+    q = dnscodec.build_query(0x1234, "a.test", "A")
+    out.append(respond(q, answers=[("a.test.", 300, "A", "192.0.2.1")]))
+    out.append(
+        respond(q, answers=[("a.test.", 300, "A", "192.0.2.1"), ("a.test.", 30, "A", "192.0.2.9")])
+    )
+    out.append(respond(q, rcode=3))
+    out.append(respond(q, rcode=2))
+    out.append(respond(q, rcode=5))
+    out.append(respond(q, rcode=4))
+    out.append(respond(q, rcode=16))  # BADVERS: an extended rcode, in the OPT RR
+    q6 = dnscodec.build_query(7, "Mixed.Case.test", "AAAA", edns=0)
+    out.append(respond(q6, answers=[("mixed.case.test.", 5, "AAAA", "2001:db8::1")]))
+    qt = dnscodec.build_query(9, "t.test", "TXT")
+    out.append(respond(qt, answers=[("t.test.", 60, "TXT", '"x" "y"')], tc=True))
+    qs = dnscodec.build_query(11, "test", "SOA")
+    m = dns.message.from_wire(
+        respond(qs, answers=[("test.", 60, "SOA", "ns.test. a.test. 1 2 3 4 5")])
+    )
+    m.authority.append(dns.rrset.from_text("test.", 60, "IN", "NS", "ns.test."))
+    m.additional.append(dns.rrset.from_text("ns.test.", 60, "IN", "A", "127.0.0.1"))
+    out.append(m.to_wire())
+    qn = dnscodec.build_query(12, "cname.test", "A")
+    out.append(
+        respond(
+            qn,
+            answers=[("cname.test.", 100, "CNAME", "a.test."), ("a.test.", 50, "A", "192.0.2.1")],
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize("wire", _responses())
+def test_responses_parse_as_dnspython_reads_them_in_c_and_the_twin(wire: bytes) -> None:
+    m = dns.message.from_wire(wire, ignore_trailing=False, raise_on_truncation=False)
+    status, fields = _icmp.dns_parse(wire)
+    tstatus, resp = dnscodec.parse_response(wire)
+    assert status == tstatus == dnscodec.PARSE_OK
+    assert resp is not None and fields == resp.as_tuple()
+    assert resp.id == m.id
+    assert resp.rcode == int(m.rcode())
+    assert resp.qname == m.question[0].name.to_wire()
+    assert resp.qtype == int(m.question[0].rdtype)
+    assert resp.answers == sum(len(rr) for rr in m.answer)
+    ttls = [rr.ttl for rr in m.answer]
+    assert resp.min_ttl == (min(ttls) if ttls else None)
+    assert resp.truncated == bool(m.flags & dns.flags.TC)
+
+
+R1 = b"\x00\x01\x80\x00\x00\x01"  # ID 1, QR, one question
+Q_A = b"\x01a\x00\x00\x01\x00\x01"  # a. IN A
+RR_A = b"\x00\x01\x00\x01\x00\x00\x00\x10"  # type A, class IN, TTL 16
+
+
+@pytest.mark.parametrize(
+    ("wire", "status"),
+    [
+        (b"", dnscodec.PARSE_SHORT),
+        (b"\x00" * 11, dnscodec.PARSE_SHORT),
+        (dnscodec.build_query(1, "a.test"), dnscodec.PARSE_NOT_RESPONSE),  # QR clear
+        (b"\x00\x01\x80\x00" + b"\x00" * 8, dnscodec.PARSE_QDCOUNT),
+        (R1 + b"\x00" * 6 + b"\xc0\x0c\x00\x01\x00\x01", dnscodec.PARSE_BAD_QUESTION),  # compressed
+        (R1 + b"\x00" * 6 + b"\x01a\x00\x00", dnscodec.PARSE_BAD_QUESTION),  # cut
+        (R1 + b"\x00\x01" + b"\x00" * 4 + Q_A, dnscodec.PARSE_BAD_RECORDS),  # answer promised
+        (R1 + b"\x00" * 6 + Q_A + b"junk", dnscodec.PARSE_BAD_RECORDS),  # bytes after the last
+        (R1 + b"\x00\x01" + b"\x00" * 4 + Q_A + b"\xc0\x0c" + RR_A + b"\x00\x03abc",
+         dnscodec.PARSE_BAD_RECORDS),  # an A of 3 bytes
+        (R1 + b"\x00\x01" + b"\x00" * 4 + Q_A + b"\xc0\x13" + RR_A + b"\x00\x04abcd",
+         dnscodec.PARSE_BAD_RECORDS),  # a pointer to itself
+        (b"\x00\x01\x78\x00\x00\x01" + b"\x00" * 6 + Q_A, dnscodec.PARSE_NOT_RESPONSE),  # opcode 15
+    ],
+)  # fmt: skip
+def test_what_is_no_response_is_refused_alike_in_c_and_the_twin(wire: bytes, status: int) -> None:
+    assert _icmp.dns_parse(wire) == (status, None)
+    assert dnscodec.parse_response(wire) == (status, None)
+
+
+def test_a_truncated_response_keeps_what_came_whole() -> None:
+    q = dnscodec.build_query(5, "big.test", "TXT")
+    full = respond(q, answers=[("big.test.", 300 - i, "TXT", f'"{i}"') for i in range(5)], tc=True)
+    for cut in range(len(full) - 1, 12, -1):
+        status, fields = _icmp.dns_parse(full[:cut])
+        assert (status, fields) == _twin(full[:cut])
+        if status == 0:
+            assert fields is not None and fields[8] is True and fields[6] <= 5
+
+
+def test_bad_names_and_types_are_refused_saying_what_to_write() -> None:
+    for bad, msg in [
+        ("a..b", "empty label"),
+        ("x" * 64 + ".test", "over 63"),
+        (".".join(["abcdefghi"] * 26), "over 255"),
+        ("bücher.test", "xn--"),
+        ("a b.test", "space"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            _icmp.dns_name_wire(bad)
+        with pytest.raises(ValueError, match=msg):
+            dnscodec.name_wire(bad)
+    with pytest.raises(ValueError, match="unknown DNS query type 'AAA'.*AAAA"):
+        _icmp.dns_qtype("AAA")
+    with pytest.raises(ValueError, match="unknown DNS query type"):
+        dnscodec.qtype_number("AAA")
+    with pytest.raises(ValueError, match="qtype 0"):
+        _icmp.dns_qtype(0)
+    with pytest.raises(ValueError, match="edns 4096 must be 512..1400"):
+        _icmp.DnsSocket(edns=4096)
+    s = _icmp.DnsSocket()
+    with pytest.raises(ValueError, match="port 0 must be 1..65535"):
+        s.add_query("127.0.0.1", 0, "a.test")
+    with pytest.raises(ValueError, match="not a numeric IPv4"):
+        s.add_query("localhost", 53, "a.test")
+    with pytest.raises(ValueError, match="one of each per query"):
+        s.append_queries(["127.0.0.1"], [53, 53], ["a"], ["A"])
+    assert s.n_slots == 0
+    s.close()
+
+
+def _twin(wire: bytes) -> tuple[int, Any]:
+    status, resp = dnscodec.parse_response(wire)
+    return status, resp.as_tuple() if resp is not None else None
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzz_random_bytes_parse_alike_and_never_crash(data: bytes) -> None:
+    assert _icmp.dns_parse(data) == _twin(data)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_responses()),
+    st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), max_size=8),
+    st.integers(0, 700),
+    st.binary(max_size=40),
+)
+def test_fuzz_mutated_responses_parse_alike_and_never_crash(
+    wire: bytes, flips: list[tuple[int, int]], cut: int, tail: bytes
+) -> None:
+    b = bytearray(wire)
+    for pos, val in flips:
+        if b:
+            b[pos % len(b)] = val
+    data = bytes(b[: cut if cut < len(b) else len(b)]) + tail
+    assert _icmp.dns_parse(data) == _twin(data)
+
+
+# ------------------------------------------------------------ against unbound
+QUESTIONS = [
+    ("a.test", "A", "noerror", 1, 300),
+    ("a.test", "AAAA", "noerror", 1, 300),
+    ("A.TEST", "TXT", "noerror", 1, 300),
+    ("two.test", "A", "noerror", 2, 60),
+    ("test", "SOA", "noerror", 1, 3600),
+    ("test", "NS", "noerror", 1, 3600),
+    ("a.test", "MX", "noerror", 0, None),  # NODATA: no answer RR
+    ("nx.test", "A", "nxdomain", 0, None),
+    ("big.test", "TXT", "truncated", None, None),
+    ("x.refused.test", "A", "refused", 0, None),
+    ("x.lame", "A", "servfail", 0, None),
+    ("www.example.com", "A", "refused", 0, None),  # no recursion, anywhere
+]
+
+
+def _kind(d: dict[str, Any]) -> str:
+    return next(k for k in _icmp.DNS_KINDS if d[k])
+
+
+def _outcomes(port: int, server: str, family: int) -> tuple[list[Any], dict[str, Any]]:
+    closed = free_port(family, server)  # nothing listens: the kernel's port unreachable
+    with _icmp.DnsSocket(family) as s:
+        for name, qtype, *_ in QUESTIONS:
+            s.add_query(server, port, name, qtype)
+        down = s.add_query(server, closed, "a.test", "A")
+        s.sweep(count=3, interval_s=0.05, timeout_s=2.0)
+        rows = [(s.slot_stats(i), s.slot_dns(i)) for i in range(s.n_slots)]
+        assert down == len(QUESTIONS)
+        return rows, s.totals()
+
+
+@pytest.mark.parametrize(
+    ("family", "server"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_every_outcome_from_a_real_unbound(family: int, server: str) -> None:
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        with unbound(ns, port):
+            rows, tot = in_netns(ns, lambda: _outcomes(port, server, family))
+    for (name, qtype, kind, answers, ttl), (stats, d) in zip(QUESTIONS, rows, strict=False):
+        what = f"{name} {qtype}: {stats} {d}"
+        assert stats[0] == 3 and stats[1] == 3, what  # sent, received
+        assert d[kind] == 3 and _kind(d) == kind, what
+        assert 0 < stats[8] <= stats[9] < 50_000_000, what  # RTTs, < 50 ms
+        last = d["last"]
+        if answers is not None:
+            assert last["answers"] == answers and last["min_ttl"] == ttl, what
+        else:
+            assert last["truncated"] is True, what
+    stats, d = rows[-1]
+    assert stats[1] == 0 and stats[5] == 3 and stats[15] in (3, 1), (stats, d)  # unreachable
+    assert d["last"] is None
+    assert tot["received"] == 3 * len(QUESTIONS) and tot["unreachable"] == 3
+    assert tot["timed_kernel"] == tot["received"]
+    for k in ("foreign", "malformed", "mismatched", "timeouts", "send_errors", "late"):
+        assert tot[k] == 0, (k, tot)
+    assert tot["dns"]["truncated"] == 3 and tot["dns"]["servfail"] == 3
+    assert BIG_TXT * 200 > 1232  # the TXT RRset cannot fit the offered UDP size
+
+
+def _many_in_flight(port: int) -> dict[str, Any]:
+    # 2,000 distinct questions to one server, all in flight at once, window 4
+    with _icmp.DnsSocket(window=4, batch_size=256) as s:
+        names = [f"n{i}.test" for i in range(1000)]
+        s.append_queries(
+            ["127.0.0.1"] * 2000, [port] * 2000, names * 2, ["A"] * 1000 + ["AAAA"] * 1000
+        )
+        s.sweep(count=2, interval_s=0.0, timeout_s=3.0)
+        t = s.totals()
+        bad = [
+            (i, s.slot_stats(i), s.slot_dns(i))
+            for i in range(2000)
+            if s.slot_dns(i)["nxdomain"] != 2
+        ]
+        assert not bad, (t, bad[:3], len(bad))
+        return t
+
+
+def test_thousands_of_questions_in_flight_on_one_socket() -> None:
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        with unbound(ns, port):
+            t = in_netns(ns, lambda: _many_in_flight(port))
+    assert t["sent"] == 4000 and t["received"] == 4000 and t["dns"]["nxdomain"] == 4000
+    assert t["foreign"] == t["malformed"] == t["mismatched"] == t["rx_drops"] == 0, t
+
+
+# ------------------------------------------------------------ hostile answers
+def _hostile() -> tuple[dict[str, Any], list[Any]]:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        srv.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+        srv.settimeout(2)
+        with _icmp.DnsSocket(window=2) as s:
+            a = s.add_query("127.0.0.1", port, "a.test", "A")
+            b = s.add_query("127.0.0.1", port, "b.test", "AAAA")
+            s.send([a, b])
+            qa, peer = srv.recvfrom(2048)
+            qb, _ = srv.recvfrom(2048)
+            if dns.message.from_wire(qa).question[0].name.to_text() != "a.test.":
+                qa, qb = qb, qa
+            ida = dns.message.from_wire(qa).id
+            good = respond(qa, answers=[("a.test.", 42, "A", "192.0.2.7")])
+            hostile = [
+                (srv, respond(qa, qid=(ida + 1) & 0xFFFF)),  # wrong ID
+                (srv, respond(qa, qname="c.test.")),  # another question, our ID
+                (srv, respond(qa, qtype="AAAA")),  # another type, our ID
+                (srv, respond(qb, qname="a.test.")),  # b's ID with a's question
+                (other, good),  # from the wrong port
+                (srv, good[:20]),  # truncated packets
+                (srv, good[: len(good) - 1]),
+                (srv, qa),  # our own query back (QR clear)
+                (srv, os.urandom(300)),  # garbage
+                (srv, b""),
+            ]
+            for sock, pkt in hostile:
+                sock.sendto(pkt, peer)
+            ev_bad = s.recv() + (s.wait(0.2) and s.recv() or [])
+            assert s.slot_stats(a)[1] == 0 and s.slot_stats(b)[1] == 0, ev_bad
+            srv.sendto(good, peer)  # the real answer, then a duplicate of it
+            srv.sendto(good, peer)
+            s.wait(1.0)
+            ev = s.recv()
+            s.wait(0.1)
+            ev += s.recv()
+            return s.totals(), [
+                s.slot_stats(a),
+                s.slot_dns(a),
+                s.slot_stats(b),
+                s.slot_dns(b),
+                ev_bad,
+                ev,
+            ]
+
+
+def test_hostile_answers_are_never_counted_as_answers() -> None:
+    with netns() as ns:
+        t, (sa, da, sb, db, ev_bad, ev) = in_netns(ns, _hostile)
+    assert ev_bad == []
+    assert sa[1] == 1 and sa[2] == 1, sa  # the real answer, and its duplicate
+    assert da["noerror"] == 1 and da["last"] == {
+        "rcode": 0,
+        "answers": 1,
+        "min_ttl": 42,
+        "truncated": False,
+    }
+    assert sb[1] == 0 and db["last"] is None
+    assert t["foreign_cookie"] == 1  # wrong ID
+    assert t["mismatched"] == 3  # other name, other type, b's ID with a's question
+    assert da["mismatched"] == 2 and db["mismatched"] == 1  # the ID names whose probe it was
+    assert t["foreign_source"] == 1  # the wrong port
+    assert t["malformed"] == 5  # two cuts, our query, garbage, empty
+    assert t["received"] == 1 and t["duplicates"] == 1
+    assert [e[1] for e in ev] == [_icmp.EV_REPLY, _icmp.EV_DUPLICATE]
+
+
+# ------------------------------------------------------------ RTTs against the wire
+def dns_wire_rtts(path: Path, sport: int) -> dict[tuple[int, bytes], int]:
+    """(DNS ID, question name wire) of each query sent from ``sport`` -> the wire's gap
+    to the first response to ``sport`` carrying the same ID and name (IPv4 on lo);
+    an (ID, name) seen twice is left out (ambiguous)."""
+    sent: dict[tuple[int, bytes], int] = {}
+    dup: set[tuple[int, bytes]] = set()
+    out: dict[tuple[int, bytes], int] = {}
+    for t, pkt in packets(path):
+        if len(pkt) < 40 or pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_UDP:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        sp, dp = struct.unpack_from("!HH", pkt, ihl)
+        d = pkt[ihl + 8 :]
+        end = d.find(b"\x00", 12)
+        if end < 0:
+            continue
+        key = (struct.unpack_from("!H", d)[0], d[12 : end + 1].lower())
+        if sp == sport and not d[2] & 0x80:
+            if key in sent:
+                dup.add(key)
+            sent.setdefault(key, t)
+        elif dp == sport and d[2] & 0x80 and key in sent and key not in out:
+            out[key] = t - sent[key]
+    return {k: v for k, v in out.items() if k not in dup}
+
+
+def _timed(port: int, n: int) -> tuple[bytes, int, list[tuple[int, int, int]]]:
+    with _icmp.DnsSocket() as s:
+        for i in range(n):
+            s.add_query("127.0.0.1", port, f"a{i}.test", "A")
+        s.set_log(2)
+        events = []
+        for _round in range(3):
+            events += s.send(list(range(n)))
+            for _ in range(100):
+                if s.totals()["outstanding"] == 0:
+                    break
+                s.wait(0.05)
+                events += s.recv()
+        out = []
+        seen: dict[int, int] = {}
+        for slot, kind, _seq, rtt, *_ in events:
+            if kind == _icmp.EV_REPLY:
+                k = seen.get(slot, 0)
+                seen[slot] = k + 1
+                out.append((slot, k, rtt))
+        assert s.totals()["timed_kernel"] == 3 * n
+        return s.key, s.sport, out
+
+
+def test_dns_rtts_agree_with_the_wire(tmp_path: Path) -> None:
+    n = 300
+    pcap = tmp_path / "dns.pcap"
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        with unbound(ns, port):
+
+            def run() -> tuple[bytes, int, list[tuple[int, int, int]]]:
+                with tcpdump(ns, pcap, udp=True):
+                    return _timed(port, n)
+
+            key, sport, rtts = in_netns(ns, run)
+    wire = dns_wire_rtts(pcap, sport)
+    assert len(rtts) == 3 * n
+    diffs = []
+    for slot, serial, rtt in rtts:
+        q = _icmp.dns_query(key, slot, serial, f"a{slot}.test")
+        k = (struct.unpack_from("!H", q)[0], dnscodec.name_wire(f"a{slot}.test"))
+        if k in wire:
+            diffs.append(abs(rtt - wire[k]))
+    assert len(diffs) >= 0.95 * len(rtts), (len(diffs), len(rtts))
+    diffs.sort()
+    assert percentile(diffs, 0.5) <= 5_000, diffs[len(diffs) // 2]
+    assert percentile(diffs, 0.99) <= 10_000, diffs[-5:]
