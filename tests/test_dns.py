@@ -5,9 +5,12 @@ responder, and RTTs against a packet capture."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capture import packets, percentile, tcpdump
+from conftest import child_env, fastping_cmd
 from dnsservers import BIG_TXT, free_port, respond, unbound
 from fastping import _icmp, dnscodec
 from privhelpers import in_netns, netns
@@ -437,3 +441,91 @@ def test_dns_rtts_agree_with_the_wire(tmp_path: Path) -> None:
     diffs.sort()
     assert percentile(diffs, 0.5) <= 5_000, diffs[len(diffs) // 2]
     assert percentile(diffs, 0.99) <= 10_000, diffs[-5:]
+
+
+# ------------------------------------------------------------ the command
+def _cli(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *fastping_cmd("sweep", *args)],
+        env=child_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_sweep_command_dns_targets_text_and_json() -> None:
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        closed = in_netns(ns, free_port)
+        with unbound(ns, port):
+            urls = [
+                f"dns://127.0.0.1:{port}/two.test?type=A",
+                f"dns://[::1]:{port}/a.test?type=aaaa",
+                f"dns://127.0.0.1:{port}/nx.test",
+                f"dns://127.0.0.1:{port}/big.test?type=TXT",
+                f"dns://127.0.0.1:{port}/x.refused.test",
+                f"dns://127.0.0.1:{port}/x.lame?type=SOA",
+                f"dns://127.0.0.1:{closed}/a.test",
+            ]
+            text = _cli(ns, *urls)
+            js = _cli(ns, "--json", "-c", "2", "-p", "0.01", *urls)
+            ok = _cli(ns, f"dns://127.0.0.1:{port}/a.test", f"dns://[::1]:{port}/test?type=NS")
+    lines = text.stdout.splitlines()
+    assert text.returncode == 1, text.stderr
+    assert re.fullmatch(
+        rf"dns://127\.0\.0\.1:{port}/two\.test\?type=A "
+        r"noerror 2 answers ttl 60 \(\d+\.\d{3} ms\)",
+        lines[0],
+    ), lines
+    assert re.fullmatch(
+        rf"dns://\[::1\]:{port}/a\.test\?type=AAAA noerror 1 answer ttl 300 .*", lines[1]
+    )
+    assert [ln.split()[1] for ln in lines] == [
+        "noerror", "noerror", "nxdomain", "truncated", "refused", "servfail", "unreachable",
+    ]  # fmt: skip
+    assert (
+        lines[6] == f"dns://127.0.0.1:{closed}/a.test?type=A unreachable (ICMP 3/3 from 127.0.0.1)"
+    )
+    assert "1 unreachable" in text.stderr and "7 queries" in text.stderr
+    rows = [json.loads(ln) for ln in js.stdout.splitlines()]
+    assert [r["rcode"] for r in rows] == [0, 0, 3, 0, 5, 2, None]
+    assert rows[0]["answers"] == 2 and rows[0]["min_ttl"] == 60 and rows[0]["sent"] == 2
+    assert rows[0]["received"] == 2 and 0 < rows[0]["rtt_min_ms"] <= rows[0]["rtt_ms"] < 50
+    assert rows[3]["truncated"] is True and rows[3]["outcome"] == "truncated"
+    assert rows[6]["outcome"] == "unreachable" and rows[6]["rtt_ms"] is None
+    assert rows[6]["icmp"] == {"type": 3, "code": 3, "from": "127.0.0.1"}
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "msg"),
+    [
+        ("dns://resolver.example/a.test", "'resolver.example' is not a numeric address"),
+        ("dns://127.0.0.1/", "no name to ask for"),
+        ("dns://127.0.0.1:99999/a.test", "1..65535|out of range"),
+        ("dns://127.0.0.1/a.test?type=AAA", "unknown DNS query type 'AAA'"),
+        ("dns://127.0.0.1/a.test?rd=0", "unknown parameter 'rd'"),
+        ("dns://127.0.0.1/a..test", "empty label"),
+    ],
+)
+def test_sweep_command_refuses_bad_dns_targets_saying_what_to_write(target: str, msg: str) -> None:
+    r = subprocess.run(
+        fastping_cmd("sweep", target), env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 3, r
+    assert re.search(msg, r.stderr) and "dns://SERVER/NAME?type=TYPE" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_sweep_command_refuses_dns_mixed_with_other_probes() -> None:
+    for args, msg in [
+        (["dns://127.0.0.1/a.test", "127.0.0.1"], "takes only dns:// targets"),
+        (["--tcp", "dns://127.0.0.1/a.test"], "a dns:// target names its own port"),
+        (["--csv", "dns://127.0.0.1/a.test"], "no --csv"),
+    ]:
+        r = subprocess.run(
+            fastping_cmd("sweep", *args),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 3 and msg in r.stderr, (args, r.stderr)

@@ -66,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "targets",
         nargs="*",
         metavar="TARGET",
-        help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9)",
+        help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9); "
+        "or DNS queries, dns://SERVER/NAME?type=AAAA (SERVER 127.0.0.1, 127.0.0.1:5353, "
+        "[::1]:5353), each line its outcome and resolution time",
     )
     p.add_argument(
         "-f",
@@ -418,7 +420,10 @@ def _merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+    from . import dnssweep
 
+    if dnssweep.wants_dns(args):
+        return dnssweep.run(args)
     check_plausible(args)
     out = sys.stdout.buffer
     fmt, line = _formatter(args)
