@@ -41,7 +41,11 @@ def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
     return port
 
 
-def unbound_conf(workdir: Path, port: int, interfaces: Sequence[str]) -> str:
+def unbound_conf(
+    workdir: Path, port: int, interfaces: Sequence[str], automatic: bool = False
+) -> str:
+    """The config; ``automatic``: listen on the wildcard and answer from the address
+    asked (interface-automatic, IP_PKTINFO), so every 127/8 address is a server."""
     lines = [
         "server:",
         '  username: ""',
@@ -52,7 +56,8 @@ def unbound_conf(workdir: Path, port: int, interfaces: Sequence[str]) -> str:
         f'  logfile: "{workdir}/unbound.log"',
         "  verbosity: 0",
         f"  port: {port}",
-        *(f"  interface: {a}" for a in interfaces),
+        *(["  interface-automatic: yes", "  interface: 0.0.0.0"] if automatic else []),
+        *(f"  interface: {a}" for a in ([] if automatic else interfaces)),
         "  do-ip4: yes",
         "  do-ip6: yes",
         "  do-udp: yes",
@@ -106,7 +111,7 @@ def ask(server: str, port: int, name: str, qtype: str = "A", timeout: float = 2.
 
 @contextlib.contextmanager
 def unbound(
-    ns: str, port: int, interfaces: Sequence[str] = ("127.0.0.1", "::1")
+    ns: str, port: int, interfaces: Sequence[str] = ("127.0.0.1", "::1"), automatic: bool = False
 ) -> Iterator[subprocess.Popen[str]]:
     """unbound in namespace ``ns`` on ``port`` of ``interfaces``, answering before the
     block runs; stopped afterwards (and its log shown if it failed to start)."""
@@ -114,7 +119,7 @@ def unbound(
         raise RuntimeError("unbound is not installed: apt-get install unbound")
     work = Path(tempfile.mkdtemp(prefix="fp-unbound-"))
     conf = work / "unbound.conf"
-    conf.write_text(unbound_conf(work, port, interfaces))
+    conf.write_text(unbound_conf(work, port, interfaces, automatic))
     check = subprocess.run(["unbound-checkconf", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"unbound config: {check.stdout}{check.stderr}")

@@ -659,9 +659,8 @@ cdef class DnsSocket(ProbeSocket):
         """The probe an answer from ``addr``:``port`` with ID and question ``q`` is for:
         1 found; 0 the question is one we ask that server, the ID none of its probes';
         -1 the question is none we ask that server."""
-        cdef uint32_t i, s, w, ni
+        cdef uint32_t i, s, ni
         cdef int known = -1
-        cdef Probe *pr
         if q.qclass != DQ_CLASS_IN or self.n == 0 or not self._indexes():
             return -1
         i = self._qhash(addr, port, _dq_name_hash(q.qname, q.qname_len), q.qtype) & (self.aidx_cap - 1)
@@ -675,14 +674,30 @@ cdef class DnsSocket(ProbeSocket):
                     not _dq_name_eq(self.nblob + self.noff[ni], q.qname, q.qname_len)):
                 continue
             known = 0
-            pr = &self.probes[<size_t>s * self.window]
-            for w in range(self.window):
-                if (pr[w].state != ST_EMPTY and pr[w].serial < self.stats[s].next_serial and
-                        _dq_id(self.k0, self.k1, s, pr[w].serial) == q.id):
-                    slot[0] = s
-                    serial[0] = pr[w].serial
-                    return 1
+            if self._window_id(s, q.id, serial):
+                slot[0] = s
+                return 1
         return known
+
+    cdef bint _window_id(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
+        """The probe in the slot's window whose ID is ``qid``: one still awaiting its
+        answer first (a 16-bit ID is shared with a settled probe of the window now and
+        then, and the answer is the outstanding one's), else the newest settled one
+        (then a duplicate or late answer)."""
+        cdef Probe *pr = &self.probes[<size_t>s * self.window]
+        cdef uint32_t w, ns = self.stats[s].next_serial
+        cdef bint settled = False
+        for w in range(self.window):
+            if (pr[w].state == ST_EMPTY or pr[w].serial >= ns or
+                    _dq_id(self.k0, self.k1, s, pr[w].serial) != qid):
+                continue
+            if pr[w].state == ST_OUT or pr[w].state == ST_ERR_UNREACH or pr[w].state == ST_ERR_TEXC:
+                serial[0] = pr[w].serial
+                return True
+            if not settled or pr[w].serial > serial[0]:
+                serial[0] = pr[w].serial
+                settled = True
+        return settled
 
     cdef int _mismatched(self, const uint8_t *addr, uint16_t port, uint16_t qid) noexcept nogil:
         """A response from ``addr``:``port`` that asks none of our questions to it:
