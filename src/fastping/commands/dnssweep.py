@@ -38,8 +38,22 @@ def is_dns_target(text: str) -> bool:
 
 
 def wants_dns(args: argparse.Namespace) -> bool:
-    """The command line names dns:// targets."""
-    return any(is_dns_target(t) for t in args.targets)
+    """The command line, or the first target line of a -f file, names a dns:// target."""
+    if any(is_dns_target(t) for t in args.targets):
+        return True
+    return any(is_dns_target(_first_line(f)) for f in args.file if f != "-")
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for ln in fh:
+                word = ln.split("#", 1)[0].strip()
+                if word:
+                    return word
+    except OSError:
+        pass  # the ICMP path reports the file it cannot read
+    return ""
 
 
 def _usage(text: str, why: str) -> str:
