@@ -11,6 +11,8 @@ import re
 import socket
 import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 from capture import packets, percentile, tcpdump
 from conftest import child_env, fastping_cmd
 from dnsservers import BIG_TXT, free_port, respond, unbound
-from fastping import _icmp, dnscodec
+from fastping import _icmp, dnscodec, dnstcp
 from privhelpers import in_netns, netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
@@ -490,6 +492,14 @@ def test_sweep_command_dns_targets_text_and_json() -> None:
     assert rows[0]["answers"] == 2 and rows[0]["min_ttl"] == 60 and rows[0]["sent"] == 2
     assert rows[0]["received"] == 2 and 0 < rows[0]["rtt_min_ms"] <= rows[0]["rtt_ms"] < 50
     assert rows[3]["truncated"] is True and rows[3]["outcome"] == "truncated"
+    # retried over TCP, timed apart: the whole RRset
+    assert rows[3]["tcp"]["outcome"] == "noerror" and rows[3]["tcp"]["answers"] == BIG_TXT
+    assert 0 < rows[3]["tcp"]["connect_ms"] < 50 and 0 < rows[3]["tcp"]["rtt_ms"] < 50
+    assert all(r["tcp"] is None for i, r in enumerate(rows) if i != 3)
+    assert re.search(
+        rf"truncated \(\d+\.\d{{3}} ms\); tcp noerror {BIG_TXT} answers ttl 300 \(connect ",
+        lines[3],
+    ), lines[3]
     assert rows[6]["outcome"] == "unreachable" and rows[6]["rtt_ms"] is None
     assert rows[6]["icmp"] == {"type": 3, "code": 3, "from": "127.0.0.1"}
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -557,3 +567,82 @@ def test_an_id_shared_with_a_settled_probe_of_the_window_answers_the_outstanding
     assert pairs > 0  # the case arose (expected ~11 times)
     assert t["sent"] == t["received"] == n, {k: v for k, v in t.items() if v}
     assert t["duplicates"] == t["timeouts"] == t["late"] == 0, t
+
+
+# ------------------------------------------------------------ TCP retries
+def _tcp_real(port: int, closed: int) -> list[dnstcp.TcpAnswer]:
+    qs = [
+        dnstcp.TcpQuery("127.0.0.1", port, socket.AF_INET, "big.test", "TXT"),
+        dnstcp.TcpQuery("::1", port, socket.AF_INET6, "nx.test", "A"),
+        dnstcp.TcpQuery("127.0.0.1", port, socket.AF_INET, "x.refused.test", "A"),
+        dnstcp.TcpQuery("127.0.0.1", closed, socket.AF_INET, "a.test", "A"),
+    ]
+    return dnstcp.tcp_queries(qs * 50, timeout_s=5.0, concurrency=16)
+
+
+def test_tcp_retries_against_unbound() -> None:
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        closed = in_netns(ns, free_port)
+        with unbound(ns, port):
+            got = in_netns(ns, lambda: _tcp_real(port, closed))
+    assert len(got) == 200
+    for k in range(50):
+        big, nx, ref, down = got[4 * k : 4 * k + 4]
+        assert (big.outcome, big.answers, big.min_ttl) == ("noerror", BIG_TXT, 300), big
+        assert nx.outcome == "nxdomain" and nx.rcode == 3, nx
+        assert ref.outcome == "refused", ref
+        assert down.outcome == "error" and down.error == "Connection refused", down
+        assert big.connect_ns is not None and big.rtt_ns is not None and 0 < big.rtt_ns < 50e6
+
+
+def _hostile_tcp_server(mode: str) -> tuple[socket.socket, threading.Thread]:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def serve() -> None:
+        c, _ = ls.accept()
+        with c:
+            if mode == "silent":
+                time.sleep(1.0)
+                return
+            n = struct.unpack("!H", c.recv(2))[0]
+            q = b""
+            while len(q) < n:
+                q += c.recv(n - len(q))
+            if mode == "wrong-id":
+                r = respond(q, qid=(struct.unpack_from("!H", q)[0] + 1) & 0xFFFF)
+            elif mode == "wrong-question":
+                r = respond(q, qname="other.test.")
+            elif mode == "garbage":
+                r = os.urandom(40)
+            elif mode == "short":
+                c.sendall(b"\x01\x00abc")  # promises 256 bytes, sends 3, closes
+                return
+            c.sendall(struct.pack("!H", len(r)) + r)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return ls, t
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [
+        ("wrong-id", "mismatched"),
+        ("wrong-question", "mismatched"),
+        ("garbage", "malformed"),
+        ("short", "error"),
+        ("silent", "timeout"),
+    ],
+)
+def test_hostile_tcp_answers_are_never_answers(mode: str, outcome: str) -> None:
+    ls, t = _hostile_tcp_server(mode)
+    with ls:
+        q = dnstcp.TcpQuery("127.0.0.1", ls.getsockname()[1], socket.AF_INET, "a.test", "A")
+        (a,) = dnstcp.tcp_queries([q], timeout_s=0.5)
+        t.join(5)
+    assert a.outcome == outcome, a
+    assert a.answers is None and a.rcode is None

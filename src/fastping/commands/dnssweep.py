@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..dnstcp import TcpAnswer
+
 DEFAULT_PORT = 53
 
 
@@ -148,6 +150,14 @@ class DnsResult:
     sum_ns: int
     dns: dict[str, Any]
     icmp: tuple[int, int, str | None] = (0, 0, None)  # the last ICMP error: type, code, from
+    tcp: TcpAnswer | None = None  # the TCP retry of a truncated answer
+
+    @property
+    def ok(self) -> bool:
+        """Answered NOERROR (over TCP, when the UDP answer was truncated)."""
+        if self.tcp is not None:
+            return self.tcp.outcome == "noerror"
+        return self.outcome == "noerror"
 
     @property
     def outcome(self) -> str:
@@ -192,6 +202,7 @@ class DnsResult:
                 if self.outcome == "unreachable"
                 else None
             ),
+            "tcp": self.tcp.to_dict() if self.tcp is not None else None,
         }
 
     def text(self) -> str:
@@ -216,7 +227,41 @@ class DnsResult:
                 )
             else:
                 out.append(f"({d['rtt_ms']:.3f} ms)")
+        if self.tcp is not None:
+            out[-1] += ";"
+            out.append(_tcp_text(self.tcp))
         return " ".join(out)
+
+
+def _tcp_text(a: TcpAnswer) -> str:
+    from .._icmp import DNS_RCODES
+
+    out = ["tcp", a.outcome]
+    if a.outcome == "rcode" and a.rcode is not None:
+        out.append(f"{a.rcode} {DNS_RCODES.get(a.rcode, '')}".rstrip())
+    if a.outcome == "noerror" and a.answers is not None:
+        out.append(f"{a.answers} answer{'' if a.answers == 1 else 's'}")
+        if a.min_ttl is not None:
+            out.append(f"ttl {a.min_ttl}")
+    if a.error:
+        out[-1] += ":"
+        out.append(a.error)
+    if a.rtt_ns is not None and a.connect_ns is not None:
+        out.append(f"(connect {a.connect_ns / 1e6:.3f} ms, query {a.rtt_ns / 1e6:.3f} ms)")
+    return " ".join(out)
+
+
+def retry_truncated(results: list[DnsResult], timeout_s: float) -> None:
+    """Ask each truncated query again over TCP (RFC 7766), timed apart."""
+    from ..dnstcp import TcpQuery, tcp_queries
+
+    trunc = [r for r in results if r.outcome == "truncated"]
+    if not trunc:
+        return
+    qs = [TcpQuery(r.target.server, r.target.port, r.target.family, r.target.name,
+                   r.target.qtype) for r in trunc]  # fmt: skip
+    for r, a in zip(trunc, tcp_queries(qs, timeout_s=timeout_s), strict=True):
+        r.tcp = a
 
 
 def sweep_dns(
@@ -265,9 +310,13 @@ def _add_totals(into: dict[str, Any], t: dict[str, Any]) -> None:
 
 def _summary(results: list[DnsResult], totals: dict[str, Any], elapsed: float) -> dict[str, Any]:
     by: dict[str, int] = {}
+    tcp: dict[str, int] = {}
     for r in results:
         by[r.outcome] = by.get(r.outcome, 0) + 1
+        if r.tcp is not None:
+            tcp[r.tcp.outcome] = tcp.get(r.tcp.outcome, 0) + 1
     return {
+        "tcp_retries": tcp,
         "targets": len(results),
         "outcomes": by,
         "sent": totals.get("sent", 0),
@@ -285,6 +334,9 @@ def _summary(results: list[DnsResult], totals: dict[str, Any], elapsed: float) -
 def _text_summary(s: dict[str, Any]) -> str:
     lines = [f"{s['targets']:>10} queries (server, name, type)"]
     lines += [f"{n:>10} {k}" for k, n in sorted(s["outcomes"].items())]
+    lines += [
+        f"{n:>10} truncated, retried over TCP: {k}" for k, n in sorted(s["tcp_retries"].items())
+    ]
     lines += [f"{s['sent']:>10} sent", f"{s['received']:>10} answers"]
     for key, label in (
         ("mismatched", "mismatched answers (another question: never counted as answers)"),
@@ -301,7 +353,7 @@ def _text_summary(s: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The sweep command for dns:// targets: exit 0 when every query was answered
-    NOERROR, 1 otherwise."""
+    NOERROR (a truncated one: over TCP), 1 otherwise."""
     import time
 
     from .. import api
@@ -319,8 +371,9 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         rate_pps=api.DEFAULT_RATE_PPS if args.rate is None else args.rate,
     )
+    retry_truncated(results, args.timeout)
     summary = _summary(results, totals, time.monotonic() - t0)
-    ok = [r.outcome == "noerror" for r in results]
+    ok = [r.ok for r in results]
     out = sys.stdout
     for r, good in zip(results, ok, strict=True):
         if args.quiet or (args.alive and not good) or (args.unreachable and good):
