@@ -7,6 +7,7 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import threading
@@ -16,13 +17,14 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
-from .errors import TargetError
+from .errors import PermissionDenied, TargetError
 from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
 from .targets import resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
 # sends 1,000 probes/s at most. Benchmarks and loopback sweeps pass rate_pps=0.
 DEFAULT_RATE_PPS = 1000.0
+log = logging.getLogger("fastping.api")
 
 
 def target_set(targets: Iterable[str] | str | Any) -> Any:
@@ -173,9 +175,14 @@ def sweep(
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
 
-    ``tcp_port``: stateless TCP SYN probes to that port instead of ICMP echo
-    (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW); a target is then alive
-    when its port answers open (a SYN-ACK), and a RST is counted apart as closed.
+    ``tcp_port``: TCP probes to that port instead of ICMP echo; a target is then
+    alive when its port answers open (a SYN-ACK), and a RST is counted apart as
+    closed. ``mode`` "raw": stateless SYNs on a raw socket
+    (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW, kernel timestamps);
+    "connect": a non-blocking connect() per pair, no privilege, RTT from user
+    space (``fastping.tcpconnect``); "auto" (default): raw when the process may
+    open a raw socket, else connect. ``result.timing`` says which ("raw" or
+    "connect").
 
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
@@ -197,11 +204,20 @@ def sweep(
         collect_rtts=collect_rtts,
     )
     if tcp_port:
-        if not 1 <= tcp_port <= 65535:
-            raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
-        if mode not in ("auto", "raw"):
-            raise ValueError(f"TCP probes use a raw socket: mode {mode!r} does not apply")
-    elif mode == "subprocess":
+        return _tcp_sweep(
+            targets,
+            tcp_port=tcp_port,
+            mode=mode,
+            sub_opts=sub_opts,
+            rate_pps=rate_pps,
+            workers=workers,
+            batch_size=batch_size,
+            on_progress=on_progress,
+        )
+    if mode == "connect":
+        raise ValueError("mode 'connect' is for TCP probes (tcp_port): ICMP uses raw, dgram, "
+                         "subprocess or auto")  # fmt: skip
+    if mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
 
@@ -345,6 +361,191 @@ def _open_socket(fam: int, mode: str, opts: dict[str, Any], tcp_port: int) -> An
         window=opts["window"],
         batch_size=opts["batch_size"],
     )
+
+
+TCP_MODES = ("auto", "raw", "connect")
+
+
+def tcp_timing(mode: str = "auto") -> str:
+    """How TCP probes are timed in ``mode``: "raw" or "connect" (auto: raw when a
+    raw TCP socket can be opened here, i.e. with CAP_NET_RAW)."""
+    from .tcpconnect import can_raw_tcp
+
+    if mode not in TCP_MODES:
+        raise ValueError(
+            f"TCP probes are timed by a raw socket or by connect(): mode {mode!r} does not "
+            "apply (use raw, connect or auto)"
+        )
+    if mode != "auto":
+        return mode
+    if can_raw_tcp():
+        return "raw"
+    log.info(
+        "fastping: no CAP_NET_RAW: TCP probes timed by connect() instead of raw SYNs",
+        extra={"mode": "connect"},
+    )
+    return "connect"
+
+
+def raw_tcp_denied(err: OSError) -> PermissionDenied:
+    """The error for mode raw without the capability: what is missing, what to do."""
+    from .privilege import diagnose
+
+    d = diagnose()
+    cap = "present" if d.cap_net_raw else "missing"
+    eff = f", CapEff {d.cap_eff:016x}" if d.cap_eff is not None else ""
+    return PermissionDenied(
+        f"TCP mode raw needs a raw socket, which needs CAP_NET_RAW ({cap} for uid "
+        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {err.strerror or err}). Use "
+        "--mode connect (mode=\"connect\": connect() timing, no privilege), or grant the "
+        f"capability: sudo setcap cap_net_raw+ep {d.python}, or run as root"
+    )
+
+
+def _tcp_sweep(
+    targets: Iterable[str] | str,
+    *,
+    tcp_port: int,
+    mode: str,
+    sub_opts: dict[str, Any],
+    rate_pps: float,
+    workers: int,
+    batch_size: int,
+    on_progress: Callable[[int, int, int], None] | None,
+) -> SweepResult:
+    """sweep() with tcp_port: raw SYNs (TcpSocket) or connect() timing."""
+    if not 1 <= tcp_port <= 65535:
+        raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
+    if tcp_timing(mode) == "connect":
+        return _connect_sweep(targets, tcp_port, sub_opts, rate_pps, on_progress)
+    try:
+        res = _socket_sweep(
+            targets, **sub_opts, rate_pps=rate_pps, mode="raw", workers=workers,
+            batch_size=batch_size, on_progress=on_progress, tcp_port=tcp_port,
+        )  # fmt: skip
+    except PermissionError as e:
+        if isinstance(e, PermissionDenied):
+            raise
+        raise raw_tcp_denied(e) from e
+    res.timing = "raw"
+    return res
+
+
+def _connect_sweep(
+    targets: Iterable[str] | str,
+    port: int,
+    opts: dict[str, Any],
+    rate_pps: float,
+    on_progress: Callable[[int, int, int], None] | None,
+) -> SweepResult:
+    """A TCP sweep by connect() (no CAP_NET_RAW): the same results, timed in user space."""
+    from .tcpconnect import sweep_rounds
+
+    plan = _Plan(target_set(targets), opts["family"])
+    hosts = _ConnectHosts(plan, port)
+    t0 = time.perf_counter()
+    tally, interrupted = sweep_rounds(
+        hosts.pairs,
+        count=opts["count"],
+        interval_s=opts["interval_s"],
+        timeout_s=opts["timeout_s"],
+        rate_pps=rate_pps,
+        ttl=opts["ttl"],
+        tos=opts["tos"],
+        collect_rtts=opts["collect_rtts"],
+        progress=on_progress,
+    )
+    duration = time.perf_counter() - t0
+    hosts.tally = tally
+    totals = tally.totals()
+    totals["unresolved"] = plan.unresolved
+    totals["workers"] = 1
+    totals["interrupted"] = int(interrupted)
+    totals["sweep_window_ns"] = int(duration * 1e9)
+    return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts, timing="connect")
+
+
+class _ConnectHosts:
+    """The hosts of a connect() sweep, in host order: each a (address, port) pair
+    of the tally, or a name that did not resolve; read back as HostResults or as
+    core rows for the compiled formatters, like _Hosts."""
+
+    def __init__(self, plan: _Plan, port: int) -> None:
+        self.port = port
+        self.pairs: list[tuple[str, int]] = []
+        # per host: (family, packed address, label) or (label, error) for a bad name
+        self.hosts: list[tuple[int, bytes, str | None] | tuple[str, str]] = []
+        self.tally: Any = None
+        self.index = array("q")  # per host: its pair, -1 for a name that did not resolve
+        packed = {f: plan.packed(f) for f, n in plan.n_slots.items() if n}
+        for k in range(len(plan.run_host)):
+            fam, pos, n, h0 = plan.run_fam[k], plan.run_pos[k], plan.run_len[k], plan.run_host[k]
+            for j in range(n):
+                label = plan.labels.get(h0 + j)
+                if fam < 0:
+                    r = plan.names[pos + j]
+                    if isinstance(r, str):
+                        self.hosts.append((plan.name_labels[pos + j], r))
+                        self.index.append(-1)
+                        continue
+                    self._add(r[0], packed[r[0]], r[1], plan.name_labels[pos + j])
+                else:
+                    self._add(fam, packed[fam], pos + j, label)
+
+    def _add(self, fam: int, packed: bytes, slot: int, label: str | None) -> None:
+        alen = 4 if fam == socket.AF_INET else 16
+        a = packed[slot * alen : (slot + 1) * alen]
+        self.hosts.append((fam, a, label))
+        self.index.append(len(self.pairs))
+        self.pairs.append((socket.inet_ntop(fam, a), self.port))
+
+    def _each(self) -> Iterator[tuple[int, Any]]:
+        """(pair index or -1, host entry) in host order."""
+        return zip(self.index, self.hosts, strict=True)
+
+    def get(self, n: int) -> HostResult:
+        i, h = self.index[n], self.hosts[n]
+        if i < 0:
+            return HostResult(target=h[0], address=None, error=h[1])
+        addr = self.pairs[i][0]
+        return self.tally.host(i, h[2] or addr, addr)  # type: ignore[no-any-return]
+
+    def write(self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]) -> None:
+        from ._pipeline import FMT_NONE, SEL_ALIVE, Formatter
+
+        from .tcpconnect import _NO_ICMP, unreachable_text
+
+        t = self.tally
+        for i, h in self._each():
+            if i < 0:
+                fmt.count_row(False)
+                if fmt.fmt != FMT_NONE and fmt.select != SEL_ALIVE:
+                    fmt.write_text(text_of_missing(HostResult(h[0], None, error=h[1])))
+                continue
+            fam, a, label = h
+            row = t.row(i, a, self.port)
+            if not t.unreach[i]:
+                fmt.write_rows(row, 1, fam, label)
+                continue
+            # the formatters know ICMP errors only: write this row apart and say
+            # connect()'s errno where the ICMP type, code and router would be
+            side = Formatter(fmt.fmt, fmt.select, count, None)
+            side.write_rows(row, 1, fam, label)
+            text = side.getvalue().decode().replace(_NO_ICMP, unreachable_text(t.errno[i]))
+            fmt.count_row(bool(side.alive))
+            if text:
+                fmt.write_text(text)
+
+    def columns(self) -> dict[str, Any]:
+        from ._pipeline import Columns
+
+        cols = Columns()
+        for i, h in self._each():
+            if i < 0:
+                cols.add_missing()
+            else:
+                cols.add_rows(self.tally.row(i, h[1], self.port), 1, h[0])
+        return cols.result()  # type: ignore[no-any-return]
 
 
 def auto_workers(n_targets: int, rate_pps: float) -> int:
