@@ -7,8 +7,10 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -396,7 +398,7 @@ def raw_tcp_denied(err: OSError) -> PermissionDenied:
     eff = f", CapEff {d.cap_eff:016x}" if d.cap_eff is not None else ""
     return PermissionDenied(
         f"TCP mode raw needs a raw socket, which needs CAP_NET_RAW ({cap} for uid "
-        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {err.strerror or err}). Use "
+        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {os.strerror(err.errno or errno.EPERM)}). Use "
         "--mode connect (mode=\"connect\": connect() timing, no privilege), or grant the "
         f"capability: sudo setcap cap_net_raw+ep {d.python}, or run as root"
     )
@@ -868,11 +870,24 @@ def ping(
     """Ping one host ``count`` times; the result carries every RTT in ``rtts_ms``.
     ``on_probe`` (if given) is called with each probe's outcome as it is known
     (``Pinger`` is the iterator behind it). A block (``"10.0.0.0/30"``) is refused,
-    as ``fastping ping`` refuses it: use ``sweep``."""
+    as ``fastping ping`` refuses it: use ``sweep``. ``tcp_port``: TCP probes to
+    that port (``TcpPinger``; ``mode`` raw, connect or auto)."""
     from .probe import UseSubprocess
 
     options.pop("rate_pps", None)
     mode = options.pop("mode", "auto")
+    tcp_port = options.pop("tcp_port", 0)
+    if tcp_port:  # TCP probes to that port: raw SYNs, or connect() without CAP_NET_RAW
+        options.pop("payload_size", None)
+        options.pop("dont_fragment", None)
+        tp = TcpPinger(
+            host, tcp_port, count=count, interval_s=interval_s, timeout_s=timeout_s,
+            mode=mode, **options,
+        )  # fmt: skip
+        for r in tp:
+            if on_probe is not None:
+                on_probe(r)
+        return tp.stats()
     try:
         pinger = Pinger(
             host, count=count, interval_s=interval_s, timeout_s=timeout_s, mode=mode, **options
@@ -917,26 +932,9 @@ class Pinger:
         mode: str = "auto",
         family: int | None = None,
     ) -> None:
-        _check_args(count, interval_s, timeout_s, 0.0, 1)
-        plan = _Plan(target_set([host]), family)
-        if plan.n_hosts != 1:
-            raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
-        self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
-        self.error: str | None = None
-        self.address: str | None = None
-        self._sock: Any = None
-        fam = plan.run_fam[0]
-        if fam < 0:  # a host name
-            self.target = plan.name_labels[0]
-            r = plan.names[0]
-            if isinstance(r, str):
-                self.error = r
-                return  # a name that did not resolve: stats() says so
-            fam = r[0]
-            self.address = plan.extra[fam][0]
-        else:
-            self.target = host.strip()
-            self.address = socket.inet_ntop(fam, plan.packed(fam))
+        fam = self._locate(host, family, count, interval_s, timeout_s)
+        if fam is None:
+            return  # a name that did not resolve: stats() says so
         from .probe import open_icmp_socket
 
         self._sock = open_icmp_socket(
@@ -950,7 +948,33 @@ class Pinger:
         )
         self._sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
         self._slot = self._sock.add_target(self.address)
+
+    def _locate(
+        self, host: str, family: int | None, count: int, interval_s: float, timeout_s: float
+    ) -> int | None:
+        """Check the arguments, resolve ``host``: its family, or None (``error`` set)."""
+        _check_args(count, interval_s, timeout_s, 0.0, 1)
+        plan = _Plan(target_set([host]), family)
+        if plan.n_hosts != 1:
+            raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
+        self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
+        self.error: str | None = None
+        self.address: str | None = None
+        self._sock: Any = None
         self.rtts_ms: list[float] = []
+        fam = plan.run_fam[0]
+        if fam < 0:  # a host name
+            self.target = plan.name_labels[0]
+            r = plan.names[0]
+            if isinstance(r, str):
+                self.error = r
+                return None
+            fam = r[0]
+            self.address = plan.extra[fam][0]
+        else:
+            self.target = host.strip()
+            self.address = socket.inet_ntop(fam, plan.packed(fam))
+        return int(fam)
 
     def __iter__(self) -> Iterator[ProbeResult]:
         sock = self._sock
@@ -976,7 +1000,7 @@ class Pinger:
                     r = self._result(ev)
                     if r.outcome not in (Outcome.DUPLICATE, Outcome.LATE):
                         finals += 1
-                    if r.outcome is Outcome.REPLY and r.rtt_ms is not None:
+                    if r.outcome in _ANSWERS and r.rtt_ms is not None:
                         self.rtts_ms.append(r.rtt_ms)
                     yield r
                 now = time.monotonic()
@@ -999,7 +1023,7 @@ class Pinger:
     def _result(self, ev: Any) -> ProbeResult:
         slot, kind, seq, rtt_ns, ttl, itype, icode, router, err = ev
         outcome = OUTCOME_BY_KIND[kind]
-        has_rtt = kind in (0, 5, 6) and rtt_ns > 0  # reply, duplicate, late
+        has_rtt = kind in (0, 5, 6, 7) and rtt_ns > 0  # reply, duplicate, late, TCP RST
         return ProbeResult(
             self.target,
             self.address,
@@ -1032,6 +1056,108 @@ class Pinger:
         if self._sock is not None and not self._sock.closed:
             self._last_stats = self._sock.slot_stats(self._slot)
             self._sock.close()
+
+
+_ANSWERS = (Outcome.REPLY, Outcome.CLOSED)  # the answers a probe's RTT is kept for
+# tcpconnect's outcomes as a probe's
+_CONNECT_OUTCOME = {
+    "open": Outcome.REPLY,
+    "closed": Outcome.CLOSED,
+    "filtered": Outcome.TIMEOUT,
+    "unreachable": Outcome.UNREACHABLE,
+    "error": Outcome.SEND_ERROR,
+}
+
+
+class TcpPinger(Pinger):
+    """One host's TCP ``port`` probed ``count`` times, each probe's outcome as it is
+    known: REPLY (open: a SYN-ACK), CLOSED (a RST), TIMEOUT (filtered: silence),
+    UNREACHABLE (an ICMP error), SEND_ERROR. ``mode`` "raw": SYNs on a raw socket
+    (TcpSocket; CAP_NET_RAW; kernel timestamps); "connect": one non-blocking
+    connect() per probe (no privilege; RTT from user space; probes do not
+    overlap, so a timeout longer than the interval spaces them out); "auto": raw
+    when it may. ``timing`` says which; ``closed`` counts the RSTs (in
+    ``stats().received`` too, as for sweep)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        count: int = 4,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        ttl: int | None = None,
+        tos: int | None = None,
+        mode: str = "auto",
+        family: int | None = None,
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"TCP port {port} must be 1..65535")
+        self.port = port
+        self.timing = tcp_timing(mode)
+        self._ttl, self._tos = ttl, tos
+        self._closed = 0
+        fam = self._locate(host, family, count, interval_s, timeout_s)
+        from .tcpconnect import Tally
+
+        self._tally = Tally(1)
+        if fam is None or self.timing == "connect":
+            return
+        from ._icmp import TcpSocket
+
+        try:
+            sock = TcpSocket(fam, ttl=ttl, tos=tos, window=_window(count, interval_s, timeout_s))
+        except PermissionError as e:
+            raise raw_tcp_denied(e) from e
+        sock.timeout_s = timeout_s
+        self._slot = sock.add_target(self.address, port)
+        self._sock = sock
+
+    @property
+    def closed(self) -> int:
+        """Probes answered by a RST (port closed)."""
+        if self.timing == "connect":
+            return int(self._tally.closed[0])
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        return self._closed
+
+    def __iter__(self) -> Iterator[ProbeResult]:
+        if self.address is None:
+            return
+        if self.timing == "raw":
+            yield from super().__iter__()
+            return
+        from .tcpconnect import connect_sweep
+
+        start = time.monotonic()
+        for seq in range(self.count):
+            time.sleep(max(0.0, start + seq * self.interval_s - time.monotonic()))
+            r = connect_sweep(
+                [(self.address, self.port)], timeout_s=self.timeout_s, concurrency=1,
+                ttl=self._ttl, tos=self._tos,
+            )[0]  # fmt: skip
+            self._tally.add(0, r)
+            rtt = r.rtt_ns / 1e6 if r.rtt_ns is not None else None
+            if rtt is not None:
+                self.rtts_ms.append(rtt)
+            yield ProbeResult(
+                self.target, self.address, seq, _CONNECT_OUTCOME[r.outcome], rtt,
+                errno=r.errno, time=time.time(),
+            )  # fmt: skip
+
+    def stats(self) -> HostResult:
+        if self.timing == "raw" or self.address is None:
+            return super().stats()
+        h: HostResult = self._tally.host(0, self.target, self.address)
+        h.rtts_ms = list(self.rtts_ms)
+        return h
+
+    def close(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        super().close()
 
 
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:

@@ -426,9 +426,23 @@ def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
         yield _sweep(args, targets, 0), 0
         return
     files = args.file
-    for port, words in tcp_targets(args):
+    pairs = tcp_targets(args)
+    _choose_tcp_timing(args)
+    for port, words in pairs:
         targets = read_targets(args, words, files if port in args.port_list else [])
         yield _sweep(args, targets, port), port
+
+
+def _choose_tcp_timing(args: argparse.Namespace) -> None:
+    """Raw SYNs or connect() for every port of the run, said on stderr when auto
+    falls back to connect()."""
+    from .. import api
+
+    timing = api.tcp_timing(args.mode)
+    if timing == "connect" and args.mode == "auto":
+        sys.stderr.write(CONNECT_NOTE)
+        sys.stderr.flush()
+    args.mode = timing
 
 
 def _merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -465,8 +479,7 @@ def run(args: argparse.Namespace) -> int:
         hosts += len(res)
         summaries.append(res.summary_with(alive=fmt.alive - alive0))
         ports.append(port)
-        if res.timing == "connect" and args.mode == "auto" and len(ports) == 1:
-            sys.stderr.write(CONNECT_NOTE)
+
         del res
     summary = _merged(summaries)
     if args.tcp:
