@@ -7,7 +7,6 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from errno import EPERM
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -398,8 +398,8 @@ def raw_tcp_denied(err: OSError) -> PermissionDenied:
     eff = f", CapEff {d.cap_eff:016x}" if d.cap_eff is not None else ""
     return PermissionDenied(
         f"TCP mode raw needs a raw socket, which needs CAP_NET_RAW ({cap} for uid "
-        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {os.strerror(err.errno or errno.EPERM)}). Use "
-        "--mode connect (mode=\"connect\": connect() timing, no privilege), or grant the "
+        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {os.strerror(err.errno or EPERM)}). Use "
+        '--mode connect (mode="connect": connect() timing, no privilege), or grant the '
         f"capability: sudo setcap cap_net_raw+ep {d.python}, or run as root"
     )
 
@@ -475,8 +475,9 @@ class _ConnectHosts:
     def __init__(self, plan: _Plan, port: int) -> None:
         self.port = port
         self.pairs: list[tuple[str, int]] = []
-        # per host: (family, packed address, label) or (label, error) for a bad name
-        self.hosts: list[tuple[int, bytes, str | None] | tuple[str, str]] = []
+        # per host: (family, packed address, label, None), or for a name that did
+        # not resolve (0, b"", the name, the error)
+        self.hosts: list[tuple[int, bytes, str | None, str | None]] = []
         self.tally: Any = None
         self.index = array("q")  # per host: its pair, -1 for a name that did not resolve
         packed = {f: plan.packed(f) for f, n in plan.n_slots.items() if n}
@@ -487,7 +488,7 @@ class _ConnectHosts:
                 if fam < 0:
                     r = plan.names[pos + j]
                     if isinstance(r, str):
-                        self.hosts.append((plan.name_labels[pos + j], r))
+                        self.hosts.append((0, b"", plan.name_labels[pos + j], r))
                         self.index.append(-1)
                         continue
                     self._add(r[0], packed[r[0]], r[1], plan.name_labels[pos + j])
@@ -497,34 +498,34 @@ class _ConnectHosts:
     def _add(self, fam: int, packed: bytes, slot: int, label: str | None) -> None:
         alen = 4 if fam == socket.AF_INET else 16
         a = packed[slot * alen : (slot + 1) * alen]
-        self.hosts.append((fam, a, label))
+        self.hosts.append((fam, a, label, None))
         self.index.append(len(self.pairs))
         self.pairs.append((socket.inet_ntop(fam, a), self.port))
 
-    def _each(self) -> Iterator[tuple[int, Any]]:
+    def _each(self) -> Iterator[tuple[int, tuple[int, bytes, str | None, str | None]]]:
         """(pair index or -1, host entry) in host order."""
         return zip(self.index, self.hosts, strict=True)
 
     def get(self, n: int) -> HostResult:
-        i, h = self.index[n], self.hosts[n]
+        i, (_, _, label, error) = self.index[n], self.hosts[n]
         if i < 0:
-            return HostResult(target=h[0], address=None, error=h[1])
+            return HostResult(target=label or "", address=None, error=error)
         addr = self.pairs[i][0]
-        return self.tally.host(i, h[2] or addr, addr)  # type: ignore[no-any-return]
+        h: HostResult = self.tally.host(i, label or addr, addr)
+        return h
 
     def write(self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]) -> None:
         from ._pipeline import FMT_NONE, SEL_ALIVE, Formatter
-
         from .tcpconnect import _NO_ICMP, unreachable_text
 
         t = self.tally
         for i, h in self._each():
+            fam, a, label, error = h
             if i < 0:
                 fmt.count_row(False)
                 if fmt.fmt != FMT_NONE and fmt.select != SEL_ALIVE:
-                    fmt.write_text(text_of_missing(HostResult(h[0], None, error=h[1])))
+                    fmt.write_text(text_of_missing(HostResult(label or "", None, error=error)))
                 continue
-            fam, a, label = h
             row = t.row(i, a, self.port)
             if not t.unreach[i]:
                 fmt.write_rows(row, 1, fam, label)
@@ -547,7 +548,7 @@ class _ConnectHosts:
                 cols.add_missing()
             else:
                 cols.add_rows(self.tally.row(i, h[1], self.port), 1, h[0])
-        return cols.result()  # type: ignore[no-any-return]
+        return cols.result()
 
 
 def auto_workers(n_targets: int, rate_pps: float) -> int:
@@ -932,12 +933,13 @@ class Pinger:
         mode: str = "auto",
         family: int | None = None,
     ) -> None:
-        fam = self._locate(host, family, count, interval_s, timeout_s)
-        if fam is None:
+        where = self._locate(host, family, count, interval_s, timeout_s)
+        if where is None:
             return  # a name that did not resolve: stats() says so
+        fam, address = where
         from .probe import open_icmp_socket
 
-        self._sock = open_icmp_socket(
+        sock = open_icmp_socket(
             fam,
             mode=mode,
             payload_size=payload_size,
@@ -946,13 +948,15 @@ class Pinger:
             dont_fragment=dont_fragment,
             window=_window(count, interval_s, timeout_s),
         )
-        self._sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
-        self._slot = self._sock.add_target(self.address)
+        sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
+        self._slot = sock.add_target(address)
+        self._sock: Any = sock
 
     def _locate(
         self, host: str, family: int | None, count: int, interval_s: float, timeout_s: float
-    ) -> int | None:
-        """Check the arguments, resolve ``host``: its family, or None (``error`` set)."""
+    ) -> tuple[int, str] | None:
+        """Check the arguments, resolve ``host``: its family and address, or None
+        (``error`` set)."""
         _check_args(count, interval_s, timeout_s, 0.0, 1)
         plan = _Plan(target_set([host]), family)
         if plan.n_hosts != 1:
@@ -960,7 +964,7 @@ class Pinger:
         self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
         self.error: str | None = None
         self.address: str | None = None
-        self._sock: Any = None
+        self._sock = None
         self.rtts_ms: list[float] = []
         fam = plan.run_fam[0]
         if fam < 0:  # a host name
@@ -970,11 +974,12 @@ class Pinger:
                 self.error = r
                 return None
             fam = r[0]
-            self.address = plan.extra[fam][0]
+            address = plan.extra[fam][0]
         else:
             self.target = host.strip()
-            self.address = socket.inet_ntop(fam, plan.packed(fam))
-        return int(fam)
+            address = socket.inet_ntop(fam, plan.packed(fam))
+        self.address = address
+        return int(fam), address
 
     def __iter__(self) -> Iterator[ProbeResult]:
         sock = self._sock
@@ -1098,12 +1103,13 @@ class TcpPinger(Pinger):
         self.timing = tcp_timing(mode)
         self._ttl, self._tos = ttl, tos
         self._closed = 0
-        fam = self._locate(host, family, count, interval_s, timeout_s)
+        where = self._locate(host, family, count, interval_s, timeout_s)
         from .tcpconnect import Tally
 
         self._tally = Tally(1)
-        if fam is None or self.timing == "connect":
+        if where is None or self.timing == "connect":
             return
+        fam, address = where
         from ._icmp import TcpSocket
 
         try:
@@ -1111,7 +1117,7 @@ class TcpPinger(Pinger):
         except PermissionError as e:
             raise raw_tcp_denied(e) from e
         sock.timeout_s = timeout_s
-        self._slot = sock.add_target(self.address, port)
+        self._slot = sock.add_target(address, port)
         self._sock = sock
 
     @property

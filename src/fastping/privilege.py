@@ -313,9 +313,7 @@ class Diagnosis:
     def tcp_status(self) -> TcpStatus:
         """How TCP probes are timed here (mode auto): raw SYNs with kernel timestamps
         when a raw TCP socket may be opened (CAP_NET_RAW), else connect()."""
-        facts = (
-            f"CAP_NET_RAW {'present' if self.cap_net_raw else 'missing'} in the effective set"
-        )
+        facts = f"CAP_NET_RAW {'present' if self.cap_net_raw else 'missing'} in the effective set"
         if self.cap_eff is not None:
             facts += f" (CapEff {self.cap_eff:016x})"
         err = self.tcp_raw_open_errno
@@ -324,9 +322,7 @@ class Diagnosis:
         if ok:
             how = "raw TCP socket opened" if verified else "inferred"
             return TcpStatus("raw", f"{how}; {facts}", verified=verified)
-        how = (
-            f"opening a raw TCP socket failed: {os.strerror(err)}" if err else "no raw TCP socket"
-        )
+        how = f"opening a raw TCP socket failed: {os.strerror(err)}" if err else "no raw TCP socket"
         return TcpStatus(
             "connect",
             f"{how}; {facts}. Each probe is a non-blocking connect() (the kernel sends the "

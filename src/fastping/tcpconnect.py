@@ -266,7 +266,7 @@ class Tally:
         self.last_ns[i] = rtt
         self.sum_ns[i] += rtt
         self.sumsq[i] += float(rtt) * float(rtt)
-        if self.rtts is not None:
+        if self.rtts is not None and not closed:  # as sweep(): the open answers' RTTs
             self.rtts[i].append(rtt / 1e6)
 
     def error_text(self, i: int) -> str | None:
