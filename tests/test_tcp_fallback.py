@@ -310,8 +310,11 @@ def test_doctor_says_which_tcp_timing_both_ways() -> None:
         "present" in r.stdout, r.stdout  # fmt: skip
     assert "TCP (--tcp, tcp://) mode=auto will use: raw" in r.stdout
     r = run("doctor", unprivileged=True)
-    assert "  TCP timing: connect() fallback: opening a raw TCP socket failed: Operation not " \
-        "permitted; CAP_NET_RAW missing in the effective set (CapEff " in r.stdout, r.stdout  # fmt: skip
+    want = (
+        "  TCP timing: connect() fallback: opening a raw TCP socket failed: Operation not "
+        "permitted; CAP_NET_RAW missing in the effective set (CapEff "
+    )
+    assert want in r.stdout, r.stdout
     assert "non-blocking connect()" in r.stdout and "setcap cap_net_raw+ep" in r.stdout
     assert "TCP (--tcp, tcp://) mode=auto will use: connect" in r.stdout
     for unpriv, timing in ((False, "raw"), (True, "connect")):
