@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -345,3 +346,50 @@ def test_tcp_status_inferred_from_the_capability() -> None:
     seen = Diagnosis(cap_eff=1 << CAP_NET_RAW_BIT, tcp_raw_open_errno=1, **base)  # type: ignore[arg-type]
     assert seen.tcp_status().timing == "connect" and seen.tcp_status().verified
     assert Outcome.CLOSED.value == "closed"
+
+
+# ------------------------------------------------------------ a real non-root user
+CLI = "import sys; sys.path.insert(0, sys.argv[1]); from fastping.cli import main; " \
+    "sys.exit(main(sys.argv[2:]))"  # fmt: skip
+
+
+def _as_user(user: Any, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``fastping ARGS`` as ``user`` (setpriv --reuid: no capability left) in ``ns``,
+    from the user's copy of the package."""
+    from privhelpers import _setpriv
+
+    argv = ["ip", "netns", "exec", ns, *_setpriv(user.uid, user.gid), "env", "-i",
+            "PATH=/usr/bin:/bin", "LC_ALL=C", "HOME=/", user.python, "-I", "-c", CLI,
+            user.src, *args]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_a_non_root_user_gets_the_connect_fallback() -> None:
+    """A throwaway system user in a fresh namespace with a listener: sweep, ping
+    tcp:// and doctor, timed by connect()."""
+    from privhelpers import in_netns, netns, throwaway_user
+
+    with throwaway_user() as user, netns() as ns:
+        ls = in_netns(ns, _listener)  # the socket lives in the namespace
+        try:
+            port = ls.getsockname()[1]
+            closed = in_netns(ns, _free_port)
+            r = _as_user(user, ns, "sweep", "--tcp", "-p", f"{port},{closed}", "127.0.0.1",
+                         "--json", "-s")  # fmt: skip
+            assert r.returncode == 1, r.stderr
+            assert NOTE in r.stderr
+            rows = [json.loads(x) for x in r.stdout.splitlines()]
+            assert [(x["port"], x["state"]) for x in rows] == [(port, "open"), (closed, "closed")]
+            summary = json.loads(r.stderr.splitlines()[-1])
+            assert summary["timing"] == "connect" and summary["alive"] == 1, summary
+            r = _as_user(user, ns, "ping", f"tcp://127.0.0.1:{port}", "-c", "2", "-i", "0.05")
+            assert r.returncode == 0, r.stderr
+            lines = r.stdout.splitlines()
+            assert lines[0] == f"PING 127.0.0.1 (127.0.0.1) TCP port {port}: connect()"
+            assert lines[1].startswith(f"open 127.0.0.1 port {port}: tcp_seq=0 rtt=")
+            r = _as_user(user, ns, "doctor", "--json")
+            d = json.loads(r.stdout)
+            assert d["uid"] == user.uid and d["cap_net_raw"] is False
+            assert d["tcp"]["timing"] == "connect" and d["tcp"]["verified"], d["tcp"]
+        finally:
+            ls.close()

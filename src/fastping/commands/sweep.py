@@ -99,9 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tcp",
         action="store_true",
-        help="stateless TCP SYN probes to --port instead of ICMP echo (root or CAP_NET_RAW): "
-        "a port is open (SYN-ACK), closed (RST), filtered (silence) or unreachable (ICMP); "
-        "targets may also be written tcp://HOST:PORT",
+        help="TCP probes to --port instead of ICMP echo: stateless SYNs with root or "
+        "CAP_NET_RAW, else connect() timing (--mode); a port is open (SYN-ACK), closed (RST), "
+        "filtered (silence) or unreachable (ICMP); targets may also be written tcp://HOST:PORT",
     )
     p.add_argument(
         "--port",
