@@ -393,3 +393,21 @@ def test_a_non_root_user_gets_the_connect_fallback() -> None:
             assert d["tcp"]["timing"] == "connect" and d["tcp"]["verified"], d["tcp"]
         finally:
             ls.close()
+
+
+def test_ctrl_c_ends_a_connect_sweep_with_the_rounds_done(ports: tuple[int, int]) -> None:
+    import signal
+    import time
+
+    port, _ = ports
+    argv = ["sweep", "--tcp", "-p", str(port), "127.0.0.1", "-c", "50", "--period", "0.1",
+            "--mode", "connect", "-q", "--json"]  # fmt: skip
+    p = subprocess.Popen(fastping_cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=child_env())  # fmt: skip
+    time.sleep(1.5)  # start-up, then some rounds
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    s = json.loads(out)
+    assert s["interrupted"] == 1 and 1 <= s["sent"] < 50, s
+    assert s["received"] == s["sent"] and s["timing"] == "connect"

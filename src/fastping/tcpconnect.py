@@ -344,7 +344,7 @@ def sweep_rounds(
     """``count`` rounds of connect_sweep over ``pairs``, a round every
     ``interval_s`` (start to start; a round that takes longer is followed at once).
     Returns the tally and whether Ctrl-C ended it early (the rounds done are kept,
-    the round in flight is lost). ``progress(done, total, answers)``: at most five
+    the round in flight is lost; Ctrl-C in the first round is re-raised). ``progress(done, total, answers)``: at most five
     times a second, and once at the end."""
     tally = Tally(len(pairs), collect_rtts)
     total = len(pairs) * count
@@ -367,6 +367,8 @@ def sweep_rounds(
                 progress=each if progress is not None else None, ttl=ttl, tos=tos,
             )  # fmt: skip
         except KeyboardInterrupt:
+            if r == 0:  # nothing to report: no pair was probed to the end
+                raise
             interrupted = True
             break
         for i, x in enumerate(res):
