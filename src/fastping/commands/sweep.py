@@ -479,7 +479,6 @@ def run(args: argparse.Namespace) -> int:
         hosts += len(res)
         summaries.append(res.summary_with(alive=fmt.alive - alive0))
         ports.append(port)
-
         del res
     summary = _merged(summaries)
     if args.tcp:
