@@ -411,3 +411,37 @@ def test_ctrl_c_ends_a_connect_sweep_with_the_rounds_done(ports: tuple[int, int]
     s = json.loads(out)
     assert s["interrupted"] == 1 and 1 <= s["sent"] < 50, s
     assert s["received"] == s["sent"] and s["timing"] == "connect"
+
+
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_ttl_reaches_the_syn(unprivileged: bool) -> None:
+    """--ttl sets the SYN's TTL by either timing: nft in a fresh namespace drops
+    every SYN to the port whose TTL is not 7."""
+    from privhelpers import in_netns, netns
+
+    with netns() as ns:
+        subprocess.run(["ip", "netns", "exec", ns, "nft",
+                        "add table ip fpt; add chain ip fpt in { type filter hook input "
+                        "priority 0; }; add rule ip fpt in tcp dport 7777 tcp flags syn "
+                        "ip ttl != 7 drop"], check=True)  # fmt: skip
+        ls = in_netns(ns, lambda: _bound_listener(7777))
+        try:
+            states = {}
+            for ttl in ("7", "8"):
+                r = subprocess.run(
+                    ["ip", "netns", "exec", ns, *(NO_NET_RAW if unprivileged else []),
+                     *fastping_cmd("sweep", "tcp://127.0.0.1:7777", "--ttl", ttl, "-t", "0.3",
+                                   "--json")],
+                    capture_output=True, text=True, env=child_env(), timeout=60,
+                )  # fmt: skip
+                states[ttl] = json.loads(r.stdout)["state"]
+        finally:
+            ls.close()
+    assert states == {"7": "open", "8": "filtered"}
+
+
+def _bound_listener(port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    return s
