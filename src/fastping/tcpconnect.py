@@ -344,8 +344,9 @@ def sweep_rounds(
     """``count`` rounds of connect_sweep over ``pairs``, a round every
     ``interval_s`` (start to start; a round that takes longer is followed at once).
     Returns the tally and whether Ctrl-C ended it early (the rounds done are kept,
-    the round in flight is lost; Ctrl-C in the first round is re-raised). ``progress(done, total, answers)``: at most five
-    times a second, and once at the end."""
+    the round in flight is lost; Ctrl-C in the first round is re-raised).
+    ``progress(done, total, answers)``: at most five times a second, and once at
+    the end."""
     tally = Tally(len(pairs), collect_rtts)
     total = len(pairs) * count
     shown = [0.0, 0, 0]  # last call's time, attempts done before this round, answers
