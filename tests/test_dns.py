@@ -220,6 +220,7 @@ QUESTIONS = [
     ("x.refused.test", "A", "refused", 0, None),
     ("x.lame", "A", "servfail", 0, None),
     ("www.example.com", "A", "refused", 0, None),  # no recursion, anywhere
+    ("a.test", "TYPE253", "other", 0, None),  # MAILB: unbound answers FORMERR (rcode 1)
 ]
 
 
@@ -257,6 +258,7 @@ def test_every_outcome_from_a_real_unbound(family: int, server: str) -> None:
             assert last["answers"] == answers and last["min_ttl"] == ttl, what
         else:
             assert last["truncated"] is True, what
+    assert rows[len(QUESTIONS) - 1][1]["last"]["rcode"] == 1  # FORMERR, kept as its number
     stats, d = rows[-1]
     assert stats[1] == 0 and stats[5] == 3 and stats[15] in (3, 1), (stats, d)  # unreachable
     assert d["last"] is None
@@ -466,6 +468,7 @@ def test_sweep_command_dns_targets_text_and_json() -> None:
                 f"dns://127.0.0.1:{port}/x.refused.test",
                 f"dns://127.0.0.1:{port}/x.lame?type=SOA",
                 f"dns://127.0.0.1:{closed}/a.test",
+                f"dns://127.0.0.1:{port}/a.test?type=TYPE253",
             ]
             text = _cli(ns, *urls)
             js = _cli(ns, "--json", "-c", "2", "-p", "0.01", *urls)
@@ -482,13 +485,16 @@ def test_sweep_command_dns_targets_text_and_json() -> None:
     )
     assert [ln.split()[1] for ln in lines] == [
         "noerror", "noerror", "nxdomain", "truncated", "refused", "servfail", "unreachable",
+        "rcode",
     ]  # fmt: skip
     assert (
         lines[6] == f"dns://127.0.0.1:{closed}/a.test?type=A unreachable (ICMP 3/3 from 127.0.0.1)"
     )
-    assert "1 unreachable" in text.stderr and "7 queries" in text.stderr
+    assert re.fullmatch(r"\S+ rcode 1 FORMERR \(\d+\.\d{3} ms\)", lines[7]), lines[7]
+    assert "1 unreachable" in text.stderr and "8 queries" in text.stderr
     rows = [json.loads(ln) for ln in js.stdout.splitlines()]
-    assert [r["rcode"] for r in rows] == [0, 0, 3, 0, 5, 2, None]
+    assert [r["rcode"] for r in rows] == [0, 0, 3, 0, 5, 2, None, 1]
+    assert rows[7]["rcode_name"] == "FORMERR" and rows[7]["outcome"] == "rcode"
     assert rows[0]["answers"] == 2 and rows[0]["min_ttl"] == 60 and rows[0]["sent"] == 2
     assert rows[0]["received"] == 2 and 0 < rows[0]["rtt_min_ms"] <= rows[0]["rtt_ms"] < 50
     assert rows[3]["truncated"] is True and rows[3]["outcome"] == "truncated"
@@ -496,6 +502,7 @@ def test_sweep_command_dns_targets_text_and_json() -> None:
     assert rows[3]["tcp"]["outcome"] == "noerror" and rows[3]["tcp"]["answers"] == BIG_TXT
     assert 0 < rows[3]["tcp"]["connect_ms"] < 50 and 0 < rows[3]["tcp"]["rtt_ms"] < 50
     assert all(r["tcp"] is None for i, r in enumerate(rows) if i != 3)
+    assert all(r["sent"] == 2 for r in rows)
     assert re.search(
         rf"truncated \(\d+\.\d{{3}} ms\); tcp noerror {BIG_TXT} answers ttl 300 \(connect ",
         lines[3],
@@ -646,3 +653,15 @@ def test_hostile_tcp_answers_are_never_answers(mode: str, outcome: str) -> None:
         t.join(5)
     assert a.outcome == outcome, a
     assert a.answers is None and a.rcode is None
+
+
+def test_sweep_command_reads_dns_targets_from_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "targets.txt"
+    f.write_text("# resolvers x names\ndns://127.0.0.1:1/a.test\n\ndns://[::1]:1/b.test?type=NS\n")
+    with netns() as ns:
+        r = _cli(ns, "-f", str(f))
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines() == [
+        "dns://127.0.0.1:1/a.test?type=A unreachable (ICMP 3/3 from 127.0.0.1)",
+        "dns://[::1]:1/b.test?type=NS unreachable (ICMP 1/4 from ::1)",
+    ]

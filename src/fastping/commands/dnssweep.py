@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +49,19 @@ def wants_dns(args: argparse.Namespace) -> bool:
 
 
 def _first_line(path: str) -> str:
+    """The first target word of a regular file, from its first 4 KiB (nothing else is
+    read ahead: a pipe or device is left whole for the sweep that reads it)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for ln in fh:
-                word = ln.split("#", 1)[0].strip()
-                if word:
-                    return word
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
     except OSError:
-        pass  # the ICMP path reports the file it cannot read
+        return ""  # the ICMP path reports the file it cannot read
+    for ln in head.decode("utf-8", "replace").splitlines():
+        word = ln.split("#", 1)[0].strip()
+        if word:
+            return word
     return ""
 
 
