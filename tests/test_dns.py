@@ -665,3 +665,64 @@ def test_sweep_command_reads_dns_targets_from_a_file(tmp_path: Path) -> None:
         "dns://127.0.0.1:1/a.test?type=A unreachable (ICMP 3/3 from 127.0.0.1)",
         "dns://[::1]:1/b.test?type=NS unreachable (ICMP 1/4 from ::1)",
     ]
+
+
+class _Loop:
+    """One DnsSocket slot and the server socket it asks, for the socket-level fuzz."""
+
+    def __init__(self) -> None:
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.settimeout(2)
+        self.s = _icmp.DnsSocket()
+        self.slot = self.s.add_query("127.0.0.1", self.srv.getsockname()[1], "Fuzz.test", "AAAA")
+
+    def ask(self, mutate: Any) -> tuple[bool, bool]:
+        """Send a query, answer it with ``mutate(query)``: (counted as its answer,
+        the twin says it is a valid answer to that query)."""
+        self.s.send([self.slot])
+        q, peer = self.srv.recvfrom(2048)
+        pkt = mutate(q)
+        self.srv.sendto(pkt, peer)
+        before = self.s.slot_stats(self.slot)[1]
+        self.s.wait(0.05)
+        self.s.recv()
+        counted = self.s.slot_stats(self.slot)[1] > before
+        self.s.expire(0)  # an unanswered probe is settled before the next
+        status, r = dnscodec.parse_response(pkt)
+        qid = struct.unpack_from("!H", q)[0]
+        valid = (
+            status == dnscodec.PARSE_OK and r is not None and r.id == qid
+            and r.qname.lower() == b"\x04fuzz\x04test\x00" and r.qtype == 28 and r.qclass == 1
+        )  # fmt: skip
+        return counted, valid
+
+
+_LOOP: list[_Loop] = []
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=4),
+    st.integers(0, 200),
+    st.binary(max_size=16),
+    st.booleans(),
+)
+def test_fuzz_mutated_answers_on_the_socket_count_only_when_valid(
+    flips: list[tuple[int, int]], cut: int, tail: bytes, fresh: bool
+) -> None:
+    if not _LOOP:
+        _LOOP.append(_Loop())
+    loop = _LOOP[0]
+
+    def mutate(q: bytes) -> bytes:
+        good = respond(q, answers=[("fuzz.test.", 30, "AAAA", "2001:db8::5")])
+        if fresh:
+            return good  # sometimes the real answer, so counting is seen to work
+        b = bytearray(good)
+        for pos, val in flips:
+            b[pos % len(b)] = val
+        return bytes(b[: cut if cut < len(b) else len(b)]) + tail
+
+    counted, valid = loop.ask(mutate)
+    assert counted == valid
