@@ -119,7 +119,7 @@ def one_run(port: int, qfile: Path, seconds: float) -> tuple[float, float]:
         if d["lost"] == 0 and d["qps"] > best:
             best, cpu = d["qps"], d["cpu_us"]
     top, fcpu, misses = 0.0, 0.0, 0
-    for f in (0.8, 0.9, 1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5):
+    for f in (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0):
         rate = round(best * f, -2)
         r = fastping(port, rate, seconds)
         lost = r["sent"] - r["received"]
