@@ -726,3 +726,23 @@ def test_fuzz_mutated_answers_on_the_socket_count_only_when_valid(
 
     counted, valid = loop.ask(mutate)
     assert counted == valid
+
+
+def test_many_servers_one_question_without_a_python_object_per_slot() -> None:
+    with _icmp.DnsSocket() as s:
+        assert s.n_slots == 0
+        first = s.add_query("127.0.0.2", 5353, "Other.Test", "MX")
+        s.set_question("a.test", "AAAA")
+        start = s.append_range_v4(0x7F010000, 100_000, 53)
+        packed = s.append_packed(socket.inet_aton("127.0.0.9") * 3, 5300)
+        assert (first, start, packed) == (0, 1, 100_001)
+        assert s.slot_question(0) == ("Other.Test.", 15)
+        assert s.slot_question(start) == s.slot_question(100_000) == ("a.test.", 28)
+        assert s.slot_address(100_000) == "127.2.134.159" and s.slot_port(100_000) == 53
+        assert s.slot_question(100_003) == ("a.test.", 28) and s.slot_port(100_003) == 5300
+        m = s.memory()
+        assert m["per_slot_size"]["DnsStat"] == 40
+        assert m["dns_slots"] >= 100_004 * (4 + 2 + 40) and m["dns_names"] < 1024
+        s.remove_target(0)
+        assert s.add_query("127.0.0.3", 53, "b.test", "A") == 0  # the freed slot
+        assert s.slot_question(0) == ("b.test.", 1) and s.slot_dns(0)["last"] is None

@@ -806,6 +806,16 @@ cdef class DnsSocket(ProbeSocket):
             router = <const uint8_t *>&(<sockaddr_in6 *>off).sin6_addr
         self._on_error(slot, serial, ee.ee_type, ee.ee_code, router, t_rx)
 
+    def memory(self):
+        """ProbeSocket.memory() and the DNS columns: dns_slots (question and DnsStat per
+        slot), dns_names (the interned question names), server_index."""
+        m = ProbeSocket.memory(self)
+        m["dns_slots"] = <size_t>self.n_cap * (sizeof(uint32_t) + sizeof(uint16_t) + sizeof(DnsStat))
+        m["dns_names"] = <size_t>self.nblob_cap + <size_t>self.names_cap * (2 * sizeof(uint32_t) + 1)
+        m["server_index"] = <size_t>self.sidx_cap * sizeof(uint32_t)
+        m["per_slot_size"]["DnsStat"] = sizeof(DnsStat)
+        return m
+
     # ------------------------------------------------------------ counters
     def totals(self):
         """ProbeSocket.totals(), ``mismatched`` (well-formed responses from a server we
