@@ -170,12 +170,16 @@ def sweep(
     batch_size: int = 64,
     on_progress: Callable[[int, int, int], None] | None = None,
     tcp_port: int = 0,
+    udp_port: int = 0,
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
 
     ``tcp_port``: stateless TCP SYN probes to that port instead of ICMP echo
     (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW); a target is then alive
     when its port answers open (a SYN-ACK), and a RST is counted apart as closed.
+    ``udp_port``: UDP probes to that port (``fastping._icmp.UdpSocket``, no
+    privilege needed); alive when an application answers, the host's ICMP port
+    unreachable counted apart as closed, silence open|filtered.
 
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
@@ -196,11 +200,15 @@ def sweep(
         family=family,
         collect_rtts=collect_rtts,
     )
+    if tcp_port and udp_port:
+        raise ValueError("tcp_port and udp_port: a sweep probes one protocol")
     if tcp_port:
         if not 1 <= tcp_port <= 65535:
             raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
         if mode not in ("auto", "raw"):
             raise ValueError(f"TCP probes use a raw socket: mode {mode!r} does not apply")
+    elif udp_port:
+        _check_udp(udp_port, mode)
     elif mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
@@ -223,6 +231,7 @@ def sweep(
             batch_size=batch_size,
             on_progress=on_progress,
             tcp_port=tcp_port,
+            udp_port=udp_port,
         )
     except UseSubprocess:
         # auto mode and no ICMP socket allowed: the system ping (already logged why)
@@ -247,6 +256,7 @@ def _socket_sweep(
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None = None,
     tcp_port: int = 0,
+    udp_port: int = 0,
 ) -> SweepResult:
     plan = _Plan(target_set(targets), family)
     window = _window(count, interval_s, timeout_s)
@@ -258,6 +268,7 @@ def _socket_sweep(
         window=window,
         batch_size=batch_size,
     )
+    port = tcp_port or udp_port
     total_slots = sum(plan.n_slots.values())
     if workers == 0:
         workers = auto_workers(total_slots, rate_pps)
@@ -275,13 +286,15 @@ def _socket_sweep(
             shards = socks[fam] = _Shards(fam, bounds[:-1])
             # every socket of every family first: a mode that cannot open one falls
             # back with the target set whole (its addresses are moved out just below)
-            shards.socks = [_open_socket(fam, mode, opts, tcp_port) for _ in range(k)]
+            shards.socks = [
+                _open_socket(fam, mode, opts, port, udp=udp_port > 0) for _ in range(k)
+            ]
         for fam, shards in socks.items():
             alen = 4 if fam == socket.AF_INET else 16
             bounds = [*shards.starts, plan.n_slots[fam]]
             packed = memoryview(plan.take_packed(fam))
             for i, sock in enumerate(shards.socks):
-                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen], tcp_port)
+                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen], port)
                 # the rate is a global budget, shared in proportion to the work
                 share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
                 jobs.append((sock, bounds[i], share))
@@ -330,8 +343,32 @@ def _socket_sweep(
     return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts)
 
 
-def _open_socket(fam: int, mode: str, opts: dict[str, Any], tcp_port: int) -> Any:
-    """One worker's socket: ICMP in the privilege mode asked for, or TCP SYN."""
+def _check_udp(udp_port: int, mode: str) -> None:
+    if not 1 <= udp_port <= 65535:
+        raise ValueError(f"udp_port {udp_port} must be 1..65535")
+    if mode not in ("auto", "dgram"):
+        raise ValueError(f"UDP probes use a datagram socket: mode {mode!r} does not apply")
+
+
+def _open_udp_socket(fam: int, opts: dict[str, Any]) -> Any:
+    from ._icmp import UdpSocket
+
+    return UdpSocket(
+        fam,
+        ttl=opts["ttl"],
+        tos=opts["tos"],
+        window=opts["window"],
+        batch_size=opts["batch_size"],
+    )
+
+
+def _open_socket(
+    fam: int, mode: str, opts: dict[str, Any], tcp_port: int, udp: bool = False
+) -> Any:
+    """One worker's socket: ICMP in the privilege mode asked for, TCP SYN, or with
+    ``udp`` UDP (``tcp_port`` is then the UDP port)."""
+    if udp:
+        return _open_udp_socket(fam, opts)
     if not tcp_port:
         from .probe import open_icmp_socket
 
