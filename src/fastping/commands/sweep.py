@@ -260,7 +260,9 @@ def _resolve_udp(args: argparse.Namespace) -> None:
     if any(t.lower().startswith("udp://") for t in args.targets):
         args.udp = True
     if args.udp and args.mode not in ("auto", "dgram"):
-        raise TargetError(f"--udp uses an unprivileged UDP socket: --mode {args.mode} does not apply")
+        raise TargetError(
+            f"--udp uses an unprivileged UDP socket: --mode {args.mode} does not apply"
+        )
 
 
 def parse_ports(text: str) -> list[int]:
@@ -351,7 +353,7 @@ def read_targets(
 def _sweep(args: argparse.Namespace, targets: Any, tcp_port: int) -> Any:
     from .. import api
 
-    port_kw = {"udp_port": tcp_port} if args.udp else {"tcp_port": tcp_port}
+    udp_port, tcp_port = (tcp_port, 0) if args.udp else (0, tcp_port)
     rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
     family = {4: 2, 6: 10}.get(args.family or 0)
     progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
@@ -370,7 +372,8 @@ def _sweep(args: argparse.Namespace, targets: Any, tcp_port: int) -> Any:
             workers=args.workers,
             family=family,
             on_progress=progress.update if progress else None,
-            **port_kw,
+            tcp_port=tcp_port,
+            udp_port=udp_port,
         )
     finally:
         if progress:
