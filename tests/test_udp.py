@@ -1,0 +1,529 @@
+"""UDP probes (UdpSocket): real UDP servers that answer (echo, DNS, NTP), closed
+ports the kernel answers with ICMP port unreachable, ports nftables drops or rejects
+inside namespaces the tests create, hostile answers (wrong source, wrong port,
+duplicates, forged ICMP errors), v4 and v6, RTTs against a capture. Loopback and
+those namespaces only."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from tests.capture import observed_netns, percentile, tcpdump, udp_rtts
+
+from conftest import child_env, fastping_cmd
+from fastping import _icmp
+from privhelpers import in_netns, netns
+
+EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
+# a namespace's kernel answers every closed port at once (per-namespace sysctls)
+NO_ICMP_LIMIT = (
+    "net.ipv4.icmp_ratelimit=0",
+    "net.ipv4.icmp_msgs_per_sec=1000000",
+    "net.ipv4.icmp_msgs_burst=1000000",
+    "net.ipv6.icmp.ratelimit=0",
+)
+root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, nft")
+
+Handler = Callable[[bytes], list[bytes]]
+IP_PKTINFO = 8  # <linux/in.h> (the socket module of Python 3.11 does not name it)
+
+
+def _echo(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def _dns(data: bytes) -> list[bytes]:
+    """A DNS server's answer: the query's ID and question, QR and RA set, no records."""
+    if len(data) < 12:
+        return []
+    return [data[:2] + b"\x81\x80" + data[4:6] + b"\0\0\0\0\0\0" + data[12:]]
+
+
+def _dns_wrong_id(data: bytes) -> list[bytes]:
+    out = _dns(data)
+    return [struct.pack("!H", (struct.unpack_from("!H", d)[0] + 1) & 0xFFFF) + d[2:] for d in out]
+
+
+def _ntp(data: bytes) -> list[bytes]:
+    """An NTP server's reply (mode 4): the client's transmit time as its origin."""
+    if len(data) < 48 or data[0] & 7 != 3:
+        return []
+    return [b"\x24\x02\x00\xe7" + b"\0" * 20 + data[40:48] + b"\0" * 16]
+
+
+@contextmanager
+def _server(
+    family: int, host: str, port: int = 0, handler: Handler = _echo, reply_from: int = 0
+) -> Iterator[int]:
+    """A UDP server on ``host``:``port`` answering each datagram with ``handler``'s
+    datagrams (``reply_from``: from another socket bound to that port, 0 = its own);
+    yields its port."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    out = s
+    if reply_from:
+        out = socket.socket(family, socket.SOCK_DGRAM)
+        out.bind((host, reply_from))
+    stop = threading.Event()
+    any_v4 = family == socket.AF_INET and host == "0.0.0.0"
+    if any_v4:  # answer from the address asked, as a multihomed server must
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([s], [], [], 0.05)[0]:
+                continue
+            data, anc, _fl, peer = s.recvmsg(2048, 256)
+            for d in handler(data):
+                if any_v4:  # struct in_pktinfo: ifindex, spec_dst, addr
+                    info = [c for c in anc if c[1] == IP_PKTINFO][0][2]
+                    out.sendmsg([d], [(socket.IPPROTO_IP, IP_PKTINFO,
+                                       bytes(4) + info[8:12] + bytes(4))], 0, peer)  # fmt: skip
+                else:
+                    out.sendto(d, peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield s.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        s.close()
+        out.close()
+
+
+def _free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _odd(totals: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in totals.items() if k.startswith(("foreign", "errors", "unkeyed")) and v}
+
+
+# ------------------------------------------------------------ loopback, no privilege
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
+    with _server(family, host) as open_port, _icmp.UdpSocket(family) as u:
+        closed_port = _free_port(family, host)
+        a = u.add_target(host, open_port)
+        b = u.add_target(host, closed_port)
+        assert (u.slot_port(a), u.slot_port(b)) == (open_port, closed_port)
+        events = u.sweep(count=3, interval_s=0.05, timeout_s=1.0, events=True)
+        assert {(e[0], e[1]) for e in events} == {(a, EV_REPLY), (b, EV_CLOSED)}
+        for slot in (a, b):
+            st = u.slot_stats(slot)
+            assert st[0] == 3 and st[1] == 3 and st[4] == 0  # sent, received, timeouts
+            assert 0 < st[8] <= st[9] < 1e9  # min, max RTT (ns)
+        assert u.slot_stats(a)[14] == 64  # the reply's TTL / hop limit
+        assert (u.slot_closed(a), u.slot_closed(b)) == (0, 3)
+        tot = u.totals()
+        assert tot["received"] == 6 and tot["closed"] == 3 and tot["timeouts"] == 0
+        assert not _odd(tot), tot
+        # both ends of every RTT are kernel timestamps: the port unreachable's too
+        assert tot["timed_kernel"] == 6 and tot["rx_user"] == 0 and tot["send_errors"] == 0
+
+
+def test_no_privilege_is_needed() -> None:
+    code = (
+        "import sys, json, socket; sys.path.insert(0, sys.argv[1]); from fastping import _icmp\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))\n"
+        "p = s.getsockname()[1]; s.close()\n"
+        "u = _icmp.UdpSocket(); u.add_target('127.0.0.1', p); u.sweep(timeout_s=1.0)\n"
+        "print(json.dumps([u.slot_closed(0), u.totals()['received']]))\n"
+    )
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    if os.geteuid() == 0:  # as nobody, without a capability left
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+               "--inh-caps=-all", "--bounding-set=-all", "python3", "-c", code, src]  # fmt: skip
+    else:
+        cmd = ["python3", "-c", code, src]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == [1, 1]
+
+
+def test_bad_ports_and_arguments_are_refused_with_what_to_do() -> None:
+    with _icmp.UdpSocket() as u:
+        with pytest.raises(ValueError, match="UDP port 0 must be 1..65535"):
+            u.add_target("127.0.0.1", 0)
+        with pytest.raises(ValueError, match="UDP port 70000"):
+            u.append_targets(["127.0.0.1"], [70000])
+        with pytest.raises(ValueError, match="numeric IPv4"):
+            u.add_target("localhost", 53)
+        assert u.n_slots == 0
+    with pytest.raises(ValueError, match="payloads must be 'auto'"):
+        _icmp.UdpSocket(payloads="dns")
+    with pytest.raises(ValueError, match="sport 70000"):
+        _icmp.UdpSocket(sport=70000)
+    with pytest.raises(ValueError, match="ttl 0"):
+        _icmp.UdpSocket(ttl=0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        with pytest.raises(OSError, match="bind.UDP socket"):
+            _icmp.UdpSocket(sport=s.getsockname()[1])
+
+
+# ------------------------------------------------------------ services and firewalls
+def _services(ns: str) -> dict[str, object]:
+    """Inside ``ns``: DNS on 53, NTP on 123 (real servers, keyed answers), a DNS
+    server answering with the wrong ID on 5353, v4 and v6."""
+    out: dict[str, object] = {}
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with (
+            _server(family, host, 53, _dns),
+            _server(family, host, 123, _ntp),
+            _icmp.UdpSocket(family, window=4) as u,
+        ):
+            for p in (53, 123):
+                u.add_target(host, p)
+            u.sweep(count=3, interval_s=0.02, timeout_s=0.5)
+            out[host] = {"stats": [u.slot_stats(s)[:5] for s in range(2)], "totals": u.totals()}
+            assert u.payloads == "auto"
+    with _server(socket.AF_INET, "127.0.0.1", 53, _dns_wrong_id), _icmp.UdpSocket() as u:
+        u.add_target("127.0.0.1", 53)
+        u.sweep(count=2, interval_s=0.02, timeout_s=0.3)
+        out["wrong_id"] = u.totals()
+    with _server(socket.AF_INET, "127.0.0.1", 53, _dns), _icmp.UdpSocket(payloads="cookie") as u:
+        # payloads="cookie": the probe header goes to 53 too; the server's answer to
+        # it does not carry it, so it is an answer all the same, unkeyed
+        u.add_target("127.0.0.1", 53)
+        u.sweep(count=1, timeout_s=0.3)
+        out["cookie_to_dns"] = u.totals()
+    return out
+
+
+@root
+def test_dns_and_ntp_get_real_queries_and_keyed_answers() -> None:
+    with netns() as ns:
+        res = in_netns(ns, lambda: _services(ns))
+    for host in ("127.0.0.1", "::1"):
+        r = res[host]
+        assert isinstance(r, dict)
+        assert r["stats"] == [(3, 3, 0, 0, 0), (3, 3, 0, 0, 0)], r
+        assert not _odd(r["totals"]), r["totals"]  # every answer named its probe
+    wrong = res["wrong_id"]
+    assert isinstance(wrong, dict)
+    assert wrong["received"] == 0 and wrong["foreign_cookie"] == 2 and wrong["timeouts"] == 2
+    cookie = res["cookie_to_dns"]
+    assert isinstance(cookie, dict)
+    assert cookie["received"] == 1 and cookie["unkeyed"] == 1
+
+
+NFT_UDP = """
+table inet fpu {
+  chain in {
+    type filter hook input priority 0;
+    udp dport 1111 drop
+    meta nfproto ipv4 udp dport 2222 reject with icmp type admin-prohibited
+    meta nfproto ipv6 udp dport 2222 reject with icmpv6 type admin-prohibited
+    meta nfproto ipv4 udp dport 4444 reject with icmp type port-unreachable
+    meta nfproto ipv6 udp dport 4444 reject with icmpv6 type port-unreachable
+  }
+}
+"""
+
+
+def _firewalled() -> dict[str, object]:
+    out: dict[str, object] = {}
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with _server(family, host) as port, _icmp.UdpSocket(family) as u:
+            for p in (port, 1111, 2222, 4444, _free_port(family, host)):
+                u.add_target(host, p)
+            events = u.sweep(count=2, interval_s=0.05, timeout_s=0.5, events=True)
+            out[host] = {
+                "events": sorted({(e[0], e[1], e[5], e[6], e[7]) for e in events}),
+                "stats": [u.slot_stats(s)[:8] for s in range(5)],
+                "closed": [u.slot_closed(s) for s in range(5)],
+                "totals": u.totals(),
+            }
+    return out
+
+
+@root
+def test_open_filtered_unreachable_and_closed_in_a_namespace() -> None:
+    with observed_netns("fpu", "fd00:fb::/112", sysctls=NO_ICMP_LIMIT, nft_rules=NFT_UDP) as ns:
+        res = in_netns(ns, _firewalled)
+    for host, (utype, ucode) in (("127.0.0.1", (3, 13)), ("::1", (1, 1))):
+        r = res[host]
+        assert isinstance(r, dict)
+        assert r["events"] == [
+            (0, EV_REPLY, None, None, None),
+            (1, EV_TIMEOUT, None, None, None),  # dropped: open|filtered
+            (2, EV_UNREACHABLE, utype, ucode, host),  # admin prohibited: unreachable
+            (3, EV_CLOSED, None, None, None),  # nft's port unreachable, from the host
+            (4, EV_CLOSED, None, None, None),  # the kernel's: no socket there
+        ]
+        stats = r["stats"]
+        assert stats[0][:5] == (2, 2, 0, 0, 0)
+        assert stats[1][:6] == (2, 0, 0, 0, 2, 0)
+        assert stats[2][:6] == (2, 0, 0, 0, 0, 2)
+        assert stats[3][:5] == stats[4][:5] == (2, 2, 0, 0, 0)
+        assert r["closed"] == [0, 0, 0, 2, 2]
+        assert not _odd(r["totals"]), r["totals"]
+
+
+def _drop(port: int) -> str:
+    """nftables rules dropping every datagram to UDP ``port`` (IPv4)."""
+    return (
+        "table ip fpu {\n chain in {\n  type filter hook input priority 0;\n"
+        f"  udp dport {port} drop\n }}\n}}\n"
+    )
+
+
+# ------------------------------------------------------------ hostile answers
+def _icmp4(src: str, dst: str, itype: int, code: int, quoted: bytes) -> bytes:
+    """An IPv4 packet (IP_HDRINCL) carrying an ICMP error that quotes ``quoted``."""
+    body = struct.pack("!BBHI", itype, code, 0, 0) + quoted
+    body = body[:2] + struct.pack("!H", _icmp.checksum(body)) + body[4:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return ip[:10] + struct.pack("!H", _icmp.checksum(ip)) + ip[12:] + body
+
+
+def _quote(sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """The probe as an ICMP error quotes it: its IP header, UDP header, payload."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton("127.0.0.1"), socket.inet_aton(dst))  # fmt: skip
+    return ip[:10] + struct.pack("!H", _icmp.checksum(ip)) + ip[12:] + udp
+
+
+def _hostile() -> dict[str, object]:
+    """A target whose real probes nft drops (127.0.0.5:3333), then forged answers:
+    what each is counted as."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    out: dict[str, object] = {}
+    with raw, _icmp.UdpSocket(window=16) as u:
+        slot = u.add_target("127.0.0.5", 3333)
+        key, sport = u.key, u.sport
+        serial = [0]
+
+        def probe() -> int:
+            u.send([slot])
+            serial[0] += 1
+            return serial[0] - 1
+
+        def forge(what: Callable[[], None]) -> dict[str, int]:
+            before = u.totals()
+            what()
+            select.select([u.fileno()], [], [], 0.2)
+            u.recv()
+            after = u.totals()
+            return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+        def datagram(src: str, sp: int, payload: bytes) -> Callable[[], None]:
+            def send() -> None:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as f:
+                    f.bind((src, sp))
+                    f.sendto(payload, ("127.0.0.1", sport))
+
+            return send
+
+        def icmp(src: str, itype: int, code: int, payload: bytes) -> Callable[[], None]:
+            q = _quote(sport, "127.0.0.5", 3333, payload)
+            return lambda: raw.sendto(_icmp4(src, "127.0.0.1", itype, code, q), ("127.0.0.1", 0))
+
+        s0 = probe()
+        good = _icmp.udp_payload(key, slot, s0, 3333)
+        out["wrong_port"] = forge(datagram("127.0.0.5", 3334, good))
+        out["wrong_address"] = forge(datagram("127.0.0.6", 3333, good))
+        out["good"] = forge(datagram("127.0.0.5", 3333, good))
+        out["duplicate"] = forge(datagram("127.0.0.5", 3333, good))
+        s1 = probe()
+        out["unsent"] = forge(datagram("127.0.0.5", 3333, _icmp.udp_payload(key, slot, 9, 3333)))
+        out["unkeyed"] = forge(datagram("127.0.0.5", 3333, b"a service's own answer"))
+        s2 = probe()
+        not_ours = bytes(16)  # a quote of a probe with no cookie of ours
+        out["icmp_not_our_probe"] = forge(icmp("127.0.0.5", 3, 3, not_ours))
+        out["icmp_other_key"] = forge(
+            icmp("127.0.0.5", 3, 3, _icmp.udp_payload(bytes(16), slot, s2, 3333))
+        )
+        out["icmp_from_a_router"] = forge(
+            icmp("127.0.0.9", 3, 3, _icmp.udp_payload(key, slot, s2, 3333))
+        )
+        s3 = probe()
+        out["icmp_closed"] = forge(icmp("127.0.0.5", 3, 3, _icmp.udp_payload(key, slot, s3, 3333)))
+        out["icmp_again"] = forge(icmp("127.0.0.5", 3, 3, _icmp.udp_payload(key, slot, s3, 3333)))
+        probe()
+        out["icmp_short_quote"] = forge(icmp("127.0.0.5", 3, 3, b""))
+        out["serials"] = [s0, s1, s2, s3]
+        out["stats"] = u.slot_stats(slot)[:8]
+        out["closed"] = u.slot_closed(slot)
+        out["router"] = u.slot_stats(slot)[17]
+    return out
+
+
+@root
+def test_forged_and_misdirected_answers_are_counted_apart() -> None:
+    with observed_netns("fpu", "fd00:fc::/112", sysctls=NO_ICMP_LIMIT, nft_rules=_drop(3333)) as ns:
+        r = in_netns(ns, _hostile)
+
+    def d(name: str) -> dict[str, int]:
+        v = r[name]
+        assert isinstance(v, dict)
+        # whether a probe's TX timestamp was read before or with its answer varies
+        skip = ("packets_read", "send_ns", "total_ns", "tx_stamps", "timed_kernel", "timed_user")
+        return {k: n for k, n in v.items() if k not in skip}
+
+    assert d("wrong_port") == {"foreign": 1, "foreign_source": 1}
+    assert d("wrong_address") == {"foreign": 1, "foreign_source": 1}
+    assert d("good") == {"received": 1, "outstanding": -1}
+    assert d("duplicate") == {"duplicates": 1}
+    # a valid cookie of a probe never sent (serial 9)
+    assert d("unsent") == {"foreign": 1, "foreign_unsent": 1}
+    # from the target's address:port but without our key: an answer, said to be unkeyed
+    assert d("unkeyed") == {"received": 1, "unkeyed": 1, "outstanding": -1}
+    assert d("icmp_not_our_probe") == {"errors_unattributed": 1}
+    assert d("icmp_other_key") == {"errors_unattributed": 1}
+    # a port unreachable from somebody else than the target: unreachable, not closed
+    assert d("icmp_from_a_router") == {"unreachable": 1, "outstanding": -1}
+    assert d("icmp_closed") == {"received": 1, "closed": 1, "outstanding": -1}
+    assert d("icmp_again") == {"duplicates": 1}
+    # a quote without the payload: the slot's oldest outstanding probe, unkeyed
+    assert d("icmp_short_quote") == {
+        "received": 1, "closed": 1, "unkeyed": 1, "outstanding": -1
+    }  # fmt: skip
+    # sent, received, dup, late, timeouts, unreachable, time exceeded, send errors
+    assert r["stats"] == (5, 4, 2, 0, 0, 1, 0, 0)
+    assert r["closed"] == 2 and r["router"] == "127.0.0.9"
+
+
+# ------------------------------------------------------------ truth
+def _timed_sweep(n: int) -> tuple[int, list[tuple[int, int, int, int]]]:
+    with _server(socket.AF_INET, "0.0.0.0") as port, _icmp.UdpSocket() as u:
+        first = int.from_bytes(socket.inet_aton("127.3.0.1"), "big")
+        u.append_range_v4(first, n, port)  # open on every 127.x address
+        u.append_range_v4(first, n, port + 1 if port < 65535 else port - 1)  # closed
+        events = u.sweep(count=3, interval_s=0.05, timeout_s=1.0, events=True)
+        return u.sport, [(e[0], e[2], e[1], e[3]) for e in events]
+
+
+@root
+def test_udp_rtts_agree_with_the_wire(tmp_path: Path) -> None:
+    """Each probe's RTT (open: the echo; closed: the port unreachable) against a
+    nanosecond tcpdump of the same datagram and its answer."""
+    n = 128
+    pcap = tmp_path / "udp.pcap"
+    with observed_netns("fpu", "fd00:fd::/112", sysctls=NO_ICMP_LIMIT) as ns:
+
+        def run() -> tuple[int, list[tuple[int, int, int, int]]]:
+            with tcpdump(ns, pcap, udp=True):
+                return _timed_sweep(n)
+
+        sport, events = in_netns(ns, run)
+    wire = udp_rtts(pcap, sport)
+    kinds = [k for _s, _q, k, _r in events]
+    assert kinds.count(EV_REPLY) == 3 * n and kinds.count(EV_CLOSED) == 3 * n, kinds
+    diffs = sorted(abs(rtt - wire[(slot, seq)]) for slot, seq, _k, rtt in events)
+    assert percentile(diffs, 0.5) <= 5_000, diffs[len(diffs) // 2]
+    assert percentile(diffs, 0.99) <= 20_000, diffs[-5:]
+
+
+# ------------------------------------------------------------ the command
+def test_sweep_command_udp_ports_text_json_and_urls() -> None:
+    with _server(socket.AF_INET, "127.0.0.1") as port, _server(socket.AF_INET6, "::1") as port6:
+        closed = _free_port()
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "-p", f"{port},{closed}", "127.0.0.1"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr  # not every pair open
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"127.0.0.1:{port} is open (")
+        assert lines[1].startswith(f"127.0.0.1:{closed} is closed (")
+        assert "1 open" in r.stderr and "2 host:port pairs" in r.stderr
+        assert "1 of them ICMP port unreachable" in r.stderr
+        r = subprocess.run(
+            fastping_cmd("sweep", f"udp://[::1]:{port6}", f"udp://127.0.0.1:{port}", "--json"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert {(x["address"], x["port"], x["state"]) for x in rows} == {
+            ("::1", port6, "open"),
+            ("127.0.0.1", port, "open"),
+        }
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "--port", f"{closed},{port}", "127.0.0.1", "-a"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+        assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
+
+
+@root
+def test_silence_is_said_as_open_filtered() -> None:
+    with observed_netns("fpu", "fd00:fe::/112", nft_rules=_drop(1111)) as ns:
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *fastping_cmd("sweep", "--udp", "-p", "1111",
+             "127.0.0.1", "-t", "0.3")],
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+        assert r.stdout == "127.0.0.1:1111 is open|filtered\n", r.stdout
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *fastping_cmd("sweep", "udp://127.0.0.1:1111",
+             "-t", "0.3", "--json")],
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+        row = json.loads(r.stdout)
+        assert row["state"] == "open|filtered" and row["timeouts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--udp", "127.0.0.1"], "--udp needs the ports to probe"),
+        (["--udp", "-p", "80-70", "127.0.0.1"], "within 1..65535, low to high"),
+        (["udp://127.0.0.1"], "write udp://HOST:PORT"),
+        (["udp://127.0.0.1:0"], "port 1..65535"),
+        (["--udp", "--tcp", "-p", "53", "127.0.0.1"], "sweep one at a time"),
+        (["udp://127.0.0.1:53", "tcp://127.0.0.1:22"], "sweep one at a time"),
+        (["--udp", "-p", "53", "--mode", "raw", "127.0.0.1"], "--mode raw does not apply"),
+        (["--port", "53", "127.0.0.1"], "add --tcp or --udp"),
+    ],
+)
+def test_sweep_command_refuses_bad_udp_input_saying_what_to_write(
+    args: list[str], message: str
+) -> None:
+    r = subprocess.run(
+        fastping_cmd("sweep", *args), capture_output=True, text=True, env=child_env()
+    )
+    assert r.returncode == 3 and message in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ scale
+@root
+def test_a_sweep_of_65536_closed_pairs_answers_every_one() -> None:
+    """256 addresses x 256 ports, every one closed, in a namespace whose kernel
+    answers each with a port unreachable: every pair is said closed, and the
+    counters add up (sent = answered + timed out; nothing lost unsaid)."""
+    with observed_netns("fpu", "fd00:ff::/112", sysctls=NO_ICMP_LIMIT) as ns:
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *fastping_cmd(
+                "sweep", "--udp", "-p", "1-256", "127.2.0.0/24", "--rate", "0", "-t", "2",
+                "--json", "-q")],
+            capture_output=True, text=True, env=child_env(), timeout=300,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr  # none open
+    s = json.loads(r.stdout)
+    assert s["targets"] == 65536 and s["alive"] == 0, s
+    assert s["sent"] == 65536 and s["received"] == 65536 and s["closed"] == 65536, s
+    assert s["sent"] == s["received"] + s["timeouts"] + s["unreachable"], s
+    assert s["timeouts"] == 0 and s["send_errors"] == 0 and s["rx_drops"] == 0, s
+    assert s["foreign"] == 0 and s["errors_unattributed"] == 0 and s["unkeyed"] == 0, s
+    assert s["timed_kernel"] == 65536, s
