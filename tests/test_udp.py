@@ -22,7 +22,7 @@ from tests.capture import observed_netns, percentile, tcpdump, udp_rtts
 
 from conftest import child_env, fastping_cmd
 from fastping import _icmp
-from privhelpers import in_netns, netns
+from privhelpers import in_netns, netns, veth_namespaces
 
 EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
 # a namespace's kernel answers every closed port at once (per-namespace sysctls)
@@ -504,6 +504,34 @@ def test_sweep_command_refuses_bad_udp_input_saying_what_to_write(
         fastping_cmd("sweep", *args), capture_output=True, text=True, env=child_env()
     )
     assert r.returncode == 3 and message in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ a host's ICMP rate limit
+def _sweep_closed(prober: str, n: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", prober, *fastping_cmd(
+            "sweep", "--udp", "-p", f"1001-{1000 + n}", "10.77.0.1", "--rate", "0",
+            "-t", "0.2", "-q", *extra)],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+
+
+@root
+def test_a_hosts_icmp_rate_limit_makes_closed_ports_look_open_filtered() -> None:
+    """Across a veth pair the target's kernel rate-limits its port unreachables (per
+    peer: net.ipv4.icmp_ratelimit, a burst of 6 then 1 a second; loopback is exempt):
+    most closed ports go silent, and the summary says why. Lifted, every one is
+    answered."""
+    n = 40
+    with veth_namespaces() as (prober, target):
+        text = _sweep_closed(prober, n).stdout
+        limited = json.loads(_sweep_closed(prober, n, "--json").stdout)
+        for kv in NO_ICMP_LIMIT:
+            subprocess.run(["ip", "netns", "exec", target, "sysctl", "-qw", kv], check=True)
+        lifted = json.loads(_sweep_closed(prober, n, "--json").stdout)
+    assert limited["closed"] <= n // 2 and limited["closed"] + limited["timeouts"] == n, limited
+    assert "ICMP rate limit makes closed ports" in text, text
+    assert lifted["closed"] == n and lifted["timeouts"] == 0, lifted
 
 
 # ------------------------------------------------------------ scale
