@@ -179,6 +179,32 @@ def test_bad_ports_and_arguments_are_refused_with_what_to_do() -> None:
             _icmp.UdpSocket(sport=s.getsockname()[1])
 
 
+def test_api_udp_sweep_one_result_per_port_over_workers_and_families() -> None:
+    from fastping import api
+
+    with _server(socket.AF_INET, "127.0.0.1") as port:
+        closed = _free_port()
+        hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::1"]
+        res = api.udp_sweep(hosts, [port, closed], count=2, interval_s=0.05, timeout_s=0.5,
+                            workers=2, collect_rtts=True)  # fmt: skip
+    assert len(res) == 2 and [len(r) for r in res] == [4, 4]
+    open_res, closed_res = res
+    # only 127.0.0.1 listens on ``port``: the other addresses answer it closed
+    assert [(h.target, h.received, len(h.rtts_ms)) for h in open_res] == [
+        ("127.0.0.1", 2, 2), ("127.0.0.2", 2, 0), ("127.0.0.3", 2, 0), ("::1", 2, 0),
+    ]  # fmt: skip
+    assert [(h.target, h.received, len(h.rtts_ms)) for h in closed_res] == [
+        (h, 2, 0) for h in hosts
+    ]
+    # one sweep: the first result has its totals, the others none
+    assert open_res.totals["sent"] == 16 and open_res.totals["closed"] == 14
+    assert closed_res.totals["sent"] == 0 and closed_res.duration_s == 0.0
+    with pytest.raises(ValueError, match="at least one UDP port"):
+        api.udp_sweep(hosts, [])
+    with pytest.raises(ValueError, match="udp_port 0 must be 1..65535"):
+        api.udp_sweep(hosts, [0])
+
+
 # ------------------------------------------------------------ services and firewalls
 def _services(ns: str) -> dict[str, object]:
     """Inside ``ns``: DNS on 53, NTP on 123 (real servers, keyed answers), a DNS
@@ -466,22 +492,42 @@ def test_sweep_command_udp_ports_text_json_and_urls() -> None:
         assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
 
 
+def _drop_range(lo: int, hi: int) -> str:
+    return (
+        "table ip fpu {\n chain in {\n  type filter hook input priority 0;\n"
+        f"  udp dport {lo}-{hi} drop\n }}\n}}\n"
+    )
+
+
 @root
-def test_silence_is_said_as_open_filtered() -> None:
-    with observed_netns("fpu", "fd00:fe::/112", nft_rules=_drop(1111)) as ns:
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, *fastping_cmd("sweep", "--udp", "-p", "1111",
-             "127.0.0.1", "-t", "0.3")],
-            capture_output=True, text=True, env=child_env(),
-        )  # fmt: skip
+def test_silence_is_said_as_open_filtered_and_the_ports_share_one_timeout() -> None:
+    with observed_netns("fpu", "fd00:fe::/112", nft_rules=_drop_range(1100, 1139)) as ns:
+
+        def sweep(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ip", "netns", "exec", ns, *fastping_cmd("sweep", *args)],
+                capture_output=True, text=True, env=child_env(), timeout=60,
+            )  # fmt: skip
+
+        r = sweep("--udp", "-p", "1111", "127.0.0.1", "-t", "0.3")
         assert r.stdout == "127.0.0.1:1111 is open|filtered\n", r.stdout
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, *fastping_cmd("sweep", "udp://127.0.0.1:1111",
-             "-t", "0.3", "--json")],
-            capture_output=True, text=True, env=child_env(),
-        )  # fmt: skip
-        row = json.loads(r.stdout)
+        row = json.loads(sweep("udp://127.0.0.1:1111", "-t", "0.3", "--json").stdout)
         assert row["state"] == "open|filtered" and row["timeouts"] == 1
+        # 40 dropped ports and 2 closed, on 2 hosts, 2 rounds: one sweep, so one
+        # timeout for them all (1 s), not one per port (40 s)
+        r = sweep("--udp", "-p", "1100-1139,2000,2001", "127.0.0.1", "127.0.0.2", "-t", "1",
+                  "--json", "-s", "-c", "2", "--period", "0.1")  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(x["target"], x["state"], x["sent"]) for x in rows] == [
+        (f"127.0.0.{h}:{p}", "closed" if p >= 2000 else "open|filtered", 2)
+        for p in [*range(1100, 1140), 2000, 2001]
+        for h in (1, 2)
+    ]
+    summary = json.loads(r.stderr.splitlines()[-1])
+    assert summary["targets"] == 84 and summary["sent"] == 168 and summary["closed"] == 8
+    assert summary["timeouts"] == 160 and summary["ports"] == [*range(1100, 1140), 2000, 2001]
+    assert summary["duration_s"] < 5, summary
 
 
 @pytest.mark.parametrize(

@@ -353,7 +353,6 @@ def read_targets(
 def _sweep(args: argparse.Namespace, targets: Any, tcp_port: int) -> Any:
     from .. import api
 
-    udp_port, tcp_port = (tcp_port, 0) if args.udp else (0, tcp_port)
     rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
     family = {4: 2, 6: 10}.get(args.family or 0)
     progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
@@ -373,7 +372,6 @@ def _sweep(args: argparse.Namespace, targets: Any, tcp_port: int) -> Any:
             family=family,
             on_progress=progress.update if progress else None,
             tcp_port=tcp_port,
-            udp_port=udp_port,
         )
     finally:
         if progress:
@@ -419,14 +417,50 @@ def _formatter(args: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
 
 def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
     """Each sweep of the run and its port (0: ICMP): one, or one per TCP / UDP port."""
-    if not (args.tcp or args.udp):
+    if args.udp:
+        yield from _udp_sweeps(args)
+        return
+    if not args.tcp:
         targets = read_targets(args)
         yield _sweep(args, targets, 0), 0
         return
     files = args.file
-    for port, words in tcp_targets(args, "udp" if args.udp else "tcp"):
+    for port, words in tcp_targets(args):
         targets = read_targets(args, words, files if port in args.port_list else [])
         yield _sweep(args, targets, port), port
+
+
+def _udp_sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
+    """UDP: every port of the same targets in one sweep (one timeout for all the
+    pairs, not one per port), a result per port in the order given."""
+    from .. import api
+
+    groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+    for port, ws in tcp_targets(args, "udp"):
+        groups.setdefault((tuple(ws), port in args.port_list), []).append(port)
+    rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
+    family = {4: 2, 6: 10}.get(args.family or 0)
+    for (words, with_files), ports in groups.items():
+        targets = read_targets(args, list(words), args.file if with_files else [])
+        progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
+        try:
+            results = api.udp_sweep(
+                targets,
+                ports,
+                count=args.count,
+                interval_s=args.period,
+                timeout_s=args.timeout,
+                rate_pps=rate,
+                ttl=args.ttl,
+                tos=args.tos,
+                workers=args.workers,
+                family=family,
+                on_progress=progress.update if progress else None,
+            )
+        finally:
+            if progress:
+                progress.close()
+        yield from zip(results, ports, strict=True)
 
 
 def _merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
