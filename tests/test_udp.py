@@ -140,6 +140,23 @@ def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
         assert tot["timed_kernel"] == 6 and tot["rx_user"] == 0 and tot["send_errors"] == 0
 
 
+def test_a_pending_icmp_error_does_not_fail_the_next_send() -> None:
+    """IP_RECVERR sets the socket's error with each ICMP error, and the next send
+    fails with it once (ECONNREFUSED) whatever its destination: that probe is sent
+    again, not counted as a send error. Without a drain between sends (as the
+    engine sends) the error is still pending when the next send comes."""
+    with _icmp.UdpSocket(window=4) as u:
+        slot = u.add_target("127.0.0.1", _free_port())
+        for _ in range(3):
+            u.send([slot], drain=False)
+        tot = u.totals()
+        assert tot["sent"] == 3 and tot["send_errors"] == 0, tot
+        assert tot["socket_errors"] >= 1, tot  # the consumed error, counted
+        select.select([u.fileno()], [], [], 0.5)
+        u.recv()
+        assert u.slot_closed(slot) == 3 and u.totals()["received"] == 3
+
+
 def test_no_privilege_is_needed() -> None:
     code = (
         "import sys, json, socket; sys.path.insert(0, sys.argv[1]); from fastping import _icmp\n"
