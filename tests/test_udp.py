@@ -157,6 +157,40 @@ def test_a_pending_icmp_error_does_not_fail_the_next_send() -> None:
         assert u.slot_closed(slot) == 3 and u.totals()["received"] == 3
 
 
+NFT_HOST_UNREACH = """
+table ip fpu {
+  chain in {
+    type filter hook input priority 0;
+    ip daddr 127.0.0.2 icmp type echo-request reject with icmp type host-unreachable
+  }
+}
+"""
+
+
+def _icmp_dgram_after_an_error() -> tuple[dict[str, int], list[int]]:
+    with _icmp.IcmpSocket(kind="dgram", window=4) as s:
+        bad, good = s.add_target("127.0.0.2"), s.add_target("127.0.0.1")
+        errs = []
+        for _ in range(3):
+            for slot in (bad, good):
+                errs += [e[8] for e in s.send([slot], drain=False) if e[1] == 4]
+        select.select([s.fileno()], [], [], 0.5)
+        s.recv()
+        return s.totals(), errs
+
+
+@root
+def test_an_icmp_datagram_socket_too_sends_past_a_pending_error() -> None:
+    """The same on an unprivileged ICMP socket: a host unreachable for 127.0.0.2
+    failed the next echo request to 127.0.0.1 (EHOSTUNREACH, counted as its send
+    error) before the retry; now every probe leaves and each outcome is its own."""
+    with observed_netns("fpu", "fd00:fa::/112", sysctls=("net.ipv4.ping_group_range=0 2147483647",),
+                        nft_rules=NFT_HOST_UNREACH) as ns:  # fmt: skip
+        tot, errs = in_netns(ns, _icmp_dgram_after_an_error)
+    assert errs == [] and tot["send_errors"] == 0 and tot["sent"] == 6, tot
+    assert tot["unreachable"] == 3 and tot["received"] == 3 and tot["socket_errors"] >= 1, tot
+
+
 def test_no_privilege_is_needed() -> None:
     code = (
         "import sys, json, socket; sys.path.insert(0, sys.argv[1]); from fastping import _icmp\n"

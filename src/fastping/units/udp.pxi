@@ -34,7 +34,6 @@ DEF NTP_ORIGIN = 24           # a server reply's copy of the client's transmit t
 DEF NTP_TRANSMIT = 40
 DEF NTP_CLIENT = 0x23         # LI 0, version 4, mode 3 (client)
 DEF NTP_MODE_SERVER = 4
-DEF STALE_SEND_TRIES = 4      # sends retried after a consumed sk_err before one counts failed
 
 
 cdef inline uint16_t _dns_id(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
@@ -200,18 +199,6 @@ cdef class UdpSocket(ProbeSocket):
             name.sin6_family = AF_INET6
             wr16(<uint8_t *>&name.sin6_port, self.ports[s])
             memcpy(&name.sin6_addr, self.addrs + <size_t>s * 16, 16)
-
-    cdef bint _stale_send_error(self, int err, int tries) noexcept nogil:
-        # IP_RECVERR on a UDP socket: each ICMP error also sets sk_err, and the next
-        # send (or receive) fails with it once, whatever its own destination. Reading
-        # the error queue clears it; a real error of this send comes back every time.
-        if tries >= STALE_SEND_TRIES:
-            return False
-        if (err != ECONNREFUSED and err != EHOSTUNREACH and err != ENETUNREACH and
-                err != EPROTO and err != EHOSTDOWN and err != ENONET and err != EMSGSIZE):
-            return False
-        self._drain_errq()
-        return True
 
     # ------------------------------------------------------------ answers
     cdef inline uint16_t _port_of(self, msghdr *h) noexcept nogil:
