@@ -592,6 +592,7 @@ def test_silence_is_said_as_open_filtered_and_the_ports_share_one_timeout() -> N
         (["udp://127.0.0.1:53", "tcp://127.0.0.1:22"], "sweep one at a time"),
         (["--udp", "-p", "53", "--mode", "raw", "127.0.0.1"], "--mode raw does not apply"),
         (["--port", "53", "127.0.0.1"], "add --tcp or --udp"),
+        (["--udp", "-p", "53", "-b", "100", "127.0.0.1"], "UDP probes carry a payload"),
     ],
 )
 def test_sweep_command_refuses_bad_udp_input_saying_what_to_write(

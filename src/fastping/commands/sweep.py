@@ -259,6 +259,11 @@ def _resolve_udp(args: argparse.Namespace) -> None:
         args.udp = False
     if any(t.lower().startswith("udp://") for t in args.targets):
         args.udp = True
+    if args.udp and (args.size != 56 or args.dont_fragment):
+        raise TargetError(
+            "--size and --dont-fragment shape ICMP echoes: UDP probes carry a payload of "
+            "their own per port (a DNS query to 53, NTP to 123, a 16-byte cookie elsewhere)"
+        )
     if args.udp and args.mode not in ("auto", "dgram"):
         raise TargetError(
             f"--udp uses an unprivileged UDP socket: --mode {args.mode} does not apply"
