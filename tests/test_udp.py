@@ -355,39 +355,52 @@ def test_open_filtered_unreachable_and_closed_in_a_namespace() -> None:
         assert not _odd(r["totals"]), r["totals"]
 
 
-def _drop(port: int) -> str:
-    """nftables rules dropping every datagram to UDP ``port`` (IPv4)."""
-    return (
-        "table ip fpu {\n chain in {\n  type filter hook input priority 0;\n"
-        f"  udp dport {port} drop\n }}\n}}\n"
-    )
-
-
 # ------------------------------------------------------------ hostile answers
-def _icmp4(src: str, dst: str, itype: int, code: int, quoted: bytes) -> bytes:
-    """An IPv4 packet (IP_HDRINCL) carrying an ICMP error that quotes ``quoted``."""
-    body = struct.pack("!BBHI", itype, code, 0, 0) + quoted
-    body = body[:2] + struct.pack("!H", _icmp.checksum(body)) + body[4:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+def _ip_packet(family: int, src: str, dst: str, proto: int, body: bytes) -> bytes:
+    """An IPv4 or IPv6 header (for IPPROTO_RAW sockets) before ``body``."""
+    s, d = socket.inet_pton(family, src), socket.inet_pton(family, dst)
+    if family == socket.AF_INET6:
+        return struct.pack("!IHBB", 6 << 28, len(body), proto, 64) + s + d + body
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, proto, 0, s, d)
     return ip[:10] + struct.pack("!H", _icmp.checksum(ip)) + ip[12:] + body
 
 
-def _quote(sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+def _icmp_error(family: int, src: str, dst: str, code: int, quoted: bytes) -> bytes:
+    """An ICMP (v4 type 3) or ICMPv6 (type 1) destination unreachable from ``src``
+    to ``dst`` quoting ``quoted``, checksummed (ICMPv6: over its pseudo-header)."""
+    v6 = family == socket.AF_INET6
+    body = struct.pack("!BBHI", 1 if v6 else 3, code, 0, 0) + quoted
+    pseudo = b""
+    if v6:
+        pseudo = socket.inet_pton(family, src) + socket.inet_pton(family, dst)
+        pseudo += struct.pack("!IxxxB", len(body), socket.IPPROTO_ICMPV6)
+    body = body[:2] + struct.pack("!H", _icmp.checksum(pseudo + body)) + body[4:]
+    return _ip_packet(family, src, dst, socket.IPPROTO_ICMPV6 if v6 else 1, body)
+
+
+def _quote(family: int, us: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
     """The probe as an ICMP error quotes it: its IP header, UDP header, payload."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     socket.inet_aton("127.0.0.1"), socket.inet_aton(dst))  # fmt: skip
-    return ip[:10] + struct.pack("!H", _icmp.checksum(ip)) + ip[12:] + udp
+    return _ip_packet(family, us, dst, socket.IPPROTO_UDP, udp)
 
 
-def _hostile() -> dict[str, object]:
-    """A target whose real probes nft drops (127.0.0.5:3333), then forged answers:
-    what each is counted as."""
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+# (target, another address, a router, our own address) in the hostile namespace
+HOSTILE = {
+    socket.AF_INET: ("127.0.0.5", "127.0.0.6", "127.0.0.9", "127.0.0.1"),
+    socket.AF_INET6: ("fd00:fc::5", "fd00:fc::6", "fd00:fc::9", "::1"),
+}
+PORT_UNREACH = {socket.AF_INET: 3, socket.AF_INET6: 4}
+
+
+def _hostile(family: int) -> dict[str, object]:
+    """A target whose real probes nft drops (port 3333), then forged answers: what
+    each is counted as."""
+    target, other, router, us = HOSTILE[family]
+    code = PORT_UNREACH[family]
+    raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
     out: dict[str, object] = {}
-    with raw, _icmp.UdpSocket(window=16) as u:
-        slot = u.add_target("127.0.0.5", 3333)
+    with raw, _icmp.UdpSocket(family, window=16) as u:
+        slot = u.add_target(target, 3333)
         key, sport = u.key, u.sport
         serial = [0]
 
@@ -406,50 +419,61 @@ def _hostile() -> dict[str, object]:
 
         def datagram(src: str, sp: int, payload: bytes) -> Callable[[], None]:
             def send() -> None:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as f:
+                with socket.socket(family, socket.SOCK_DGRAM) as f:
                     f.bind((src, sp))
-                    f.sendto(payload, ("127.0.0.1", sport))
+                    f.sendto(payload, (us, sport))
 
             return send
 
-        def icmp(src: str, itype: int, code: int, payload: bytes) -> Callable[[], None]:
-            q = _quote(sport, "127.0.0.5", 3333, payload)
-            return lambda: raw.sendto(_icmp4(src, "127.0.0.1", itype, code, q), ("127.0.0.1", 0))
+        def icmp(src: str, payload: bytes) -> Callable[[], None]:
+            pkt = _icmp_error(family, src, us, code, _quote(family, us, sport, target, 3333,
+                                                            payload))  # fmt: skip
+            return lambda: raw.sendto(pkt, (us, 0))
+
+        def ours(ser: int, k: bytes = key) -> bytes:
+            return _icmp.udp_payload(k, slot, ser, 3333)
 
         s0 = probe()
-        good = _icmp.udp_payload(key, slot, s0, 3333)
-        out["wrong_port"] = forge(datagram("127.0.0.5", 3334, good))
-        out["wrong_address"] = forge(datagram("127.0.0.6", 3333, good))
-        out["good"] = forge(datagram("127.0.0.5", 3333, good))
-        out["duplicate"] = forge(datagram("127.0.0.5", 3333, good))
-        s1 = probe()
-        out["unsent"] = forge(datagram("127.0.0.5", 3333, _icmp.udp_payload(key, slot, 9, 3333)))
-        out["unkeyed"] = forge(datagram("127.0.0.5", 3333, b"a service's own answer"))
-        s2 = probe()
-        not_ours = bytes(16)  # a quote of a probe with no cookie of ours
-        out["icmp_not_our_probe"] = forge(icmp("127.0.0.5", 3, 3, not_ours))
-        out["icmp_other_key"] = forge(
-            icmp("127.0.0.5", 3, 3, _icmp.udp_payload(bytes(16), slot, s2, 3333))
-        )
-        out["icmp_from_a_router"] = forge(
-            icmp("127.0.0.9", 3, 3, _icmp.udp_payload(key, slot, s2, 3333))
-        )
-        s3 = probe()
-        out["icmp_closed"] = forge(icmp("127.0.0.5", 3, 3, _icmp.udp_payload(key, slot, s3, 3333)))
-        out["icmp_again"] = forge(icmp("127.0.0.5", 3, 3, _icmp.udp_payload(key, slot, s3, 3333)))
+        out["wrong_port"] = forge(datagram(target, 3334, ours(s0)))
+        out["wrong_address"] = forge(datagram(other, 3333, ours(s0)))
+        out["good"] = forge(datagram(target, 3333, ours(s0)))
+        out["duplicate"] = forge(datagram(target, 3333, ours(s0)))
         probe()
-        out["icmp_short_quote"] = forge(icmp("127.0.0.5", 3, 3, b""))
-        out["serials"] = [s0, s1, s2, s3]
+        out["unsent"] = forge(datagram(target, 3333, ours(9)))
+        out["unkeyed"] = forge(datagram(target, 3333, b"a service's own answer"))
+        s2 = probe()
+        out["icmp_not_our_probe"] = forge(icmp(target, bytes(16)))  # no cookie of ours
+        out["icmp_other_key"] = forge(icmp(target, ours(s2, bytes(16))))
+        out["icmp_from_a_router"] = forge(icmp(router, ours(s2)))
+        s3 = probe()
+        out["icmp_closed"] = forge(icmp(target, ours(s3)))
+        out["icmp_again"] = forge(icmp(target, ours(s3)))
+        probe()
+        out["icmp_short_quote"] = forge(icmp(target, b""))
         out["stats"] = u.slot_stats(slot)[:8]
         out["closed"] = u.slot_closed(slot)
         out["router"] = u.slot_stats(slot)[17]
     return out
 
 
+NFT_HOSTILE = """
+table inet fpu {
+  chain in {
+    type filter hook input priority 0;
+    udp dport 3333 drop
+  }
+}
+"""
+
+
 @root
-def test_forged_and_misdirected_answers_are_counted_apart() -> None:
-    with observed_netns("fpu", "fd00:fc::/112", sysctls=NO_ICMP_LIMIT, nft_rules=_drop(3333)) as ns:
-        r = in_netns(ns, _hostile)
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_forged_and_misdirected_answers_are_counted_apart(family: int) -> None:
+    with observed_netns("fpu", "fd00:fc::/112", sysctls=NO_ICMP_LIMIT,
+                        nft_rules=NFT_HOSTILE) as ns:  # fmt: skip
+        for a in HOSTILE[socket.AF_INET6][:3]:  # v6 forgers bind to these: assigned
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{a}/128", "dev", "lo"], check=True)
+        r = in_netns(ns, lambda: _hostile(family))
 
     def d(name: str) -> dict[str, int]:
         v = r[name]
@@ -473,12 +497,10 @@ def test_forged_and_misdirected_answers_are_counted_apart() -> None:
     assert d("icmp_closed") == {"received": 1, "closed": 1, "outstanding": -1}
     assert d("icmp_again") == {"duplicates": 1}
     # a quote without the payload: the slot's oldest outstanding probe, unkeyed
-    assert d("icmp_short_quote") == {
-        "received": 1, "closed": 1, "unkeyed": 1, "outstanding": -1
-    }  # fmt: skip
+    assert d("icmp_short_quote") == {"received": 1, "closed": 1, "unkeyed": 1, "outstanding": -1}
     # sent, received, dup, late, timeouts, unreachable, time exceeded, send errors
     assert r["stats"] == (5, 4, 2, 0, 0, 1, 0, 0)
-    assert r["closed"] == 2 and r["router"] == "127.0.0.9"
+    assert r["closed"] == 2 and r["router"] == HOSTILE[family][2]
 
 
 # ------------------------------------------------------------ truth
