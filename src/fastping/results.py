@@ -24,6 +24,7 @@ class Outcome(str, Enum):
     RESOLVE_ERROR = "resolve_error"
     DUPLICATE = "duplicate"
     LATE = "late"
+    CLOSED = "closed"  # TCP: the port answered with a RST (the host is up, the port not)
 
 
 # index = the core's event kind (EV_REPLY .. EV_LATE)
@@ -35,6 +36,7 @@ OUTCOME_BY_KIND: tuple[Outcome, ...] = (
     Outcome.SEND_ERROR,
     Outcome.DUPLICATE,
     Outcome.LATE,
+    Outcome.CLOSED,
 )
 
 
@@ -183,8 +185,12 @@ class SweepResult(Sequence[HostResult]):
         totals: dict[str, int],
         duration_s: float,
         source: Any = None,
+        timing: str | None = None,
     ) -> None:
         self._n = n
+        # TCP: how the RTTs were timed, "raw" (SYN on a raw socket, kernel
+        # timestamps) or "connect" (connect() on many sockets, no privilege)
+        self.timing = timing
         self._get = get
         self._source = source  # api._Hosts: the core's arrays, read in blocks
         self.totals = totals
@@ -298,6 +304,7 @@ class SweepResult(Sequence[HostResult]):
             "duration_s": round(self.duration_s, 6),
             "probes_per_s": round(self.probes_per_s, 1),
             **{k: v for k, v in self.totals.items() if k not in ("sent", "received")},
+            **({"timing": self.timing} if self.timing else {}),
         }
 
 
