@@ -177,6 +177,38 @@ def syn_rtts(path: Path) -> dict[int, int]:
     return out
 
 
+def udp_rtts(path: Path, sport: int) -> dict[tuple[int, int], int]:
+    """(slot, serial) of each UDP probe sent from ``sport`` (its payload's probe
+    header) -> the wire's gap to the first answer naming it: a datagram back to
+    ``sport`` carrying the same header, or an ICMP error quoting the probe (IPv4 on
+    lo)."""
+    sent: dict[tuple[int, int], int] = {}
+    out: dict[tuple[int, int], int] = {}
+    for t, pkt in packets(path):
+        if len(pkt) < 28 or pkt[0] >> 4 != 4:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        if pkt[9] == socket.IPPROTO_UDP:
+            sp, dp = struct.unpack_from("!HH", pkt, ihl)
+            key = struct.unpack_from("!II", pkt, ihl + 8) if len(pkt) >= ihl + 16 else None
+            if key is None:
+                continue
+            if sp == sport:
+                sent.setdefault(key, t)
+            elif dp == sport and key in sent and key not in out:
+                out[key] = t - sent[key]
+        elif pkt[9] == socket.IPPROTO_ICMP and pkt[ihl] == 3 and len(pkt) >= ihl + 8 + 20:
+            q = ihl + 8
+            qihl = (pkt[q] & 15) * 4
+            if len(pkt) < q + qihl + 16 or pkt[q + 9] != socket.IPPROTO_UDP:
+                continue
+            (sp,) = struct.unpack_from("!H", pkt, q + qihl)
+            key = struct.unpack_from("!II", pkt, q + qihl + 8)
+            if sp == sport and key in sent and key not in out:
+                out[key] = t - sent[key]
+    return out
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..1)."""
     if not sorted_values:

@@ -26,7 +26,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.errno cimport (
     EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EINVAL, EMSGSIZE, ENETUNREACH,
-    ENOBUFS, ENONET, EPERM, EPROTO, errno,
+    ENOBUFS, ENONET, ENOPROTOOPT, EOPNOTSUPP, EPERM, EPROTO, errno,
 )
 from libc.math cimport NAN
 from libc.stdint cimport INT64_MAX, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -73,4 +73,5 @@ include "units/codec.pxi"      # checksum, SipHash cookies, the ICMP codec
 include "units/core.pxi"       # ProbeSocket: the loop every probe kind shares
 include "units/icmp.pxi"       # IcmpSocket: ICMP/ICMPv6 echo
 include "units/tcp.pxi"        # TcpSocket: stateless TCP SYN
+include "units/udp.pxi"        # UdpSocket: UDP probes on a datagram socket
 include "units/dns.pxi"        # DnsSocket: DNS queries on a datagram socket

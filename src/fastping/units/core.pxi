@@ -115,6 +115,7 @@ cdef class ProbeSocket:
     cdef bint closing            # close() came while busy: the loop winds down, _leave closes
     cdef bint raw
     cdef int addr_len            # 4 or 16
+    cdef uint8_t row_proto       # what export_rows says the ports are (SlotRow.proto)
     cdef int plen                # bytes of one probe as handed to the kernel
     cdef uint64_t k0, k1
     cdef int64_t timeout_ns      # replies slower than this count as late (0: no limit)
@@ -294,10 +295,20 @@ cdef class ProbeSocket:
 
     cdef bint _stale_send_error(self, int err, int tries) noexcept nogil:
         """A send failed with ``err`` (``tries`` times for this probe already): True
-        when that error is not the send's own but a pending socket error it consumed
-        (sk_err, set by an ICMP error to an earlier probe on a datagram socket with
-        IP_RECVERR), so the probe is to be sent again."""
-        return False
+        when that error may not be the send's own but a pending socket error it
+        consumed, so the probe is to be sent again. On a datagram socket (UDP, ICMP
+        "ping") with IP_RECVERR each ICMP error also sets sk_err, and the next send
+        fails with it once whatever its destination (sock_alloc_send_skb checks it;
+        a raw socket's send does not). Reading the error queue clears it; a real
+        error of this send comes back every time and counts after a few tries."""
+        if self.raw or tries >= STALE_SEND_TRIES:
+            return False
+        if (err != ECONNREFUSED and err != EHOSTUNREACH and err != ENETUNREACH and
+                err != EPROTO and err != EHOSTDOWN and err != ENONET and err != EMSGSIZE and
+                err != ENOPROTOOPT and err != EOPNOTSUPP):
+            return False
+        self._drain_errq()
+        return True
 
     cdef int _check_port(self, long port) except -1:
         """Refuse a port this kind cannot use (ICMP has none: 0 only)."""
@@ -827,6 +838,7 @@ cdef class ProbeSocket:
         memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
         if self.ports != NULL:
             r.port = self.ports[s]
+        r.proto = self.row_proto
         if rr.err_type or rr.unreach or rr.texc:
             r.has_router = 1
             memcpy(r.router, rr.router, self.addr_len)

@@ -27,6 +27,7 @@
 # and walks every RR of the three sections, so a garbled message is malformed as a
 # whole; a TC response is read as far as it goes. fastping.dnscodec is its Python twin.
 
+
 DEF DQ_HDR = 12
 DEF DQ_NAME_MAX = 255             # wire length of a name, root label included
 DEF DQ_OPT_LEN = 11
@@ -39,7 +40,6 @@ DEF DQ_TYPE_AAAA = 28
 DEF DQ_TYPE_OPT = 41
 DEF DQ_CLASS_IN = 1
 DEF DQ_MISMATCH_WALK = 64         # slots of one server a mismatched answer's ID is tried on
-DEF DQ_STALE_TRIES = 4            # sends retried after a consumed sk_err
 
 # dq_parse results (fastping.dnscodec.PARSE_* are the same numbers)
 DEF DQ_OK = 0
@@ -637,18 +637,6 @@ cdef class DnsSocket(ProbeSocket):
             name.sin6_family = AF_INET6
             wr16(<uint8_t *>&name.sin6_port, self.ports[s])
             memcpy(&name.sin6_addr, self.addrs + <size_t>s * 16, 16)
-
-    cdef bint _stale_send_error(self, int err, int tries) noexcept nogil:
-        # IP_RECVERR on a UDP socket: each ICMP error also sets sk_err, and the next
-        # send fails with it once, whatever its own destination; reading the error
-        # queue clears it, while a real error of this send comes back every time
-        if tries >= DQ_STALE_TRIES:
-            return False
-        if (err != ECONNREFUSED and err != EHOSTUNREACH and err != ENETUNREACH and
-                err != EPROTO and err != EHOSTDOWN and err != ENONET and err != EMSGSIZE):
-            return False
-        self._drain_errq()
-        return True
 
     # ------------------------------------------------------------ answers
     cdef inline uint16_t _port_of(self, msghdr *h) noexcept nogil:
