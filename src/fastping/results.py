@@ -24,6 +24,9 @@ class Outcome(str, Enum):
     RESOLVE_ERROR = "resolve_error"
     DUPLICATE = "duplicate"
     LATE = "late"
+    # a probe kind with ports: the host answered that the port is closed (TCP RST); an
+    # answer with an RTT, but not a reply (the service is not there)
+    CLOSED = "closed"
 
 
 # index = the core's event kind (EV_REPLY .. EV_LATE)
@@ -35,6 +38,7 @@ OUTCOME_BY_KIND: tuple[Outcome, ...] = (
     Outcome.SEND_ERROR,
     Outcome.DUPLICATE,
     Outcome.LATE,
+    Outcome.CLOSED,  # EV_CLOSED (7)
 )
 
 
