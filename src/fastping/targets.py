@@ -223,7 +223,7 @@ def read_targets_file(path: str | Path) -> list[str]:
             continue
         for word in s.split():
             try:
-                parse_target(word)
+                parse_target(split_kind(word).host)  # tcp://HOST:PORT lines too
             except TargetError as e:
                 raise TargetError(f"{path}:{lineno}: {e}") from None
             out.append(word)
