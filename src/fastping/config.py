@@ -65,12 +65,12 @@ class TargetConfig(_Model):
     kind: tcp, port: 22}``); without either it is pinged (ICMP)."""
 
     host: str
-    kind: ProbeKind | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
     interval_s: Seconds | None = Field(default=None, ge=MIN_INTERVAL_S, le=86400)
     timeout_s: Seconds | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     payload_size: int | None = Field(default=None, ge=PAYLOAD_MIN, le=PAYLOAD_MAX)
     labels: dict[str, str] = Field(default_factory=dict)
+    kind: ProbeKind | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("host")
     @classmethod

@@ -1792,6 +1792,15 @@ class ResultStore:
         with self._read() as conn:
             return [r[0] for r in conn.execute("SELECT name FROM targets ORDER BY name")]
 
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Every target's probe kind and port (targets.kind / port: 'icmp', 0 for a
+        plain host; 'tcp', 22 for tcp://host:22)."""
+        with self._read() as conn:
+            return {
+                str(n): (str(k), int(p))
+                for n, k, p in conn.execute("SELECT name, kind, port FROM targets")
+            }
+
     def recent(self, target: str, limit: int = 100) -> list[ProbeResult]:
         """The latest raw results of ``target`` (at most ``limit``), oldest first. RTTs
         come back as the shortest decimal of their stored float32 (7 digits)."""

@@ -834,6 +834,14 @@ class PgResultStore(ResultStore):
                 "SELECT DISTINCT agent FROM fastping_targets ORDER BY agent"
             )]  # fmt: skip
 
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Every target's probe kind and port (as ResultStore.target_kinds)."""
+        with self._read() as conn:
+            return {
+                str(n): (str(k), int(p))
+                for n, k, p in conn.execute("SELECT DISTINCT name, kind, port FROM fastping_targets")
+            }
+
     def targets(self) -> list[str]:
         """Every target name any agent has, sorted."""
         with self._read() as conn:
