@@ -21,6 +21,13 @@ The resource guard samples as usual but its limits are raised (100 % of a core,
 1000 MB) so it does not slow the run it is measuring; with the spec's defaults
 (5 %, 100 MB) it would stretch the intervals as soon as the share passed 5 %.
 Targets are 127.2.0.1 ... (inside 127.2.0.0/18): loopback only.
+
+TCP (``--compare-kinds PAIRS``, issue #17's engine bar): the same engine with
+``tcp://127.3.x.y:PORT`` targets (127.3.0.0/18) against one listening socket of this
+process (bound to 0.0.0.0, backlog 65535), interleaved with ICMP runs of the same
+size and length; the CPU share of each and their difference in points of a core. On
+loopback each SYN costs the kernel a SYN-ACK and our kernel's RST to it (three
+packets where ICMP has two), all charged to the sending process.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from typing import Any
 import pytest
 
 FIRST = int(ipaddress.IPv4Address("127.2.0.1"))
+FIRST_TCP = int(ipaddress.IPv4Address("127.3.0.1"))
+# the TCP socket's source ports: below the ephemeral range the listener's port is from
+TCP_SPORT_BASE = 20000
 C_SOURCE = Path(os.environ.get("FASTPING_BENCH_C", "/work/shared/bench/mmsg_ceiling.c"))
 
 
@@ -74,8 +84,10 @@ class _RssSampler(threading.Thread):
 
 
 async def run_engine(
-    n: int, duration_s: float, db: Path, timestamps: str = "kernel"
+    n: int, duration_s: float, db: Path, timestamps: str = "kernel", tcp_port: int = 0
 ) -> dict[str, Any]:
+    """One engine run of ``n`` targets; ICMP, or with ``tcp_port`` TCP SYN probes of
+    that port (a listener must be on it)."""
     from fastping.engine import MonitoringEngine
     from fastping.guard import ResourceGuard
     from fastping.store import ResultStore
@@ -88,9 +100,13 @@ async def run_engine(
         timeout_s=1.0,
         guard=guard,
         socket_options={"timestamps": timestamps},
+        kind_options={"tcp": {"timestamps": timestamps, "sport_base": TCP_SPORT_BASE}},
     )
     for i in range(n):
-        engine.add_target(str(ipaddress.IPv4Address(FIRST + i)))
+        if tcp_port:
+            engine.add_target(f"tcp://{ipaddress.IPv4Address(FIRST_TCP + i)}:{tcp_port}")
+        else:
+            engine.add_target(str(ipaddress.IPv4Address(FIRST + i)))
     await store.start()
     sampler = _RssSampler()
     sampler.start()
@@ -121,6 +137,7 @@ async def run_engine(
         sqlite_rows = c.execute("SELECT count(*) FROM results").fetchone()[0]
     return {
         "targets": n,
+        "kind": "tcp" if tcp_port else "icmp",
         "timestamps": timestamps,
         "send_lateness": st["send_lateness"],
         "timed_kernel": sock_all.get("timed_kernel"),
@@ -129,6 +146,8 @@ async def run_engine(
         "sent": st["sent"],
         "received": st["received"],
         "timeouts": st["outcomes"]["timeout"],
+        "closed": st["outcomes"]["closed"],
+        "foreign": sock_all.get("foreign"),
         "loss": round(1 - st["received"] / st["sent"], 6) if st["sent"] else None,
         "rows_in_store": rows,
         "sqlite_rows": sqlite_rows,
@@ -293,6 +312,51 @@ def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
     return 0
 
 
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
+    """ICMP and TCP engines of ``n`` targets each, interleaved (ICMP first, then TCP
+    first, ...), ``pairs`` of each; the steady CPU share of each run and the medians'
+    difference in points of one core (the load average is printed with each run: the
+    machine may be shared)."""
+    import socket
+
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", 0))  # every 127.3.x.y answers on it  # noqa: S104 (loopback targets)
+    ls.listen(65535)
+    port = ls.getsockname()[1]
+    rows = []
+    try:
+        for i in range(pairs):
+            for tcp in (False, True) if i % 2 == 0 else (True, False):
+                load = _loadavg()
+                with tempfile.TemporaryDirectory() as d:
+                    r = asyncio.run(
+                        run_engine(n, duration_s, Path(d) / "bench.db", tcp_port=port if tcp else 0)
+                    )
+                keep = ("kind", "sent", "received", "timeouts", "closed", "loss", "foreign",
+                        "rows_in_store", "cpu_share_of_one_core", "cpu_share_probing",
+                        "cpu_share_steady", "rx_drops", "interval_factor")  # fmt: skip
+                row = {k: r[k] for k in keep} | {"loadavg_before": load}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        ls.close()
+    med: dict[str, float] = {}
+    for kind in ("icmp", "tcp"):
+        sh = sorted(r["cpu_share_steady"] for r in rows if r["kind"] == kind)
+        med[kind] = sh[len(sh) // 2]
+        print(f"{kind}: steady CPU share median {100 * med[kind]:.2f}% of a core (runs: {sh})")
+    diff = 100 * (med["tcp"] - med["icmp"])
+    print(f"TCP - ICMP: {diff:+.2f} points of a core at {n} targets/s ({_loadavg()} load after)")
+    ok = all(r["loss"] == 0.0 and r["rows_in_store"] == r["sent"] for r in rows)
+    return 0 if ok else 1
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for raw sockets (loopback only)")
 def test_engine_10k_targets_60s() -> None:
@@ -317,9 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: PAIRS interleaved runs with timestamps='batch' (one clock read per "
         "sendmmsg, before kernel TX timestamps) and 'kernel', CPU shares side by side",
     )
+    ap.add_argument(
+        "--compare-kinds",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead: PAIRS interleaved runs of ICMP targets and of tcp://127.3.x.y:PORT "
+        "targets against a listening socket, CPU shares side by side",
+    )
     a = ap.parse_args(argv)
     if not 1 <= a.targets <= 16_383:
         ap.error("--targets must be 1..16383 (127.2.0.0/18, loopback only)")
+    if a.compare_kinds:
+        return compare_kinds(a.targets, a.duration, a.compare_kinds)
     if a.compare_timestamps:
         return compare_timestamps(a.targets, a.duration, a.compare_timestamps)
     out = bench(a.targets, a.duration, not a.no_c_reference)
