@@ -53,7 +53,7 @@ import pytest
 FIRST = int(ipaddress.IPv4Address("127.2.0.1"))
 FIRST_TCP = int(ipaddress.IPv4Address("127.3.0.1"))
 # the TCP socket's source ports: below the ephemeral range the listener's port is from
-TCP_SPORT_BASE = 20000
+TCP_SPORT_BASE = 24000
 C_SOURCE = Path(os.environ.get("FASTPING_BENCH_C", "/work/shared/bench/mmsg_ceiling.c"))
 
 
@@ -208,6 +208,42 @@ def run_c_reference(n: int, rounds: int) -> dict[str, Any] | None:
     }
 
 
+SYN_SOURCE = Path(__file__).with_name("c") / "syn_ref.c"
+
+
+def run_syn_reference(n: int, rounds: int, port: int) -> dict[str, Any] | None:
+    """benchmarks/c/syn_ref.c (the SYN sweep's C loop, kernel TX/RX stamps as fastping's
+    core takes them) for ``rounds`` sweeps of ``n`` targets 127.3.0.1 ... on ``port``:
+    the kernel's loopback work for a SYN (its SYN-ACK, our kernel's RST), as
+    run_c_reference is for an echo request."""
+    if shutil.which("gcc") is None or os.geteuid() != 0:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "syn_ref"
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(SYN_SOURCE)], check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        opened = 0
+        for _ in range(rounds):
+            out = subprocess.run(
+                [str(exe), "-n", str(n), "-a", "127.3.0.1", "-p", str(port), "-t", "200",
+                 "-s", str(TCP_SPORT_BASE), "-T", "1"],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+            opened += int(dict(t.split("=") for t in line.split()[1:])["open"])
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "probes": n * rounds,
+        "open": opened,
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "us_per_probe": round(1e6 * cpu / (n * rounds), 2),
+    }
+
+
 PACED_SOURCE = Path(__file__).with_name("c") / "paced_ref.c"
 
 
@@ -344,6 +380,10 @@ def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
                 row = {k: r[k] for k in keep} | {"loadavg_before": load}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+        # the kernel's share of the same probes, in C with nothing around it (one burst
+        # per round, where the engine paces: see the module docstring)
+        rounds = max(1, min(20, round(duration_s)))
+        refs = {"icmp": run_c_reference(n, rounds), "tcp": run_syn_reference(n, rounds, port)}
     finally:
         ls.close()
     med: dict[str, float] = {}
@@ -353,6 +393,16 @@ def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
         print(f"{kind}: steady CPU share median {100 * med[kind]:.2f}% of a core (runs: {sh})")
     diff = 100 * (med["tcp"] - med["icmp"])
     print(f"TCP - ICMP: {diff:+.2f} points of a core at {n} targets/s ({_loadavg()} load after)")
+    own: dict[str, float] = {}
+    for kind, ref in refs.items():
+        if ref is None:
+            continue
+        kernel = ref["cpu_s"] / ref["probes"] * n  # share of a core at n probes/s
+        own[kind] = med[kind] - kernel
+        print(f"{kind}: C reference {ref} -> kernel {100 * kernel:.2f}% of a core, "
+              f"fastping's own {100 * own[kind]:.2f}%")  # fmt: skip
+    if len(own) == 2:
+        print(f"fastping's own share, TCP - ICMP: {100 * (own['tcp'] - own['icmp']):+.2f} points")
     ok = all(r["loss"] == 0.0 and r["rows_in_store"] == r["sent"] for r in rows)
     return 0 if ok else 1
 
