@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, fastping_cmd
-from test_metrics import promtool_check
 
+from conftest import child_env, fastping_cmd
 from fastping.chunk import OUTCOME_CODE
 from fastping.engine import MonitoringEngine
 from fastping.errors import TargetError
@@ -29,6 +28,7 @@ from fastping.metrics import MetricsCollector
 from fastping.results import OUTCOME_BY_KIND, Outcome
 from fastping.store import SCHEMA_VERSION, ResultStore
 from privhelpers import netns
+from test_metrics import promtool_check
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
@@ -127,7 +127,10 @@ def test_bad_kind_targets_say_what_to_write(text: str, kw: dict[str, object], me
 # ------------------------------------------------------------------ the engine, mixed
 
 
-async def _mixed_run(open_port: int, closed_port: int) -> tuple[MonitoringEngine, Counter[tuple[str, str]], MetricsCollector]:  # fmt: skip
+Mixed = tuple[MonitoringEngine, Counter[tuple[str, str]], MetricsCollector]
+
+
+async def _mixed_run(open_port: int, closed_port: int) -> Mixed:
     e = MonitoringEngine(
         interval_s=0.1, timeout_s=0.3, guard=ResourceGuard(None, None),
         kind_options={"tcp": {"sport_base": QUIET_PORTS}},
@@ -163,7 +166,9 @@ def test_engine_probes_icmp_and_tcp_targets_side_by_side(ports: tuple[int, int])
     assert st["received"] == st["outcomes"]["reply"]
     assert st["results"] == st["sent"]
     info = {i.host: i for i in e.targets()}
-    assert info[cl].status == "down" and info[cl].received == 0 and info[cl].last_outcome == "closed"
+    assert (
+        info[cl].status == "down" and info[cl].received == 0 and info[cl].last_outcome == "closed"
+    )
     assert info[op].status == "up" and info[op].received == info[op].probes > 0
     # the metrics: kind and port labels, smokeping's families, a closed outcome for TCP only
     text = metrics.render().decode()
@@ -270,15 +275,23 @@ def test_monitor_open_closed_and_filtered_ports_are_stored_as_such(tmp_path: Pat
         "tcp://127.0.0.1:1111": ("tcp", 1111), "127.0.0.1": ("icmp", 0),
     }  # fmt: skip
     # report: a table per kind, the TCP one with its CLOSED column; JSON with kind and port
+    html = str(tmp_path / "r.html")
     rep = subprocess.run(
-        fastping_cmd("report", "--db", str(db), "--since", "all", "--html", str(tmp_path / "r.html")),
+        fastping_cmd("report", "--db", str(db), "--since", "all", "--html", html),
         capture_output=True, text=True, env=child_env(),
     )  # fmt: skip
     assert rep.returncode == 0, rep.stderr
     lines = rep.stdout.splitlines()
     assert lines[1] == "ICMP echo: 1 targets"
     tcp_head = next(i for i, ln in enumerate(lines) if ln.startswith("TCP SYN"))
-    assert lines[tcp_head + 1].split()[:6] == ["TARGET", "ADDRESS", "SENT", "RECV", "CLOSED", "LOSS"]
+    assert lines[tcp_head + 1].split()[:6] == [
+        "TARGET",
+        "ADDRESS",
+        "SENT",
+        "RECV",
+        "CLOSED",
+        "LOSS",
+    ]
     closed_row = next(ln.split() for ln in lines if ln.startswith("tcp://127.0.0.1:3333"))
     n_closed = got["tcp://127.0.0.1:3333"]["closed"]
     assert closed_row[2:6] == [str(n_closed), "0", str(n_closed), "100.0%"]
@@ -290,7 +303,10 @@ def test_monitor_open_closed_and_filtered_ports_are_stored_as_such(tmp_path: Pat
         capture_output=True, text=True, env=child_env(),
     )  # fmt: skip
     recs = {d["target"]: d for d in map(json.loads, js.stdout.splitlines())}
-    assert (recs["tcp://127.0.0.1:1111"]["kind"], recs["tcp://127.0.0.1:1111"]["port"]) == ("tcp", 1111)
+    assert (recs["tcp://127.0.0.1:1111"]["kind"], recs["tcp://127.0.0.1:1111"]["port"]) == (
+        "tcp",
+        1111,
+    )
     assert recs["tcp://127.0.0.1:1111"]["timeouts"] == got["tcp://127.0.0.1:1111"]["timeout"]
     assert recs["tcp://127.0.0.1:3333"]["closed"] == n_closed
     assert (recs["127.0.0.1"]["kind"], recs["127.0.0.1"]["port"]) == ("icmp", 0)
@@ -341,7 +357,11 @@ def test_monitor_config_file_with_tcp_targets_and_tcp_ports_flag(
         (["tcp://127.0.0.1:99999"], None, "port 1..65535"),
         ([], "targets: [{host: 127.0.0.1, kind: tcp}]", "a tcp target needs a port"),
         ([], "targets: [{host: 127.0.0.1, kind: icmp, port: 3}]", "ICMP has no ports"),
-        ([], "targets: [tcp://127.0.0.1:22, {host: 127.0.0.1, port: 22}]", "duplicate of targets[0]"),
+        (
+            [],
+            "targets: [tcp://127.0.0.1:22, {host: 127.0.0.1, port: 22}]",
+            "duplicate of targets[0]",
+        ),
         ([], "targets: [{host: 'http://127.0.0.1/', port: 80}]", "is an HTTP check"),
     ],
 )

@@ -202,6 +202,7 @@ class IcmpSocketLike(Protocol):
     def forget_last(self, slot: int = -1) -> None: ...
     def set_slot_timeout(self, slot: int, timeout_s: float) -> None: ...
     def slot_stats(self, slot: int) -> tuple[Any, ...]: ...
+    def slot_closed(self, slot: int) -> int: ...  # kinds with ports (TCP) only
     def slot_last(self, slot: int) -> tuple[int, int, int]: ...
     def slot_address(self, slot: int) -> str: ...
 
@@ -725,9 +726,7 @@ class MonitoringEngine:
         opts = dict(kind_options or {})
         for k in (*given, *opts):
             if k not in SOCKET_KINDS:
-                raise ConfigError(
-                    f"probe kind {k!r}: this engine knows {', '.join(SOCKET_KINDS)}"
-                )
+                raise ConfigError(f"probe kind {k!r}: this engine knows {', '.join(SOCKET_KINDS)}")
         if socket_factory is not None:
             given["icmp"] = socket_factory
         opts.setdefault("icmp", dict(socket_options or {}))

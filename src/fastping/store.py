@@ -275,8 +275,7 @@ _MIGRATIONS: dict[str, tuple[str, ...]] = {
 # (names resolve to temp before main, and a read-only connection may create them)
 _COMPAT_VIEWS: dict[str, tuple[str, ...]] = {
     "2": (
-        "CREATE TEMP VIEW targets AS SELECT id, name, 'icmp' AS kind, 0 AS port"
-        " FROM main.targets",
+        "CREATE TEMP VIEW targets AS SELECT id, name, 'icmp' AS kind, 0 AS port FROM main.targets",
         "CREATE TEMP VIEW rollups AS SELECT *, 0 AS closed FROM main.rollups",
     ),
 }

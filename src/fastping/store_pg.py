@@ -839,7 +839,9 @@ class PgResultStore(ResultStore):
         with self._read() as conn:
             return {
                 str(n): (str(k), int(p))
-                for n, k, p in conn.execute("SELECT DISTINCT name, kind, port FROM fastping_targets")
+                for n, k, p in conn.execute(
+                    "SELECT DISTINCT name, kind, port FROM fastping_targets"
+                )
             }
 
     def targets(self) -> list[str]:
