@@ -1,11 +1,16 @@
-"""MonitoringEngine: watch many targets continuously through one ICMP socket per family.
+"""MonitoringEngine: watch many targets continuously through one socket per probe kind
+and family.
 
 Shape (see DESIGN.md, "Engine"):
 
-* **One shared socket per family.** Every target is a *slot* of one ``IcmpSocket``
-  (AF_INET or AF_INET6), opened lazily by ``probe.open_icmp_socket`` with
+* **One shared socket per (kind, family).** Every target is a *slot* of one socket:
+  an ``IcmpSocket`` for ICMP echo (opened by ``probe.open_icmp_socket``), a
+  ``TcpSocket`` for ``tcp://host:port`` targets (stateless SYNs: open = reply, a RST =
+  ``Outcome.CLOSED``, silence = timeout), each AF_INET or AF_INET6, opened lazily with
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
-  outstanding as its interval and the timeout allow.
+  outstanding as its interval and the timeout allow. ``SOCKET_KINDS`` maps a kind to
+  its socket class (same API, so a kind is a row there: UDP plugs in the same way); a
+  target's kind and port are part of its identity (``targets.kind_label``).
 * **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
   interval; its first probe is placed at a phase taken from the golden-ratio
   sequence (``i * 0.618... mod 1`` of the interval), which spreads any number of
