@@ -10,12 +10,11 @@ import errno
 import logging
 import random
 import socket
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.engine_fakes import run_virtual
 
 from fastping.errors import ConfigError, FastpingError, ResolveError, SocketError, TransientError
 from fastping.retry import (
@@ -430,11 +429,16 @@ def test_deadline_interrupts_a_running_attempt() -> None:
         finally:
             finished.append("cleaned up")
 
-    r = Retryer(NOJIT)
-    t0 = time.monotonic()
-    with pytest.raises(RetryTimeout, match="during an attempt"):
-        asyncio.run(r.run(slow, timeout_s=0.1))
-    assert time.monotonic() - t0 < 1.0
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        r = Retryer(NOJIT, clock=loop.time)
+        t0 = loop.time()
+        with pytest.raises(RetryTimeout, match="during an attempt"):
+            await r.run(slow, timeout_s=0.1)
+        return loop.time() - t0
+
+    # virtual time: the 30 s attempt was cut at the 0.1 s deadline, to the tick
+    assert run_virtual(main()) == pytest.approx(0.1, abs=1e-6)
     assert finished == ["cleaned up"]  # the attempt was cancelled, not leaked
 
 
@@ -471,16 +475,18 @@ def test_bad_timeout_is_rejected() -> None:
 
 def test_cancel_during_backoff_is_prompt() -> None:
     async def main() -> float:
-        r = Retryer(RetryConfig(initial_delay=30.0, max_delay=30.0, jitter=False))
+        loop = asyncio.get_running_loop()
+        cfg = RetryConfig(initial_delay=30.0, max_delay=30.0, jitter=False)
+        r = Retryer(cfg, clock=loop.time)
         task = asyncio.ensure_future(r.run(failing_op(99)))
         await asyncio.sleep(0.05)
-        t0 = time.monotonic()
+        t0 = loop.time()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return time.monotonic() - t0
+        return loop.time() - t0
 
-    assert asyncio.run(main()) < 0.2
+    assert run_virtual(main()) == 0.0  # not one tick of the 30 s backoff after the cancel
 
 
 def test_cancel_during_attempt_cancels_the_attempt() -> None:
@@ -614,50 +620,62 @@ def test_cancel_while_waiting_for_network_is_prompt_and_clean() -> None:
     mon = FakeMonitor("down")
 
     async def main() -> float:
-        r = Retryer(NOJIT, network=mon)
+        loop = asyncio.get_running_loop()
+        r = Retryer(NOJIT, network=mon, clock=loop.time)
         task = asyncio.ensure_future(r.run(failing_op(99)))
         await asyncio.sleep(0.1)
         assert mon.waits_started == 1
-        t0 = time.monotonic()
+        t0 = loop.time()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        took = time.monotonic() - t0
+        took = loop.time() - t0
         await asyncio.sleep(0)
         leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert leftovers == []
         return took
 
-    assert asyncio.run(main()) < 0.1
+    assert run_virtual(main()) == 0.0
     assert mon.waits_cancelled == 1
 
 
 def test_deadline_while_waiting_for_network() -> None:
     mon = FakeMonitor("down")
-    r = Retryer(NOJIT, network=mon)
-    t0 = time.monotonic()
-    with pytest.raises(RetryTimeout, match="waiting for the network") as ei:
-        asyncio.run(r.run(failing_op(99), name="dlnet", timeout_s=0.2))
-    took = time.monotonic() - t0
-    assert 0.15 < took < 0.6
-    (only,) = ei.value.attempts
-    assert only.counted is False and only.network_wait > 0.15
+
+    async def main() -> tuple[float, RetryTimeout]:
+        loop = asyncio.get_running_loop()
+        r = Retryer(NOJIT, network=mon, clock=loop.time)
+        t0 = loop.time()
+        with pytest.raises(RetryTimeout, match="waiting for the network") as ei:
+            await r.run(failing_op(99), name="dlnet", timeout_s=0.2)
+        return loop.time() - t0, ei.value
+
+    took, err = run_virtual(main())
+    assert took == pytest.approx(0.2, abs=1e-6)  # the deadline, not a poll later
+    (only,) = err.attempts
+    assert only.counted is False and only.network_wait == pytest.approx(0.2, abs=1e-6)
     assert mon.waits_cancelled == 1
 
 
 def test_network_timeout_counts_the_attempt_and_retries_at_once() -> None:
     mon = FakeMonitor("down")
     cfg = RetryConfig(max_attempts=2, initial_delay=10.0, jitter=False, network_timeout=0.05)
-    r = Retryer(cfg, network=mon, poll_interval_s=0.01)
     calls: list[int] = []
-    t0 = time.monotonic()
-    with pytest.raises(RetryError) as ei:
-        asyncio.run(r.run(failing_op(99, calls=calls)))
-    assert time.monotonic() - t0 < 1.0  # never slept the 10 s backoff
+
+    async def main() -> tuple[float, RetryError]:
+        loop = asyncio.get_running_loop()
+        r = Retryer(cfg, network=mon, poll_interval_s=0.01, clock=loop.time)
+        t0 = loop.time()
+        with pytest.raises(RetryError) as ei:
+            await r.run(failing_op(99, calls=calls))
+        return loop.time() - t0, ei.value
+
+    took, err = run_virtual(main())
+    assert took == pytest.approx(0.1, abs=1e-6)  # two 50 ms network waits, no 10 s backoff
     assert calls == [1, 2]
-    hist = ei.value.attempts
+    hist = err.attempts
     assert [(a.attempt, a.counted, a.delay) for a in hist] == [(1, True, 0.0), (2, True, 0.0)]
-    assert all(0.04 < a.network_wait < 0.5 for a in hist)
+    assert [round(a.network_wait, 6) for a in hist] == [0.05, 0.05]
 
 
 def test_monitor_can_be_attached_later() -> None:
@@ -694,30 +712,36 @@ def test_sync_call_schedule_and_success() -> None:
 def test_sync_call_waits_for_network_without_spending_attempts() -> None:
     mon = FakeMonitor("up")
     cfg = RetryConfig(max_attempts=1, initial_delay=5.0, jitter=False)
-    r = Retryer(cfg, network=mon, poll_interval_s=0.005)
+    ft = FakeTime()
+    r = make(cfg, ft, network=mon, poll_interval_s=0.005)
     calls: list[int] = []
+    up_at: list[float] = []
 
     def fn(attempt: int) -> str:
         calls.append(attempt)
         if len(calls) <= 2:
             mon.set("down")
-            threading.Timer(0.03, mon.set, ("up",)).start()
+            up_at.append(ft.now + 0.03)  # back 30 ms later, by the fake clock
             raise OSError(errno.ENETDOWN, "Network is down")
         return "back"
 
-    t0 = time.monotonic()
+    ft.on_sleep = lambda now: mon.set("up") if now >= up_at[-1] - 1e-9 else None
+    t0 = ft.now
     assert r.call(fn) == "back"
     assert calls == [1, 1, 1]
-    assert time.monotonic() - t0 < 1.0
+    # two 30 ms outages, each seen at the next 5 ms poll; never the 5 s backoff
+    assert ft.now - t0 == pytest.approx(0.06, abs=0.011)
+    assert max(ft.sleeps) <= 0.005 + 1e-9
 
 
 def test_sync_call_deadline_while_waiting_for_network() -> None:
     mon = FakeMonitor("down")
-    r = Retryer(NOJIT, network=mon, poll_interval_s=0.01)
-    t0 = time.monotonic()
+    ft = FakeTime()
+    r = make(NOJIT, ft, network=mon, poll_interval_s=0.01)
+    t0 = ft.now
     with pytest.raises(RetryTimeout, match="waiting for the network"):
         r.call(lambda a: (_ for _ in ()).throw(refused()), timeout_s=0.1)
-    assert time.monotonic() - t0 < 0.5
+    assert ft.now - t0 == pytest.approx(0.1, abs=1e-6)  # the deadline, to the chunk
 
 
 def test_sync_call_non_retryable() -> None:

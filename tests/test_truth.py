@@ -128,12 +128,15 @@ def test_monitor_rtts_agree_with_the_wire(ns: str, tmp_path: Path, family: str, 
 
 @pytest.mark.parametrize("address", ["127.9.0.77", "fd00:f9::77"])
 def test_ping_rtts_agree_with_the_wire(ns: str, tmp_path: Path, address: str) -> None:
-    """fastping.ping's per-probe RTTs (200 probes, 5 ms apart: enough for a p99 that is
-    not simply the largest of a handful) against the capture."""
+    """fastping.ping's per-probe RTTs against the capture: 1,000 probes 2 ms apart, so
+    the p99 is the 10th worst probe. (With 200, it was the 2nd worst, and two hardware
+    interrupts landing between the kernel's TX stamp and the loopback enqueue, ~20 us
+    each on this VM, failed ~1 run in 4 on a busy machine; fastping's stamp is the
+    kernel's in both cases, so no tool could have seen those probes leave later.)"""
     pcap = tmp_path / "ping.pcap"
     code = (
         "import json, fastping; "
-        f"h = fastping.ping({address!r}, count=200, interval_s=0.005, timeout_s=1.0); "
+        f"h = fastping.ping({address!r}, count=1000, interval_s=0.002, timeout_s=1.0); "
         "print(json.dumps(h.rtts_ms))"
     )
     with tcpdump(ns, pcap, icmp6=":" in address):
@@ -143,7 +146,7 @@ def test_ping_rtts_agree_with_the_wire(ns: str, tmp_path: Path, address: str) ->
         )  # fmt: skip
     assert r.returncode == 0, r.stderr
     rtts = json.loads(r.stdout)
-    assert len(rtts) == 200
+    assert len(rtts) == 1000
     wire = wire_rtts(pcap)
     reported = {(address, seq): rtt * 1e6 for seq, rtt in enumerate(rtts)}
-    check_bar(errors_ns(reported, wire), 200, f"ping {address}")
+    check_bar(errors_ns(reported, wire), 1000, f"ping {address}")

@@ -29,7 +29,7 @@ from array import array
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from .errors import FastpingError
+from .errors import ChunkError as ChunkError  # re-exported: older code imports it from here
 from .results import Outcome
 
 RECORD_SIZE = 18  # 8 + 4 + 4 + 1 + 1
@@ -63,11 +63,6 @@ class Columns(NamedTuple):
 
     def __len__(self) -> int:  # records, not fields
         return len(self.code)
-
-
-class ChunkError(FastpingError, ValueError):
-    """A blob that is not a chunk (wrong length): a damaged database row. A
-    FastpingError, so the command line says it in one line (exit 4)."""
 
 
 def pack(

@@ -50,7 +50,14 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
-from .errors import ConfigError, FastpingError, PermissionDenied, SocketError
+from .errors import (
+    ConfigError,
+    FastpingError,
+    MonitorNotRunning,
+    NetworkTimeout,
+    PermissionDenied,
+    SocketError,
+)
 from .settings import Seconds, Section, WholeNumber
 
 log = logging.getLogger("fastping.netstate")
@@ -88,14 +95,6 @@ class NetworkState(str, Enum):
     UP = "up"
     DEGRADED = "degraded"
     DOWN = "down"
-
-
-class NetworkTimeout(FastpingError, TimeoutError):
-    """wait_for_network() ran out of time (also an asyncio.TimeoutError)."""
-
-
-class MonitorNotRunning(FastpingError, RuntimeError):
-    """The monitor is not started, or was stopped while someone waited on it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, PermissionDenied, SocketError
+from .errors import ConfigError, PermissionDenied, SocketError, UseSubprocess
 from .privilege import ALL_MODES, MODES, Diagnosis, Mode, diagnose
 
 if TYPE_CHECKING:
@@ -66,16 +66,6 @@ def __getattr__(name: str) -> Any:
 
 
 _PERMISSION_ERRNOS = (errno.EPERM, errno.EACCES)
-
-
-class UseSubprocess(PermissionDenied):
-    """No ICMP socket is wanted or allowed, but the system ``ping`` can be used:
-    run :func:`subprocess_sweep`. ``reason`` says why; ``diagnosis`` has the facts."""
-
-    def __init__(self, reason: str, diagnosis: Diagnosis | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.diagnosis = diagnosis
 
 
 def check_mode(mode: str) -> str:

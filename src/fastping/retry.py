@@ -45,7 +45,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, cast, overload
 from pydantic import Field, ValidationInfo, field_validator
 
 from .duration import parse_duration
-from .errors import ConfigError, FastpingError, TransientError
+from .errors import ConfigError, RetryError, RetryTimeout, TransientError
 from .logs import get_logger
 from .settings import Seconds, Section, WholeNumber
 
@@ -107,24 +107,6 @@ class Attempt(NamedTuple):
     delay: float
     network_wait: float = 0.0
     counted: bool = True
-
-
-class RetryError(FastpingError):
-    """The operation failed on every attempt it was allowed.
-
-    `attempts` is the history (a list of `Attempt`), `last_error` the final
-    failure (also `__cause__`), `name` the operation's name.
-    """
-
-    def __init__(self, message: str, *, name: str, attempts: list[Attempt]) -> None:
-        super().__init__(message)
-        self.name = name
-        self.attempts = attempts
-        self.last_error: BaseException | None = attempts[-1].error if attempts else None
-
-
-class RetryTimeout(RetryError, TimeoutError):
-    """The overall deadline (`timeout_s`) passed before the operation succeeded."""
 
 
 # ------------------------------------------------------------------- classification
