@@ -118,9 +118,9 @@ async def run_engine(
     cpu1, wall1 = _cpu_s(), time.monotonic()
     warm_s = min(5.0, duration_s / 4)
     await asyncio.sleep(warm_s)
-    cpu2, wall2 = _cpu_s(), time.monotonic()
+    cpu2, wall2, user2 = _cpu_s(), time.monotonic(), os.times().user
     await asyncio.sleep(max(0.0, duration_s - (wall2 - wall1)))
-    cpu3, wall3 = _cpu_s(), time.monotonic()
+    cpu3, wall3, user3 = _cpu_s(), time.monotonic(), os.times().user
     await engine.stop()
     wall_run = time.monotonic() - wall0
     cpu_run = _cpu_s() - cpu0
@@ -162,6 +162,9 @@ async def run_engine(
         "cpu_share_probing": round((cpu3 - cpu1) / (wall3 - wall1), 4),
         # probing after the warm-up: what a long-running monitor costs per second
         "cpu_share_steady": round((cpu3 - cpu2) / (wall3 - wall2), 4),
+        # of it in user space: fastping's own work (the kernel's loopback work for the
+        # probe and its answers is system time, in the sender's syscalls)
+        "cpu_user_share_steady": round((user3 - user2) / (wall3 - wall2), 4),
         "start_cpu_s": round(cpu1 - cpu0, 3),
         "cpu_s_incl_final_flush": round(cpu_total, 2),
         "final_flush_s": round(close_s, 2),
@@ -227,7 +230,7 @@ def run_syn_reference(n: int, rounds: int, port: int) -> dict[str, Any] | None:
         for _ in range(rounds):
             out = subprocess.run(
                 [str(exe), "-n", str(n), "-a", "127.3.0.1", "-p", str(port), "-t", "200",
-                 "-s", str(TCP_SPORT_BASE), "-T", "1"],
+                 "-s", str(TCP_SPORT_BASE), "-S", "256", "-T", "1"],
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
             line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
@@ -376,7 +379,8 @@ def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
                     )
                 keep = ("kind", "sent", "received", "timeouts", "closed", "loss", "foreign",
                         "rows_in_store", "cpu_share_of_one_core", "cpu_share_probing",
-                        "cpu_share_steady", "rx_drops", "interval_factor")  # fmt: skip
+                        "cpu_share_steady", "cpu_user_share_steady", "rx_drops",
+                        "interval_factor")  # fmt: skip
                 row = {k: r[k] for k in keep} | {"loadavg_before": load}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -387,12 +391,16 @@ def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
     finally:
         ls.close()
     med: dict[str, float] = {}
+    user: dict[str, float] = {}
     for kind in ("icmp", "tcp"):
         sh = sorted(r["cpu_share_steady"] for r in rows if r["kind"] == kind)
-        med[kind] = sh[len(sh) // 2]
-        print(f"{kind}: steady CPU share median {100 * med[kind]:.2f}% of a core (runs: {sh})")
+        us = sorted(r["cpu_user_share_steady"] for r in rows if r["kind"] == kind)
+        med[kind], user[kind] = sh[len(sh) // 2], us[len(us) // 2]
+        print(f"{kind}: steady CPU share median {100 * med[kind]:.2f}% of a core (runs: {sh}), "
+              f"user space {100 * user[kind]:.2f}% (runs: {us})")  # fmt: skip
     diff = 100 * (med["tcp"] - med["icmp"])
-    print(f"TCP - ICMP: {diff:+.2f} points of a core at {n} targets/s ({_loadavg()} load after)")
+    print(f"TCP - ICMP: {diff:+.2f} points of a core at {n} targets/s, user space "
+          f"{100 * (user['tcp'] - user['icmp']):+.2f} ({_loadavg()} load after)")  # fmt: skip
     own: dict[str, float] = {}
     for kind, ref in refs.items():
         if ref is None:

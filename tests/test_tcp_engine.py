@@ -28,6 +28,7 @@ from fastping.metrics import MetricsCollector
 from fastping.results import OUTCOME_BY_KIND, Outcome
 from fastping.store import SCHEMA_VERSION, ResultStore
 from privhelpers import netns
+from test_store_pg import pg_server, pg_url  # noqa: F401 (fixtures: an initdb of our own)
 from test_metrics import promtool_check
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
@@ -445,3 +446,48 @@ def test_a_schema_2_database_stays_readable_and_is_migrated_by_the_writer(tmp_pa
     assert asyncio.run(fold()) >= 1
     rolled = ResultStore(db).target_stats("tcp://127.0.0.1:22")
     assert rolled is not None and rolled["closed"] == 1 and rolled["approximate"]
+
+
+# ------------------------------------------------------------------ the shared store
+
+
+def test_postgresql_store_keeps_kind_port_and_closed_and_adds_them_to_an_older_schema(
+    pg_url: str,
+) -> None:
+    import psycopg
+
+    from fastping.results import ProbeResult
+    from fastping.store_pg import PgResultStore
+
+    now = time.time()
+
+    async def write(results: list[ProbeResult]) -> None:
+        store = PgResultStore(pg_url, agent="a1")
+        await store.start()
+        store.submit(results)
+        assert await store.flush(30)
+        await store.close()
+
+    icmp = [ProbeResult("127.0.0.1", "127.0.0.1", 0, Outcome.REPLY, 0.1, 64, time=now)]
+    asyncio.run(write(icmp))
+    # a database as the version before TCP targets made it: without the new columns
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("ALTER TABLE fastping_targets DROP COLUMN kind, DROP COLUMN port")
+        c.execute("ALTER TABLE fastping_rollups DROP COLUMN closed")
+    tcp = [
+        ProbeResult("tcp://127.0.0.1:22", "127.0.0.1", i, Outcome.CLOSED, 0.05, 64, time=now + i)
+        for i in range(3)
+    ]
+    asyncio.run(write(tcp))
+    reader = PgResultStore(pg_url)
+    try:
+        assert reader.target_kinds() == {
+            "127.0.0.1": ("icmp", 0),
+            "tcp://127.0.0.1:22": ("tcp", 22),
+        }
+        st = {s["target"]: s for s in reader.all_stats(None, None)}
+        assert (st["tcp://127.0.0.1:22"]["closed"], st["tcp://127.0.0.1:22"]["sent"]) == (3, 3)
+        assert st["tcp://127.0.0.1:22"]["received"] == 0
+        assert (st["127.0.0.1"]["received"], st["127.0.0.1"]["closed"]) == (1, 0)
+    finally:
+        reader.close_reader()

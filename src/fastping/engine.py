@@ -486,10 +486,6 @@ SOCKET_KINDS: dict[str, KindOpener] = {
 }
 
 
-def _default_socket_factory(mode: str, socket_options: dict[str, Any]) -> SocketFactory:
-    return _icmp_opener(mode, socket_options)
-
-
 async def _default_resolver(host: str, family: int) -> list[tuple[int, str]]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, None, family=family, type=socket.SOCK_RAW)

@@ -13,7 +13,12 @@ Two sets of metrics (``METRIC_NAMES`` lists them all):
   ``smokeping_response_ttl``, ``smokeping_response_duplicates_total``,
   ``smokeping_send_errors_total`` (labels ``ip``, ``host``, ``source``, ``tos``
   and then the targets' configured label names, sorted, as smokeping_prober
-  builds them) and ``smokeping_receive_errors_total`` (no labels).
+  builds them) and ``smokeping_receive_errors_total`` (no labels). When the run has
+  targets of more than ICMP (``tcp://host:port``), ``kind`` ("icmp", "tcp") and
+  ``port`` ("" for ICMP) follow the base labels on every per-target series and
+  ``host`` is the host alone, so a host's ping and its ports are series side by side;
+  a TCP series' histogram is of its open answers (SYN-ACKs), a closed port's RSTs
+  count as requests and as ``fastping_results_total{outcome="closed"}``.
 * **fastping's own**: ``fastping_results_total{outcome=...}`` per target for every
   outcome kind, socket receive drops / ENOBUFS / foreign packets, probes sent,
   event-loop lag, store queue depth and dropped writes, network state and the
