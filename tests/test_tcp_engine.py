@@ -28,8 +28,8 @@ from fastping.metrics import MetricsCollector
 from fastping.results import OUTCOME_BY_KIND, Outcome
 from fastping.store import SCHEMA_VERSION, ResultStore
 from privhelpers import netns
-from test_store_pg import pg_server, pg_url  # noqa: F401 (fixtures: an initdb of our own)
 from test_metrics import promtool_check
+from test_store_pg import pg_server, pg_url  # noqa: F401 (fixtures: an initdb of our own)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
@@ -452,7 +452,7 @@ def test_a_schema_2_database_stays_readable_and_is_migrated_by_the_writer(tmp_pa
 
 
 def test_postgresql_store_keeps_kind_port_and_closed_and_adds_them_to_an_older_schema(
-    pg_url: str,
+    pg_url: str,  # noqa: F811 (the fixture imported above)
 ) -> None:
     import psycopg
 
