@@ -327,8 +327,11 @@ def _timed_sweep(n: int, port: int) -> tuple[bytes, dict[tuple[int, int], int]]:
 
 
 def test_tcp_rtts_agree_with_the_wire(tmp_path: Path) -> None:
-    """Each SYN's RTT against a nanosecond tcpdump of the same SYN and its answer."""
-    n = 256
+    """Each SYN's RTT against a nanosecond tcpdump of the same SYN and its answer:
+    3 rounds of 1,024, so the p99 is the 31st worst of 3,072 (an interrupt landing
+    between the kernel's TX stamp and the loopback enqueue stalls a probe by ~20 us on
+    this VM; a handful of those must not decide the figure)."""
+    n = 1024
     pcap = tmp_path / "syn.pcap"
     with netns() as ns:
 

@@ -7,22 +7,26 @@ released. Results are read back lazily from the core's arrays.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import socket
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from errno import EPERM
 from functools import partial
 from typing import Any, NamedTuple
 
-from .errors import TargetError
+from .errors import PermissionDenied, TargetError
 from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
 from .targets import resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
 # sends 1,000 probes/s at most. Benchmarks and loopback sweeps pass rate_pps=0.
 DEFAULT_RATE_PPS = 1000.0
+log = logging.getLogger("fastping.api")
 
 
 def target_set(targets: Iterable[str] | str | Any) -> Any:
@@ -173,9 +177,14 @@ def sweep(
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
 
-    ``tcp_port``: stateless TCP SYN probes to that port instead of ICMP echo
-    (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW); a target is then alive
-    when its port answers open (a SYN-ACK), and a RST is counted apart as closed.
+    ``tcp_port``: TCP probes to that port instead of ICMP echo; a target is then
+    alive when its port answers open (a SYN-ACK), and a RST is counted apart as
+    closed. ``mode`` "raw": stateless SYNs on a raw socket
+    (``fastping._icmp.TcpSocket``: root or CAP_NET_RAW, kernel timestamps);
+    "connect": a non-blocking connect() per pair, no privilege, RTT from user
+    space (``fastping.tcpconnect``); "auto" (default): raw when the process may
+    open a raw socket, else connect. ``result.timing`` says which ("raw" or
+    "connect").
 
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
@@ -197,11 +206,20 @@ def sweep(
         collect_rtts=collect_rtts,
     )
     if tcp_port:
-        if not 1 <= tcp_port <= 65535:
-            raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
-        if mode not in ("auto", "raw"):
-            raise ValueError(f"TCP probes use a raw socket: mode {mode!r} does not apply")
-    elif mode == "subprocess":
+        return _tcp_sweep(
+            targets,
+            tcp_port=tcp_port,
+            mode=mode,
+            sub_opts=sub_opts,
+            rate_pps=rate_pps,
+            workers=workers,
+            batch_size=batch_size,
+            on_progress=on_progress,
+        )
+    if mode == "connect":
+        raise ValueError("mode 'connect' is for TCP probes (tcp_port): ICMP uses raw, dgram, "
+                         "subprocess or auto")  # fmt: skip
+    if mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
 
@@ -345,6 +363,192 @@ def _open_socket(fam: int, mode: str, opts: dict[str, Any], tcp_port: int) -> An
         window=opts["window"],
         batch_size=opts["batch_size"],
     )
+
+
+TCP_MODES = ("auto", "raw", "connect")
+
+
+def tcp_timing(mode: str = "auto") -> str:
+    """How TCP probes are timed in ``mode``: "raw" or "connect" (auto: raw when a
+    raw TCP socket can be opened here, i.e. with CAP_NET_RAW)."""
+    from .tcpconnect import can_raw_tcp
+
+    if mode not in TCP_MODES:
+        raise ValueError(
+            f"TCP probes are timed by a raw socket or by connect(): mode {mode!r} does not "
+            "apply (use raw, connect or auto)"
+        )
+    if mode != "auto":
+        return mode
+    if can_raw_tcp():
+        return "raw"
+    log.info(
+        "fastping: no CAP_NET_RAW: TCP probes timed by connect() instead of raw SYNs",
+        extra={"mode": "connect"},
+    )
+    return "connect"
+
+
+def raw_tcp_denied(err: OSError) -> PermissionDenied:
+    """The error for mode raw without the capability: what is missing, what to do."""
+    from .privilege import diagnose
+
+    d = diagnose()
+    cap = "present" if d.cap_net_raw else "missing"
+    eff = f", CapEff {d.cap_eff:016x}" if d.cap_eff is not None else ""
+    return PermissionDenied(
+        f"TCP mode raw needs a raw socket, which needs CAP_NET_RAW ({cap} for uid "
+        f"{d.euid}{eff}; socket(SOCK_RAW, IPPROTO_TCP): {os.strerror(err.errno or EPERM)}). Use "
+        '--mode connect (mode="connect": connect() timing, no privilege), or grant the '
+        f"capability: sudo setcap cap_net_raw+ep {d.python}, or run as root"
+    )
+
+
+def _tcp_sweep(
+    targets: Iterable[str] | str,
+    *,
+    tcp_port: int,
+    mode: str,
+    sub_opts: dict[str, Any],
+    rate_pps: float,
+    workers: int,
+    batch_size: int,
+    on_progress: Callable[[int, int, int], None] | None,
+) -> SweepResult:
+    """sweep() with tcp_port: raw SYNs (TcpSocket) or connect() timing."""
+    if not 1 <= tcp_port <= 65535:
+        raise ValueError(f"tcp_port {tcp_port} must be 1..65535")
+    if tcp_timing(mode) == "connect":
+        return _connect_sweep(targets, tcp_port, sub_opts, rate_pps, on_progress)
+    try:
+        res = _socket_sweep(
+            targets, **sub_opts, rate_pps=rate_pps, mode="raw", workers=workers,
+            batch_size=batch_size, on_progress=on_progress, tcp_port=tcp_port,
+        )  # fmt: skip
+    except PermissionError as e:
+        if isinstance(e, PermissionDenied):
+            raise
+        raise raw_tcp_denied(e) from e
+    res.timing = "raw"
+    return res
+
+
+def _connect_sweep(
+    targets: Iterable[str] | str,
+    port: int,
+    opts: dict[str, Any],
+    rate_pps: float,
+    on_progress: Callable[[int, int, int], None] | None,
+) -> SweepResult:
+    """A TCP sweep by connect() (no CAP_NET_RAW): the same results, timed in user space."""
+    from .tcpconnect import sweep_rounds
+
+    plan = _Plan(target_set(targets), opts["family"])
+    hosts = _ConnectHosts(plan, port)
+    t0 = time.perf_counter()
+    tally, interrupted = sweep_rounds(
+        hosts.pairs,
+        count=opts["count"],
+        interval_s=opts["interval_s"],
+        timeout_s=opts["timeout_s"],
+        rate_pps=rate_pps,
+        ttl=opts["ttl"],
+        tos=opts["tos"],
+        collect_rtts=opts["collect_rtts"],
+        progress=on_progress,
+    )
+    duration = time.perf_counter() - t0
+    hosts.tally = tally
+    totals = tally.totals()
+    totals["unresolved"] = plan.unresolved
+    totals["workers"] = 1
+    totals["interrupted"] = int(interrupted)
+    totals["sweep_window_ns"] = int(duration * 1e9)
+    return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts, timing="connect")
+
+
+class _ConnectHosts:
+    """The hosts of a connect() sweep, in host order: each a (address, port) pair
+    of the tally, or a name that did not resolve; read back as HostResults or as
+    core rows for the compiled formatters, like _Hosts."""
+
+    def __init__(self, plan: _Plan, port: int) -> None:
+        self.port = port
+        self.pairs: list[tuple[str, int]] = []
+        # per host: (family, packed address, label, None), or for a name that did
+        # not resolve (0, b"", the name, the error)
+        self.hosts: list[tuple[int, bytes, str | None, str | None]] = []
+        self.tally: Any = None
+        self.index = array("q")  # per host: its pair, -1 for a name that did not resolve
+        packed = {f: plan.packed(f) for f, n in plan.n_slots.items() if n}
+        for k in range(len(plan.run_host)):
+            fam, pos, n, h0 = plan.run_fam[k], plan.run_pos[k], plan.run_len[k], plan.run_host[k]
+            for j in range(n):
+                label = plan.labels.get(h0 + j)
+                if fam < 0:
+                    r = plan.names[pos + j]
+                    if isinstance(r, str):
+                        self.hosts.append((0, b"", plan.name_labels[pos + j], r))
+                        self.index.append(-1)
+                        continue
+                    self._add(r[0], packed[r[0]], r[1], plan.name_labels[pos + j])
+                else:
+                    self._add(fam, packed[fam], pos + j, label)
+
+    def _add(self, fam: int, packed: bytes, slot: int, label: str | None) -> None:
+        alen = 4 if fam == socket.AF_INET else 16
+        a = packed[slot * alen : (slot + 1) * alen]
+        self.hosts.append((fam, a, label, None))
+        self.index.append(len(self.pairs))
+        self.pairs.append((socket.inet_ntop(fam, a), self.port))
+
+    def _each(self) -> Iterator[tuple[int, tuple[int, bytes, str | None, str | None]]]:
+        """(pair index or -1, host entry) in host order."""
+        return zip(self.index, self.hosts, strict=True)
+
+    def get(self, n: int) -> HostResult:
+        i, (_, _, label, error) = self.index[n], self.hosts[n]
+        if i < 0:
+            return HostResult(target=label or "", address=None, error=error)
+        addr = self.pairs[i][0]
+        h: HostResult = self.tally.host(i, label or addr, addr)
+        return h
+
+    def write(self, fmt: Any, count: int, text_of_missing: Callable[[HostResult], str]) -> None:
+        from ._pipeline import FMT_NONE, SEL_ALIVE, Formatter
+        from .tcpconnect import _NO_ICMP, unreachable_text
+
+        t = self.tally
+        for i, h in self._each():
+            fam, a, label, error = h
+            if i < 0:
+                fmt.count_row(False)
+                if fmt.fmt != FMT_NONE and fmt.select != SEL_ALIVE:
+                    fmt.write_text(text_of_missing(HostResult(label or "", None, error=error)))
+                continue
+            row = t.row(i, a, self.port)
+            if not t.unreach[i]:
+                fmt.write_rows(row, 1, fam, label)
+                continue
+            # the formatters know ICMP errors only: write this row apart and say
+            # connect()'s errno where the ICMP type, code and router would be
+            side = Formatter(fmt.fmt, fmt.select, count, None)
+            side.write_rows(row, 1, fam, label)
+            text = side.getvalue().decode().replace(_NO_ICMP, unreachable_text(t.errno[i]))
+            fmt.count_row(bool(side.alive))
+            if text:
+                fmt.write_text(text)
+
+    def columns(self) -> dict[str, Any]:
+        from ._pipeline import Columns
+
+        cols = Columns()
+        for i, h in self._each():
+            if i < 0:
+                cols.add_missing()
+            else:
+                cols.add_rows(self.tally.row(i, h[1], self.port), 1, h[0])
+        return cols.result()
 
 
 def auto_workers(n_targets: int, rate_pps: float) -> int:
@@ -667,11 +871,24 @@ def ping(
     """Ping one host ``count`` times; the result carries every RTT in ``rtts_ms``.
     ``on_probe`` (if given) is called with each probe's outcome as it is known
     (``Pinger`` is the iterator behind it). A block (``"10.0.0.0/30"``) is refused,
-    as ``fastping ping`` refuses it: use ``sweep``."""
+    as ``fastping ping`` refuses it: use ``sweep``. ``tcp_port``: TCP probes to
+    that port (``TcpPinger``; ``mode`` raw, connect or auto)."""
     from .probe import UseSubprocess
 
     options.pop("rate_pps", None)
     mode = options.pop("mode", "auto")
+    tcp_port = options.pop("tcp_port", 0)
+    if tcp_port:  # TCP probes to that port: raw SYNs, or connect() without CAP_NET_RAW
+        options.pop("payload_size", None)
+        options.pop("dont_fragment", None)
+        tp = TcpPinger(
+            host, tcp_port, count=count, interval_s=interval_s, timeout_s=timeout_s,
+            mode=mode, **options,
+        )  # fmt: skip
+        for r in tp:
+            if on_probe is not None:
+                on_probe(r)
+        return tp.stats()
     try:
         pinger = Pinger(
             host, count=count, interval_s=interval_s, timeout_s=timeout_s, mode=mode, **options
@@ -716,29 +933,13 @@ class Pinger:
         mode: str = "auto",
         family: int | None = None,
     ) -> None:
-        _check_args(count, interval_s, timeout_s, 0.0, 1)
-        plan = _Plan(target_set([host]), family)
-        if plan.n_hosts != 1:
-            raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
-        self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
-        self.error: str | None = None
-        self.address: str | None = None
-        self._sock: Any = None
-        fam = plan.run_fam[0]
-        if fam < 0:  # a host name
-            self.target = plan.name_labels[0]
-            r = plan.names[0]
-            if isinstance(r, str):
-                self.error = r
-                return  # a name that did not resolve: stats() says so
-            fam = r[0]
-            self.address = plan.extra[fam][0]
-        else:
-            self.target = host.strip()
-            self.address = socket.inet_ntop(fam, plan.packed(fam))
+        where = self._locate(host, family, count, interval_s, timeout_s)
+        if where is None:
+            return  # a name that did not resolve: stats() says so
+        fam, address = where
         from .probe import open_icmp_socket
 
-        self._sock = open_icmp_socket(
+        sock = open_icmp_socket(
             fam,
             mode=mode,
             payload_size=payload_size,
@@ -747,9 +948,38 @@ class Pinger:
             dont_fragment=dont_fragment,
             window=_window(count, interval_s, timeout_s),
         )
-        self._sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
-        self._slot = self._sock.add_target(self.address)
+        sock.timeout_s = timeout_s  # slower replies are late, as in sweep()
+        self._slot = sock.add_target(address)
+        self._sock: Any = sock
+
+    def _locate(
+        self, host: str, family: int | None, count: int, interval_s: float, timeout_s: float
+    ) -> tuple[int, str] | None:
+        """Check the arguments, resolve ``host``: its family and address, or None
+        (``error`` set)."""
+        _check_args(count, interval_s, timeout_s, 0.0, 1)
+        plan = _Plan(target_set([host]), family)
+        if plan.n_hosts != 1:
+            raise TargetError(f"ping takes one host, not a block: {host!r} (use sweep)")
+        self.count, self.interval_s, self.timeout_s = count, interval_s, timeout_s
+        self.error: str | None = None
+        self.address: str | None = None
+        self._sock = None
         self.rtts_ms: list[float] = []
+        fam = plan.run_fam[0]
+        if fam < 0:  # a host name
+            self.target = plan.name_labels[0]
+            r = plan.names[0]
+            if isinstance(r, str):
+                self.error = r
+                return None
+            fam = r[0]
+            address = plan.extra[fam][0]
+        else:
+            self.target = host.strip()
+            address = socket.inet_ntop(fam, plan.packed(fam))
+        self.address = address
+        return int(fam), address
 
     def __iter__(self) -> Iterator[ProbeResult]:
         sock = self._sock
@@ -775,7 +1005,7 @@ class Pinger:
                     r = self._result(ev)
                     if r.outcome not in (Outcome.DUPLICATE, Outcome.LATE):
                         finals += 1
-                    if r.outcome is Outcome.REPLY and r.rtt_ms is not None:
+                    if r.outcome in _ANSWERS and r.rtt_ms is not None:
                         self.rtts_ms.append(r.rtt_ms)
                     yield r
                 now = time.monotonic()
@@ -798,7 +1028,7 @@ class Pinger:
     def _result(self, ev: Any) -> ProbeResult:
         slot, kind, seq, rtt_ns, ttl, itype, icode, router, err = ev
         outcome = OUTCOME_BY_KIND[kind]
-        has_rtt = kind in (0, 5, 6) and rtt_ns > 0  # reply, duplicate, late
+        has_rtt = kind in (0, 5, 6, 7) and rtt_ns > 0  # reply, duplicate, late, TCP RST
         return ProbeResult(
             self.target,
             self.address,
@@ -831,6 +1061,109 @@ class Pinger:
         if self._sock is not None and not self._sock.closed:
             self._last_stats = self._sock.slot_stats(self._slot)
             self._sock.close()
+
+
+_ANSWERS = (Outcome.REPLY, Outcome.CLOSED)  # the answers a probe's RTT is kept for
+# tcpconnect's outcomes as a probe's
+_CONNECT_OUTCOME = {
+    "open": Outcome.REPLY,
+    "closed": Outcome.CLOSED,
+    "filtered": Outcome.TIMEOUT,
+    "unreachable": Outcome.UNREACHABLE,
+    "error": Outcome.SEND_ERROR,
+}
+
+
+class TcpPinger(Pinger):
+    """One host's TCP ``port`` probed ``count`` times, each probe's outcome as it is
+    known: REPLY (open: a SYN-ACK), CLOSED (a RST), TIMEOUT (filtered: silence),
+    UNREACHABLE (an ICMP error), SEND_ERROR. ``mode`` "raw": SYNs on a raw socket
+    (TcpSocket; CAP_NET_RAW; kernel timestamps); "connect": one non-blocking
+    connect() per probe (no privilege; RTT from user space; probes do not
+    overlap, so a timeout longer than the interval spaces them out); "auto": raw
+    when it may. ``timing`` says which; ``closed`` counts the RSTs (in
+    ``stats().received`` too, as for sweep)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        count: int = 4,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        ttl: int | None = None,
+        tos: int | None = None,
+        mode: str = "auto",
+        family: int | None = None,
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"TCP port {port} must be 1..65535")
+        self.port = port
+        self.timing = tcp_timing(mode)
+        self._ttl, self._tos = ttl, tos
+        self._closed = 0
+        where = self._locate(host, family, count, interval_s, timeout_s)
+        from .tcpconnect import Tally
+
+        self._tally = Tally(1)
+        if where is None or self.timing == "connect":
+            return
+        fam, address = where
+        from ._icmp import TcpSocket
+
+        try:
+            sock = TcpSocket(fam, ttl=ttl, tos=tos, window=_window(count, interval_s, timeout_s))
+        except PermissionError as e:
+            raise raw_tcp_denied(e) from e
+        sock.timeout_s = timeout_s
+        self._slot = sock.add_target(address, port)
+        self._sock = sock
+
+    @property
+    def closed(self) -> int:
+        """Probes answered by a RST (port closed)."""
+        if self.timing == "connect":
+            return int(self._tally.closed[0])
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        return self._closed
+
+    def __iter__(self) -> Iterator[ProbeResult]:
+        if self.address is None:
+            return
+        if self.timing == "raw":
+            yield from super().__iter__()
+            return
+        from .tcpconnect import connect_sweep
+
+        start = time.monotonic()
+        for seq in range(self.count):
+            time.sleep(max(0.0, start + seq * self.interval_s - time.monotonic()))
+            r = connect_sweep(
+                [(self.address, self.port)], timeout_s=self.timeout_s, concurrency=1,
+                ttl=self._ttl, tos=self._tos,
+            )[0]  # fmt: skip
+            self._tally.add(0, r)
+            rtt = r.rtt_ns / 1e6 if r.rtt_ns is not None else None
+            if rtt is not None:
+                self.rtts_ms.append(rtt)
+            yield ProbeResult(
+                self.target, self.address, seq, _CONNECT_OUTCOME[r.outcome], rtt,
+                errno=r.errno, time=time.time(),
+            )  # fmt: skip
+
+    def stats(self) -> HostResult:
+        if self.timing == "raw" or self.address is None:
+            return super().stats()
+        h: HostResult = self._tally.host(0, self.target, self.address)
+        h.rtts_ms = list(self.rtts_ms)
+        return h
+
+    def close(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        super().close()
 
 
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:

@@ -12,9 +12,9 @@ See ``examples/fastping.yaml`` for every key.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -24,7 +24,8 @@ from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
 from .netstate import NetworkConfig
 from .retry import RetryConfig
 from .settings import Model as _Model
-from .settings import Seconds, error_text, show
+from .settings import Seconds, error_text, parse_listen, show
+from .shard import parse_shard
 from .targets import parse_target, split_kind, with_kind
 
 Mode = Literal["auto", "raw", "dgram", "subprocess"]
@@ -269,17 +270,28 @@ class LoggingConfig(_Model):
         return v.upper() if isinstance(v, str) else v
 
 
+T = TypeVar("T")
+
+
+def _one_grammar(parse: Callable[[str, str], T], v: str) -> T:
+    """A field parsed by the command line's own parser, its ConfigError as the
+    ValueError pydantic reports (with the field's place in the file)."""
+    try:
+        return parse(v, "")
+    except ConfigError as e:
+        msg = str(e).strip()  # "'VALUE': how to write it"; pydantic names the value itself
+        msg = msg.removeprefix(f"{v!r}:").strip()
+        raise ValueError(msg) from None
+
+
 class MetricsConfig(_Model):
     listen: str | None = None  # "host:port" for the Prometheus exporter
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9374")
+        if v is not None:
+            _one_grammar(parse_listen, v)  # the same grammar as --metrics
         return v
 
 
@@ -311,12 +323,8 @@ class FastpingConfig(_Model):
     def _shard(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        i, sep, n = v.partition("/")
-        if not (sep and i.strip().isdigit() and n.strip().isdigit()):
-            raise ValueError('must be "i/n" with whole numbers, e.g. "0/4"')
-        if not 0 <= int(i) < int(n):
-            raise ValueError('needs 0 <= i < n, e.g. "0/4" .. "3/4"')
-        return f"{int(i)}/{int(n)}"
+        i, n = _one_grammar(parse_shard, v)  # the same grammar as --shard
+        return f"{i}/{n}"
 
     def target_settings(self, t: TargetConfig) -> tuple[float, float, int]:
         """(interval_s, timeout_s, payload_size) of a target, defaults filled in."""

@@ -1263,6 +1263,10 @@ class MonitoringEngine:
             self._unsteady(t)
         self._schedule(t, self._tick_now() + max(1, round(b * self._factor / self.tick_s)))
 
+    def _now(self) -> float:
+        """The engine's clock: its loop's (virtual in tests), monotonic outside one."""
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
     def _tick_now(self) -> int:
         """The current tick (the loop may have slept through empty ones)."""
         if self._loop is None or not self._running:
@@ -1809,7 +1813,7 @@ class MonitoringEngine:
                 return
             fam, addr = addrs[0]
             t.resolve_failed = False
-            t.next_resolve_at = time.monotonic() + self.resolve_interval_s
+            t.next_resolve_at = self._now() + self.resolve_interval_s
             if t.removed:
                 return
             if addr != t.address:
@@ -1838,7 +1842,7 @@ class MonitoringEngine:
         if t.address is not None:
             # keep probing the last known address; try again sooner than usual
             self._reresolve_failures += 1
-            t.next_resolve_at = time.monotonic() + min(self.resolve_interval_s, _RERESOLVE_RETRY_S)
+            t.next_resolve_at = self._now() + min(self.resolve_interval_s, _RERESOLVE_RETRY_S)
             self._log.warning(
                 "re-resolving failed; still probing the last address",
                 target=t.host,
@@ -1872,7 +1876,7 @@ class MonitoringEngine:
         step = max(0.1, min(5.0, self.resolve_interval_s / 10))
         while True:
             await asyncio.sleep(step)
-            now = time.monotonic()
+            now = self._now()
             for t in list(self._targets.values()):
                 if (
                     t.is_name

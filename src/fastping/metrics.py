@@ -74,6 +74,7 @@ from prometheus_client.utils import floatToGoString
 
 from .errors import ConfigError, SocketError
 from .results import Outcome, ProbeResult
+from .settings import parse_listen as parse_listen  # re-exported: the grammar lives there
 
 if TYPE_CHECKING:
     from .engine import MonitoringEngine
@@ -191,35 +192,6 @@ METRIC_NAMES = (
 
 # ---------------------------------------------------------------------------------
 # listen address
-
-
-def parse_listen(text: str, what: str = "--metrics") -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (= 127.0.0.1:PORT) -> (host, port).
-
-    An empty host is refused rather than read as "all interfaces": exposing the
-    endpoint everywhere must be asked for by name (``0.0.0.0:9374``, ``[::]:9374``).
-    Port 0 takes a free port (tests).
-    """
-    s = str(text).strip()
-    if s.isdigit():
-        host, port_s = "127.0.0.1", s
-    else:
-        host, sep, port_s = s.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        elif ":" in host:
-            host = ""  # a bare IPv6 address: ambiguous without brackets
-        if not sep or not host or not port_s.isdigit():
-            raise ConfigError(
-                f"{what} {text!r}: give HOST:PORT (e.g. 127.0.0.1:9374, [::1]:9374) or a "
-                "port alone for 127.0.0.1; to listen on every interface say so: "
-                "0.0.0.0:9374. (Put --metrics after the targets, or give its address, so a "
-                "target is not read as the address.)"
-            )
-    port = int(port_s)
-    if not 0 <= port < 65536:
-        raise ConfigError(f"{what} {text!r}: give HOST:PORT with a port 1..65535")
-    return host, port
 
 
 def _requests(c: Sequence[int], s: _Series) -> int:

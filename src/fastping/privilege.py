@@ -1,4 +1,4 @@
-"""What this process may do with ICMP, and how to change it.
+"""What this process may do with ICMP (and how TCP probes are timed), and how to change it.
 
 fastping can probe in three modes (see ``docs/modes.md``):
 
@@ -93,6 +93,32 @@ class ModeStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpStatus:
+    """How TCP probes are timed (mode auto): "raw" (SYNs on a raw socket, kernel
+    timestamps: CAP_NET_RAW) or "connect" (connect() timing, no privilege)."""
+
+    timing: Literal["raw", "connect"]
+    reason: str
+    fixes: tuple[str, ...] = ()  # how to get raw timing
+    verified: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.timing == "raw":
+            return "raw SYN (kernel timestamps)"
+        return "connect() fallback"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timing": self.timing,
+            "label": self.label,
+            "verified": self.verified,
+            "reason": self.reason,
+            "fixes": list(self.fixes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
     """The facts about this process that decide which ICMP modes can work."""
 
@@ -109,6 +135,8 @@ class Diagnosis:
     raw_open_errno: int | None = None
     dgram_open_errno: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # a raw IPPROTO_TCP socket of the family, opened by diagnose(verify=True)
+    tcp_raw_open_errno: int | None = None
 
     # -- facts -----------------------------------------------------------
     @property
@@ -282,6 +310,28 @@ class Diagnosis:
             self.subprocess_fixes(),
         )
 
+    def tcp_status(self) -> TcpStatus:
+        """How TCP probes are timed here (mode auto): raw SYNs with kernel timestamps
+        when a raw TCP socket may be opened (CAP_NET_RAW), else connect()."""
+        facts = f"CAP_NET_RAW {'present' if self.cap_net_raw else 'missing'} in the effective set"
+        if self.cap_eff is not None:
+            facts += f" (CapEff {self.cap_eff:016x})"
+        err = self.tcp_raw_open_errno
+        verified = err is not None
+        ok = err == 0 if verified else self.cap_net_raw
+        if ok:
+            how = "raw TCP socket opened" if verified else "inferred"
+            return TcpStatus("raw", f"{how}; {facts}", verified=verified)
+        how = f"opening a raw TCP socket failed: {os.strerror(err)}" if err else "no raw TCP socket"
+        return TcpStatus(
+            "connect",
+            f"{how}; {facts}. Each probe is a non-blocking connect() (the kernel sends the "
+            "SYN, the SYN-ACK ends it, a RST closes it, no data is sent); RTT includes "
+            "user-space scheduling, no TTL",
+            self.raw_fixes(),
+            verified=verified,
+        )
+
     # -- messages --------------------------------------------------------
     def explain(self, mode: Mode) -> str:
         """One paragraph: why ``mode`` cannot work here and what to run to fix it."""
@@ -322,6 +372,7 @@ class Diagnosis:
             "ping": None if self.ping is None else self.ping.to_dict(),
             "modes": {s.mode: s.to_dict() for s in self.statuses()},
             "auto_mode": best,
+            "tcp": self.tcp_status().to_dict(),
         }
 
 
@@ -435,6 +486,16 @@ def try_open(family: int, kind: Literal["raw", "dgram"]) -> int:
     return 0
 
 
+def try_open_raw_tcp(family: int) -> int:
+    """Open and close a raw IPPROTO_TCP socket (no packet is sent); 0 or the errno."""
+    try:
+        s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    except OSError as e:
+        return e.errno or errno.EPERM
+    s.close()
+    return 0
+
+
 def _user_name(uid: int) -> str:
     try:
         import pwd
@@ -457,10 +518,11 @@ def diagnose(
     cap_eff = read_cap_eff()
     ping = find_ping(path_env)
     extra: dict[str, Any] = {}
-    raw_err = dgram_err = None
+    raw_err = dgram_err = tcp_err = None
     if verify:
         raw_err = try_open(family, "raw")
         dgram_err = try_open(family, "dgram")
+        tcp_err = try_open_raw_tcp(family)
         if ping is not None:
             rc, output = _verify_ping(ping, ping_target)
             extra["ping_verified_rc"] = rc
@@ -478,6 +540,7 @@ def diagnose(
         raw_open_errno=raw_err,
         dgram_open_errno=dgram_err,
         extra=extra,
+        tcp_raw_open_errno=tcp_err,
     )
 
 

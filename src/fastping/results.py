@@ -187,8 +187,12 @@ class SweepResult(Sequence[HostResult]):
         totals: dict[str, int],
         duration_s: float,
         source: Any = None,
+        timing: str | None = None,
     ) -> None:
         self._n = n
+        # TCP: how the RTTs were timed, "raw" (SYN on a raw socket, kernel
+        # timestamps) or "connect" (connect() on many sockets, no privilege)
+        self.timing = timing
         self._get = get
         self._source = source  # api._Hosts: the core's arrays, read in blocks
         self.totals = totals
@@ -302,6 +306,7 @@ class SweepResult(Sequence[HostResult]):
             "duration_s": round(self.duration_s, 6),
             "probes_per_s": round(self.probes_per_s, 1),
             **{k: v for k, v in self.totals.items() if k not in ("sent", "received")},
+            **({"timing": self.timing} if self.timing else {}),
         }
 
 

@@ -33,7 +33,7 @@ from typing_extensions import Self
 from .duration import parse_duration
 from .errors import ConfigError
 
-__all__ = ["Model", "Seconds", "Section", "WholeNumber", "error_text", "show"]
+__all__ = ["Model", "Seconds", "Section", "WholeNumber", "error_text", "parse_listen", "show"]
 
 DURATION_SYNTAX = "a number of seconds or a duration like 500ms, 1s, 2m"
 
@@ -265,3 +265,37 @@ def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]
             return []
         model = sub
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def parse_listen(text: str, what: str = "--metrics") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (= 127.0.0.1:PORT) -> (host, port).
+
+    An empty host is refused rather than read as "all interfaces": exposing the
+    endpoint everywhere must be asked for by name (``0.0.0.0:9374``, ``[::]:9374``).
+    Port 0 takes a free port (tests).
+    """
+    s = str(text).strip()
+    if s.isdigit():
+        host, port_s = "127.0.0.1", s
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            host = ""  # a bare IPv6 address: ambiguous without brackets
+        if not sep or not host or not port_s.isdigit():
+            hint = (
+                " (Put --metrics after the targets, or give its address, so a target is not "
+                "read as the address.)"
+                if what == "--metrics"
+                else ""
+            )
+            raise ConfigError(
+                f"{what} {text!r}: give HOST:PORT (e.g. 127.0.0.1:9374, [::1]:9374) or a "
+                "port alone for 127.0.0.1; to listen on every interface say so: "
+                f"0.0.0.0:9374.{hint}"
+            )
+    port = int(port_s)
+    if not 0 <= port < 65536:
+        raise ConfigError(f"{what} {text!r}: give HOST:PORT with a port 1..65535")
+    return host, port

@@ -16,13 +16,20 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import logging
+import math
+import os
 import resource
 import select
 import socket
 import struct
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import HostResult
 
 OPEN, CLOSED, FILTERED, UNREACHABLE, ERROR = "open", "closed", "filtered", "unreachable", "error"
 log = logging.getLogger(__name__)
@@ -65,6 +72,19 @@ def _fit_concurrency(concurrency: int) -> int:
     return concurrency
 
 
+def _set_ip_options(sock: socket.socket, fam: int, ttl: int | None, tos: int | None) -> None:
+    if fam == socket.AF_INET6:
+        if ttl is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+        if tos is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        return
+    if ttl is not None:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    if tos is not None:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+
+
 def _classify(err: int) -> str:
     if err == 0:
         return OPEN
@@ -84,6 +104,8 @@ def connect_sweep(
     concurrency: int = 1024,
     rate_pps: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    ttl: int | None = None,
+    tos: int | None = None,
 ) -> list[ConnectResult]:
     """Time a TCP handshake to each (address, port); results in target order.
 
@@ -93,7 +115,8 @@ def connect_sweep(
     within ``timeout_s``), error (other errno). At most ``concurrency``
     sockets are open at once, lowered with a logged warning to fit
     RLIMIT_NOFILE. The sweep ends within about ``timeout_s`` after the last
-    connect().
+    connect(). ``ttl`` / ``tos``: the SYN's IP TTL (hop limit) and ToS (traffic
+    class).
     """
     if timeout_s <= 0 or concurrency < 1:
         raise ValueError("timeout_s must be > 0 and concurrency >= 1")
@@ -132,6 +155,7 @@ def connect_sweep(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
                 if fam == socket.AF_INET6:  # let ICMPv6 errors abort SYN_SENT
                     sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                _set_ip_options(sock, fam, ttl, tos)
                 fd = sock.fileno()
                 t0 = time.perf_counter_ns()
                 rc = sock.connect_ex((addr, port))
@@ -139,8 +163,10 @@ def connect_sweep(
                 nxt += 1
                 if rc in (0, _errno.EINPROGRESS):
                     ep.register(fd, select.EPOLLOUT)
-                else:
-                    finish(fd, _classify(rc), None, rc)
+                else:  # failed within connect() itself (refused, no route)
+                    outcome = _classify(rc)
+                    rtt = time.perf_counter_ns() - t0 if outcome == CLOSED else None
+                    finish(fd, outcome, rtt, rc)
                 if gap_ns:
                     next_send += gap_ns
                     now = time.monotonic_ns()
@@ -169,3 +195,187 @@ def connect_sweep(
             sock.close()
         ep.close()
     return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------- a sweep's worth
+# (issue 17: ``fastping sweep --tcp`` without CAP_NET_RAW) -- several rounds of
+# connect_sweep over the same pairs, tallied per pair, read back as the raw
+# TcpSocket's results are: HostResults, core rows for the compiled formatters.
+
+# _pipeline's SlotRow (includes/slotrow.pxd), native layout: 4 int64, a double,
+# 9 uint32, 4 uint8, a uint16, two 16-byte addresses, padding to 8
+_ROW = struct.Struct("@4qd9I4BH16s16s6x")
+# what the formatters write for an ICMP error without type, code or router; a
+# connect() error has none of them, so its errno is written in their place
+_NO_ICMP = "unreachable (type 0 code 0) from None"
+
+
+def unreachable_text(err: int | None) -> str:
+    """The error of a pair connect() found unreachable, as HostResult.error says it."""
+    why = os.strerror(err) if err else "unreachable"
+    return f"unreachable (connect(): {why})"
+
+
+class Tally:
+    """Per pair: what its connect() attempts said over the rounds (the counters of
+    the core's slot statistics, same meanings)."""
+
+    def __init__(self, n: int, collect_rtts: bool = False) -> None:
+        zero = [0] * n
+        self.n = n
+        self.sent = array("I", zero)  # attempts made (not counting local errors)
+        self.received = array("I", zero)  # open + closed
+        self.closed = array("I", zero)
+        self.timeouts = array("I", zero)
+        self.unreach = array("I", zero)
+        self.senderr = array("I", zero)  # connect() failed locally (errno kept)
+        self.min_ns = array("q", zero)
+        self.max_ns = array("q", zero)
+        self.sum_ns = array("q", zero)
+        self.jit_ns = array("q", zero)
+        self.last_ns = array("q", zero)
+        self.sumsq = array("d", zero)
+        self.errno = array("i", zero)  # the last error's errno
+        self.rtts: list[list[float]] | None = [[] for _ in range(n)] if collect_rtts else None
+
+    def add(self, i: int, r: ConnectResult) -> None:
+        if r.outcome == ERROR:
+            self.senderr[i] += 1
+            self.errno[i] = r.errno or 0
+            return
+        self.sent[i] += 1
+        if r.outcome == FILTERED:
+            self.timeouts[i] += 1
+        elif r.outcome == UNREACHABLE:
+            self.unreach[i] += 1
+            self.errno[i] = r.errno or 0
+        elif r.rtt_ns is not None:  # open or closed
+            self._answer(i, r.rtt_ns, r.outcome == CLOSED)
+
+    def _answer(self, i: int, rtt: int, closed: bool) -> None:
+        k = self.received[i]
+        self.received[i] = k + 1
+        if closed:
+            self.closed[i] += 1
+        if k == 0 or rtt < self.min_ns[i]:
+            self.min_ns[i] = rtt
+        if rtt > self.max_ns[i]:
+            self.max_ns[i] = rtt
+        if k:
+            self.jit_ns[i] += abs(rtt - self.last_ns[i])
+        self.last_ns[i] = rtt
+        self.sum_ns[i] += rtt
+        self.sumsq[i] += float(rtt) * float(rtt)
+        if self.rtts is not None and not closed:  # as sweep(): the open answers' RTTs
+            self.rtts[i].append(rtt / 1e6)
+
+    def error_text(self, i: int) -> str | None:
+        if self.unreach[i]:
+            return unreachable_text(self.errno[i])
+        if self.senderr[i] and not self.received[i]:
+            return f"connect() failed: {os.strerror(self.errno[i])}"
+        return None
+
+    def host(self, i: int, target: str, address: str) -> HostResult:
+        from .results import HostResult
+
+        recv = self.received[i]
+        h = HostResult(
+            target=target,
+            address=address,
+            sent=self.sent[i] + self.senderr[i],
+            received=recv,
+            timeouts=self.timeouts[i],
+            unreachable=self.unreach[i],
+            send_errors=self.senderr[i],
+            user_timed=recv,
+            error=self.error_text(i),
+        )
+        if recv:
+            avg = self.sum_ns[i] / recv
+            h.min_ms = self.min_ns[i] / 1e6
+            h.max_ms = self.max_ns[i] / 1e6
+            h.avg_ms = avg / 1e6
+            h.stddev_ms = math.sqrt(max(self.sumsq[i] / recv - avg * avg, 0.0)) / 1e6
+            h.jitter_ms = self.jit_ns[i] / (recv - 1) / 1e6 if recv > 1 else None
+        if self.rtts is not None:
+            h.rtts_ms = list(self.rtts[i])
+        return h
+
+    def row(self, i: int, packed: bytes, port: int) -> bytes:
+        """Pair ``i`` as a core row (SlotRow)."""
+        return _ROW.pack(
+            self.min_ns[i], self.max_ns[i], self.sum_ns[i], self.jit_ns[i], self.sumsq[i],
+            self.sent[i], self.received[i], 0, 0, self.timeouts[i], self.unreach[i], 0,
+            self.senderr[i], self.closed[i],
+            0, 0, 0, 0, port, packed.ljust(16, b"\0"), bytes(16),
+        )  # fmt: skip
+
+    def totals(self) -> dict[str, int]:
+        out = {
+            "sent": sum(self.sent) + sum(self.senderr),
+            "received": sum(self.received),
+            "closed": sum(self.closed),
+            "timeouts": sum(self.timeouts),
+            "unreachable": sum(self.unreach),
+            "send_errors": sum(self.senderr),
+            "duplicates": 0,
+            "late": 0,
+            "time_exceeded": 0,
+            "timed_kernel": 0,
+        }
+        out["timed_user"] = out["received"]  # every RTT is connect() timing
+        return out
+
+
+def sweep_rounds(
+    pairs: Sequence[tuple[str, int]],
+    *,
+    count: int = 1,
+    interval_s: float = 1.0,
+    timeout_s: float = 1.0,
+    rate_pps: float = 0.0,
+    concurrency: int = 1024,
+    ttl: int | None = None,
+    tos: int | None = None,
+    collect_rtts: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[Tally, bool]:
+    """``count`` rounds of connect_sweep over ``pairs``, a round every
+    ``interval_s`` (start to start; a round that takes longer is followed at once).
+    Returns the tally and whether Ctrl-C ended it early (the rounds done are kept,
+    the round in flight is lost; Ctrl-C in the first round is re-raised).
+    ``progress(done, total, answers)``: at most five times a second, and once at
+    the end."""
+    tally = Tally(len(pairs), collect_rtts)
+    total = len(pairs) * count
+    shown = [0.0, 0, 0]  # last call's time, attempts done before this round, answers
+
+    def each(done: int, _n: int) -> None:
+        now = time.monotonic()
+        if progress is not None and now - shown[0] >= 0.2:
+            shown[0] = now
+            progress(int(shown[1]) + done, total, int(shown[2]))
+
+    t0 = time.monotonic()
+    interrupted = False
+    for r in range(count):
+        try:
+            if r:
+                time.sleep(max(0.0, t0 + r * interval_s - time.monotonic()))
+            res = connect_sweep(
+                pairs, timeout_s=timeout_s, concurrency=concurrency, rate_pps=rate_pps,
+                progress=each if progress is not None else None, ttl=ttl, tos=tos,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            if r == 0:  # nothing to report: no pair was probed to the end
+                raise
+            interrupted = True
+            break
+        for i, x in enumerate(res):
+            tally.add(i, x)
+        shown[1] = (r + 1) * len(pairs)
+        shown[2] = sum(tally.received)
+    if progress is not None:
+        progress(int(shown[1]), total, int(shown[2]))
+    return tally, interrupted

@@ -1,7 +1,8 @@
-"""``fastping doctor``: which ICMP modes work for the current user, why, and how to fix.
+"""``fastping doctor``: which ICMP modes work for the current user, why, and how to fix;
+and how TCP probes are timed (raw SYNs with CAP_NET_RAW, else connect()).
 
 By default each verdict is observed, not guessed: a raw and a dgram ICMP socket
-are opened and closed (no packet is sent) and the system ``ping`` is run once
+and a raw TCP socket are opened and closed (no packet is sent) and the system ``ping`` is run once
 against 127.0.0.1 (or ::1 with ``-6``). Exit 0 when some mode works, 4 when none does.
 """
 
@@ -85,6 +86,11 @@ def format_text(d: Diagnosis, family_version: int, verified: bool) -> str:
         lines.append(f"  {st.mode:<11} {'works' if st.ok else 'NO':<6} {st.reason}")
         for fix in st.fixes:
             lines.append(f"  {'':<11} {'fix:':<6} {fix}")
+    tcp = d.tcp_status()
+    lines.append("")
+    lines.append(f"  TCP timing: {tcp.label}: {tcp.reason}")
+    for fix in tcp.fixes:
+        lines.append(f"  {'':<11} {'fix:':<6} {fix}")
     lines.append("")
     best = d.best_mode()
     if best is None:
@@ -94,4 +100,5 @@ def format_text(d: Diagnosis, family_version: int, verified: bool) -> str:
         )
     else:
         lines.append(f"mode=auto will use: {best}")
+    lines.append(f"TCP (--tcp, tcp://) mode=auto will use: {tcp.timing}")
     return "\n".join(lines)

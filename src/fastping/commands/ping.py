@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import argtypes
     from .sweep import add_common
 
-    p.add_argument("host", metavar="HOST", help="address or host name")
+    p.add_argument(
+        "host", metavar="HOST", help="address or host name; tcp://HOST:PORT for TCP probes"
+    )
     p.add_argument(
         "-c", "--count", type=argtypes.count, default=4, metavar="N", help="probes (default 4)"
     )
@@ -28,6 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between probes (default 1)",
     )
+    p.add_argument(
+        "--tcp",
+        action="store_true",
+        help="TCP probes to --port instead of ICMP echo: open (SYN-ACK), closed (RST), "
+        "filtered (silence) or unreachable (ICMP); raw SYNs with CAP_NET_RAW, else "
+        "connect() (see --mode)",
+    )
+    p.add_argument(
+        "-p", "--port", type=argtypes.int_range(1, 65535), default=None, metavar="PORT",
+        help="the TCP port (with --tcp)",
+    )  # fmt: skip
     add_common(p)
 
 
@@ -38,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from ..probe import UseSubprocess
     from ..targets import Address, Name, parse_target
 
+    port = _tcp_port(args)
+    if port:
+        return _run_tcp(args, port)
+    from .sweep import check_mode
+
+    check_mode(args.mode, False)
     specs = parse_target(args.host)
     if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
         raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
@@ -74,6 +93,129 @@ def run(args: argparse.Namespace) -> int:
     finally:
         pinger.close()
     return _summary(args, pinger.stats())
+
+
+def _tcp_port(args: argparse.Namespace) -> int:
+    """The TCP port to probe (0: ICMP): from tcp://HOST:PORT (HOST kept in
+    args.host) or --tcp --port."""
+    from ..errors import TargetError
+    from .sweep import parse_tcp_url
+
+    if args.host.lower().startswith("tcp://"):
+        if args.port is not None:
+            raise TargetError(f"{args.host!r} names its port: drop -p/--port {args.port}")
+        args.host, port = parse_tcp_url(args.host)
+        args.tcp = True
+        return port
+    if args.port is not None and not args.tcp:
+        raise TargetError("-p/--port is for TCP probes: add --tcp (ICMP has no ports)")
+    if args.tcp and args.port is None:
+        raise TargetError("--tcp needs the port to probe: -p 22 (or tcp://HOST:PORT)")
+    return int(args.port or 0)
+
+
+def _run_tcp(args: argparse.Namespace, port: int) -> int:
+    """``fastping ping tcp://HOST:PORT``: one line per probe, then the statistics."""
+    from .. import api
+    from ..cli import EXIT_UNRESOLVED
+    from ..errors import TargetError
+    from ..targets import Address, Name, parse_target
+    from .sweep import CONNECT_NOTE, check_mode
+
+    check_mode(args.mode, True)
+    specs = parse_target(args.host)
+    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
+        raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
+    pinger = api.TcpPinger(
+        args.host,
+        port,
+        count=args.count,
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        ttl=args.ttl,
+        tos=args.tos,
+        mode=args.mode,
+        family={4: 2, 6: 10}.get(args.family or 0),
+    )
+    if pinger.address is None:
+        print(f"fastping: {pinger.error}", file=sys.stderr)
+        return EXIT_UNRESOLVED
+    if pinger.timing == "connect" and args.mode == "auto":
+        sys.stderr.write(CONNECT_NOTE)
+    how = "SYNs on a raw socket" if pinger.timing == "raw" else "connect()"
+    if not args.json:
+        print(f"PING {pinger.target} ({pinger.address}) TCP port {port}: {how}", flush=True)
+    try:
+        for r in pinger:
+            if args.json:
+                d = r.to_dict()
+                d.update(port=port, state=_STATE.get(r.outcome.value), timing=pinger.timing)
+                print(json.dumps(d), flush=True)
+            else:
+                print(_tcp_line(r, port, args.timeout), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pinger.close()
+    return _tcp_summary(args, pinger, port)
+
+
+_STATE = {"reply": "open", "closed": "closed", "timeout": "filtered", "unreachable": "unreachable"}
+
+
+def _tcp_line(r: ProbeResult, port: int, timeout_s: float) -> str:
+    """ICMP ping's line, for a TCP probe: what the port said, seq, rtt, ttl."""
+    from ..results import Outcome
+
+    seq = f"tcp_seq={r.seq}"
+    where = f"{r.address} port {port}"
+    if r.outcome in (Outcome.REPLY, Outcome.CLOSED, Outcome.DUPLICATE, Outcome.LATE):
+        state = "closed" if r.outcome is Outcome.CLOSED else "open"
+        tail = {Outcome.DUPLICATE: " (DUP!)", Outcome.LATE: " (late)"}.get(r.outcome, "")
+        ttl = f" ttl={r.ttl}" if r.ttl else ""
+        rtt = f" rtt={r.rtt_ms:.3f} ms" if r.rtt_ms is not None else ""
+        return f"{state} {where}: {seq}{rtt}{ttl}{tail}"
+    if r.outcome is Outcome.TIMEOUT:
+        return f"no answer from {where}: {seq} (filtered: timeout after {timeout_s:g} s)"
+    if r.outcome is Outcome.SEND_ERROR:
+        why = os.strerror(r.errno) if r.errno else "send failed"
+        return f"probe to {where} failed: {seq}: {why}"
+    if r.icmp_type is None:  # connect(): the kernel's errno, no ICMP details
+        why = os.strerror(r.errno) if r.errno else "unreachable"
+        return f"unreachable {where}: {seq} (connect(): {why})"
+    kind = "time exceeded" if r.outcome is Outcome.TIME_EXCEEDED else "unreachable"
+    return f"{kind} from {r.router or '?'}: {seq} (type {r.icmp_type} code {r.icmp_code})"
+
+
+def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
+    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN
+
+    h = pinger.stats()
+    closed = pinger.closed
+    is_open = h.received > closed
+    if args.json:
+        d = h.to_dict()
+        d["rtts_ms"] = [round(x, 4) for x in h.rtts_ms]
+        d.update(port=port, closed=closed, open=h.received - closed, timing=pinger.timing)
+        print(json.dumps(d), flush=True)
+    else:
+        print(f"--- {h.target} port {port} tcp ping statistics ---")
+        print(
+            f"{h.sent} probes sent, {h.received} answers ({h.received - closed} open, "
+            f"{closed} closed), {h.loss * 100:.1f}% loss"
+            + (f", {h.timeouts} filtered" if h.timeouts else "")
+            + (f", {h.unreachable} unreachable" if h.unreachable else "")
+            + (f", {h.duplicates} duplicates" if h.duplicates else "")
+        )
+        if h.received:
+            print(
+                f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
+                f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms",
+                flush=True,
+            )
+        elif h.error:
+            print(h.error, flush=True)
+    return EXIT_ALL_ALIVE if is_open else EXIT_SOME_DOWN
 
 
 def _probe_line(r: ProbeResult, timeout_s: float) -> str:

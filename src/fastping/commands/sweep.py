@@ -36,9 +36,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dont-fragment", "-M", action="store_true", help="set don't-fragment")
     p.add_argument(
         "--mode",
-        choices=("auto", "raw", "dgram", "subprocess"),
+        choices=("auto", "raw", "dgram", "subprocess", "connect"),
         default="auto",
-        help="socket mode (default auto: raw, then unprivileged dgram, then ping)",
+        help="socket mode (default auto). ICMP: raw, dgram (unprivileged) or subprocess "
+        "(the system ping); auto tries them in that order. TCP: raw (SYNs on a raw socket, "
+        "kernel timestamps: root or CAP_NET_RAW) or connect (connect() timing, no "
+        "privilege); auto is raw when it may, else connect",
     )
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
@@ -96,9 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tcp",
         action="store_true",
-        help="stateless TCP SYN probes to --port instead of ICMP echo (root or CAP_NET_RAW): "
-        "a port is open (SYN-ACK), closed (RST), filtered (silence) or unreachable (ICMP); "
-        "targets may also be written tcp://HOST:PORT",
+        help="TCP probes to --port instead of ICMP echo: stateless SYNs with root or "
+        "CAP_NET_RAW, else connect() timing (--mode); a port is open (SYN-ACK), closed (RST), "
+        "filtered (silence) or unreachable (ICMP); targets may also be written tcp://HOST:PORT",
     )
     p.add_argument(
         "--port",
@@ -238,6 +241,44 @@ def _resolve_p(args: argparse.Namespace) -> None:
     if args.ports is not None and not args.tcp:
         raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
     args.port_list = parse_ports(args.ports) if args.ports is not None else []
+    check_mode(args.mode, args.tcp)
+
+
+def check_mode(mode: str, tcp: bool) -> None:
+    """--mode names a way to probe that the probe kind has."""
+    from ..errors import TargetError
+
+    if tcp and mode in ("dgram", "subprocess"):
+        raise TargetError(
+            f"--mode {mode} is for ICMP: TCP probes use --mode raw (CAP_NET_RAW), connect "
+            "(no privilege) or auto"
+        )
+    if not tcp and mode == "connect":
+        raise TargetError(
+            "--mode connect is for TCP probes (--tcp -p PORTS, or tcp://HOST:PORT): ICMP uses "
+            "raw, dgram, subprocess or auto"
+        )
+
+
+CONNECT_NOTE = (
+    "fastping: no CAP_NET_RAW: TCP timed by connect() (SYN-ACK seen by the kernel, then "
+    "a RST, no data sent; RTT includes user-space scheduling). Raw SYN timing needs root or "
+    "CAP_NET_RAW\n"
+)
+
+
+def parse_tcp_url(text: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (IPv6 in brackets) -> (HOST, PORT)."""
+    from ..errors import TargetError
+
+    host, sep, port_s = text[6:].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise TargetError(
+            f"{text!r}: write tcp://HOST:PORT (IPv6 in brackets: tcp://[::1]:22), port 1..65535"
+        )
+    return host, int(port_s)
 
 
 def parse_ports(text: str) -> list[int]:
@@ -275,15 +316,8 @@ def tcp_targets(args: argparse.Namespace) -> list[tuple[int, list[str]]]:
         if not t.lower().startswith("tcp://"):
             plain.append(t)
             continue
-        rest = t[6:]
-        host, sep, port_s = rest.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-            raise TargetError(
-                f"{t!r}: write tcp://HOST:PORT (IPv6 in brackets: tcp://[::1]:22), port 1..65535"
-            )
-        by_port.setdefault(int(port_s), []).append(host)
+        host, port = parse_tcp_url(t)
+        by_port.setdefault(port, []).append(host)
     if (plain or args.file) and not args.port_list:
         raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
     for port in args.port_list:
@@ -392,9 +426,23 @@ def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
         yield _sweep(args, targets, 0), 0
         return
     files = args.file
-    for port, words in tcp_targets(args):
+    pairs = tcp_targets(args)
+    _choose_tcp_timing(args)
+    for port, words in pairs:
         targets = read_targets(args, words, files if port in args.port_list else [])
         yield _sweep(args, targets, port), port
+
+
+def _choose_tcp_timing(args: argparse.Namespace) -> None:
+    """Raw SYNs or connect() for every port of the run, said on stderr when auto
+    falls back to connect()."""
+    from .. import api
+
+    timing = api.tcp_timing(args.mode)
+    if timing == "connect" and args.mode == "auto":
+        sys.stderr.write(CONNECT_NOTE)
+        sys.stderr.flush()
+    args.mode = timing
 
 
 def _merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -452,14 +500,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _text_summary(s: dict[str, Any], tcp: bool = False) -> str:
     if tcp:
+        connect = s.get("timing") == "connect"
         lines = [
             f"{s['targets']:>10} host:port pairs",
             f"{s['alive']:>10} open",
             f"{s['down']:>10} not open (closed, filtered or unreachable)",
-            f"{s['sent']:>10} SYNs sent",
+            f"{s['sent']:>10} " + ("connect() attempts" if connect else "SYNs sent"),
             f"{s['received']:>10} answers",
             f"{s.get('closed', 0):>10} of them RSTs (port closed)",
         ]
+        if connect:  # every RTT is connect()'s: the timed_user line would say it again
+            s = {k: v for k, v in s.items() if k != "timed_user"}
+            lines.append(f"{'connect':>10} timing (non-blocking connect(), RTT from user space)")
+        elif "timing" in s:
+            lines.append(f"{'raw':>10} timing (SYNs on a raw socket, kernel timestamps)")
     else:
         lines = [
             f"{s['targets']:>10} targets",
