@@ -491,3 +491,68 @@ def test_postgresql_store_keeps_kind_port_and_closed_and_adds_them_to_an_older_s
         assert (st["127.0.0.1"]["received"], st["127.0.0.1"]["closed"]) == (1, 0)
     finally:
         reader.close_reader()
+
+
+# ------------------------------------------------------------------ SIGHUP and /metrics
+
+
+def _scrape(port: int, want: str) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + 20
+    text = ""
+    while want not in text:
+        assert time.monotonic() < deadline, text
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return text
+
+
+def test_sighup_swaps_tcp_targets_and_the_endpoint_labels_them(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    import signal
+
+    open_port, closed_port = ports
+    cfg = tmp_path / "fastping.yaml"
+    head = "defaults: {interval_s: 0.1, timeout_s: 0.5}\nstore: {chunk_s: 1}\ntargets:\n"
+    cfg.write_text(head + f"  - 127.0.0.1\n  - tcp://127.0.0.1:{open_port}\n")
+    db, mport = tmp_path / "h.db", _free_port()
+    proc = subprocess.Popen(
+        fastping_cmd("monitor", "-C", str(cfg), "--db", str(db), "--table", "never",
+                     "--log-level", "ERROR", "--metrics", f"127.0.0.1:{mport}", "-d", "30"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        base = 'smokeping_requests_total{ip="127.0.0.1",host="127.0.0.1",source="",tos="0",'
+        before = _scrape(mport, f'{base}kind="tcp",port="{open_port}"}}')
+        assert f'{base}kind="icmp",port=""}}' in before
+        cfg.write_text(head + f"  - 127.0.0.1\n  - {{host: 127.0.0.1, port: {closed_port}}}\n")
+        proc.send_signal(signal.SIGHUP)
+        closed_line = f'port="{closed_port}",outcome="closed"}} '
+        after = _scrape(mport, closed_line)
+        deadline = time.monotonic() + 20
+        while int(after.split(closed_line, 1)[1].split()[0]) == 0:  # no probe answered yet
+            assert time.monotonic() < deadline, after
+            time.sleep(0.2)
+            after = _scrape(mport, closed_line)
+        assert f'kind="tcp",port="{open_port}"' not in after  # removed: its series gone
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    got = _outcomes(db)
+    assert {t: set(c) for t, c in got.items()} == {
+        "127.0.0.1": {"reply"},
+        f"tcp://127.0.0.1:{open_port}": {"reply"},
+        f"tcp://127.0.0.1:{closed_port}": {"closed"},
+    }
+    assert got[f"tcp://127.0.0.1:{closed_port}"]["closed"] >= 5
