@@ -556,3 +556,36 @@ def test_sighup_swaps_tcp_targets_and_the_endpoint_labels_them(
         f"tcp://127.0.0.1:{closed_port}": {"closed"},
     }
     assert got[f"tcp://127.0.0.1:{closed_port}"]["closed"] >= 5
+
+
+ENGINE_NO_RAW = """
+import asyncio, json
+from fastping.engine import MonitoringEngine
+from fastping.guard import ResourceGuard
+
+async def main():
+    e = MonitoringEngine(interval_s=0.1, timeout_s=0.2, guard=ResourceGuard(None, None))
+    e.add_target("tcp://127.0.0.1:22")
+    sub = e.subscribe()
+    await e.run(0.5, handle_signals=False)
+    i = e.target("tcp://127.0.0.1:22")
+    why = [ev.reason for ev in sub.drain() if getattr(ev, "what", "") == "status"]
+    print(json.dumps({"status": i.status, "outcome": i.last_outcome, "why": why,
+                      "send_error": e.stats()["outcomes"]["send_error"]}))
+
+asyncio.run(main())
+"""
+
+
+def test_engine_without_cap_net_raw_records_send_errors_naming_it() -> None:
+    r = subprocess.run(
+        ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
+         sys.executable, "-c", ENGINE_NO_RAW],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["status"] == "error" and got["outcome"] == "send_error"
+    assert got["send_error"] >= 1  # each due probe says so (backed off), nothing silent
+    # the target's state change says why, in the socket's words
+    assert len(got["why"]) == 1 and "CAP_NET_RAW" in got["why"][0], got
