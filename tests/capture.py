@@ -82,15 +82,18 @@ def wire_rtts(path: Path) -> dict[tuple[str, int], list[int]]:
 
 
 @contextlib.contextmanager
-def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False) -> Iterator[None]:
-    """Capture ICMP (or ICMPv6, or with ``tcp`` TCP) on ``lo`` of ``netns`` into
+def tcpdump(
+    netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False, udp: bool = False
+) -> Iterator[None]:
+    """Capture ICMP (or ICMPv6, or with ``tcp`` TCP, with ``udp`` UDP and the ICMP
+    errors about it) on ``lo`` of ``netns`` into
     ``pcap`` while the block runs; waits until tcpdump is listening, and checks
     afterwards that the kernel dropped nothing from the capture (a capture with
     holes proves nothing)."""
     cmd = [
         "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
         "-B", "262144", "--immediate-mode", "--time-stamp-precision=nano", "-s", "128",
-        "tcp" if tcp else "icmp6" if icmp6 else "icmp",
+        "tcp" if tcp else "udp or icmp" if udp else "icmp6" if icmp6 else "icmp",
     ]  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
@@ -109,6 +112,9 @@ def tcpdump(netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False) -
         if tcp:  # a connect() to a closed port: a SYN and its RST
             subprocess.run(["ip", "netns", "exec", netns, "bash", "-c",
                             "exec 3<>/dev/tcp/127.0.0.1/1"], capture_output=True)  # fmt: skip
+        elif udp:  # a datagram to a closed port: it and its port unreachable
+            subprocess.run(["ip", "netns", "exec", netns, "bash", "-c",
+                            "echo x > /dev/udp/127.0.0.1/9"], capture_output=True)  # fmt: skip
         else:
             subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", sentinel],
                            capture_output=True)  # fmt: skip
@@ -168,6 +174,38 @@ def syn_rtts(path: Path) -> dict[int, int]:
             isn = (ack - 1) & 0xFFFFFFFF
             if isn in sent and isn not in out:
                 out[isn] = t - sent[isn]
+    return out
+
+
+def udp_rtts(path: Path, sport: int) -> dict[tuple[int, int], int]:
+    """(slot, serial) of each UDP probe sent from ``sport`` (its payload's probe
+    header) -> the wire's gap to the first answer naming it: a datagram back to
+    ``sport`` carrying the same header, or an ICMP error quoting the probe (IPv4 on
+    lo)."""
+    sent: dict[tuple[int, int], int] = {}
+    out: dict[tuple[int, int], int] = {}
+    for t, pkt in packets(path):
+        if len(pkt) < 28 or pkt[0] >> 4 != 4:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        if pkt[9] == socket.IPPROTO_UDP:
+            sp, dp = struct.unpack_from("!HH", pkt, ihl)
+            key = struct.unpack_from("!II", pkt, ihl + 8) if len(pkt) >= ihl + 16 else None
+            if key is None:
+                continue
+            if sp == sport:
+                sent.setdefault(key, t)
+            elif dp == sport and key in sent and key not in out:
+                out[key] = t - sent[key]
+        elif pkt[9] == socket.IPPROTO_ICMP and pkt[ihl] == 3 and len(pkt) >= ihl + 8 + 20:
+            q = ihl + 8
+            qihl = (pkt[q] & 15) * 4
+            if len(pkt) < q + qihl + 16 or pkt[q + 9] != socket.IPPROTO_UDP:
+                continue
+            (sp,) = struct.unpack_from("!H", pkt, q + qihl)
+            key = struct.unpack_from("!II", pkt, q + qihl + 8)
+            if sp == sport and key in sent and key not in out:
+                out[key] = t - sent[key]
     return out
 
 

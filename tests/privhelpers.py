@@ -97,6 +97,29 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+@contextlib.contextmanager
+def veth_namespaces() -> Iterator[tuple[str, str]]:
+    """``prober`` and ``target`` namespaces joined by a veth pair (10.78.0.1/30 and
+    .2); the target answers for all of 10.77.0.0/16 (a local route: any address in
+    it is its own), the prober routes it there. Deleted afterwards."""
+    with netns() as prober, netns() as target:
+        tag = prober[-6:]
+        a, b = f"fpta{tag}", f"fptb{tag}"
+        for cmd in (
+            ("ip", "link", "add", a, "type", "veth", "peer", "name", b),
+            ("ip", "link", "set", a, "netns", prober),
+            ("ip", "link", "set", b, "netns", target),
+            ("ip", "-n", prober, "addr", "add", "10.78.0.1/30", "dev", a),
+            ("ip", "-n", target, "addr", "add", "10.78.0.2/30", "dev", b),
+            ("ip", "-n", prober, "link", "set", a, "up"),
+            ("ip", "-n", target, "link", "set", b, "up"),
+            ("ip", "-n", prober, "route", "add", "10.77.0.0/16", "via", "10.78.0.2"),
+            ("ip", "-n", target, "route", "add", "local", "10.77.0.0/16", "dev", "lo"),
+        ):
+            subprocess.run(list(cmd), check=True)
+        yield prober, target
+
+
 def get_range(ns: str) -> str:
     out = subprocess.run(
         ["ip", "netns", "exec", ns, "sysctl", "-n", RANGE_PATH],

@@ -24,8 +24,9 @@ from fastping import _pipeline as pl
 from fastping import api, formats
 from fastping.targets import Address, Name, V4Range, parse_target
 
-# includes/slotrow.pxd: ... senderr, closed (9 uint32), 4 uint8, port (uint16), addr, router
-ROW = struct.Struct("<4qd9I4BH16s16s6x")
+# includes/slotrow.pxd: ... senderr, closed (9 uint32), 4 uint8, port (uint16), addr, router,
+# proto (uint8)
+ROW = struct.Struct("<4qd9I4BH16s16sB5x")
 
 
 def test_row_layout_matches_the_core() -> None:
@@ -246,6 +247,7 @@ def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]
         0,  # port
         addr.ljust(16, b"\0"),
         router.ljust(16, b"\0"),
+        0,  # proto: ICMP
     )
     rtr = socket.inet_ntop(family, router) if has_router else None
     st = (

@@ -17,7 +17,7 @@ import pytest
 from tests.capture import percentile, syn_rtts, tcpdump
 
 from fastping import _icmp
-from privhelpers import in_netns, netns
+from privhelpers import in_netns, netns, veth_namespaces
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
@@ -242,20 +242,8 @@ print(json.dumps({"received": tot["received"], "timeouts": tot["timeouts"], "clo
 def two_namespaces() -> Iterator[tuple[str, str]]:
     """``prober`` and ``target`` joined by a veth pair; the target answers for all
     of 10.77.0.0/16 (a local route: any address in it is its own)."""
-    with netns() as prober, netns() as target:
-        tag = prober[-6:]
-        a, b = f"fpta{tag}", f"fptb{tag}"
-        run = lambda *c: subprocess.run(list(c), check=True)  # noqa: E731
-        run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-        run("ip", "link", "set", a, "netns", prober)
-        run("ip", "link", "set", b, "netns", target)
-        run("ip", "-n", prober, "addr", "add", "10.78.0.1/30", "dev", a)
-        run("ip", "-n", target, "addr", "add", "10.78.0.2/30", "dev", b)
-        run("ip", "-n", prober, "link", "set", a, "up")
-        run("ip", "-n", target, "link", "set", b, "up")
-        run("ip", "-n", prober, "route", "add", "10.77.0.0/16", "via", "10.78.0.2")
-        run("ip", "-n", target, "route", "add", "local", "10.77.0.0/16", "dev", "lo")
-        yield prober, target
+    with veth_namespaces() as pair:
+        yield pair
 
 
 def _ss(ns: str, *args: str) -> list[str]:

@@ -329,12 +329,45 @@ class TcpSocket(ProbeSocket):
         sport_base: int | None = None,  # random in 40000..59999 by default
     ) -> None: ...
 
+@disjoint_base
+class UdpSocket(ProbeSocket):
+    """UDP probes on one unprivileged SOCK_DGRAM socket bound to ``sport``: an
+    application reply is EV_REPLY (open), the host's ICMP port unreachable EV_CLOSED
+    (closed), another ICMP error EV_UNREACHABLE / EV_TIME_EXCEEDED (unreachable),
+    silence EV_TIMEOUT (open|filtered). Payloads are keyed per probe: a DNS query to
+    53 (its ID), an NTP client packet to 123 (its transmit timestamp), the probe
+    header elsewhere (``payloads="cookie"``: the header everywhere). totals() adds
+    ``unkeyed``: answers without a key, given to the slot's oldest outstanding probe."""
+
+    sport: int
+    source: str | None  # the local address bound (None: any)
+    payloads: str
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        source: str | None = None,
+        ttl: int | None = None,
+        tos: int | None = None,
+        rcvbuf_bytes: int = 0,
+        batch_size: int = 64,
+        window: int = 1,  # 1..64
+        log_max: int = 4_000_000,
+        timestamps: str = "kernel",
+        sport: int = 0,  # 0: a free port the kernel picks
+        payloads: str = "auto",  # "auto" (per port) or "cookie"
+    ) -> None: ...
+
 EV_CLOSED: Final[int]  # 7  the port answered closed (TCP RST): an answer, with an RTT
 TCP_SPORT_SPAN: Final[int]  # source ports per TcpSocket (256)
 
 def tcp_isn(key: bytes, slot: int, serial: int) -> int:
     """The initial sequence number a TcpSocket with cookie ``key`` gives probe
     ``serial`` of ``slot``; its answer acknowledges it + 1."""
+
+def udp_payload(key: bytes, slot: int, serial: int, port: int, payloads: str = "auto") -> bytes:
+    """The datagram a UdpSocket with cookie ``key`` sends as probe ``serial`` of
+    ``slot`` to ``port``."""
 
 def lateness_bucket_bounds() -> list[int]:
     """Lower bounds (us) of the send-lateness histogram's buckets: whole us below

@@ -24,7 +24,10 @@ probe header attribute the error to one probe.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ENOBUFS, EPERM, errno
+from libc.errno cimport (
+    EACCES, EAGAIN, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH, EINTR, EINVAL, EMSGSIZE, ENETUNREACH,
+    ENOBUFS, ENONET, ENOPROTOOPT, EOPNOTSUPP, EPERM, EPROTO, errno,
+)
 from libc.math cimport NAN
 from libc.stdint cimport INT64_MAX, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
@@ -47,7 +50,8 @@ from includes.sockdiag cimport SK_MEMINFO_DROPS, SO_MEMINFO
 from includes.socket cimport (
     AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, IP_MTU_DISCOVER,
     IP_PMTUDISC_DO, IP_RECVERR, IP_RECVTTL, IP_TOS, IP_TTL, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPV6_CHECKSUM, IPV6_DONTFRAG, IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT,
+    IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_CHECKSUM, IPV6_DONTFRAG, IPV6_V6ONLY,
+    IPV6_HOPLIMIT, IPV6_RECVERR, IPV6_RECVHOPLIMIT,
     IPV6_TCLASS, IPV6_UNICAST_HOPS, MSG_DONTWAIT, MSG_ERRQUEUE, SCM_TIMESTAMPING, SCM_TIMESTAMPNS,
     SO_ATTACH_FILTER, SO_RCVBUF, SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_SNDBUF, SO_SNDBUFFORCE,
     SO_TIMESTAMPING, SO_TIMESTAMPNS, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_RAW, SOL_SOCKET,
@@ -69,3 +73,4 @@ include "units/codec.pxi"      # checksum, SipHash cookies, the ICMP codec
 include "units/core.pxi"       # ProbeSocket: the loop every probe kind shares
 include "units/icmp.pxi"       # IcmpSocket: ICMP/ICMPv6 echo
 include "units/tcp.pxi"        # TcpSocket: stateless TCP SYN
+include "units/udp.pxi"        # UdpSocket: UDP probes on a datagram socket

@@ -595,15 +595,16 @@ cdef struct Derived:
 
 
 cdef const char *port_state(const SlotRow *r) noexcept nogil:
-    """What a port said: open (a SYN-ACK or reply), closed (only RSTs), unreachable
-    (an ICMP error, no answer) or filtered (silence)."""
+    """What a port said: open (a SYN-ACK or reply), closed (only RSTs, or for UDP
+    the host's ICMP port unreachable), unreachable (an ICMP error, no answer) or
+    filtered (silence; for UDP open|filtered: a UDP service need not answer)."""
     if r.received > r.closed:
         return b"open"
     if r.received:
         return b"closed"
     if r.unreach or r.texc:
         return b"unreachable"
-    return b"filtered"
+    return b"open|filtered" if r.proto == 17 else b"filtered"
 
 
 cdef int _with_port(char *addr, int al, uint16_t port, int family) noexcept nogil:

@@ -174,6 +174,7 @@ def sweep(
     batch_size: int = 64,
     on_progress: Callable[[int, int, int], None] | None = None,
     tcp_port: int = 0,
+    udp_port: int = 0,
 ) -> SweepResult:
     """Probe every target ``count`` times and return one HostResult per target.
 
@@ -185,6 +186,10 @@ def sweep(
     space (``fastping.tcpconnect``); "auto" (default): raw when the process may
     open a raw socket, else connect. ``result.timing`` says which ("raw" or
     "connect").
+    ``udp_port``: UDP probes to that port (``fastping._icmp.UdpSocket``, no
+    privilege needed); alive when an application answers, the host's ICMP port
+    unreachable counted apart as closed, silence open|filtered (several ports in
+    one sweep: ``udp_sweep``).
 
     Targets: addresses, host names (resolved concurrently; a name that does not
     resolve is a result with ``error`` set), CIDR blocks, ranges. ``rate_pps`` is
@@ -205,6 +210,8 @@ def sweep(
         family=family,
         collect_rtts=collect_rtts,
     )
+    if tcp_port and udp_port:
+        raise ValueError("tcp_port and udp_port: a sweep probes one protocol")
     if tcp_port:
         return _tcp_sweep(
             targets,
@@ -216,10 +223,12 @@ def sweep(
             batch_size=batch_size,
             on_progress=on_progress,
         )
-    if mode == "connect":
+    if udp_port:
+        _check_udp(udp_port, mode)
+    elif mode == "connect":
         raise ValueError("mode 'connect' is for TCP probes (tcp_port): ICMP uses raw, dgram, "
                          "subprocess or auto")  # fmt: skip
-    if mode == "subprocess":
+    elif mode == "subprocess":
         return _subprocess_sweep(targets, sub_opts)
     from .probe import UseSubprocess
 
@@ -241,13 +250,65 @@ def sweep(
             batch_size=batch_size,
             on_progress=on_progress,
             tcp_port=tcp_port,
+            udp_port=udp_port,
         )
     except UseSubprocess:
         # auto mode and no ICMP socket allowed: the system ping (already logged why)
         return _subprocess_sweep(targets, sub_opts)
 
 
-def _socket_sweep(
+def _socket_sweep(targets: Iterable[str] | str, **kw: Any) -> SweepResult:
+    return _socket_sweeps(targets, **kw)[0]
+
+
+def udp_sweep(
+    targets: Iterable[str] | str,
+    ports: Iterable[int],
+    *,
+    count: int = 1,
+    interval_s: float = 1.0,
+    timeout_s: float = 1.0,
+    rate_pps: float = DEFAULT_RATE_PPS,
+    ttl: int | None = None,
+    tos: int | None = None,
+    workers: int = 1,
+    family: int | None = None,
+    collect_rtts: bool = False,
+    batch_size: int = 64,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> list[SweepResult]:
+    """UDP probes to every one of ``ports`` on every target, all in one sweep (the
+    pairs go out together and share one timeout): one SweepResult per port, in the
+    order given. The first carries the sweep's totals and duration, the others none
+    (summing them counts the sweep once). States as ``sweep(udp_port=)``."""
+    plist = list(ports)
+    if not plist:
+        raise ValueError("ports: name at least one UDP port")
+    for p in plist:
+        _check_udp(p, "auto")
+    _check_args(count, interval_s, timeout_s, rate_pps, workers)
+    return _socket_sweeps(
+        targets,
+        count=count,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        rate_pps=rate_pps,
+        payload_size=56,
+        ttl=ttl,
+        tos=tos,
+        dont_fragment=False,
+        mode="auto",
+        workers=workers,
+        family=family,
+        collect_rtts=collect_rtts,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        udp_port=plist[0],
+        ports=plist,
+    )
+
+
+def _socket_sweeps(
     targets: Iterable[str] | str,
     *,
     count: int,
@@ -265,7 +326,11 @@ def _socket_sweep(
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None = None,
     tcp_port: int = 0,
-) -> SweepResult:
+    udp_port: int = 0,
+    ports: list[int] | None = None,
+) -> list[SweepResult]:
+    """The sweep, with every target on each of ``ports`` (default: the one port, or
+    none for ICMP) in one go: one SweepResult per port (see udp_sweep)."""
     plan = _Plan(target_set(targets), family)
     window = _window(count, interval_s, timeout_s)
     opts = dict(
@@ -276,7 +341,8 @@ def _socket_sweep(
         window=window,
         batch_size=batch_size,
     )
-    total_slots = sum(plan.n_slots.values())
+    ports = ports or [tcp_port or udp_port]
+    total_slots = sum(plan.n_slots.values()) * len(ports)
     if workers == 0:
         workers = auto_workers(total_slots, rate_pps)
     socks: dict[int, _Shards] = {}
@@ -290,19 +356,22 @@ def _socket_sweep(
             # of its own (own identifier, BPF filter and buffers)
             k = max(1, min(workers, n))
             bounds = [n * i // k for i in range(k + 1)]
-            shards = socks[fam] = _Shards(fam, bounds[:-1])
+            shards = socks[fam] = _Shards(fam, bounds[:-1], n)
             # every socket of every family first: a mode that cannot open one falls
             # back with the target set whole (its addresses are moved out just below)
-            shards.socks = [_open_socket(fam, mode, opts, tcp_port) for _ in range(k)]
+            shards.socks = [
+                _open_socket(fam, mode, opts, ports[0], udp=udp_port > 0) for _ in range(k)
+            ]
         for fam, shards in socks.items():
             alen = 4 if fam == socket.AF_INET else 16
             bounds = [*shards.starts, plan.n_slots[fam]]
             packed = memoryview(plan.take_packed(fam))
             for i, sock in enumerate(shards.socks):
-                sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen], tcp_port)
+                for port in ports:  # slot = port's index * the shard's length + host's
+                    sock.append_packed(packed[bounds[i] * alen : bounds[i + 1] * alen], port)
                 # the rate is a global budget, shared in proportion to the work
                 share = rate_pps * (bounds[i + 1] - bounds[i]) / total_slots if rate_pps else 0.0
-                jobs.append((sock, bounds[i], share))
+                jobs.append((sock, bounds[i], share * len(ports)))
             del packed
         plan.ts.release_packed()
         watcher = None
@@ -319,13 +388,15 @@ def _socket_sweep(
             sh.close()
         raise
     duration = time.perf_counter() - t0
-    rtts: dict[tuple[int, int], list[float]] | None = None
+    rtts: list[dict[tuple[int, int], list[float]]] | None = None
     if collect_rtts:
-        rtts = {}
+        rtts = [{} for _ in ports]
         for fam, offset, evs in events:
+            width = socks[fam].length_at(offset)
             for ev in evs:
                 if ev[1] == 0:
-                    rtts.setdefault((fam, offset + ev[0]), []).append(ev[3] / 1e6)
+                    j, local = divmod(ev[0], width)
+                    rtts[j].setdefault((fam, offset + local), []).append(ev[3] / 1e6)
     totals: dict[str, int] = {}
     send_window = sweep_window = 0
     for sh in socks.values():
@@ -344,12 +415,42 @@ def _socket_sweep(
     totals["unresolved"] = plan.unresolved
     totals["workers"] = workers
     totals["interrupted"] = int(interrupted)  # Ctrl-C ended a multi-round sweep early
-    hosts = _Hosts(plan, socks, rtts)
-    return SweepResult(plan.n_hosts, hosts.get, totals, duration, source=hosts)
+    out = []
+    for j in range(len(ports)):
+        views = {f: sh.view(j) for f, sh in socks.items()}
+        hosts = _Hosts(plan, views, rtts[j] if rtts is not None else None)
+        tot = totals if j == 0 else {k: 0 for k in totals}
+        dur = duration if j == 0 else 0.0
+        out.append(SweepResult(plan.n_hosts, hosts.get, tot, dur, source=hosts))
+    return out
 
 
-def _open_socket(fam: int, mode: str, opts: dict[str, Any], tcp_port: int) -> Any:
-    """One worker's socket: ICMP in the privilege mode asked for, or TCP SYN."""
+def _check_udp(udp_port: int, mode: str) -> None:
+    if not 1 <= udp_port <= 65535:
+        raise ValueError(f"udp_port {udp_port} must be 1..65535")
+    if mode not in ("auto", "dgram"):
+        raise ValueError(f"UDP probes use a datagram socket: mode {mode!r} does not apply")
+
+
+def _open_udp_socket(fam: int, opts: dict[str, Any]) -> Any:
+    from ._icmp import UdpSocket
+
+    return UdpSocket(
+        fam,
+        ttl=opts["ttl"],
+        tos=opts["tos"],
+        window=opts["window"],
+        batch_size=opts["batch_size"],
+    )
+
+
+def _open_socket(
+    fam: int, mode: str, opts: dict[str, Any], tcp_port: int, udp: bool = False
+) -> Any:
+    """One worker's socket: ICMP in the privilege mode asked for, TCP SYN, or with
+    ``udp`` UDP (``tcp_port`` is then the UDP port)."""
+    if udp:
+        return _open_udp_socket(fam, opts)
     if not tcp_port:
         from .probe import open_icmp_socket
 
@@ -594,18 +695,42 @@ class _ProgressWatcher(threading.Thread):
 
 
 class _Shards:
-    """One family's sockets, each holding a contiguous range of global slots."""
+    """One family's sockets, each holding a contiguous range of the ``total``
+    global slots; with several ports, each socket holds its range once per port,
+    and the view of port ``block`` is located in that copy."""
 
-    def __init__(self, family: int, starts: list[int]) -> None:
+    def __init__(self, family: int, starts: list[int], total: int, block: int = 0) -> None:
         self.family = family
         self.starts = starts
+        self.total = total
+        self.block = block
         self.socks: list[Any] = []
 
-    def locate(self, slot: int) -> tuple[Any, int]:
+    def _index(self, slot: int) -> int:
         import bisect
 
-        i = bisect.bisect_right(self.starts, slot) - 1
-        return self.socks[i], slot - self.starts[i]
+        return bisect.bisect_right(self.starts, slot) - 1
+
+    def _end(self, i: int) -> int:
+        return self.starts[i + 1] if i + 1 < len(self.starts) else self.total
+
+    def locate(self, slot: int) -> tuple[Any, int]:
+        i = self._index(slot)
+        return self.socks[i], slot - self.starts[i] + self.block * (self._end(i) - self.starts[i])
+
+    def left(self, slot: int) -> int:
+        """Global slots from ``slot`` to the end of its socket's range."""
+        return self._end(self._index(slot)) - slot
+
+    def length_at(self, start: int) -> int:
+        """The length of the range that starts at ``start``."""
+        i = self._index(start)
+        return self._end(i) - self.starts[i]
+
+    def view(self, block: int) -> _Shards:
+        v = _Shards(self.family, self.starts, self.total, block)
+        v.socks = self.socks
+        return v
 
     def close(self) -> None:
         for s in self.socks:
@@ -789,7 +914,7 @@ class _Hosts:
         sh = self.socks[fam]
         while n > 0:
             sock, slot = sh.locate(g)
-            take = min(n, sock.n_slots - slot)
+            take = min(n, sh.left(g))
             yield (sock, fam, slot, take, label)
             g += take
             n -= take

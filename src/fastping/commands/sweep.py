@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="p_short",
         default=None,
         metavar="S|PORTS",
-        help="seconds between rounds, as --period; with --tcp the ports, as --port",
+        help="seconds between rounds, as --period; with --tcp or --udp the ports, as --port",
     )
     p.add_argument(
         "--tcp",
@@ -104,12 +104,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "filtered (silence) or unreachable (ICMP); targets may also be written tcp://HOST:PORT",
     )
     p.add_argument(
+        "--udp",
+        action="store_true",
+        help="UDP probes to --port, unprivileged: a port is open (a reply), closed (the "
+        "host's ICMP port unreachable), open|filtered (silence) or unreachable (another "
+        "ICMP error); DNS and NTP get a real query; targets may also be written "
+        "udp://HOST:PORT",
+    )
+    p.add_argument(
         "--port",
         "--ports",
         dest="ports",
         default=None,
         metavar="PORTS",
-        help="TCP ports to probe on every target: 22,80,443 or 8000-8010 (needs --tcp)",
+        help="ports to probe on every target: 22,80,443 or 8000-8010 (needs --tcp or --udp)",
     )
     p.add_argument(
         "--rate",
@@ -217,15 +225,18 @@ def check_plausible(args: argparse.Namespace) -> None:
 
 
 def _resolve_p(args: argparse.Namespace) -> None:
-    """-p is the period (fping's -p, in seconds here), or with --tcp the ports (nmap's
-    -p); tcp://HOST:PORT targets imply --tcp."""
+    """-p is the period (fping's -p, in seconds here), or with --tcp / --udp the ports
+    (nmap's -p); tcp://HOST:PORT targets imply --tcp, udp://HOST:PORT --udp."""
     from ..errors import TargetError
     from . import argtypes
 
+    _resolve_udp(args)
     if any(t.lower().startswith("tcp://") for t in args.targets):
         args.tcp = True
+    if args.tcp and args.udp:
+        raise TargetError("--tcp and --udp (or tcp:// and udp:// targets): sweep one at a time")
     if args.p_short is not None:
-        if args.tcp:
+        if args.tcp or args.udp:
             if args.ports is not None:
                 raise TargetError("-p and --port both name the ports: give one of them")
             args.ports = args.p_short
@@ -238,8 +249,8 @@ def _resolve_p(args: argparse.Namespace) -> None:
                 raise TargetError(f"argument -p/--period: {e}") from None
     if args.period is None:
         args.period = 1.0
-    if args.ports is not None and not args.tcp:
-        raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
+    if args.ports is not None and not (args.tcp or args.udp):
+        raise TargetError("--port is for TCP or UDP probes: add --tcp or --udp (ICMP has no ports)")
     args.port_list = parse_ports(args.ports) if args.ports is not None else []
     check_mode(args.mode, args.tcp)
 
@@ -267,18 +278,39 @@ CONNECT_NOTE = (
 )
 
 
-def parse_tcp_url(text: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (IPv6 in brackets) -> (HOST, PORT)."""
+def parse_tcp_url(text: str, scheme: str = "tcp") -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (or ``udp://``, with ``scheme``; IPv6 in brackets) ->
+    (HOST, PORT)."""
     from ..errors import TargetError
 
-    host, sep, port_s = text[6:].rpartition(":")
+    host, sep, port_s = text[len(scheme) + 3 :].rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        example = f"{scheme}://[::1]:{22 if scheme == 'tcp' else 53}"
         raise TargetError(
-            f"{text!r}: write tcp://HOST:PORT (IPv6 in brackets: tcp://[::1]:22), port 1..65535"
+            f"{text!r}: write {scheme}://HOST:PORT (IPv6 in brackets: {example}), port 1..65535"
         )
     return host, int(port_s)
+
+
+def _resolve_udp(args: argparse.Namespace) -> None:
+    """udp://HOST:PORT targets imply --udp; --udp is no ICMP socket mode."""
+    from ..errors import TargetError
+
+    if not hasattr(args, "udp"):
+        args.udp = False
+    if any(t.lower().startswith("udp://") for t in args.targets):
+        args.udp = True
+    if args.udp and (args.size != 56 or args.dont_fragment):
+        raise TargetError(
+            "--size and --dont-fragment shape ICMP echoes: UDP probes carry a payload of "
+            "their own per port (a DNS query to 53, NTP to 123, a 16-byte cookie elsewhere)"
+        )
+    if args.udp and args.mode not in ("auto", "dgram"):
+        raise TargetError(
+            f"--udp uses an unprivileged UDP socket: --mode {args.mode} does not apply"
+        )
 
 
 def parse_ports(text: str) -> list[int]:
@@ -305,21 +337,25 @@ def parse_ports(text: str) -> list[int]:
     return list(out)
 
 
-def tcp_targets(args: argparse.Namespace) -> list[tuple[int, list[str]]]:
-    """(port, target words) for each port to sweep: the tcp://HOST:PORT targets by
-    their own port, the others on every --port."""
+def tcp_targets(args: argparse.Namespace, scheme: str = "tcp") -> list[tuple[int, list[str]]]:
+    """(port, target words) for each port to sweep: the tcp://HOST:PORT (or with
+    ``scheme`` "udp", udp://HOST:PORT) targets by their own port, the others on
+    every --port."""
     from ..errors import TargetError
 
     by_port: dict[int, list[str]] = {}
     plain = []
     for t in args.targets:
-        if not t.lower().startswith("tcp://"):
+        if not t.lower().startswith(f"{scheme}://"):
             plain.append(t)
             continue
-        host, port = parse_tcp_url(t)
+        host, port = parse_tcp_url(t, scheme)
         by_port.setdefault(port, []).append(host)
     if (plain or args.file) and not args.port_list:
-        raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
+        raise TargetError(
+            f"--{scheme} needs the ports to probe: --port "
+            f"{'22,80,443' if scheme == 'tcp' else '53,123'} (or {scheme}://HOST:PORT)"
+        )
     for port in args.port_list:
         by_port.setdefault(port, []).extend(plain)
     return [(port, words) for port, words in by_port.items()]
@@ -420,7 +456,10 @@ def _formatter(args: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
 
 
 def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
-    """Each sweep of the run and its port (0: ICMP): one, or one per TCP port."""
+    """Each sweep of the run and its port (0: ICMP): one, or one per TCP / UDP port."""
+    if args.udp:
+        yield from _udp_sweeps(args)
+        return
     if not args.tcp:
         targets = read_targets(args)
         yield _sweep(args, targets, 0), 0
@@ -431,6 +470,39 @@ def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
     for port, words in pairs:
         targets = read_targets(args, words, files if port in args.port_list else [])
         yield _sweep(args, targets, port), port
+
+
+def _udp_sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
+    """UDP: every port of the same targets in one sweep (one timeout for all the
+    pairs, not one per port), a result per port in the order given."""
+    from .. import api
+
+    groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+    for port, ws in tcp_targets(args, "udp"):
+        groups.setdefault((tuple(ws), port in args.port_list), []).append(port)
+    rate = api.DEFAULT_RATE_PPS if args.rate is None else args.rate
+    family = {4: 2, 6: 10}.get(args.family or 0)
+    for (words, with_files), ports in groups.items():
+        targets = read_targets(args, list(words), args.file if with_files else [])
+        progress = _Progress() if sys.stderr.isatty() and not (args.json or args.csv) else None
+        try:
+            results = api.udp_sweep(
+                targets,
+                ports,
+                count=args.count,
+                interval_s=args.period,
+                timeout_s=args.timeout,
+                rate_pps=rate,
+                ttl=args.ttl,
+                tos=args.tos,
+                workers=args.workers,
+                family=family,
+                on_progress=progress.update if progress else None,
+            )
+        finally:
+            if progress:
+                progress.close()
+        yield from zip(results, ports, strict=True)
 
 
 def _choose_tcp_timing(args: argparse.Namespace) -> None:
@@ -481,7 +553,7 @@ def run(args: argparse.Namespace) -> int:
         ports.append(port)
         del res
     summary = _merged(summaries)
-    if args.tcp:
+    if args.tcp or args.udp:
         summary["ports"] = ports
     if args.json or args.csv:
         if args.quiet:
@@ -489,13 +561,39 @@ def run(args: argparse.Namespace) -> int:
         elif args.stats:
             sys.stderr.write(json.dumps(summary) + "\n")
     elif args.quiet:
-        out.write(_text_summary(summary, tcp=args.tcp).encode())
+        out.write(_summary_text(summary, args).encode())
     else:
-        sys.stderr.write(_text_summary(summary, tcp=args.tcp))
+        sys.stderr.write(_summary_text(summary, args))
     out.flush()
     if unresolved:
         return EXIT_UNRESOLVED
     return EXIT_ALL_ALIVE if fmt.alive == hosts else EXIT_SOME_DOWN
+
+
+def _summary_text(s: dict[str, Any], args: argparse.Namespace) -> str:
+    if args.udp:
+        return _udp_summary(s)
+    return _text_summary(s, tcp=args.tcp)
+
+
+def _udp_summary(s: dict[str, Any]) -> str:
+    """The UDP sweep's summary: what the ports said, then the counters as for ICMP."""
+    lines = [
+        f"{s['targets']:>10} host:port pairs",
+        f"{s['alive']:>10} open (an application answered)",
+        f"{s['down']:>10} not open (closed, open|filtered or unreachable)",
+        f"{s['sent']:>10} datagrams sent",
+        f"{s['received']:>10} answers",
+        f"{s.get('closed', 0):>10} of them ICMP port unreachable (port closed)",
+    ]
+    if s.get("unkeyed"):
+        lines.append(f"{s['unkeyed']:>10} of them unkeyed (given to the pair's oldest probe)")
+    if s.get("timeouts") and s.get("closed"):
+        lines.append(
+            f"{s['timeouts']:>10} unanswered: a host's ICMP rate limit makes closed ports "
+            "look open|filtered (docs/udp.md)"
+        )
+    return "\n".join(lines + _counter_lines(s)) + "\n"
 
 
 def _text_summary(s: dict[str, Any], tcp: bool = False) -> str:
@@ -522,6 +620,13 @@ def _text_summary(s: dict[str, Any], tcp: bool = False) -> str:
             f"{s['sent']:>10} probes sent",
             f"{s['received']:>10} replies",
         ]
+    return "\n".join(lines + _counter_lines(s)) + "\n"
+
+
+def _counter_lines(s: dict[str, Any]) -> list[str]:
+    """The summary's lines after what the targets said: the counters that moved and
+    the time taken."""
+    lines = []
     for key, label in (
         ("duplicates", "duplicates"),
         ("late", "late replies"),
@@ -535,7 +640,7 @@ def _text_summary(s: dict[str, Any], tcp: bool = False) -> str:
         if s.get(key):
             lines.append(f"{s[key]:>10} {label}")
     lines.append(f"{s['duration_s']:>10.3f} s elapsed, {s['probes_per_s']:.0f} probes/s")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 class _Progress:

@@ -14,6 +14,7 @@ cdef extern from *:
         uint16_t port;
         uint8_t addr[16];
         uint8_t router[16];
+        uint8_t proto;
     } fastping_slot_row;
     """
     ctypedef struct SlotRow "fastping_slot_row":
@@ -24,3 +25,4 @@ cdef extern from *:
         uint16_t port                # 0: a kind without ports (ICMP)
         uint8_t addr[16]
         uint8_t router[16]
+        uint8_t proto                # 17: UDP ports (silence is open|filtered); else 0

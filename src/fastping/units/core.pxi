@@ -115,6 +115,7 @@ cdef class ProbeSocket:
     cdef bint closing            # close() came while busy: the loop winds down, _leave closes
     cdef bint raw
     cdef int addr_len            # 4 or 16
+    cdef uint8_t row_proto       # what export_rows says the ports are (SlotRow.proto)
     cdef int plen                # bytes of one probe as handed to the kernel
     cdef uint64_t k0, k1
     cdef int64_t timeout_ns      # replies slower than this count as late (0: no limit)
@@ -291,6 +292,23 @@ cdef class ProbeSocket:
     cdef int _added(self, uint32_t first, uint32_t count) except -1:
         """Slots [first, first + count) were just given their address and port."""
         return 0
+
+    cdef bint _stale_send_error(self, int err, int tries) noexcept nogil:
+        """A send failed with ``err`` (``tries`` times for this probe already): True
+        when that error may not be the send's own but a pending socket error it
+        consumed, so the probe is to be sent again. On a datagram socket (UDP, ICMP
+        "ping") with IP_RECVERR each ICMP error also sets sk_err, and the next send
+        fails with it once whatever its destination (sock_alloc_send_skb checks it;
+        a raw socket's send does not). Reading the error queue clears it; a real
+        error of this send comes back every time and counts after a few tries."""
+        if self.raw or tries >= STALE_SEND_TRIES:
+            return False
+        if (err != ECONNREFUSED and err != EHOSTUNREACH and err != ENETUNREACH and
+                err != EPROTO and err != EHOSTDOWN and err != ENONET and err != EMSGSIZE and
+                err != ENOPROTOOPT and err != EOPNOTSUPP):
+            return False
+        self._drain_errq()
+        return True
 
     cdef int _check_port(self, long port) except -1:
         """Refuse a port this kind cannot use (ICMP has none: 0 only)."""
@@ -820,6 +838,7 @@ cdef class ProbeSocket:
         memcpy(r.addr, self.addrs + <size_t>s * self.addr_len, self.addr_len)
         if self.ports != NULL:
             r.port = self.ports[s]
+        r.proto = self.row_proto
         if rr.err_type or rr.unreach or rr.texc:
             r.has_router = 1
             memcpy(r.router, rr.router, self.addr_len)
@@ -1009,7 +1028,7 @@ cdef class ProbeSocket:
         cdef int B = self.batch_size
         cdef int plen = self.plen
         cdef Py_ssize_t i = 0, j, k
-        cdef int r, tries, err
+        cdef int r, tries, etries, err
         cdef uint32_t s, serial
         cdef Probe *pr
         cdef SlotStats *st
@@ -1054,6 +1073,7 @@ cdef class ProbeSocket:
             # the probe's TX timestamp when the error queue is read (_on_tx_stamp).
             done = 0
             tries = 0
+            etries = 0
             while done < built:
                 n_try = 1 if self.ts_mode == TS_PACKET else built - done
                 t = now_ns()
@@ -1082,6 +1102,7 @@ cdef class ProbeSocket:
                     self.c_sent += r
                     self.c_outstanding += r
                     done += r
+                    etries = 0
                     continue
                 err = errno
                 if err == EINTR:
@@ -1102,8 +1123,13 @@ cdef class ProbeSocket:
                     self._drain(0)   # always: room in our buffer may be what is missing
                     _sleep_ns(20000)
                     continue
+                if self._stale_send_error(err, etries):
+                    self.c_sock_errors += 1
+                    etries += 1
+                    continue
                 # the first message failed (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM...)
                 self._fail_one(done, err)
+                etries = 0
                 done += 1
             if self.ts_mode == TS_KERNEL_ID:
                 self.tx_key_next += <uint32_t>built

@@ -87,6 +87,7 @@ DEF LAT_BUCKETS = 240        # send-lateness histogram: log-linear, 8 buckets pe
 DEF RX_BUF = 1536            # a reply, or an ICMP error quoting up to 576+ bytes
 DEF CTRL_BUF = 256
 DEF MAX_BATCH = 1024
+DEF STALE_SEND_TRIES = 4      # sends retried after a consumed sk_err before one counts failed
 DEF NS = 1000000000
 
 
