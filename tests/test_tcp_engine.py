@@ -116,7 +116,6 @@ def test_kind_and_port_are_part_of_a_targets_identity() -> None:
         ("127.0.0.1", {"kind": "tcp"}, "needs a port"),
         ("127.0.0.1", {"kind": "icmp", "port": 3}, "ICMP has no ports"),
         ("tcp://127.0.0.1:22", {"port": 23}, "names its kind and port already"),
-        ("udp://127.0.0.1:53", {}, "probe kind 'udp' is not known here"),
     ],
 )
 def test_bad_kind_targets_say_what_to_write(text: str, kw: dict[str, object], message: str) -> None:
@@ -589,3 +588,69 @@ def test_engine_without_cap_net_raw_records_send_errors_naming_it() -> None:
     assert got["send_error"] >= 1  # each due probe says so (backed off), nothing silent
     # the target's state change says why, in the socket's words
     assert len(got["why"]) == 1 and "CAP_NET_RAW" in got["why"][0], got
+
+
+# ------------------------------------------------------------------ UDP, the same way
+
+
+def test_monitor_udp_targets_open_and_closed_beside_tcp_and_icmp(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    """udp://HOST:PORT is one more row of engine.SOCKET_KINDS: an echo server's port
+    answers (reply), a port nobody has is closed (ICMP port unreachable)."""
+    import threading
+
+    tcp_open, _ = ports
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(2048)
+            except TimeoutError:
+                continue
+            srv.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    udp_open = srv.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        udp_closed = c.getsockname()[1]
+    cfg = tmp_path / "u.yaml"
+    cfg.write_text(
+        "defaults: {interval_s: 0.2, timeout_s: 0.5}\ntargets:\n  - 127.0.0.1\n"
+        f"  - udp://127.0.0.1:{udp_open}\n  - {{host: 127.0.0.1, kind: udp, port: {udp_closed}}}\n"
+        f"  - tcp://127.0.0.1:{tcp_open}\n"
+    )
+    db = tmp_path / "u.db"
+    try:
+        r = _monitor("--config", str(cfg), "--db", str(db), "-d", "1.5")
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    got = _outcomes(db)
+    assert {t: set(c) for t, c in got.items()} == {
+        "127.0.0.1": {"reply"},
+        f"udp://127.0.0.1:{udp_open}": {"reply"},
+        f"udp://127.0.0.1:{udp_closed}": {"closed"},
+        f"tcp://127.0.0.1:{tcp_open}": {"reply"},
+    }
+    assert ResultStore(db).target_kinds()[f"udp://127.0.0.1:{udp_closed}"] == ("udp", udp_closed)
+    rep = subprocess.run(
+        fastping_cmd("report", "--db", str(db), "--since", "all"),
+        capture_output=True, text=True, env=child_env(),
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    from fastping.commands.report import KIND_TITLES
+
+    # a table per kind, in the order icmp, tcp, udp, each with its heading
+    heads = [ln for ln in rep.stdout.splitlines() if ln.endswith(" targets")]
+    assert heads == [
+        f"{KIND_TITLES[k]}: {n} targets" for k, n in (("icmp", 1), ("tcp", 1), ("udp", 2))
+    ]

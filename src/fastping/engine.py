@@ -8,9 +8,11 @@ Shape (see DESIGN.md, "Engine"):
   ``TcpSocket`` for ``tcp://host:port`` targets (stateless SYNs: open = reply, a RST =
   ``Outcome.CLOSED``, silence = timeout), each AF_INET or AF_INET6, opened lazily with
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
-  outstanding as its interval and the timeout allow. ``SOCKET_KINDS`` maps a kind to
-  its socket class (same API, so a kind is a row there: UDP plugs in the same way); a
-  target's kind and port are part of its identity (``targets.kind_label``).
+  outstanding as its interval and the timeout allow. ``udp://host:port`` targets are
+  slots of an unprivileged ``UdpSocket`` (an answer = reply, ICMP port unreachable =
+  closed, silence = timeout: open|filtered). ``SOCKET_KINDS`` maps a kind to its
+  socket class (one API, so a kind is a row there, not a branch); a target's kind and
+  port are part of its identity (``targets.kind_label``).
 * **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
   interval; its first probe is placed at a phase taken from the golden-ratio
   sequence (``i * 0.618... mod 1`` of the interval), which spreads any number of
@@ -455,7 +457,7 @@ class TargetInfo:
 
 
 # kind -> (mode, options) -> SocketFactory: the socket class of each probe kind. A
-# kind is a row here (UDP: fastping._icmp.UdpSocket, same API), not a branch elsewhere.
+# kind is a row here (each class has IcmpSocket's API), not a branch elsewhere.
 KindOpener = Callable[[str, dict[str, Any]], SocketFactory]
 
 
@@ -480,9 +482,22 @@ def _tcp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     return open_socket
 
 
+def _udp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
+    def open_socket(family: int, window: int) -> IcmpSocketLike:
+        from ._icmp import UdpSocket
+
+        # unprivileged (SOCK_DGRAM): an answer = open, ICMP port unreachable = closed,
+        # silence = timeout (open|filtered: a UDP service need not answer)
+        sock: IcmpSocketLike = UdpSocket(family, window=window, **options)
+        return sock
+
+    return open_socket
+
+
 SOCKET_KINDS: dict[str, KindOpener] = {
     "icmp": _icmp_opener,
     "tcp": _tcp_opener,
+    "udp": _udp_opener,
 }
 
 

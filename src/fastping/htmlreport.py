@@ -425,7 +425,8 @@ def _outage_table(outages: Sequence[Any], incidents: Sequence[Any]) -> str:
 KIND_HEADINGS = {
     "icmp": "ICMP echo targets",
     "tcp": "TCP targets (received = open; closed = RST, in the loss; no answer = filtered)",
-    "udp": "UDP targets",
+    "udp": "UDP targets (received = an answer; closed = ICMP port unreachable, in the loss; "
+    "no answer = open|filtered)",
 }
 
 

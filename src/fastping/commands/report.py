@@ -25,7 +25,8 @@ KIND_TITLES: dict[str, str] = {
     "icmp": "ICMP echo",
     "tcp": "TCP SYN (RECV = open; CLOSED = answered with a RST, counted in the loss; "
     "no answer = filtered)",
-    "udp": "UDP",
+    "udp": "UDP (RECV = an answer from the port; CLOSED = ICMP port unreachable, counted "
+    "in the loss; no answer = open|filtered)",
 }
 # from a shared (PostgreSQL) store, after those
 SHARED_KEYS: tuple[str, ...] = ("agent", "labels")
