@@ -21,6 +21,13 @@ The resource guard samples as usual but its limits are raised (100 % of a core,
 1000 MB) so it does not slow the run it is measuring; with the spec's defaults
 (5 %, 100 MB) it would stretch the intervals as soon as the share passed 5 %.
 Targets are 127.2.0.1 ... (inside 127.2.0.0/18): loopback only.
+
+TCP (``--compare-kinds PAIRS``, issue #17's engine bar): the same engine with
+``tcp://127.3.x.y:PORT`` targets (127.3.0.0/18) against one listening socket of this
+process (bound to 0.0.0.0, backlog 65535), interleaved with ICMP runs of the same
+size and length; the CPU share of each and their difference in points of a core. On
+loopback each SYN costs the kernel a SYN-ACK and our kernel's RST to it (three
+packets where ICMP has two), all charged to the sending process.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from typing import Any
 import pytest
 
 FIRST = int(ipaddress.IPv4Address("127.2.0.1"))
+FIRST_TCP = int(ipaddress.IPv4Address("127.3.0.1"))
+# the TCP socket's source ports: below the ephemeral range the listener's port is from
+TCP_SPORT_BASE = 24000
 C_SOURCE = Path(os.environ.get("FASTPING_BENCH_C", "/work/shared/bench/mmsg_ceiling.c"))
 
 
@@ -74,8 +84,10 @@ class _RssSampler(threading.Thread):
 
 
 async def run_engine(
-    n: int, duration_s: float, db: Path, timestamps: str = "kernel"
+    n: int, duration_s: float, db: Path, timestamps: str = "kernel", tcp_port: int = 0
 ) -> dict[str, Any]:
+    """One engine run of ``n`` targets; ICMP, or with ``tcp_port`` TCP SYN probes of
+    that port (a listener must be on it)."""
     from fastping.engine import MonitoringEngine
     from fastping.guard import ResourceGuard
     from fastping.store import ResultStore
@@ -88,9 +100,13 @@ async def run_engine(
         timeout_s=1.0,
         guard=guard,
         socket_options={"timestamps": timestamps},
+        kind_options={"tcp": {"timestamps": timestamps, "sport_base": TCP_SPORT_BASE}},
     )
     for i in range(n):
-        engine.add_target(str(ipaddress.IPv4Address(FIRST + i)))
+        if tcp_port:
+            engine.add_target(f"tcp://{ipaddress.IPv4Address(FIRST_TCP + i)}:{tcp_port}")
+        else:
+            engine.add_target(str(ipaddress.IPv4Address(FIRST + i)))
     await store.start()
     sampler = _RssSampler()
     sampler.start()
@@ -102,9 +118,9 @@ async def run_engine(
     cpu1, wall1 = _cpu_s(), time.monotonic()
     warm_s = min(5.0, duration_s / 4)
     await asyncio.sleep(warm_s)
-    cpu2, wall2 = _cpu_s(), time.monotonic()
+    cpu2, wall2, user2 = _cpu_s(), time.monotonic(), os.times().user
     await asyncio.sleep(max(0.0, duration_s - (wall2 - wall1)))
-    cpu3, wall3 = _cpu_s(), time.monotonic()
+    cpu3, wall3, user3 = _cpu_s(), time.monotonic(), os.times().user
     await engine.stop()
     wall_run = time.monotonic() - wall0
     cpu_run = _cpu_s() - cpu0
@@ -121,6 +137,7 @@ async def run_engine(
         sqlite_rows = c.execute("SELECT count(*) FROM results").fetchone()[0]
     return {
         "targets": n,
+        "kind": "tcp" if tcp_port else "icmp",
         "timestamps": timestamps,
         "send_lateness": st["send_lateness"],
         "timed_kernel": sock_all.get("timed_kernel"),
@@ -129,6 +146,8 @@ async def run_engine(
         "sent": st["sent"],
         "received": st["received"],
         "timeouts": st["outcomes"]["timeout"],
+        "closed": st["outcomes"]["closed"],
+        "foreign": sock_all.get("foreign"),
         "loss": round(1 - st["received"] / st["sent"], 6) if st["sent"] else None,
         "rows_in_store": rows,
         "sqlite_rows": sqlite_rows,
@@ -143,6 +162,9 @@ async def run_engine(
         "cpu_share_probing": round((cpu3 - cpu1) / (wall3 - wall1), 4),
         # probing after the warm-up: what a long-running monitor costs per second
         "cpu_share_steady": round((cpu3 - cpu2) / (wall3 - wall2), 4),
+        # of it in user space: fastping's own work (the kernel's loopback work for the
+        # probe and its answers is system time, in the sender's syscalls)
+        "cpu_user_share_steady": round((user3 - user2) / (wall3 - wall2), 4),
         "start_cpu_s": round(cpu1 - cpu0, 3),
         "cpu_s_incl_final_flush": round(cpu_total, 2),
         "final_flush_s": round(close_s, 2),
@@ -184,6 +206,42 @@ def run_c_reference(n: int, rounds: int) -> dict[str, Any] | None:
         "cpu_s": round(cpu, 2),
         "cpu_user_s": round(after.ru_utime - before.ru_utime, 2),
         "cpu_sys_s": round(after.ru_stime - before.ru_stime, 2),
+        "wall_s": round(wall, 2),
+        "us_per_probe": round(1e6 * cpu / (n * rounds), 2),
+    }
+
+
+SYN_SOURCE = Path(__file__).with_name("c") / "syn_ref.c"
+
+
+def run_syn_reference(n: int, rounds: int, port: int) -> dict[str, Any] | None:
+    """benchmarks/c/syn_ref.c (the SYN sweep's C loop, kernel TX/RX stamps as fastping's
+    core takes them) for ``rounds`` sweeps of ``n`` targets 127.3.0.1 ... on ``port``:
+    the kernel's loopback work for a SYN (its SYN-ACK, our kernel's RST), as
+    run_c_reference is for an echo request."""
+    if shutil.which("gcc") is None or os.geteuid() != 0:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "syn_ref"
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(SYN_SOURCE)], check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        opened = 0
+        for _ in range(rounds):
+            out = subprocess.run(
+                [str(exe), "-n", str(n), "-a", "127.3.0.1", "-p", str(port), "-t", "200",
+                 "-s", str(TCP_SPORT_BASE), "-S", "256", "-T", "1"],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+            opened += int(dict(t.split("=") for t in line.split()[1:])["open"])
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "probes": n * rounds,
+        "open": opened,
+        "cpu_s": round(cpu, 2),
         "wall_s": round(wall, 2),
         "us_per_probe": round(1e6 * cpu / (n * rounds), 2),
     }
@@ -293,6 +351,70 @@ def compare_timestamps(n: int, duration_s: float, pairs: int) -> int:
     return 0
 
 
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def compare_kinds(n: int, duration_s: float, pairs: int) -> int:
+    """ICMP and TCP engines of ``n`` targets each, interleaved (ICMP first, then TCP
+    first, ...), ``pairs`` of each; the steady CPU share of each run and the medians'
+    difference in points of one core (the load average is printed with each run: the
+    machine may be shared)."""
+    import socket
+
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", 0))  # every 127.3.x.y answers on it  # noqa: S104 (loopback targets)
+    ls.listen(65535)
+    port = ls.getsockname()[1]
+    rows = []
+    try:
+        for i in range(pairs):
+            for tcp in (False, True) if i % 2 == 0 else (True, False):
+                load = _loadavg()
+                with tempfile.TemporaryDirectory() as d:
+                    r = asyncio.run(
+                        run_engine(n, duration_s, Path(d) / "bench.db", tcp_port=port if tcp else 0)
+                    )
+                keep = ("kind", "sent", "received", "timeouts", "closed", "loss", "foreign",
+                        "rows_in_store", "cpu_share_of_one_core", "cpu_share_probing",
+                        "cpu_share_steady", "cpu_user_share_steady", "rx_drops",
+                        "interval_factor")  # fmt: skip
+                row = {k: r[k] for k in keep} | {"loadavg_before": load}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        # the kernel's share of the same probes, in C with nothing around it (one burst
+        # per round, where the engine paces: see the module docstring)
+        rounds = max(1, min(20, round(duration_s)))
+        refs = {"icmp": run_c_reference(n, rounds), "tcp": run_syn_reference(n, rounds, port)}
+    finally:
+        ls.close()
+    med: dict[str, float] = {}
+    user: dict[str, float] = {}
+    for kind in ("icmp", "tcp"):
+        sh = sorted(r["cpu_share_steady"] for r in rows if r["kind"] == kind)
+        us = sorted(r["cpu_user_share_steady"] for r in rows if r["kind"] == kind)
+        med[kind], user[kind] = sh[len(sh) // 2], us[len(us) // 2]
+        print(f"{kind}: steady CPU share median {100 * med[kind]:.2f}% of a core (runs: {sh}), "
+              f"user space {100 * user[kind]:.2f}% (runs: {us})")  # fmt: skip
+    diff = 100 * (med["tcp"] - med["icmp"])
+    print(f"TCP - ICMP: {diff:+.2f} points of a core at {n} targets/s, user space "
+          f"{100 * (user['tcp'] - user['icmp']):+.2f} ({_loadavg()} load after)")  # fmt: skip
+    own: dict[str, float] = {}
+    for kind, ref in refs.items():
+        if ref is None:
+            continue
+        kernel = ref["cpu_s"] / ref["probes"] * n  # share of a core at n probes/s
+        own[kind] = med[kind] - kernel
+        print(f"{kind}: C reference {ref} -> kernel {100 * kernel:.2f}% of a core, "
+              f"fastping's own {100 * own[kind]:.2f}%")  # fmt: skip
+    if len(own) == 2:
+        print(f"fastping's own share, TCP - ICMP: {100 * (own['tcp'] - own['icmp']):+.2f} points")
+    ok = all(r["loss"] == 0.0 and r["rows_in_store"] == r["sent"] for r in rows)
+    return 0 if ok else 1
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for raw sockets (loopback only)")
 def test_engine_10k_targets_60s() -> None:
@@ -317,9 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: PAIRS interleaved runs with timestamps='batch' (one clock read per "
         "sendmmsg, before kernel TX timestamps) and 'kernel', CPU shares side by side",
     )
+    ap.add_argument(
+        "--compare-kinds",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead: PAIRS interleaved runs of ICMP targets and of tcp://127.3.x.y:PORT "
+        "targets against a listening socket, CPU shares side by side",
+    )
     a = ap.parse_args(argv)
     if not 1 <= a.targets <= 16_383:
         ap.error("--targets must be 1..16383 (127.2.0.0/18, loopback only)")
+    if a.compare_kinds:
+        return compare_kinds(a.targets, a.duration, a.compare_kinds)
     if a.compare_timestamps:
         return compare_timestamps(a.targets, a.duration, a.compare_timestamps)
     out = bench(a.targets, a.duration, not a.no_c_reference)

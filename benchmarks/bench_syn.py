@@ -17,8 +17,10 @@ our kernel resets each half-open connection. Figures, per tool, pairs/s:
   frame on lo is from 00:00:00:00:00:00);
 * ``benchmarks/c/syn_ref.c`` with ``-T 1`` (every probe timed by the kernel, as
   fastping does) and ``-T 0`` (the plain loop): answered pairs / wall;
-* ``fastping sweep --tcp -p PORT CIDR --rate 0 -q --json``: pairs / wall of the whole
-  process (start-up, target expansion, output), its core rate, and its peak RSS
+* ``fastping sweep --tcp -p PORT CIDR --rate 0 -q --json``, with one worker (``-w 1``:
+  one loop, as syn_ref) and with the default (``--workers`` auto: two on two cores, as
+  zmap's send and receive threads): pairs / wall of the whole process (start-up,
+  target expansion, output), its core rate, and its peak RSS
   (GNU time, Debian's ``time`` package).
 
 Loopback inside the namespace only.
@@ -115,12 +117,12 @@ def run_syn_ref(binary: Path, n: int, tstamp: int) -> tuple[float, int, dict[str
     return float(res["pps"]), int(res["open"]), res
 
 
-def run_fastping(n: int) -> tuple[float, float, int, float]:
+def run_fastping(n: int, workers: str) -> tuple[float, float, int, float]:
     env = dict(os.environ, PYTHONPATH=str(SRC))
     # GNU time's %M: the peak RSS of fastping's own process (`ip netns exec` execs it)
     cmd = in_ns("/usr/bin/time", "-f", "maxrss_kb=%M", sys.executable, "-m", "fastping.cli",
                 "sweep", "--tcp", "-p", str(PORT), CIDR[n], "--rate", "0", "-q", "--json",
-                "--timeout", "1", "-w", "1")  # fmt: skip
+                "--timeout", "1", *(("-w", workers) if workers != "auto" else ()))  # fmt: skip
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     wall = time.perf_counter() - t0
@@ -151,16 +153,16 @@ def main(argv: list[str] | None = None) -> int:
                     p, o, _ = run_syn_ref(ref, n, t)
                     rate.setdefault(f"syn_ref -T {t}", []).append(p)
                     got.setdefault(f"syn_ref -T {t}", []).append(o)
-                whole, core, rcv, mb = run_fastping(n)
-                rate.setdefault("fastping process", []).append(whole)
-                rate.setdefault("fastping core", []).append(core)
-                got.setdefault("fastping process", []).append(rcv)
-                got.setdefault("fastping core", []).append(rcv)
-                rss.append(mb)
+                for w in ("1", "auto"):
+                    whole, core, rcv, mb = run_fastping(n, w)
+                    for what, v in (("process", whole), ("core", core)):
+                        rate.setdefault(f"fastping -w {w} {what}", []).append(v)
+                        got.setdefault(f"fastping -w {w} {what}", []).append(rcv)
+                    rss.append(mb)
             med = {k: statistics.median(v) for k, v in rate.items()}
             print(f"\n{n:,} host:port pairs, medians of {a.runs} interleaved runs (pairs/s):")
             for k, v in med.items():
-                print(f"  {k:<18} {v:>10,.0f}  x zmap {v / med['zmap']:.2f}"
+                print(f"  {k:<26} {v:>10,.0f}  x zmap {v / med['zmap']:.2f}"
                       f"  x syn_ref -T 1 {v / med['syn_ref -T 1']:.2f}"
                       f"  x -T 0 {v / med['syn_ref -T 0']:.2f}"
                       f"  answered min {min(got[k]):,} of {n:,}")  # fmt: skip

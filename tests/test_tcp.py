@@ -286,6 +286,30 @@ def test_a_sweep_of_65536_open_ports_leaves_no_half_open_connections(
         listen.wait()
 
 
+def test_the_socket_is_bound_to_the_one_source_its_slots_share(
+    two_namespaces: tuple[str, str],
+) -> None:
+    """While every IPv4 slot has the same source the raw socket is bound to it (so the
+    kernel does not hand it a copy of our own SYNs and RSTs); a slot whose route picks
+    another source puts it back on the wildcard, and both sources' answers still come."""
+    prober, _ = two_namespaces
+
+    def run() -> tuple[str, str, list[int]]:
+        with _listener() as ls, _icmp.TcpSocket(sport_base=QUIET_PORTS) as t:
+            port = ls.getsockname()[1]
+            t.add_target("127.0.0.1", port)
+            with socket.socket(fileno=os.dup(t.fileno())) as view:
+                alone = view.getsockname()[0]
+                t.add_target("10.77.0.9", 9)  # via the veth: source 10.78.0.1
+                mixed = view.getsockname()[0]
+            t.sweep(count=1, interval_s=0.0, timeout_s=1.0)
+            return alone, mixed, [t.slot_stats(s)[1] for s in range(2)]
+
+    alone, mixed, received = in_netns(prober, run)
+    assert alone == "127.0.0.1" and mixed == "0.0.0.0"
+    assert received == [1, 1]  # open on loopback, closed (a RST) across the veth
+
+
 def test_without_cap_net_raw_the_error_says_what_to_do() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from fastping import _icmp\n"

@@ -128,12 +128,18 @@ def _receive_stamps_on() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _stamps_on() -> Iterator[None]:
+    with _receive_stamps_on():  # every test here counts rx_user; see above
+        yield
+
+
 # ------------------------------------------------------------ loopback, no privilege
 @pytest.mark.parametrize(
     ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
 )
 def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
-    with _receive_stamps_on(), _server(family, host) as open_port, _icmp.UdpSocket(family) as u:
+    with _server(family, host) as open_port, _icmp.UdpSocket(family) as u:
         closed_port = _free_port(family, host)
         a = u.add_target(host, open_port)
         b = u.add_target(host, closed_port)

@@ -47,6 +47,7 @@ OUTCOME_CODE: dict[Outcome, int] = {
     Outcome.RESOLVE_ERROR: 6,
     Outcome.DUPLICATE: 7,
     Outcome.LATE: 8,
+    Outcome.CLOSED: 9,  # the core's CODE_CLOSED (its EV_CLOSED is 7, which is DUPLICATE here)
 }
 OUTCOME_BY_CODE: dict[int, Outcome] = {v: k for k, v in OUTCOME_CODE.items()}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, TargetError
 from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
@@ -26,9 +26,10 @@ from .retry import RetryConfig
 from .settings import Model as _Model
 from .settings import Seconds, error_text, parse_listen, show
 from .shard import parse_shard
-from .targets import parse_target
+from .targets import parse_target, split_kind, with_kind
 
 Mode = Literal["auto", "raw", "dgram", "subprocess"]
+ProbeKind = Literal["icmp", "tcp", "udp"]  # targets.PROBE_KINDS
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -60,13 +61,17 @@ class Defaults(_Model):
 
 
 class TargetConfig(_Model):
-    """One target; unset fields take ``defaults``."""
+    """One target; unset fields take ``defaults``. ``host`` may carry its probe kind
+    (``tcp://10.0.0.1:22``), or ``kind`` and ``port`` say it (``{host: 10.0.0.1,
+    kind: tcp, port: 22}``); without either it is pinged (ICMP)."""
 
     host: str
     interval_s: Seconds | None = Field(default=None, ge=MIN_INTERVAL_S, le=86400)
     timeout_s: Seconds | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     payload_size: int | None = Field(default=None, ge=PAYLOAD_MIN, le=PAYLOAD_MAX)
     labels: dict[str, str] = Field(default_factory=dict)
+    kind: ProbeKind | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("host")
     @classmethod
@@ -75,10 +80,29 @@ class TargetConfig(_Model):
             _check_url(v)
             return v.strip()
         try:
-            parse_target(v)
+            parse_target(split_kind(v).host)
         except TargetError as e:
             raise ValueError(str(e)) from None
         return v.strip()
+
+    @model_validator(mode="after")
+    def _kind_port(self) -> TargetConfig:
+        if not is_url(self.host):
+            try:
+                with_kind(self.host, self.kind, self.port)
+            except TargetError as e:
+                raise ValueError(str(e)) from None
+        elif self.kind is not None or self.port is not None:
+            raise ValueError(f"{self.host!r} is an HTTP check: kind and port are for probes")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the monitor watches (a block or range is expanded later): the host for
+        ICMP, ``tcp://host:port`` for TCP; the URL of an HTTP check."""
+        if is_url(self.host):
+            return self.host
+        return with_kind(self.host, self.kind, self.port).label
 
 
 def is_url(text: str) -> bool:
@@ -485,20 +509,21 @@ def parse_config(
             error_text(e, FastpingConfig, where=lambda loc: f" ({source}{_where(node, loc)})")
         ) from None
     # Checked here rather than in a model validator so the error can name the index.
+    # the same host probed with another kind or on another port is another target
     seen: dict[str, int] = {}
     for i, t in enumerate(cfg.targets):
-        if t.host in seen:
+        if t.label in seen:
             raise ConfigError(
                 _line(
                     f"targets[{i}].host",
-                    t.host,
-                    f"duplicate of targets[{seen[t.host]}]",
+                    t.label,
+                    f"duplicate of targets[{seen[t.label]}]",
                     source,
                     node,
                     ("targets", i),
                 )  # fmt: skip
             )
-        seen[t.host] = i
+        seen[t.label] = i
     return cfg
 
 

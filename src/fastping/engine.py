@@ -1,11 +1,18 @@
-"""MonitoringEngine: watch many targets continuously through one ICMP socket per family.
+"""MonitoringEngine: watch many targets continuously through one socket per probe kind
+and family.
 
 Shape (see DESIGN.md, "Engine"):
 
-* **One shared socket per family.** Every target is a *slot* of one ``IcmpSocket``
-  (AF_INET or AF_INET6), opened lazily by ``probe.open_icmp_socket`` with
+* **One shared socket per (kind, family).** Every target is a *slot* of one socket:
+  an ``IcmpSocket`` for ICMP echo (opened by ``probe.open_icmp_socket``), a
+  ``TcpSocket`` for ``tcp://host:port`` targets (stateless SYNs: open = reply, a RST =
+  ``Outcome.CLOSED``, silence = timeout), each AF_INET or AF_INET6, opened lazily with
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
-  outstanding as its interval and the timeout allow.
+  outstanding as its interval and the timeout allow. ``udp://host:port`` targets are
+  slots of an unprivileged ``UdpSocket`` (an answer = reply, ICMP port unreachable =
+  closed, silence = timeout: open|filtered). ``SOCKET_KINDS`` maps a kind to its
+  socket class (one API, so a kind is a row there, not a branch); a target's kind and
+  port are part of its identity (``targets.kind_label``).
 * **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
   interval; its first probe is placed at a phase taken from the golden-ratio
   sequence (``i * 0.618... mod 1`` of the interval), which spreads any number of
@@ -82,6 +89,7 @@ from typing import Any, Protocol
 
 # The core's event kinds; the order is OUTCOME_BY_KIND's.
 from ._icmp import (
+    EV_CLOSED,
     EV_DUPLICATE,
     EV_LATE,
     EV_REPLY,
@@ -141,6 +149,7 @@ _STATUS_BY_KIND = (
     STATUS_ERROR,
     None,  # duplicate: no change
     None,  # late: no change
+    STATUS_DOWN,  # closed: the host answered, the service is not there
 )
 # Problems first, in the live table.
 _STATUS_RANK = {
@@ -151,7 +160,9 @@ _STATUS_RANK = {
     STATUS_UP: 4,
 }
 # Outcomes that prove the probe left the host: they reset the error backoff.
-_LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED))
+_LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_CLOSED))
+# the kinds the core logs (and the store gets from the log): replies, timeouts, closed
+_LOGGED = frozenset((EV_REPLY, EV_TIMEOUT, EV_CLOSED))
 
 
 # socket counters worth reporting (the core counts them; silent drops look like loss)
@@ -177,6 +188,7 @@ _CORE_COUNTERS = (
     "duplicates",
     "late",
     "outstanding",
+    "closed",  # answers that said the port is closed (TCP RST); in "received" too
 )
 
 
@@ -185,7 +197,7 @@ class IcmpSocketLike(Protocol):
 
     def fileno(self) -> int: ...
     def close(self) -> None: ...
-    def add_target(self, address: str) -> int: ...
+    def add_target(self, address: str, port: int = 0) -> int: ...
     def remove_target(self, slot: int) -> None: ...
     def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]: ...
     def lateness(self) -> tuple[int, int, int, tuple[int, ...]]: ...
@@ -197,11 +209,14 @@ class IcmpSocketLike(Protocol):
     def forget_last(self, slot: int = -1) -> None: ...
     def set_slot_timeout(self, slot: int, timeout_s: float) -> None: ...
     def slot_stats(self, slot: int) -> tuple[Any, ...]: ...
+    def slot_closed(self, slot: int) -> int: ...  # kinds with ports (TCP) only
     def slot_last(self, slot: int) -> tuple[int, int, int]: ...
     def slot_address(self, slot: int) -> str: ...
 
 
 SocketFactory = Callable[[int, int], IcmpSocketLike]  # (family, window) -> socket
+# a socket of the engine: (probe kind, family); targets.PROBE_KINDS are the kinds
+SockKey = tuple[str, int]
 Resolver = Callable[[str, int], Awaitable[list[tuple[int, str]]]]  # -> [(family, address)]
 # Called with every batch of results, in the event loop, before the store gets them.
 Observer = Callable[[Sequence[ProbeResult]], None]
@@ -343,6 +358,10 @@ class _Target:
         "is_name",
         "address",
         "family",
+        "kind",
+        "port",
+        "name",
+        "sk",
         "slot",
         "due_tick",
         "removed",
@@ -361,8 +380,20 @@ class _Target:
         "added_at",
     )
 
-    def __init__(self, host: str, interval_s: float, labels: dict[str, str], is_name: bool):
-        self.host = host
+    def __init__(
+        self,
+        host: str,
+        interval_s: float,
+        labels: dict[str, str],
+        is_name: bool,
+        kind: str = "icmp",
+        port: int = 0,
+    ):
+        self.host = host  # the target's identity: its label (tcp://host:port for TCP)
+        self.kind = kind
+        self.port = port
+        self.name = host  # what is resolved and probed: the host without kind and port
+        self.sk: SockKey = (kind, 0)  # the socket it is a slot of
         self.labels = labels
         self.interval_s = interval_s
         self.interval_ticks = 1.0  # interval / tick, not rounded: phases stay exact
@@ -392,6 +423,11 @@ class _Target:
         self.next_resolve_at = 0.0
         self.added_at = time.time()
 
+    def set_address(self, address: str, family: int) -> None:
+        self.address = address
+        self.family = family
+        self.sk = (self.kind, family)
+
 
 @dataclass(frozen=True, slots=True)
 class TargetInfo:
@@ -408,6 +444,8 @@ class TargetInfo:
     last_outcome: str | None
     consecutive_errors: int
     backoff_s: float | None  # current backoff delay, None when not backing off
+    kind: str = "icmp"  # the probe kind (targets.PROBE_KINDS)
+    port: int = 0  # its port, for a kind with ports (0 for ICMP)
 
     @property
     def loss(self) -> float | None:
@@ -418,14 +456,49 @@ class TargetInfo:
 # the engine
 
 
-def _default_socket_factory(mode: str, socket_options: dict[str, Any]) -> SocketFactory:
+# kind -> (mode, options) -> SocketFactory: the socket class of each probe kind. A
+# kind is a row here (each class has IcmpSocket's API), not a branch elsewhere.
+KindOpener = Callable[[str, dict[str, Any]], SocketFactory]
+
+
+def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     def open_socket(family: int, window: int) -> IcmpSocketLike:
         from .probe import open_icmp_socket
 
-        sock: IcmpSocketLike = open_icmp_socket(family, mode=mode, window=window, **socket_options)
+        sock: IcmpSocketLike = open_icmp_socket(family, mode=mode, window=window, **options)
         return sock
 
     return open_socket
+
+
+def _tcp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
+    def open_socket(family: int, window: int) -> IcmpSocketLike:
+        from ._icmp import TcpSocket
+
+        # a raw socket always (stateless SYNs): PermissionError names CAP_NET_RAW
+        sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
+        return sock
+
+    return open_socket
+
+
+def _udp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
+    def open_socket(family: int, window: int) -> IcmpSocketLike:
+        from ._icmp import UdpSocket
+
+        # unprivileged (SOCK_DGRAM): an answer = open, ICMP port unreachable = closed,
+        # silence = timeout (open|filtered: a UDP service need not answer)
+        sock: IcmpSocketLike = UdpSocket(family, window=window, **options)
+        return sock
+
+    return open_socket
+
+
+SOCKET_KINDS: dict[str, KindOpener] = {
+    "icmp": _icmp_opener,
+    "tcp": _tcp_opener,
+    "udp": _udp_opener,
+}
 
 
 async def _default_resolver(host: str, family: int) -> list[tuple[int, str]]:
@@ -507,6 +580,8 @@ class MonitoringEngine:
         guard: ResourceGuard | None = None,
         network: Any = None,
         socket_factory: SocketFactory | None = None,
+        kind_factories: dict[str, SocketFactory] | None = None,
+        kind_options: dict[str, dict[str, Any]] | None = None,
         resolver: Resolver | None = None,
         logger: Any = None,
         stop_flush_s: float = DEFAULT_STOP_FLUSH_S,
@@ -573,8 +648,8 @@ class MonitoringEngine:
         if self.guard._log is None:
             self.guard._log = self._log
         self.guard.base_interval_s = self.interval_s
-        self._socket_factory = socket_factory or _default_socket_factory(
-            mode, dict(socket_options or {})
+        self._factories = self._kind_factories(
+            mode, socket_options, socket_factory, kind_factories, kind_options
         )
         self._resolver = resolver or _default_resolver
         # window: probes a slot may have in flight (interval shorter than the timeout)
@@ -589,12 +664,13 @@ class MonitoringEngine:
             )
 
         self._targets: dict[str, _Target] = {}
-        self._sockets: dict[int, IcmpSocketLike] = {}
-        self._slot_maps: dict[int, list[_Target | None]] = {}
-        self._socket_errors: dict[int, tuple[int | None, str]] = {}
+        # one socket per (kind, family), opened when a target needs it
+        self._sockets: dict[SockKey, IcmpSocketLike] = {}
+        self._slot_maps: dict[SockKey, list[_Target | None]] = {}
+        self._socket_errors: dict[SockKey, tuple[int | None, str]] = {}
         self._wheel: dict[int, list[_Target]] = {}  # targets needing attention
-        # steady targets: tick -> {(family, interval_ticks): [unrounded tick, slots]}
-        self._steady: dict[int, dict[tuple[int, float], list[Any]]] = {}
+        # steady targets: tick -> {((kind, family), interval_ticks): [unrounded tick, slots]}
+        self._steady: dict[int, dict[tuple[SockKey, float], list[Any]]] = {}
         self._phase_n = 0
         self._subs: list[Subscription] = []
         self._observers: list[Observer] = []
@@ -651,6 +727,30 @@ class MonitoringEngine:
         for t in targets:
             self.add_target(t)
 
+    @staticmethod
+    def _kind_factories(
+        mode: str,
+        socket_options: dict[str, Any] | None,
+        socket_factory: SocketFactory | None,
+        kind_factories: dict[str, SocketFactory] | None,
+        kind_options: dict[str, dict[str, Any]] | None,
+    ) -> dict[str, SocketFactory]:
+        """The socket factory of each probe kind: ``socket_factory`` (ICMP) and
+        ``kind_factories`` as given, the others from SOCKET_KINDS with their
+        ``kind_options`` (``socket_options`` are ICMP's)."""
+        given = dict(kind_factories or {})
+        opts = dict(kind_options or {})
+        for k in (*given, *opts):
+            if k not in SOCKET_KINDS:
+                raise ConfigError(f"probe kind {k!r}: this engine knows {', '.join(SOCKET_KINDS)}")
+        if socket_factory is not None:
+            given["icmp"] = socket_factory
+        opts.setdefault("icmp", dict(socket_options or {}))
+        out: dict[str, SocketFactory] = {}
+        for k, opener in SOCKET_KINDS.items():
+            out[k] = given[k] if k in given else opener(mode, dict(opts.get(k, {})))
+        return out
+
     # -- targets ---------------------------------------------------------------
 
     def add_target(
@@ -659,8 +759,18 @@ class MonitoringEngine:
         interval_s: float | None = None,
         labels: dict[str, str] | None = None,
         timeout_s: float | None = None,
+        *,
+        kind: str | None = None,
+        port: int | None = None,
     ) -> None:
         """Start watching ``host`` (an address or a host name), before or while running.
+
+        ``host`` may name its probe kind: ``tcp://HOST:PORT`` is a TCP SYN probe of
+        PORT (open = reply, closed = ``Outcome.CLOSED``, filtered = timeout), or
+        ``kind`` / ``port`` say it (``add_target("h", kind="tcp", port=22)``). The
+        kind and port are part of the target's identity, its label
+        (``targets.kind_label``): a host pinged and probed on two ports is three
+        targets.
 
         ``timeout_s`` (default: the engine's) may differ per target, up to the engine's
         ``max_timeout_s``: the socket expires probes at ``max_timeout_s`` and a reply
@@ -674,11 +784,17 @@ class MonitoringEngine:
         any of its addresses, and then none is added), or asks for an interval the
         socket window cannot serve.
         """
-        from .targets import Address, Name, expand_target, parse_target
+        from .targets import Address, Name, expand_target, kind_label, parse_target, with_kind
 
-        specs = parse_target(host)
+        kt = with_kind(host, kind, port)
+        if kt.kind not in self._factories:
+            raise TargetError(
+                f"target {host!r}: probe kind {kt.kind!r} is not known here "
+                f"(known: {', '.join(self._factories)})"
+            )
+        specs = parse_target(kt.host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            hosts = expand_target(host)
+            hosts = [kind_label(kt.kind, h, kt.port) for h in expand_target(kt.host)]
             taken = [h for h in hosts if h in self._targets]
             if taken:
                 raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
@@ -686,7 +802,7 @@ class MonitoringEngine:
                 self.add_target(h, interval_s, labels, timeout_s)
             return
         spec = specs[0]
-        key = spec.label if isinstance(spec, Address) else spec.name
+        key = kind_label(kt.kind, spec.label if isinstance(spec, Address) else spec.name, kt.port)
         if key in self._targets:
             raise TargetError(f"target {key!r} is already being watched")
         iv = self.interval_s if interval_s is None else float(interval_s)
@@ -707,13 +823,13 @@ class MonitoringEngine:
                 f"max_timeout_s ({self.max_timeout_s:g} s); create the engine with "
                 f"max_timeout_s={to:g}"
             )
-        t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name))
+        t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name), kt.kind, kt.port)
+        t.name = spec.label if isinstance(spec, Address) else spec.name
         t.interval_ticks = max(1.0, iv / self.tick_s)
         t.timeout_s = to
         t.timeout_ns = int(to * 1e9)
         if isinstance(spec, Address):
-            t.address = spec.address
-            t.family = spec.family
+            t.set_address(spec.address, spec.family)
         self._targets[key] = t
         self._evs.append(TargetAdded(key, iv, dict(t.labels)))
         if self._running:
@@ -726,9 +842,9 @@ class MonitoringEngine:
         (the slot is freed ``timeout_s`` later). A block or range removes each of
         its addresses."""
         if host not in self._targets and ("/" in host or "-" in host):
-            from .targets import expand_target
+            from .targets import expand_kind_target
 
-            hosts = expand_target(host)
+            hosts = expand_kind_target(host)
             if hosts != [host]:
                 missing = [h for h in hosts if h not in self._targets]
                 if missing:
@@ -745,7 +861,7 @@ class MonitoringEngine:
             self._unsteady(t)
         self._evs.append(TargetRemoved(host))
         if t.slot is not None:
-            self._free_slot_later(t.family, t.slot)
+            self._free_slot_later(t.sk, t.slot)
             t.slot = None
         if self._running:
             self._publish()
@@ -778,14 +894,16 @@ class MonitoringEngine:
 
     def _slot_counts(self, t: _Target) -> tuple[int, int, float | None]:
         """(final outcomes, replies, last RTT ms) the core counted for ``t``'s slot."""
-        sock = self._sockets.get(t.family) if t.slot is not None else None
+        sock = self._sockets.get(t.sk) if t.slot is not None else None
         if sock is None or t.slot is None:
             return 0, 0, None
         st = sock.slot_stats(t.slot)
         # (sent, received, duplicates, late, timeouts, unreachable, time_exceeded, send_errors)
         done = st[1] + st[4] + st[5] + st[6] + st[7]
+        # a closed port answered (it is in received) but did not reply: not received here
+        received = st[1] - sock.slot_closed(t.slot) if t.port else st[1]
         kind, rtt_ns, _ = sock.slot_last(t.slot)
-        return done, st[1], (rtt_ns / 1e6 if kind == EV_REPLY else None)
+        return done, received, (rtt_ns / 1e6 if kind == EV_REPLY else None)
 
     def _info(self, t: _Target) -> TargetInfo:
         b = self._backoff_s(t)
@@ -802,6 +920,8 @@ class MonitoringEngine:
             None if t.last_outcome is None else t.last_outcome.value,
             t.errors,
             b,
+            t.kind,
+            t.port,
         )
 
     # -- subscribers -------------------------------------------------------------
@@ -869,8 +989,8 @@ class MonitoringEngine:
         self._update_log_modes()
         # open the sockets the initial targets need up front, so a permission
         # problem shows at once (each family's failure is still per-target below)
-        for fam in {t.family for t in self._targets.values() if t.family}:
-            self._ensure_socket(fam)
+        for sk in {t.sk for t in self._targets.values() if t.family}:
+            self._ensure_socket(sk)
         for t in list(self._targets.values()):
             self._activate(t)
         if self.guard.enabled:
@@ -953,12 +1073,12 @@ class MonitoringEngine:
                 done, received, t.base_last_rtt_ms = self._slot_counts(t)
                 t.base_done += done
                 t.base_received += received
-        for fam, sock in list(self._sockets.items()):
+        for sk, sock in list(self._sockets.items()):
             with contextlib.suppress(Exception):
                 loop.remove_reader(sock.fileno())
             with contextlib.suppress(Exception):
                 sock.close()
-            del self._sockets[fam]
+            del self._sockets[sk]
         self._slot_maps.clear()
         for t in self._targets.values():
             t.slot = None
@@ -1002,61 +1122,62 @@ class MonitoringEngine:
 
     # -- sockets -----------------------------------------------------------------
 
-    def _ensure_socket(self, family: int) -> IcmpSocketLike | None:
-        sock = self._sockets.get(family)
+    def _ensure_socket(self, sk: SockKey) -> IcmpSocketLike | None:
+        sock = self._sockets.get(sk)
         if sock is not None:
             return sock
+        kind, family = sk
         try:
-            sock = self._socket_factory(family, self.window)
+            sock = self._factories[kind](family, self.window)
         except Exception as e:  # PermissionDenied, EAFNOSUPPORT, ...
             err = getattr(e, "errno", None)
-            if self._socket_errors.get(family, (None, ""))[1] != str(e):
+            if self._socket_errors.get(sk, (None, ""))[1] != str(e):
                 fam = "IPv6" if family == socket.AF_INET6 else "IPv4"
-                self._log.error(f"cannot open the {fam} ICMP socket: {e}", errno=err)
-            self._socket_errors[family] = (err, str(e))
+                self._log.error(f"cannot open the {fam} {kind.upper()} socket: {e}", errno=err)
+            self._socket_errors[sk] = (err, str(e))
             return None
-        self._socket_errors.pop(family, None)
-        self._sockets[family] = sock
+        self._socket_errors.pop(sk, None)
+        self._sockets[sk] = sock
         sock.set_log(self._log_mode)
-        self._slot_maps[family] = []
+        self._slot_maps[sk] = []
         assert self._loop is not None
-        self._loop.add_reader(sock.fileno(), self._on_readable, family)
+        self._loop.add_reader(sock.fileno(), self._on_readable, sk)
         return sock
 
     def _attach(self, t: _Target) -> bool:
         """Give ``t`` a slot in its family's socket; False if the socket is unavailable."""
         assert t.address is not None
-        sock = self._ensure_socket(t.family)
+        sock = self._ensure_socket(t.sk)
         if sock is None:
             return False
-        slot = sock.add_target(t.address)
+        slot = sock.add_target(t.address, t.port) if t.port else sock.add_target(t.address)
         sock.set_slot_timeout(slot, t.timeout_s)
-        smap = self._slot_maps[t.family]
+        smap = self._slot_maps[t.sk]
         if slot >= len(smap):
             smap.extend([None] * (slot + 1 - len(smap)))
         smap[slot] = t
         t.slot = slot
         return True
 
-    def _free_slot_later(self, family: int, slot: int) -> None:
+    def _free_slot_later(self, sk: SockKey, slot: int) -> None:
         # Replies and timeouts for probes in flight still map to the target until
         # they are all in; only then is the slot given back (and maybe reused).
         if self._loop is None or not self._running:
             return
         self._loop.call_later(
-            self.max_timeout_s + 2 * self.expire_every_s, self._free_slot, family, slot
+            self.max_timeout_s + 2 * self.expire_every_s, self._free_slot, sk, slot
         )
 
-    def _free_slot(self, family: int, slot: int) -> None:
-        sock = self._sockets.get(family)
-        smap = self._slot_maps.get(family)
+    def _free_slot(self, sk: SockKey, slot: int) -> None:
+        sock = self._sockets.get(sk)
+        smap = self._slot_maps.get(sk)
         if sock is None or smap is None or slot >= len(smap):
             return
         t = smap[slot]
         if t is not None and not t.removed and t.slot == slot:
             return  # reused meanwhile (cannot happen before the free, but be safe)
         # expire what is still out for this slot, hand its log to the store, free it
-        self._handle(family, sock.expire(self.max_timeout_s))
+        self._handle(sk, sock.expire(self.max_timeout_s))
         if t is not None:
             self._submit_chunk_items(
                 [(t.host, sock.slot_address(s), b) for s, b in sock.take_log(slot)]
@@ -1102,7 +1223,7 @@ class MonitoringEngine:
         groups = self._steady.get(tick)
         if groups is None:
             groups = self._steady[tick] = {}
-        key = (t.family, t.interval_ticks)
+        key = (t.sk, t.interval_ticks)
         grp = groups.get(key)
         if grp is None:
             groups[key] = [float(tick), array("I", (t.slot,))]
@@ -1116,7 +1237,7 @@ class MonitoringEngine:
         slot = t.slot
         if slot is None:
             return
-        key = (t.family, t.interval_ticks)
+        key = (t.sk, t.interval_ticks)
         for groups in self._steady.values():
             grp = groups.get(key)
             if grp is not None and slot in grp[1]:
@@ -1266,7 +1387,7 @@ class MonitoringEngine:
         wheel = self._wheel
         factor = self._factor
         net_down = self._net_down
-        sent_fams: set[int] = set()
+        sent: set[SockKey] = set()
         # when each tick's probes were due, on the core's clock (CLOCK_REALTIME ns): the
         # core counts how late each one really left (its kernel TX timestamp)
         wall_off_ns = time.time_ns() - int(now * 1e9)
@@ -1275,7 +1396,7 @@ class MonitoringEngine:
             groups = steady.pop(tk, None)
             if groups:
                 for key, grp in groups.items():
-                    fam, step = key
+                    sk, step = key
                     arr = grp[1]
                     nt, grp[0] = self._next_tick(grp[0], max(1.0, step * factor), tk, cur)
                     dest = steady.get(nt)
@@ -1287,29 +1408,29 @@ class MonitoringEngine:
                     else:
                         have[1].extend(arr)
                     if net_down:
-                        self._local_down_slots(fam, arr)
+                        self._local_down_slots(sk, arr)
                         continue
-                    sock = self._sockets.get(fam)
+                    sock = self._sockets.get(sk)
                     if sock is None:  # closed under us (stop): nothing to send
                         continue
                     self._send_calls += 1
                     # the core drains the socket after each sendmmsg batch: the events
                     # returned are send errors AND replies (on loopback the reply is
                     # queued inside sendmmsg)
-                    self._handle(fam, sock.send(arr, True, due_ns))
-                    sent_fams.add(fam)
+                    self._handle(sk, sock.send(arr, True, due_ns))
+                    sent.add(sk)
             bucket = wheel.pop(tk, None)
             if bucket:
                 self._send_due_targets(tk, cur, bucket, factor, due_ns)
         # one recv() more takes what came in meanwhile
-        for fam in sent_fams:
-            sock = self._sockets.get(fam)
+        for sk in sent:
+            sock = self._sockets.get(sk)
             if sock is not None:
-                self._handle(fam, sock.recv())
+                self._handle(sk, sock.recv())
 
-    def _local_down_slots(self, family: int, slots: array[int]) -> None:
+    def _local_down_slots(self, sk: SockKey, slots: array[int]) -> None:
         """Due probes of steady targets while our network is down: recorded, not sent."""
-        smap = self._slot_maps.get(family, [])
+        smap = self._slot_maps.get(sk, [])
         wall = time.time()
         for slot in slots:
             t = smap[slot] if slot < len(smap) else None
@@ -1352,11 +1473,11 @@ class MonitoringEngine:
             if t.slot is None:
                 self._probe_unattached(t, wall)
                 continue
-            sock = self._sockets.get(t.family)
+            sock = self._sockets.get(t.sk)
             if sock is None:
                 continue
             self._send_calls += 1
-            self._handle(t.family, sock.send((t.slot,), True, due_ns))
+            self._handle(t.sk, sock.send((t.slot,), True, due_ns))
 
     def _probe_unattached(self, t: _Target, wall: float) -> None:
         """A due probe for a target without a slot: unresolved name or no socket."""
@@ -1367,12 +1488,12 @@ class MonitoringEngine:
                 self._start_resolve(t)  # the attempt is the probe; it reports
             return
         if self._attach(t):
-            sock = self._sockets[t.family]
+            sock = self._sockets[t.sk]
             assert t.slot is not None
             self._send_calls += 1
-            self._handle(t.family, sock.send((t.slot,)))
+            self._handle(t.sk, sock.send((t.slot,)))
             return
-        err, msg = self._socket_errors.get(t.family, (None, "socket unavailable"))
+        err, msg = self._socket_errors.get(t.sk, (None, "socket unavailable"))
         self._py_send_errors += 1
         self._own_result(
             t, ProbeResult(t.host, t.address, -1, Outcome.SEND_ERROR, errno=err, time=wall)
@@ -1384,20 +1505,20 @@ class MonitoringEngine:
 
     # -- events ------------------------------------------------------------------
 
-    def _on_readable(self, family: int) -> None:
-        sock = self._sockets.get(family)
+    def _on_readable(self, sk: SockKey) -> None:
+        sock = self._sockets.get(sk)
         if sock is None:
             return
-        self._handle(family, sock.recv())
+        self._handle(sk, sock.recv())
         self._flush_out()
 
     def _drain_all(self, timeout_s: float) -> None:
-        for fam, sock in list(self._sockets.items()):
-            self._handle(fam, sock.recv())
-            self._handle(fam, sock.expire(timeout_s))
+        for sk, sock in list(self._sockets.items()):
+            self._handle(sk, sock.recv())
+            self._handle(sk, sock.expire(timeout_s))
         self._flush_out()
 
-    def _handle(self, family: int, events: Sequence[CoreEvent]) -> None:
+    def _handle(self, sk: SockKey, events: Sequence[CoreEvent]) -> None:
         """Core events -> per-target state, and ``ProbeResult`` where someone needs one.
 
         In the quiet log mode only state changes arrive here. Replies and timeouts
@@ -1405,7 +1526,7 @@ class MonitoringEngine:
         built for them only for subscribers and observers (log mode 2)."""
         if not events:
             return
-        smap = self._slot_maps.get(family)
+        smap = self._slot_maps.get(sk)
         if smap is None:
             self._orphan_events += len(events)
             return
@@ -1459,8 +1580,9 @@ class MonitoringEngine:
         """Every event but a reply: timeouts, errors, duplicates, late replies."""
         outcome = OUTCOME_BY_KIND[kind]
         status = _STATUS_BY_KIND[kind]
-        # a timeout is in the core's log unless the log is off (our network is down)
-        logged = kind == EV_TIMEOUT and self._log_mode != 0
+        # a timeout or a closed port is in the core's log unless the log is off (our
+        # network is down)
+        logged = kind in _LOGGED and self._log_mode != 0
         if self._net_down and kind in (EV_TIMEOUT, EV_SEND_ERROR):
             outcome = Outcome.LOCAL_DOWN
             status = STATUS_LOCAL_DOWN
@@ -1470,7 +1592,7 @@ class MonitoringEngine:
             else:
                 self._senderr_local_down += 1
         is_icmp = kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED)
-        rtt = rtt_ns / 1e6 if kind in (EV_DUPLICATE, EV_LATE) and rtt_ns > 0 else None
+        rtt = rtt_ns / 1e6 if kind in (EV_DUPLICATE, EV_LATE, EV_CLOSED) and rtt_ns > 0 else None
         if self._want_results or not logged:
             r = ProbeResult(
                 t.host,
@@ -1479,8 +1601,8 @@ class MonitoringEngine:
                 outcome,
                 rtt,
                 (ttl or None) if is_icmp or rtt is not None else None,
-                itype if is_icmp or rtt is not None else None,
-                icode if is_icmp or rtt is not None else None,
+                itype if is_icmp or (rtt is not None and kind != EV_CLOSED) else None,
+                icode if is_icmp or (rtt is not None and kind != EV_CLOSED) else None,
                 router if is_icmp else None,
                 err or None,
                 wall,
@@ -1554,10 +1676,10 @@ class MonitoringEngine:
 
     def _flush_logs(self) -> None:
         """Every socket's outcome log to the store: one chunk per target."""
-        for fam, sock in self._sockets.items():
+        for sk, sock in self._sockets.items():
             items = sock.take_log()
             if items:
-                smap = self._slot_maps.get(fam, [])
+                smap = self._slot_maps.get(sk, [])
                 n_map = len(smap)
                 out: list[tuple[str, str | None, bytes]] = []
                 for slot, blob in items:
@@ -1696,7 +1818,7 @@ class MonitoringEngine:
     async def _resolve(self, t: _Target) -> None:
         try:
             try:
-                addrs = await self._resolver(t.host, self.family or 0)
+                addrs = await self._resolver(t.name, self.family or 0)
                 if not addrs:
                     raise OSError(f"no address for {t.host!r}")
             except asyncio.CancelledError:
@@ -1717,10 +1839,10 @@ class MonitoringEngine:
                     done, received, _ = self._slot_counts(t)
                     t.base_done += done
                     t.base_received += received
-                    self._free_slot_later(t.family, t.slot)
+                    self._free_slot_later(t.sk, t.slot)
                     t.slot = None
                 old = t.address
-                t.address, t.family = addr, fam
+                t.set_address(addr, fam)
                 if self._running and not self._stopping:
                     self._attach(t)
                 if old is not None:
@@ -1837,7 +1959,8 @@ class MonitoringEngine:
         """Counters for logs and metrics."""
         c = self._core_totals()
         outcomes = {
-            "reply": c["received"],
+            "reply": c["received"] - c["closed"],
+            "closed": c["closed"],
             "timeout": c["timeouts"] - self._timeouts_local_down,
             "unreachable": c["unreachable"],
             "time_exceeded": c["time_exceeded"],
@@ -1858,7 +1981,7 @@ class MonitoringEngine:
             "running": self._running,
             "uptime_s": round(loop_time - self._t0, 3) if self._running else None,
             "sent": c["sent"],
-            "received": c["received"],
+            "received": c["received"] - c["closed"],
             "results": sum(outcomes.values()),
             "outstanding": c["outstanding"],
             "outcomes": outcomes,

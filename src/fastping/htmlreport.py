@@ -422,6 +422,14 @@ def _outage_table(outages: Sequence[Any], incidents: Sequence[Any]) -> str:
     )
 
 
+KIND_HEADINGS = {
+    "icmp": "ICMP echo targets",
+    "tcp": "TCP targets (received = open; closed = RST, in the loss; no answer = filtered)",
+    "udp": "UDP targets (received = an answer; closed = ICMP port unreachable, in the loss; "
+    "no answer = open|filtered)",
+}
+
+
 def render_report(
     *,
     db: str,
@@ -469,7 +477,14 @@ def render_report(
         f'<span><b style="background:{OUR_OUTAGE_COLOUR};opacity:.4"></b>our network down</span>'
     )
     sections: list[tuple[str, str, str]] = []  # (target, agent, html)
+    kinds = {str(s.get("kind", "icmp")) for s, _, _ in charts}
+    last_kind = None
     for s, series, bucket_s in charts:
+        kind = str(s.get("kind", "icmp"))
+        if len(kinds) > 1 and kind != last_kind:
+            # the charts come grouped by probe kind: a heading before each group
+            sections.append(("", "", f'<h2 class="kind">{esc(KIND_HEADINGS.get(kind, kind))}</h2>'))
+        last_kind = kind
         other = [
             f"{k.replace('_', ' ')} {s[k]}"
             for k in (
@@ -481,6 +496,7 @@ def render_report(
                 "resolve_errors",
                 "duplicates",
                 "late",
+                "closed",
             )  # fmt: skip
             if s.get(k)
         ]
@@ -515,6 +531,10 @@ def render_report(
         j = i + 1
         while j < len(sections) and sections[j][0] == sections[i][0]:
             j += 1
+        if not sections[i][0]:  # a kind's heading
+            parts.append(sections[i][2])
+            i = j
+            continue
         head = f"<h2>{esc(sections[i][0])}</h2>"
         if agents:
             # one column per agent watching this target, side by side

@@ -13,7 +13,12 @@ Two sets of metrics (``METRIC_NAMES`` lists them all):
   ``smokeping_response_ttl``, ``smokeping_response_duplicates_total``,
   ``smokeping_send_errors_total`` (labels ``ip``, ``host``, ``source``, ``tos``
   and then the targets' configured label names, sorted, as smokeping_prober
-  builds them) and ``smokeping_receive_errors_total`` (no labels).
+  builds them) and ``smokeping_receive_errors_total`` (no labels). When the run has
+  targets of more than ICMP (``tcp://host:port``), ``kind`` ("icmp", "tcp") and
+  ``port`` ("" for ICMP) follow the base labels on every per-target series and
+  ``host`` is the host alone, so a host's ping and its ports are series side by side;
+  a TCP series' histogram is of its open answers (SYN-ACKs), a closed port's RSTs
+  count as requests and as ``fastping_results_total{outcome="closed"}``.
 * **fastping's own**: ``fastping_results_total{outcome=...}`` per target for every
   outcome kind, socket receive drops / ENOBUFS / foreign packets, probes sent,
   event-loop lag, store queue depth and dropped writes, network state and the
@@ -83,6 +88,7 @@ _RESERVED_LABELS = frozenset(BASE_LABELS) | {"outcome", "le", "state", "job", "i
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 # fastping_results_total{outcome=...}: every kind a result can have, in this order
+# (every series exports these; ALL_OUTCOMES those of kinds with ports)
 OUTCOMES: tuple[Outcome, ...] = (
     Outcome.REPLY,
     Outcome.TIMEOUT,
@@ -94,13 +100,20 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome.DUPLICATE,
     Outcome.LATE,
 )
-_IDX = {o: i for i, o in enumerate(OUTCOMES)}
+# a series of a kind with ports (TCP) has closed too (RSTs); an ICMP series never
+ALL_OUTCOMES: tuple[Outcome, ...] = (*OUTCOMES, Outcome.CLOSED)
+_N_ICMP_OUTCOMES = len(OUTCOMES)
+_IDX = {o: i for i, o in enumerate(ALL_OUTCOMES)}
 _I_REPLY = _IDX[Outcome.REPLY]
 _I_TIMEOUT = _IDX[Outcome.TIMEOUT]
 _I_UNREACH = _IDX[Outcome.UNREACHABLE]
 _I_TEXC = _IDX[Outcome.TIME_EXCEEDED]
 _I_SENDERR = _IDX[Outcome.SEND_ERROR]
 _I_DUP = _IDX[Outcome.DUPLICATE]
+_I_CLOSED = _IDX[Outcome.CLOSED]
+# with targets of more than ICMP, every series has these after BASE_LABELS: the probe
+# kind ("icmp", "tcp") and port ("" for ICMP); ``host`` is then the host alone
+KIND_LABELS = ("kind", "port")
 _REPLY = Outcome.REPLY
 _LOCAL_DOWN = Outcome.LOCAL_DOWN
 
@@ -181,6 +194,12 @@ METRIC_NAMES = (
 # listen address
 
 
+def _requests(c: Sequence[int], s: _Series) -> int:
+    """smokeping_requests_total of a series: probes with a final outcome (a closed
+    port's RST is one, and not a response: requests - responses = lost + closed)."""
+    return c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + c[_I_CLOSED] + s.sent_down
+
+
 def _labels_ok(name: str) -> bool:
     return bool(_LABEL_RE.match(name)) and not name.startswith("__")
 
@@ -193,18 +212,26 @@ class _Series:
     """Counters of one target (one set of label values)."""
 
     __slots__ = (
-        "host", "ip", "values", "lab", "counts", "buckets", "rtt_sum_ms", "ttl", "sent_down"
+        "host", "ip", "values", "lab", "counts", "buckets", "rtt_sum_ms", "ttl", "sent_down",
+        "n_out",
     )  # fmt: skip
 
     def __init__(
-        self, host: str, ip: str, names: tuple[str, ...], values: tuple[str, ...], n_buckets: int
+        self,
+        host: str,
+        ip: str,
+        names: tuple[str, ...],
+        values: tuple[str, ...],
+        n_buckets: int,
+        n_out: int = _N_ICMP_OUTCOMES,
     ) -> None:
         self.host = host
+        self.n_out = n_out  # fastping_results_total outcomes it exports (OUTCOMES[:n_out])
         self.ip = ip
         self.values = values  # label values, in MetricsCollector.label_names order
         # the label pairs as exposition text, escaped once here, not at every scrape
         self.lab = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
-        self.counts = [0] * len(OUTCOMES)
+        self.counts = [0] * len(ALL_OUTCOMES)
         self.buckets = [0] * (n_buckets + 1)  # per bucket (not cumulative); last: +Inf
         self.rtt_sum_ms = 0.0
         self.ttl = 0  # last reply's TTL (0 before the first, as smokeping_prober)
@@ -264,6 +291,7 @@ class MetricsCollector(Collector):
         label_names: Iterable[str] | None = None,
         shard: tuple[int, int] | None = None,
         attach: bool = True,
+        kind_labels: bool | None = None,
     ) -> None:
         bounds = [float(b) for b in buckets_s]
         if not bounds or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
@@ -280,15 +308,20 @@ class MetricsCollector(Collector):
         self.shard = shard
         if label_names is None:
             label_names = {k for info in engine.targets() for k in info.labels}
+        if kind_labels is None:  # ICMP alone: smokeping_prober's label set, unchanged
+            kind_labels = any(info.kind != "icmp" for info in engine.targets())
+        self.kind_labels = bool(kind_labels)
+        reserved = _RESERVED_LABELS | (set(KIND_LABELS) if kind_labels else set())
         extra = sorted(set(label_names))
         for name in extra:
-            if not _labels_ok(name) or name in _RESERVED_LABELS:
+            if not _labels_ok(name) or name in reserved:
                 raise ConfigError(
                     f"target label {name!r} cannot be a Prometheus label: use letters, digits "
                     f"and '_' (not starting with a digit or '__'), and none of "
-                    f"{', '.join(sorted(_RESERVED_LABELS))}"
+                    f"{', '.join(sorted(reserved))}"
                 )
-        self.label_names: tuple[str, ...] = BASE_LABELS + tuple(extra)
+        kinds = KIND_LABELS if kind_labels else ()
+        self.label_names: tuple[str, ...] = BASE_LABELS + kinds + tuple(extra)
         self._extra = tuple(extra)
         self._series: dict[str, _Series] = {}
         self._series_list: list[_Series] = []
@@ -323,7 +356,8 @@ class MetricsCollector(Collector):
         engine = self.engine
         if host not in engine:
             return None  # removed while its last probes were out: nothing to label
-        labels = engine.target(host).labels
+        info = engine.target(host)
+        labels = info.labels
         for k in labels:
             if k not in self._extra and k not in self._warned_labels:
                 self._warned_labels.add(k)
@@ -334,8 +368,21 @@ class MetricsCollector(Collector):
                     label=k,
                 )
         ip = address or ""
-        values = (ip, host, self.source, self.tos, *(labels.get(k, "") for k in self._extra))
-        s = _Series(host, ip, self.label_names, values, len(self._bounds_ms))
+        n_out = _N_ICMP_OUTCOMES if info.kind == "icmp" else len(ALL_OUTCOMES)
+        if self.kind_labels:
+            from .targets import split_kind
+
+            # the host as configured, its kind and port beside it
+            kinds: tuple[str, ...] = (info.kind, str(info.port) if info.port else "")
+            shown = split_kind(host).host
+        else:
+            # a TCP target added to a run that started with ICMP alone: its host label
+            # is the whole tcp://host:port, so it never merges into the host's ICMP series
+            kinds, shown = (), host
+        values = (
+            ip, shown, self.source, self.tos, *kinds, *(labels.get(k, "") for k in self._extra)
+        )  # fmt: skip
+        s = _Series(host, ip, self.label_names, values, len(self._bounds_ms), n_out)
         self._series[host] = s
         # a new list, not an append under a scrape's feet: readers copy the reference
         self._series_list = [x for x in self._series_list if x.host != host] + [s]
@@ -407,15 +454,12 @@ class MetricsCollector(Collector):
         serr = CounterMetricFamily(f["send_err"][0], f["send_err"][2], labels=names)
         res = CounterMetricFamily(f["results"][0], f["results"][2], labels=(*names, "outcome"))
         les = self._les
-        outcome_names = [o.value for o in OUTCOMES]
+        outcome_names = [o.value for o in ALL_OUTCOMES]
         for s in live:
             c = list(s.counts)
             b = list(s.buckets)
             values = list(s.values)
-            req.add_metric(
-                values,
-                c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + s.sent_down,
-            )
+            req.add_metric(values, _requests(c, s))
             acc = 0
             cum = []
             for le, n in zip(les, b, strict=True):
@@ -425,7 +469,7 @@ class MetricsCollector(Collector):
             ttl.add_metric(values, s.ttl)
             dup.add_metric(values, c[_I_DUP])
             serr.add_metric(values, c[_I_SENDERR])
-            for oname, n in zip(outcome_names, c, strict=True):
+            for oname, n in zip(outcome_names[: s.n_out], c[: s.n_out], strict=True):
                 res.add_metric([*values, oname], n)
         yield req
         yield hist
@@ -479,12 +523,10 @@ class MetricsCollector(Collector):
         """Per target family (a ``_TARGET_FAMILIES`` key), what writes one series'
         lines with ``w``, given the family's full name."""
         les = self._les
-        pre = [f',outcome="{o.value}"}} ' for o in OUTCOMES]
+        pre = [f',outcome="{o.value}"}} ' for o in ALL_OUTCOMES]
 
         def requests(n: str, s: _Series) -> None:
-            c = s.counts
-            sent = c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + s.sent_down
-            w(f"{n}{{{s.lab}}} {sent}\n")
+            w(f"{n}{{{s.lab}}} {_requests(s.counts, s)}\n")
 
         def hist(n: str, s: _Series) -> None:
             lab = s.lab
@@ -505,7 +547,8 @@ class MetricsCollector(Collector):
 
         def results(n: str, s: _Series) -> None:
             lab = f"{n}{{{s.lab}"
-            for p, k in zip(pre, list(s.counts), strict=True):
+            k_out = s.n_out
+            for p, k in zip(pre[:k_out], list(s.counts)[:k_out], strict=True):
                 w(f"{lab}{p}{k}\n")
 
         return [

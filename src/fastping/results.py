@@ -24,7 +24,9 @@ class Outcome(str, Enum):
     RESOLVE_ERROR = "resolve_error"
     DUPLICATE = "duplicate"
     LATE = "late"
-    CLOSED = "closed"  # TCP: the port answered with a RST (the host is up, the port not)
+    # a probe kind with ports: the host answered that the port is closed (TCP RST); an
+    # answer with an RTT, but not a reply (the service is not there)
+    CLOSED = "closed"
 
 
 # index = the core's event kind (EV_REPLY .. EV_LATE)
@@ -36,7 +38,7 @@ OUTCOME_BY_KIND: tuple[Outcome, ...] = (
     Outcome.SEND_ERROR,
     Outcome.DUPLICATE,
     Outcome.LATE,
-    Outcome.CLOSED,
+    Outcome.CLOSED,  # EV_CLOSED (7)
 )
 
 

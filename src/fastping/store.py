@@ -56,14 +56,17 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from .chunk import OUTCOME_BY_CODE, OUTCOME_CODE, RECORD_SIZE, ChunkError, pack, unpack
-from .errors import ConfigError
+from .errors import ConfigError, TargetError
 from .logs import get_logger
 from .loss import KIND_LOCAL, KIND_TARGET, Outage
 from .results import Outcome, ProbeResult, percentile, rtt_summary
 
 log = get_logger("fastping.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Older schemas this version opens: the writer migrates them in place (_MIGRATIONS),
+# a reader reads them as they are (_compat_views).
+_READABLE_VERSIONS = ("2", str(SCHEMA_VERSION))
 ROLLUP_S = 60  # rollup bucket: one minute
 
 # The per-outcome counter each outcome increments, in the stats dicts and rollup columns.
@@ -77,6 +80,7 @@ COUNT_KEY: dict[Outcome, str] = {
     Outcome.RESOLVE_ERROR: "resolve_errors",
     Outcome.DUPLICATE: "duplicates",
     Outcome.LATE: "late",
+    Outcome.CLOSED: "closed",  # TCP: the port answered closed (a RST)
 }
 COUNT_KEYS: tuple[str, ...] = tuple(COUNT_KEY.values())
 _COUNT_BY_CODE: dict[int, str] = {OUTCOME_CODE[o]: k for o, k in COUNT_KEY.items()}
@@ -88,7 +92,14 @@ _MAX_CODE = max(_CODES)
 # RESOLVE_ERROR (no address to send to) are counted apart so they never read as the
 # target's packet loss.
 SENT_OUTCOMES: frozenset[Outcome] = frozenset(
-    {Outcome.REPLY, Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.TIME_EXCEEDED, Outcome.SEND_ERROR}
+    {
+        Outcome.REPLY,
+        Outcome.TIMEOUT,
+        Outcome.UNREACHABLE,
+        Outcome.TIME_EXCEEDED,
+        Outcome.SEND_ERROR,
+        Outcome.CLOSED,  # sent and answered, but not a reply: in the loss (no service)
+    }
 )
 _SENT_CODES: frozenset[int] = frozenset(OUTCOME_CODE[o] for o in SENT_OUTCOMES)
 _REPLY = OUTCOME_CODE[Outcome.REPLY]
@@ -108,7 +119,12 @@ _ROLLUP_SHAPE: tuple[tuple[str, str, float], ...] = (
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS targets (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+-- kind: targets.PROBE_KINDS ('icmp', 'tcp', ...); port: 0 for ICMP. Both follow from
+-- the name (tcp://host:port) and are kept as columns for queries by kind.
+CREATE TABLE IF NOT EXISTS targets (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL DEFAULT 'icmp', port INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS results (
     tid INTEGER NOT NULL,       -- targets.id
     t0 REAL NOT NULL,           -- first record's time (Unix seconds)
@@ -247,8 +263,51 @@ def _refuse_foreign(path: Path) -> None:
         raise ConfigError(_not_ours(path, "no SQLite header"))
 
 
+# version -> the statements that bring a database of it to the next version
+_MIGRATIONS: dict[str, tuple[str, ...]] = {
+    "2": (
+        "ALTER TABLE targets ADD COLUMN kind TEXT NOT NULL DEFAULT 'icmp'",
+        "ALTER TABLE targets ADD COLUMN port INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE rollups ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
+    ),
+}
+# a reader of an older schema sees it through TEMP views of the missing columns
+# (names resolve to temp before main, and a read-only connection may create them)
+_COMPAT_VIEWS: dict[str, tuple[str, ...]] = {
+    "2": (
+        "CREATE TEMP VIEW targets AS SELECT id, name, 'icmp' AS kind, 0 AS port FROM main.targets",
+        "CREATE TEMP VIEW rollups AS SELECT *, 0 AS closed FROM main.rollups",
+    ),
+}
+
+
+def _migrate(conn: sqlite3.Connection, version: str) -> None:
+    """Bring a database of an older schema to SCHEMA_VERSION, in one transaction (its
+    data stays as it is: ICMP targets, no closed ports)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while version != str(SCHEMA_VERSION):
+            for sql in _MIGRATIONS[version]:
+                conn.execute(sql)
+            version = str(int(version) + 1)
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    log.info("store schema migrated", to=SCHEMA_VERSION)
+
+
+def _compat_views(conn: sqlite3.Connection, version: str | None) -> None:
+    for sql in _COMPAT_VIEWS.get(version or "", ()):
+        conn.execute(sql)
+
+
 def _check_version(path: Path, version: str | None) -> None:
-    if version is None or version == str(SCHEMA_VERSION):
+    if version is None or version in _READABLE_VERSIONS:
         return
     older = version.isdigit() and int(version) < SCHEMA_VERSION
     raise ConfigError(
@@ -257,6 +316,17 @@ def _check_version(path: Path, version: str | None) -> None:
         f"schema {SCHEMA_VERSION} and does not convert it: move the file aside "
         f"(mv {path} {path}.v{version}) or give a new --db / store.path"
     )
+
+
+def kind_port(name: str) -> tuple[str, int]:
+    """The probe kind and port of a stored target name (icmp, 0 for a plain host)."""
+    from .targets import ICMP, split_kind
+
+    try:
+        kt = split_kind(name)
+    except TargetError:  # a name some other writer stored: not ours to judge
+        return ICMP, 0
+    return kt.kind, kt.port
 
 
 def _encode_address(target: str, address: str | None) -> str | None:
@@ -485,6 +555,8 @@ class _Writer:
                 ):
                     raise ConfigError(_not_ours(self.path, "another program's tables"))
                 _check_version(self.path, version)
+                if version is not None and version != str(SCHEMA_VERSION):
+                    _migrate(conn, version)
                 # WAL: readers (the report command) never block the writer, and a commit
                 # is one sequential append. synchronous=NORMAL in WAL mode is still
                 # corruption-safe; a power cut can only lose the last commits.
@@ -524,7 +596,11 @@ class _Writer:
     def _tid(self, conn: sqlite3.Connection, name: str, new: dict[str, int]) -> int:
         tid = self.tids.get(name) or new.get(name)
         if tid is None:
-            conn.execute("INSERT OR IGNORE INTO targets (name) VALUES (?)", (name,))
+            kind, port = kind_port(name)
+            conn.execute(
+                "INSERT OR IGNORE INTO targets (name, kind, port) VALUES (?, ?, ?)",
+                (name, kind, port),
+            )
             tid = int(conn.execute("SELECT id FROM targets WHERE name = ?", (name,)).fetchone()[0])
             new[name] = tid
         return tid
@@ -1702,6 +1778,7 @@ class ResultStore:
             ) from None
         try:
             _check_version(self.path, version)
+            _compat_views(conn, version)
             yield conn
         finally:
             conn.close()
@@ -1713,6 +1790,15 @@ class ResultStore:
         """Every target name the store has seen, sorted."""
         with self._read() as conn:
             return [r[0] for r in conn.execute("SELECT name FROM targets ORDER BY name")]
+
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Every target's probe kind and port (targets.kind / port: 'icmp', 0 for a
+        plain host; 'tcp', 22 for tcp://host:22)."""
+        with self._read() as conn:
+            return {
+                str(n): (str(k), int(p))
+                for n, k, p in conn.execute("SELECT name, kind, port FROM targets")
+            }
 
     def recent(self, target: str, limit: int = 100) -> list[ProbeResult]:
         """The latest raw results of ``target`` (at most ``limit``), oldest first. RTTs

@@ -71,6 +71,7 @@ from .store import (
     _Stream,
     _Writer,
     is_postgres_url,
+    kind_port,
 )
 from .timing import N_BUCKETS, SendLateness
 
@@ -143,6 +144,11 @@ CREATE TABLE IF NOT EXISTS fastping_send_timing (
     interval_factor double precision NOT NULL DEFAULT 1.0
 );
 CREATE INDEX IF NOT EXISTS fastping_send_timing_t1 ON fastping_send_timing (t1);
+-- added with TCP targets (issue #17): a database made before gets them here, in place
+-- (kind: targets.PROBE_KINDS, port 0 for ICMP; closed: TCP RSTs per rollup minute)
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'icmp';
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS port integer NOT NULL DEFAULT 0;
+ALTER TABLE fastping_rollups ADD COLUMN IF NOT EXISTS closed integer NOT NULL DEFAULT 0;
 """
 
 _COPY_RESULTS = (
@@ -372,10 +378,12 @@ class _PgWriter:
 
     def _fetch_tids(self, conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
         with conn.transaction():
+            kinds = [kind_port(n) for n in names]
             conn.execute(
-                "INSERT INTO fastping_targets (agent, name) SELECT %s, unnest(%s::text[])"
+                "INSERT INTO fastping_targets (agent, name, kind, port)"
+                " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[])"
                 " ON CONFLICT (agent, name) DO NOTHING",
-                (self.agent, list(names)),
+                (self.agent, list(names), [k for k, _ in kinds], [p for _, p in kinds]),
             )
             for tid, name in conn.execute(
                 "SELECT id, name FROM fastping_targets WHERE agent = %s AND name = ANY(%s)",
@@ -391,9 +399,10 @@ class _PgWriter:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO fastping_targets (agent, name, labels) VALUES (%s, %s, %s)"
+                    "INSERT INTO fastping_targets (agent, name, labels, kind, port)"
+                    " VALUES (%s, %s, %s, %s, %s)"
                     " ON CONFLICT (agent, name) DO UPDATE SET labels = EXCLUDED.labels",
-                    [(self.agent, n, Jsonb(lab)) for n, lab in pending.items()],
+                    [(self.agent, n, Jsonb(lab), *kind_port(n)) for n, lab in pending.items()],
                 )
         except _PG_MALFORMED as e:
             log.error("store: target labels refused", error=str(e), db=redact(self.url))
@@ -824,6 +833,16 @@ class PgResultStore(ResultStore):
             return [r[0] for r in conn.execute(
                 "SELECT DISTINCT agent FROM fastping_targets ORDER BY agent"
             )]  # fmt: skip
+
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Every target's probe kind and port (as ResultStore.target_kinds)."""
+        with self._read() as conn:
+            return {
+                str(n): (str(k), int(p))
+                for n, k, p in conn.execute(
+                    "SELECT DISTINCT name, kind, port FROM fastping_targets"
+                )
+            }
 
     def targets(self) -> list[str]:
         """Every target name any agent has, sorted."""

@@ -223,7 +223,7 @@ def read_targets_file(path: str | Path) -> list[str]:
             continue
         for word in s.split():
             try:
-                parse_target(word)
+                parse_target(split_kind(word).host)  # tcp://HOST:PORT lines too
             except TargetError as e:
                 raise TargetError(f"{path}:{lineno}: {e}") from None
             out.append(word)
@@ -255,3 +255,95 @@ def resolve(
 
     with ThreadPoolExecutor(max_workers=min(workers, len(uniq))) as ex:
         return dict(ex.map(one, uniq))
+
+
+# ---------------------------------------------------------------------------------
+# probe kinds: what a target is probed with ("icmp" echo, "tcp" SYN, "udp" datagram)
+
+ICMP = "icmp"
+# kinds with ports, as their URL-like scheme (tcp://HOST:PORT); the socket class of
+# each is engine.SOCKET_KINDS'
+PORT_KINDS: tuple[str, ...] = ("tcp", "udp")
+PROBE_KINDS: tuple[str, ...] = (ICMP, *PORT_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class KindTarget:
+    """A target with its probe kind: ``host`` (an address, name, block or range) and,
+    for a kind with ports, ``port``. ``label`` is its identity everywhere (engine,
+    store, metrics, report): the host for ICMP, ``tcp://host:port`` for TCP."""
+
+    kind: str
+    host: str
+    port: int = 0
+
+    @property
+    def label(self) -> str:
+        return kind_label(self.kind, self.host, self.port)
+
+
+def kind_label(kind: str, host: str, port: int = 0) -> str:
+    """The identity of ``host`` probed with ``kind`` on ``port``: ``host`` for ICMP,
+    ``tcp://host:port`` (``tcp://[v6]:port``) for a kind with ports."""
+    if kind == ICMP:
+        return host
+    h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{kind}://{h}:{port}"
+
+
+def split_kind(text: str) -> KindTarget:
+    """``tcp://HOST:PORT`` / ``udp://HOST:PORT`` -> its kind, host and port; anything
+    else is an ICMP target (``host`` as given). Raises TargetError for a malformed
+    kind target (the host itself is checked by parse_target)."""
+    t = text.strip()
+    scheme, sep, rest = t.partition("://")
+    if not sep:
+        return KindTarget(ICMP, t)
+    kind = scheme.lower()
+    if kind not in PORT_KINDS:
+        raise TargetError(
+            f"target {t!r}: unknown probe kind {scheme!r}: write tcp://HOST:PORT or "
+            "udp://HOST:PORT (ICMP targets have no scheme; http(s):// URLs are HTTP checks)"
+        )
+    host, colon, port_s = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise TargetError(
+            f"target {t!r}: write {kind}://HOST:PORT (IPv6 in brackets: {kind}://[::1]:22), "
+            "port 1..65535"
+        )
+    return KindTarget(kind, host, int(port_s))
+
+
+def with_kind(text: str, kind: str | None, port: int | None) -> KindTarget:
+    """A target as a config entry or a flag gives it: ``text`` may carry its own kind
+    (tcp://HOST:PORT), or ``kind`` / ``port`` say it; both at once must agree."""
+    kt = split_kind(text)
+    if kind is None and port is None:
+        return kt
+    k = (kind or (kt.kind if kt.kind != ICMP else "tcp")).lower()
+    if k not in PROBE_KINDS:
+        raise TargetError(f"target {text!r}: kind {kind!r} is not one of {', '.join(PROBE_KINDS)}")
+    if kt.kind != ICMP and (k != kt.kind or (port is not None and port != kt.port)):
+        raise TargetError(
+            f"target {text!r} names its kind and port already; drop kind/port or make them agree"
+        )
+    if kt.kind != ICMP:
+        return kt
+    if k == ICMP:
+        if port:
+            raise TargetError(f"target {text!r}: ICMP has no ports; give kind: tcp (or udp)")
+        return kt
+    if port is None or not 1 <= port <= 65535:
+        raise TargetError(f"target {text!r}: a {k} target needs a port 1..65535 (port: 22)")
+    return KindTarget(k, kt.host, port)
+
+
+def expand_kind_target(text: str, limit: int = MAX_EXPANDED) -> list[str]:
+    """expand_target for a target that may carry a kind: ``tcp://10.0.0.0/30:80`` is
+    each address of the block on port 80, as labels (``tcp://10.0.0.1:80``, ...)."""
+    kt = split_kind(text)
+    if kt.kind == ICMP:
+        return expand_target(text, limit)
+    return [kind_label(kt.kind, h, kt.port) for h in expand_target(kt.host, limit)]

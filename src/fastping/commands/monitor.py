@@ -37,7 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="TARGET",
         help="addresses, host names, CIDR blocks or ranges (default: 127.0.0.1 and ::1 "
-        "when no config names targets)",
+        "when no config names targets); tcp://HOST:PORT for a TCP SYN probe of PORT",
+    )
+    parser.add_argument(
+        "--tcp",
+        action="store_true",
+        help="probe the plain targets (command line, --file) with TCP SYNs to each --port "
+        "instead of ICMP echo (root or CAP_NET_RAW); open = reply, closed, filtered = timeout",
+    )
+    parser.add_argument(
+        "--port",
+        "-p",
+        dest="ports",
+        metavar="PORTS",
+        help="TCP ports for --tcp: 22,80,443 or 8000-8010 (each target on each port is a "
+        "target of its own)",
     )
     parser.add_argument("--config", "-C", metavar="FILE", help="YAML configuration file")
     parser.add_argument(
@@ -158,10 +172,35 @@ def _die(msg: str) -> Any:
 
 
 def _expand(host: str) -> list[str]:
-    """One user target -> hosts for the engine (blocks and ranges expanded, bounded)."""
-    from ..targets import expand_target
+    """One user target -> targets for the engine (blocks and ranges expanded, bounded;
+    ``tcp://10.0.0.0/30:22`` is each address on port 22)."""
+    from ..targets import expand_kind_target
 
-    return expand_target(host, MAX_EXPANDED)
+    return expand_kind_target(host, MAX_EXPANDED)
+
+
+def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
+    """The plain targets of the command line and --file on every --port with --tcp
+    (tcp://HOST:PORT targets keep their own port); as given without --tcp."""
+    from ..errors import TargetError
+    from ..targets import ICMP, kind_label, split_kind
+    from .sweep import parse_ports
+
+    ports = getattr(args, "ports", None)
+    if not getattr(args, "tcp", False):
+        if ports is not None:
+            raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
+        return texts
+    if ports is None:
+        raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
+    port_list = parse_ports(ports)
+    out = []
+    for t in texts:
+        if split_kind(t).kind != ICMP:
+            out.append(t)
+        else:
+            out.extend(kind_label("tcp", t, p) for p in port_list)
+    return out
 
 
 Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
@@ -231,7 +270,7 @@ def _targets(
         from ..targets import read_targets_file
 
         texts.extend(read_targets_file(args.file))
-    for text in texts:
+    for text in _with_ports(args, texts):
         wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
     for tc in cfg.targets:
         if is_url(tc.host):
@@ -241,7 +280,7 @@ def _targets(
             iv = args.interval
         if args.timeout is not None and tc.timeout_s is None:
             to = args.timeout
-        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.host))
+        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.label))
     if not wanted and http_only:
         return [], 0
     if not wanted:
@@ -764,30 +803,56 @@ def _reload(
 
 
 def _check_sockets(targets: list[Wanted], mode: str) -> None:
-    """The monitor multiplexes every target through one ICMP socket per family; the
-    system ping cannot do that. So, before anything starts: a family whose socket
-    cannot be opened (in auto mode: only the system ping would be left) is
-    PermissionDenied (exit 4) with doctor's fix, as ``sweep --mode raw`` is."""
+    """The monitor multiplexes every target through one socket per probe kind and
+    family; the system ping cannot do that. So, before anything starts: a socket that
+    cannot be opened (ICMP in auto mode: only the system ping would be left; TCP: no
+    CAP_NET_RAW) is PermissionDenied (exit 4) saying what to do, as ``sweep --mode raw``
+    is."""
     import socket
 
+    from ..targets import Address, parse_target, split_kind
+
+    needed: set[tuple[str, int]] = set()
+    for host, *_ in targets:
+        kt = split_kind(host)
+        spec = parse_target(kt.host)[0]
+        needed.add((kt.kind, spec.family if isinstance(spec, Address) else socket.AF_INET))
+    for kind, fam in sorted(needed):
+        if kind == "icmp":
+            _check_icmp_socket(fam, mode)
+        else:
+            _check_kind_socket(kind, fam)
+
+
+def _check_icmp_socket(fam: int, mode: str) -> None:
     from ..errors import PermissionDenied
     from ..probe import UseSubprocess, open_icmp_socket
-    from ..targets import Address, parse_target
 
-    families = set()
-    for host, *_ in targets:
-        spec = parse_target(host)[0]
-        families.add(spec.family if isinstance(spec, Address) else socket.AF_INET)
-    for fam in sorted(families):
-        try:
-            open_icmp_socket(fam, mode=mode).close()
-        except UseSubprocess as e:
-            d = e.diagnosis
-            why = f"{d.explain('raw')}.\n{d.explain('dgram')}." if d is not None else str(e)
-            raise PermissionDenied(
-                "the monitor needs an ICMP socket (raw or dgram; it cannot run on the system "
-                f"ping) and none may be opened here.\n{why}\nRun `fastping doctor` for details."
-            ) from None
+    try:
+        open_icmp_socket(fam, mode=mode).close()
+    except UseSubprocess as e:
+        d = e.diagnosis
+        why = f"{d.explain('raw')}.\n{d.explain('dgram')}." if d is not None else str(e)
+        raise PermissionDenied(
+            "the monitor needs an ICMP socket (raw or dgram; it cannot run on the system "
+            f"ping) and none may be opened here.\n{why}\nRun `fastping doctor` for details."
+        ) from None
+
+
+def _check_kind_socket(kind: str, fam: int) -> None:
+    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed."""
+    from ..engine import SOCKET_KINDS
+    from ..errors import PermissionDenied
+
+    try:
+        SOCKET_KINDS[kind]("raw", {})(fam, 1).close()
+    except PermissionError as e:
+        raise PermissionDenied(
+            f"{kind.upper()} targets need a raw socket, which needs root or CAP_NET_RAW: "
+            f"{e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python binary, or "
+            "AmbientCapabilities=CAP_NET_RAW in the systemd unit) or watch these targets "
+            "with ICMP."
+        ) from None
 
 
 class _TimingRecorder:

@@ -18,7 +18,16 @@ JSON_KEYS: tuple[str, ...] = (
     "stddev_ms", "jitter_ms", "p50_ms", "p95_ms", "p99_ms",
     "timeouts", "unreachable", "time_exceeded", "send_errors", "local_down",
     "resolve_errors", "duplicates", "late", "first_time", "last_time", "approximate",
+    "kind", "port", "closed",
 )  # fmt: skip
+# the heading of each probe kind's table (a report of ICMP targets only has none)
+KIND_TITLES: dict[str, str] = {
+    "icmp": "ICMP echo",
+    "tcp": "TCP SYN (RECV = open; CLOSED = answered with a RST, counted in the loss; "
+    "no answer = filtered)",
+    "udp": "UDP (RECV = an answer from the port; CLOSED = ICMP port unreachable, counted "
+    "in the loss; no answer = open|filtered)",
+}
 # from a shared (PostgreSQL) store, after those
 SHARED_KEYS: tuple[str, ...] = ("agent", "labels")
 
@@ -137,12 +146,34 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _table(stats: list[dict[str, Any]]) -> str:
+def _kind_order(kind: str) -> int:
+    from ..targets import PROBE_KINDS
+
+    return PROBE_KINDS.index(kind) if kind in PROBE_KINDS else len(PROBE_KINDS)
+
+
+def _tables(stats: list[dict[str, Any]]) -> str:
+    """The table of ``_table``, one per probe kind (with a heading) when there is more
+    than ICMP: a TCP target's CLOSED count has a column of its own."""
+    kinds = sorted({s["kind"] for s in stats}, key=_kind_order)
+    if kinds == ["icmp"]:
+        return _table(stats)
+    parts = []
+    for k in kinds:
+        these = [s for s in stats if s["kind"] == k]
+        parts.append(f"{KIND_TITLES.get(k, k.upper())}: {len(these)} targets")
+        parts.append(_table(these, closed=k != "icmp"))
+    return "\n".join(parts)
+
+
+def _table(stats: list[dict[str, Any]], closed: bool = False) -> str:
     """One row per target; from a shared store one per (target, agent), the agents of
     one target next to each other, with an AGENT column."""
     shared = any("agent" in s for s in stats)
     head: tuple[str, ...] = ("TARGET", "ADDRESS", "SENT", "RECV", "LOSS", "MIN", "AVG", "MAX",
                              "P50", "P95", "P99", "JITTER")  # fmt: skip
+    if closed:
+        head = (*head[:4], "CLOSED", *head[4:])
     if shared:
         head = (head[0], "AGENT", *head[1:])
     rows = [
@@ -152,6 +183,7 @@ def _table(stats: list[dict[str, Any]]) -> str:
             str(s["address"]),
             str(s["sent"]),
             str(s["received"]),
+            *((str(s.get("closed", 0)),) if closed else ()),
             f"{s['loss'] * 100:.1f}%",
             _ms(s["min_ms"]),
             _ms(s["avg_ms"]),
@@ -355,6 +387,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
         from ..targets import address_order
 
         stats = sorted(store.all_stats(since, until), key=lambda s: address_order(s["target"]))
+    _add_kinds(store, stats)
     window = "all" if since is None else args.since
     outages = store.outages(since, until, args.target)
     incidents = group_incidents(outages, window_s=args.incident_window)
@@ -396,7 +429,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(lo))} – "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(hi))} UTC (RTTs in ms)"
         )
-        print(_table(stats))
+        print(_tables(stats))
         if any((s.get("loss_pattern") or {}).get("lost") for s in stats):
             print(
                 "loss patterns (runs of consecutive losses; Gilbert p = P(lost | received "
@@ -416,6 +449,18 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
     if args.html:
         _write_html(args, store, db, stats, since, until, now, outages, incidents)
     return 0
+
+
+def _add_kinds(store: Any, stats: list[dict[str, Any]]) -> None:
+    """Each target's probe kind and port (the store keeps them with the target), in
+    its stats; sorted by kind, the order within a kind kept."""
+    from ..store import kind_port
+
+    kinds = store.target_kinds()
+    for s in stats:
+        s["kind"], s["port"] = kinds.get(s["target"]) or kind_port(s["target"])
+        s.setdefault("closed", 0)
+    stats.sort(key=lambda s: _kind_order(s["kind"]))
 
 
 def _check_writable(path: str) -> None:
@@ -533,7 +578,9 @@ def _write_html(
     chosen = ranked[: max(args.max_charts, 0)]
     from ..targets import address_order
 
-    chosen.sort(key=lambda s: (address_order(s["target"]), s.get("agent", "")))
+    chosen.sort(
+        key=lambda s: (_kind_order(s["kind"]), address_order(s["target"]), s.get("agent", ""))
+    )
     charts = []
     for s in chosen:
         # At least two probes a step, so a target probed every 10 s does not come out as

@@ -37,7 +37,7 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t n)
     size_t CMSG_LEN(size_t n)
 
-    int AF_INET, AF_INET6
+    int AF_UNSPEC, AF_INET, AF_INET6
     int SOCK_RAW, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC
     int SOL_SOCKET
     int SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE

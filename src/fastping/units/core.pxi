@@ -1815,11 +1815,19 @@ cdef class ProbeSocket:
 
 
 cdef inline uint32_t _addr_hash(const uint8_t *a, int alen, uint32_t port) noexcept nogil:
-    """Hash of an address (4 or 16 bytes) and a port (0: none) for the target index."""
+    """Hash of an address (4 or 16 bytes) and a port (0: none) for the target index:
+    the words combined, then MurmurHash3's fmix32, so every input bit reaches the low
+    bits the index keeps. (A multiply alone leaves the low bits a function of the low
+    input bits only: consecutive IPv4 targets, which differ in their high bytes as the
+    memory reads them, filled every other bucket and the probing chains grew long.)"""
     cdef uint32_t h = rd32(a) ^ (port * 0xCC9E2D51U)
     if alen == 16:
         h ^= rd32(a + 4) * 0x85EBCA6BU ^ rd32(a + 8) * 0xC2B2AE35U ^ rd32(a + 12) * 0x27D4EB2FU
-    return (h * 0x9E3779B1U) ^ (h >> 15)
+    h ^= h >> 16
+    h *= 0x85EBCA6BU
+    h ^= h >> 13
+    h *= 0xC2B2AE35U
+    return h ^ (h >> 16)
 
 
 cdef void _alloc_rxset(RxSet *rs, int R, int rxlen) noexcept:

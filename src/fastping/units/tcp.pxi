@@ -64,6 +64,8 @@ cdef class TcpSocket(ProbeSocket):
     cdef uint32_t *src_val        # its source address (network order bytes as uint32)
     cdef uint8_t src_fixed[16]
     cdef bint has_src_fixed
+    cdef uint32_t bound_src       # IPv4, no source= : the one source every slot has had
+    cdef int bind_state           # 0: no slot yet; 1: bound to bound_src; 2: sources differ
 
     def __init__(self, int family=AF_INET, *, source=None, ttl=None, tos=None,
                  int rcvbuf_bytes=0, int batch_size=64, int window=1, bint bpf=True,
@@ -225,6 +227,7 @@ cdef class TcpSocket(ProbeSocket):
         # route lookup), remembered per destination /24
         cdef uint32_t s, src
         cdef uint8_t *dst
+        cdef int was = self.bind_state
         if self.family != AF_INET:
             return 0
         with nogil:
@@ -234,8 +237,29 @@ cdef class TcpSocket(ProbeSocket):
                     memcpy(&src, self.src_fixed, 4)
                 else:
                     src = self._source_of(dst)
+                    if src != 0 and self.bind_state == 0:
+                        self.bound_src, self.bind_state = src, 1
+                    elif src != 0 and self.bind_state == 1 and src != self.bound_src:
+                        self.bind_state = 2
                 self.psum[s] = (csum_add(<uint8_t *>&src, 4, 0) + csum_add(dst, 4, 0)
                                 + IPPROTO_TCP + TCP_SYN_LEN)
+        if self.bind_state != was:
+            self._bind_v4(self.bound_src if self.bind_state == 1 else 0)
+        return 0
+
+    cdef int _bind_v4(self, uint32_t src) except -1:
+        """While every slot has the same source, the socket is bound to it: a raw TCP
+        socket is handed a copy of every TCP packet of the host whose destination its
+        bound address matches (raw(7)), and on loopback that is our own SYNs and our
+        kernel's RSTs too, each cloned and run through the filter only to be dropped.
+        Bound, it gets only what is addressed to its source. When a slot needs another
+        source the socket goes back to the wildcard (0)."""
+        cdef sockaddr_in sin
+        memset(&sin, 0, sizeof(sin))
+        sin.sin_family = AF_INET
+        memcpy(&sin.sin_addr, &src, 4)
+        if bind(self.fd, <sockaddr *>&sin, sizeof(sin)) != 0:
+            _raise_oserror("bind(raw TCP socket) to its source")
         return 0
 
     cdef uint32_t _source_of(self, const uint8_t *dst) noexcept nogil:
@@ -245,7 +269,12 @@ cdef class TcpSocket(ProbeSocket):
         cdef socklen_t sl = sizeof(sin)
         if self.src_key[i] == key:
             return self.src_val[i]
+        # dissolve the last lookup's association first: a UDP socket keeps the source
+        # its first connect() gave it (the kernel sets the local address only while
+        # unset), so without this every later lookup answered the first one's source
         memset(&sin, 0, sizeof(sin))
+        sin.sin_family = AF_UNSPEC
+        connect(self.route_fd, <sockaddr *>&sin, sizeof(sin))
         sin.sin_family = AF_INET
         sin.sin_port = 0x0900          # discard (9), network order; nothing is sent
         memcpy(&sin.sin_addr, dst, 4)
