@@ -194,10 +194,7 @@ def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
     closed = pinger.closed
     is_open = h.received > closed
     if args.json:
-        d = h.to_dict()
-        d["rtts_ms"] = [round(x, 4) for x in h.rtts_ms]
-        d.update(port=port, closed=closed, open=h.received - closed, timing=pinger.timing)
-        print(json.dumps(d), flush=True)
+        _print_json(h, port=port, closed=closed, open=h.received - closed, timing=pinger.timing)
     else:
         print(f"--- {h.target} port {port} tcp ping statistics ---")
         print(
@@ -207,15 +204,28 @@ def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
             + (f", {h.unreachable} unreachable" if h.unreachable else "")
             + (f", {h.duplicates} duplicates" if h.duplicates else "")
         )
-        if h.received:
-            print(
-                f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
-                f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms",
-                flush=True,
-            )
-        elif h.error:
-            print(h.error, flush=True)
+        _print_rtts_or_error(h, bool(h.received))
     return EXIT_ALL_ALIVE if is_open else EXIT_SOME_DOWN
+
+
+def _print_json(h: HostResult, **extra: Any) -> None:
+    """The summary as one JSON object: the host's figures, its RTTs, and ``extra``."""
+    d = h.to_dict()
+    d["rtts_ms"] = [round(x, 4) for x in h.rtts_ms]
+    d.update(extra)
+    print(json.dumps(d), flush=True)
+
+
+def _print_rtts_or_error(h: HostResult, answered: bool) -> None:
+    """The rtt line of a host that answered, else its error (if it has one)."""
+    if answered:
+        print(
+            f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
+            f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms",
+            flush=True,
+        )
+    elif h.error:
+        print(h.error, flush=True)
 
 
 def _probe_line(r: ProbeResult, timeout_s: float) -> str:
@@ -240,9 +250,7 @@ def _summary(args: argparse.Namespace, h: HostResult) -> int:
     from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN
 
     if args.json:
-        d = h.to_dict()
-        d["rtts_ms"] = [round(x, 4) for x in h.rtts_ms]
-        print(json.dumps(d), flush=True)
+        _print_json(h)
     else:
         print(f"--- {h.target} ping statistics ---")
         print(
@@ -250,14 +258,7 @@ def _summary(args: argparse.Namespace, h: HostResult) -> int:
             + (f", {h.duplicates} duplicates" if h.duplicates else "")
             + (f", {h.late} late" if h.late else "")
         )
-        if h.alive:
-            print(
-                f"rtt min/avg/max/stddev/jitter = {h.min_ms:.3f}/{h.avg_ms:.3f}/{h.max_ms:.3f}/"
-                f"{h.stddev_ms:.3f}/{(h.jitter_ms or 0):.3f} ms",
-                flush=True,
-            )
-        elif h.error:
-            print(h.error, flush=True)
+        _print_rtts_or_error(h, h.alive)
     return EXIT_ALL_ALIVE if h.alive else EXIT_SOME_DOWN
 
 
