@@ -51,8 +51,9 @@ def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class PathLab:
-    def __init__(self, hops: int = 3, *, twin: int | None = None, v6: bool = True,
-                 ratelimit: bool = False) -> None:
+    def __init__(
+        self, hops: int = 3, *, twin: int | None = None, v6: bool = True, ratelimit: bool = False
+    ) -> None:
         if hops < 1:
             raise ValueError("hops must be >= 1")
         if twin is not None and not 1 < twin < hops:
@@ -114,10 +115,17 @@ class PathLab:
         return self.addr6(self.twin - 1, True), self.addr6(0, True, True)
 
     # ------------------------------------------------------------ running things
-    def exec(self, ns: str, *cmd: str, check: bool = True,
-             timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=check,
-                              capture_output=True, text=True, env=child_env(), timeout=timeout)
+    def exec(
+        self, ns: str, *cmd: str, check: bool = True, timeout: float | None = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd],
+            check=check,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=timeout,
+        )
 
     def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on a thread inside the source namespace."""
@@ -134,8 +142,9 @@ class PathLab:
             _sh("ip", "netns", "exec", ns, "sysctl", "-qw", s, check=False)
 
     # ------------------------------------------------------------ building
-    def _link(self, a: str, b: str, dev_a: str, dev_b: str, a4: str, b4: str, a6: str,
-              b6: str) -> None:
+    def _link(
+        self, a: str, b: str, dev_a: str, dev_b: str, a4: str, b4: str, a6: str, b6: str
+    ) -> None:
         _sh("ip", "link", "add", dev_a, "type", "veth", "peer", "name", dev_b)
         _sh("ip", "link", "set", dev_a, "netns", a)
         _sh("ip", "link", "set", dev_b, "netns", b)
@@ -151,33 +160,73 @@ class PathLab:
             _sh("ip", "netns", "add", ns)
             self._made.append(ns)
             self._ns(ns, "link", "set", "lo", "up")
-            self._sysctl(ns, "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
-                         "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+            self._sysctl(
+                ns,
+                "net.ipv6.conf.all.accept_ra=0",
+                "net.ipv6.conf.default.accept_ra=0",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            )
         for k in range(self.hops + 1):
-            self._link(self.node(k), self.node(k + 1), self.dev(k, False), self.dev(k, True),
-                       self.addr4(k, False), self.addr4(k, True),
-                       self.addr6(k, False), self.addr6(k, True))
+            self._link(
+                self.node(k),
+                self.node(k + 1),
+                self.dev(k, False),
+                self.dev(k, True),
+                self.addr4(k, False),
+                self.addr4(k, True),
+                self.addr6(k, False),
+                self.addr6(k, True),
+            )
         if self.twin is not None and self.twin_ns is not None:
             t = self.twin
-            self._link(self.node(t - 1), self.twin_ns, f"fpt0l{self.tag}", f"fpt0r{self.tag}",
-                       self.addr4(0, False, True), self.addr4(0, True, True),
-                       self.addr6(0, False, True), self.addr6(0, True, True))
-            self._link(self.twin_ns, self.node(t + 1), f"fpt1l{self.tag}", f"fpt1r{self.tag}",
-                       self.addr4(1, False, True), self.addr4(1, True, True),
-                       self.addr6(1, False, True), self.addr6(1, True, True))
+            self._link(
+                self.node(t - 1),
+                self.twin_ns,
+                f"fpt0l{self.tag}",
+                f"fpt0r{self.tag}",
+                self.addr4(0, False, True),
+                self.addr4(0, True, True),
+                self.addr6(0, False, True),
+                self.addr6(0, True, True),
+            )
+            self._link(
+                self.twin_ns,
+                self.node(t + 1),
+                f"fpt1l{self.tag}",
+                f"fpt1r{self.tag}",
+                self.addr4(1, False, True),
+                self.addr4(1, True, True),
+                self.addr6(1, False, True),
+                self.addr6(1, True, True),
+            )
         for r in self.routers + ([self.twin_ns] if self.twin_ns else []):
-            self._sysctl(r, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                         "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+            self._sysctl(
+                r,
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            )
             if not self.ratelimit:
-                self._sysctl(r, "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-                             "net.ipv4.icmp_msgs_per_sec=100000000",
-                             "net.ipv4.icmp_msgs_burst=100000000")
+                self._sysctl(
+                    r,
+                    "net.ipv4.icmp_ratelimit=0",
+                    "net.ipv6.icmp.ratelimit=0",
+                    "net.ipv4.icmp_msgs_per_sec=100000000",
+                    "net.ipv4.icmp_msgs_burst=100000000",
+                )
         # the target owns its whole prefixes
         self._ns(self.tgt, "route", "add", "local", TARGET_NET4, "dev", "lo")
         if self.v6:
             self._ns(self.tgt, "-6", "route", "add", "local", TARGET_NET6, "dev", "lo")
-        self._sysctl(self.tgt, "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-                     "net.ipv4.icmp_msgs_per_sec=100000000", "net.ipv4.icmp_msgs_burst=100000000")
+        self._sysctl(
+            self.tgt,
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv6.icmp.ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=100000000",
+            "net.ipv4.icmp_msgs_burst=100000000",
+        )
         # everyone sends towards the source by default (to the left) ...
         for k in range(1, self.hops + 2):
             self._default(self.node(k), self.addr4(k - 1, False), self.addr6(k - 1, False))
@@ -187,7 +236,7 @@ class PathLab:
         self._default(self.src, self.addr4(0, True), self.addr6(0, True))
         for k in range(1, self.hops + 1):
             if self.twin is not None and k == self.twin - 1:
-                continue       # set_path decides
+                continue  # set_path decides
             self._to_target(self.node(k), [(self.addr4(k, True), self.addr6(k, True))])
         if self.twin_ns is not None:
             self._to_target(self.twin_ns, [(self.addr4(1, True, True), self.addr6(1, True, True))])
@@ -222,8 +271,9 @@ class PathLab:
         if vias is None:
             raise ValueError(f"path must be a, b or ecmp, not {path!r}")
         before = self.node(self.twin - 1)
-        self._sysctl(before, "net.ipv4.fib_multipath_hash_policy=1",
-                     "net.ipv6.fib_multipath_hash_policy=1")
+        self._sysctl(
+            before, "net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1"
+        )
         self._to_target(before, vias)
         self.path = path
 
@@ -235,24 +285,32 @@ class PathLab:
         self._ns(right, "link", "set", self.dev(link, True), "mtu", str(mtu))
 
     def _nft(self, ns: str, rule: str) -> None:
-        p = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rule,
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=rule,
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"nft in {ns}: {p.stderr.strip()}")
 
     def silence(self, router: int) -> None:
         """Router ``router`` (1-based) forwards but never says time exceeded."""
-        self._nft(self.node(router),
-                  "table inet fpp {\n chain out {\n type filter hook output priority 0;\n"
-                  " icmp type time-exceeded drop\n icmpv6 type time-exceeded drop\n }\n}\n")
+        self._nft(
+            self.node(router),
+            "table inet fpp {\n chain out {\n type filter hook output priority 0;\n"
+            " icmp type time-exceeded drop\n icmpv6 type time-exceeded drop\n }\n}\n",
+        )
 
     def black_hole(self, router: int) -> None:
         """Router ``router`` drops the fragmentation-needed / packet-too-big it
         sends (a PMTUD black hole: big packets vanish there, small ones pass)."""
-        self._nft(self.node(router),
-                  "table inet fpph {\n chain out {\n type filter hook output priority 0;\n"
-                  " icmp type destination-unreachable icmp code frag-needed drop\n"
-                  " icmpv6 type packet-too-big drop\n }\n}\n")
+        self._nft(
+            self.node(router),
+            "table inet fpph {\n chain out {\n type filter hook output priority 0;\n"
+            " icmp type destination-unreachable icmp code frag-needed drop\n"
+            " icmpv6 type packet-too-big drop\n }\n}\n",
+        )
 
     def down(self) -> None:
         for ns in reversed(self._made):
