@@ -385,8 +385,8 @@ cdef class TraceSocket(IcmpSocket):
     def path(self, uint32_t target):
         """Target ``target``'s hops, 1 up to the first that ended the path (the
         target's echo reply or an unreachable; all of them when none did): tuples
-        (hop, responder or None, min RTT ns or None, ICMP type or None, ICMP code,
-        probes sent, answers received)."""
+        (hop, responder or None, min RTT ns or None, mean RTT ns or None, ICMP type or
+        None, ICMP code or None, probes sent, answers received)."""
         if target >= self.n // <uint32_t>self.max_ttl:
             raise IndexError(f"target {target} out of range")
         cdef uint32_t M = <uint32_t>self.max_ttl, base = target * M, h, s, last = M
@@ -404,10 +404,11 @@ cdef class TraceSocket(IcmpSocket):
             st = &self.stats[s]
             t = self.rtype[s]
             if t == RT_NONE:
-                out.append((h + 1, None, None, None, None, st.sent, st.received))
+                out.append((h + 1, None, None, None, None, None, st.sent, st.received))
             else:
                 out.append((h + 1, _ntop(self.family, self.resp + <size_t>s * self.addr_len),
-                            self._min_rtt(s), t, self.rcode[s], st.sent, st.received))
+                            self._min_rtt(s), st.sum_ns // st.received if st.received else None,
+                            t, self.rcode[s], st.sent, st.received))
         return out
 
     cdef object _min_rtt(self, uint32_t s):
