@@ -218,7 +218,7 @@ def _summary(res: Any) -> dict[str, Any]:
         "duplicates": int(t.get("duplicates", 0)),
         "late": int(t.get("late", 0)),
         "foreign": int(t.get("foreign", 0)),
-        "unattributed": int(t.get("unattributed", 0)),
+        "unattributed": int(t.get("errors_unattributed", 0)),
         "mode": res.mode,
         "elapsed_s": round(res.elapsed_s, 6),
         "probes_per_s": round(sent / res.elapsed_s, 1) if res.elapsed_s > 0 else 0.0,
