@@ -17,8 +17,8 @@ from typing import Any
 from .errors import PermissionDenied, TargetError
 
 # what answered a hop (the ICMP type of the answer), by family
-TIME_EXCEEDED = {socket.AF_INET: 11, socket.AF_INET6: 3}
-ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
+TIME_EXCEEDED: dict[int, int] = {socket.AF_INET: 11, socket.AF_INET6: 3}
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 
 DEFAULT_MAX_TTL = 16
 DEFAULT_RATE = 1000.0  # probes/s: polite towards routers that rate-limit ICMP errors

@@ -1,3 +1,5 @@
+
+
 # ---------------------------------------------------------------- TraceSocket: every hop at once
 #
 # A trace is one slot per (target, TTL): target t's hop h (1-based) is slot
