@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import PermissionDenied, TargetError
 
@@ -25,8 +25,7 @@ DEFAULT_RATE = 1000.0  # probes/s: polite towards routers that rate-limit ICMP e
 MAX_MAX_TTL = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Hop:
+class Hop(NamedTuple):
     """One hop of a trace: ``address`` None when nothing answered (a router that
     sends no time exceeded, or one that rate-limited its answer: never loss at the
     target). ``kind``: "hop" (time exceeded), "target" (the target's echo reply),
@@ -123,15 +122,15 @@ def _hop(fam: int, row: tuple[Any, ...]) -> Hop:
     else:
         kind = "unreachable"
     return Hop(
-        ttl=ttl,
-        address=addr,
-        rtt_ms=None if min_ns is None else min_ns / 1e6,
-        avg_ms=None if avg_ns is None else avg_ns / 1e6,
-        kind=kind,
-        icmp_type=itype,
-        icmp_code=icode,
-        sent=sent,
-        received=received,
+        ttl,
+        addr,
+        None if min_ns is None else min_ns / 1e6,
+        None if avg_ns is None else avg_ns / 1e6,
+        kind,
+        itype,
+        icode,
+        sent,
+        received,
     )
 
 
@@ -165,10 +164,14 @@ def trace(
     family: int | None = None,
     key: bytes | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
+    workers: int = 0,
 ) -> TraceRun:
     """Trace every target (addresses or names) at once. ``queries`` probes per hop;
     ``rate_pps`` total probes per second (0: flat out); ``key`` fixes the probe order
-    (16 bytes; default random per run)."""
+    (16 bytes; default random per run); ``workers`` sending threads, each with its
+    own socket (0: one per usable core, at most 8, for traces big and fast enough to
+    need them)."""
+    from .api import auto_workers
     from .targets import resolve
 
     if not 1 <= max_ttl <= MAX_MAX_TTL:
@@ -202,14 +205,22 @@ def trace(
     jobs: list[tuple[Any, int, list[str]]] = []
     t0 = time.monotonic()
     try:
+        n_slots = sum(len(p) for p in by_fam.values()) * max_ttl
+        k_auto = auto_workers(n_slots, rate_pps) if workers == 0 else workers
         for fam, per_addr in by_fam.items():
             if not per_addr:
                 continue
-            sock, used = _open(fam, mode, max_ttl, queries)
-            modes.append(used)
             addrs = list(per_addr)
-            jobs.append((sock, fam, addrs))
-            sock.add_traces_packed(b"".join(socket.inet_pton(fam, a) for a in addrs))
+            # each worker a contiguous share of the targets, on a socket of its own
+            # (own identifier, BPF filter, buffers) and a thread: on loopback and
+            # through veth namespaces the kernel forwards on the sending core
+            k = max(1, min(k_auto, len(addrs)))
+            for i in range(k):
+                share = addrs[len(addrs) * i // k : len(addrs) * (i + 1) // k]
+                sock, used = _open(fam, mode, max_ttl, queries)
+                modes.append(used)
+                jobs.append((sock, fam, share))
+                sock.add_traces_packed(b"".join(socket.inet_pton(fam, a) for a in share))
         interrupted = _run(jobs, queries, timeout_s, rate_pps, key, on_progress)
         for sock, fam, addrs in jobs:
             per_addr = by_fam[fam]
@@ -225,6 +236,7 @@ def trace(
     totals["interrupted"] = int(interrupted)
     totals["traces"] = sum(len(a) for _, _, a in jobs)
     totals["max_ttl"] = max_ttl
+    totals["workers"] = len(jobs)
     return TraceRun(traces, totals, time.monotonic() - t0, "+".join(dict.fromkeys(modes)))
 
 

@@ -71,6 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ICMP socket: raw (root or CAP_NET_RAW) or dgram (unprivileged, "
         "net.ipv4.ping_group_range); auto tries raw, then dgram",
     )
+    p.add_argument(
+        "--workers",
+        "-w",
+        type=argtypes.int_range(0, 64),
+        default=0,
+        metavar="N",
+        help="sending threads, each with its own socket (default 0: one per usable core, "
+        "at most 8, for traces big and fast enough to need them)",
+    )
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
     p.add_argument("--json", action="store_true", help="one JSON object per target per line")
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             family=fam,
             on_progress=progress.update if progress else None,
+            workers=args.workers,
         )
     finally:
         if progress:
@@ -220,6 +230,7 @@ def _summary(res: Any) -> dict[str, Any]:
         "foreign": int(t.get("foreign", 0)),
         "unattributed": int(t.get("errors_unattributed", 0)),
         "mode": res.mode,
+        "workers": int(t.get("workers", 1)),
         "elapsed_s": round(res.elapsed_s, 6),
         "probes_per_s": round(sent / res.elapsed_s, 1) if res.elapsed_s > 0 else 0.0,
     }
