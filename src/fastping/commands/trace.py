@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     summary = _summary(res)
     out = sys.stdout
     if args.json:
-        out.write("".join(tr.json_line() + "\n" for tr in res.traces))
+        out.writelines(tr.json_line() + "\n" for tr in res.traces)
         if args.stats:
             sys.stderr.write(json.dumps(summary) + "\n")
     elif len(res.traces) > TABLE_MAX or args.summary:
