@@ -23,6 +23,8 @@ from tests.conftest import child_env, fastping_cmd
 from tests.pathlab import PathLab, target4, target6
 from tests.privhelpers import in_netns
 
+from fastping._icmp_py import checksum as _csum
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -197,15 +199,6 @@ def _quiet_ns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ip(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:

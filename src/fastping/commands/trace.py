@@ -167,7 +167,11 @@ def _table(tr: Any) -> list[str]:
     if tr.error:
         return [f"trace to {tr.target}: {tr.error}"]
     name = tr.target if tr.target == tr.address else f"{tr.target} ({tr.address})"
-    state = f"reached in {tr.hop_count} hops" if tr.reached else "not reached"
+    state = (
+        f"reached in {tr.hop_count} hop{'' if tr.hop_count == 1 else 's'}"
+        if tr.reached
+        else "not reached"
+    )
     lines = [
         f"trace to {name}: {state}",
         " hop  address                                 loss%  sent     best      avg",
