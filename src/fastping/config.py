@@ -295,6 +295,16 @@ class MetricsConfig(_Model):
         return v
 
 
+class TraceConfig(_Model):
+    """``trace:``: the monitor traces every ICMP target every ``every_s`` seconds
+    (``--trace-every``; None: never), path changes as events, stored and counted."""
+
+    every_s: Seconds | None = Field(default=None, ge=1.0, le=86400 * 7)
+    max_ttl: int = Field(default=16, ge=1, le=64)
+    timeout_s: Seconds = Field(default=1.0, gt=0, le=60)
+    rate_pps: float = Field(default=1000.0, gt=0, le=10_000_000)
+
+
 class FastpingConfig(_Model):
     mode: Mode = "auto"
     defaults: Defaults = Defaults()  # frozen, so one shared default is safe
@@ -309,6 +319,7 @@ class FastpingConfig(_Model):
     remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
     http: HttpConfig = HttpConfig()  # frozen, so one shared default is safe
+    trace: TraceConfig = TraceConfig()  # frozen, so one shared default is safe
 
     @field_validator("targets", mode="before")
     @classmethod

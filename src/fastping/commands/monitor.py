@@ -142,6 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "JSON (http:// or https://; retried, never blocking probing)",
     )
     parser.add_argument(
+        "--trace-every",
+        type=argtypes.seconds(1.0, 7 * 86400.0),
+        metavar="S",
+        help="trace every ICMP target every S seconds (at least 1; trace.every_s): path "
+        "changes are logged, stored (fastping report --paths) and counted in the metrics",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -497,6 +504,7 @@ async def _main(
         network=network,
         stop_flush_s=args.stop_timeout,
         outage_rule=OutageRule(min_lost=args.outage_after),
+        **_trace_options(args, cfg),
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -621,6 +629,8 @@ async def _main(
     }
     if shared:
         summary["agent"] = agent
+    if st.get("paths") is not None:
+        summary["paths"] = st["paths"]
     if remote is not None:
         summary["remote_write"] = remote.stats()
     if http is not None:
@@ -640,6 +650,20 @@ async def _main(
         )
         return 4
     return 0
+
+
+def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """The engine's trace settings: --trace-every, else the config's trace: section."""
+    tc = cfg.trace
+    every = getattr(args, "trace_every", None)
+    every = every if every is not None else tc.every_s
+    if every is None:
+        return {}
+    return {
+        "trace_every_s": every,
+        "trace_options": {"max_ttl": tc.max_ttl, "timeout_s": tc.timeout_s,
+                          "rate_pps": tc.rate_pps},
+    }  # fmt: skip
 
 
 class _HttpSide:
