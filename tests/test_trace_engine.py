@@ -190,6 +190,60 @@ def test_route_change_is_a_path_change_event_stored_and_counted(
         assert tuple(d["new"]) == got["after"][d["target"]].path
 
 
+def test_an_outage_start_traces_the_target_at_once(lab: PathLab) -> None:
+    """on_outage: r3 starts dropping the target's traffic (a blackhole route); the
+    target's outage (3 lost probes) gets it traced long before the next round (an
+    hour away): its path now ends at r2, a path change."""
+    from fastping.engine import MonitoringEngine
+    from fastping.pathwatch import PathChange
+
+    target = target4(7)
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        engine = MonitoringEngine(
+            [target], interval_s=0.2, timeout_s=0.3, store_flush_s=0.3,
+            trace_every_s=3600.0,
+            trace_options={"max_ttl": 6, "timeout_s": 0.5, "on_outage": True},
+        )  # fmt: skip
+        sub = engine.subscribe(100_000)
+        events: list[Any] = []
+        await engine.start()
+        try:
+            paths = engine.paths
+            assert paths is not None
+            await _until(lambda: paths.rounds >= 1, "the first round")
+            got["before"] = engine.path(target)
+            subprocess.run(["ip", "-n", lab.routers[2], "route", "replace", "blackhole",
+                            "10.200.0.0/16"], check=True)  # fmt: skip
+
+            def changed() -> bool:
+                events.extend(sub.drain())
+                return any(isinstance(e, PathChange) for e in events)
+
+            await _until(changed, "a path change from the outage's trace")
+            got["events"] = events
+            got["after"] = engine.path(target)
+            got["stats"] = paths.stats()
+        finally:
+            await engine.stop()
+
+    lab.run(lambda: asyncio.run(main()))
+    before, after = got["before"], got["after"]
+    assert before.reached and before.hop_count == 4
+    assert not after.reached and after.hop_count is None, after.to_json()
+    # r1 and r2 still answer; nothing past r3's blackhole does
+    assert after.path[:2] == before.path[:2]
+    assert all(a is None for a in after.path[3:])
+    kinds = [type(e).__name__ for e in got["events"]]
+    # the outage came first, then the trace it asked for
+    assert kinds.index("OutageEvent") < kinds.index("PathChange"), kinds
+    [ch] = [e for e in got["events"] if isinstance(e, PathChange)]
+    assert ch.old == before.path and ch.new == after.path and ch.new_hops is None
+    st = got["stats"]
+    assert st["rounds"] == 2 and st["urgent_rounds"] == 1 and st["path_changes"] == 1
+
+
 # ------------------------------------------------------------------ fastping monitor
 
 
@@ -277,11 +331,135 @@ def test_bad_trace_settings_are_refused() -> None:
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
     assert r.returncode == 3 and "--trace-every" in r.stderr and "at least 1" in r.stderr, r
+    r = subprocess.run(
+        fastping_cmd("monitor", "127.0.0.1", "--trace-on-outage", "--duration", "1"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 3 and "needs --trace-every" in r.stderr, r
     from fastping.config import parse_config_text
 
     with pytest.raises(ConfigError, match="every_s"):
         parse_config_text("trace:\n  every_s: 0.5\n")
     with pytest.raises(ConfigError, match="max_ttl"):
         parse_config_text("trace:\n  every_s: 60\n  max_ttl: 65\n")
-    tc = parse_config_text("trace:\n  every_s: 5m\n  max_ttl: 12\n").trace
-    assert (tc.every_s, tc.max_ttl, tc.timeout_s, tc.rate_pps) == (300.0, 12, 1.0, 1000.0)
+    tc = parse_config_text("trace:\n  every_s: 5m\n  max_ttl: 12\n  on_outage: true\n").trace
+    assert (tc.every_s, tc.max_ttl, tc.timeout_s, tc.rate_pps, tc.on_outage) == (
+        300.0, 12, 1.0, 1000.0, True,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ store failures, PostgreSQL
+
+
+def test_traces_a_locked_store_could_not_take_are_written_later(tmp_path: Path) -> None:
+    """Another connection holds the database's write lock over a trace round: the
+    round's rows are kept and written with the next one, none lost (loopback only)."""
+    from fastping.engine import MonitoringEngine
+    from fastping.store import ResultStore
+
+    db = tmp_path / "locked.db"
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        store = ResultStore(db, flush_interval_s=0.1, busy_timeout_ms=50)
+        await store.start()
+        engine = MonitoringEngine(["127.0.0.1"], store=store, trace_every_s=1.0,
+                                  trace_options={"max_ttl": 4, "timeout_s": 0.3})  # fmt: skip
+        await engine.start()
+        paths = engine.paths
+        assert paths is not None
+        try:
+            await _until(lambda: paths.stored >= 1, "the first round stored")
+            lock = sqlite3.connect(db, isolation_level=None, timeout=5)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                await _until(lambda: paths.store_errors >= 1, "a write refused by the lock")
+                got["pending"] = paths.stats()["pending"]
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            r0 = paths.rounds
+            await _until(
+                lambda: paths.rounds >= r0 + 2 and not paths.stats()["pending"], "the catch-up"
+            )
+        finally:
+            await engine.stop()
+            await store.close()
+        got["stats"] = paths.stats()
+        got["last"] = paths.path("127.0.0.1")
+
+    asyncio.run(main())
+    st = got["stats"]
+    assert got["pending"] >= 1 and st["store_errors"] >= 1 and st["dropped"] == 0
+    assert got["last"].reached and got["last"].hop_count == 1
+    with sqlite3.connect(db) as conn:
+        n = conn.execute("SELECT count(*) FROM traces WHERE target = '127.0.0.1'").fetchone()[0]
+    assert n == st["stored"] == st["traced"]  # every trace made is in the file
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    from tests.servers import PgServer, need
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        need("psycopg", "pip install 'psycopg[binary]' (the extra 'postgresql')")
+    try:
+        srv = PgServer()
+    except FileNotFoundError as e:
+        need("PostgreSQL", str(e))
+    try:
+        srv.init().start()
+        yield srv.url
+    finally:
+        srv.cleanup()
+
+
+def test_postgresql_store_keeps_traces_and_changes_per_agent(pg_url: str) -> None:
+    """The engine's traces into a shared PostgreSQL store (loopback targets), a path
+    change written beside them, and `fastping report --paths` reading them back."""
+    from fastping.engine import MonitoringEngine
+    from fastping.pathwatch import PathChange
+    from fastping.store_pg import PgResultStore
+
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        store = PgResultStore(pg_url, agent="a1", flush_interval_s=0.1)
+        await store.start()
+        engine = MonitoringEngine(["127.0.0.1", "::1"], store=store, trace_every_s=1.0,
+                                  trace_options={"max_ttl": 4, "timeout_s": 0.3})  # fmt: skip
+        await engine.start()
+        paths = engine.paths
+        assert paths is not None
+        try:
+            await _until(lambda: paths.stored >= 4, "two rounds stored")
+        finally:
+            await engine.stop()
+        ch = PathChange("127.0.0.1", time.time(), ("10.0.0.1", None), ("10.0.0.2", None),
+                        None, 2, "127.0.0.1")  # fmt: skip
+        await asyncio.to_thread(store.write_traces, [], [ch])
+        got["latest"] = store.latest_traces()
+        got["changes"] = store.path_changes(agents=["a1"])
+        got["none"] = store.path_changes(agents=["other"])
+        got["stats"] = paths.stats()
+        await store.close()
+
+    asyncio.run(main())
+    latest = got["latest"]
+    assert set(latest) == {"127.0.0.1", "::1"}
+    for t, d in latest.items():
+        assert d["reached"] and d["hop_count"] == 1 and d["path"] == [t] and d["agent"] == "a1"
+    assert got["stats"]["path_changes"] == 0 and got["stats"]["store_errors"] == 0
+    assert got["none"] == []
+    [c] = got["changes"]
+    assert (c["target"], c["old"], c["new"], c["old_hops"], c["new_hops"]) == (
+        "127.0.0.1", ["10.0.0.1", None], ["10.0.0.2", None], None, 2,
+    )  # fmt: skip
+    rep = subprocess.run(
+        fastping_cmd("report", "--db", pg_url, "--since", "all", "--paths"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    assert "127.0.0.1 [a1]: 10.0.0.1 * (not reached) -> 10.0.0.2 * (2 hops)" in rep.stdout

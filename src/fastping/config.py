@@ -297,12 +297,14 @@ class MetricsConfig(_Model):
 
 class TraceConfig(_Model):
     """``trace:``: the monitor traces every ICMP target every ``every_s`` seconds
-    (``--trace-every``; None: never), path changes as events, stored and counted."""
+    (``--trace-every``; None: never), path changes as events, stored and counted;
+    with ``on_outage`` (``--trace-on-outage``) a target whose outage starts at once."""
 
     every_s: Seconds | None = Field(default=None, ge=1.0, le=86400 * 7)
     max_ttl: int = Field(default=16, ge=1, le=64)
     timeout_s: Seconds = Field(default=1.0, gt=0, le=60)
     rate_pps: float = Field(default=1000.0, gt=0, le=10_000_000)
+    on_outage: bool = False  # also trace a target at once when its outage starts
 
 
 class FastpingConfig(_Model):

@@ -15,11 +15,17 @@ is never a change. Every round's traces and changes go to the store
 ``path_changes``. A round that fails (no ICMP socket, a store error) is counted and
 logged; the traces a store could not take are kept (bounded) and written with the
 next round, and what does not fit is counted as dropped.
+
+With ``on_outage`` a target whose outage starts (``fastping.loss``: N consecutive
+lost probes) is traced at once, not at the next round: where its path now ends is the
+first thing to know. Such rounds trace only those targets, at most one every
+``URGENT_MIN_GAP_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -36,6 +42,9 @@ DEFAULT_TRACE_TIMEOUT_S = 1.0
 DEFAULT_TRACE_RATE_PPS = 1000.0
 MIN_TRACE_EVERY_S = 1.0
 MAX_PENDING = 100_000  # trace rows kept for a store that failed, before dropping
+# on_outage: targets whose outage started are traced at once, in one round at most this
+# often (a flapping fleet must not turn the prober into a traceroute loop)
+URGENT_MIN_GAP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,7 @@ class PathWatcher:
         timeout_s: float = DEFAULT_TRACE_TIMEOUT_S,
         rate_pps: float = DEFAULT_TRACE_RATE_PPS,
         mode: str | None = None,
+        on_outage: bool = False,
     ) -> None:
         from .trace import MAX_MAX_TTL
 
@@ -134,6 +144,12 @@ class PathWatcher:
         self.dropped = 0  # trace rows a failing store could not take, beyond MAX_PENDING
         self.last_error: str | None = None
         self.last_round_s: float | None = None
+        self.on_outage = bool(on_outage)
+        self.urgent_rounds = 0  # rounds for targets whose outage started
+        self._urgent: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        if self.on_outage:
+            engine.add_outage_listener(self._on_outages)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -162,36 +178,68 @@ class PathWatcher:
             "store_errors": self.store_errors,
             "stored": self.stored,
             "dropped": self.dropped,
+            "pending": len(self._pending),
             "last_error": self.last_error,
             "last_round_s": self.last_round_s,
+            "urgent_rounds": self.urgent_rounds,
         }
 
     # -- running ---------------------------------------------------------------------
 
-    def _targets(self) -> dict[str, list[str]]:
-        """address -> the ICMP targets probing it (watched now, resolved)."""
+    def _targets(self, only: set[str] | None = None) -> dict[str, list[str]]:
+        """address -> the ICMP targets probing it (watched now, resolved; of ``only``)."""
         out: dict[str, list[str]] = {}
-        for info in self.engine.targets():
+        infos = (
+            self.engine.targets()
+            if only is None
+            else [self.engine.target(h) for h in only if h in self.engine]
+        )
+        for info in infos:
             if info.kind == "icmp" and info.address:
                 out.setdefault(info.address, []).append(info.host)
         return out
 
+    def _on_outages(self, evs: Any) -> None:
+        """Outage listener (event loop): targets whose outage started, traced soon."""
+        for ev in evs:
+            o = ev.outage
+            if ev.what == "start" and o.target is not None and o.target in self.engine:
+                self._urgent.add(o.target)
+        if self._urgent and self._wake is not None:
+            self._wake.set()
+
     async def run(self) -> None:
-        """Trace at once, then every ``every_s`` (the engine's task; cancelled at stop)."""
+        """Trace at once, then every ``every_s``, and (``on_outage``) the targets whose
+        outage started (the engine's task; cancelled at stop)."""
         loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         next_at = loop.time()
+        urgent_ok_at = 0.0
         while True:
             delay = next_at - loop.time()
+            if self._urgent:
+                delay = min(delay, urgent_ok_at - loop.time())
             if delay > 0:
-                await asyncio.sleep(delay)
-            next_at = max(next_at + self.every_s, loop.time())
-            await self.trace_once()
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue  # recompute what is due
+            if loop.time() >= next_at:
+                next_at = max(next_at + self.every_s, loop.time())
+                self._urgent.clear()  # a full round traces them too
+                await self.trace_once()
+            elif self._urgent:
+                only, self._urgent = self._urgent, set()
+                urgent_ok_at = loop.time() + URGENT_MIN_GAP_S
+                self.urgent_rounds += 1
+                await self.trace_once(only)
 
-    async def trace_once(self) -> list[PathChange]:
-        """One round: trace every ICMP target, publish and store the changes."""
+    async def trace_once(self, only: set[str] | None = None) -> list[PathChange]:
+        """One round: trace every ICMP target (or those of ``only``), publish and
+        store the changes."""
         from .trace import trace
 
-        by_addr = self._targets()
+        by_addr = self._targets(only)
         if not by_addr:
             return []
         t0 = time.monotonic()

@@ -149,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "changes are logged, stored (fastping report --paths) and counted in the metrics",
     )
     parser.add_argument(
+        "--trace-on-outage",
+        action="store_true",
+        help="with --trace-every: also trace a target at once when its outage starts "
+        "(--outage-after lost probes; trace.on_outage): where does its path end now?",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -373,6 +379,7 @@ def run(args: argparse.Namespace) -> int:
             "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
         )
 
+    _trace_options(args, cfg)  # a bad combination refused before anything starts
     from ..config import is_url
 
     http_checks = cfg.http_checks([t for t in args.targets if is_url(t)])
@@ -655,14 +662,22 @@ async def _main(
 def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     """The engine's trace settings: --trace-every, else the config's trace: section."""
     tc = cfg.trace
+    from ..errors import ConfigError
+
     every = getattr(args, "trace_every", None)
     every = every if every is not None else tc.every_s
+    on_outage = bool(getattr(args, "trace_on_outage", False) or tc.on_outage)
     if every is None:
+        if on_outage:
+            raise ConfigError(
+                "--trace-on-outage (trace.on_outage) needs --trace-every S (trace.every_s): "
+                "the regular traces give the path an outage's trace is compared with"
+            )
         return {}
     return {
         "trace_every_s": every,
         "trace_options": {"max_ttl": tc.max_ttl, "timeout_s": tc.timeout_s,
-                          "rate_pps": tc.rate_pps},
+                          "rate_pps": tc.rate_pps, "on_outage": on_outage},
     }  # fmt: skip
 
 
