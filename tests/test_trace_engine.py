@@ -244,6 +244,32 @@ def test_an_outage_start_traces_the_target_at_once(lab: PathLab) -> None:
     assert st["rounds"] == 2 and st["urgent_rounds"] == 1 and st["path_changes"] == 1
 
 
+def test_stop_ends_a_long_round_at_once(lab: PathLab) -> None:
+    """A round of 2,000 targets x 8 hops at 400 probes/s would take 40 s; the engine
+    stops 1 s into it and the sweep in the worker thread ends with it (interrupted),
+    rather than holding the process until the round is done."""
+    from fastping.engine import MonitoringEngine
+
+    many = [target4(i) for i in range(100, 2100)]
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        engine = MonitoringEngine(
+            many[:1], interval_s=1.0, trace_every_s=3600.0,
+            trace_options={"max_ttl": 8, "timeout_s": 0.5, "rate_pps": 400},
+        )  # fmt: skip
+        for h in many[1:]:
+            engine.add_target(h)
+        await engine.start()
+        await asyncio.sleep(1.0)
+        await engine.stop()
+        got["paths"] = engine.paths
+
+    lab.run(lambda: asyncio.run(main()))  # returns once the executor's thread has ended
+    st = got["paths"].stats()
+    assert st["interrupted"] == 1 and st["rounds"] == 0 and st["traced"] == 0, st
+
+
 # ------------------------------------------------------------------ fastping monitor
 
 

@@ -85,7 +85,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 # The core's event kinds; the order is OUTCOME_BY_KIND's.
 from ._icmp import (
@@ -105,6 +105,9 @@ from .loss import LossTracker, OutageEvent, OutageRule
 from .pathwatch import PathChange, PathWatcher
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
 from .timing import SendLateness, behind_schedule_us
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 _CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
@@ -2044,7 +2047,7 @@ class MonitoringEngine:
         the core return every probe's event, so it costs nothing per probe."""
         self._outage_listeners.append(fn)
 
-    def path(self, host: str) -> Any:
+    def path(self, host: str) -> Trace | None:
         """``host``'s latest trace (``fastping.trace.Trace``; None before its first, or
         when the engine traces nothing: ``trace_every_s``)."""
         if host not in self._targets:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,8 @@ class PathWatcher:
         self.last_round_s: float | None = None
         self.on_outage = bool(on_outage)
         self.urgent_rounds = 0  # rounds for targets whose outage started
+        self.interrupted = 0  # rounds cut short by the engine stopping
+        self._cancel = threading.Event()  # set: the round's sweep ends (engine stop)
         self._urgent: set[str] = set()
         self._wake: asyncio.Event | None = None
         if self.on_outage:
@@ -182,6 +185,7 @@ class PathWatcher:
             "last_error": self.last_error,
             "last_round_s": self.last_round_s,
             "urgent_rounds": self.urgent_rounds,
+            "interrupted": self.interrupted,
         }
 
     # -- running ---------------------------------------------------------------------
@@ -243,6 +247,19 @@ class PathWatcher:
         if not by_addr:
             return []
         t0 = time.monotonic()
+        cancel = self._cancel
+        cancel.clear()
+        said: list[bool] = []
+
+        def stop_check(sent: int, total: int, received: int) -> None:
+            # trace() checks its progress every 0.2 s and ends a sweep interrupted by
+            # KeyboardInterrupt (sockets closed, threads joined): the engine's stop must
+            # not wait for a 10,000-target round to finish in the executor
+            if cancel.is_set() and not said:
+                said.append(True)  # once: trace() reports its progress again after
+                self.interrupted += 1
+                raise KeyboardInterrupt
+
         try:
             run = await asyncio.to_thread(
                 trace,
@@ -253,7 +270,11 @@ class PathWatcher:
                 rate_pps=self.rate_pps,
                 mode=self.mode,
                 workers=1,
+                on_progress=stop_check,
             )
+        except asyncio.CancelledError:
+            cancel.set()  # the engine stops: the sweep in the worker thread ends too
+            raise
         except Exception as e:  # no ICMP socket, ...: counted, logged, retried next round
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
