@@ -28,7 +28,7 @@ from .settings import Seconds, error_text, parse_listen, show
 from .shard import parse_shard
 from .targets import parse_target, split_kind, with_kind
 
-Mode = Literal["auto", "raw", "dgram", "subprocess"]
+Mode = Literal["auto", "raw", "dgram", "subprocess", "connect"]
 ProbeKind = Literal["icmp", "tcp", "udp"]  # targets.PROBE_KINDS
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 

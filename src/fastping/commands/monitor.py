@@ -107,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "what it has not taken then is counted as dropped and said (exit 4) (default 10)",
     )
     parser.add_argument(
-        "--mode", choices=("auto", "raw", "dgram"), help="socket mode (default: auto)"
+        "--mode",
+        choices=("auto", "raw", "dgram", "connect"),
+        help="socket mode (default: auto; connect: TCP targets by connect(), no privilege)",
     )
     parser.add_argument(
         "--max-cpu-percent",
@@ -363,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     if mode == "subprocess":
         raise ConfigError(
             "mode 'subprocess' cannot run the monitor (it multiplexes every target through "
-            "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
+            "one socket): use auto, raw, dgram or connect, or grant CAP_NET_RAW"
         )
 
     from ..config import is_url
@@ -619,6 +621,8 @@ async def _main(
         "send_lateness": st["send_lateness"],
         "db": store.db,
     }
+    if st["tcp_timing"] is not None:  # "raw" SYNs, or "connect" (no CAP_NET_RAW / --mode)
+        summary["timing"] = st["tcp_timing"]
     if shared:
         summary["agent"] = agent
     if remote is not None:
@@ -821,7 +825,7 @@ def _check_sockets(targets: list[Wanted], mode: str) -> None:
         if kind == "icmp":
             _check_icmp_socket(fam, mode)
         else:
-            _check_kind_socket(kind, fam)
+            _check_kind_socket(kind, fam, mode)
 
 
 def _check_icmp_socket(fam: int, mode: str) -> None:
@@ -839,19 +843,20 @@ def _check_icmp_socket(fam: int, mode: str) -> None:
         ) from None
 
 
-def _check_kind_socket(kind: str, fam: int) -> None:
-    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed."""
+def _check_kind_socket(kind: str, fam: int, mode: str = "auto") -> None:
+    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed
+    (TCP in auto mode falls back to connect() timing, so only --mode raw can fail)."""
     from ..engine import SOCKET_KINDS
     from ..errors import PermissionDenied
 
     try:
-        SOCKET_KINDS[kind]("raw", {})(fam, 1).close()
+        SOCKET_KINDS[kind](mode, {})(fam, 1).close()
     except PermissionError as e:
         raise PermissionDenied(
-            f"{kind.upper()} targets need a raw socket, which needs root or CAP_NET_RAW: "
-            f"{e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python binary, or "
-            "AmbientCapabilities=CAP_NET_RAW in the systemd unit) or watch these targets "
-            "with ICMP."
+            f"{kind.upper()} targets need a raw socket in --mode raw, which needs root or "
+            f"CAP_NET_RAW: {e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python "
+            "binary, or AmbientCapabilities=CAP_NET_RAW in the systemd unit), or use "
+            "--mode auto / --mode connect (connect() timing, no privilege)."
         ) from None
 
 
@@ -946,6 +951,7 @@ async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> Non
         timeout_s=engine.timeout_s,
         **{k: counts.get(k, 0) for k in ("up", "down", "error", "unknown", "local_down")},
         interval_factor=st["interval_factor"],
+        **({"tcp_timing": st["tcp_timing"]} if st["tcp_timing"] else {}),
     )
 
 
