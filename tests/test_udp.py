@@ -584,6 +584,99 @@ def test_sweep_command_udp_ports_text_json_and_urls() -> None:
         assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
 
 
+NO_NET_RAW = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
+
+
+def _ping(*args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [
+        *(NO_NET_RAW if unprivileged and os.geteuid() == 0 else []),
+        *fastping_cmd("ping", *args),
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "url"),
+    [(socket.AF_INET, "127.0.0.1", "udp://127.0.0.1"), (socket.AF_INET6, "::1", "udp://[::1]")],
+)
+def test_ping_udp_open_and_closed_on_loopback(family: int, host: str, url: str) -> None:
+    """``fastping ping udp://HOST:PORT``, no privilege (CAP_NET_RAW dropped when run
+    as root): a real echo server's port answers (open, with RTTs), a port nobody has
+    is closed (the kernel's ICMP port unreachable, with RTTs too); text and JSON."""
+    with _server(family, host) as port:
+        closed = _free_port(family, host)
+        r = _ping(f"{url}:{port}", "-c", "3", "-i", "0.05", unprivileged=True)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == f"PING {host} ({host}) UDP port {port}"
+        for seq, ln in enumerate(lines[1:4]):
+            assert ln.startswith(f"open {host} port {port}: udp_seq={seq} rtt="), ln
+        assert lines[4] == f"--- {host} port {port} udp ping statistics ---"
+        assert lines[5] == "3 probes sent, 3 answers (3 open, 0 closed), 0.0% loss"
+        assert lines[6].startswith("rtt min/avg/max/stddev/jitter = ")
+        # the same with --udp -p, in JSON: one object per probe, then the summary
+        r = _ping("--udp", "-p", str(port), host, "-c", "2", "-i", "0.05", "--json",
+                  unprivileged=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["outcome"], x["state"], x["port"]) for x in rows[:2]] == [
+            ("reply", "open", port)
+        ] * 2
+        assert all(x["rtt_ms"] > 0 for x in rows[:2])
+        assert (rows[2]["sent"], rows[2]["received"], rows[2]["open"], rows[2]["closed"]) == (
+            2, 2, 2, 0,
+        )  # fmt: skip
+        # the closed port: ICMP port unreachable, an answer with an RTT; exit 1 (not open)
+        r = _ping(f"{url}:{closed}", "-c", "3", "-i", "0.05", unprivileged=True)
+        assert r.returncode == 1, r.stderr
+        lines = r.stdout.splitlines()
+        for seq, ln in enumerate(lines[1:4]):
+            assert ln.startswith(f"closed {host} port {closed}: udp_seq={seq} rtt="), ln
+        assert lines[5] == "3 probes sent, 3 answers (0 open, 3 closed), 0.0% loss"
+        r = _ping(f"{url}:{closed}", "-c", "2", "-i", "0.05", "--json", unprivileged=True)
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["outcome"], x["state"]) for x in rows[:2]] == [("closed", "closed")] * 2
+        assert (rows[2]["closed"], rows[2]["open"], rows[2]["timeouts"]) == (2, 0, 0)
+
+
+@root
+def test_ping_udp_silence_is_open_filtered() -> None:
+    """A port nft drops (inside a namespace the test makes): no answer, said as
+    open|filtered; exit 1."""
+    with netns() as ns:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", _drop_range(1100, 1100)], check=True)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *fastping_cmd(
+                "ping", "udp://127.0.0.1:1100", "-c", "2", "-i", "0.05", "-t", "0.2")],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[1:3] == [
+        f"no answer from 127.0.0.1 port 1100: udp_seq={i} (open|filtered: timeout after 0.2 s)"
+        for i in range(2)
+    ]
+    assert lines[4] == "2 probes sent, 0 answers (0 open, 0 closed), 100.0% loss, 2 open|filtered"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["udp://127.0.0.1"], "write udp://HOST:PORT"),
+        (["udp://127.0.0.1:0"], "port 1..65535"),
+        (["udp://127.0.0.1:53", "-p", "53"], "names its port: drop -p/--port 53"),
+        (["udp://127.0.0.1:53", "--tcp"], "is a UDP target: drop --tcp"),
+        (["--udp", "127.0.0.1"], "--udp needs the port to probe"),
+        (["--udp", "--tcp", "-p", "53", "127.0.0.1"], "one kind at a time"),
+        (["udp://127.0.0.1:53", "--mode", "raw"], "--mode raw does not apply"),
+        (["udp://127.0.0.0/30:53"], "ping takes one host"),
+    ],
+)
+def test_ping_udp_refuses_bad_input_saying_what_to_write(args: list[str], message: str) -> None:
+    r = _ping(*args)
+    assert r.returncode != 0 and message in r.stderr, (r.returncode, r.stderr)
+
+
 def _drop_range(lo: int, hi: int) -> str:
     return (
         "table ip fpu {\n chain in {\n  type filter hook input priority 0;\n"
