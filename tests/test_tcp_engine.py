@@ -6,6 +6,7 @@ on loopback, closed ports, a port nft drops inside a namespace the test makes.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -353,7 +354,7 @@ def test_monitor_config_file_with_tcp_targets_and_tcp_ports_flag(
     ("args", "yaml", "message"),
     [
         (["--tcp", "127.0.0.1"], None, "--tcp needs the ports to probe"),
-        (["-p", "22", "127.0.0.1"], None, "--port is for TCP probes: add --tcp"),
+        (["-p", "22", "127.0.0.1"], None, "--port is for TCP or UDP probes: add --tcp or --udp"),
         (["--tcp", "-p", "22-10", "127.0.0.1"], None, "within 1..65535, low to high"),
         (["tcp://127.0.0.1:99999"], None, "port 1..65535"),
         ([], "targets: [{host: 127.0.0.1, kind: tcp}]", "a tcp target needs a port"),
@@ -455,6 +456,103 @@ def test_monitor_tcp_by_connect_open_closed_filtered(tmp_path: Path, how: str) -
     store = ResultStore(db)
     rtts = [x.rtt_ms for x in store.recent("tcp://127.0.0.1:2222", 1000)]
     assert rtts and all(v is not None and v > 0 for v in rtts)
+
+
+@contextlib.contextmanager
+def _udp_echo(host: str = "127.0.0.1") -> Iterator[int]:
+    """A UDP echo server on ``host``; yields its port."""
+    import threading
+
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind((host, 0))
+    srv.settimeout(0.1)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(2048)
+            except TimeoutError:
+                continue
+            srv.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+
+
+def _free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_host_port_targets_with_tcp_and_udp_in_file_sd_config_and_command_line(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    """Prometheus writes targets host:port: with --tcp / --udp a file_sd target, a
+    command-line target or a config entry written host:port ([v6]:port) is probed on
+    its own port, a portless one on each --port; without them file_sd keeps ICMP."""
+    tcp_open, tcp_closed = ports
+    udp_closed = _free_udp_port("::1")
+    with _udp_echo() as udp_open:
+        sd = tmp_path / "sd.json"
+        sd.write_text(json.dumps([
+            {"targets": [f"127.0.0.1:{tcp_open}", f"[::1]:{tcp_closed}"], "labels": {"job": "a"}},
+            {"targets": ["localhost"], "labels": {"job": "b"}},
+        ]))  # fmt: skip
+        runs = {
+            "file_sd --tcp": (["-f", str(sd), "--tcp", "-p", str(tcp_open)], {
+                f"tcp://127.0.0.1:{tcp_open}": {"reply"},
+                f"tcp://[::1]:{tcp_closed}": {"closed"},
+                f"tcp://localhost:{tcp_open}": {"reply"},
+            }),
+            "file_sd, ICMP": (["-f", str(sd)], {
+                "127.0.0.1": {"reply"}, "::1": {"reply"}, "localhost": {"reply"},
+            }),
+            "command line --udp": (
+                ["--udp", f"127.0.0.1:{udp_open}", f"[::1]:{udp_closed}"], {
+                    f"udp://127.0.0.1:{udp_open}": {"reply"},
+                    f"udp://[::1]:{udp_closed}": {"closed"},
+                }),
+        }  # fmt: skip
+        cfg = tmp_path / "hp.yaml"
+        cfg.write_text(
+            "defaults: {interval_s: 0.2, timeout_s: 0.5}\ntargets:\n"
+            f"  - 127.0.0.1:{tcp_open}\n"  # a port alone means TCP
+            f"  - {{host: '[::1]:{tcp_closed}', labels: {{svc: x}}}}\n"
+            f"  - {{host: '127.0.0.1:{udp_open}', kind: udp}}\n"
+        )
+        runs["config"] = (["--config", str(cfg)], {
+            f"tcp://127.0.0.1:{tcp_open}": {"reply"},
+            f"tcp://[::1]:{tcp_closed}": {"closed"},
+            f"udp://127.0.0.1:{udp_open}": {"reply"},
+        })  # fmt: skip
+        results = {}
+        for name, (args, _want) in runs.items():
+            db = tmp_path / f"{len(results)}.db"
+            r = _monitor(*args, "-i", "0.2", "-t", "0.5", "--db", str(db), "-d", "1.2")
+            assert r.returncode == 0, (name, r.stderr)
+            results[name] = {t: set(c) for t, c in _outcomes(db).items()}
+    for name, (_args, want) in runs.items():
+        assert results[name] == want, (name, results[name])
+    # bad ones say what to write
+    for args, message in (
+        (["-f", str(sd), "--tcp"], "--tcp needs the ports to probe 'localhost'"),
+        (["--tcp", "--udp", "127.0.0.1:22"], "--tcp and --udp: give one"),
+        (["--tcp", "127.0.0.1:0"], "port 0 must be 1..65535"),
+    ):
+        r = _monitor(*args, "--db", str(tmp_path / "bad.db"), "-d", "0.5")
+        assert r.returncode == 3 and message in r.stderr, (args, r.stderr)
+    cfg.write_text(f"targets:\n  - {{host: '127.0.0.1:{tcp_open}', port: 1}}\n")
+    r = _monitor("--config", str(cfg), "--db", str(tmp_path / "bad.db"), "-d", "0.5")
+    assert r.returncode == 3 and "names its port already: drop port: 1" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------ an older database

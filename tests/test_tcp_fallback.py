@@ -118,6 +118,22 @@ def test_sweep_without_cap_net_raw_falls_back_and_says_so(ports: tuple[int, int]
     assert "   connect timing (non-blocking connect()" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_sweep_tcp_host_port_targets_keep_their_port(
+    ports: tuple[int, int], unprivileged: bool
+) -> None:
+    """HOST:PORT ([v6]:PORT) targets with --tcp, raw or by connect(): each on its own
+    port; no --port needed when every target has one."""
+    open_port, closed_port = ports
+    r = run("sweep", "--tcp", f"127.0.0.1:{open_port}", f"[::1]:{closed_port}", "--json",
+            unprivileged=unprivileged)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {(x["address"], x["port"], x["state"]) for x in rows} == {
+        ("127.0.0.1", open_port, "open"), ("::1", closed_port, "closed"),
+    }  # fmt: skip
+
+
 def test_mode_raw_without_the_capability_says_what_to_do() -> None:
     for cmd in (["sweep", "--tcp", "-p", "22"], ["ping", "--tcp", "-p", "22", "-c", "1"]):
         r = run(*cmd, "127.0.0.1", "--mode", "raw", unprivileged=True)

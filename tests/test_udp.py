@@ -584,6 +584,23 @@ def test_sweep_command_udp_ports_text_json_and_urls() -> None:
         assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
 
 
+def test_sweep_udp_host_port_targets_keep_their_port() -> None:
+    """Prometheus-style HOST:PORT ([v6]:PORT) targets with --udp: each on its own port,
+    beside a portless target on every --port."""
+    with _server(socket.AF_INET, "127.0.0.1") as port, _server(socket.AF_INET6, "::1") as p6:
+        closed = _free_port()
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "-p", str(closed), f"127.0.0.1:{port}",
+                         f"[::1]:{p6}", "127.0.0.1", "--json"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr  # one pair closed
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {(x["address"], x["port"], x["state"]) for x in rows} == {
+        ("127.0.0.1", port, "open"), ("::1", p6, "open"), ("127.0.0.1", closed, "closed"),
+    }  # fmt: skip
+
+
 NO_NET_RAW = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
 
 

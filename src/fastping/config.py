@@ -73,6 +73,21 @@ class TargetConfig(_Model):
     kind: ProbeKind | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _host_port(cls, data: Any) -> Any:
+        # ``host: 10.0.0.1:22`` (``[::1]:22``) is short for {host: 10.0.0.1, port: 22}: a
+        # port alone means TCP, ``kind: udp`` makes it UDP (as Prometheus writes targets)
+        if isinstance(data, dict) and isinstance(data.get("host"), str):
+            hp = split_host_port(data["host"])
+            if hp is not None and not is_url(data["host"]):
+                if data.get("port") not in (None, hp[1]):
+                    raise ValueError(
+                        f"{data['host']!r} names its port already: drop port: {data['port']}"
+                    )
+                data = {**data, "host": hp[0], "port": hp[1]}
+        return data
+
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
@@ -103,6 +118,29 @@ class TargetConfig(_Model):
         if is_url(self.host):
             return self.host
         return with_kind(self.host, self.kind, self.port).label
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``host:port`` / ``[v6]:port`` (a Prometheus target, no scheme) -> (host, port);
+    None for anything else (a bare address, IPv6 included, a name, a block, a
+    ``kind://`` target). A port outside 1..65535 is a TargetError."""
+    t = text.strip()
+    if "://" in t:
+        return None
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = t.rpartition(":")
+        if not sep or ":" in host:  # no colon, or a bare IPv6 address
+            return None
+    if not host or not port_s.isdigit():
+        return None
+    if not 1 <= int(port_s) <= 65535:
+        raise TargetError(f"target {t!r}: port {port_s} must be 1..65535")
+    return host, int(port_s)
 
 
 def is_url(text: str) -> bool:

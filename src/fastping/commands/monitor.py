@@ -42,16 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tcp",
         action="store_true",
-        help="probe the plain targets (command line, --file) with TCP SYNs to each --port "
-        "instead of ICMP echo (root or CAP_NET_RAW); open = reply, closed, filtered = timeout",
+        help="probe the plain targets (command line, --file, file_sd) with TCP SYNs instead "
+        "of ICMP echo, a HOST:PORT target on its port, the others on each --port (raw SYNs "
+        "with CAP_NET_RAW, else connect()); open = reply, closed, filtered = timeout",
+    )
+    parser.add_argument(
+        "--udp",
+        action="store_true",
+        help="the same with UDP probes (no privilege): open = reply, closed (ICMP port "
+        "unreachable), open|filtered = timeout",
     )
     parser.add_argument(
         "--port",
         "-p",
         dest="ports",
         metavar="PORTS",
-        help="TCP ports for --tcp: 22,80,443 or 8000-8010 (each target on each port is a "
-        "target of its own)",
+        help="ports for --tcp / --udp: 22,80,443 or 8000-8010 (each target on each port is a "
+        "target of its own; HOST:PORT targets keep their own port)",
     )
     parser.add_argument("--config", "-C", metavar="FILE", help="YAML configuration file")
     parser.add_argument(
@@ -181,37 +188,59 @@ def _expand(host: str) -> list[str]:
     return expand_kind_target(host, MAX_EXPANDED)
 
 
+def _port_kind(args: argparse.Namespace) -> str | None:
+    """ "tcp" / "udp" for --tcp / --udp, None for neither (ICMP)."""
+    from ..errors import TargetError
+
+    tcp, udp = getattr(args, "tcp", False), getattr(args, "udp", False)
+    if tcp and udp:
+        raise TargetError("--tcp and --udp: give one (tcp:// and udp:// targets may be mixed)")
+    return "tcp" if tcp else "udp" if udp else None
+
+
 def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
-    """The plain targets of the command line and --file on every --port with --tcp
-    (tcp://HOST:PORT targets keep their own port); as given without --tcp."""
+    """The plain targets of the command line, --file and file_sd with --tcp / --udp:
+    a HOST:PORT target ([v6]:PORT) on its own port, the others on every --port
+    (tcp:// and udp:// targets keep theirs); as given without --tcp / --udp."""
+    from ..config import split_host_port
     from ..errors import TargetError
     from ..targets import ICMP, kind_label, split_kind
     from .sweep import parse_ports
 
     ports = getattr(args, "ports", None)
-    if not getattr(args, "tcp", False):
+    kind = _port_kind(args)
+    if kind is None:
         if ports is not None:
-            raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
+            raise TargetError(
+                "--port is for TCP or UDP probes: add --tcp or --udp (ICMP has no ports)"
+            )
         return texts
-    if ports is None:
-        raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
-    port_list = parse_ports(ports)
+    port_list = parse_ports(ports) if ports is not None else []
     out = []
     for t in texts:
+        hp = split_host_port(t)
         if split_kind(t).kind != ICMP:
             out.append(t)
+        elif hp is not None:
+            out.append(kind_label(kind, *hp))
+        elif not port_list:
+            raise TargetError(
+                f"--{kind} needs the ports to probe {t!r}: --port 22,80,443 (or write "
+                f"{t}:PORT, {kind}://{t}:PORT)"
+            )
         else:
-            out.extend(kind_label("tcp", t, p) for p in port_list)
+            out.extend(kind_label(kind, t, p) for p in port_list)
     return out
 
 
 Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
 
 
-def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
+def read_file_sd(path: str, keep_ports: bool = False) -> list[tuple[str, dict[str, str]]]:
     """Targets of a Prometheus file_sd JSON file: a list of ``{"targets": [...],
     "labels": {...}}`` groups (the format Prometheus' ``file_sd_configs`` reads, so
-    one inventory feeds both). A ``host:port`` target is watched as ``host``."""
+    one inventory feeds both). A ``host:port`` target is watched as ``host`` (ICMP),
+    or kept whole with ``keep_ports`` (--tcp / --udp probe it on its port)."""
     import json
 
     from ..errors import TargetError
@@ -236,7 +265,7 @@ def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
         ):
             raise TargetError(f'{path}: group {i}: "labels" must map strings to strings')
         labels = {k: v for k, v in labels.items() if not k.startswith("__")}  # Prometheus-internal
-        out.extend((_strip_port(h), dict(labels)) for h in hosts)
+        out.extend((h.strip() if keep_ports else _strip_port(h), dict(labels)) for h in hosts)
     return out
 
 
@@ -266,8 +295,10 @@ def _targets(
     wanted: list[Wanted] = []
     texts = [t for t in args.targets if not is_url(t)]  # URLs are HTTP checks
     if args.file and args.file.endswith(".json"):
-        for host, labels in read_file_sd(args.file):
-            wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(host))
+        ported = _port_kind(args) is not None
+        for host, labels in read_file_sd(args.file, keep_ports=ported):
+            for text in _with_ports(args, [host]) if ported else [host]:
+                wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(text))
     elif args.file:
         from ..targets import read_targets_file
 
