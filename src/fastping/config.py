@@ -26,7 +26,7 @@ from .retry import RetryConfig
 from .settings import Model as _Model
 from .settings import Seconds, error_text, parse_listen, show
 from .shard import parse_shard
-from .targets import parse_target, split_kind, with_kind
+from .targets import parse_target, split_host_port, split_kind, with_kind
 
 Mode = Literal["auto", "raw", "dgram", "subprocess", "connect"]
 ProbeKind = Literal["icmp", "tcp", "udp"]  # targets.PROBE_KINDS
@@ -118,29 +118,6 @@ class TargetConfig(_Model):
         if is_url(self.host):
             return self.host
         return with_kind(self.host, self.kind, self.port).label
-
-
-def split_host_port(text: str) -> tuple[str, int] | None:
-    """``host:port`` / ``[v6]:port`` (a Prometheus target, no scheme) -> (host, port);
-    None for anything else (a bare address, IPv6 included, a name, a block, a
-    ``kind://`` target). A port outside 1..65535 is a TargetError."""
-    t = text.strip()
-    if "://" in t:
-        return None
-    if t.startswith("["):
-        host, sep, rest = t[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            return None
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = t.rpartition(":")
-        if not sep or ":" in host:  # no colon, or a bare IPv6 address
-            return None
-    if not host or not port_s.isdigit():
-        return None
-    if not 1 <= int(port_s) <= 65535:
-        raise TargetError(f"target {t!r}: port {port_s} must be 1..65535")
-    return host, int(port_s)
 
 
 def is_url(text: str) -> bool:

@@ -202,9 +202,8 @@ def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
     """The plain targets of the command line, --file and file_sd with --tcp / --udp:
     a HOST:PORT target ([v6]:PORT) on its own port, the others on every --port
     (tcp:// and udp:// targets keep theirs); as given without --tcp / --udp."""
-    from ..config import split_host_port
     from ..errors import TargetError
-    from ..targets import ICMP, kind_label, split_kind
+    from ..targets import ICMP, kind_label, split_host_port, split_kind
     from .sweep import parse_ports
 
     ports = getattr(args, "ports", None)

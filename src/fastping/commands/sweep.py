@@ -343,8 +343,8 @@ def tcp_targets(args: argparse.Namespace, scheme: str = "tcp") -> list[tuple[int
     """(port, target words) for each port to sweep: the tcp://HOST:PORT (or with
     ``scheme`` "udp", udp://HOST:PORT) and HOST:PORT ([v6]:PORT) targets by their
     own port, the others on every --port."""
-    from ..config import split_host_port
     from ..errors import TargetError
+    from ..targets import split_host_port
 
     by_port: dict[int, list[str]] = {}
     plain = []
