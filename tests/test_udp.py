@@ -596,9 +596,21 @@ def test_sweep_udp_host_port_targets_keep_their_port() -> None:
         )  # fmt: skip
     assert r.returncode == 1, r.stderr  # one pair closed
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert {(x["address"], x["port"], x["state"]) for x in rows} == {
-        ("127.0.0.1", port, "open"), ("::1", p6, "open"), ("127.0.0.1", closed, "closed"),
+    assert {(x["target"], x["address"], x["port"], x["state"]) for x in rows} == {
+        (f"127.0.0.1:{port}", "127.0.0.1", port, "open"), (f"[::1]:{p6}", "::1", p6, "open"),
+        (f"127.0.0.1:{closed}", "127.0.0.1", closed, "closed"),
     }  # fmt: skip
+    # a name on a port: its JSON target carries the port too
+    with _server(socket.AF_INET, "127.0.0.1") as port:
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "-p", str(port), "localhost", "-4", "--json"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(x) for x in r.stdout.splitlines()]
+    assert (row["target"], row["address"], row["port"], row["state"]) == (
+        f"localhost:{port}", "127.0.0.1", port, "open",
+    )  # fmt: skip
 
 
 NO_NET_RAW = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
@@ -636,9 +648,10 @@ def test_ping_udp_open_and_closed_on_loopback(family: int, host: str, url: str) 
                   unprivileged=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
         rows = [json.loads(x) for x in r.stdout.splitlines()]
-        assert [(x["outcome"], x["state"], x["port"]) for x in rows[:2]] == [
-            ("reply", "open", port)
+        assert [(x["target"], x["outcome"], x["state"], x["port"]) for x in rows[:2]] == [
+            (f"{host}:{port}" if ":" not in host else f"[{host}]:{port}", "reply", "open", port)
         ] * 2
+        assert rows[2]["target"] == rows[0]["target"] and rows[2]["port"] == port
         assert all(x["rtt_ms"] > 0 for x in rows[:2])
         assert (rows[2]["sent"], rows[2]["received"], rows[2]["open"], rows[2]["closed"]) == (
             2, 2, 2, 0,

@@ -166,7 +166,8 @@ def _run_udp(args: argparse.Namespace, port: int) -> int:
         for r in pinger:
             if args.json:
                 d = r.to_dict()
-                d.update(port=port, state=_UDP_STATE.get(r.outcome.value))
+                d.update(target=_pair(r.target, port), port=port,
+                         state=_UDP_STATE.get(r.outcome.value))  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
                 print(_udp_line(r, port, args.timeout), flush=True)
@@ -177,7 +178,8 @@ def _run_udp(args: argparse.Namespace, port: int) -> int:
     h = pinger.stats()
     closed = pinger.closed
     if args.json:
-        _print_json(h, port=port, closed=closed, open=h.received - closed)
+        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
+                    open=h.received - closed)  # fmt: skip
     else:
         print(f"--- {h.target} port {port} udp ping statistics ---")
         print(
@@ -255,7 +257,8 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
         for r in pinger:
             if args.json:
                 d = r.to_dict()
-                d.update(port=port, state=_STATE.get(r.outcome.value), timing=pinger.timing)
+                d.update(target=_pair(r.target, port), port=port,
+                         state=_STATE.get(r.outcome.value), timing=pinger.timing)  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
                 print(_tcp_line(r, port, args.timeout), flush=True)
@@ -264,6 +267,12 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
     finally:
         pinger.close()
     return _tcp_summary(args, pinger, port)
+
+
+def _pair(host: str, port: int) -> str:
+    """A host:port pair's target as sweep's JSON writes it: ``127.0.0.1:22``,
+    ``[::1]:22``, ``localhost:22``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _STATE = {"reply": "open", "closed": "closed", "timeout": "filtered", "unreachable": "unreachable"}
@@ -300,7 +309,8 @@ def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
     closed = pinger.closed
     is_open = h.received > closed
     if args.json:
-        _print_json(h, port=port, closed=closed, open=h.received - closed, timing=pinger.timing)
+        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
+                    open=h.received - closed, timing=pinger.timing)  # fmt: skip
     else:
         print(f"--- {h.target} port {port} tcp ping statistics ---")
         print(
