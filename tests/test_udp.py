@@ -321,6 +321,87 @@ def test_dns_and_ntp_get_real_queries_and_keyed_answers() -> None:
     assert cookie["received"] == 1 and cookie["unkeyed"] == 1
 
 
+DNS_SLOTS, DNS_WINDOW = 256, 64
+
+
+def _dns_window_run() -> dict[str, object]:
+    """Inside a namespace: a DNS-like server on 0.0.0.0:53 that answers (with the
+    query's ID, from the address asked) only every second query each target address
+    receives, and keeps every ID it saw; a UdpSocket with window 64 keeps 64 queries
+    of each of 256 slots in flight at once."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    srv.bind(("0.0.0.0", 53))
+    srv.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    seen: dict[str, list[int]] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([srv], [], [], 0.05)[0]:
+                continue
+            data, anc, _fl, peer = srv.recvmsg(2048, 256)
+            info = [c for c in anc if c[1] == IP_PKTINFO][0][2]
+            dst = socket.inet_ntoa(info[8:12])
+            ids = seen.setdefault(dst, [])
+            ids.append(struct.unpack_from("!H", data)[0])
+            if len(ids) % 2 == 0:  # the 2nd, 4th, ... query to this address: serial 1, 3, ...
+                for d in _dns(data):
+                    srv.sendmsg([d], [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + info[8:12] + bytes(4))],
+                               0, peer)  # fmt: skip
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        with _icmp.UdpSocket(window=DNS_WINDOW, rcvbuf_bytes=8 << 20) as u:
+            addrs = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(DNS_SLOTS)]
+            slot_of = {u.add_target(a, 53): a for a in addrs}
+            events = u.sweep(count=DNS_WINDOW, interval_s=0.005, timeout_s=2.0,
+                             rate_pps=50_000, events=True)  # fmt: skip
+            totals = u.totals()
+            stats = {a: u.slot_stats(s)[:8] for s, a in slot_of.items()}
+            ids = {a: [_icmp.udp_payload(u.key, s, ser, 53)[:2] for ser in range(DNS_WINDOW)]
+                   for s, a in slot_of.items()}  # fmt: skip
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+    return {"events": [(slot_of[e[0]], e[1], e[2]) for e in events], "totals": totals,
+            "stats": stats, "seen": seen, "ids": ids}  # fmt: skip
+
+
+@root
+def test_dns_probes_in_flight_have_distinct_ids_and_each_reply_settles_its_own() -> None:
+    """Window 64 on port 53: the 64 queries of a slot in flight at once carry 64
+    distinct IDs (16 random bits each collided in about 3 slots in 100 at this size:
+    a reply then settled another probe), and a reply settles exactly the probe it
+    answers: the server answers serials 1, 3, 5, ... of every slot, so exactly
+    those are replies and 0, 2, 4, ... time out."""
+    with netns() as ns:
+        r = in_netns(ns, _dns_window_run)
+    seen = r["seen"]
+    assert isinstance(seen, dict) and isinstance(r["ids"], dict)
+    assert len(seen) == DNS_SLOTS
+    for addr, got in seen.items():
+        assert len(got) == DNS_WINDOW and len(set(got)) == DNS_WINDOW, (addr, got)
+        # in the order sent: the IDs udp_payload says each serial carries
+        assert [struct.pack("!H", i) for i in got] == r["ids"][addr], addr
+    by_probe: dict[tuple[str, int], list[int]] = {}
+    for addr, kind, serial in r["events"]:  # type: ignore[attr-defined]
+        by_probe.setdefault((addr, serial), []).append(kind)
+    assert len(by_probe) == DNS_SLOTS * DNS_WINDOW
+    wrong = {k: v for k, v in by_probe.items() if v != [EV_REPLY if k[1] % 2 else EV_TIMEOUT]}
+    assert not wrong, sorted(wrong.items())[:10]
+    t = r["totals"]
+    assert isinstance(t, dict)
+    half = DNS_SLOTS * DNS_WINDOW // 2
+    assert (t["sent"], t["received"], t["timeouts"]) == (2 * half, half, half), t
+    assert t["duplicates"] == t["late"] == t["rx_drops"] == 0, t
+    assert not _odd(t), t  # every answer named its probe: nothing foreign, nothing unkeyed
+    assert all(st == (DNS_WINDOW, DNS_WINDOW // 2, 0, 0, DNS_WINDOW // 2, 0, 0, 0)
+               for st in r["stats"].values())  # type: ignore[attr-defined]  # fmt: skip
+
+
 NFT_UDP = """
 table inet fpu {
   chain in {
