@@ -89,7 +89,11 @@ class PathLab:
 
     @staticmethod
     def addr6(link: int, right: bool, twin: bool = False) -> str:
-        return f"fd00:{101 if twin else 100}:{link}::{2 if right else 1}"
+        import ipaddress
+
+        return str(
+            ipaddress.IPv6Address(f"fd00:{101 if twin else 100}:{link}::{2 if right else 1}")
+        )
 
     def hop_address(self, h: int, family: int = 4) -> str:
         """What router h (1-based) answers from: its address facing the source; on
@@ -294,10 +298,13 @@ class PathLab:
         if p.returncode != 0:
             raise RuntimeError(f"nft in {ns}: {p.stderr.strip()}")
 
-    def silence(self, router: int) -> None:
-        """Router ``router`` (1-based) forwards but never says time exceeded."""
+    def silence(self, router: int, twin: bool = False) -> None:
+        """Router ``router`` (1-based; with ``twin``, the twin beside it) forwards but
+        never says time exceeded."""
+        if twin and (self.twin_ns is None or router != self.twin):
+            raise ValueError(f"router {router} has no twin in this lab")
         self._nft(
-            self.node(router),
+            self.twin_ns if twin and self.twin_ns else self.node(router),
             "table inet fpp {\n chain out {\n type filter hook output priority 0;\n"
             " icmp type time-exceeded drop\n icmpv6 type time-exceeded drop\n }\n}\n",
         )

@@ -8,25 +8,26 @@ target: its hops (responder, RTT, what answered), whether it was reached.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import PermissionDenied, TargetError
 
 # what answered a hop (the ICMP type of the answer), by family
-TIME_EXCEEDED = {socket.AF_INET: 11, socket.AF_INET6: 3}
-ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
+TIME_EXCEEDED: dict[int, int] = {socket.AF_INET: 11, socket.AF_INET6: 3}
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 
 DEFAULT_MAX_TTL = 16
 DEFAULT_RATE = 1000.0  # probes/s: polite towards routers that rate-limit ICMP errors
 MAX_MAX_TTL = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Hop:
+class Hop(NamedTuple):
     """One hop of a trace: ``address`` None when nothing answered (a router that
     sends no time exceeded, or one that rate-limited its answer: never loss at the
     target). ``kind``: "hop" (time exceeded), "target" (the target's echo reply),
@@ -79,6 +80,25 @@ class Trace:
         """The responders hop by hop (None: no answer)."""
         return tuple(h.address for h in self.hops)
 
+    def json_line(self) -> str:
+        """``json.dumps(self.to_json(), separators=(",", ":"))``, written directly: a
+        65,536-target trace prints 262,144 hops."""
+        if self.error is not None or any(h.kind == "unreachable" or h.received > 1
+                                         for h in self.hops):  # fmt: skip
+            return json.dumps(self.to_json(), separators=(",", ":"))
+        hops = ",".join(
+            f'{{"ttl":{h.ttl},"address":{_js(h.address)},"kind":"{h.kind}","rtt_ms":'
+            f'{"null" if h.rtt_ms is None else repr(round(h.rtt_ms, 6))},"sent":{h.sent},'
+            f'"received":{h.received}}}'
+            for h in self.hops
+        )
+        hc = self.hop_count
+        return (
+            f'{{"target":{json.dumps(self.target)},"address":"{self.address}","reached":'
+            f'{"true" if hc is not None else "false"},"hop_count":'
+            f'{"null" if hc is None else hc},"hops":[{hops}]}}'
+        )
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"target": self.target, "address": self.address}
         if self.error is not None:
@@ -98,6 +118,10 @@ class TraceRun:
     totals: dict[str, int]
     elapsed_s: float
     mode: str
+
+
+def _js(a: str | None) -> str:
+    return "null" if a is None else f'"{a}"'  # addresses: hex digits, dots and colons
 
 
 def path_changed(old: Trace, new: Trace) -> bool:
@@ -123,15 +147,15 @@ def _hop(fam: int, row: tuple[Any, ...]) -> Hop:
     else:
         kind = "unreachable"
     return Hop(
-        ttl=ttl,
-        address=addr,
-        rtt_ms=None if min_ns is None else min_ns / 1e6,
-        avg_ms=None if avg_ns is None else avg_ns / 1e6,
-        kind=kind,
-        icmp_type=itype,
-        icmp_code=icode,
-        sent=sent,
-        received=received,
+        ttl,
+        addr,
+        None if min_ns is None else min_ns / 1e6,
+        None if avg_ns is None else avg_ns / 1e6,
+        kind,
+        itype,
+        icode,
+        sent,
+        received,
     )
 
 
@@ -165,10 +189,14 @@ def trace(
     family: int | None = None,
     key: bytes | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
+    workers: int = 0,
 ) -> TraceRun:
     """Trace every target (addresses or names) at once. ``queries`` probes per hop;
     ``rate_pps`` total probes per second (0: flat out); ``key`` fixes the probe order
-    (16 bytes; default random per run)."""
+    (16 bytes; default random per run); ``workers`` sending threads, each with its
+    own socket (0: one per usable core, at most 8, for traces big and fast enough to
+    need them)."""
+    from .api import auto_workers
     from .targets import resolve
 
     if not 1 <= max_ttl <= MAX_MAX_TTL:
@@ -179,13 +207,17 @@ def trace(
         raise TargetError(f"mode {mode!r}: tracing uses raw or dgram ICMP sockets (or auto)")
     traces: list[Trace] = []
     by_fam: dict[int, dict[str, list[Trace]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
-    names = [t for t in targets if not _numeric(t)]
+    numeric: dict[str, tuple[str, int]] = {}
+    for t in targets:
+        with contextlib.suppress(ValueError):
+            numeric[t] = _numeric_family(t)
+    names = [t for t in targets if t not in numeric]
     resolved = resolve(names, family) if names else {}
     for t in targets:
-        r = resolved.get(t)
+        r = numeric.get(t) or resolved.get(t)
         if r is None:
-            addr, fam = _numeric_family(t)
-        elif isinstance(r, str):
+            continue  # cannot be: every name is resolved or an error
+        if isinstance(r, str):
             traces.append(Trace(t, t, error=r))
             continue
         else:
@@ -202,14 +234,22 @@ def trace(
     jobs: list[tuple[Any, int, list[str]]] = []
     t0 = time.monotonic()
     try:
+        n_slots = sum(len(p) for p in by_fam.values()) * max_ttl
+        k_auto = auto_workers(n_slots, rate_pps) if workers == 0 else workers
         for fam, per_addr in by_fam.items():
             if not per_addr:
                 continue
-            sock, used = _open(fam, mode, max_ttl, queries)
-            modes.append(used)
             addrs = list(per_addr)
-            jobs.append((sock, fam, addrs))
-            sock.add_traces_packed(b"".join(socket.inet_pton(fam, a) for a in addrs))
+            # each worker a contiguous share of the targets, on a socket of its own
+            # (own identifier, BPF filter, buffers) and a thread: on loopback and
+            # through veth namespaces the kernel forwards on the sending core
+            k = max(1, min(k_auto, len(addrs)))
+            for i in range(k):
+                share = addrs[len(addrs) * i // k : len(addrs) * (i + 1) // k]
+                sock, used = _open(fam, mode, max_ttl, queries)
+                modes.append(used)
+                jobs.append((sock, fam, share))
+                sock.add_traces_packed(b"".join(socket.inet_pton(fam, a) for a in share))
         interrupted = _run(jobs, queries, timeout_s, rate_pps, key, on_progress)
         for sock, fam, addrs in jobs:
             per_addr = by_fam[fam]
@@ -225,6 +265,7 @@ def trace(
     totals["interrupted"] = int(interrupted)
     totals["traces"] = sum(len(a) for _, _, a in jobs)
     totals["max_ttl"] = max_ttl
+    totals["workers"] = len(jobs)
     return TraceRun(traces, totals, time.monotonic() - t0, "+".join(dict.fromkeys(modes)))
 
 
@@ -288,14 +329,6 @@ def _report(
         sent += int(t["sent"]) + int(t["skipped"])
         received += int(t["received"])
     fn(sent, total, received)
-
-
-def _numeric(t: str) -> bool:
-    try:
-        _numeric_family(t)
-    except ValueError:
-        return False
-    return True
 
 
 def _numeric_family(t: str) -> tuple[str, int]:

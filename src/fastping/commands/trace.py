@@ -71,6 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ICMP socket: raw (root or CAP_NET_RAW) or dgram (unprivileged, "
         "net.ipv4.ping_group_range); auto tries raw, then dgram",
     )
+    p.add_argument(
+        "--workers",
+        "-w",
+        type=argtypes.int_range(0, 64),
+        default=0,
+        metavar="N",
+        help="sending threads, each with its own socket (default 0: one per usable core, "
+        "at most 8, for traces big and fast enough to need them)",
+    )
     p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
     p.add_argument("--json", action="store_true", help="one JSON object per target per line")
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             family=fam,
             on_progress=progress.update if progress else None,
+            workers=args.workers,
         )
     finally:
         if progress:
@@ -130,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
     summary = _summary(res)
     out = sys.stdout
     if args.json:
-        for tr in res.traces:
-            out.write(json.dumps(tr.to_json(), separators=(",", ":")) + "\n")
+        out.writelines(tr.json_line() + "\n" for tr in res.traces)
         if args.stats:
             sys.stderr.write(json.dumps(summary) + "\n")
     elif len(res.traces) > TABLE_MAX or args.summary:
@@ -158,7 +167,11 @@ def _table(tr: Any) -> list[str]:
     if tr.error:
         return [f"trace to {tr.target}: {tr.error}"]
     name = tr.target if tr.target == tr.address else f"{tr.target} ({tr.address})"
-    state = f"reached in {tr.hop_count} hops" if tr.reached else "not reached"
+    state = (
+        f"reached in {tr.hop_count} hop{'' if tr.hop_count == 1 else 's'}"
+        if tr.reached
+        else "not reached"
+    )
     lines = [
         f"trace to {name}: {state}",
         " hop  address                                 loss%  sent     best      avg",
@@ -218,8 +231,9 @@ def _summary(res: Any) -> dict[str, Any]:
         "duplicates": int(t.get("duplicates", 0)),
         "late": int(t.get("late", 0)),
         "foreign": int(t.get("foreign", 0)),
-        "unattributed": int(t.get("unattributed", 0)),
+        "unattributed": int(t.get("errors_unattributed", 0)),
         "mode": res.mode,
+        "workers": int(t.get("workers", 1)),
         "elapsed_s": round(res.elapsed_s, 6),
         "probes_per_s": round(sent / res.elapsed_s, 1) if res.elapsed_s > 0 else 0.0,
     }

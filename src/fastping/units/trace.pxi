@@ -1,3 +1,5 @@
+
+
 # ---------------------------------------------------------------- TraceSocket: every hop at once
 #
 # A trace is one slot per (target, TTL): target t's hop h (1-based) is slot
@@ -58,6 +60,7 @@ cdef class TraceSocket(IcmpSocket):
     cdef uint32_t tidx_cap
     cdef bint tidx_valid
     cdef uint64_t c_hops, c_reached, c_unreach_hops, c_skipped, c_short_quote
+    cdef uint64_t c_resp_changed     # a hop answered from another address than before
 
     def __init__(self, int family=AF_INET, *, int max_ttl=16, str kind="raw",
                  int payload_size=56, tos=None, int rcvbuf_bytes=0, int batch_size=64,
@@ -215,7 +218,12 @@ cdef class TraceSocket(IcmpSocket):
         self._on_reply(slot, serial, t_rx, ttl, C_EV_REPLY)
         if self.stats[slot].received == before:
             return      # a duplicate, a late answer, or a probe never sent: counted there
-        memcpy(self.resp + <size_t>slot * self.addr_len, who, self.addr_len)
+        cdef uint8_t *r = self.resp + <size_t>slot * self.addr_len
+        if self.rtype[slot] != RT_NONE and memcmp(r, who, self.addr_len) != 0:
+            # the same (target, hop) answered by two routers: the path moved between
+            # its probes (or a balancer hashes on what Paris keeps constant): counted
+            self.c_resp_changed += 1
+        memcpy(r, who, self.addr_len)
         self.rtype[slot] = <uint8_t>itype
         self.rcode[slot] = <uint8_t>icode
         cdef bint v4 = self.family == AF_INET
@@ -251,7 +259,10 @@ cdef class TraceSocket(IcmpSocket):
             if memcmp(self.addrs + <size_t>s * self.addr_len, dst, self.addr_len) == 0:
                 pr = &self.probes[<size_t>s * self.window]
                 for w in range(self.window):
-                    if pr[w].state == ST_OUT and (pr[w].serial & SERIAL_MASK) == (seq & SERIAL_MASK):
+                    # any probe sent, settled or not: _on_reply tells a duplicate or a
+                    # late answer from the first
+                    if (pr[w].state != ST_EMPTY and pr[w].state != ST_SENDFAIL and
+                            (pr[w].serial & SERIAL_MASK) == (seq & SERIAL_MASK)):
                         slot[0] = s
                         serial[0] = pr[w].serial
                         return True
@@ -425,8 +436,10 @@ cdef class TraceSocket(IcmpSocket):
         """The core's totals() and the trace's own: hops (time exceeded answers),
         reached (targets' echo replies), unreachable (hops that said so), skipped
         (probes not sent past the end of a path), short_quotes (answers attributed
-        from an 8-byte quote)."""
+        from an 8-byte quote), responder_changes (a hop answered by another address
+        than its earlier probes: the last is kept)."""
         d = self.totals()
         d.update(hops=self.c_hops, reached=self.c_reached, unreachable_hops=self.c_unreach_hops,
-                 skipped=self.c_skipped, short_quotes=self.c_short_quote)
+                 skipped=self.c_skipped, short_quotes=self.c_short_quote,
+                 responder_changes=self.c_resp_changed)
         return d
