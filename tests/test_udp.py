@@ -346,9 +346,9 @@ def _dns_window_run() -> dict[str, object]:
             ids = seen.setdefault(dst, [])
             ids.append(struct.unpack_from("!H", data)[0])
             if len(ids) % 2 == 0:  # the 2nd, 4th, ... query to this address: serial 1, 3, ...
+                pktinfo = bytes(4) + info[8:12] + bytes(4)  # answer from the address asked
                 for d in _dns(data):
-                    srv.sendmsg([d], [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + info[8:12] + bytes(4))],
-                               0, peer)  # fmt: skip
+                    srv.sendmsg([d], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, peer)
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
