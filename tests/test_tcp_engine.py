@@ -897,6 +897,44 @@ def test_connect_socket_keeps_the_cores_contract(ports: tuple[int, int]) -> None
             cs.send([99])
 
 
+NOFILE_SHORT = """
+import errno, json, resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # soft = hard: it cannot be raised
+from fastping.tcpconnect import ConnectSocket
+port = int(sys.argv[1])
+with ConnectSocket(socket.AF_INET, window=1) as cs:
+    slots = [cs.add_target(f"127.0.1.{i}", port) for i in range(1, 101)]
+    evs = cs.send(slots, drain=False)
+    for _ in range(200):
+        evs += cs.recv()
+        if cs.totals()["outstanding"] == 0:
+            break
+        time.sleep(0.01)
+    t = cs.totals()
+    print(json.dumps({"kinds": sorted({(e[1], e[8]) for e in evs}), "n": len(evs),
+                      "sent": t["sent"], "received": t["received"],
+                      "send_errors": t["send_errors"], "emfile": errno.EMFILE}))
+"""
+
+
+def test_connect_probes_past_the_descriptor_limit_are_send_errors_not_lost() -> None:
+    """Every connect() probe is a descriptor: past RLIMIT_NOFILE (here 64, soft = hard,
+    so it cannot be raised) each probe that gets none is a send error with EMFILE,
+    counted; the others are answered. 100 probes, 100 outcomes."""
+    with _listener("0.0.0.0") as ls:  # answers for every 127.0.1.x
+        r = subprocess.run(
+            [sys.executable, "-c", NOFILE_SHORT, str(ls.getsockname()[1])],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    from fastping import _icmp
+
+    assert got["n"] == 100 and got["sent"] + got["send_errors"] == 100, got
+    assert got["send_errors"] > 0 and got["received"] == got["sent"] > 0, got
+    assert got["kinds"] == [[_icmp.EV_REPLY, 0], [_icmp.EV_SEND_ERROR, got["emfile"]]], got
+
+
 # ------------------------------------------------------------------ UDP, the same way
 
 
