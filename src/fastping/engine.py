@@ -378,6 +378,7 @@ class _Target:
         "resolve_failed",
         "next_resolve_at",
         "added_at",
+        "question",
     )
 
     def __init__(
@@ -422,6 +423,7 @@ class _Target:
         self.resolve_failed = False
         self.next_resolve_at = 0.0
         self.added_at = time.time()
+        self.question: tuple[str, str] | None = None  # DNS: (name, type) it asks
 
     def set_address(self, address: str, family: int) -> None:
         self.address = address
@@ -494,10 +496,23 @@ def _udp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     return open_socket
 
 
+def _dns_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
+    def open_socket(family: int, window: int) -> IcmpSocketLike:
+        from ._icmp import DnsSocket
+
+        # unprivileged (SOCK_DGRAM): any answer = reply (its rcode and TC in the reply's
+        # TTL byte, dnscodec.read_answer_code), ICMP port unreachable = unreachable
+        sock: IcmpSocketLike = DnsSocket(family, window=window, **options)
+        return sock
+
+    return open_socket
+
+
 SOCKET_KINDS: dict[str, KindOpener] = {
     "icmp": _icmp_opener,
     "tcp": _tcp_opener,
     "udp": _udp_opener,
+    "dns": _dns_opener,
 }
 
 
@@ -794,7 +809,9 @@ class MonitoringEngine:
             )
         specs = parse_target(kt.host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            hosts = [kind_label(kt.kind, h, kt.port) for h in expand_target(kt.host)]
+            hosts = [
+                kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host)
+            ]
             taken = [h for h in hosts if h in self._targets]
             if taken:
                 raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
@@ -802,7 +819,10 @@ class MonitoringEngine:
                 self.add_target(h, interval_s, labels, timeout_s)
             return
         spec = specs[0]
-        key = kind_label(kt.kind, spec.label if isinstance(spec, Address) else spec.name, kt.port)
+        key = kind_label(
+            kt.kind, spec.label if isinstance(spec, Address) else spec.name, kt.port,
+            kt.qname, kt.qtype,
+        )  # fmt: skip
         if key in self._targets:
             raise TargetError(f"target {key!r} is already being watched")
         iv = self.interval_s if interval_s is None else float(interval_s)
@@ -825,6 +845,8 @@ class MonitoringEngine:
             )
         t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name), kt.kind, kt.port)
         t.name = spec.label if isinstance(spec, Address) else spec.name
+        if kt.qname:
+            t.question = (kt.qname, kt.qtype)
         t.interval_ticks = max(1.0, iv / self.tick_s)
         t.timeout_s = to
         t.timeout_ns = int(to * 1e9)
@@ -1150,7 +1172,10 @@ class MonitoringEngine:
         sock = self._ensure_socket(t.sk)
         if sock is None:
             return False
-        slot = sock.add_target(t.address, t.port) if t.port else sock.add_target(t.address)
+        if t.question is not None:  # a DNS slot: its question too
+            slot = sock.add_query(t.address, t.port, *t.question)  # type: ignore[attr-defined]
+        else:
+            slot = sock.add_target(t.address, t.port) if t.port else sock.add_target(t.address)
         sock.set_slot_timeout(slot, t.timeout_s)
         smap = self._slot_maps[t.sk]
         if slot >= len(smap):

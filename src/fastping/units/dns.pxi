@@ -328,6 +328,12 @@ def dns_name_text(wire):
     return ".".join(parts) + "."
 
 
+cdef inline int _dq_answer_code(uint16_t rcode, bint tc) noexcept nogil:
+    """One byte for an answer: 1 + rcode (up to 127: NOERROR is 1, never 0, which means
+    no answer), 0x80 set for TC. fastping.dnscodec.answer_code reads it back."""
+    return (1 + (rcode if rcode < 126 else 126)) | (0x80 if tc else 0)
+
+
 cdef class DnsSocket(ProbeSocket):
     """DNS queries to any number of (server, port, name, qtype) slots on one
     unprivileged datagram socket: a response naming its probe (server address:port,
@@ -765,7 +771,9 @@ cdef class DnsSocket(ProbeSocket):
             self.c_stale += 1
             return
         before = self.c_received
-        self._on_reply(slot, serial, t_rx, ttl, C_EV_REPLY)
+        # the event's and the log's TTL byte carries the answer (dns_answer_code): the
+        # engine and the store get each probe's rcode and TC bit, not the IP TTL
+        self._on_reply(slot, serial, t_rx, _dq_answer_code(q.rcode, q.tc), C_EV_REPLY)
         if self.c_received != before:
             self._settled(slot, &q)
 
