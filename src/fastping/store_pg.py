@@ -71,7 +71,7 @@ from .store import (
     _Stream,
     _Writer,
     is_postgres_url,
-    kind_port,
+    target_columns,
 )
 from .timing import N_BUCKETS, SendLateness
 
@@ -149,6 +149,9 @@ CREATE INDEX IF NOT EXISTS fastping_send_timing_t1 ON fastping_send_timing (t1);
 ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'icmp';
 ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS port integer NOT NULL DEFAULT 0;
 ALTER TABLE fastping_rollups ADD COLUMN IF NOT EXISTS closed integer NOT NULL DEFAULT 0;
+-- added with DNS targets (issue #18): a DNS target's question (NULL for other kinds)
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS qname text;
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS qtype text;
 """
 
 _COPY_RESULTS = (
@@ -378,12 +381,12 @@ class _PgWriter:
 
     def _fetch_tids(self, conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
         with conn.transaction():
-            kinds = [kind_port(n) for n in names]
+            cols = [target_columns(n) for n in names]
             conn.execute(
-                "INSERT INTO fastping_targets (agent, name, kind, port)"
-                " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[])"
-                " ON CONFLICT (agent, name) DO NOTHING",
-                (self.agent, list(names), [k for k, _ in kinds], [p for _, p in kinds]),
+                "INSERT INTO fastping_targets (agent, name, kind, port, qname, qtype)"
+                " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[],"
+                " %s::text[]) ON CONFLICT (agent, name) DO NOTHING",
+                (self.agent, list(names), *(list(c) for c in zip(*cols, strict=True))),
             )
             for tid, name in conn.execute(
                 "SELECT id, name FROM fastping_targets WHERE agent = %s AND name = ANY(%s)",
@@ -399,10 +402,10 @@ class _PgWriter:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO fastping_targets (agent, name, labels, kind, port)"
-                    " VALUES (%s, %s, %s, %s, %s)"
+                    "INSERT INTO fastping_targets (agent, name, labels, kind, port, qname, qtype)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (agent, name) DO UPDATE SET labels = EXCLUDED.labels",
-                    [(self.agent, n, Jsonb(lab), *kind_port(n)) for n, lab in pending.items()],
+                    [(self.agent, n, Jsonb(lab), *target_columns(n)) for n, lab in pending.items()],
                 )
         except _PG_MALFORMED as e:
             log.error("store: target labels refused", error=str(e), db=redact(self.url))
