@@ -5,6 +5,8 @@ answers by rcode, a schema 3 file migrated), ``report`` and the metrics. Real se
 unbound in a namespace the test makes (tests/dnsservers.py), a silent socket for
 timeouts, a port nobody has for ICMP unreachable."""
 
+# ruff: noqa: E501  (the tables of expected messages and lines read best one case a line)
+
 from __future__ import annotations
 
 import asyncio

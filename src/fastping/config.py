@@ -85,7 +85,9 @@ class TargetConfig(_Model):
                 "(or write host: dns://SERVER/NAME?type=T)"
             )
         if "host" in v:
-            raise ValueError("a DNS target gives either host: dns://... or server/name/type, not both")
+            raise ValueError(
+                "a DNS target gives either host: dns://... or server/name/type, not both"
+            )
         d = dict(v)
         d.pop("kind")
         d["host"] = dns_url(d.pop("server", None), d.pop("name", None), d.pop("type", "A"))
@@ -131,11 +133,10 @@ def dns_url(server: Any, name: Any, qtype: Any = "A") -> str:
 
     from .commands.dnssweep import parse_dns_target
 
+    examples = {"server": "127.0.0.1:5353", "name": "example.com", "type": "A, AAAA, MX..."}
     for key, val in (("server", server), ("name", name), ("type", qtype)):
         if not isinstance(val, str) or not val.strip():
-            raise ValueError(
-                f"a DNS target needs {key}: a string ({'127.0.0.1:5353' if key == 'server' else 'example.com' if key == 'name' else 'A, AAAA, MX...'}), not {val!r}"
-            )
+            raise ValueError(f"a DNS target needs {key}: a string ({examples[key]}), not {val!r}")
     srv = server.strip()
     try:  # a bare IPv6 address: bracket it
         if ipaddress.ip_address(srv).version == 6:

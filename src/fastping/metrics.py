@@ -341,7 +341,7 @@ class MetricsCollector(Collector):
                     f"and '_' (not starting with a digit or '__'), and none of "
                     f"{', '.join(sorted(reserved))}"
                 )
-        kinds = KIND_LABELS if kind_labels else ()
+        kinds: tuple[str, ...] = KIND_LABELS if kind_labels else ()
         kinds += DNS_LABELS if self.dns_labels else ()
         self.label_names: tuple[str, ...] = BASE_LABELS + kinds + tuple(extra)
         self._extra = tuple(extra)

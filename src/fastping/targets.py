@@ -367,4 +367,6 @@ def expand_kind_target(text: str, limit: int = MAX_EXPANDED) -> list[str]:
     kt = split_kind(text)
     if kt.kind == ICMP:
         return expand_target(text, limit)
-    return [kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host, limit)]
+    return [
+        kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host, limit)
+    ]
