@@ -493,5 +493,196 @@ def test_a_schema_3_database_stays_readable_and_is_migrated_by_the_writer(tmp_pa
         t: {"answers": 2, "truncated": 0, "rcodes": {"NOERROR": 1, "SERVFAIL": 1}}}  # fmt: skip
 
 
+# ------------------------------------------------------------------ names through DnsResolver
+
+
+def _resolve_all(port: int, closed: int, silent: int) -> dict[str, Any]:
+    from fastping.dnsresolve import DnsResolver, ResolveError
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        r4 = DnsResolver("127.0.0.1", port, timeout_s=0.5)
+        r6 = DnsResolver("::1", port, timeout_s=0.5)
+        for key, res, name, fam in (
+            ("a", r4, "a.test", 0), ("a6", r6, "a.test", socket.AF_INET6),
+            ("two", r4, "two.test", socket.AF_INET), ("nx", r4, "nx.test", 0),
+            ("refused", r6, "x.refused.test", 0), ("txt_only", r4, "big.test", 0),
+            ("closed", DnsResolver("127.0.0.1", closed, timeout_s=0.5), "a.test", 0),
+            ("silent", DnsResolver("127.0.0.1", silent, timeout_s=0.2), "a.test", 0),
+        ):  # fmt: skip
+            try:
+                got = await res(name, fam)
+                out[key] = (list(got), got.ttl_s)
+            except ResolveError as e:
+                out[key] = str(e)
+        # many at once on the one socket
+        many = await asyncio.gather(*(r4("A.Test", socket.AF_INET) for _ in range(300)))
+        out["many"] = {(tuple(m), m.ttl_s) for m in many}
+        out["stats"] = r4.stats()
+        for r in (r4, r6):
+            r.close()
+        return out
+
+    with _silent() as quiet:
+        del silent
+        silent = quiet.getsockname()[1]
+        res = asyncio.run(main())
+        res["silent_port"] = silent
+        return res
+
+
+@root
+def test_dns_resolver_answers_names_from_a_real_unbound_with_their_ttl() -> None:
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        closed = in_netns(ns, free_port)
+        with unbound(ns, port):
+            got = in_netns(ns, lambda: _resolve_all(port, closed, 0))
+    # A first when the family is open; AAAA asked for AF_INET6; the record's TTL
+    assert got["a"] == ([(socket.AF_INET, "192.0.2.1")], 300.0)
+    assert got["a6"] == ([(socket.AF_INET6, "2001:db8::1")], 300.0)
+    assert got["two"][1] == 60.0  # the smaller TTL of its two records
+    assert got["two"][0][0] in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET, "192.0.2.2"))
+    assert got["nx"] == f"cannot resolve 'nx.test': NXDOMAIN from 127.0.0.1:{port}"
+    assert got["refused"] == f"cannot resolve 'x.refused.test': REFUSED from [::1]:{port}"
+    assert got["txt_only"] == f"cannot resolve 'big.test': no AAAA record for 'big.test' at 127.0.0.1:{port}"
+    assert got["closed"].startswith(f"cannot resolve 'a.test': 127.0.0.1:{closed} is unreachable (ICMP 3/3 from 127.0.0.1)")
+    assert got["silent"] == (
+        f"cannot resolve 'a.test': no answer from 127.0.0.1:{got['silent_port']} within 0.2 s (2 tries)"
+    )
+    assert got["many"] == {(((socket.AF_INET, "192.0.2.1"),), 300.0)}
+    st = got["stats"]
+    # every question answered; a try that timed out (then asked again) is counted
+    assert st["answers"] == 300 + 5 and st["queries"] == st["answers"] + st["timeouts"], st
+    assert st["failures"] == 2  # nx.test and big.test (no address of either type)
+
+
+class _Responder:
+    """A scripted DNS server: ``h.test`` A answers with TTL 1, 127.0.0.2 for the first
+    ``switch_after`` queries and 127.0.0.3 after; any other name NXDOMAIN."""
+
+    def __init__(self, switch_after: int) -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.switch_after = switch_after
+        self.asked: Counter[str] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import dns.message
+
+        from dnsservers import respond
+
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            q = dns.message.from_wire(data)
+            name = q.question[0].name.to_text()
+            self.asked[name] += 1
+            if name == "h.test.":
+                addr = "127.0.0.2" if self.asked[name] <= self.switch_after else "127.0.0.3"
+                self.sock.sendto(respond(data, answers=[(name, 1, "A", addr)]), peer)
+            else:
+                self.sock.sendto(respond(data, rcode=3), peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def _ttl_run() -> tuple[Any, ...]:
+    from fastping.dnsresolve import DnsResolver
+
+    srv = _Responder(switch_after=2)
+    try:
+        resolver = DnsResolver("127.0.0.1", srv.port, timeout_s=0.5)
+
+        async def main() -> tuple[Any, ...]:
+            # the default interval (300 s) would not re-resolve within the run: the TTL does
+            e = MonitoringEngine(interval_s=0.1, timeout_s=0.3, guard=ResourceGuard(None, None),
+                                 resolver=resolver)  # fmt: skip
+            e.add_target("h.test")
+            e.add_target("nope.test")
+            sub = e.subscribe(100_000)
+            await e.run(3.6, handle_signals=False)
+            res = [ev.result for ev in sub.drain() if hasattr(ev, "result")]
+            return res, e.target("h.test"), e.target("nope.test"), resolver.stats()
+
+        out = asyncio.run(main())
+        resolver.close()
+    finally:
+        srv.close()
+    return (*out, dict(srv.asked))
+
+
+@root
+def test_engine_re_resolves_a_name_through_the_resolver_when_its_ttl_runs_out() -> None:
+    with netns() as ns:
+        results, h, nope, stats, asked = in_netns(ns, _ttl_run)
+    # TTL 1 s over a 3.6 s run: asked about every second (not every 300 s)
+    assert 3 <= asked["h.test."] <= 6, asked
+    by_addr = Counter((r.address, r.outcome.value) for r in results if r.target == "h.test")
+    assert set(by_addr) == {("127.0.0.2", "reply"), ("127.0.0.3", "reply")}, by_addr
+    assert by_addr[("127.0.0.3", "reply")] >= 5
+    assert h.address == "127.0.0.3" and h.status == "up"
+    # a name the server says does not exist: resolve_error results, never a crash
+    nx = Counter(r.outcome.value for r in results if r.target == "nope.test")
+    assert set(nx) == {"resolve_error"} and nope.status == "error"
+    assert asked["nope.test."] == sum(nx.values()) and stats["failures"] >= 1
+    assert stats["queries"] == sum(asked.values())
+
+
+@root
+def test_monitor_resolves_names_through_the_configured_resolver(tmp_path: Path) -> None:
+    db, cfg = tmp_path / "r.db", tmp_path / "r.yaml"
+    with netns() as ns:
+        srv = in_netns(ns, lambda: _Responder(switch_after=1))
+        try:
+            cfg.write_text(
+                f"defaults: {{interval_s: 0.2, timeout_s: 0.5}}\nresolver: '127.0.0.1:{srv.port}'\n"
+                "targets: [h.test]\n"
+            )
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, *fastping_cmd(
+                    "monitor", "-C", str(cfg), "--db", str(db), "--table", "never",
+                    "--log-level", "ERROR", "-d", "2.5",
+                )],
+                capture_output=True, text=True, env=child_env(), timeout=120,
+            )  # fmt: skip
+        finally:
+            srv.close()
+    assert r.returncode == 0, r.stderr
+    got = Counter((x.address, x.outcome.value) for x in ResultStore(db).recent("h.test", 1000))
+    # h.test is no name the system resolves: every address came from the responder
+    assert set(got) == {("127.0.0.2", "reply"), ("127.0.0.3", "reply")}, got
+    assert srv.asked["h.test."] >= 2
+
+
+def test_resolver_settings_are_checked() -> None:
+    from fastping.dnsresolve import DnsResolver, parse_server
+
+    assert parse_server("127.0.0.1") == ("127.0.0.1", 53)
+    assert parse_server("[::1]:5353") == ("::1", 5353)
+    assert parse_server("::1") == ("::1", 53)
+    with pytest.raises(ConfigError, match="a host name is refused"):
+        parse_server("dns.example")
+    with pytest.raises(ConfigError, match="not a numeric address"):
+        DnsResolver("dns.example")
+    with pytest.raises(ConfigError, match="timeout_s"):
+        DnsResolver("127.0.0.1", timeout_s=0)
+    assert parse_config_text("resolver: '127.0.0.1:5353'").resolver == "127.0.0.1:5353"
+    with pytest.raises(ConfigError, match="resolver: 'dns.example' is not allowed: resolver"):
+        parse_config_text("resolver: dns.example")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

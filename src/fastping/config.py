@@ -427,6 +427,21 @@ class FastpingConfig(_Model):
     http: HttpConfig = HttpConfig()  # frozen, so one shared default is safe
     # resolvers x names matrices (one mapping or a list of them), expanded into targets
     dns: list[DnsMatrix] = Field(default_factory=list)
+    # host-name targets resolved by this DNS server (dnsresolve.DnsResolver), on TTL
+    resolver: str | None = None
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from .dnsresolve import parse_server
+
+        try:
+            parse_server(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v.strip()
 
     @field_validator("dns", mode="before")
     @classmethod

@@ -525,6 +525,13 @@ async def _default_resolver(host: str, family: int) -> list[tuple[int, str]]:
     return out
 
 
+def _resolve_after(addrs: Any, default_s: float) -> float:
+    """When to resolve a name again: on its record's TTL when the resolver knows it
+    (dnsresolve.DnsResolver's answers carry ``ttl_s``), else every ``default_s``."""
+    ttl = getattr(addrs, "ttl_s", None)
+    return default_s if ttl is None else float(ttl)
+
+
 def _network_is_down(network: Any) -> bool:
     st = getattr(network, "state", None)
     name = getattr(st, "name", st)
@@ -1853,7 +1860,11 @@ class MonitoringEngine:
                 return
             fam, addr = addrs[0]
             t.resolve_failed = False
-            t.next_resolve_at = self._now() + self.resolve_interval_s
+            after = _resolve_after(addrs, self.resolve_interval_s)
+            t.next_resolve_at = self._now() + after
+            if after < self.resolve_interval_s and self._loop is not None:
+                # a TTL shorter than the resolve loop's step: due on its own timer
+                self._loop.call_later(after, self._resolve_due, t)
             if t.removed:
                 return
             if addr != t.address:
@@ -1876,6 +1887,10 @@ class MonitoringEngine:
                 self._reset_errors(t)
         finally:
             t.resolving = False
+
+    def _resolve_due(self, t: _Target) -> None:
+        if t.is_name and not t.removed and t.next_resolve_at <= self._now() + 1e-3:
+            self._start_resolve(t)
 
     def _resolve_failed(self, t: _Target, e: BaseException) -> None:
         msg = getattr(e, "strerror", None) or str(e)

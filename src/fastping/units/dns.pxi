@@ -68,6 +68,8 @@ cdef struct DqParsed:
     uint16_t answers              # complete RRs read from the answer section
     uint32_t min_ttl              # smallest TTL among them (when answers > 0)
     uint8_t tc
+    const uint8_t *addr           # the first IN A / AAAA answer of the question's type
+    uint8_t addr_len              # 4, 16, or 0 (none)
 
 
 cdef struct DnsStat:
@@ -77,6 +79,8 @@ cdef struct DnsStat:
     uint32_t last_min_ttl
     uint16_t last_rcode, last_answers
     uint8_t last_tc, has_last
+    uint8_t last_addr_len         # the last answer's first address (A / AAAA questions)
+    uint8_t last_addr[16]
 
 
 cdef inline uint16_t _dq_id(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
@@ -180,7 +184,7 @@ cdef int _dq_skip_name(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off) noexcept
 
 
 cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype,
-                uint32_t *ttl) noexcept nogil:
+                uint32_t *ttl, uint16_t *rclass_out) noexcept nogil:
     """Read one RR at off[0] (name, type, class, TTL, rdata); 0, or -1 when cut or
     garbled (an IN A that is not 4 bytes, an IN AAAA that is not 16)."""
     cdef uint16_t rclass, rdlen
@@ -190,6 +194,7 @@ cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype
     rclass = rd16(p + off[0] + 2)
     ttl[0] = rd32(p + off[0] + 4)
     rdlen = rd16(p + off[0] + 8)
+    rclass_out[0] = rclass
     off[0] += 10
     if off[0] + rdlen > n:
         return -1
@@ -202,7 +207,7 @@ cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype
 
 cdef int dq_parse(const uint8_t *p, Py_ssize_t n, DqParsed *o) noexcept nogil:
     """Parse a response: DQ_OK with ``o`` filled, or the DQ_* reason it is not one."""
-    cdef uint16_t qd, an, au, ad, rtype
+    cdef uint16_t qd, an, au, ad, rtype, rclass
     cdef uint32_t i, ttl
     cdef Py_ssize_t off = DQ_HDR
     cdef bint opt_seen = False
@@ -229,13 +234,18 @@ cdef int dq_parse(const uint8_t *p, Py_ssize_t n, DqParsed *o) noexcept nogil:
     o.qclass = rd16(p + off + 2)
     off += 4
     for i in range(<uint32_t>an + au + ad):
-        if _dq_rr(p, n, &off, &rtype, &ttl) < 0:
+        if _dq_rr(p, n, &off, &rtype, &ttl, &rclass) < 0:
             # a truncated response ends where it ends: what came whole stands
             return DQ_OK if o.tc else DQ_BAD_RECORDS
         if i < an:
             o.answers += 1
             if o.answers == 1 or ttl < o.min_ttl:
                 o.min_ttl = ttl
+            if (o.addr_len == 0 and rclass == DQ_CLASS_IN and rtype == o.qtype and
+                    (rtype == DQ_TYPE_A or rtype == DQ_TYPE_AAAA)):
+                # _dq_rr checked the length: the rdata is the last 4 / 16 bytes read
+                o.addr_len = 4 if rtype == DQ_TYPE_A else 16
+                o.addr = p + off - o.addr_len
         elif i >= <uint32_t>an + au and rtype == DQ_TYPE_OPT and not opt_seen:
             # the OPT RR's TTL field: extended rcode (upper 8 bits of 12), version, flags
             opt_seen = True
@@ -555,6 +565,9 @@ cdef class DnsSocket(ProbeSocket):
                 "rcode": d.last_rcode, "answers": d.last_answers,
                 "min_ttl": d.last_min_ttl if d.last_answers else None,
                 "truncated": bool(d.last_tc),
+                # the first address answered to an A / AAAA question (None: none)
+                "address": (_ntop(AF_INET if d.last_addr_len == 4 else AF_INET6, d.last_addr)
+                            if d.last_addr_len else None),
             }
         else:
             out["last"] = None
@@ -745,6 +758,9 @@ cdef class DnsSocket(ProbeSocket):
         d.last_answers = q.answers
         d.last_min_ttl = q.min_ttl
         d.last_tc = q.tc
+        d.last_addr_len = q.addr_len
+        if q.addr_len:
+            memcpy(d.last_addr, q.addr, q.addr_len)
 
     cdef void _on_packet(self, const uint8_t *buf, Py_ssize_t n, msghdr *h, int64_t t_rx,
                          int ttl) noexcept nogil:
