@@ -83,7 +83,14 @@ def wire_rtts(path: Path) -> dict[tuple[str, int], list[int]]:
 
 @contextlib.contextmanager
 def tcpdump(
-    netns: str, pcap: Path, *, icmp6: bool = False, tcp: bool = False, udp: bool = False
+    netns: str,
+    pcap: Path,
+    *,
+    icmp6: bool = False,
+    tcp: bool = False,
+    udp: bool = False,
+    iface: str = "lo",
+    sentinel: str | None = None,
 ) -> Iterator[None]:
     """Capture ICMP (or ICMPv6, or with ``tcp`` TCP, with ``udp`` UDP and the ICMP
     errors about it) on ``lo`` of ``netns`` into
@@ -91,7 +98,7 @@ def tcpdump(
     afterwards that the kernel dropped nothing from the capture (a capture with
     holes proves nothing)."""
     cmd = [
-        "ip", "netns", "exec", netns, "tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap),
+        "ip", "netns", "exec", netns, "tcpdump", "-i", iface, "-n", "-U", "-w", str(pcap),
         "-B", "262144", "--immediate-mode", "--time-stamp-precision=nano", "-s", "128",
         "tcp" if tcp else "udp or icmp" if udp else "icmp6" if icmp6 else "icmp",
     ]  # fmt: skip
@@ -103,7 +110,7 @@ def tcpdump(
         raise RuntimeError(f"tcpdump did not start: {line!r}")
     # it says so a moment before its ring is attached: until a sentinel echo (to an
     # address no test probes) shows in the file, packets sent would be missed
-    sentinel = "::1" if icmp6 else "127.0.0.1"
+    sentinel = sentinel or ("::1" if icmp6 else "127.0.0.1")
     deadline = time.monotonic() + 10
     while pcap.stat().st_size <= 24 if pcap.exists() else True:
         if time.monotonic() > deadline:

@@ -330,6 +330,47 @@ class TcpSocket(ProbeSocket):
     ) -> None: ...
 
 @disjoint_base
+class TraceSocket(IcmpSocket):
+    """TTL-limited ICMP echo for every (target, hop) at once: target ``t``'s hop ``h``
+    is slot ``t * max_ttl + h - 1``; each probe's TTL rides in its own control
+    message, its checksum is the same for all (Paris traceroute), its sequence number
+    (hop - 1) << 10 | serial & 0x3FF (an 8-byte quote still attributes). An answer
+    (time exceeded, the target's echo reply, an unreachable) is the slot's reply: its
+    RTT in slot_stats, its responder in path(). See units/trace.pxi."""
+
+    max_ttl: int
+    flow_sum: int  # every probe's ICMP ones-complement sum (Paris)
+    def __init__(
+        self,
+        family: int = ...,
+        *,
+        max_ttl: int = 16,  # 1..64
+        kind: str = "raw",  # or "dgram": unprivileged, errors via IP_RECVERR
+        payload_size: int = 56,  # >= 18: the probe header and the balance word
+        tos: int | None = None,
+        rcvbuf_bytes: int = 0,
+        batch_size: int = 64,
+        window: int = 1,  # probes per hop outstanding at once (queries)
+        bpf: bool = True,
+        timestamps: str = "kernel",
+    ) -> None: ...
+    @property
+    def n_traces(self) -> int: ...
+    def add_traces(self, addresses: Iterable[str]) -> int:
+        """One trace per numeric address (max_ttl slots each); the first's index."""
+    def add_traces_packed(self, packed: bytes | bytearray | memoryview) -> int: ...
+    def order(self, key: bytes | None = None) -> array[int]:
+        """Every slot once in a keyed random order (Fisher-Yates on SipHash-2-4)."""
+    def path(
+        self, target: int
+    ) -> list[
+        tuple[int, str | None, int | None, int | None, int | None, int | None, int, int]
+    ]:
+        """(hop, responder, min RTT ns, mean RTT ns, ICMP type, ICMP code, sent,
+        received) for hops 1 up to the first that ended the path."""
+    def trace_totals(self) -> dict[str, int]: ...
+
+@disjoint_base
 class UdpSocket(ProbeSocket):
     """UDP probes on one unprivileged SOCK_DGRAM socket bound to ``sport``: an
     application reply is EV_REPLY (open), the host's ICMP port unreachable EV_CLOSED

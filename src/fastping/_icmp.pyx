@@ -66,6 +66,7 @@ from includes.tstamp cimport (
 )
 
 import operator
+from array import array
 import os as _os
 
 include "units/defs.pxi"       # constants: outcomes, header offsets, probe states
@@ -75,3 +76,4 @@ include "units/icmp.pxi"       # IcmpSocket: ICMP/ICMPv6 echo
 include "units/tcp.pxi"        # TcpSocket: stateless TCP SYN
 include "units/udp.pxi"        # UdpSocket: UDP probes on a datagram socket
 include "units/dns.pxi"        # DnsSocket: DNS queries on a datagram socket
+include "units/trace.pxi"      # TraceSocket: TTL-limited echo, every hop of every target

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "statistics and latency charts from a monitor's database"),
     "monitor": ("monitor", "watch targets continuously and record every probe in SQLite"),
     "http": ("http", "check HTTP(S) URLs once, phase by phase, server time apart from path"),
+    "trace": ("trace", "traceroute every target at once: each hop's router and RTT"),
     "fping": ("fping", "fping 5.x's options and output on fastping's core (also fastping-fping)"),
 }
 

@@ -151,7 +151,10 @@ cdef class ProbeSocket:
     cdef uint8_t ts_mode         # TS_*
     cdef bint ts_rx_kernel       # receive times come from SCM_TIMESTAMPING (else SCM_TIMESTAMPNS)
     cdef bint ts_id_checked      # a send with SCM_TS_OPT_ID succeeded (the kernel takes it)
-    cdef uint8_t *tx_ctrl        # batch_size * TX_CTRL: each message's SCM_TS_OPT_ID
+    cdef uint8_t *tx_ctrl        # batch_size * tx_cstride: each message's SCM_TS_OPT_ID,
+    #                              then tx_cextra bytes of the kind's own control messages
+    cdef int tx_cextra           # set by a kind before _setup (TraceSocket: the hop limit)
+    cdef int tx_cstride
     cdef TxRec *txr              # TX_RING
     cdef uint32_t tx_key_next    # the key of the next probe sent
     cdef bint eq_rechecked       # this reply batch already drained the error queue again
@@ -226,7 +229,8 @@ cdef class ProbeSocket:
         self.tx_names = <sockaddr_in6 *>PyMem_RawMalloc(B * sizeof(sockaddr_in6))
         self.tx_iov = <iovec *>PyMem_RawMalloc(B * sizeof(iovec))
         self.tx_msgs = <mmsghdr *>PyMem_RawMalloc(B * sizeof(mmsghdr))
-        self.tx_ctrl = <uint8_t *>PyMem_RawCalloc(B, TX_CTRL)
+        self.tx_cstride = TX_CTRL + self.tx_cextra
+        self.tx_ctrl = <uint8_t *>PyMem_RawCalloc(B, self.tx_cstride)
         self.txr = <TxRec *>PyMem_RawCalloc(TX_RING, sizeof(TxRec))
         self.lat_hist = <uint64_t *>PyMem_RawCalloc(LAT_BUCKETS, sizeof(uint64_t))
         cdef int R = self.rx_batch
@@ -256,10 +260,12 @@ cdef class ProbeSocket:
             self.tx_msgs[i].msg_hdr.msg_iovlen = 1
             # SCM_TS_OPT_ID: the key the kernel reports this message's TX timestamp with
             # (written per probe in _send_slots; attached once timestamping is on)
-            c = <cmsghdr *>(self.tx_ctrl + <size_t>i * TX_CTRL)
+            c = <cmsghdr *>(self.tx_ctrl + <size_t>i * self.tx_cstride)
             c.cmsg_level = SOL_SOCKET
             c.cmsg_type = SCM_TS_OPT_ID
             c.cmsg_len = CMSG_LEN(4)
+        if self.tx_cextra:
+            self._tx_control(False)     # the kind's own control messages, always sent
         return 0
 
     # ------------------------------------------------------------ the kind's hooks
@@ -317,11 +323,21 @@ cdef class ProbeSocket:
         return 0
 
     cdef void _tx_control(self, bint on) noexcept nogil:
-        """Attach (or detach) each message's SCM_TS_OPT_ID control buffer."""
+        """Attach (or detach) each message's SCM_TS_OPT_ID control message; the kind's
+        own (tx_cextra bytes after it) stay attached either way."""
         cdef int i
+        cdef size_t skip = 0 if on else TX_CTRL
+        cdef size_t ln = (TX_CTRL if on else 0) + self.tx_cextra
         for i in range(self.batch_size):
-            self.tx_msgs[i].msg_hdr.msg_control = (self.tx_ctrl + <size_t>i * TX_CTRL) if on else NULL
-            self.tx_msgs[i].msg_hdr.msg_controllen = TX_CTRL if on else 0
+            self.tx_msgs[i].msg_hdr.msg_control = (
+                (self.tx_ctrl + <size_t>i * self.tx_cstride + skip) if ln else NULL)
+            self.tx_msgs[i].msg_hdr.msg_controllen = ln
+
+    cdef inline uint8_t *_kind_ctrl(self, const uint8_t *pk) noexcept nogil:
+        """The kind's own control bytes (tx_cextra) of the message whose packet is
+        being built at ``pk`` (for _build)."""
+        return (self.tx_ctrl + <size_t>((pk - self.tx_pkts) // self.plen) * self.tx_cstride
+                + TX_CTRL)
 
     cdef int _setup_timestamps(self) except -1:
         """Kernel timestamps (Documentation/networking/timestamping.rst): a software TX
@@ -1060,7 +1076,8 @@ cdef class ProbeSocket:
                 if self.ts_mode == TS_KERNEL_ID:
                     # the key the kernel will report this probe's TX timestamp with
                     key = self.tx_key_next + <uint32_t>built
-                    memcpy(CMSG_DATA(<cmsghdr *>(self.tx_ctrl + <size_t>built * TX_CTRL)), &key, 4)
+                    memcpy(CMSG_DATA(<cmsghdr *>(self.tx_ctrl + <size_t>built * self.tx_cstride)),
+                           &key, 4)
                     tr = &self.txr[key & (TX_RING - 1)]
                     tr.key = key
                     tr.slot = s

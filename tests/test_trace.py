@@ -1,0 +1,395 @@
+"""Traceroute on the batched core (units/trace.pxi, fastping.trace, ``fastping trace``)
+through routed namespaces the tests make (tests/pathlab.py): hop addresses against
+the lab's topology and mtr, hop RTTs against a packet capture, route changes, a
+silent hop, an ECMP pair, rate-limited routers, hostile and 8-byte-quoted answers
+(in an empty namespace of the test's own), v4 and v6, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.capture import packets, tcpdump
+from tests.conftest import child_env, fastping_cmd
+from tests.pathlab import PathLab, target4, target6
+from tests.privhelpers import in_netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+
+
+def _trace(lab: PathLab, targets: list[str], **kw):  # type: ignore[no-untyped-def]
+    from fastping.trace import trace
+
+    kw.setdefault("rate_pps", 0)
+    kw.setdefault("timeout_s", 0.5)
+    return lab.run(lambda: trace(targets, **kw))
+
+
+@pytest.fixture
+def lab() -> Iterator[PathLab]:
+    with PathLab(3, twin=2) as lb:
+        yield lb
+
+
+@pytest.mark.parametrize("fam", [V4, V6])
+def test_every_hop_of_every_target_is_its_router(lab: PathLab, fam: int) -> None:
+    n = 300
+    targets = [target4(i) if fam == V4 else target6(i) for i in range(n)]
+    res = _trace(lab, targets, max_ttl=8)
+    f = 4 if fam == V4 else 6
+    assert len(res.traces) == n
+    for tr in res.traces:
+        assert tr.reached and tr.hop_count == 4, tr.to_json()
+        for h in tr.hops[:3]:
+            assert h.kind == "hop" and h.address in lab.hop_addresses(h.ttl, f), tr.to_json()
+            assert h.rtt_ms is not None and 0 < h.rtt_ms < 500
+        assert tr.hops[3].kind == "target" and tr.hops[3].address == tr.address
+    t = res.totals
+    # every probe is accounted for: sent, or skipped because the path had ended
+    assert t["sent"] + t["skipped"] == n * 8
+    assert t["skipped"] > 0
+    assert t["hops"] == 3 * n
+    assert t["foreign"] == 0 and t["errors_unattributed"] == 0 and t["send_errors"] == 0
+    assert t["responder_changes"] == 0
+
+
+def test_route_change_is_a_path_change_and_a_silent_hop_is_not(lab: PathLab) -> None:
+    from fastping.trace import path_changed
+
+    targets = [target4(i) for i in range(64)]
+    before = _trace(lab, targets).traces
+    lab.set_path("b")
+    after = _trace(lab, targets).traces
+    a_addr, b_addr = lab.twin_addresses(4)
+    for old, new in zip(before, after, strict=True):
+        assert old.hops[1].address == a_addr and new.hops[1].address == b_addr
+        assert path_changed(old, new)
+    lab.silence(2, twin=True)  # r2b: it forwards, but says nothing
+    silent = _trace(lab, targets).traces
+    for old, new in zip(after, silent, strict=True):
+        assert new.reached and new.hops[1].address is None and new.hops[1].kind == "none"
+        assert new.hops[0].address == old.hops[0].address
+        assert not path_changed(old, new), "a silent hop is no evidence of another path"
+
+
+def test_ecmp_pair_each_target_keeps_one_branch(lab: PathLab) -> None:
+    lab.set_path("ecmp")
+    targets = [target4(i) for i in range(256)]
+    # three probes per hop, two runs in other random orders: a target's every probe
+    # goes one way (the Paris checksum stays constant while the sequence moves)
+    r1 = _trace(lab, targets, queries=3, key=b"k" * 16)
+    r2 = _trace(lab, targets, queries=3, key=b"q" * 16)
+    branches = set(lab.twin_addresses(4))
+    seen = set()
+    for a, b in zip(r1.traces, r2.traces, strict=True):
+        assert a.reached and b.reached
+        assert a.hops[1].address in branches
+        assert a.path == b.path
+        assert a.hops[1].received == 3
+        seen.add(a.hops[1].address)
+    assert seen == branches, "multipath hashing sends some targets each way"
+    assert r1.totals["responder_changes"] == 0 and r2.totals["responder_changes"] == 0
+
+
+def test_mtr_agrees_on_the_hops(lab: PathLab) -> None:
+    if shutil.which("mtr") is None:
+        pytest.skip("needs mtr (apt-get install mtr-tiny)")
+    lab.set_path("b")
+    targets = [target4(7), target4(300), target6(7)]
+    res = _trace(lab, targets)
+    for tr in res.traces:
+        fam = "-6" if ":" in tr.address else "-4"
+        out = lab.exec(lab.src, "mtr", "-n", "-j", "-c", "1", fam, tr.address).stdout
+        hubs = json.loads(out)["report"]["hubs"]
+        theirs = [h["host"] if h["host"] != "???" else None for h in hubs]
+        ours = list(tr.path)
+        assert len(theirs) == len(ours), (theirs, ours)
+        for x, y in zip(theirs, ours, strict=True):
+            if x is not None and y is not None:
+                assert x == y, (theirs, ours)
+
+
+def _wire_rtts(pcap: Path) -> dict[tuple[str, int], int]:
+    """(target, sequence) -> ns between the echo request leaving and its answer
+    (time exceeded quoting it, or the echo reply) arriving, on the source's link."""
+    sent: dict[tuple[str, int, int], int] = {}
+    out: dict[tuple[str, int], int] = {}
+    for t, pkt in packets(pcap):
+        if len(pkt) < 28 or pkt[0] >> 4 != 4 or pkt[9] != 1:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        src, dst = socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20])
+        ty = pkt[ihl]
+        if ty == 8:
+            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
+            sent[(dst, ident, seq)] = t
+        elif ty == 0:
+            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
+            if (src, ident, seq) in sent:
+                out[(src, seq)] = t - sent[(src, ident, seq)]
+        elif ty == 11:
+            q = pkt[ihl + 8 :]
+            qihl = (q[0] & 15) * 4
+            qdst = socket.inet_ntoa(q[16:20])
+            ident, seq = struct.unpack_from("!HH", q, qihl + 4)
+            if (qdst, ident, seq) in sent:
+                out[(qdst, seq)] = t - sent[(qdst, ident, seq)]
+    return out
+
+
+def test_hop_rtts_agree_with_a_capture(lab: PathLab, tmp_path: Path) -> None:
+    pcap = tmp_path / "trace.pcap"
+    targets = [target4(i) for i in range(100)]
+    with tcpdump(lab.src, pcap, iface=lab.dev(0, False), sentinel=lab.hop_address(1)):
+        res = _trace(lab, targets, rate_pps=20000)
+    wire = _wire_rtts(pcap)
+    diffs = []
+    for tr in res.traces:
+        for h in tr.hops:
+            if h.address is None:
+                continue
+            w = wire.get((tr.address, (h.ttl - 1) << 10))
+            assert w is not None, f"the capture has no answer for {tr.address} hop {h.ttl}"
+            assert h.rtt_ms is not None
+            diffs.append(abs(h.rtt_ms * 1e6 - w))
+    assert len(diffs) == 400
+    diffs.sort()
+    # kernel TX / RX stamps at the device vs tcpdump's at the same device
+    assert diffs[int(len(diffs) * 0.95)] < 20_000, diffs[-10:]
+    assert diffs[-1] < 1_000_000, diffs[-10:]
+
+
+def test_rate_limited_routers_read_as_silent_hops_not_target_loss() -> None:
+    # the kernel's own ICMP error rate limits (icmp_ratelimit, icmp_msgs_per_sec)
+    with PathLab(3, ratelimit=True) as lb:
+        targets = [target4(i) for i in range(400)]
+        res = _trace(lb, targets, max_ttl=6)
+        t = res.totals
+        assert all(tr.reached and tr.hop_count == 4 for tr in res.traces)
+        silent = sum(1 for tr in res.traces for h in tr.hops if h.address is None)
+        assert silent > 0, "the routers' limits held back some time exceeded"
+        assert t["hops"] + silent == 3 * 400
+        # every probe that was silent is a hop's, never the target's
+        assert all(tr.hops[-1].received == tr.hops[-1].sent for tr in res.traces)
+
+
+# ---------------------------------------------------------------- hostile answers
+@contextlib.contextmanager
+def _quiet_ns() -> Iterator[str]:
+    """An empty namespace whose kernel answers no echo: only forged answers come."""
+    name = f"fpq-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                        "net.ipv4.icmp_echo_ignore_all=1"], check=True)  # fmt: skip
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _ip(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, ttl, proto, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+
+
+def _icmp(ty: int, code: int, rest: bytes) -> bytes:
+    body = struct.pack("!BBH", ty, code, 0) + rest
+    return body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+
+
+def test_hostile_and_short_quoted_answers() -> None:
+    from fastping._icmp import TraceSocket
+
+    target = "127.0.0.2"
+    router = "127.0.0.9"
+
+    def go() -> dict[str, object]:
+        out: dict[str, object] = {}
+        # no BPF: the parser itself meets what a filter would have kept out
+        with (
+            TraceSocket(V4, max_ttl=4, bpf=False) as s,
+            socket.socket(V4, socket.SOCK_RAW, socket.IPPROTO_RAW) as fs,
+        ):
+            s.add_traces([target])
+            s.timeout_s = 5.0
+            s.send([1], drain=False)  # hop 2 of the target: seq (2-1) << 10 | serial 0
+            ident = s.ident
+            probe = struct.pack("!BBHHH", 8, 0, 0, ident, 1 << 10)
+
+            def forge(pkt: bytes) -> None:
+                fs.sendto(pkt, ("127.0.0.1", 0))
+
+            def quote(dst: str, icmp8: bytes) -> bytes:
+                return _ip("127.0.0.1", dst, 1, icmp8, ttl=1)
+
+            # 1. an 8-byte quote with another sequence number: not ours
+            bad_seq = struct.pack("!BBHHH", 8, 0, 0, ident, (1 << 10) | 7)
+            forge(_ip(router, "127.0.0.1", 1, _icmp(11, 0, b"\0" * 4 + quote(target, bad_seq))))
+            # 2. an 8-byte quote of a probe to another destination
+            forge(_ip(router, "127.0.0.1", 1, _icmp(11, 0, b"\0" * 4 + quote("127.0.0.3", probe))))
+            # 3. a truncated time exceeded (the quote's IP header cut short)
+            forge(_ip(router, "127.0.0.1", 1, _icmp(11, 0, b"\0" * 4 + b"\x45\0\0")))
+            # 4. a full-length quote whose cookie is wrong
+            forge(_ip(router, "127.0.0.1", 1,
+                      _icmp(11, 0, b"\0" * 4 + quote(target, probe + b"\x11" * 16))))  # fmt: skip
+            s.recv()
+            out["before"] = s.path(0)
+            out["t1"] = s.trace_totals()
+            # 5. the real thing, as a router that quotes only 8 bytes sends it
+            forge(_ip(router, "127.0.0.1", 1, _icmp(11, 0, b"\0" * 4 + quote(target, probe))))
+            # 6. and again: a duplicate
+            forge(_ip(router, "127.0.0.1", 1, _icmp(11, 0, b"\0" * 4 + quote(target, probe))))
+            import time
+
+            deadline = time.monotonic() + 5
+            while s.trace_totals()["short_quotes"] < 1 and time.monotonic() < deadline:
+                s.wait(0.1)
+                s.recv()
+            s.wait(0.1)
+            s.recv()
+            out["after"] = s.path(0)
+            out["t2"] = s.trace_totals()
+        return out
+
+    with _quiet_ns() as ns:
+        r = in_netns(ns, go)
+    t1, t2 = r["t1"], r["t2"]
+    assert isinstance(t1, dict) and isinstance(t2, dict)
+    assert t1["errors_unattributed"] >= 3 and t1["malformed"] >= 1, t1
+    assert t1["received"] == 0
+    before = r["before"]
+    assert isinstance(before, list) and all(h[1] is None for h in before)
+    # both attributed from the 8-byte quote; the second is the first's duplicate
+    assert t2["short_quotes"] == 2 and t2["hops"] == 1 and t2["received"] == 1, t2
+    assert t2["duplicates"] == 1, t2
+    after = r["after"]
+    assert isinstance(after, list)
+    assert after[1][1] == router and after[1][4] == 11
+    assert after[0][1] is None
+
+
+def test_order_is_a_keyed_permutation() -> None:
+    from fastping._icmp import TraceSocket
+
+    def go() -> tuple[list[int], list[int], list[int]]:
+        with TraceSocket(V4, max_ttl=8) as s:
+            s.add_traces([f"127.0.{i >> 8}.{i & 255}" for i in range(1, 200)])
+            return list(s.order(b"a" * 16)), list(s.order(b"a" * 16)), list(s.order(b"b" * 16))
+
+    with _quiet_ns() as ns:
+        a, a2, b = in_netns(ns, go)
+    assert sorted(a) == list(range(199 * 8))
+    assert a == a2 and a != b
+    # no router near us sees a burst: the first tenth holds all hops in about equal share
+    first = [x % 8 for x in a[: len(a) // 10]]
+    assert min(first.count(h) for h in range(8)) > len(first) / 8 / 2
+
+
+# ---------------------------------------------------------------- the command
+def test_command_table_json_summary_and_file(lab: PathLab, tmp_path: Path) -> None:
+    lab.silence(1)
+    r = lab.exec(lab.src, *fastping_cmd("trace", target4(3), target6(3), "-r", "0", "-t", "0.5"))
+    assert r.returncode == 0, r.stderr
+    assert "trace to 10.200.0.3: reached in 4 hops" in r.stdout
+    assert "trace to fd00:200::3: reached in 4 hops" in r.stdout
+    lines = r.stdout.splitlines()
+    hop1 = [ln for ln in lines if ln.strip().startswith("1 ")]
+    assert hop1 and all("*" in ln for ln in hop1), "router 1 is silent"
+    r = lab.exec(
+        lab.src, *fastping_cmd("trace", "--json", "-s", target4(9), "-r", "0", "-t", "0.5")
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["reached"] and d["hop_count"] == 4
+    assert [h["address"] for h in d["hops"]] == [None, *[lab.hop_address(h) for h in (2, 3)],
+                                                 target4(9)]  # fmt: skip
+    s = json.loads(r.stderr.strip().splitlines()[-1])
+    assert s["reached"] == 1 and s["mode"] == "raw"
+    f = tmp_path / "targets.txt"
+    f.write_text("# a /24 behind the chain\n10.200.1.0/24\n")
+    os.chmod(tmp_path, 0o755)
+    r = lab.exec(lab.src, *fastping_cmd("trace", "-f", str(f), "-r", "0", "-t", "0.5"))
+    assert r.returncode == 0, r.stderr
+    assert "256 targets traced" in r.stdout and "256 reached" in r.stdout
+    assert "hop 1: no answer (256 traces)" in r.stdout
+
+
+def test_unreached_targets_exit_1_and_unprivileged_dgram_works(lab: PathLab) -> None:
+    # the target's host refuses echoes to one address with host unreachable
+    rule = ("table ip fpu {\n chain in {\n type filter hook input priority 0;\n"
+            " ip daddr 10.200.9.9 icmp type echo-request reject with icmp type host-unreachable\n"
+            " }\n}\n")  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", lab.tgt, "nft", "-f", "-"], input=rule, text=True,
+                   check=True)  # fmt: skip
+    r = lab.exec(lab.src, *fastping_cmd("trace", "10.200.9.9", "-m", "6", "-t", "0.5", "--json"),
+                 check=False)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert not d["reached"]
+    assert d["hops"][-1]["kind"] == "unreachable" and d["hops"][-1]["icmp_type"] == 3
+    lab._sysctl(lab.src, "net.ipv4.ping_group_range=0 2147483647")
+    r = lab.exec(
+        lab.src, *fastping_cmd("trace", "--mode", "dgram", "--json", target4(4), "-t", "0.5")
+    )
+    d = json.loads(r.stdout)
+    assert d["reached"] and [h["address"] for h in d["hops"][:3]] == [
+        lab.hop_address(h) for h in (1, 2, 3)
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "no targets"),
+        (["-m", "0", "127.0.0.1"], "out of range"),
+        (["tcp://127.0.0.1:80"], "follows ICMP echo paths"),
+        (["-f", "/nonexistent/targets"], "cannot read targets file"),
+        (["not an address!"], ""),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv: list[str], message: str) -> None:
+    with _quiet_ns() as ns:
+        r = subprocess.run(["ip", "netns", "exec", ns, *fastping_cmd("trace", *argv)],
+                           capture_output=True, text=True, env=child_env(), timeout=60)  # fmt: skip
+    assert r.returncode in (2, 3), (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr
+
+
+def test_trace_with_no_privilege_says_how_to_fix() -> None:
+    from tests.privhelpers import _setpriv, throwaway_user
+
+    with throwaway_user() as user, _quiet_ns() as ns:
+        code = (
+            f"import sys; sys.path.insert(0, {user.src!r}); from fastping.cli import main; "
+            "sys.exit(main(['trace', '127.0.0.1']))"
+        )
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *_setpriv(user.uid, user.gid), "env", "-i",
+             "PATH=/usr/bin:/bin", "HOME=/", user.python, "-I", "-c", code],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert "CAP_NET_RAW" in r.stderr and "ping_group_range" in r.stderr
