@@ -393,11 +393,13 @@ def test_monitor_a_resolver_matrix_into_the_store_report_and_metrics(tmp_path: P
     assert f'server="[::1]:{port}",name="nx.test",type="A",rcode="NXDOMAIN"}} ' in scraped
     assert f'server="127.0.0.1:{port}",name="x.refused.test",type="A",rcode="REFUSED"}} ' in scraped
     # report: a DNS table with its rcode columns; JSON with the question and rcodes
+    html = tmp_path / "dns.html"
     rep = subprocess.run(
-        fastping_cmd("report", "--db", str(db), "--since", "all"),
+        fastping_cmd("report", "--db", str(db), "--since", "all", "--html", str(html)),
         capture_output=True, text=True, env=child_env(),
     )  # fmt: skip
     assert rep.returncode == 0, rep.stderr
+    assert f"<h2>{big}</h2>".replace("&", "&amp;") in html.read_text()
     lines = rep.stdout.splitlines()
     from fastping.commands.report import KIND_TITLES
 
@@ -427,6 +429,32 @@ def test_monitor_a_resolver_matrix_into_the_store_report_and_metrics(tmp_path: P
     assert r["rcodes"] == {"REFUSED": r["received"]} and r["truncated"] == 0
     assert recs[big]["truncated"] == recs[big]["received"] == nb
     assert "rcodes" not in recs[down]  # no answers, no rcodes
+
+
+@root
+def test_monitor_takes_dns_targets_from_the_command_line_and_a_file(tmp_path: Path) -> None:
+    db, listed = tmp_path / "c.db", tmp_path / "targets.txt"
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        listed.write_text(f"# resolvers\ndns://[::1]:{port}/nx.test?type=AAAA  127.0.0.1\n")
+        with unbound(ns, port):
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, *fastping_cmd(
+                    "monitor", "--table", "never", "--log-level", "ERROR", "--db", str(db),
+                    "-i", "0.2", "-t", "0.5", "-d", "1.5", "-f", str(listed),
+                    f"dns://127.0.0.1:{port}/a.test?type=AAAA",
+                )],
+                capture_output=True, text=True, env=child_env(), timeout=120,
+            )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    store = ResultStore(db)
+    got = {t: {(x.outcome.value, _answer(x) if t.startswith("dns") else None)
+               for x in store.recent(t, 1000)} for t in store.targets()}  # fmt: skip
+    assert got == {
+        f"dns://127.0.0.1:{port}/a.test?type=AAAA": {("reply", (NOERROR, False))},
+        f"dns://[::1]:{port}/nx.test?type=AAAA": {("reply", (NXDOMAIN, False))},
+        "127.0.0.1": {("reply", None)},
+    }
 
 
 # ------------------------------------------------------------------ schema 3 -> 4
