@@ -36,6 +36,7 @@ from fastping.results import Outcome, ProbeResult
 from fastping.store import SCHEMA_VERSION, ResultStore
 from privhelpers import in_netns, netns
 from test_metrics import promtool_check
+from test_store_pg import pg_server, pg_url  # noqa: F401 (fixtures: an initdb of our own)
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
@@ -710,6 +711,61 @@ def test_resolver_settings_are_checked() -> None:
     assert parse_config_text("resolver: '127.0.0.1:5353'").resolver == "127.0.0.1:5353"
     with pytest.raises(ConfigError, match="resolver: 'dns.example' is not allowed: resolver"):
         parse_config_text("resolver: dns.example")
+
+
+def test_postgresql_store_keeps_the_question_and_each_agents_answers_by_rcode(
+    pg_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    import psycopg
+
+    from fastping.store_pg import PgResultStore
+
+    t = "dns://127.0.0.1:5353/a.test?type=AAAA"
+    now = time.time()
+
+    async def write(agent: str, codes: list[int | None]) -> None:
+        store = PgResultStore(pg_url, agent=agent)
+        await store.start()
+        store.submit([
+            ProbeResult(t, "127.0.0.1", i, Outcome.REPLY if c is not None else Outcome.TIMEOUT,
+                        0.2 if c is not None else None, c, time=now + i * 0.01)
+            for i, c in enumerate(codes)
+        ])  # fmt: skip
+        assert await store.flush(30)
+        await store.close()
+
+    ok, nx, tc = dnscodec.answer_code(0), dnscodec.answer_code(3), dnscodec.answer_code(0, True)
+    asyncio.run(write("a1", [ok, ok, nx, None]))
+    asyncio.run(write("a2", [tc, nx]))
+    with psycopg.connect(pg_url) as c:
+        cols = c.execute("SELECT DISTINCT kind, port, qname, qtype FROM fastping_targets").fetchall()
+    assert cols == [("dns", 5353, "a.test", "AAAA")]
+    reader = PgResultStore(pg_url)
+    try:
+        assert reader.dns_answers() == {
+            (t, "a1"): {"answers": 3, "truncated": 0, "rcodes": {"NOERROR": 2, "NXDOMAIN": 1}},
+            (t, "a2"): {"answers": 2, "truncated": 1, "rcodes": {"NOERROR": 1, "NXDOMAIN": 1}},
+        }
+    finally:
+        reader.close_reader()
+    js = subprocess.run(
+        fastping_cmd("report", "--db", pg_url, "--since", "all", "--json"),
+        capture_output=True, text=True, env=child_env(),
+    )  # fmt: skip
+    assert js.returncode == 0, js.stderr
+    recs = {d["agent"]: d for d in map(json.loads, js.stdout.splitlines())}
+    assert (recs["a1"]["rcodes"], recs["a1"]["timeouts"]) == ({"NOERROR": 2, "NXDOMAIN": 1}, 1)
+    assert (recs["a2"]["rcodes"], recs["a2"]["truncated"]) == ({"NOERROR": 1, "NXDOMAIN": 1}, 1)
+    txt = subprocess.run(
+        fastping_cmd("report", "--db", pg_url, "--since", "all"),
+        capture_output=True, text=True, env=child_env(),
+    )  # fmt: skip
+    assert txt.returncode == 0, txt.stderr
+    rows = [ln.split() for ln in txt.stdout.splitlines() if ln.startswith("127.0.0.1:5353")]
+    assert [r[:12] for r in rows] == [
+        ["127.0.0.1:5353", "a1", "a.test", "AAAA", "4", "3", "2", "1", "0", "0", "0", "0"],
+        ["127.0.0.1:5353", "a2", "a.test", "AAAA", "2", "2", "1", "1", "0", "0", "0", "1"],
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

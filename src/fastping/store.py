@@ -1873,10 +1873,11 @@ class ResultStore:
 
     def dns_answers(
         self, since: float | None = None, until: float | None = None
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[Any, dict[str, Any]]:
         """DNS targets' answers in [since, until] (whole minutes: the minutes that start
-        in it): per target, ``rcodes`` (rcode name -> answers, NOERROR, NXDOMAIN, ...),
-        ``truncated`` (answers with TC) and ``answers`` (all)."""
+        in it): per target (per (target, agent) from PostgreSQL), ``rcodes`` (rcode
+        name -> answers: NOERROR, NXDOMAIN, ...), ``truncated`` (answers with TC) and
+        ``answers`` (all)."""
         from .dnscodec import rcode_name
 
         sql = (

@@ -491,7 +491,7 @@ def _add_dns(
     store: Any, stats: list[dict[str, Any]], since: float | None, until: float | None
 ) -> None:
     """A DNS target's server, question and answers by rcode (store.dns_answers), in its
-    stats. A store without them (PostgreSQL today) gives the question alone."""
+    stats; from a shared store each agent's own (its answers are keyed (target, agent))."""
     from ..targets import split_kind
 
     dns = [s for s in stats if s["kind"] == "dns"]
@@ -502,7 +502,7 @@ def _add_dns(
         kt = split_kind(s["target"])
         h = f"[{kt.host}]" if ":" in kt.host else kt.host
         s["server"], s["name"], s["type"] = f"{h}:{kt.port}", kt.qname, kt.qtype
-        a = answers.get(s["target"])
+        a = answers.get((s["target"], s["agent"]) if "agent" in s else s["target"])
         if a is not None:
             s["rcodes"], s["truncated"] = a["rcodes"], a["truncated"]
 
