@@ -577,6 +577,39 @@ def test_an_id_shared_with_a_settled_probe_of_the_window_answers_the_outstanding
     assert t["duplicates"] == t["timeouts"] == t["late"] == 0, t
 
 
+def _same_question_many_slots(port: int, n: int, batch: int) -> tuple[bytes, dict[str, Any]]:
+    with _icmp.DnsSocket(window=1) as s:
+        for _ in range(n):
+            s.add_query("127.0.0.1", port, "a.test", "A")
+        for b in range(0, n, batch):  # the slots before a batch are all settled
+            got = len(s.send(list(range(b, min(n, b + batch)))))
+            deadline = time.monotonic() + 5
+            while got < min(batch, n - b) and time.monotonic() < deadline:
+                got += len(s.recv()) + len(s.expire(2.0))
+        return s.key, s.totals()
+
+
+def test_slots_asking_one_question_keep_their_answers_when_ids_collide() -> None:
+    """Slots asking the same question of the same server (a resolver asking one name
+    twice at once) share an ID now and then: an answer goes to the slot still awaiting
+    it, never as a duplicate to a settled slot found first."""
+    n = 2000
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        with unbound(ns, port, interfaces=("127.0.0.1",)):
+            key, t = in_netns(ns, lambda: _same_question_many_slots(port, n, 100))
+    ids = [struct.unpack_from("!H", _icmp.dns_query(key, k, 0, "a.test"))[0] for k in range(n)]
+    first: dict[int, int] = {}
+    later = 0  # slots whose ID a slot of an earlier batch had
+    for k, i in enumerate(ids):
+        if i in first and first[i] // 100 < k // 100:
+            later += 1
+        first.setdefault(i, k)
+    assert later > 0  # the case arose (expected ~28 times)
+    assert t["sent"] == t["received"] == n, {k: v for k, v in t.items() if v}
+    assert t["duplicates"] == t["timeouts"] == t["late"] == 0, t
+
+
 # ------------------------------------------------------------ TCP retries
 def _tcp_real(port: int, closed: int) -> list[dnstcp.TcpAnswer]:
     qs = [

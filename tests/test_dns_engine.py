@@ -581,8 +581,9 @@ def test_dns_resolver_answers_names_from_a_real_unbound_with_their_ttl() -> None
     )
     assert got["many"] == {(((socket.AF_INET, "192.0.2.1"),), 300.0)}
     st = got["stats"]
-    # every question answered; a try that timed out (then asked again) is counted
-    assert st["answers"] == 300 + 5 and st["queries"] == st["answers"] + st["timeouts"], st
+    # every question answered at its first try (300 slots asking one question: IDs
+    # shared by chance never hand an answer to the wrong slot, test_dns)
+    assert st["answers"] == st["queries"] == 300 + 5 and st["timeouts"] == 0, st
     assert st["failures"] == 2  # nx.test and big.test (no address of either type)
 
 

@@ -665,9 +665,14 @@ cdef class DnsSocket(ProbeSocket):
                    uint32_t *slot, uint32_t *serial) noexcept nogil:
         """The probe an answer from ``addr``:``port`` with ID and question ``q`` is for:
         1 found; 0 the question is one we ask that server, the ID none of its probes';
-        -1 the question is none we ask that server."""
-        cdef uint32_t i, s, ni
-        cdef int known = -1
+        -1 the question is none we ask that server. Slots asking the same question of
+        the same server (a resolver asking one name twice at once) may share an ID by
+        chance: a probe still awaiting its answer wins over a settled one of another
+        slot, as within a slot's window."""
+        cdef uint32_t i, s, ni, w_serial
+        cdef int known = -1, got
+        cdef uint32_t settled_slot = 0, settled_serial = 0
+        cdef bint have_settled = False
         if q.qclass != DQ_CLASS_IN or self.n == 0 or not self._indexes():
             return -1
         i = self._qhash(addr, port, _dq_name_hash(q.qname, q.qname_len), q.qtype) & (self.aidx_cap - 1)
@@ -681,16 +686,25 @@ cdef class DnsSocket(ProbeSocket):
                     not _dq_name_eq(self.nblob + self.noff[ni], q.qname, q.qname_len)):
                 continue
             known = 0
-            if self._window_id(s, q.id, serial):
+            got = self._window_id(s, q.id, &w_serial)
+            if got == 2:
                 slot[0] = s
+                serial[0] = w_serial
                 return 1
+            if got == 1 and not have_settled:
+                have_settled = True
+                settled_slot, settled_serial = s, w_serial
+        if have_settled:  # a duplicate or late answer of that settled probe
+            slot[0] = settled_slot
+            serial[0] = settled_serial
+            return 1
         return known
 
-    cdef bint _window_id(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
+    cdef int _window_id(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
         """The probe in the slot's window whose ID is ``qid``: one still awaiting its
         answer first (a 16-bit ID is shared with a settled probe of the window now and
         then, and the answer is the outstanding one's), else the newest settled one
-        (then a duplicate or late answer)."""
+        (then a duplicate or late answer): 2 outstanding, 1 settled, 0 none."""
         cdef Probe *pr = &self.probes[<size_t>s * self.window]
         cdef uint32_t w, ns = self.stats[s].next_serial
         cdef bint settled = False
@@ -700,7 +714,7 @@ cdef class DnsSocket(ProbeSocket):
                 continue
             if pr[w].state == ST_OUT or pr[w].state == ST_ERR_UNREACH or pr[w].state == ST_ERR_TEXC:
                 serial[0] = pr[w].serial
-                return True
+                return 2
             if not settled or pr[w].serial > serial[0]:
                 serial[0] = pr[w].serial
                 settled = True
