@@ -10,7 +10,9 @@ Shape (see DESIGN.md, "Engine"):
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
   outstanding as its interval and the timeout allow. ``udp://host:port`` targets are
   slots of an unprivileged ``UdpSocket`` (an answer = reply, ICMP port unreachable =
-  closed, silence = timeout: open|filtered). ``SOCKET_KINDS`` maps a kind to its
+  closed, silence = timeout: open|filtered); ``dns://server/name?type=T`` targets of a
+  ``DnsSocket`` (any answer = reply, its rcode in the reply's TTL byte, see
+  docs/dns.md). ``SOCKET_KINDS`` maps a kind to its
   socket class (one API, so a kind is a row there, not a branch); a target's kind and
   port are part of its identity (``targets.kind_label``).
 * **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
@@ -50,7 +52,9 @@ Shape (see DESIGN.md, "Engine"):
 * **Names** are resolved in the default executor (``loop.getaddrinfo``) and
   re-resolved every ``resolve_interval_s`` (300 s): getaddrinfo does not expose
   the record's TTL, and reading TTLs would mean shipping our own DNS client, so a
-  fixed interval is the honest approximation. A name that does not resolve gives
+  fixed interval is the honest approximation; with ``resolver=dnsresolve.DnsResolver``
+  names are asked of a DNS server on a DnsSocket instead and re-resolved on their
+  record's TTL (``Resolved.ttl_s``). A name that does not resolve gives
   an ``Outcome.RESOLVE_ERROR`` result at each of its (backed-off) probe times. A
   name that resolved once and fails to re-resolve keeps its last address (probes
   still tell the truth about it); the failure is logged and counted.
@@ -1863,7 +1867,8 @@ class MonitoringEngine:
             after = _resolve_after(addrs, self.resolve_interval_s)
             t.next_resolve_at = self._now() + after
             if after < self.resolve_interval_s and self._loop is not None:
-                # a TTL shorter than the resolve loop's step: due on its own timer
+                # a TTL shorter than the usual interval: due on its own timer (the
+                # resolve loop looks only every few seconds)
                 self._loop.call_later(after, self._resolve_due, t)
             if t.removed:
                 return
