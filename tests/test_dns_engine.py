@@ -458,6 +458,48 @@ def test_monitor_takes_dns_targets_from_the_command_line_and_a_file(tmp_path: Pa
     }
 
 
+@root
+def test_sighup_reloads_the_dns_matrix_and_the_endpoint_follows(tmp_path: Path) -> None:
+    import signal
+
+    db, cfg = tmp_path / "h.db", tmp_path / "h.yaml"
+    head = "defaults: {interval_s: 0.2, timeout_s: 0.5}\nstore: {chunk_s: 1}\n"
+    with netns() as ns:
+        port = in_netns(ns, free_port)
+        mport = in_netns(ns, free_port)
+        matrix = f"dns: {{servers: ['127.0.0.1:{port}'], names: [{{names}}]}}\n"
+        cfg.write_text(head + matrix.replace("{names}", "a.test"))
+        with unbound(ns, port):
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *fastping_cmd(
+                    "monitor", "-C", str(cfg), "--db", str(db), "--table", "never",
+                    "--log-level", "ERROR", "--metrics", f"127.0.0.1:{mport}", "-d", "30",
+                )],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+            )  # fmt: skip
+            try:
+                _scrape_in(ns, mport, 'name="a.test",type="A",rcode="NOERROR"}')
+                cfg.write_text(head + matrix.replace("{names}", "nx.test, x.refused.test"))
+                proc.send_signal(signal.SIGHUP)
+                after = _scrape_in(ns, mport, 'name="x.refused.test",type="A",rcode="REFUSED"}')
+                after = _scrape_in(ns, mport, 'name="nx.test",type="A",rcode="NXDOMAIN"}')
+                assert 'name="a.test"' not in after  # removed: its series gone
+                proc.send_signal(signal.SIGINT)
+                _out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+    assert proc.returncode == 0, err
+    got = {t: {(r.outcome.value, _answer(r)) for r in ResultStore(db).recent(t, 1000)}
+           for t in ResultStore(db).targets()}  # fmt: skip
+    assert got == {
+        f"dns://127.0.0.1:{port}/a.test?type=A": {("reply", (NOERROR, False))},
+        f"dns://127.0.0.1:{port}/nx.test?type=A": {("reply", (NXDOMAIN, False))},
+        f"dns://127.0.0.1:{port}/x.refused.test?type=A": {("reply", (REFUSED, False))},
+    }
+
+
 # ------------------------------------------------------------------ schema 3 -> 4
 
 
