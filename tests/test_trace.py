@@ -23,6 +23,8 @@ from tests.conftest import child_env, fastping_cmd
 from tests.pathlab import PathLab, target4, target6
 from tests.privhelpers import in_netns
 
+from fastping._icmp_py import checksum as _csum
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -197,15 +199,6 @@ def _quiet_ns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ip(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
@@ -393,3 +386,20 @@ def test_trace_with_no_privilege_says_how_to_fix() -> None:
         )  # fmt: skip
     assert r.returncode == 4, (r.stdout, r.stderr)
     assert "CAP_NET_RAW" in r.stderr and "ping_group_range" in r.stderr
+
+
+def test_json_line_is_to_json() -> None:
+    from fastping.trace import Hop, Trace
+
+    hops = [
+        Hop(1, "10.0.0.1", 0.0123456789, 0.0123456789, "hop", 11, 0, 1, 1),
+        Hop(2, None, None, None, "none", None, None, 1, 0),
+        Hop(3, "10.0.0.9", 1.5, 1.5, "target", 0, 0, 1, 1),
+    ]
+    for tr in (
+        Trace('we"ird', "10.0.0.9", hops),
+        Trace("x", "10.0.0.9", hops[:2]),
+        Trace("y", "y", error="cannot resolve 'y'"),
+        Trace("z", "::1", [Hop(1, "::1", 2.0, 1.75, "unreachable", 1, 4, 4, 2)]),
+    ):
+        assert json.loads(tr.json_line()) == tr.to_json()
