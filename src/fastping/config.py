@@ -26,9 +26,9 @@ from .retry import RetryConfig
 from .settings import Model as _Model
 from .settings import Seconds, error_text, parse_listen, show
 from .shard import parse_shard
-from .targets import parse_target, split_kind, with_kind
+from .targets import parse_target, split_host_port, split_kind, with_kind
 
-Mode = Literal["auto", "raw", "dgram", "subprocess"]
+Mode = Literal["auto", "raw", "dgram", "subprocess", "connect"]
 ProbeKind = Literal["icmp", "tcp", "udp", "dns"]  # targets.PROBE_KINDS
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -72,6 +72,21 @@ class TargetConfig(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     kind: ProbeKind | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_port(cls, data: Any) -> Any:
+        # ``host: 10.0.0.1:22`` (``[::1]:22``) is short for {host: 10.0.0.1, port: 22}: a
+        # port alone means TCP, ``kind: udp`` makes it UDP (as Prometheus writes targets)
+        if isinstance(data, dict) and isinstance(data.get("host"), str):
+            hp = split_host_port(data["host"])
+            if hp is not None and not is_url(data["host"]):
+                if data.get("port") not in (None, hp[1]):
+                    raise ValueError(
+                        f"{data['host']!r} names its port already: drop port: {data['port']}"
+                    )
+                data = {**data, "host": hp[0], "port": hp[1]}
+        return data
 
     @model_validator(mode="before")
     @classmethod

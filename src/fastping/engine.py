@@ -6,7 +6,9 @@ Shape (see DESIGN.md, "Engine"):
 * **One shared socket per (kind, family).** Every target is a *slot* of one socket:
   an ``IcmpSocket`` for ICMP echo (opened by ``probe.open_icmp_socket``), a
   ``TcpSocket`` for ``tcp://host:port`` targets (stateless SYNs: open = reply, a RST =
-  ``Outcome.CLOSED``, silence = timeout), each AF_INET or AF_INET6, opened lazily with
+  ``Outcome.CLOSED``, silence = timeout; without CAP_NET_RAW, or ``mode="connect"``,
+  a ``tcpconnect.ConnectSocket``: connect() timing, the same outcomes, ``stats()``
+  says ``"tcp_timing"``), each AF_INET or AF_INET6, opened lazily with
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
   outstanding as its interval and the timeout allow. ``udp://host:port`` targets are
   slots of an unprivileged ``UdpSocket`` (an answer = reply, ICMP port unreachable =
@@ -471,7 +473,9 @@ def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     def open_socket(family: int, window: int) -> IcmpSocketLike:
         from .probe import open_icmp_socket
 
-        sock: IcmpSocketLike = open_icmp_socket(family, mode=mode, window=window, **options)
+        # "connect" is TCP's alone: ICMP then takes what it can get (auto)
+        icmp_mode = "auto" if mode == "connect" else mode
+        sock: IcmpSocketLike = open_icmp_socket(family, mode=icmp_mode, window=window, **options)
         return sock
 
     return open_socket
@@ -480,10 +484,19 @@ def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
 def _tcp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     def open_socket(family: int, window: int) -> IcmpSocketLike:
         from ._icmp import TcpSocket
+        from .tcpconnect import ConnectSocket
 
-        # a raw socket always (stateless SYNs): PermissionError names CAP_NET_RAW
-        sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
-        return sock
+        # stateless SYNs on a raw socket (mode raw: PermissionError names CAP_NET_RAW);
+        # mode connect, or auto without CAP_NET_RAW: connect() timing (its ``timing``
+        # says "connect"), as ``fastping sweep --tcp`` falls back
+        if mode != "connect":
+            try:
+                sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
+                return sock
+            except PermissionError:
+                if mode == "raw":
+                    raise
+        return ConnectSocket(family, window=window, **options)
 
     return open_socket
 
@@ -629,10 +642,11 @@ class MonitoringEngine:
             tick_s = min(DEFAULT_TICK_S, shortest) if shortest > 0 else DEFAULT_TICK_S
         if not tick_s > 0 or tick_s > 1.0:
             raise ConfigError(f"tick_s={tick_s!r}: give a tick between 0 and 1 s (20 ms is usual)")
-        if mode not in ("auto", "raw", "dgram"):
+        if mode not in ("auto", "raw", "dgram", "connect"):
             raise ConfigError(
-                f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw' or "
-                "'dgram' ('subprocess' cannot multiplex thousands of targets)"
+                f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw', "
+                "'dgram' or 'connect' (TCP by connect(), ICMP auto; 'subprocess' cannot "
+                "multiplex thousands of targets)"
             )
         if family not in (None, socket.AF_INET, socket.AF_INET6):
             raise ConfigError(f"family={family!r}: use socket.AF_INET, socket.AF_INET6 or None")
@@ -694,6 +708,7 @@ class MonitoringEngine:
         self._sockets: dict[SockKey, IcmpSocketLike] = {}
         self._slot_maps: dict[SockKey, list[_Target | None]] = {}
         self._socket_errors: dict[SockKey, tuple[int | None, str]] = {}
+        self._tcp_timing: str | None = None  # the first TCP socket's ("connect" sticks)
         self._wheel: dict[int, list[_Target]] = {}  # targets needing attention
         # steady targets: tick -> {((kind, family), interval_ticks): [unrounded tick, slots]}
         self._steady: dict[int, dict[tuple[SockKey, float], list[Any]]] = {}
@@ -1171,6 +1186,14 @@ class MonitoringEngine:
             return None
         self._socket_errors.pop(sk, None)
         self._sockets[sk] = sock
+        timing = getattr(sock, "timing", "raw")
+        if kind == "tcp" and self._tcp_timing != "connect":
+            self._tcp_timing = timing
+        if kind == "tcp" and timing == "connect" and self.mode != "connect":
+            self._log.warning(
+                "no CAP_NET_RAW: TCP timed by connect() (non-blocking, many at once; RTTs "
+                "from user space, no TTL); grant CAP_NET_RAW for raw SYNs"
+            )
         sock.set_log(self._log_mode)
         self._slot_maps[sk] = []
         assert self._loop is not None
@@ -1990,6 +2013,13 @@ class MonitoringEngine:
         return {k: now.get(k, 0) + closed.get(k, 0) for k in _CORE_COUNTERS + _SOCKET_COUNTERS}
 
     @property
+    def tcp_timing(self) -> str | None:
+        """How TCP targets are timed: "raw" (SYNs on a raw socket, kernel timestamps),
+        "connect" (connect() on many sockets: mode="connect", or auto without
+        CAP_NET_RAW), None before a TCP socket was opened."""
+        return self._tcp_timing
+
+    @property
     def interval_factor(self) -> float:
         return self._factor
 
@@ -2024,6 +2054,7 @@ class MonitoringEngine:
         return {
             "targets": len(self._targets),
             "running": self._running,
+            "tcp_timing": self.tcp_timing,
             "uptime_s": round(loop_time - self._t0, 3) if self._running else None,
             "sent": c["sent"],
             "received": c["received"] - c["closed"],

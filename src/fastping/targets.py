@@ -330,6 +330,29 @@ def split_kind(text: str) -> KindTarget:
     return KindTarget(kind, host, int(port_s))
 
 
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``host:port`` / ``[v6]:port`` (a Prometheus target, no scheme) -> (host, port);
+    None for anything else (a bare address, IPv6 included, a name, a block, a
+    ``kind://`` target). A port outside 1..65535 is a TargetError."""
+    t = text.strip()
+    if "://" in t:
+        return None
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = t.rpartition(":")
+        if not sep or ":" in host:  # no colon, or a bare IPv6 address
+            return None
+    if not host or not port_s.isdigit():
+        return None
+    if not 1 <= int(port_s) <= 65535:
+        raise TargetError(f"target {t!r}: port {port_s} must be 1..65535")
+    return host, int(port_s)
+
+
 def with_kind(text: str, kind: str | None, port: int | None) -> KindTarget:
     """A target as a config entry or a flag gives it: ``text`` may carry its own kind
     (tcp://HOST:PORT), or ``kind`` / ``port`` say it; both at once must agree."""

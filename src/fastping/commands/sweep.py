@@ -341,13 +341,18 @@ def parse_ports(text: str) -> list[int]:
 
 def tcp_targets(args: argparse.Namespace, scheme: str = "tcp") -> list[tuple[int, list[str]]]:
     """(port, target words) for each port to sweep: the tcp://HOST:PORT (or with
-    ``scheme`` "udp", udp://HOST:PORT) targets by their own port, the others on
-    every --port."""
+    ``scheme`` "udp", udp://HOST:PORT) and HOST:PORT ([v6]:PORT) targets by their
+    own port, the others on every --port."""
     from ..errors import TargetError
+    from ..targets import split_host_port
 
     by_port: dict[int, list[str]] = {}
     plain = []
     for t in args.targets:
+        hp = split_host_port(t)
+        if hp is not None:
+            by_port.setdefault(hp[1], []).append(hp[0])
+            continue
         if not t.lower().startswith(f"{scheme}://"):
             plain.append(t)
             continue
