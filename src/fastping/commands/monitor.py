@@ -165,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1:9374 when given without an address; 0.0.0.0:PORT for every interface)",
     )
     parser.add_argument(
+        "--resolver",
+        metavar="ADDR[:PORT]",
+        help="resolve host-name targets by asking this DNS server (A, then AAAA) on the "
+        "batched DNS socket, again when each record's TTL runs out (default: the system's "
+        "resolver every 300 s); also `resolver:` in the config",
+    )
+    parser.add_argument(
         "--table",
         choices=("auto", "always", "never"),
         default="auto",
@@ -516,6 +523,12 @@ async def _main(
                  reason=network.reason)  # fmt: skip
     default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
     default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+    resolver = None
+    if getattr(args, "resolver", None) or cfg.resolver:
+        from ..dnsresolve import DnsResolver, parse_server
+
+        # host names through a DnsSocket to this server, re-resolved on their TTL
+        resolver = DnsResolver(*parse_server(args.resolver or cfg.resolver or ""))
     engine = MonitoringEngine(
         store=store,
         interval_s=default_interval,
@@ -529,6 +542,7 @@ async def _main(
         network=network,
         stop_flush_s=args.stop_timeout,
         outage_rule=OutageRule(min_lost=args.outage_after),
+        resolver=resolver,
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -613,6 +627,9 @@ async def _main(
     try:
         await engine.run(args.duration)
     finally:
+        if resolver is not None:
+            log.info("resolver", server=repr(resolver), **resolver.stats())
+            resolver.close()
         if http is not None:
             await http.stop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
