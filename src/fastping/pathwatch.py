@@ -131,7 +131,11 @@ class PathWatcher:
         self.max_ttl = int(max_ttl)
         self.timeout_s = float(timeout_s)
         self.rate_pps = float(rate_pps)
-        self.mode = mode if mode is not None else engine.mode
+        if mode is None:  # the engine's ICMP mode ("connect" is TCP's alone: auto)
+            mode = engine.mode if engine.mode in ("auto", "raw", "dgram") else "auto"
+        if mode not in ("auto", "raw", "dgram"):
+            raise ConfigError(f"trace mode {mode!r}: tracing uses raw or dgram ICMP sockets")
+        self.mode = mode
         self._last: dict[str, Trace] = {}
         self._changes: dict[str, int] = {}
         self._pending: list[TraceRecord] = []
