@@ -197,14 +197,11 @@ class PathWatcher:
     def _targets(self, only: set[str] | None = None) -> dict[str, list[str]]:
         """address -> the ICMP targets probing it (watched now, resolved; of ``only``)."""
         out: dict[str, list[str]] = {}
-        infos = (
-            self.engine.targets()
-            if only is None
-            else [self.engine.target(h) for h in only if h in self.engine]
-        )
-        for info in infos:
-            if info.kind == "icmp" and info.address:
-                out.setdefault(info.address, []).append(info.host)
+        known = self.engine._targets  # no TargetInfo (and core look-ups) per target
+        ts = known.values() if only is None else [known[h] for h in only if h in known]
+        for t in ts:
+            if t.kind == "icmp" and t.address:
+                out.setdefault(t.address, []).append(t.host)
         return out
 
     def _on_outages(self, evs: Any) -> None:
