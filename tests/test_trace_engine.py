@@ -179,6 +179,15 @@ def test_route_change_is_a_path_change_event_stored_and_counted(
         assert "4 hops" in line and "changes 1" in line, line
         assert line.rstrip().endswith(" ".join(a or "*" for a in got["silent"][h].path)), line
     rep = subprocess.run(
+        fastping_cmd("report", "--db", str(db), "--since", "all", "--json"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    per_target = {d["target"]: d for d in map(json.loads, rep.stdout.splitlines())}
+    assert {t: (d["hop_count"], d["path_changes"]) for t, d in per_target.items()} == {
+        h: (4, 1) for h in TARGETS
+    }
+    rep = subprocess.run(
         fastping_cmd("report", "--db", str(db), "--since", "all", "--paths", "--json"),
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
