@@ -250,17 +250,6 @@ class PathWatcher:
         t0 = time.monotonic()
         cancel = self._cancel
         cancel.clear()
-        said: list[bool] = []
-
-        def stop_check(sent: int, total: int, received: int) -> None:
-            # trace() checks its progress every 0.2 s and ends a sweep interrupted by
-            # KeyboardInterrupt (sockets closed, threads joined): the engine's stop must
-            # not wait for a 10,000-target round to finish in the executor
-            if cancel.is_set() and not said:
-                said.append(True)  # once: trace() reports its progress again after
-                self.interrupted += 1
-                raise KeyboardInterrupt
-
         try:
             run = await asyncio.to_thread(
                 trace,
@@ -271,10 +260,11 @@ class PathWatcher:
                 rate_pps=self.rate_pps,
                 mode=self.mode,
                 workers=1,
-                on_progress=stop_check,
+                stop=cancel,  # the engine's stop ends a 10,000-target round at once
             )
         except asyncio.CancelledError:
             cancel.set()  # the engine stops: the sweep in the worker thread ends too
+            self.interrupted += 1
             raise
         except Exception as e:  # no ICMP socket, ...: counted, logged, retried next round
             self.errors += 1
@@ -282,6 +272,10 @@ class PathWatcher:
             if self.errors == 1 or self.errors % 100 == 0:
                 self.engine._log.error("path trace failed", error=self.last_error,
                                        count=self.errors)  # fmt: skip
+            return []
+        if run.totals.get("interrupted"):
+            # cut short (the engine stops): targets not reached only for want of
+            # time would read as path changes; nothing of the round is kept
             return []
         self.rounds += 1
         self.last_round_s = round(time.monotonic() - t0, 3)
