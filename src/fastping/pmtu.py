@@ -1,0 +1,574 @@
+"""Path MTU for every target at once, and PMTUD black holes located hop by hop.
+
+``path_mtu(["10.0.0.1", "2001:db8::1"])`` returns one :class:`PathMtu` per target:
+the largest don't-fragment ICMP echo (whole IP packet, bytes) that reaches it and
+comes back, how it was found, and, when big probes vanish without the
+fragmentation-needed / packet-too-big that should say why (a black hole), the last
+hop that still passes them.
+
+How (every step covers all targets at once: one IcmpSocket per probe size, or per
+size and TTL, every target on it, the sockets' sweeps on threads of their own):
+
+1. The local MTU: the device the route to the target leaves by (netlink
+   RTM_GETROUTE, SIOCGIFMTU). No probe is bigger.
+2. A ladder (RFC 8899-style: 1280, 1400, 1480, 1500, jumbo sizes ..., capped by the
+   local MTU, and a small probe that proves the target answers at all), all rungs
+   in one round. Each probe is sent with DF whatever the kernel learned before
+   (``dont_fragment="probe"``: IP_PMTUDISC_PROBE), so a cached PMTU never refuses it.
+3. The MTU a router names (fragmentation needed / packet too big) is tried next;
+   when it passes it is the answer ("ptb"). Otherwise the gap between the largest
+   size that passed and the smallest that failed is cut into ``SECTIONS`` parts
+   per round, down to the byte ("search").
+4. A failure no router explained, below the local MTU, is a black hole. Probes of
+   the smallest failing size ("big") and of the path MTU ("small") go out with TTL
+   1..max_ttl: routers check the TTL before the MTU, so big probes still draw time
+   exceeded from every router they reach. The last hop that answers big probes is
+   the router that drops them; hops that answer neither size (silent, or their
+   ICMP errors rate-limited) are "no answer from this hop", asked again, never
+   read as a place where big probes vanish.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import PermissionDenied, SocketError, TargetError
+
+IP_HDR = {socket.AF_INET: 28, socket.AF_INET6: 48}  # IP + ICMP header bytes of a probe
+MIN_MTU = {socket.AF_INET: 68, socket.AF_INET6: 1280}  # RFC 791 / RFC 8200
+SMALL = {socket.AF_INET: 84, socket.AF_INET6: 104}  # ping's default probe: "does it answer?"
+LADDER = (1280, 1400, 1420, 1450, 1480, 1492, 1500, 4352, 8000, 9000, 9216, 16384, 65535)
+MAX_PROBE = 65000 + 28  # IcmpSocket's largest payload, IPv4
+SECTIONS = 8  # each search round cuts every target's open gap into this many parts
+MAX_ROUNDS = 24
+DEFAULT_MAX_TTL = 30
+ICMP_TIME_EXCEEDED = {socket.AF_INET: 11, socket.AF_INET6: 3}
+ICMP_FRAG = {socket.AF_INET: (3, 4), socket.AF_INET6: (2, 0)}  # (type, code) naming an MTU
+
+
+@dataclass(slots=True)
+class PathMtu:
+    """One target's answer. ``pmtu``: largest packet (IP header included) that passed,
+    None when the target answered nothing. ``method``: "ptb" (a router's
+    fragmentation-needed / packet-too-big named it and a probe of that size passed),
+    "search" (found by probing alone), "local" (the path carries the local MTU).
+    ``black_hole``: bigger probes vanished with no router saying why; ``hole_hop`` /
+    ``hole_address``: the last hop that passes them (0: the source itself), and
+    ``hole_next_hop`` the first hop past it seen to answer small probes but not big
+    ones (hole_next_hop - hole_hop > 1 when hops between answered neither)."""
+
+    target: str
+    address: str
+    family: int = 4
+    local_mtu: int | None = None
+    interface: str | None = None
+    pmtu: int | None = None
+    method: str | None = None
+    reported_mtu: int | None = None  # the last MTU a router named
+    reported_by: str | None = None
+    black_hole: bool = False
+    hole_hop: int | None = None
+    hole_address: str | None = None
+    hole_next_hop: int | None = None
+    hole_next_address: str | None = None
+    hops: int | None = None  # the target's distance, when the location step measured it
+    silent_hops: list[int] = field(default_factory=list)  # answered neither size
+    probes: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"target": self.target, "address": self.address}
+        if self.error is not None:
+            d["error"] = self.error
+            if self.local_mtu is not None:
+                d["local_mtu"] = self.local_mtu
+            return d
+        d.update(
+            family=self.family,
+            pmtu=self.pmtu,
+            method=self.method,
+            local_mtu=self.local_mtu,
+            interface=self.interface,
+            black_hole=self.black_hole,
+            probes=self.probes,
+        )
+        if self.reported_mtu is not None:
+            d["reported_mtu"] = self.reported_mtu
+            d["reported_by"] = self.reported_by
+        if self.black_hole:
+            d.update(
+                hole_hop=self.hole_hop,
+                hole_address=self.hole_address,
+                hole_next_hop=self.hole_next_hop,
+                hole_next_address=self.hole_next_address,
+                hops=self.hops,
+                silent_hops=self.silent_hops,
+            )
+        return d
+
+
+@dataclass(slots=True)
+class MtuRun:
+    results: list[PathMtu]
+    totals: dict[str, int]
+    elapsed_s: float
+    mode: str
+
+
+# ------------------------------------------------------------------ local MTU
+_RTM_GETROUTE, _RTM_NEWROUTE, _NLMSG_ERROR = 26, 24, 2
+_RTA_DST, _RTA_OIF = 1, 4
+_SIOCGIFMTU = 0x8921
+
+
+def local_mtus(addresses: Sequence[str], family: int) -> dict[str, tuple[int, str] | str]:
+    """Per address: (MTU, device) of the route the kernel would send by, or why there
+    is none (no route). In the calling thread's network namespace."""
+    out: dict[str, tuple[int, str] | str] = {}
+    dev_mtu: dict[int, tuple[int, str]] = {}
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    ctl = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        nl.bind((0, 0))
+        for seq, a in enumerate(dict.fromkeys(addresses), 1):
+            raw = socket.inet_pton(family, a)
+            rta = struct.pack("=HH", 4 + len(raw), _RTA_DST) + raw
+            body = struct.pack("=BBBBBBBBI", family, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0) + rta
+            nl.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETROUTE, 1, seq, 0) + body)
+            oif = _route_reply(nl, seq)
+            if isinstance(oif, str):
+                out[a] = oif
+                continue
+            if oif not in dev_mtu:
+                name = socket.if_indextoname(oif)
+                ifr = fcntl.ioctl(ctl, _SIOCGIFMTU, struct.pack("16si12x", name.encode(), 0))
+                dev_mtu[oif] = (struct.unpack_from("i", ifr, 16)[0], name)
+            out[a] = dev_mtu[oif]
+    finally:
+        nl.close()
+        ctl.close()
+    return out
+
+
+def _route_reply(nl: socket.socket, seq: int) -> int | str:
+    while True:
+        data = nl.recv(65536)
+        off = 0
+        while off + 16 <= len(data):
+            ln, typ, _fl, s, _pid = struct.unpack_from("=IHHII", data, off)
+            if ln < 16:
+                return "bad netlink reply"
+            if s == seq:
+                if typ == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    return f"no route: {os.strerror(err)} ({_errno.errorcode.get(err, err)})"
+                if typ == _RTM_NEWROUTE:
+                    a = off + 16 + 12
+                    while a + 4 <= off + ln:
+                        alen, atyp = struct.unpack_from("=HH", data, a)
+                        if alen < 4:
+                            break
+                        if atyp == _RTA_OIF:
+                            return int(struct.unpack_from("=I", data, a + 4)[0])
+                        a += (alen + 3) & ~3
+                    return "no route: the route names no device"
+            off += (ln + 3) & ~3
+
+
+# ------------------------------------------------------------------ probing rounds
+@dataclass(slots=True)
+class _Seen:
+    """What one (size, TTL) socket saw of one address."""
+
+    sent: int = 0
+    replies: int = 0
+    texc_router: str | None = None
+    mtu: int = 0  # named by a fragmentation-needed / packet-too-big
+    mtu_router: str | None = None
+    unreach: tuple[int, int] | None = None
+    send_errors: int = 0
+
+
+class _Prober:
+    """Runs rounds of (size, ttl) -> addresses, one socket each, sweeps in parallel."""
+
+    def __init__(
+        self, family: int, mode: str, tries: int, timeout_s: float, rate_pps: float
+    ) -> None:
+        self.family = family
+        self.mode = mode
+        self.tries = tries
+        self.timeout_s = timeout_s
+        self.rate_pps = rate_pps
+        self.kinds: list[str] = []
+        self.totals: dict[str, int] = {}
+
+    def _open(self, size: int, ttl: int | None) -> Any:
+        from ._icmp import IcmpSocket
+
+        kinds = ("raw", "dgram") if self.mode == "auto" else (self.mode,)
+        last: OSError | None = None
+        for kind in kinds:
+            try:
+                s = IcmpSocket(
+                    self.family,
+                    kind=kind,
+                    payload_size=size - IP_HDR[self.family],
+                    ttl=ttl,
+                    dont_fragment="probe",
+                )
+            except OSError as e:  # EPERM without CAP_NET_RAW, EACCES from ping_group_range
+                last = e
+                continue
+            self.kinds.append(kind)
+            return s
+        raise PermissionDenied(
+            f"cannot open an ICMP socket ({', '.join(kinds)}): {last}; run as root, give "
+            "python CAP_NET_RAW (setcap cap_net_raw+ep), or let your group use "
+            "unprivileged ICMP (sysctl net.ipv4.ping_group_range)"
+        )
+
+    def round(
+        self, jobs: dict[tuple[int, int | None], list[str]], tries: int | None = None
+    ) -> dict[tuple[int, int | None], dict[str, _Seen]]:
+        """One socket per (size, ttl), every address of it as a slot, ``tries`` probes
+        each; all sweeps at once. Returns what each socket saw of each address."""
+        n_tries = self.tries if tries is None else tries
+        jobs = {k: list(dict.fromkeys(v)) for k, v in jobs.items() if v}
+        socks: list[tuple[tuple[int, int | None], Any, list[str]]] = []
+        errors: list[BaseException] = []
+        total = sum(len(v) for v in jobs.values()) * n_tries
+        try:
+            for key, addrs in jobs.items():
+                s = self._open(*key)
+                s.set_targets(addrs)
+                socks.append((key, s, addrs))
+
+            def sweep(s: Any, n: int) -> None:
+                share = self.rate_pps * n * n_tries / total if self.rate_pps else 0.0
+                try:
+                    s.sweep(n_tries, 0.05 if n_tries > 1 else 0.0, self.timeout_s, share)
+                except BaseException as e:  # re-raised in the caller's thread
+                    errors.append(e)
+
+            threads = [
+                threading.Thread(target=sweep, args=(s, len(a)), daemon=True) for _, s, a in socks
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            out: dict[tuple[int, int | None], dict[str, _Seen]] = {}
+            frag_type, frag_code = ICMP_FRAG[self.family]
+            texc = ICMP_TIME_EXCEEDED[self.family]
+            for key, s, addrs in socks:
+                per: dict[str, _Seen] = {}
+                for i, a in enumerate(addrs):
+                    st = s.slot_stats(i)
+                    seen = _Seen(sent=st[0], replies=st[1], send_errors=st[7])
+                    etype, ecode, router = st[15], st[16], st[17]
+                    if st[6]:
+                        seen.texc_router = router if etype == texc else None
+                    if st[5]:
+                        if etype == frag_type and (self.family == socket.AF_INET6 or ecode == frag_code):
+                            seen.mtu = s.slot_mtu(i)
+                            seen.mtu_router = router
+                        else:
+                            seen.unreach = (etype, ecode)
+                    per[a] = seen
+                out[key] = per
+                for k, v in s.totals().items():
+                    if isinstance(v, int):
+                        self.totals[k] = self.totals.get(k, 0) + v
+            return out
+        finally:
+            for _, s, _ in socks:
+                s.close()
+
+
+# ------------------------------------------------------------------ the search
+@dataclass(slots=True)
+class _State:
+    res: PathMtu
+    local: int
+    lo: int = 0  # largest size that passed
+    hi: int = 0  # smallest size that failed (local + 1: none yet)
+    tried: set[int] = field(default_factory=set)
+    ptb: dict[int, int] = field(default_factory=dict)  # failed size -> MTU named (0: none)
+    pending_ptb: int = 0
+
+
+def _ladder(fam: int, local: int) -> list[int]:
+    rungs = {SMALL[fam], MIN_MTU[fam] if fam == socket.AF_INET6 else 576, local}
+    rungs.update(r for r in LADDER if r <= local)
+    return sorted(r for r in rungs if SMALL[fam] <= r <= local)
+
+
+def _points(lo: int, hi: int, n: int) -> list[int]:
+    """Up to n - 1 sizes cutting (lo, hi) into n near-equal parts."""
+    gap = hi - lo
+    if gap <= 1:
+        return []
+    return sorted({lo + (gap * k) // n for k in range(1, n)} - {lo, hi} or {lo + gap // 2})
+
+
+def _search(prober: _Prober, states: list[_State]) -> None:
+    fam = prober.family
+    jobs: dict[tuple[int, int | None], list[str]] = {}
+    for st in states:
+        for size in _ladder(fam, st.local):
+            jobs.setdefault((size, None), []).append(st.res.address)
+            st.tried.add(size)
+    for _ in range(MAX_ROUNDS):
+        if not jobs:
+            return
+        seen = prober.round(jobs)
+        jobs = {}
+        by_addr: dict[str, list[tuple[int, _Seen]]] = {}
+        for (size, _ttl), per in seen.items():
+            for a, s in per.items():
+                by_addr.setdefault(a, []).append((size, s))
+        for st in states:
+            got = by_addr.get(st.res.address)
+            if not got:
+                continue
+            for size, s in sorted(got, key=lambda x: x[0]):
+                st.res.probes += s.sent
+                if s.replies:
+                    st.lo = max(st.lo, size)
+                else:
+                    st.ptb[size] = s.mtu
+                    if s.mtu:
+                        st.res.reported_mtu, st.res.reported_by = s.mtu, s.mtu_router
+            if st.lo == 0:
+                st.res.error = "no answer to any probe, however small"
+                continue
+            # a failure at or below a size that passed was loss, not the path; a
+            # router's word that its next hop carries m bytes makes m + 1 fail too
+            fails = [z for z in st.ptb if z > st.lo]
+            named = [st.ptb[z] for z in fails if st.lo <= st.ptb[z] < z]
+            st.hi = min([*fails, *(m + 1 for m in named)], default=st.local + 1)
+            # a named MTU not tried yet: try it first
+            nxt = sorted({m for m in named if m not in st.tried and st.lo < m < st.hi})
+            if not nxt:
+                nxt = [z for z in _points(st.lo, st.hi, SECTIONS) if z not in st.tried]
+            for z in nxt:
+                st.tried.add(z)
+                jobs.setdefault((z, None), []).append(st.res.address)
+    for st in states:  # MAX_ROUNDS ran out (cannot with SECTIONS >= 2 and 64 KiB)
+        if st.hi - st.lo > 1 and st.res.error is None:
+            st.res.error = f"search unfinished: passes {st.lo}, fails {st.hi}"
+
+
+def _conclude(st: _State) -> None:
+    r = st.res
+    if st.lo == 0:
+        r.error = r.error or "no answer to any probe, however small"
+        return
+    r.pmtu = st.lo
+    if st.lo >= st.local:
+        r.method = "local"
+    elif any(m == st.lo for m in st.ptb.values()):
+        r.method = "ptb"
+    else:
+        r.method = "search"
+        # the smallest failing size vanished (or drew an error that named no MTU)
+        r.black_hole = st.ptb.get(st.hi, 0) == 0
+
+
+def _locate(
+    prober: _Prober, states: list[_State], max_ttl: int, retries: int, pause_s: float
+) -> None:
+    """TTL-limited big (smallest failing size) and small (path MTU) probes for every
+    black-hole target at once: the last hop answering big probes drops them."""
+    holes = [st for st in states if st.res.black_hole]
+    if not holes:
+        return
+    # per address, per ttl: [big answer, small answer] as (kind, router)
+    ans: dict[str, dict[int, list[tuple[str, str | None] | None]]] = {
+        st.res.address: {k: [None, None] for k in range(1, max_ttl + 1)} for st in holes
+    }
+    want = {(st.res.address, k, b) for st in holes for k in range(1, max_ttl + 1) for b in (0, 1)}
+    sizes = {st.res.address: (st.hi, st.lo) for st in holes}
+    by_address = {st.res.address: st for st in holes}
+    for attempt in range(1 + retries):
+        if not want:
+            break
+        if attempt:
+            time.sleep(pause_s)  # let rate-limiting routers' token buckets refill
+        jobs: dict[tuple[int, int | None], list[str]] = {}
+        for a, k, b in want:
+            jobs.setdefault((sizes[a][b], k), []).append(a)
+        # one probe per (size, hop) and round: a router that rate-limits its time
+        # exceeded (Linux: ~6 at once, then 1/s per source) is asked again later
+        seen = prober.round(jobs, tries=1)
+        for (size, k), per in seen.items():
+            assert k is not None
+            for a, s in per.items():
+                for b in (0, 1):
+                    if sizes[a][b] != size or (a, k, b) not in want:
+                        continue
+                    by_address[a].res.probes += s.sent
+                    if s.replies:
+                        ans[a][k][b] = ("target", a)
+                    elif s.texc_router is not None:
+                        ans[a][k][b] = ("hop", s.texc_router)
+        # ask again: hops past which nothing is known yet (neither answered), and
+        # big probes a hop answered small ones for (a rate-limited time exceeded)
+        want = set()
+        for a, per_ttl in ans.items():
+            dist = min((k for k, v in per_ttl.items() if v[1] and v[1][0] == "target"), default=max_ttl)
+            for k in range(1, dist):
+                big, small = per_ttl[k]
+                if small is None:
+                    want.add((a, k, 1))
+                    if big is None:
+                        want.add((a, k, 0))
+                elif big is None:
+                    want.add((a, k, 0))
+    for st in holes:
+        per_ttl = ans[st.res.address]
+        r = st.res
+        dist = min((k for k, v in per_ttl.items() if v[1] and v[1][0] == "target"), default=None)
+        r.hops = dist
+        top = dist if dist is not None else max_ttl
+        passed = [k for k in range(1, top + 1) if per_ttl[k][0] is not None]
+        r.hole_hop = max(passed, default=0)
+        if r.hole_hop:
+            got = per_ttl[r.hole_hop][0]
+            r.hole_address = got[1] if got else None
+        r.silent_hops = [
+            k for k in range(1, top) if per_ttl[k][0] is None and per_ttl[k][1] is None
+        ]
+        beyond = [
+            k
+            for k in range(r.hole_hop + 1, top + 1)
+            if per_ttl[k][1] is not None and per_ttl[k][0] is None
+        ]
+        if beyond:
+            r.hole_next_hop = beyond[0]
+            nxt = per_ttl[beyond[0]][1]
+            r.hole_next_address = nxt[1] if nxt else None
+
+
+# ------------------------------------------------------------------ entry point
+def path_mtu(
+    targets: Sequence[str],
+    *,
+    family: int | None = None,
+    mode: str = "auto",
+    tries: int = 2,
+    timeout_s: float = 1.0,
+    rate_pps: float = 1000.0,
+    max_ttl: int = DEFAULT_MAX_TTL,
+    locate: bool = True,
+    retries: int = 3,
+    retry_pause_s: float = 1.0,
+    max_mtu: int | None = None,
+) -> MtuRun:
+    """Path MTU of every target (addresses or names) at once. ``tries``: probes per
+    size and target (any answer passes it); ``timeout_s``: wait after each round's
+    last probe; ``rate_pps``: total probes per second (0: flat out); ``locate``:
+    find where a black hole is (TTL-limited probes, ``max_ttl`` hops, ``retries``
+    more rounds ``retry_pause_s`` apart for hops that did not answer: ICMP rate
+    limits); ``max_mtu``: probe no bigger."""
+    from .targets import resolve
+
+    if not 1 <= tries <= 16:
+        raise TargetError(f"tries {tries} must be 1..16 probes per size")
+    if not 1 <= max_ttl <= 64:
+        raise TargetError(f"max_ttl {max_ttl} must be 1..64")
+    if not 0 <= retries <= 10:
+        raise TargetError(f"retries {retries} must be 0..10")
+    if not 0 <= retry_pause_s <= 60:
+        raise TargetError(f"retry pause {retry_pause_s} must be 0..60 s")
+    if not timeout_s > 0:
+        raise TargetError(f"timeout {timeout_s} must be more than 0 s")
+    if rate_pps < 0:
+        raise TargetError(f"rate {rate_pps} must be >= 0 probes/s")
+    if mode not in ("auto", "raw", "dgram"):
+        raise TargetError(f"mode {mode!r}: path MTU uses raw or dgram ICMP sockets (or auto)")
+    if max_mtu is not None and max_mtu < 68:
+        raise TargetError(f"max_mtu {max_mtu} must be at least 68 bytes")
+    t0 = time.monotonic()
+    results: list[PathMtu] = []
+    by_fam: dict[int, dict[str, list[PathMtu]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    names = [t for t in targets if _numeric(t) is None]
+    resolved = resolve(names, family) if names else {}
+    for t in targets:
+        num = _numeric(t)
+        r = resolved.get(t) if num is None else num
+        if r is None or isinstance(r, str):
+            results.append(PathMtu(t, t, error=r or f"cannot resolve {t!r}"))
+            continue
+        addr, fam = r
+        res = PathMtu(t, addr, family=4 if fam == socket.AF_INET else 6)
+        results.append(res)
+        if family is not None and fam != family:
+            res.error = f"{t!r} is not an IPv{6 if family == socket.AF_INET6 else 4} address"
+            continue
+        by_fam[fam].setdefault(addr, []).append(res)
+    totals: dict[str, int] = {}
+    kinds: list[str] = []
+    for fam, per_addr in by_fam.items():
+        if not per_addr:
+            continue
+        try:
+            locals_ = local_mtus(list(per_addr), fam)
+        except OSError as e:
+            raise SocketError(f"cannot read the local routes (netlink): {e}") from e
+        states: list[_State] = []
+        for addr, same in per_addr.items():
+            lm = locals_[addr]
+            head = same[0]
+            if isinstance(lm, str):
+                head.error = lm
+                continue
+            mtu, dev = lm
+            head.local_mtu, head.interface = mtu, dev
+            cap = min(mtu, MAX_PROBE - (IP_HDR[fam] - 28), max_mtu or mtu)
+            if cap < SMALL[fam]:
+                head.error = f"local MTU {mtu} is below the smallest probe ({SMALL[fam]} bytes)"
+                continue
+            states.append(_State(head, cap))
+        prober = _Prober(fam, mode, tries, timeout_s, rate_pps)
+        if states:
+            _search(prober, states)
+            for st in states:
+                if st.res.error is None:
+                    _conclude(st)
+            if locate:
+                _locate(prober, states, max_ttl, retries, retry_pause_s)
+        for k, v in prober.totals.items():
+            totals[k] = totals.get(k, 0) + v
+        kinds.extend(prober.kinds)
+        for same in per_addr.values():  # targets naming one address share its answer
+            for other in same[1:]:
+                _copy(same[0], other)
+    return MtuRun(results, totals, time.monotonic() - t0, "+".join(dict.fromkeys(kinds)))
+
+
+def _copy(src: PathMtu, dst: PathMtu) -> None:
+    for f in fields(PathMtu):
+        if f.name != "target":
+            setattr(dst, f.name, getattr(src, f.name))
+
+
+def _numeric(t: str) -> tuple[str, int] | None:
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(fam, socket.inet_pton(fam, t)), fam
+        except OSError:
+            continue
+    return None
