@@ -47,7 +47,7 @@ IP_HDR = {socket.AF_INET: 28, socket.AF_INET6: 48}  # IP + ICMP header bytes of 
 MIN_MTU = {socket.AF_INET: 68, socket.AF_INET6: 1280}  # RFC 791 / RFC 8200
 SMALL = {socket.AF_INET: 84, socket.AF_INET6: 104}  # ping's default probe: "does it answer?"
 LADDER = (1280, 1400, 1420, 1450, 1480, 1492, 1500, 4352, 8000, 9000, 9216, 16384, 65535)
-MAX_PROBE = 65000 + 28  # IcmpSocket's largest payload, IPv4
+MAX_PAYLOAD = 65000  # IcmpSocket's largest payload
 SECTIONS = 8  # each search round cuts every target's open gap into this many parts
 MAX_ROUNDS = 24
 DEFAULT_MAX_TTL = 30
@@ -378,7 +378,8 @@ def _conclude(st: _State) -> None:
         return
     r.pmtu = st.lo
     if st.lo >= st.local:
-        r.method = "local"
+        # the path carries all the local interface sends (or all --max-mtu allowed)
+        r.method = "local" if st.local == r.local_mtu else "max"
     elif any(m == st.lo for m in st.ptb.values()):
         r.method = "ptb"
     else:
@@ -391,17 +392,25 @@ def _locate(
     prober: _Prober, states: list[_State], max_ttl: int, retries: int, pause_s: float
 ) -> None:
     """TTL-limited big (smallest failing size) and small (path MTU) probes for every
-    black-hole target at once: the last hop answering big probes drops them."""
+    black-hole target at once: the last hop answering big probes drops them.
+
+    Evidence is shared: a big probe that drew time exceeded from router R at hop k
+    proves the links up to R carry big packets, for every target whose hop k is R.
+    So the rounds after the first ask again only what is still unknown (a hop whose
+    answer was rate-limited), one probe per router where one answer settles it:
+    routers limit their ICMP errors per source (Linux: about 6 at once, then 1/s),
+    and a limited answer must read as "no answer from this hop", never move the hole.
+    """
     holes = [st for st in states if st.res.black_hole]
     if not holes:
         return
-    # per address, per ttl: [big answer, small answer] as (kind, router)
-    ans: dict[str, dict[int, list[tuple[str, str | None] | None]]] = {
-        st.res.address: {k: [None, None] for k in range(1, max_ttl + 1)} for st in holes
-    }
-    want = {(st.res.address, k, b) for st in holes for k in range(1, max_ttl + 1) for b in (0, 1)}
-    sizes = {st.res.address: (st.hi, st.lo) for st in holes}
     by_address = {st.res.address: st for st in holes}
+    sizes = {a: (st.hi, st.lo) for a, st in by_address.items()}  # (big, small)
+    # per address and hop: [big answer, small answer], each ("hop" | "target", router)
+    ans: dict[str, dict[int, list[tuple[str, str] | None]]] = {
+        a: {k: [None, None] for k in range(1, max_ttl + 1)} for a in by_address
+    }
+    want = {(a, k, b) for a in by_address for k in range(1, max_ttl + 1) for b in (0, 1)}
     for attempt in range(1 + retries):
         if not want:
             break
@@ -410,56 +419,94 @@ def _locate(
         jobs: dict[tuple[int, int | None], list[str]] = {}
         for a, k, b in want:
             jobs.setdefault((sizes[a][b], k), []).append(a)
-        # one probe per (size, hop) and round: a router that rate-limits its time
-        # exceeded (Linux: ~6 at once, then 1/s per source) is asked again later
-        seen = prober.round(jobs, tries=1)
-        for (size, k), per in seen.items():
+        asked = want
+        for (size, k), per in prober.round(jobs, tries=1).items():
             assert k is not None
             for a, s in per.items():
                 for b in (0, 1):
-                    if sizes[a][b] != size or (a, k, b) not in want:
+                    if sizes[a][b] != size or (a, k, b) not in asked:
                         continue
                     by_address[a].res.probes += s.sent
                     if s.replies:
                         ans[a][k][b] = ("target", a)
                     elif s.texc_router is not None:
                         ans[a][k][b] = ("hop", s.texc_router)
-        # ask again: hops past which nothing is known yet (neither answered), and
-        # big probes a hop answered small ones for (a rate-limited time exceeded)
-        want = set()
-        for a, per_ttl in ans.items():
-            dist = min((k for k, v in per_ttl.items() if v[1] and v[1][0] == "target"), default=max_ttl)
-            for k in range(1, dist):
-                big, small = per_ttl[k]
-                if small is None:
-                    want.add((a, k, 1))
-                    if big is None:
-                        want.add((a, k, 0))
-                elif big is None:
-                    want.add((a, k, 0))
-    for st in holes:
-        per_ttl = ans[st.res.address]
+        want = _still_unknown(ans, max_ttl)
+    reached = _big_reached(ans)
+    for a, st in by_address.items():
         r = st.res
-        dist = min((k for k, v in per_ttl.items() if v[1] and v[1][0] == "target"), default=None)
-        r.hops = dist
-        top = dist if dist is not None else max_ttl
-        passed = [k for k in range(1, top + 1) if per_ttl[k][0] is not None]
-        r.hole_hop = max(passed, default=0)
-        if r.hole_hop:
-            got = per_ttl[r.hole_hop][0]
+        per_ttl = ans[a]
+        r.hops = _distance(per_ttl)
+        top = r.hops if r.hops is not None else max_ttl
+        hole, nxt = _hole(per_ttl, top, reached)
+        r.hole_hop = hole
+        if hole:
+            got = per_ttl[hole][0] or per_ttl[hole][1]
             r.hole_address = got[1] if got else None
-        r.silent_hops = [
-            k for k in range(1, top) if per_ttl[k][0] is None and per_ttl[k][1] is None
-        ]
-        beyond = [
-            k
-            for k in range(r.hole_hop + 1, top + 1)
-            if per_ttl[k][1] is not None and per_ttl[k][0] is None
-        ]
-        if beyond:
-            r.hole_next_hop = beyond[0]
-            nxt = per_ttl[beyond[0]][1]
-            r.hole_next_address = nxt[1] if nxt else None
+        r.silent_hops = [k for k in range(1, top) if per_ttl[k] == [None, None]]
+        if nxt is not None:
+            r.hole_next_hop = nxt
+            got = per_ttl[nxt][1]
+            r.hole_next_address = got[1] if got else None
+
+
+def _distance(per_ttl: dict[int, list[tuple[str, str] | None]]) -> int | None:
+    """The smallest TTL at which the target itself answered."""
+    return min(
+        (k for k, v in per_ttl.items() if any(x and x[0] == "target" for x in v)), default=None
+    )
+
+
+def _big_reached(ans: dict[str, dict[int, list[tuple[str, str] | None]]]) -> set[tuple[int, str]]:
+    """(hop, router) pairs some big probe reached."""
+    return {
+        (k, v[0][1]) for per in ans.values() for k, v in per.items() if v[0] and v[0][0] == "hop"
+    }
+
+
+def _hole(
+    per_ttl: dict[int, list[tuple[str, str] | None]], top: int, reached: set[tuple[int, str]]
+) -> tuple[int, int | None]:
+    """(last hop big probes reach, 0: none; first hop past it that answered small
+    probes, None: none did)."""
+    hole = 0
+    for k in range(1, top + 1):
+        big, small = per_ttl[k]
+        router = (big or small or ("", ""))[1]
+        if big is not None or (small is not None and (k, router) in reached):
+            hole = k  # monotone: reaching hop k means passing every hop before it
+    nxt = next((k for k in range(hole + 1, top + 1) if per_ttl[k][1] is not None), None)
+    return hole, nxt
+
+
+def _still_unknown(
+    ans: dict[str, dict[int, list[tuple[str, str] | None]]], max_ttl: int
+) -> set[tuple[str, int, int]]:
+    """What the next round asks: for each target, the hops between the last one big
+    probes are known to reach and the first past it known to answer small probes
+    (a silent stretch there may be rate limiting), big and small probes where that
+    hop's answer is missing; a router known to reach is asked once, not per target."""
+    reached = _big_reached(ans)
+    out: set[tuple[str, int, int]] = set()
+    asked_router: set[tuple[int, str]] = set()
+    for a, per_ttl in ans.items():
+        top = _distance(per_ttl) or max_ttl
+        hole, nxt = _hole(per_ttl, top, reached)
+        end = (nxt if nxt is not None else top) + 1
+        for k in range(hole + 1, min(end, top)):
+            big, small = per_ttl[k]
+            if big is not None:
+                continue
+            if small is not None:
+                key = (k, small[1])
+                if key in reached or key in asked_router:
+                    continue  # one probe per router settles it for all its targets
+                asked_router.add(key)
+                out.add((a, k, 0))
+            else:
+                out.add((a, k, 0))
+                out.add((a, k, 1))
+    return out
 
 
 # ------------------------------------------------------------------ entry point
@@ -519,44 +566,75 @@ def path_mtu(
             res.error = f"{t!r} is not an IPv{6 if family == socket.AF_INET6 else 4} address"
             continue
         by_fam[fam].setdefault(addr, []).append(res)
+    busy = {f: p for f, p in by_fam.items() if p}
+    n_all = sum(len(p) for p in busy.values())
+    probers = {
+        f: _Prober(f, mode, tries, timeout_s, rate_pps * len(p) / n_all if rate_pps else 0.0)
+        for f, p in busy.items()
+    }
+    errors: list[BaseException] = []
+
+    def one(fam: int) -> None:
+        try:
+            _family(probers[fam], busy[fam], locate, max_ttl, retries, retry_pause_s, max_mtu)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    # each family on a thread of its own (made here, so in the caller's namespace)
+    threads = [threading.Thread(target=one, args=(f,), daemon=True) for f in busy]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     totals: dict[str, int] = {}
     kinds: list[str] = []
-    for fam, per_addr in by_fam.items():
-        if not per_addr:
-            continue
-        try:
-            locals_ = local_mtus(list(per_addr), fam)
-        except OSError as e:
-            raise SocketError(f"cannot read the local routes (netlink): {e}") from e
-        states: list[_State] = []
-        for addr, same in per_addr.items():
-            lm = locals_[addr]
-            head = same[0]
-            if isinstance(lm, str):
-                head.error = lm
-                continue
-            mtu, dev = lm
-            head.local_mtu, head.interface = mtu, dev
-            cap = min(mtu, MAX_PROBE - (IP_HDR[fam] - 28), max_mtu or mtu)
-            if cap < SMALL[fam]:
-                head.error = f"local MTU {mtu} is below the smallest probe ({SMALL[fam]} bytes)"
-                continue
-            states.append(_State(head, cap))
-        prober = _Prober(fam, mode, tries, timeout_s, rate_pps)
-        if states:
-            _search(prober, states)
-            for st in states:
-                if st.res.error is None:
-                    _conclude(st)
-            if locate:
-                _locate(prober, states, max_ttl, retries, retry_pause_s)
+    for prober in probers.values():
         for k, v in prober.totals.items():
             totals[k] = totals.get(k, 0) + v
         kinds.extend(prober.kinds)
-        for same in per_addr.values():  # targets naming one address share its answer
-            for other in same[1:]:
-                _copy(same[0], other)
     return MtuRun(results, totals, time.monotonic() - t0, "+".join(dict.fromkeys(kinds)))
+
+
+def _family(
+    prober: _Prober,
+    per_addr: dict[str, list[PathMtu]],
+    locate: bool,
+    max_ttl: int,
+    retries: int,
+    retry_pause_s: float,
+    max_mtu: int | None,
+) -> None:
+    fam = prober.family
+    try:
+        locals_ = local_mtus(list(per_addr), fam)
+    except OSError as e:
+        raise SocketError(f"cannot read the local routes (netlink): {e}") from e
+    states: list[_State] = []
+    for addr, same in per_addr.items():
+        lm = locals_[addr]
+        head = same[0]
+        if isinstance(lm, str):
+            head.error = lm
+            continue
+        mtu, dev = lm
+        head.local_mtu, head.interface = mtu, dev
+        cap = min(mtu, MAX_PAYLOAD + IP_HDR[fam], max_mtu or mtu)
+        if cap < SMALL[fam]:
+            head.error = f"MTU {cap} is below the smallest probe ({SMALL[fam]} bytes)"
+            continue
+        states.append(_State(head, cap))
+    if states:
+        _search(prober, states)
+        for st in states:
+            if st.res.error is None:
+                _conclude(st)
+        if locate:
+            _locate(prober, states, max_ttl, retries, retry_pause_s)
+    for same in per_addr.values():  # targets naming one address share its answer
+        for other in same[1:]:
+            _copy(same[0], other)
 
 
 def _copy(src: PathMtu, dst: PathMtu) -> None:
