@@ -82,7 +82,7 @@ def test_black_hole_found_to_the_byte_and_located(lab: PathLab, fam: int) -> Non
         assert r.reported_mtu is None
         assert r.hole_hop == 2 and r.hole_address == lab.hop_address(2, f), r.to_json()
         assert r.hole_next_hop == 3 and r.hole_next_address == lab.hop_address(3, f)
-        assert r.hops == 4 and r.silent_hops == []
+        assert r.hops == 4 and r.silent_hops == [] and r.hole_exact
     _accounted(res)
 
 
@@ -131,6 +131,7 @@ def test_silent_hole_router_gives_the_honest_range(lab: PathLab) -> None:
         # big probes reach hop 1; hop 2 answers neither size; hop 3 answers small only
         assert r.black_hole and r.hole_hop == 1 and r.hole_address == lab.hop_address(1, f)
         assert r.hole_next_hop == 3 and r.silent_hops == [2], r.to_json()
+        assert not r.hole_exact
 
 
 def test_rate_limited_routers_read_as_no_answer_not_loss() -> None:
@@ -145,7 +146,20 @@ def test_rate_limited_routers_read_as_no_answer_not_loss() -> None:
             f = r.family
             assert r.pmtu == 1400 and r.black_hole, r.to_json()
             assert r.hole_hop == 2 and r.hole_address == lab.hop_address(2, f), r.to_json()
-            assert r.hops == 4
+            assert r.hole_exact and r.hops == 4
+        # five times the targets behind the same limited routers: some hops stay
+        # silent, but a reported range always holds the hole and "exact" is true
+        targets = _targets(V4, 30, 100) + _targets(V6, 30, 100)
+        res = _mtu(lab, targets, retry_pause_s=1.0)
+        for r in res.results:
+            assert r.pmtu == 1400 and r.black_hole and r.hops == 4, r.to_json()
+            assert r.hole_hop is not None and r.hole_hop <= 2, r.to_json()
+            assert r.hole_next_hop is not None and r.hole_next_hop >= 3, r.to_json()
+            assert r.hole_exact == (r.hole_next_hop == r.hole_hop + 1)
+            if r.hole_exact:
+                assert r.hole_hop == 2 and r.hole_address == lab.hop_address(2, r.family)
+            # the hops in between that said nothing are named, not blamed
+            assert set(range(r.hole_hop + 1, r.hole_next_hop)) <= set(r.silent_hops)
 
 
 def test_probe_mode_sends_past_a_learned_pmtu(lab: PathLab) -> None:

@@ -43,16 +43,19 @@ from typing import Any
 
 from .errors import PermissionDenied, SocketError, TargetError
 
-IP_HDR = {socket.AF_INET: 28, socket.AF_INET6: 48}  # IP + ICMP header bytes of a probe
-MIN_MTU = {socket.AF_INET: 68, socket.AF_INET6: 1280}  # RFC 791 / RFC 8200
-SMALL = {socket.AF_INET: 84, socket.AF_INET6: 104}  # ping's default probe: "does it answer?"
+# IP + ICMP header bytes of a probe
+IP_HDR: dict[int, int] = {socket.AF_INET: 28, socket.AF_INET6: 48}
+MIN_MTU: dict[int, int] = {socket.AF_INET: 68, socket.AF_INET6: 1280}  # RFC 791 / RFC 8200
+# ping's default probe: "does it answer at all?"
+SMALL: dict[int, int] = {socket.AF_INET: 84, socket.AF_INET6: 104}
 LADDER = (1280, 1400, 1420, 1450, 1480, 1492, 1500, 4352, 8000, 9000, 9216, 16384, 65535)
 MAX_PAYLOAD = 65000  # IcmpSocket's largest payload
 SECTIONS = 8  # each search round cuts every target's open gap into this many parts
 MAX_ROUNDS = 24
 DEFAULT_MAX_TTL = 30
-ICMP_TIME_EXCEEDED = {socket.AF_INET: 11, socket.AF_INET6: 3}
-ICMP_FRAG = {socket.AF_INET: (3, 4), socket.AF_INET6: (2, 0)}  # (type, code) naming an MTU
+ICMP_TIME_EXCEEDED: dict[int, int] = {socket.AF_INET: 11, socket.AF_INET6: 3}
+# (type, code) of the error that names an MTU
+ICMP_FRAG: dict[int, tuple[int, int]] = {socket.AF_INET: (3, 4), socket.AF_INET6: (2, 0)}
 
 
 @dataclass(slots=True)
@@ -64,7 +67,9 @@ class PathMtu:
     ``black_hole``: bigger probes vanished with no router saying why; ``hole_hop`` /
     ``hole_address``: the last hop that passes them (0: the source itself), and
     ``hole_next_hop`` the first hop past it seen to answer small probes but not big
-    ones (hole_next_hop - hole_hop > 1 when hops between answered neither)."""
+    ones: the hole is between the two, exactly located (``hole_exact``) when they
+    are neighbours; hops between that answered neither size (silent, or their ICMP
+    errors rate-limited) are in ``silent_hops``."""
 
     target: str
     address: str
@@ -80,6 +85,7 @@ class PathMtu:
     hole_address: str | None = None
     hole_next_hop: int | None = None
     hole_next_address: str | None = None
+    hole_exact: bool = False  # hole_next_hop == hole_hop + 1: no silent hop between
     hops: int | None = None  # the target's distance, when the location step measured it
     silent_hops: list[int] = field(default_factory=list)  # answered neither size
     probes: int = 0
@@ -110,6 +116,7 @@ class PathMtu:
                 hole_address=self.hole_address,
                 hole_next_hop=self.hole_next_hop,
                 hole_next_address=self.hole_next_address,
+                hole_exact=self.hole_exact,
                 hops=self.hops,
                 silent_hops=self.silent_hops,
             )
@@ -281,7 +288,8 @@ class _Prober:
                     if st[6]:
                         seen.texc_router = router if etype == texc else None
                     if st[5]:
-                        if etype == frag_type and (self.family == socket.AF_INET6 or ecode == frag_code):
+                        v6 = self.family == socket.AF_INET6
+                        if etype == frag_type and (v6 or ecode == frag_code):
                             seen.mtu = s.slot_mtu(i)
                             seen.mtu_router = router
                         else:
@@ -420,17 +428,17 @@ def _locate(
         for a, k, b in want:
             jobs.setdefault((sizes[a][b], k), []).append(a)
         asked = want
-        for (size, k), per in prober.round(jobs, tries=1).items():
-            assert k is not None
+        for (size, ttl), per in prober.round(jobs, tries=1).items():
+            assert ttl is not None
             for a, s in per.items():
                 for b in (0, 1):
-                    if sizes[a][b] != size or (a, k, b) not in asked:
+                    if sizes[a][b] != size or (a, ttl, b) not in asked:
                         continue
                     by_address[a].res.probes += s.sent
                     if s.replies:
-                        ans[a][k][b] = ("target", a)
+                        ans[a][ttl][b] = ("target", a)
                     elif s.texc_router is not None:
-                        ans[a][k][b] = ("hop", s.texc_router)
+                        ans[a][ttl][b] = ("hop", s.texc_router)
         want = _still_unknown(ans, max_ttl)
     reached = _big_reached(ans)
     for a, st in by_address.items():
@@ -448,6 +456,7 @@ def _locate(
             r.hole_next_hop = nxt
             got = per_ttl[nxt][1]
             r.hole_next_address = got[1] if got else None
+            r.hole_exact = nxt == hole + 1
 
 
 def _distance(per_ttl: dict[int, list[tuple[str, str] | None]]) -> int | None:
@@ -582,10 +591,10 @@ def path_mtu(
 
     # each family on a thread of its own (made here, so in the caller's namespace)
     threads = [threading.Thread(target=one, args=(f,), daemon=True) for f in busy]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     if errors:
         raise errors[0]
     totals: dict[str, int] = {}

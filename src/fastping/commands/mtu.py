@@ -72,6 +72,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probe no bigger than this (default: the local interface's MTU)",
     )
     p.add_argument(
+        "--retries",
+        type=argtypes.int_range(0, 10),
+        default=3,
+        metavar="N",
+        help="more rounds of TTL-limited probes for hops that did not answer (default 3)",
+    )
+    p.add_argument(
+        "--retry-pause",
+        type=argtypes.seconds(0.0, 60.0),
+        default=1.0,
+        metavar="S",
+        help="seconds between those rounds, for routers that rate-limit their ICMP "
+        "errors (default 1)",
+    )
+    p.add_argument(
         "--no-locate",
         action="store_true",
         help="report black holes without locating them (no TTL-limited probes)",
@@ -118,11 +133,14 @@ def run(args: argparse.Namespace) -> int:
         rate_pps=args.rate,
         max_ttl=args.max_ttl,
         locate=not args.no_locate,
+        retries=args.retries,
+        retry_pause_s=args.retry_pause,
         max_mtu=args.max_mtu,
     )
     out = sys.stdout
     for r in res.results:
-        out.write((json.dumps(r.to_json(), separators=(",", ":")) if args.json else _line(r)) + "\n")
+        text = json.dumps(r.to_json(), separators=(",", ":")) if args.json else _line(r)
+        out.write(text + "\n")
     if not args.json:
         sent = int(res.totals.get("sent", 0))
         holes = sum(1 for r in res.results if r.black_hole)
@@ -155,6 +173,9 @@ def _line(r: Any) -> str:
             line += f"; BLACK HOLE: {r.pmtu + 1}-byte probes pass {where} and vanish after it"
             if r.hole_next_hop is not None:
                 line += f" (hop {r.hole_next_hop} {r.hole_next_address} answers only small ones)"
+            if not r.hole_exact:
+                nxt = "the end" if r.hole_next_hop is None else f"hop {r.hole_next_hop}"
+                line += f"; not located exactly: somewhere from hop {r.hole_hop} to {nxt}"
             if r.silent_hops:
                 line += f"; no answer from hop{'s' if len(r.silent_hops) > 1 else ''} " + ", ".join(
                     map(str, r.silent_hops)
