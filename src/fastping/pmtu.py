@@ -418,28 +418,39 @@ def _locate(
     ans: dict[str, dict[int, list[tuple[str, str] | None]]] = {
         a: {k: [None, None] for k in range(1, max_ttl + 1)} for a in by_address
     }
-    want = {(a, k, b) for a in by_address for k in range(1, max_ttl + 1) for b in (0, 1)}
-    for attempt in range(1 + retries):
-        if not want:
-            break
-        if attempt:
-            time.sleep(pause_s)  # let rate-limiting routers' token buckets refill
+    confirmed: set[tuple[int, str]] = set()  # a lone big probe to it drew nothing
+
+    def ask(want: set[tuple[str, int, int]]) -> None:
         jobs: dict[tuple[int, int | None], list[str]] = {}
         for a, k, b in want:
             jobs.setdefault((sizes[a][b], k), []).append(a)
-        asked = want
         for (size, ttl), per in prober.round(jobs, tries=1).items():
             assert ttl is not None
             for a, s in per.items():
                 for b in (0, 1):
-                    if sizes[a][b] != size or (a, ttl, b) not in asked:
+                    if sizes[a][b] != size or (a, ttl, b) not in want:
                         continue
                     by_address[a].res.probes += s.sent
                     if s.replies:
                         ans[a][ttl][b] = ("target", a)
                     elif s.texc_router is not None:
                         ans[a][ttl][b] = ("hop", s.texc_router)
-        want = _still_unknown(ans, max_ttl)
+
+    ask({(a, k, b) for a in by_address for k in range(1, max_ttl + 1) for b in (0, 1)})
+    for _ in range(retries):
+        lone, unknown = _still_unknown(ans, max_ttl, confirmed)
+        if not lone and not unknown:
+            break
+        time.sleep(pause_s)  # let rate-limiting routers' token buckets refill
+        if lone:
+            # one big probe per router and nothing else to it: a token is there, so
+            # no answer means the big probe never reached it
+            ask({(a, k, 0) for (k, _r), a in lone.items()})
+            for (k, router), a in lone.items():
+                if ans[a][k][0] is None:
+                    confirmed.add((k, router))
+        if unknown:
+            ask(unknown)
     reached = _big_reached(ans)
     for a, st in by_address.items():
         r = st.res
@@ -456,7 +467,11 @@ def _locate(
             r.hole_next_hop = nxt
             got = per_ttl[nxt][1]
             r.hole_next_address = got[1] if got else None
-            r.hole_exact = nxt == hole + 1
+            # exact: nothing silent between, and the hop past it seen not to get big
+            # probes when it had an answer to give (the target itself: the search)
+            r.hole_exact = nxt == hole + 1 and (
+                nxt == r.hops or (got is not None and (nxt, got[1]) in confirmed)
+            )
 
 
 def _distance(per_ttl: dict[int, list[tuple[str, str] | None]]) -> int | None:
@@ -489,33 +504,35 @@ def _hole(
 
 
 def _still_unknown(
-    ans: dict[str, dict[int, list[tuple[str, str] | None]]], max_ttl: int
-) -> set[tuple[str, int, int]]:
-    """What the next round asks: for each target, the hops between the last one big
-    probes are known to reach and the first past it known to answer small probes
-    (a silent stretch there may be rate limiting), big and small probes where that
-    hop's answer is missing; a router known to reach is asked once, not per target."""
+    ans: dict[str, dict[int, list[tuple[str, str] | None]]],
+    max_ttl: int,
+    confirmed: set[tuple[int, str]],
+) -> tuple[dict[tuple[int, str], str], set[tuple[str, int, int]]]:
+    """What the next round asks, for each target between the last hop big probes are
+    known to reach and the first past it that answered small probes: (1) per router
+    seen there but neither reached by a big probe nor confirmed out of its reach,
+    one target to send it a lone big probe for; (2) big and small probes at hops
+    that answered neither (a silent stretch may be rate limiting)."""
     reached = _big_reached(ans)
-    out: set[tuple[str, int, int]] = set()
-    asked_router: set[tuple[int, str]] = set()
+    lone: dict[tuple[int, str], str] = {}
+    unknown: set[tuple[str, int, int]] = set()
     for a, per_ttl in ans.items():
-        top = _distance(per_ttl) or max_ttl
+        dist = _distance(per_ttl)
+        top = dist or max_ttl
         hole, nxt = _hole(per_ttl, top, reached)
-        end = (nxt if nxt is not None else top) + 1
-        for k in range(hole + 1, min(end, top)):
+        end = nxt if nxt is not None else top - 1
+        for k in range(hole + 1, end + 1):
             big, small = per_ttl[k]
-            if big is not None:
+            if big is not None or k == dist:
                 continue
             if small is not None:
                 key = (k, small[1])
-                if key in reached or key in asked_router:
-                    continue  # one probe per router settles it for all its targets
-                asked_router.add(key)
-                out.add((a, k, 0))
+                if key not in reached and key not in confirmed:
+                    lone.setdefault(key, a)
             else:
-                out.add((a, k, 0))
-                out.add((a, k, 1))
-    return out
+                unknown.add((a, k, 0))
+                unknown.add((a, k, 1))
+    return lone, unknown
 
 
 # ------------------------------------------------------------------ entry point
