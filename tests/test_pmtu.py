@@ -162,6 +162,24 @@ def test_rate_limited_routers_read_as_no_answer_not_loss() -> None:
             assert set(range(r.hole_hop + 1, r.hole_next_hop)) <= set(r.silent_hops)
 
 
+def test_dgram_sockets_hear_the_router_through_the_error_queue(lab: PathLab) -> None:
+    # unprivileged ICMP sockets get the router's word by IP_RECVERR (ee_info: the MTU)
+    lab.exec(lab.src, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647")
+    lab.set_mtu(1, 1400)
+    res = _mtu(lab, [target4(1), target6(1)], mode="dgram")
+    assert res.mode == "dgram"
+    assert [(r.pmtu, r.method, r.reported_by) for r in res.results] == [
+        (1400, "ptb", lab.hop_address(1, 4)),
+        (1400, "ptb", lab.hop_address(1, 6)),
+    ]
+    lab.set_mtu(1, 1500)
+    lab.set_mtu(2, 1337)
+    lab.black_hole(2)
+    for r in _mtu(lab, [target4(2), target6(2)], mode="dgram").results:
+        assert r.pmtu == 1337 and r.black_hole and r.hole_exact, r.to_json()
+        assert r.hole_hop == 2 and r.hole_address == lab.hop_address(2, r.family)
+
+
 def test_probe_mode_sends_past_a_learned_pmtu(lab: PathLab) -> None:
     from fastping._icmp import IcmpSocket
 
