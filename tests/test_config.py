@@ -80,7 +80,7 @@ def test_error_names_key_path_value_allowed_and_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("mode: fast\n", "mode: 'fast' is not allowed: must be one of 'auto', 'raw', 'dgram' or 'subprocess'"),
+        ("mode: fast\n", "mode: 'fast' is not allowed: must be one of 'auto', 'raw', 'dgram', 'subprocess' or 'connect'"),
         ("defaults: {timeout_s: 0}\n", "defaults.timeout_s: 0 is not allowed: must be > 0"),
         ("defaults: {payload_size: 70000}\n", "defaults.payload_size: 70000 is not allowed: must be <= 65000"),
         ("targets: [999.1.1.1.1]\n", "targets[0].host: '999.1.1.1.1' is not allowed: target '999.1.1.1.1' is not"),

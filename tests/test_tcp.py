@@ -394,6 +394,32 @@ def test_sweep_command_tcp_ports_text_json_and_urls() -> None:
         assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
 
 
+def test_sweep_command_reads_host_port_lines_from_a_file(tmp_path: Path) -> None:
+    with _listener() as ls, _listener(socket.AF_INET6, "::1") as ls6:
+        port, port6 = ls.getsockname()[1], ls6.getsockname()[1]
+        closed = _free_port()
+        f = tmp_path / "targets.txt"
+        # Prometheus-style HOST:PORT, [v6]:PORT, a URL and a plain host (on -p)
+        f.write_text(f"# scrape targets\n127.0.0.1:{port}\n[::1]:{port6}  tcp://127.0.0.1:{closed}\n"
+                     "127.0.0.1\n")  # fmt: skip
+        other = _free_port()
+        argv = ["fastping", "sweep", "--tcp", "-f", str(f), "-p", str(other), "--json"]
+        r = subprocess.run(argv, capture_output=True, text=True)
+        assert r.returncode == 1, r.stderr  # the closed pairs
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert sorted((x["address"], x["port"], x["state"]) for x in rows) == sorted([
+            ("127.0.0.1", port, "open"), ("::1", port6, "open"),
+            ("127.0.0.1", closed, "closed"), ("127.0.0.1", other, "closed"),
+        ]), rows  # fmt: skip
+        # every bad line named with its line number, nothing probed
+        f.write_text("127.0.0.1:70000\n127.0.0.1:22\nnot/a:target\n")
+        r = subprocess.run(["fastping", "sweep", "--tcp", "-f", str(f)], capture_output=True,
+                           text=True)  # fmt: skip
+        assert r.returncode == 3 and not r.stdout
+        assert f"{f}:1: " in r.stderr and "70000 must be 1..65535" in r.stderr
+        assert f"{f}:3: " in r.stderr and f"{f}:2" not in r.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -6,6 +6,7 @@ on loopback, closed ports, a port nft drops inside a namespace the test makes.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -352,7 +354,7 @@ def test_monitor_config_file_with_tcp_targets_and_tcp_ports_flag(
     ("args", "yaml", "message"),
     [
         (["--tcp", "127.0.0.1"], None, "--tcp needs the ports to probe"),
-        (["-p", "22", "127.0.0.1"], None, "--port is for TCP probes: add --tcp"),
+        (["-p", "22", "127.0.0.1"], None, "--port is for TCP or UDP probes: add --tcp or --udp"),
         (["--tcp", "-p", "22-10", "127.0.0.1"], None, "within 1..65535, low to high"),
         (["tcp://127.0.0.1:99999"], None, "port 1..65535"),
         ([], "targets: [{host: 127.0.0.1, kind: tcp}]", "a tcp target needs a port"),
@@ -376,16 +378,181 @@ def test_monitor_refuses_bad_tcp_targets_saying_what_to_do(
     assert message in r.stderr, r.stderr
 
 
-def test_monitor_tcp_without_cap_net_raw_names_it(tmp_path: Path) -> None:
+def test_monitor_tcp_mode_raw_without_cap_net_raw_names_it(tmp_path: Path) -> None:
     r = subprocess.run(
         ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
-         *fastping_cmd("monitor", "--table", "never", "tcp://127.0.0.1:22",
+         *fastping_cmd("monitor", "--table", "never", "tcp://127.0.0.1:22", "--mode", "raw",
                        "--db", str(tmp_path / "x.db"), "-d", "0.5")],
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
     assert r.returncode == 4, r.stderr
     assert "CAP_NET_RAW" in r.stderr and "TCP targets need a raw socket" in r.stderr
+    assert "--mode connect" in r.stderr  # what to do instead
     assert not (tmp_path / "x.db").exists()  # refused before anything started
+
+
+NO_NET_RAW = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
+
+
+@pytest.mark.parametrize("how", ["no CAP_NET_RAW", "--mode connect"])
+def test_monitor_tcp_by_connect_open_closed_filtered(tmp_path: Path, how: str) -> None:
+    """Without CAP_NET_RAW (auto mode), or with --mode connect as root, the monitor
+    times TCP targets by connect(): inside a namespace a listener (open), a port
+    nobody has (closed), a port nft drops (filtered) are stored as reply / closed /
+    timeout, the summary says "timing": "connect", and no connection is left behind
+    (SO_LINGER 0: no TIME-WAIT, no ESTAB, no SYN-SENT)."""
+    db = tmp_path / "c.db"
+    unpriv = how == "no CAP_NET_RAW"
+    with netns() as ns:
+        _filtered_port_rule(ns, 1111)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c",
+             "import socket,sys,time\n"
+             "s=socket.socket(); s.bind(('127.0.0.1',2222)); s.listen(4096)\n"
+             "print('up', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert listener.stdout is not None and listener.stdout.readline() == "up\n"
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, *(NO_NET_RAW if unpriv else []), *fastping_cmd(
+                    "monitor", "--table", "never", "--log-level", "WARNING", "--db", str(db),
+                    "-i", "0.2", "-t", "0.5", "-d", "2",
+                    *([] if unpriv else ["--mode", "connect"]),
+                    "tcp://127.0.0.1:2222", "tcp://127.0.0.1:3333", "tcp://127.0.0.1:1111",
+                    "tcp://[::1]:3333",
+                )],
+                capture_output=True, text=True, env=child_env(), timeout=120,
+            )  # fmt: skip
+            ss = subprocess.run(
+                ["ip", "netns", "exec", ns, "ss", "-Htan"], capture_output=True, text=True,
+                check=True,
+            ).stdout  # fmt: skip
+        finally:
+            listener.kill()
+            listener.wait()
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["timing"] == "connect"
+    # auto mode says why it fell back; --mode connect was asked for, so nothing to say
+    assert ("no CAP_NET_RAW: TCP timed by connect()" in r.stderr) is unpriv, r.stderr
+    got = _outcomes(db)
+    assert {t: set(c) for t, c in got.items()} == {
+        "tcp://127.0.0.1:2222": {"reply"},
+        "tcp://127.0.0.1:3333": {"closed"},
+        "tcp://[::1]:3333": {"closed"},
+        "tcp://127.0.0.1:1111": {"timeout"},
+    }
+    assert all(sum(c.values()) >= 6 for c in got.values()), got
+    assert summary["outcomes"]["closed"] == got["tcp://127.0.0.1:3333"]["closed"] + got[
+        "tcp://[::1]:3333"]["closed"]  # fmt: skip
+    assert summary["outcomes"]["reply"] == got["tcp://127.0.0.1:2222"]["reply"]
+    assert summary["stored"] == summary["results"] == sum(sum(c.values()) for c in got.values())
+    assert summary["outcomes"]["send_error"] == 0
+    # the listener's queue may hold connections that were reset; none of ours is alive
+    states = [ln.split()[0] for ln in ss.splitlines() if ln.strip()]
+    assert [s for s in states if s not in ("LISTEN",)] == [], ss
+    # the RTTs are there (user-space timing), the closed ones too
+    store = ResultStore(db)
+    rtts = [x.rtt_ms for x in store.recent("tcp://127.0.0.1:2222", 1000)]
+    assert rtts and all(v is not None and v > 0 for v in rtts)
+
+
+@contextlib.contextmanager
+def _udp_echo(host: str = "127.0.0.1") -> Iterator[int]:
+    """A UDP echo server on ``host``; yields its port."""
+    import threading
+
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind((host, 0))
+    srv.settimeout(0.1)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(2048)
+            except TimeoutError:
+                continue
+            srv.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+
+
+def _free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_host_port_targets_with_tcp_and_udp_in_file_sd_config_and_command_line(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    """Prometheus writes targets host:port: with --tcp / --udp a file_sd target, a
+    command-line target or a config entry written host:port ([v6]:port) is probed on
+    its own port, a portless one on each --port; without them file_sd keeps ICMP."""
+    tcp_open, tcp_closed = ports
+    udp_closed = _free_udp_port("::1")
+    with _udp_echo() as udp_open:
+        sd = tmp_path / "sd.json"
+        sd.write_text(json.dumps([
+            {"targets": [f"127.0.0.1:{tcp_open}", f"[::1]:{tcp_closed}"], "labels": {"job": "a"}},
+            {"targets": ["localhost"], "labels": {"job": "b"}},
+        ]))  # fmt: skip
+        runs = {
+            "file_sd --tcp": (["-f", str(sd), "--tcp", "-p", str(tcp_open)], {
+                f"tcp://127.0.0.1:{tcp_open}": {"reply"},
+                f"tcp://[::1]:{tcp_closed}": {"closed"},
+                f"tcp://localhost:{tcp_open}": {"reply"},
+            }),
+            "file_sd, ICMP": (["-f", str(sd)], {
+                "127.0.0.1": {"reply"}, "::1": {"reply"}, "localhost": {"reply"},
+            }),
+            "command line --udp": (
+                ["--udp", f"127.0.0.1:{udp_open}", f"[::1]:{udp_closed}"], {
+                    f"udp://127.0.0.1:{udp_open}": {"reply"},
+                    f"udp://[::1]:{udp_closed}": {"closed"},
+                }),
+        }  # fmt: skip
+        cfg = tmp_path / "hp.yaml"
+        cfg.write_text(
+            "defaults: {interval_s: 0.2, timeout_s: 0.5}\ntargets:\n"
+            f"  - 127.0.0.1:{tcp_open}\n"  # a port alone means TCP
+            f"  - {{host: '[::1]:{tcp_closed}', labels: {{svc: x}}}}\n"
+            f"  - {{host: '127.0.0.1:{udp_open}', kind: udp}}\n"
+        )
+        runs["config"] = (["--config", str(cfg)], {
+            f"tcp://127.0.0.1:{tcp_open}": {"reply"},
+            f"tcp://[::1]:{tcp_closed}": {"closed"},
+            f"udp://127.0.0.1:{udp_open}": {"reply"},
+        })  # fmt: skip
+        results = {}
+        for name, (args, _want) in runs.items():
+            db = tmp_path / f"{len(results)}.db"
+            r = _monitor(*args, "-i", "0.2", "-t", "0.5", "--db", str(db), "-d", "1.2")
+            assert r.returncode == 0, (name, r.stderr)
+            results[name] = {t: set(c) for t, c in _outcomes(db).items()}
+    for name, (_args, want) in runs.items():
+        assert results[name] == want, (name, results[name])
+    # bad ones say what to write
+    for args, message in (
+        (["-f", str(sd), "--tcp"], "--tcp needs the ports to probe 'localhost'"),
+        (["--tcp", "--udp", "127.0.0.1:22"], "--tcp and --udp: give one"),
+        (["--tcp", "127.0.0.1:0"], "port 0 must be 1..65535"),
+    ):
+        r = _monitor(*args, "--db", str(tmp_path / "bad.db"), "-d", "0.5")
+        assert r.returncode == 3 and message in r.stderr, (args, r.stderr)
+    cfg.write_text(f"targets:\n  - {{host: '127.0.0.1:{tcp_open}', port: 1}}\n")
+    r = _monitor("--config", str(cfg), "--db", str(tmp_path / "bad.db"), "-d", "0.5")
+    assert r.returncode == 3 and "names its port already: drop port: 1" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------ an older database
@@ -563,7 +730,8 @@ from fastping.engine import MonitoringEngine
 from fastping.guard import ResourceGuard
 
 async def main():
-    e = MonitoringEngine(interval_s=0.1, timeout_s=0.2, guard=ResourceGuard(None, None))
+    e = MonitoringEngine(interval_s=0.1, timeout_s=0.2, guard=ResourceGuard(None, None),
+                         mode="raw")
     e.add_target("tcp://127.0.0.1:22")
     sub = e.subscribe()
     await e.run(0.5, handle_signals=False)
@@ -576,7 +744,7 @@ asyncio.run(main())
 """
 
 
-def test_engine_without_cap_net_raw_records_send_errors_naming_it() -> None:
+def test_engine_mode_raw_without_cap_net_raw_records_send_errors_naming_it() -> None:
     r = subprocess.run(
         ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
          sys.executable, "-c", ENGINE_NO_RAW],
@@ -588,6 +756,183 @@ def test_engine_without_cap_net_raw_records_send_errors_naming_it() -> None:
     assert got["send_error"] >= 1  # each due probe says so (backed off), nothing silent
     # the target's state change says why, in the socket's words
     assert len(got["why"]) == 1 and "CAP_NET_RAW" in got["why"][0], got
+
+
+ENGINE_CONNECT = """
+import asyncio, json, socket, sys
+from collections import Counter
+from fastping.engine import MonitoringEngine
+from fastping.guard import ResourceGuard
+
+open_port, closed_port, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+
+async def main():
+    e = MonitoringEngine(interval_s=0.1, timeout_s=0.3, guard=ResourceGuard(None, None),
+                         mode=mode)
+    op, cl = f"tcp://127.0.0.1:{open_port}", f"tcp://127.0.0.1:{closed_port}"
+    e.add_target(op)
+    e.add_target(cl)
+    sub = e.subscribe(10_000)
+    await e.run(1.0, handle_signals=False)
+    res = [ev.result for ev in sub.drain() if hasattr(ev, "result")]
+    info = {i.host: i for i in e.targets()}
+    print(json.dumps({
+        "timing": e.tcp_timing, "stats_timing": e.stats()["tcp_timing"],
+        "outcomes": e.stats()["outcomes"], "sent": e.stats()["sent"],
+        "results": e.stats()["results"], "outstanding": e.outstanding,
+        "seen": {f"{t} {o}": n for (t, o), n in Counter(
+            (r.target, r.outcome.value) for r in res).items()},
+        "rtts_open": [r.rtt_ms for r in res if r.target == op],
+        "rtts_closed": [r.rtt_ms for r in res if r.target == cl],
+        "ttl": sorted({str(r.ttl) for r in res}),
+        "info": {h: [i.status, i.probes, i.received, i.last_outcome] for h, i in info.items()},
+    }))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("unprivileged", "mode"), [(True, "auto"), (False, "connect")])
+def test_engine_tcp_by_connect_open_and_closed(
+    ports: tuple[int, int], unprivileged: bool, mode: str
+) -> None:
+    """The engine's TCP targets without CAP_NET_RAW (auto) or with mode="connect":
+    connect() timing on real sockets, an open port replies, a closed one is closed,
+    every probe has exactly one result, and the engine says the timing."""
+    open_port, closed_port = ports
+    r = subprocess.run(
+        [*(NO_NET_RAW if unprivileged else []), sys.executable, "-c", ENGINE_CONNECT,
+         str(open_port), str(closed_port), mode],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    op, cl = f"tcp://127.0.0.1:{open_port}", f"tcp://127.0.0.1:{closed_port}"
+    assert got["timing"] == got["stats_timing"] == "connect"
+    assert set(got["seen"]) == {f"{op} reply", f"{cl} closed"}, got
+    assert got["seen"][f"{op} reply"] >= 8 and got["seen"][f"{cl} closed"] >= 8, got
+    o = got["outcomes"]
+    assert o["reply"] == got["seen"][f"{op} reply"] and o["closed"] == got["seen"][f"{cl} closed"]
+    assert o["send_error"] == o["timeout"] == o["late"] == o["duplicate"] == 0
+    assert got["results"] == got["sent"] and got["outstanding"] == 0
+    assert all(v is not None and v > 0 for v in got["rtts_open"] + got["rtts_closed"])
+    assert got["ttl"] == ["None"]  # connect() sees no TTL
+    assert got["info"][op][:2] == ["up", got["seen"][f"{op} reply"]]
+    assert got["info"][op][2] == got["info"][op][1]
+    assert got["info"][cl] == ["down", got["seen"][f"{cl} closed"], 0, "closed"]
+
+
+def test_connect_socket_keeps_the_cores_contract(ports: tuple[int, int]) -> None:
+    """ConnectSocket against TcpSocket on the same scenario (open and closed ports on
+    loopback, a slot removed and reused, a probe pushed out of a full window, a
+    per-slot timeout shorter than the answer): the same event kinds per call, the same
+    counters, per-slot stats and outcome log, in each log mode."""
+    from fastping import _icmp, chunk
+    from fastping.tcpconnect import ConnectSocket
+
+    open_port, closed_port = ports
+
+    def scenario(sock: Any, mode: int) -> dict[str, Any]:
+        sock.set_log(mode)
+        name = {sock.add_target("127.0.0.1", open_port): "open",
+                sock.add_target("127.0.0.1", closed_port): "closed"}  # fmt: skip
+        calls: list[list[tuple[str, int]]] = []
+
+        def settle() -> list[Any]:
+            evs: list[Any] = []
+            for _ in range(200):
+                evs += sock.recv()
+                if sock.totals()["outstanding"] == 0:
+                    break
+                time.sleep(0.005)
+            return evs
+
+        def kinds(evs: list[Any]) -> list[tuple[str, int]]:
+            return sorted((name[e[0]], e[1]) for e in evs)
+
+        for _ in range(3):
+            calls.append(kinds(sock.send(sorted(name)) + settle()))
+        gone = next(s for s, n in name.items() if n == "closed")
+        sock.remove_target(gone)
+        name[sock.add_target("127.0.0.1", closed_port)] = "closed"
+        calls.append(kinds(sock.send(sorted(name)) + settle()))
+        logs = {name[s]: sorted(chunk.unpack(b).code) for s, b in sock.take_log()}
+        slots = {n: sock.slot_stats(s)[:8] for s, n in name.items()}
+        closed = {n: sock.slot_closed(s) for s, n in name.items()}
+        last = {n: sock.slot_last(s)[0] for s, n in name.items()}
+        tot = sock.totals()
+        sock.close()
+        return {"calls": calls, "logs": logs, "slots": slots, "closed": closed, "last": last,
+                "totals": {k: tot[k] for k in ("sent", "received", "timeouts", "closed",
+                                               "send_errors", "duplicates", "late",
+                                               "outstanding")}}  # fmt: skip
+
+    for mode in (0, 1, 2):
+        raw = scenario(_icmp.TcpSocket(socket.AF_INET, window=2), mode)
+        conn = scenario(ConnectSocket(socket.AF_INET, window=2), mode)
+        assert conn == raw, (mode, conn, raw)
+
+    # a full window pushes the oldest probe out as a timeout; a slot's own timeout
+    # shorter than the answer makes it a timeout and a late answer; expire times out
+    with ConnectSocket(socket.AF_INET, window=1) as cs, _listener() as ls:
+        cs.set_log(2)
+        s = cs.add_target("127.0.0.1", ls.getsockname()[1])
+        q = cs.add_target("127.0.0.1", open_port)
+        cs.set_slot_timeout(q, 1e-9)
+        ev = cs.send([s], drain=False) + cs.send([s], drain=False)
+        assert [e[1] for e in ev] == [_icmp.EV_TIMEOUT]
+        time.sleep(0.05)
+        evq = cs.send([q], drain=False)
+        time.sleep(0.05)
+        got = cs.recv()
+        assert sorted((e[0], e[1]) for e in got) == sorted(
+            [(s, _icmp.EV_REPLY), (q, _icmp.EV_TIMEOUT), (q, _icmp.EV_LATE)]
+        ), (evq, got)
+        assert cs.totals()["late"] == 1 and cs.totals()["outstanding"] == 0
+        with pytest.raises(ValueError, match="port 0 must be 1..65535"):
+            cs.add_target("127.0.0.1", 0)
+        with pytest.raises(ValueError, match="not a numeric IPv4 address"):
+            cs.add_target("localhost", 22)
+        with pytest.raises(KeyError, match="slot 99 is not in use"):
+            cs.send([99])
+
+
+NOFILE_SHORT = """
+import errno, json, resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # soft = hard: it cannot be raised
+from fastping.tcpconnect import ConnectSocket
+port = int(sys.argv[1])
+with ConnectSocket(socket.AF_INET, window=1) as cs:
+    slots = [cs.add_target(f"127.0.1.{i}", port) for i in range(1, 101)]
+    evs = cs.send(slots, drain=False)
+    for _ in range(200):
+        evs += cs.recv()
+        if cs.totals()["outstanding"] == 0:
+            break
+        time.sleep(0.01)
+    t = cs.totals()
+    print(json.dumps({"kinds": sorted({(e[1], e[8]) for e in evs}), "n": len(evs),
+                      "sent": t["sent"], "received": t["received"],
+                      "send_errors": t["send_errors"], "emfile": errno.EMFILE}))
+"""
+
+
+def test_connect_probes_past_the_descriptor_limit_are_send_errors_not_lost() -> None:
+    """Every connect() probe is a descriptor: past RLIMIT_NOFILE (here 64, soft = hard,
+    so it cannot be raised) each probe that gets none is a send error with EMFILE,
+    counted; the others are answered. 100 probes, 100 outcomes."""
+    with _listener("0.0.0.0") as ls:  # answers for every 127.0.1.x
+        r = subprocess.run(
+            [sys.executable, "-c", NOFILE_SHORT, str(ls.getsockname()[1])],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    from fastping import _icmp
+
+    assert got["n"] == 100 and got["sent"] + got["send_errors"] == 100, got
+    assert got["send_errors"] > 0 and got["received"] == got["sent"] > 0, got
+    assert got["kinds"] == [[_icmp.EV_REPLY, 0], [_icmp.EV_SEND_ERROR, got["emfile"]]], got
 
 
 # ------------------------------------------------------------------ UDP, the same way

@@ -118,6 +118,56 @@ def test_sweep_without_cap_net_raw_falls_back_and_says_so(ports: tuple[int, int]
     assert "   connect timing (non-blocking connect()" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_sweep_tcp_host_port_targets_keep_their_port(
+    ports: tuple[int, int], unprivileged: bool
+) -> None:
+    """HOST:PORT ([v6]:PORT) targets with --tcp, raw or by connect(): each on its own
+    port; no --port needed when every target has one."""
+    open_port, closed_port = ports
+    r = run("sweep", "--tcp", f"127.0.0.1:{open_port}", f"[::1]:{closed_port}", "--json",
+            unprivileged=unprivileged)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {(x["address"], x["port"], x["state"]) for x in rows} == {
+        ("127.0.0.1", open_port, "open"), ("::1", closed_port, "closed"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_json_targets_keep_their_port_for_names_too(
+    ports: tuple[int, int], unprivileged: bool
+) -> None:
+    """A host name probed on a port is a host:port pair in JSON, as an address is:
+    "target": "localhost:PORT" (it was "localhost", the port lost), beside "address"
+    and "port"; ping's JSON lines and summary say the same."""
+    open_port, closed_port = ports
+    r = run("sweep", "--tcp", "-p", f"{open_port},{closed_port}", "localhost", "127.0.0.1",
+            "--json", "-4", unprivileged=unprivileged)  # fmt: skip
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert sorted((x["target"], x["address"], x["port"], x["state"]) for x in rows) == sorted([
+        (f"localhost:{open_port}", "127.0.0.1", open_port, "open"),
+        (f"localhost:{closed_port}", "127.0.0.1", closed_port, "closed"),
+        (f"127.0.0.1:{open_port}", "127.0.0.1", open_port, "open"),
+        (f"127.0.0.1:{closed_port}", "127.0.0.1", closed_port, "closed"),
+    ]), r.stderr  # fmt: skip
+    r = run("sweep", f"tcp://localhost:{open_port}", "--json", "-4", unprivileged=unprivileged)
+    assert json.loads(r.stdout)["target"] == f"localhost:{open_port}", r.stderr
+    for host, want in (
+        ("localhost", f"localhost:{open_port}"),
+        ("127.0.0.1", f"127.0.0.1:{open_port}"),
+    ):
+        r = run("ping", f"tcp://{host}:{open_port}", "-c", "2", "-i", "0.05", "--json", "-4",
+                unprivileged=unprivileged)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["target"], x["port"]) for x in lines] == [(want, open_port)] * 3, lines
+    with _listener(socket.AF_INET6, "::1") as l6:
+        p6 = l6.getsockname()[1]
+        r = run("ping", f"tcp://[::1]:{p6}", "-c", "1", "--json", unprivileged=unprivileged)
+        assert [json.loads(x)["target"] for x in r.stdout.splitlines()] == [f"[::1]:{p6}"] * 2
+
+
 def test_mode_raw_without_the_capability_says_what_to_do() -> None:
     for cmd in (["sweep", "--tcp", "-p", "22"], ["ping", "--tcp", "-p", "22", "-c", "1"]):
         r = run(*cmd, "127.0.0.1", "--mode", "raw", unprivileged=True)

@@ -23,6 +23,8 @@ from tests.conftest import child_env, fastping_cmd
 from tests.pathlab import PathLab, target4, target6
 from tests.privhelpers import in_netns
 
+from fastping._icmp_py import checksum as _csum
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -122,36 +124,50 @@ def test_mtr_agrees_on_the_hops(lab: PathLab) -> None:
 
 def _wire_rtts(pcap: Path) -> dict[tuple[str, int], int]:
     """(target, sequence) -> ns between the echo request leaving and its answer
-    (time exceeded quoting it, or the echo reply) arriving, on the source's link."""
+    (time exceeded quoting it, or the echo reply) arriving, on the source's link;
+    IPv4 or IPv6."""
     sent: dict[tuple[str, int, int], int] = {}
     out: dict[tuple[str, int], int] = {}
+
+    def answer(t: int, dst: str, ident: int, seq: int) -> None:
+        if (dst, ident, seq) in sent:
+            out[(dst, seq)] = t - sent[(dst, ident, seq)]
+
     for t, pkt in packets(pcap):
-        if len(pkt) < 28 or pkt[0] >> 4 != 4 or pkt[9] != 1:
+        if len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] == 1:
+            ihl = (pkt[0] & 15) * 4
+            src, dst = socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20])
+            ty, body, echo_req, echo_rep, texc = pkt[ihl], pkt[ihl:], 8, 0, 11
+            inner = body[8:]
+            qoff = (inner[0] & 15) * 4 if inner else 0
+            qdst = socket.inet_ntoa(inner[16:20]) if len(inner) >= 20 else ""
+        elif len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 58:
+            src = socket.inet_ntop(socket.AF_INET6, pkt[8:24])
+            dst = socket.inet_ntop(socket.AF_INET6, pkt[24:40])
+            ty, body, echo_req, echo_rep, texc = pkt[40], pkt[40:], 128, 129, 3
+            inner, qoff = body[8:], 40
+            qdst = socket.inet_ntop(socket.AF_INET6, inner[24:40]) if len(inner) >= 40 else ""
+        else:
             continue
-        ihl = (pkt[0] & 15) * 4
-        src, dst = socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20])
-        ty = pkt[ihl]
-        if ty == 8:
-            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
+        if ty == echo_req:
+            ident, seq = struct.unpack_from("!HH", body, 4)
             sent[(dst, ident, seq)] = t
-        elif ty == 0:
-            ident, seq = struct.unpack_from("!HH", pkt, ihl + 4)
-            if (src, ident, seq) in sent:
-                out[(src, seq)] = t - sent[(src, ident, seq)]
-        elif ty == 11:
-            q = pkt[ihl + 8 :]
-            qihl = (q[0] & 15) * 4
-            qdst = socket.inet_ntoa(q[16:20])
-            ident, seq = struct.unpack_from("!HH", q, qihl + 4)
-            if (qdst, ident, seq) in sent:
-                out[(qdst, seq)] = t - sent[(qdst, ident, seq)]
+        elif ty == echo_rep:
+            ident, seq = struct.unpack_from("!HH", body, 4)
+            answer(t, src, ident, seq)
+        elif ty == texc and len(inner) >= qoff + 8:
+            ident, seq = struct.unpack_from("!HH", inner, qoff + 4)
+            answer(t, qdst, ident, seq)
     return out
 
 
-def test_hop_rtts_agree_with_a_capture(lab: PathLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fam", [V4, V6])
+def test_hop_rtts_agree_with_a_capture(lab: PathLab, tmp_path: Path, fam: int) -> None:
     pcap = tmp_path / "trace.pcap"
-    targets = [target4(i) for i in range(100)]
-    with tcpdump(lab.src, pcap, iface=lab.dev(0, False), sentinel=lab.hop_address(1)):
+    f = 4 if fam == V4 else 6
+    targets = [target4(i) if fam == V4 else target6(i) for i in range(100)]
+    with tcpdump(lab.src, pcap, icmp6=fam == V6, iface=lab.dev(0, False),
+                 sentinel=lab.hop_address(1, f)):  # fmt: skip
         res = _trace(lab, targets, rate_pps=20000)
     wire = _wire_rtts(pcap)
     diffs = []
@@ -165,8 +181,9 @@ def test_hop_rtts_agree_with_a_capture(lab: PathLab, tmp_path: Path) -> None:
             diffs.append(abs(h.rtt_ms * 1e6 - w))
     assert len(diffs) == 400
     diffs.sort()
+    print(f"|fastping - capture| ns: p50 {diffs[200]:.0f} p95 {diffs[380]:.0f} max {diffs[-1]:.0f}")
     # kernel TX / RX stamps at the device vs tcpdump's at the same device
-    assert diffs[int(len(diffs) * 0.95)] < 20_000, diffs[-10:]
+    assert diffs[int(len(diffs) * 0.95)] < 10_000, diffs[-10:]
     assert diffs[-1] < 1_000_000, diffs[-10:]
 
 
@@ -197,15 +214,6 @@ def _quiet_ns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ip(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
@@ -393,3 +401,20 @@ def test_trace_with_no_privilege_says_how_to_fix() -> None:
         )  # fmt: skip
     assert r.returncode == 4, (r.stdout, r.stderr)
     assert "CAP_NET_RAW" in r.stderr and "ping_group_range" in r.stderr
+
+
+def test_json_line_is_to_json() -> None:
+    from fastping.trace import Hop, Trace
+
+    hops = [
+        Hop(1, "10.0.0.1", 0.0123456789, 0.0123456789, "hop", 11, 0, 1, 1),
+        Hop(2, None, None, None, "none", None, None, 1, 0),
+        Hop(3, "10.0.0.9", 1.5, 1.5, "target", 0, 0, 1, 1),
+    ]
+    for tr in (
+        Trace('we"ird', "10.0.0.9", hops),
+        Trace("x", "10.0.0.9", hops[:2]),
+        Trace("y", "y", error="cannot resolve 'y'"),
+        Trace("z", "::1", [Hop(1, "::1", 2.0, 1.75, "unreachable", 1, 4, 4, 2)]),
+    ):
+        assert json.loads(tr.json_line()) == tr.to_json()

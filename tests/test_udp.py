@@ -321,6 +321,87 @@ def test_dns_and_ntp_get_real_queries_and_keyed_answers() -> None:
     assert cookie["received"] == 1 and cookie["unkeyed"] == 1
 
 
+DNS_SLOTS, DNS_WINDOW = 256, 64
+
+
+def _dns_window_run() -> dict[str, object]:
+    """Inside a namespace: a DNS-like server on 0.0.0.0:53 that answers (with the
+    query's ID, from the address asked) only every second query each target address
+    receives, and keeps every ID it saw; a UdpSocket with window 64 keeps 64 queries
+    of each of 256 slots in flight at once."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    srv.bind(("0.0.0.0", 53))
+    srv.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    seen: dict[str, list[int]] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([srv], [], [], 0.05)[0]:
+                continue
+            data, anc, _fl, peer = srv.recvmsg(2048, 256)
+            info = [c for c in anc if c[1] == IP_PKTINFO][0][2]
+            dst = socket.inet_ntoa(info[8:12])
+            ids = seen.setdefault(dst, [])
+            ids.append(struct.unpack_from("!H", data)[0])
+            if len(ids) % 2 == 0:  # the 2nd, 4th, ... query to this address: serial 1, 3, ...
+                pktinfo = bytes(4) + info[8:12] + bytes(4)  # answer from the address asked
+                for d in _dns(data):
+                    srv.sendmsg([d], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, peer)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        with _icmp.UdpSocket(window=DNS_WINDOW, rcvbuf_bytes=8 << 20) as u:
+            addrs = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(DNS_SLOTS)]
+            slot_of = {u.add_target(a, 53): a for a in addrs}
+            events = u.sweep(count=DNS_WINDOW, interval_s=0.005, timeout_s=2.0,
+                             rate_pps=50_000, events=True)  # fmt: skip
+            totals = u.totals()
+            stats = {a: u.slot_stats(s)[:8] for s, a in slot_of.items()}
+            ids = {a: [_icmp.udp_payload(u.key, s, ser, 53)[:2] for ser in range(DNS_WINDOW)]
+                   for s, a in slot_of.items()}  # fmt: skip
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+    return {"events": [(slot_of[e[0]], e[1], e[2]) for e in events], "totals": totals,
+            "stats": stats, "seen": seen, "ids": ids}  # fmt: skip
+
+
+@root
+def test_dns_probes_in_flight_have_distinct_ids_and_each_reply_settles_its_own() -> None:
+    """Window 64 on port 53: the 64 queries of a slot in flight at once carry 64
+    distinct IDs (16 random bits each collided in about 3 slots in 100 at this size:
+    a reply then settled another probe), and a reply settles exactly the probe it
+    answers: the server answers serials 1, 3, 5, ... of every slot, so exactly
+    those are replies and 0, 2, 4, ... time out."""
+    with netns() as ns:
+        r = in_netns(ns, _dns_window_run)
+    seen = r["seen"]
+    assert isinstance(seen, dict) and isinstance(r["ids"], dict)
+    assert len(seen) == DNS_SLOTS
+    for addr, got in seen.items():
+        assert len(got) == DNS_WINDOW and len(set(got)) == DNS_WINDOW, (addr, got)
+        # in the order sent: the IDs udp_payload says each serial carries
+        assert [struct.pack("!H", i) for i in got] == r["ids"][addr], addr
+    by_probe: dict[tuple[str, int], list[int]] = {}
+    for addr, kind, serial in r["events"]:  # type: ignore[attr-defined]
+        by_probe.setdefault((addr, serial), []).append(kind)
+    assert len(by_probe) == DNS_SLOTS * DNS_WINDOW
+    wrong = {k: v for k, v in by_probe.items() if v != [EV_REPLY if k[1] % 2 else EV_TIMEOUT]}
+    assert not wrong, sorted(wrong.items())[:10]
+    t = r["totals"]
+    assert isinstance(t, dict)
+    half = DNS_SLOTS * DNS_WINDOW // 2
+    assert (t["sent"], t["received"], t["timeouts"]) == (2 * half, half, half), t
+    assert t["duplicates"] == t["late"] == t["rx_drops"] == 0, t
+    assert not _odd(t), t  # every answer named its probe: nothing foreign, nothing unkeyed
+    assert all(st == (DNS_WINDOW, DNS_WINDOW // 2, 0, 0, DNS_WINDOW // 2, 0, 0, 0)
+               for st in r["stats"].values())  # type: ignore[attr-defined]  # fmt: skip
+
+
 NFT_UDP = """
 table inet fpu {
   chain in {
@@ -582,6 +663,129 @@ def test_sweep_command_udp_ports_text_json_and_urls() -> None:
             capture_output=True, text=True, env=child_env(),
         )  # fmt: skip
         assert r.stdout.splitlines() == [f"127.0.0.1:{port}"]
+
+
+def test_sweep_udp_host_port_targets_keep_their_port() -> None:
+    """Prometheus-style HOST:PORT ([v6]:PORT) targets with --udp: each on its own port,
+    beside a portless target on every --port."""
+    with _server(socket.AF_INET, "127.0.0.1") as port, _server(socket.AF_INET6, "::1") as p6:
+        closed = _free_port()
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "-p", str(closed), f"127.0.0.1:{port}",
+                         f"[::1]:{p6}", "127.0.0.1", "--json"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr  # one pair closed
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {(x["target"], x["address"], x["port"], x["state"]) for x in rows} == {
+        (f"127.0.0.1:{port}", "127.0.0.1", port, "open"), (f"[::1]:{p6}", "::1", p6, "open"),
+        (f"127.0.0.1:{closed}", "127.0.0.1", closed, "closed"),
+    }  # fmt: skip
+    # a name on a port: its JSON target carries the port too
+    with _server(socket.AF_INET, "127.0.0.1") as port:
+        r = subprocess.run(
+            fastping_cmd("sweep", "--udp", "-p", str(port), "localhost", "-4", "--json"),
+            capture_output=True, text=True, env=child_env(),
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(x) for x in r.stdout.splitlines()]
+    assert (row["target"], row["address"], row["port"], row["state"]) == (
+        f"localhost:{port}", "127.0.0.1", port, "open",
+    )  # fmt: skip
+
+
+NO_NET_RAW = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
+
+
+def _ping(*args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [
+        *(NO_NET_RAW if unprivileged and os.geteuid() == 0 else []),
+        *fastping_cmd("ping", *args),
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "url"),
+    [(socket.AF_INET, "127.0.0.1", "udp://127.0.0.1"), (socket.AF_INET6, "::1", "udp://[::1]")],
+)
+def test_ping_udp_open_and_closed_on_loopback(family: int, host: str, url: str) -> None:
+    """``fastping ping udp://HOST:PORT``, no privilege (CAP_NET_RAW dropped when run
+    as root): a real echo server's port answers (open, with RTTs), a port nobody has
+    is closed (the kernel's ICMP port unreachable, with RTTs too); text and JSON."""
+    with _server(family, host) as port:
+        closed = _free_port(family, host)
+        r = _ping(f"{url}:{port}", "-c", "3", "-i", "0.05", unprivileged=True)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == f"PING {host} ({host}) UDP port {port}"
+        for seq, ln in enumerate(lines[1:4]):
+            assert ln.startswith(f"open {host} port {port}: udp_seq={seq} rtt="), ln
+        assert lines[4] == f"--- {host} port {port} udp ping statistics ---"
+        assert lines[5] == "3 probes sent, 3 answers (3 open, 0 closed), 0.0% loss"
+        assert lines[6].startswith("rtt min/avg/max/stddev/jitter = ")
+        # the same with --udp -p, in JSON: one object per probe, then the summary
+        r = _ping("--udp", "-p", str(port), host, "-c", "2", "-i", "0.05", "--json",
+                  unprivileged=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["target"], x["outcome"], x["state"], x["port"]) for x in rows[:2]] == [
+            (f"{host}:{port}" if ":" not in host else f"[{host}]:{port}", "reply", "open", port)
+        ] * 2
+        assert rows[2]["target"] == rows[0]["target"] and rows[2]["port"] == port
+        assert all(x["rtt_ms"] > 0 for x in rows[:2])
+        assert (rows[2]["sent"], rows[2]["received"], rows[2]["open"], rows[2]["closed"]) == (
+            2, 2, 2, 0,
+        )  # fmt: skip
+        # the closed port: ICMP port unreachable, an answer with an RTT; exit 1 (not open)
+        r = _ping(f"{url}:{closed}", "-c", "3", "-i", "0.05", unprivileged=True)
+        assert r.returncode == 1, r.stderr
+        lines = r.stdout.splitlines()
+        for seq, ln in enumerate(lines[1:4]):
+            assert ln.startswith(f"closed {host} port {closed}: udp_seq={seq} rtt="), ln
+        assert lines[5] == "3 probes sent, 3 answers (0 open, 3 closed), 0.0% loss"
+        r = _ping(f"{url}:{closed}", "-c", "2", "-i", "0.05", "--json", unprivileged=True)
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["outcome"], x["state"]) for x in rows[:2]] == [("closed", "closed")] * 2
+        assert (rows[2]["closed"], rows[2]["open"], rows[2]["timeouts"]) == (2, 0, 0)
+
+
+@root
+def test_ping_udp_silence_is_open_filtered() -> None:
+    """A port nft drops (inside a namespace the test makes): no answer, said as
+    open|filtered; exit 1."""
+    with netns() as ns:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", _drop_range(1100, 1100)], check=True)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *fastping_cmd(
+                "ping", "udp://127.0.0.1:1100", "-c", "2", "-i", "0.05", "-t", "0.2")],
+            capture_output=True, text=True, env=child_env(), timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[1:3] == [
+        f"no answer from 127.0.0.1 port 1100: udp_seq={i} (open|filtered: timeout after 0.2 s)"
+        for i in range(2)
+    ]
+    assert lines[4] == "2 probes sent, 0 answers (0 open, 0 closed), 100.0% loss, 2 open|filtered"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["udp://127.0.0.1"], "write udp://HOST:PORT"),
+        (["udp://127.0.0.1:0"], "port 1..65535"),
+        (["udp://127.0.0.1:53", "-p", "53"], "names its port: drop -p/--port 53"),
+        (["udp://127.0.0.1:53", "--tcp"], "is a UDP target: drop --tcp"),
+        (["--udp", "127.0.0.1"], "--udp needs the port to probe"),
+        (["--udp", "--tcp", "-p", "53", "127.0.0.1"], "one kind at a time"),
+        (["udp://127.0.0.1:53", "--mode", "raw"], "--mode raw does not apply"),
+        (["udp://127.0.0.0/30:53"], "ping takes one host"),
+    ],
+)
+def test_ping_udp_refuses_bad_input_saying_what_to_write(args: list[str], message: str) -> None:
+    r = _ping(*args)
+    assert r.returncode != 0 and message in r.stderr, (r.returncode, r.stderr)
 
 
 def _drop_range(lo: int, hi: int) -> str:

@@ -471,7 +471,12 @@ def dns_qtype(qtype: str | int) -> int: ...
 def dns_name_wire(name: str) -> bytes: ...
 def dns_name_text(wire: _Buffer) -> str: ...
 def dns_query(
-    key: bytes, slot: int, serial: int, name: str, qtype: str | int = "A", rd: bool = True,
+    key: bytes,
+    slot: int,
+    serial: int,
+    name: str,
+    qtype: str | int = "A",
+    rd: bool = True,
     edns: int = 1232,
 ) -> bytes: ...
 def dns_parse(

@@ -767,9 +767,12 @@ cdef class Formatter:
             if n != 1:
                 raise ValueError("a label names one row")
             lab = (<str>label).encode("utf-8", "surrogateescape")
-            if self.fmt == FMT_JSON and not (<str>label).isascii():
+            r = <const SlotRow *>&rows[0]
+            if self.fmt == FMT_JSON and (r.port or not (<str>label).isascii()):
                 import json
-                lab_json = json.dumps(label).encode("ascii")
+                # a host:port pair's target carries its port, as an address's does
+                # ("localhost:22", beside "127.0.0.1:22"); "port" has it apart too
+                lab_json = json.dumps(f"{label}:{r.port}" if r.port else label).encode("ascii")
         for i in range(n):
             r = <const SlotRow *>&rows[i * sizeof(SlotRow)]
             self._row(r, family, lab, lab_json)

@@ -1291,6 +1291,54 @@ class TcpPinger(Pinger):
         super().close()
 
 
+class UdpPinger(Pinger):
+    """One host's UDP ``port`` probed ``count`` times on an unprivileged UdpSocket
+    (payload keyed per port, as in udp_sweep): REPLY (open: the service answered),
+    CLOSED (the host's own ICMP port unreachable), UNREACHABLE / TIME_EXCEEDED
+    (another ICMP error, or a port unreachable from another address), TIMEOUT
+    (open|filtered: silence). ``closed`` counts the port unreachables (in
+    ``stats().received`` too, with their RTTs, as for TCP)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        count: int = 4,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        ttl: int | None = None,
+        tos: int | None = None,
+        family: int | None = None,
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"UDP port {port} must be 1..65535")
+        self.port = port
+        self._closed = 0
+        where = self._locate(host, family, count, interval_s, timeout_s)
+        if where is None:
+            return
+        fam, address = where
+        from ._icmp import UdpSocket
+
+        sock = UdpSocket(fam, ttl=ttl, tos=tos, window=_window(count, interval_s, timeout_s))
+        sock.timeout_s = timeout_s
+        self._slot = sock.add_target(address, port)
+        self._sock = sock
+
+    @property
+    def closed(self) -> int:
+        """Probes answered by the host's ICMP port unreachable (port closed)."""
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        return self._closed
+
+    def close(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        super().close()
+
+
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:
     """``sweep`` without blocking the event loop (the core runs in a thread with
     the GIL released)."""

@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, TargetError
 from .guard import DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MEMORY_MB
@@ -26,10 +26,10 @@ from .retry import RetryConfig
 from .settings import Model as _Model
 from .settings import Seconds, error_text, parse_listen, show
 from .shard import parse_shard
-from .targets import parse_target, split_kind, with_kind
+from .targets import parse_target, split_host_port, split_kind, with_kind
 
-Mode = Literal["auto", "raw", "dgram", "subprocess"]
-ProbeKind = Literal["icmp", "tcp", "udp"]  # targets.PROBE_KINDS
+Mode = Literal["auto", "raw", "dgram", "subprocess", "connect"]
+ProbeKind = Literal["icmp", "tcp", "udp", "dns"]  # targets.PROBE_KINDS
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -73,6 +73,41 @@ class TargetConfig(_Model):
     kind: ProbeKind | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _host_port(cls, data: Any) -> Any:
+        # ``host: 10.0.0.1:22`` (``[::1]:22``) is short for {host: 10.0.0.1, port: 22}: a
+        # port alone means TCP, ``kind: udp`` makes it UDP (as Prometheus writes targets)
+        if isinstance(data, dict) and isinstance(data.get("host"), str):
+            hp = split_host_port(data["host"])
+            if hp is not None and not is_url(data["host"]):
+                if data.get("port") not in (None, hp[1]):
+                    raise ValueError(
+                        f"{data['host']!r} names its port already: drop port: {data['port']}"
+                    )
+                data = {**data, "host": hp[0], "port": hp[1]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dns_entry(cls, v: Any) -> Any:
+        # {kind: dns, server: S[:P], name: N, type: T} is short for host: dns://S[:P]/N?type=T
+        if not isinstance(v, Mapping) or not ({"server", "name", "type"} & set(v)):
+            return v
+        if v.get("kind") != "dns":
+            raise ValueError(
+                "server, name and type are the keys of a DNS target: add kind: dns "
+                "(or write host: dns://SERVER/NAME?type=T)"
+            )
+        if "host" in v:
+            raise ValueError(
+                "a DNS target gives either host: dns://... or server/name/type, not both"
+            )
+        d = dict(v)
+        d.pop("kind")
+        d["host"] = dns_url(d.pop("server", None), d.pop("name", None), d.pop("type", "A"))
+        return d
+
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
@@ -103,6 +138,102 @@ class TargetConfig(_Model):
         if is_url(self.host):
             return self.host
         return with_kind(self.host, self.kind, self.port).label
+
+
+def dns_url(server: Any, name: Any, qtype: Any = "A") -> str:
+    """``dns://SERVER/NAME?type=T`` of a server (an address, ``ADDR:PORT``,
+    ``[V6]:PORT`` or a bare IPv6 address), a name and a type, checked; ValueError saying
+    what is wrong."""
+    import ipaddress
+
+    from .commands.dnssweep import parse_dns_target
+
+    examples = {"server": "127.0.0.1:5353", "name": "example.com", "type": "A, AAAA, MX..."}
+    for key, val in (("server", server), ("name", name), ("type", qtype)):
+        if not isinstance(val, str) or not val.strip():
+            raise ValueError(f"a DNS target needs {key}: a string ({examples[key]}), not {val!r}")
+    srv = server.strip()
+    try:  # a bare IPv6 address: bracket it
+        if ipaddress.ip_address(srv).version == 6:
+            srv = f"[{srv}]"
+    except ValueError:
+        pass
+    url = f"dns://{srv}/{name.strip()}?type={qtype.strip()}"
+    try:
+        return parse_dns_target(url).url
+    except TargetError as e:
+        raise ValueError(str(e)) from None
+
+
+def _dns_server(v: str) -> str:
+    try:
+        dns_url(v, "a.test")
+    except ValueError:
+        raise ValueError(
+            "not a DNS server: write an address, ADDR:PORT or [V6]:PORT (port 1..65535; a "
+            "host name is refused: say which address you mean)"
+        ) from None
+    return v.strip()
+
+
+def _dns_name(v: str) -> str:
+    from ._icmp import dns_name_wire
+
+    try:
+        dns_name_wire(v.strip())
+    except ValueError as e:
+        raise ValueError(f"not a DNS name: {e}") from None
+    return v.strip()
+
+
+def _dns_type(v: str) -> str:
+    from ._icmp import dns_qtype
+
+    try:
+        dns_qtype(v.strip().upper())
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return v.strip().upper()
+
+
+_DnsServer = Annotated[str, AfterValidator(_dns_server)]
+_DnsName = Annotated[str, AfterValidator(_dns_name)]
+_DnsType = Annotated[str, AfterValidator(_dns_type)]
+
+
+class DnsMatrix(_Model):
+    """``dns:``: every server asked every name (each type): a target per
+    (server, name, type), with these settings (unset: ``defaults``)."""
+
+    servers: list[_DnsServer] = Field(min_length=1)
+    names: list[_DnsName] = Field(min_length=1)
+    type: _DnsType | list[_DnsType] = "A"
+    interval_s: Seconds | None = Field(default=None, ge=MIN_INTERVAL_S, le=86400)
+    timeout_s: Seconds | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _some_type(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one type (A, AAAA, ...)")
+        return v
+
+    def types(self) -> list[str]:
+        return [self.type] if isinstance(self.type, str) else list(self.type)
+
+    def urls(self) -> list[str]:
+        """The targets, server by server, name by name, type by type."""
+        return [dns_url(s, n, t) for s in self.servers for n in self.names for t in self.types()]
+
+    def target_configs(self) -> list[TargetConfig]:
+        return [
+            TargetConfig(
+                host=u, interval_s=self.interval_s, timeout_s=self.timeout_s,
+                labels=dict(self.labels),
+            )  # fmt: skip
+            for u in self.urls()
+        ]
 
 
 def is_url(text: str) -> bool:
@@ -309,6 +440,28 @@ class FastpingConfig(_Model):
     remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
     http: HttpConfig = HttpConfig()  # frozen, so one shared default is safe
+    # resolvers x names matrices (one mapping or a list of them), expanded into targets
+    dns: list[DnsMatrix] = Field(default_factory=list)
+    # host-name targets resolved by this DNS server (dnsresolve.DnsResolver), on TTL
+    resolver: str | None = None
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from .dnsresolve import parse_server
+
+        try:
+            parse_server(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v.strip()
+
+    @field_validator("dns", mode="before")
+    @classmethod
+    def _dns_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, Mapping) else v
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -511,6 +664,7 @@ def parse_config(
     # Checked here rather than in a model validator so the error can name the index.
     # the same host probed with another kind or on another port is another target
     seen: dict[str, int] = {}
+    cfg = _expand_dns(cfg, source, node)
     for i, t in enumerate(cfg.targets):
         if t.label in seen:
             raise ConfigError(
@@ -525,6 +679,25 @@ def parse_config(
             )
         seen[t.label] = i
     return cfg
+
+
+def _expand_dns(cfg: FastpingConfig, source: str, node: yaml.Node | None) -> FastpingConfig:
+    """``targets`` with every (server, name, type) of the ``dns:`` matrices after them;
+    a pair named twice (in targets or another matrix) is an error naming both."""
+    if not cfg.dns:
+        return cfg
+    where = {t.label: f"targets[{i}]" for i, t in enumerate(cfg.targets)}
+    extra = []
+    for k, m in enumerate(cfg.dns):
+        for tc in m.target_configs():
+            if tc.label in where:
+                raise ConfigError(
+                    _line(f"dns[{k}]", tc.label, f"asked already by {where[tc.label]}",
+                          source, node, ("dns", k))  # fmt: skip
+                )
+            where[tc.label] = f"dns[{k}]"
+            extra.append(tc)
+    return cfg.model_copy(update={"targets": [*cfg.targets, *extra]})
 
 
 def _line(
@@ -561,6 +734,7 @@ def _where(node: yaml.Node | None, loc: Sequence[int | str]) -> str:
 
 __all__ = [
     "Defaults",
+    "DnsMatrix",
     "FastpingConfig",
     "HttpCheckConfig",
     "HttpConfig",

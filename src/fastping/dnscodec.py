@@ -227,3 +227,28 @@ def outcome(resp: Response) -> str:
     if resp.truncated:
         return "truncated"
     return {0: "noerror", 3: "nxdomain", 2: "servfail", 5: "refused"}.get(resp.rcode, "rcode")
+
+
+# -- the answer byte: how a DNS probe's rcode and TC bit travel through the engine, the
+# outcome log and the store, in the TTL field of a reply (a DNS reply's IP TTL says
+# nothing; units/dns.pxi _dq_answer_code writes it)
+ANSWER_TC = 0x80
+RCODE_MAX = 126  # rcodes above it (none are assigned) are kept as 126
+
+
+def answer_code(rcode: int, truncated: bool = False) -> int:
+    """The byte of an answer with ``rcode`` (and TC): 1 + rcode, | 0x80 for TC; never 0
+    (0 is "no answer" in the log's TTL column)."""
+    return (1 + min(max(rcode, 0), RCODE_MAX)) | (ANSWER_TC if truncated else 0)
+
+
+def read_answer_code(code: int | None) -> tuple[int, bool] | None:
+    """(rcode, truncated) of an answer byte; None for 0 / None (no answer recorded)."""
+    if not code or not 0 < code <= 255 or code & 0x7F == 0:
+        return None
+    return (code & 0x7F) - 1, bool(code & ANSWER_TC)
+
+
+def rcode_name(rcode: int) -> str:
+    """NOERROR, NXDOMAIN, ... or RCODEnn for one without a name here."""
+    return RCODES.get(rcode, f"RCODE{rcode}")

@@ -6,11 +6,15 @@ Shape (see DESIGN.md, "Engine"):
 * **One shared socket per (kind, family).** Every target is a *slot* of one socket:
   an ``IcmpSocket`` for ICMP echo (opened by ``probe.open_icmp_socket``), a
   ``TcpSocket`` for ``tcp://host:port`` targets (stateless SYNs: open = reply, a RST =
-  ``Outcome.CLOSED``, silence = timeout), each AF_INET or AF_INET6, opened lazily with
+  ``Outcome.CLOSED``, silence = timeout; without CAP_NET_RAW, or ``mode="connect"``,
+  a ``tcpconnect.ConnectSocket``: connect() timing, the same outcomes, ``stats()``
+  says ``"tcp_timing"``), each AF_INET or AF_INET6, opened lazily with
   ``window = ceil(timeout_s / min_interval_s) + 1`` so a slot may have as many probes
   outstanding as its interval and the timeout allow. ``udp://host:port`` targets are
   slots of an unprivileged ``UdpSocket`` (an answer = reply, ICMP port unreachable =
-  closed, silence = timeout: open|filtered). ``SOCKET_KINDS`` maps a kind to its
+  closed, silence = timeout: open|filtered); ``dns://server/name?type=T`` targets of a
+  ``DnsSocket`` (any answer = reply, its rcode in the reply's TTL byte, see
+  docs/dns.md). ``SOCKET_KINDS`` maps a kind to its
   socket class (one API, so a kind is a row there, not a branch); a target's kind and
   port are part of its identity (``targets.kind_label``).
 * **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
@@ -50,7 +54,9 @@ Shape (see DESIGN.md, "Engine"):
 * **Names** are resolved in the default executor (``loop.getaddrinfo``) and
   re-resolved every ``resolve_interval_s`` (300 s): getaddrinfo does not expose
   the record's TTL, and reading TTLs would mean shipping our own DNS client, so a
-  fixed interval is the honest approximation. A name that does not resolve gives
+  fixed interval is the honest approximation; with ``resolver=dnsresolve.DnsResolver``
+  names are asked of a DNS server on a DnsSocket instead and re-resolved on their
+  record's TTL (``Resolved.ttl_s``). A name that does not resolve gives
   an ``Outcome.RESOLVE_ERROR`` result at each of its (backed-off) probe times. A
   name that resolved once and fails to re-resolve keeps its last address (probes
   still tell the truth about it); the failure is logged and counted.
@@ -378,6 +384,7 @@ class _Target:
         "resolve_failed",
         "next_resolve_at",
         "added_at",
+        "question",
     )
 
     def __init__(
@@ -422,6 +429,7 @@ class _Target:
         self.resolve_failed = False
         self.next_resolve_at = 0.0
         self.added_at = time.time()
+        self.question: tuple[str, str] | None = None  # DNS: (name, type) it asks
 
     def set_address(self, address: str, family: int) -> None:
         self.address = address
@@ -465,7 +473,9 @@ def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     def open_socket(family: int, window: int) -> IcmpSocketLike:
         from .probe import open_icmp_socket
 
-        sock: IcmpSocketLike = open_icmp_socket(family, mode=mode, window=window, **options)
+        # "connect" is TCP's alone: ICMP then takes what it can get (auto)
+        icmp_mode = "auto" if mode == "connect" else mode
+        sock: IcmpSocketLike = open_icmp_socket(family, mode=icmp_mode, window=window, **options)
         return sock
 
     return open_socket
@@ -474,10 +484,19 @@ def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
 def _tcp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     def open_socket(family: int, window: int) -> IcmpSocketLike:
         from ._icmp import TcpSocket
+        from .tcpconnect import ConnectSocket
 
-        # a raw socket always (stateless SYNs): PermissionError names CAP_NET_RAW
-        sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
-        return sock
+        # stateless SYNs on a raw socket (mode raw: PermissionError names CAP_NET_RAW);
+        # mode connect, or auto without CAP_NET_RAW: connect() timing (its ``timing``
+        # says "connect"), as ``fastping sweep --tcp`` falls back
+        if mode != "connect":
+            try:
+                sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
+                return sock
+            except PermissionError:
+                if mode == "raw":
+                    raise
+        return ConnectSocket(family, window=window, **options)
 
     return open_socket
 
@@ -494,10 +513,23 @@ def _udp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
     return open_socket
 
 
+def _dns_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
+    def open_socket(family: int, window: int) -> IcmpSocketLike:
+        from ._icmp import DnsSocket
+
+        # unprivileged (SOCK_DGRAM): any answer = reply (its rcode and TC in the reply's
+        # TTL byte, dnscodec.read_answer_code), ICMP port unreachable = unreachable
+        sock: IcmpSocketLike = DnsSocket(family, window=window, **options)
+        return sock
+
+    return open_socket
+
+
 SOCKET_KINDS: dict[str, KindOpener] = {
     "icmp": _icmp_opener,
     "tcp": _tcp_opener,
     "udp": _udp_opener,
+    "dns": _dns_opener,
 }
 
 
@@ -508,6 +540,13 @@ async def _default_resolver(host: str, family: int) -> list[tuple[int, str]]:
     # prefer IPv4 when the caller did not choose, as ping does
     out.sort(key=lambda fa: 0 if fa[0] == socket.AF_INET else 1)
     return out
+
+
+def _resolve_after(addrs: Any, default_s: float) -> float:
+    """When to resolve a name again: on its record's TTL when the resolver knows it
+    (dnsresolve.DnsResolver's answers carry ``ttl_s``), else every ``default_s``."""
+    ttl = getattr(addrs, "ttl_s", None)
+    return default_s if ttl is None else float(ttl)
 
 
 def _network_is_down(network: Any) -> bool:
@@ -603,10 +642,11 @@ class MonitoringEngine:
             tick_s = min(DEFAULT_TICK_S, shortest) if shortest > 0 else DEFAULT_TICK_S
         if not tick_s > 0 or tick_s > 1.0:
             raise ConfigError(f"tick_s={tick_s!r}: give a tick between 0 and 1 s (20 ms is usual)")
-        if mode not in ("auto", "raw", "dgram"):
+        if mode not in ("auto", "raw", "dgram", "connect"):
             raise ConfigError(
-                f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw' or "
-                "'dgram' ('subprocess' cannot multiplex thousands of targets)"
+                f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw', "
+                "'dgram' or 'connect' (TCP by connect(), ICMP auto; 'subprocess' cannot "
+                "multiplex thousands of targets)"
             )
         if family not in (None, socket.AF_INET, socket.AF_INET6):
             raise ConfigError(f"family={family!r}: use socket.AF_INET, socket.AF_INET6 or None")
@@ -668,6 +708,7 @@ class MonitoringEngine:
         self._sockets: dict[SockKey, IcmpSocketLike] = {}
         self._slot_maps: dict[SockKey, list[_Target | None]] = {}
         self._socket_errors: dict[SockKey, tuple[int | None, str]] = {}
+        self._tcp_timing: str | None = None  # the first TCP socket's ("connect" sticks)
         self._wheel: dict[int, list[_Target]] = {}  # targets needing attention
         # steady targets: tick -> {((kind, family), interval_ticks): [unrounded tick, slots]}
         self._steady: dict[int, dict[tuple[SockKey, float], list[Any]]] = {}
@@ -794,7 +835,9 @@ class MonitoringEngine:
             )
         specs = parse_target(kt.host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            hosts = [kind_label(kt.kind, h, kt.port) for h in expand_target(kt.host)]
+            hosts = [
+                kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host)
+            ]
             taken = [h for h in hosts if h in self._targets]
             if taken:
                 raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
@@ -802,7 +845,10 @@ class MonitoringEngine:
                 self.add_target(h, interval_s, labels, timeout_s)
             return
         spec = specs[0]
-        key = kind_label(kt.kind, spec.label if isinstance(spec, Address) else spec.name, kt.port)
+        key = kind_label(
+            kt.kind, spec.label if isinstance(spec, Address) else spec.name, kt.port,
+            kt.qname, kt.qtype,
+        )  # fmt: skip
         if key in self._targets:
             raise TargetError(f"target {key!r} is already being watched")
         iv = self.interval_s if interval_s is None else float(interval_s)
@@ -825,6 +871,8 @@ class MonitoringEngine:
             )
         t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name), kt.kind, kt.port)
         t.name = spec.label if isinstance(spec, Address) else spec.name
+        if kt.qname:
+            t.question = (kt.qname, kt.qtype)
         t.interval_ticks = max(1.0, iv / self.tick_s)
         t.timeout_s = to
         t.timeout_ns = int(to * 1e9)
@@ -1138,6 +1186,14 @@ class MonitoringEngine:
             return None
         self._socket_errors.pop(sk, None)
         self._sockets[sk] = sock
+        timing = getattr(sock, "timing", "raw")
+        if kind == "tcp" and self._tcp_timing != "connect":
+            self._tcp_timing = timing
+        if kind == "tcp" and timing == "connect" and self.mode != "connect":
+            self._log.warning(
+                "no CAP_NET_RAW: TCP timed by connect() (non-blocking, many at once; RTTs "
+                "from user space, no TTL); grant CAP_NET_RAW for raw SYNs"
+            )
         sock.set_log(self._log_mode)
         self._slot_maps[sk] = []
         assert self._loop is not None
@@ -1150,7 +1206,10 @@ class MonitoringEngine:
         sock = self._ensure_socket(t.sk)
         if sock is None:
             return False
-        slot = sock.add_target(t.address, t.port) if t.port else sock.add_target(t.address)
+        if t.question is not None:  # a DNS slot: its question too
+            slot = sock.add_query(t.address, t.port, *t.question)  # type: ignore[attr-defined]
+        else:
+            slot = sock.add_target(t.address, t.port) if t.port else sock.add_target(t.address)
         sock.set_slot_timeout(slot, t.timeout_s)
         smap = self._slot_maps[t.sk]
         if slot >= len(smap):
@@ -1828,7 +1887,12 @@ class MonitoringEngine:
                 return
             fam, addr = addrs[0]
             t.resolve_failed = False
-            t.next_resolve_at = self._now() + self.resolve_interval_s
+            after = _resolve_after(addrs, self.resolve_interval_s)
+            t.next_resolve_at = self._now() + after
+            if after < self.resolve_interval_s and self._loop is not None:
+                # a TTL shorter than the usual interval: due on its own timer (the
+                # resolve loop looks only every few seconds)
+                self._loop.call_later(after, self._resolve_due, t)
             if t.removed:
                 return
             if addr != t.address:
@@ -1851,6 +1915,10 @@ class MonitoringEngine:
                 self._reset_errors(t)
         finally:
             t.resolving = False
+
+    def _resolve_due(self, t: _Target) -> None:
+        if t.is_name and not t.removed and t.next_resolve_at <= self._now() + 1e-3:
+            self._start_resolve(t)
 
     def _resolve_failed(self, t: _Target, e: BaseException) -> None:
         msg = getattr(e, "strerror", None) or str(e)
@@ -1945,6 +2013,13 @@ class MonitoringEngine:
         return {k: now.get(k, 0) + closed.get(k, 0) for k in _CORE_COUNTERS + _SOCKET_COUNTERS}
 
     @property
+    def tcp_timing(self) -> str | None:
+        """How TCP targets are timed: "raw" (SYNs on a raw socket, kernel timestamps),
+        "connect" (connect() on many sockets: mode="connect", or auto without
+        CAP_NET_RAW), None before a TCP socket was opened."""
+        return self._tcp_timing
+
+    @property
     def interval_factor(self) -> float:
         return self._factor
 
@@ -1979,6 +2054,7 @@ class MonitoringEngine:
         return {
             "targets": len(self._targets),
             "running": self._running,
+            "tcp_timing": self.tcp_timing,
             "uptime_s": round(loop_time - self._t0, 3) if self._running else None,
             "sent": c["sent"],
             "received": c["received"] - c["closed"],

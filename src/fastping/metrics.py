@@ -114,6 +114,17 @@ _I_CLOSED = _IDX[Outcome.CLOSED]
 # with targets of more than ICMP, every series has these after BASE_LABELS: the probe
 # kind ("icmp", "tcp") and port ("" for ICMP); ``host`` is then the host alone
 KIND_LABELS = ("kind", "port")
+# with DNS targets, after KIND_LABELS: the server (address:port), the question's name
+# and type ("" for the other kinds); their answers by rcode in fastping_dns_answers_total
+DNS_LABELS = ("server", "name", "type")
+_DNS_FAMILY = (
+    "fastping_dns_answers",
+    "DNS answers per target by rcode (NOERROR, NXDOMAIN, SERVFAIL, ...); truncated ones "
+    "(TC) are counted in fastping_dns_truncated_total too.",
+)
+_DNS_TC_FAMILY = ("fastping_dns_truncated", "DNS answers per target with the TC bit set.")
+# the families a run with DNS targets adds (beside METRIC_NAMES, as HTTP_METRIC_NAMES)
+DNS_METRIC_NAMES = ("fastping_dns_answers_total", "fastping_dns_truncated_total")
 _REPLY = Outcome.REPLY
 _LOCAL_DOWN = Outcome.LOCAL_DOWN
 
@@ -213,7 +224,7 @@ class _Series:
 
     __slots__ = (
         "host", "ip", "values", "lab", "counts", "buckets", "rtt_sum_ms", "ttl", "sent_down",
-        "n_out",
+        "n_out", "rcodes", "tc",
     )  # fmt: skip
 
     def __init__(
@@ -236,6 +247,9 @@ class _Series:
         self.rtt_sum_ms = 0.0
         self.ttl = 0  # last reply's TTL (0 before the first, as smokeping_prober)
         self.sent_down = 0  # local_down results of probes that had left (seq >= 0)
+        # DNS targets: answers by rcode name and with TC (None: not a DNS target)
+        self.rcodes: dict[str, int] | None = None
+        self.tc = 0
 
 
 class _StateClock:
@@ -292,6 +306,7 @@ class MetricsCollector(Collector):
         shard: tuple[int, int] | None = None,
         attach: bool = True,
         kind_labels: bool | None = None,
+        dns_labels: bool | None = None,
     ) -> None:
         bounds = [float(b) for b in buckets_s]
         if not bounds or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
@@ -310,8 +325,14 @@ class MetricsCollector(Collector):
             label_names = {k for info in engine.targets() for k in info.labels}
         if kind_labels is None:  # ICMP alone: smokeping_prober's label set, unchanged
             kind_labels = any(info.kind != "icmp" for info in engine.targets())
+        if dns_labels is None:
+            dns_labels = any(info.kind == "dns" for info in engine.targets())
+        self.dns_labels = bool(dns_labels)
+        kind_labels = bool(kind_labels) or self.dns_labels
         self.kind_labels = bool(kind_labels)
         reserved = _RESERVED_LABELS | (set(KIND_LABELS) if kind_labels else set())
+        if self.dns_labels:
+            reserved |= {*DNS_LABELS, "rcode"}
         extra = sorted(set(label_names))
         for name in extra:
             if not _labels_ok(name) or name in reserved:
@@ -320,7 +341,8 @@ class MetricsCollector(Collector):
                     f"and '_' (not starting with a digit or '__'), and none of "
                     f"{', '.join(sorted(reserved))}"
                 )
-        kinds = KIND_LABELS if kind_labels else ()
+        kinds: tuple[str, ...] = KIND_LABELS if kind_labels else ()
+        kinds += DNS_LABELS if self.dns_labels else ()
         self.label_names: tuple[str, ...] = BASE_LABELS + kinds + tuple(extra)
         self._extra = tuple(extra)
         self._series: dict[str, _Series] = {}
@@ -374,7 +396,13 @@ class MetricsCollector(Collector):
 
             # the host as configured, its kind and port beside it
             kinds: tuple[str, ...] = (info.kind, str(info.port) if info.port else "")
-            shown = split_kind(host).host
+            kt = split_kind(host)
+            shown = kt.host
+            if self.dns_labels:
+                h = f"[{kt.host}]" if ":" in kt.host else kt.host
+                kinds += (f"{h}:{kt.port}", kt.qname, kt.qtype) if kt.qname else ("", "", "")
+            elif info.kind == "dns":
+                shown = host  # no name/type labels in this run: the whole dns:// URL
         else:
             # a TCP target added to a run that started with ICMP alone: its host label
             # is the whole tcp://host:port, so it never merges into the host's ICMP series
@@ -383,6 +411,8 @@ class MetricsCollector(Collector):
             ip, shown, self.source, self.tos, *kinds, *(labels.get(k, "") for k in self._extra)
         )  # fmt: skip
         s = _Series(host, ip, self.label_names, values, len(self._bounds_ms), n_out)
+        if info.kind == "dns":
+            s.rcodes = {}
         self._series[host] = s
         # a new list, not an append under a scrape's feet: readers copy the reference
         self._series_list = [x for x in self._series_list if x.host != host] + [s]
@@ -408,7 +438,9 @@ class MetricsCollector(Collector):
                 if rtt is not None:
                     s.buckets[bisect_left(bounds, rtt)] += 1
                     s.rtt_sum_ms += rtt
-                if r.ttl:
+                if s.rcodes is not None:
+                    self._dns_answer(s, r.ttl)
+                elif r.ttl:
                     s.ttl = r.ttl
             else:
                 s.counts[_IDX[o]] += 1
@@ -419,6 +451,18 @@ class MetricsCollector(Collector):
             self._clocks_due = now + 0.5
             self._net_clock.update(_network_state(self.engine))
             self._throttle_clock.update("1" if self.engine.guard.throttled else "0")
+
+    @staticmethod
+    def _dns_answer(s: _Series, code: int | None) -> None:
+        """A DNS reply: its TTL byte is the answer's rcode and TC (dnscodec)."""
+        from .dnscodec import rcode_name, read_answer_code
+
+        rc = read_answer_code(code)
+        name = "UNKNOWN" if rc is None else rcode_name(rc[0])
+        assert s.rcodes is not None
+        s.rcodes[name] = s.rcodes.get(name, 0) + 1
+        if rc is not None and rc[1]:
+            s.tc += 1
 
     def _do_prune(self) -> None:
         self._prune = False
@@ -477,6 +521,17 @@ class MetricsCollector(Collector):
         yield dup
         yield serr
         yield res
+        dns = [s for s in live if s.rcodes is not None]
+        if dns:
+            ans = CounterMetricFamily(*_DNS_FAMILY, labels=(*names, "rcode"))
+            tcs = CounterMetricFamily(*_DNS_TC_FAMILY, labels=names)
+            for s in dns:
+                assert s.rcodes is not None
+                for rc, n in sorted(dict(s.rcodes).items()):
+                    ans.add_metric([*s.values, rc], n)
+                tcs.add_metric(list(s.values), s.tc)
+            yield ans
+            yield tcs
         yield from self.collect_engine()
         for more in self._more:
             yield from more.collect()
@@ -514,6 +569,17 @@ class MetricsCollector(Collector):
                     yield "".join(out).encode()
                     out.clear()
                 write(n, s)
+        dns = [s for s in live if s.rcodes is not None]
+        if dns:
+            n = _DNS_FAMILY[0] + "_total"
+            out.append(f"# HELP {n} {_DNS_FAMILY[1]}\n# TYPE {n} counter\n")
+            for s in dns:
+                assert s.rcodes is not None
+                for rc, k in sorted(dict(s.rcodes).items()):
+                    out.append(f'{n}{{{s.lab},rcode="{_escape(rc)}"}} {k}\n')
+            n = _DNS_TC_FAMILY[0] + "_total"
+            out.append(f"# HELP {n} {_DNS_TC_FAMILY[1]}\n# TYPE {n} counter\n")
+            out.extend(f"{n}{{{s.lab}}} {s.tc}\n" for s in dns)
         yield "".join(out).encode()
         yield generate_latest(self._engine_registry)
 

@@ -1,8 +1,9 @@
 """ResultStore: probe results in SQLite, one row per target per write batch.
 
-Shape of the data (schema version 2):
+Shape of the data (schema version 4):
 
-- ``targets``: one row per target name, so each result row carries a small integer.
+- ``targets``: one row per target name, so each result row carries a small integer,
+  with its probe kind and port (schema 3) and a DNS target's question (schema 4).
 - ``results``: raw results kept for the retention window, packed: one row holds one
   target's results over a span of time as a chunk (``fastping.chunk``: columns of t,
   RTT, seq, outcome code and TTL, records in time order), with ``t0`` / ``t1`` its
@@ -18,6 +19,8 @@ Shape of the data (schema version 2):
   combine exactly), jitter sums plus the minute's first and last RTT (so jitter
   combines exactly across minutes) and p50/p95/p99 computed at rollup time. Only
   chunks entirely older than the cutoff are folded; a chunk straddling it waits.
+- ``dns_answers``: DNS targets' answers per minute by rcode and TC (schema 4), counted
+  as their chunks are written (a DNS reply's ttl byte is its answer code).
 - ``meta``: the schema version.
 
 Writing: ``submit()`` (ProbeResults) and ``submit_chunks()`` (chunks the core already
@@ -63,10 +66,10 @@ from .results import Outcome, ProbeResult, percentile, rtt_summary
 
 log = get_logger("fastping.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Older schemas this version opens: the writer migrates them in place (_MIGRATIONS),
 # a reader reads them as they are (_compat_views).
-_READABLE_VERSIONS = ("2", str(SCHEMA_VERSION))
+_READABLE_VERSIONS = ("2", "3", str(SCHEMA_VERSION))
 ROLLUP_S = 60  # rollup bucket: one minute
 
 # The per-outcome counter each outcome increments, in the stats dicts and rollup columns.
@@ -121,9 +124,11 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- kind: targets.PROBE_KINDS ('icmp', 'tcp', ...); port: 0 for ICMP. Both follow from
 -- the name (tcp://host:port) and are kept as columns for queries by kind.
+-- qname, qtype: a DNS target's question (NULL for the other kinds; port: its server's)
 CREATE TABLE IF NOT EXISTS targets (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL DEFAULT 'icmp', port INTEGER NOT NULL DEFAULT 0
+    kind TEXT NOT NULL DEFAULT 'icmp', port INTEGER NOT NULL DEFAULT 0,
+    qname TEXT, qtype TEXT
 );
 CREATE TABLE IF NOT EXISTS results (
     tid INTEGER NOT NULL,       -- targets.id
@@ -159,6 +164,17 @@ CREATE TABLE IF NOT EXISTS rollups (
     jitter_sum_ms REAL NOT NULL, jitter_n INTEGER NOT NULL,
     first_rtt_ms REAL, last_rtt_ms REAL,
     PRIMARY KEY (tid, minute)
+) WITHOUT ROWID;
+-- DNS targets: their answers per minute by rcode (with the OPT RR's extended bits) and
+-- TC, counted from the replies as they are written (a reply record's ttl byte is the
+-- answer's code, dnscodec.answer_code); kept as long as the rollups
+CREATE TABLE IF NOT EXISTS dns_answers (
+    tid INTEGER NOT NULL,
+    minute INTEGER NOT NULL,
+    rcode INTEGER NOT NULL,
+    tc INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (tid, minute, rcode, tc)
 ) WITHOUT ROWID;
 """
 
@@ -270,13 +286,28 @@ _MIGRATIONS: dict[str, tuple[str, ...]] = {
         "ALTER TABLE targets ADD COLUMN port INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE rollups ADD COLUMN closed INTEGER NOT NULL DEFAULT 0",
     ),
+    # DNS targets (issue #18): the question with the target; dns_answers is new (_SCHEMA)
+    "3": (
+        "ALTER TABLE targets ADD COLUMN qname TEXT",
+        "ALTER TABLE targets ADD COLUMN qtype TEXT",
+    ),
 }
+_NO_DNS_ANSWERS = (
+    "CREATE TEMP VIEW dns_answers AS SELECT 0 AS tid, 0 AS minute, 0 AS rcode, 0 AS tc, "
+    "0 AS n WHERE 0"
+)
 # a reader of an older schema sees it through TEMP views of the missing columns
 # (names resolve to temp before main, and a read-only connection may create them)
 _COMPAT_VIEWS: dict[str, tuple[str, ...]] = {
     "2": (
-        "CREATE TEMP VIEW targets AS SELECT id, name, 'icmp' AS kind, 0 AS port FROM main.targets",
+        "CREATE TEMP VIEW targets AS SELECT id, name, 'icmp' AS kind, 0 AS port, "
+        "NULL AS qname, NULL AS qtype FROM main.targets",
         "CREATE TEMP VIEW rollups AS SELECT *, 0 AS closed FROM main.rollups",
+        _NO_DNS_ANSWERS,
+    ),
+    "3": (
+        "CREATE TEMP VIEW targets AS SELECT *, NULL AS qname, NULL AS qtype FROM main.targets",
+        _NO_DNS_ANSWERS,
     ),
 }
 
@@ -327,6 +358,41 @@ def kind_port(name: str) -> tuple[str, int]:
     except TargetError:  # a name some other writer stored: not ours to judge
         return ICMP, 0
     return kt.kind, kt.port
+
+
+def target_columns(name: str) -> tuple[str, int, str | None, str | None]:
+    """kind, port, qname, qtype of a stored target name (the question: DNS only)."""
+    from .targets import split_kind
+
+    kind, port = kind_port(name)
+    if kind != "dns":
+        return kind, port, None, None
+    kt = split_kind(name)
+    return kind, port, kt.qname, kt.qtype
+
+
+_UPSERT_DNS = (
+    "INSERT INTO dns_answers (tid, minute, rcode, tc, n) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (tid, minute, rcode, tc) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def dns_answer_counts(data: bytes) -> dict[tuple[int, int, int], int]:
+    """(minute, rcode, tc) -> replies of a DNS target's chunk (its ttl column is the
+    answer code of each reply)."""
+    from .dnscodec import read_answer_code
+
+    cols = unpack(data)
+    out: dict[tuple[int, int, int], int] = {}
+    for t, code, ttl in zip(cols.t, cols.code, cols.ttl, strict=True):
+        if code != _REPLY:
+            continue
+        rc = read_answer_code(ttl)
+        if rc is None:  # a reply recorded without its answer (not written by DnsSocket)
+            continue
+        key = (int(t // ROLLUP_S) * ROLLUP_S, rc[0], int(rc[1]))
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def _encode_address(target: str, address: str | None) -> str | None:
@@ -596,10 +662,10 @@ class _Writer:
     def _tid(self, conn: sqlite3.Connection, name: str, new: dict[str, int]) -> int:
         tid = self.tids.get(name) or new.get(name)
         if tid is None:
-            kind, port = kind_port(name)
             conn.execute(
-                "INSERT OR IGNORE INTO targets (name, kind, port) VALUES (?, ?, ?)",
-                (name, kind, port),
+                "INSERT OR IGNORE INTO targets (name, kind, port, qname, qtype) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, *target_columns(name)),
             )
             tid = int(conn.execute("SELECT id FROM targets WHERE name = ?", (name,)).fetchone()[0])
             new[name] = tid
@@ -670,13 +736,18 @@ class _Writer:
         tids = self.tids
         out = []
         extras: list[tuple[Any, ...]] = []
+        dns: list[tuple[int, ...]] = []
         for row in rows:
             target = row.target
             tid = tids.get(target) or new.get(target) or self._tid(conn, target, new)
             out.append((tid, row.t0, row.t1, row.n, row.address, row.data))
             if row.extras:
                 extras.extend((tid, *e) for e in row.extras)
+            if target.startswith("dns://"):
+                dns.extend((tid, *k, n) for k, n in dns_answer_counts(row.data).items())
         conn.executemany(_INSERT_CHUNK, out)
+        if dns:
+            conn.executemany(_UPSERT_DNS, dns)
         if extras:
             conn.executemany(_INSERT_EXTRA, extras)
 
@@ -1799,6 +1870,38 @@ class ResultStore:
                 str(n): (str(k), int(p))
                 for n, k, p in conn.execute("SELECT name, kind, port FROM targets")
             }
+
+    def dns_answers(
+        self, since: float | None = None, until: float | None = None
+    ) -> dict[Any, dict[str, Any]]:
+        """DNS targets' answers in [since, until] (whole minutes: the minutes that start
+        in it): per target (per (target, agent) from PostgreSQL), ``rcodes`` (rcode
+        name -> answers: NOERROR, NXDOMAIN, ...), ``truncated`` (answers with TC) and
+        ``answers`` (all)."""
+        from .dnscodec import rcode_name
+
+        sql = (
+            "SELECT t.name, d.rcode, d.tc, sum(d.n) FROM dns_answers d "
+            "JOIN targets t ON t.id = d.tid WHERE 1"
+        )
+        args: list[float] = []
+        if since is not None:
+            sql += " AND d.minute >= ?"
+            args.append(_minute_floor(since))
+        if until is not None:
+            sql += " AND d.minute <= ?"
+            args.append(until)
+        sql += " GROUP BY t.name, d.rcode, d.tc ORDER BY t.name, d.rcode"
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for name, rcode, tc, n in conn.execute(sql, args):
+                d = out.setdefault(str(name), {"answers": 0, "truncated": 0, "rcodes": {}})
+                rn = rcode_name(int(rcode))
+                d["rcodes"][rn] = d["rcodes"].get(rn, 0) + int(n)
+                d["answers"] += int(n)
+                if tc:
+                    d["truncated"] += int(n)
+        return out
 
     def recent(self, target: str, limit: int = 100) -> list[ProbeResult]:
         """The latest raw results of ``target`` (at most ``limit``), oldest first. RTTs

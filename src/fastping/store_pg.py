@@ -70,8 +70,9 @@ from .store import (
     _Row,
     _Stream,
     _Writer,
+    dns_answer_counts,
     is_postgres_url,
-    kind_port,
+    target_columns,
 )
 from .timing import N_BUCKETS, SendLateness
 
@@ -149,8 +150,26 @@ CREATE INDEX IF NOT EXISTS fastping_send_timing_t1 ON fastping_send_timing (t1);
 ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'icmp';
 ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS port integer NOT NULL DEFAULT 0;
 ALTER TABLE fastping_rollups ADD COLUMN IF NOT EXISTS closed integer NOT NULL DEFAULT 0;
+-- added with DNS targets (issue #18): a DNS target's question (NULL for other kinds)
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS qname text;
+ALTER TABLE fastping_targets ADD COLUMN IF NOT EXISTS qtype text;
+-- and their answers per minute by rcode and TC (as SQLite's dns_answers), per agent
+CREATE TABLE IF NOT EXISTS fastping_dns_answers (
+    agent text NOT NULL,
+    tid integer NOT NULL,
+    minute bigint NOT NULL,
+    rcode integer NOT NULL,
+    tc smallint NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (tid, minute, rcode, tc)
+);
 """
 
+_UPSERT_DNS_PG = (
+    "INSERT INTO fastping_dns_answers (agent, tid, minute, rcode, tc, n) VALUES "
+    "(%s, %s, %s, %s, %s, %s) ON CONFLICT (tid, minute, rcode, tc) DO UPDATE SET "
+    "n = fastping_dns_answers.n + EXCLUDED.n"
+)
 _COPY_RESULTS = (
     "COPY fastping_results (agent, tid, t0, t1, n, address, data) FROM STDIN (FORMAT BINARY)"
 )
@@ -327,7 +346,20 @@ class _PgWriter:
                     bad.append((row.origin, row.n, f"{type(e).__name__}: {e}"))
         return bad, written
 
+    def _dns_answers(self, conn: psycopg.Connection[Any], rows: Sequence[_Row]) -> None:
+        """DNS targets' answers by rcode (store.dns_answer_counts), in the transaction
+        of their chunks."""
+        counts = [
+            (self.agent, self.tids[r.target], *k, n)
+            for r in rows if r.target.startswith("dns://")
+            for k, n in dns_answer_counts(r.data).items()
+        ]  # fmt: skip
+        if counts:
+            with conn.cursor() as cur:
+                cur.executemany(_UPSERT_DNS_PG, counts)
+
     def _copy(self, conn: psycopg.Connection[Any], rows: Sequence[_Row]) -> None:
+        self._dns_answers(conn, rows)
         agent, tids = self.agent, self.tids
         extras: list[tuple[Any, ...]] = []
         with conn.cursor() as cur:
@@ -351,6 +383,7 @@ class _PgWriter:
                         cp.write_row(e)
 
     def _insert_one(self, conn: psycopg.Connection[Any], r: _Row) -> None:
+        self._dns_answers(conn, [r])
         tid = self.tids[r.target]
         conn.execute(_INSERT_RESULT, (self.agent, tid, r.t0, r.t1, r.n, r.address, r.data))
         for e in r.extras:
@@ -378,12 +411,12 @@ class _PgWriter:
 
     def _fetch_tids(self, conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
         with conn.transaction():
-            kinds = [kind_port(n) for n in names]
+            cols = [target_columns(n) for n in names]
             conn.execute(
-                "INSERT INTO fastping_targets (agent, name, kind, port)"
-                " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[])"
-                " ON CONFLICT (agent, name) DO NOTHING",
-                (self.agent, list(names), [k for k, _ in kinds], [p for _, p in kinds]),
+                "INSERT INTO fastping_targets (agent, name, kind, port, qname, qtype)"
+                " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[],"
+                " %s::text[]) ON CONFLICT (agent, name) DO NOTHING",
+                (self.agent, list(names), *(list(c) for c in zip(*cols, strict=True))),
             )
             for tid, name in conn.execute(
                 "SELECT id, name FROM fastping_targets WHERE agent = %s AND name = ANY(%s)",
@@ -399,10 +432,10 @@ class _PgWriter:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO fastping_targets (agent, name, labels, kind, port)"
-                    " VALUES (%s, %s, %s, %s, %s)"
+                    "INSERT INTO fastping_targets (agent, name, labels, kind, port, qname, qtype)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (agent, name) DO UPDATE SET labels = EXCLUDED.labels",
-                    [(self.agent, n, Jsonb(lab), *kind_port(n)) for n, lab in pending.items()],
+                    [(self.agent, n, Jsonb(lab), *target_columns(n)) for n, lab in pending.items()],
                 )
         except _PG_MALFORMED as e:
             log.error("store: target labels refused", error=str(e), db=redact(self.url))
@@ -843,6 +876,33 @@ class PgResultStore(ResultStore):
                     "SELECT DISTINCT name, kind, port FROM fastping_targets"
                 )
             }
+
+    def dns_answers(
+        self, since: float | None = None, until: float | None = None
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """ResultStore.dns_answers per (target, agent): each agent's view apart."""
+        from .dnscodec import rcode_name
+
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT t.name, d.agent, d.rcode, d.tc, sum(d.n) FROM fastping_dns_answers d"
+                " JOIN fastping_targets t ON t.id = d.tid"
+                " WHERE (%(s)s::float8 IS NULL OR d.minute >= floor(%(s)s / 60) * 60)"
+                " AND (%(u)s::float8 IS NULL OR d.minute <= %(u)s)"
+                " GROUP BY t.name, d.agent, d.rcode, d.tc ORDER BY t.name, d.rcode",
+                {"s": since, "u": until},
+            ).fetchall()
+        for name, agent, rcode, tc, n in rows:
+            d = out.setdefault(
+                (str(name), str(agent)), {"answers": 0, "truncated": 0, "rcodes": {}}
+            )
+            rn = rcode_name(int(rcode))
+            d["rcodes"][rn] = d["rcodes"].get(rn, 0) + int(n)
+            d["answers"] += int(n)
+            if tc:
+                d["truncated"] += int(n)
+        return out
 
     def targets(self) -> list[str]:
         """Every target name any agent has, sorted."""

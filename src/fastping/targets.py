@@ -264,7 +264,10 @@ ICMP = "icmp"
 # kinds with ports, as their URL-like scheme (tcp://HOST:PORT); the socket class of
 # each is engine.SOCKET_KINDS'
 PORT_KINDS: tuple[str, ...] = ("tcp", "udp")
-PROBE_KINDS: tuple[str, ...] = (ICMP, *PORT_KINDS)
+# DNS queries: dns://SERVER[:PORT]/NAME?type=T, the server's port, the question's name
+# and type (commands.dnssweep.parse_dns_target is the grammar)
+DNS = "dns"
+PROBE_KINDS: tuple[str, ...] = (ICMP, *PORT_KINDS, DNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,18 +279,23 @@ class KindTarget:
     kind: str
     host: str
     port: int = 0
+    qname: str = ""  # DNS: the question's name and type
+    qtype: str = ""
 
     @property
     def label(self) -> str:
-        return kind_label(self.kind, self.host, self.port)
+        return kind_label(self.kind, self.host, self.port, self.qname, self.qtype)
 
 
-def kind_label(kind: str, host: str, port: int = 0) -> str:
+def kind_label(kind: str, host: str, port: int = 0, qname: str = "", qtype: str = "A") -> str:
     """The identity of ``host`` probed with ``kind`` on ``port``: ``host`` for ICMP,
-    ``tcp://host:port`` (``tcp://[v6]:port``) for a kind with ports."""
+    ``tcp://host:port`` (``tcp://[v6]:port``) for a kind with ports,
+    ``dns://host[:port]/qname?type=qtype`` for DNS (port 53 left out, as sweep prints)."""
     if kind == ICMP:
         return host
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if kind == DNS:
+        return f"dns://{h if port == 53 else f'{h}:{port}'}/{qname}?type={qtype or 'A'}"
     return f"{kind}://{h}:{port}"
 
 
@@ -300,10 +308,16 @@ def split_kind(text: str) -> KindTarget:
     if not sep:
         return KindTarget(ICMP, t)
     kind = scheme.lower()
+    if kind == DNS:
+        from .commands.dnssweep import parse_dns_target
+
+        d = parse_dns_target(t)
+        return KindTarget(DNS, d.server, d.port, d.name, d.qtype)
     if kind not in PORT_KINDS:
         raise TargetError(
-            f"target {t!r}: unknown probe kind {scheme!r}: write tcp://HOST:PORT or "
-            "udp://HOST:PORT (ICMP targets have no scheme; http(s):// URLs are HTTP checks)"
+            f"target {t!r}: unknown probe kind {scheme!r}: write tcp://HOST:PORT, "
+            "udp://HOST:PORT or dns://SERVER/NAME?type=T (ICMP targets have no scheme; "
+            "http(s):// URLs are HTTP checks)"
         )
     host, colon, port_s = rest.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -316,6 +330,29 @@ def split_kind(text: str) -> KindTarget:
     return KindTarget(kind, host, int(port_s))
 
 
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``host:port`` / ``[v6]:port`` (a Prometheus target, no scheme) -> (host, port);
+    None for anything else (a bare address, IPv6 included, a name, a block, a
+    ``kind://`` target). A port outside 1..65535 is a TargetError."""
+    t = text.strip()
+    if "://" in t:
+        return None
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = t.rpartition(":")
+        if not sep or ":" in host:  # no colon, or a bare IPv6 address
+            return None
+    if not host or not port_s.isdigit():
+        return None
+    if not 1 <= int(port_s) <= 65535:
+        raise TargetError(f"target {t!r}: port {port_s} must be 1..65535")
+    return host, int(port_s)
+
+
 def with_kind(text: str, kind: str | None, port: int | None) -> KindTarget:
     """A target as a config entry or a flag gives it: ``text`` may carry its own kind
     (tcp://HOST:PORT), or ``kind`` / ``port`` say it; both at once must agree."""
@@ -325,6 +362,13 @@ def with_kind(text: str, kind: str | None, port: int | None) -> KindTarget:
     k = (kind or (kt.kind if kt.kind != ICMP else "tcp")).lower()
     if k not in PROBE_KINDS:
         raise TargetError(f"target {text!r}: kind {kind!r} is not one of {', '.join(PROBE_KINDS)}")
+    if k == DNS or kt.kind == DNS:
+        if kt.kind != DNS or k != DNS or port is not None:
+            raise TargetError(
+                f"target {text!r}: a DNS target is dns://SERVER[:PORT]/NAME?type=T, or "
+                "{kind: dns, server: SERVER[:PORT], name: NAME, type: T} in a config"
+            )
+        return kt
     if kt.kind != ICMP and (k != kt.kind or (port is not None and port != kt.port)):
         raise TargetError(
             f"target {text!r} names its kind and port already; drop kind/port or make them agree"
@@ -346,4 +390,6 @@ def expand_kind_target(text: str, limit: int = MAX_EXPANDED) -> list[str]:
     kt = split_kind(text)
     if kt.kind == ICMP:
         return expand_target(text, limit)
-    return [kind_label(kt.kind, h, kt.port) for h in expand_target(kt.host, limit)]
+    return [
+        kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host, limit)
+    ]

@@ -24,9 +24,9 @@ import socket
 import struct
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .results import HostResult
@@ -379,3 +379,420 @@ def sweep_rounds(
     if progress is not None:
         progress(int(shown[1]), total, int(shown[2]))
     return tally, interrupted
+
+
+# ---------------------------------------------------------------- the engine's socket
+# (issue 17: ``fastping monitor`` / MonitoringEngine with TCP targets and no
+# CAP_NET_RAW, or mode="connect") -- the core's engine contract (the methods
+# engine.IcmpSocketLike names) on connect() probes: one non-blocking socket per probe
+# in flight, all on one epoll whose descriptor the event loop watches.
+
+EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_SEND_ERROR, EV_LATE, EV_CLOSED = 0, 1, 2, 4, 6, 7
+# the core's slot_stats order: sent, received, dup, late, timeouts, unreach, texc, senderr
+_S_SENT, _S_RECV, _S_DUP, _S_LATE, _S_TMO, _S_UNREACH, _S_TEXC, _S_SENDERR = range(8)
+_LOGGED_KINDS = (EV_REPLY, EV_TIMEOUT, EV_CLOSED)  # what the core logs (and quiet mode hides)
+_CODE_CLOSED = 9  # chunk.OUTCOME_CODE[Outcome.CLOSED]
+_CONNECT_OPTIONS = ("source", "ttl", "tos", "log_max")
+
+
+def _raise_nofile() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every probe in flight is a
+    descriptor (a monitor of N targets with window W may hold N x W)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and soft != resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _Slot:
+    __slots__ = (
+        "address", "port", "stats", "closed", "min_ns", "max_ns", "sum_ns", "sumsq",
+        "jit_ns", "last_rtt_ns", "last_kind", "last_t_ns", "next_serial", "timeout_ns",
+        "out", "last_errno",
+    )  # fmt: skip
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        self.stats = [0] * 8
+        self.closed = 0
+        self.min_ns = self.max_ns = self.sum_ns = self.jit_ns = 0
+        self.sumsq = 0.0
+        self.last_rtt_ns = 0
+        self.last_kind = -1
+        self.last_t_ns = 0
+        self.next_serial = 0
+        self.timeout_ns = 0  # 0: none of its own
+        self.out: list[int] = []  # fds of its probes in flight, oldest first
+        self.last_errno = 0
+
+
+class ConnectSocket:
+    """TCP probes timed by non-blocking ``connect()``, with the engine's socket API
+    (``TcpSocket``'s, so the engine needs no branch for it): ``send(slots)`` starts
+    one connect() per slot, the handshake's end is its outcome. SYN-ACK (SO_ERROR
+    0) = EV_REPLY, ECONNREFUSED = EV_CLOSED (with its RTT), EHOSTUNREACH /
+    ENETUNREACH / EACCES = EV_UNREACHABLE (errno kept, no ICMP type, code or router),
+    no answer = EV_TIMEOUT at ``expire``. Every socket is closed with SO_LINGER 0 (a
+    RST: no data, no TIME_WAIT, nothing half-open). A connect() that fails at once
+    (no route, no descriptor left: EMFILE) is EV_SEND_ERROR with its errno. RTTs are
+    user-space timing (from just before connect() to the epoll wakeup that reports
+    it) and carry no TTL. ``timing`` is "connect" (TcpSocket has none: raw)."""
+
+    timing = "connect"
+    kind = "tcp"
+
+    def __init__(
+        self,
+        family: int = socket.AF_INET,
+        *,
+        window: int = 1,
+        source: str | None = None,
+        ttl: int | None = None,
+        tos: int | None = None,
+        log_max: int = 4_000_000,
+    ) -> None:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"family {family!r}: AF_INET or AF_INET6")
+        if not 1 <= window <= 64:
+            raise ValueError(f"window {window} must be 1..64 probes in flight per slot")
+        if ttl is not None and not 1 <= ttl <= 255:
+            raise ValueError(f"ttl {ttl} must be 1..255")
+        if tos is not None and not 0 <= tos <= 255:
+            raise ValueError(f"tos {tos} must be 0..255")
+        if source is not None:
+            socket.inet_pton(family, source)  # a numeric address of the family, or OSError
+        _raise_nofile()
+        self.family = family
+        self.window = window
+        self.source = source
+        self.ttl, self.tos = ttl, tos
+        self.log_max = log_max
+        self._ep = select.epoll()
+        self._slots: list[_Slot | None] = []
+        self._free: list[int] = []
+        # fd -> (socket, slot, serial, t0 perf_counter ns)
+        self._live: dict[int, tuple[socket.socket, int, int, int]] = {}
+        self._log_mode = 0
+        self._log: list[tuple[int, float, float | None, int, int]] = []  # slot, t, rtt, seq, code
+        self._c = dict.fromkeys(
+            ("sent", "received", "duplicates", "late", "timeouts", "unreachable",
+             "time_exceeded", "send_errors", "closed", "log_dropped", "socket_errors"),
+            0,
+        )  # fmt: skip
+        self._lat_n = self._lat_sum = self._lat_max = 0
+        self._lat_hist = [0] * 240
+        self._closed = False
+
+    # -- the socket --------------------------------------------------------------
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sock, *_ in self._live.values():
+            sock.close()
+        self._live.clear()
+        self._ep.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> ConnectSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- slots -------------------------------------------------------------------
+    def add_target(self, address: str, port: int = 0) -> int:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} must be 1..65535 (a TCP probe needs a port)")
+        try:
+            socket.inet_pton(self.family, address.split("%", 1)[0])
+        except OSError:
+            fam = "IPv4" if self.family == socket.AF_INET else "IPv6"
+            raise ValueError(
+                f"{address!r} is not a numeric {fam} address (resolve names first)"
+            ) from None
+        st = _Slot(address, port)
+        if self._free:
+            slot = self._free.pop()
+            self._slots[slot] = st
+        else:
+            slot = len(self._slots)
+            self._slots.append(st)
+        return slot
+
+    def _slot(self, slot: int) -> _Slot:
+        st = self._slots[slot] if 0 <= slot < len(self._slots) else None
+        if st is None:
+            raise KeyError(f"slot {slot} is not in use")
+        return st
+
+    def remove_target(self, slot: int) -> None:
+        st = self._slot(slot)
+        for fd in st.out:  # forgotten, as the core does (the engine expires first)
+            self._drop(fd)
+        self._slots[slot] = None
+        self._free.append(slot)
+
+    def set_slot_timeout(self, slot: int, timeout_s: float) -> None:
+        if not timeout_s >= 0:
+            raise ValueError(f"timeout_s {timeout_s} must be >= 0 seconds (0: none)")
+        self._slot(slot).timeout_ns = int(timeout_s * 1e9)
+
+    def slot_address(self, slot: int) -> str:
+        return self._slot(slot).address
+
+    def slot_port(self, slot: int) -> int:
+        return self._slot(slot).port
+
+    def slot_closed(self, slot: int) -> int:
+        return self._slot(slot).closed
+
+    def slot_stats(self, slot: int) -> tuple[int | float | str | None, ...]:
+        st = self._slot(slot)
+        s = st.stats
+        recv = s[_S_RECV]
+        return (*s, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_ns,
+                recv - 1 if recv > 1 else 0, 0, 0, 0, None, recv)  # fmt: skip
+
+    def slot_last(self, slot: int) -> tuple[int, int, int]:
+        st = self._slot(slot)
+        return (-1, 0, 0) if st.last_kind < 0 else (st.last_kind, st.last_rtt_ns, st.last_t_ns)
+
+    # -- the outcome log -----------------------------------------------------------
+    def set_log(self, mode: int) -> None:
+        if mode not in (0, 1, 2):
+            raise ValueError(
+                f"log mode {mode} must be 0 (off), 1 (quiet) or 2 (log and return all)"
+            )
+        self._log_mode = mode
+
+    def forget_last(self, slot: int = -1) -> None:
+        for st in self._slots if slot < 0 else [self._slot(slot)]:
+            if st is not None:
+                st.last_kind = -1
+
+    def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]:
+        from .chunk import pack
+
+        if not self._log:
+            return []
+        take = [r for r in self._log if slot < 0 or r[0] == slot]
+        if slot >= 0:
+            self._log = [r for r in self._log if r[0] != slot]
+        else:
+            self._log = []
+        by: dict[int, list[tuple[int, float, float | None, int, int]]] = {}
+        for r in take:
+            by.setdefault(r[0], []).append(r)
+        return [
+            (s, pack([r[1] for r in rs], [r[2] for r in rs], [r[3] for r in rs],
+                     [r[4] for r in rs], [0] * len(rs)))
+            for s, rs in sorted(by.items())
+        ]  # fmt: skip
+
+    # -- probing ------------------------------------------------------------------
+    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]:
+        """One connect() per slot now; returns send errors, timeouts of probes pushed
+        out of a full window and (with ``drain``) the answers already in."""
+        out: list[Any] = []
+        for s in slots:
+            st = self._slot(s)
+            if len(st.out) >= self.window:  # the oldest gives its place: a timeout
+                fd = st.out[0]
+                self._drop(fd, lambda sl, se: self._final(out, sl, EV_TIMEOUT, se, 0))
+            serial = st.next_serial
+            st.next_serial += 1
+            if due_ns > 0:
+                self._late(time.time_ns() - due_ns)
+            self._start(out, s, st, serial)
+        if drain:
+            out.extend(self.recv())
+        return out
+
+    def _start(self, out: list[Any], s: int, st: _Slot, serial: int) -> None:
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as e:  # EMFILE / ENFILE / ENOBUFS: nothing left the host
+            self._send_error(out, s, st, serial, e.errno or 0)
+            return
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            if self.family == socket.AF_INET6:  # let ICMPv6 errors abort SYN_SENT
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            _set_ip_options(sock, self.family, self.ttl, self.tos)
+            if self.source is not None:
+                sock.bind((self.source, 0))
+        except OSError as e:
+            sock.close()
+            self._send_error(out, s, st, serial, e.errno or 0)
+            return
+        fd = sock.fileno()
+        t0 = time.perf_counter_ns()
+        rc = sock.connect_ex((st.address, st.port))
+        if rc in (0, _errno.EINPROGRESS):
+            self._c["sent"] += 1
+            st.stats[_S_SENT] += 1
+            self._live[fd] = (sock, s, serial, t0)
+            st.out.append(fd)
+            self._ep.register(fd, select.EPOLLOUT)
+            return
+        if rc == _errno.ECONNREFUSED:  # refused within connect() itself: an answer
+            self._c["sent"] += 1
+            st.stats[_S_SENT] += 1
+            rtt = time.perf_counter_ns() - t0
+            sock.close()
+            self._answer(out, s, st, serial, rtt, closed=True)
+            return
+        sock.close()  # no route, no source address...: the SYN never left
+        self._send_error(out, s, st, serial, rc)
+
+    def _send_error(self, out: list[Any], s: int, st: _Slot, serial: int, err: int) -> None:
+        self._c["send_errors"] += 1
+        st.stats[_S_SENDERR] += 1
+        st.last_errno = err
+        st.last_kind = EV_SEND_ERROR
+        st.last_t_ns = time.time_ns()
+        out.append((s, EV_SEND_ERROR, serial & 0xFFFF, 0, 0, 0, 0, None, err))
+
+    def recv(self, max_packets: int = 0) -> list[Any]:
+        """The handshakes that ended since the last call (0 = all of them)."""
+        out: list[Any] = []
+        if self._closed:
+            return out
+        for fd, _ev in self._ep.poll(0, maxevents=max_packets if max_packets > 0 else -1):
+            t1 = time.perf_counter_ns()
+            entry = self._live.get(fd)
+            if entry is None:
+                continue
+            sock, s, serial, t0 = entry
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self._drop(fd)
+            st = self._slots[s]
+            if st is None:
+                continue
+            outcome = _classify(err)
+            if outcome in (OPEN, CLOSED):
+                self._answer(out, s, st, serial, t1 - t0, closed=outcome == CLOSED)
+            elif outcome == UNREACHABLE:
+                self._c["unreachable"] += 1
+                st.stats[_S_UNREACH] += 1
+                st.last_errno = err
+                st.last_kind = EV_UNREACHABLE
+                st.last_t_ns = time.time_ns()
+                out.append((s, EV_UNREACHABLE, serial & 0xFFFF, 0, 0, None, None, None, err))
+            elif outcome == FILTERED:  # the kernel gave up first (ETIMEDOUT)
+                self._final(out, s, EV_TIMEOUT, serial, 0)
+            else:  # another local error
+                self._send_error(out, s, st, serial, err)
+        return out
+
+    def _answer(
+        self, out: list[Any], s: int, st: _Slot, serial: int, rtt: int, closed: bool
+    ) -> None:
+        tmo = st.timeout_ns
+        if tmo > 0 and rtt > tmo:  # slower than its target's timeout: a timeout, then late
+            self._final(out, s, EV_TIMEOUT, serial, 0)
+            self._c["late"] += 1
+            st.stats[_S_LATE] += 1
+            out.append((s, EV_LATE, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))
+            return
+        recv = st.stats[_S_RECV]
+        st.stats[_S_RECV] = recv + 1
+        self._c["received"] += 1
+        if recv == 0 or rtt < st.min_ns:
+            st.min_ns = rtt
+        st.max_ns = max(st.max_ns, rtt)
+        if recv:
+            st.jit_ns += abs(rtt - st.last_rtt_ns)
+        st.last_rtt_ns = rtt
+        st.sum_ns += rtt
+        st.sumsq += float(rtt) * float(rtt)
+        if closed:
+            self._c["closed"] += 1
+            st.closed += 1
+        self._final(out, s, EV_CLOSED if closed else EV_REPLY, serial, rtt)
+
+    def _final(self, out: list[Any], s: int, kind: int, serial: int, rtt: int) -> None:
+        """A reply, closed port or timeout: counted, logged, returned unless quiet mode
+        hides it (same kind as the slot's last final outcome), as the core does."""
+        st = self._slots[s]
+        assert st is not None
+        if kind == EV_TIMEOUT:
+            self._c["timeouts"] += 1
+            st.stats[_S_TMO] += 1
+        same = st.last_kind == kind
+        st.last_kind = kind
+        st.last_t_ns = time.time_ns()
+        if self._log_mode:
+            if len(self._log) >= self.log_max:
+                self._c["log_dropped"] += 1
+            else:
+                code = _CODE_CLOSED if kind == EV_CLOSED else kind
+                rtt_ms = rtt / 1e6 if kind != EV_TIMEOUT else None
+                self._log.append((s, st.last_t_ns / 1e9, rtt_ms, serial & 0xFFFF, code))
+            if same and self._log_mode == 1:
+                return
+        out.append((s, kind, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))
+
+    def _drop(self, fd: int, then: Callable[[int, int], None] | None = None) -> None:
+        """Close probe ``fd`` (a RST if it got so far) and forget it; ``then(slot,
+        serial)`` after."""
+        entry = self._live.pop(fd, None)
+        if entry is None:
+            return
+        sock, s, serial, _ = entry
+        with contextlib.suppress(OSError):
+            self._ep.unregister(fd)
+        sock.close()
+        st = self._slots[s]
+        if st is not None:
+            with contextlib.suppress(ValueError):
+                st.out.remove(fd)
+        if then is not None:
+            then(s, serial)
+
+    def expire(self, timeout_s: float) -> list[Any]:
+        """EV_TIMEOUT for every probe in flight longer than ``timeout_s``, or than its
+        slot's own timeout when that is shorter; its socket is closed."""
+        out: list[Any] = []
+        now = time.perf_counter_ns()
+        limit = int(timeout_s * 1e9)
+        for fd, (_, s, _serial, t0) in list(self._live.items()):
+            st = self._slots[s]
+            lim = limit if st is None or not 0 < st.timeout_ns < limit else st.timeout_ns
+            if now - t0 >= lim:
+                self._drop(fd, lambda sl, se: self._final(out, sl, EV_TIMEOUT, se, 0))
+        return out
+
+    def _late(self, ns: int) -> None:
+        import bisect
+
+        from .timing import BOUNDS_US
+
+        ns = max(0, ns)
+        self._lat_n += 1
+        self._lat_sum += ns
+        self._lat_max = max(self._lat_max, ns)
+        self._lat_hist[bisect.bisect_right(BOUNDS_US, ns // 1000) - 1] += 1
+
+    def lateness(self) -> tuple[int, int, int, tuple[int, ...]]:
+        return (self._lat_n, self._lat_sum, self._lat_max, tuple(self._lat_hist))
+
+    def totals(self) -> dict[str, int]:
+        c = self._c
+        return {
+            **c,
+            "outstanding": len(self._live),
+            "log_pending": len(self._log),
+            "rx_drops": 0, "enobufs": 0, "foreign": 0, "malformed": 0, "stale": 0,
+            "events_lost": 0,
+            "timed_kernel": 0, "timed_user": c["received"],
+        }  # fmt: skip

@@ -8,6 +8,8 @@ target: its hops (responder, RTT, what answered), whether it was reached.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +80,25 @@ class Trace:
         """The responders hop by hop (None: no answer)."""
         return tuple(h.address for h in self.hops)
 
+    def json_line(self) -> str:
+        """``json.dumps(self.to_json(), separators=(",", ":"))``, written directly: a
+        65,536-target trace prints 262,144 hops."""
+        if self.error is not None or any(h.kind == "unreachable" or h.received > 1
+                                         for h in self.hops):  # fmt: skip
+            return json.dumps(self.to_json(), separators=(",", ":"))
+        hops = ",".join(
+            f'{{"ttl":{h.ttl},"address":{_js(h.address)},"kind":"{h.kind}","rtt_ms":'
+            f'{"null" if h.rtt_ms is None else repr(round(h.rtt_ms, 6))},"sent":{h.sent},'
+            f'"received":{h.received}}}'
+            for h in self.hops
+        )
+        hc = self.hop_count
+        return (
+            f'{{"target":{json.dumps(self.target)},"address":"{self.address}","reached":'
+            f'{"true" if hc is not None else "false"},"hop_count":'
+            f'{"null" if hc is None else hc},"hops":[{hops}]}}'
+        )
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"target": self.target, "address": self.address}
         if self.error is not None:
@@ -97,6 +118,10 @@ class TraceRun:
     totals: dict[str, int]
     elapsed_s: float
     mode: str
+
+
+def _js(a: str | None) -> str:
+    return "null" if a is None else f'"{a}"'  # addresses: hex digits, dots and colons
 
 
 def path_changed(old: Trace, new: Trace) -> bool:
@@ -182,13 +207,17 @@ def trace(
         raise TargetError(f"mode {mode!r}: tracing uses raw or dgram ICMP sockets (or auto)")
     traces: list[Trace] = []
     by_fam: dict[int, dict[str, list[Trace]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
-    names = [t for t in targets if not _numeric(t)]
+    numeric: dict[str, tuple[str, int]] = {}
+    for t in targets:
+        with contextlib.suppress(ValueError):
+            numeric[t] = _numeric_family(t)
+    names = [t for t in targets if t not in numeric]
     resolved = resolve(names, family) if names else {}
     for t in targets:
-        r = resolved.get(t)
+        r = numeric.get(t) or resolved.get(t)
         if r is None:
-            addr, fam = _numeric_family(t)
-        elif isinstance(r, str):
+            continue  # cannot be: every name is resolved or an error
+        if isinstance(r, str):
             traces.append(Trace(t, t, error=r))
             continue
         else:
@@ -300,14 +329,6 @@ def _report(
         sent += int(t["sent"]) + int(t["skipped"])
         received += int(t["received"])
     fn(sent, total, received)
-
-
-def _numeric(t: str) -> bool:
-    try:
-        _numeric_family(t)
-    except ValueError:
-        return False
-    return True
 
 
 def _numeric_family(t: str) -> tuple[str, int]:

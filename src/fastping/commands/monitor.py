@@ -42,16 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tcp",
         action="store_true",
-        help="probe the plain targets (command line, --file) with TCP SYNs to each --port "
-        "instead of ICMP echo (root or CAP_NET_RAW); open = reply, closed, filtered = timeout",
+        help="probe the plain targets (command line, --file, file_sd) with TCP SYNs instead "
+        "of ICMP echo, a HOST:PORT target on its port, the others on each --port (raw SYNs "
+        "with CAP_NET_RAW, else connect()); open = reply, closed, filtered = timeout",
+    )
+    parser.add_argument(
+        "--udp",
+        action="store_true",
+        help="the same with UDP probes (no privilege): open = reply, closed (ICMP port "
+        "unreachable), open|filtered = timeout",
     )
     parser.add_argument(
         "--port",
         "-p",
         dest="ports",
         metavar="PORTS",
-        help="TCP ports for --tcp: 22,80,443 or 8000-8010 (each target on each port is a "
-        "target of its own)",
+        help="ports for --tcp / --udp: 22,80,443 or 8000-8010 (each target on each port is a "
+        "target of its own; HOST:PORT targets keep their own port)",
     )
     parser.add_argument("--config", "-C", metavar="FILE", help="YAML configuration file")
     parser.add_argument(
@@ -107,7 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "what it has not taken then is counted as dropped and said (exit 4) (default 10)",
     )
     parser.add_argument(
-        "--mode", choices=("auto", "raw", "dgram"), help="socket mode (default: auto)"
+        "--mode",
+        choices=("auto", "raw", "dgram", "connect"),
+        help="socket mode (default: auto; connect: TCP targets by connect(), no privilege)",
     )
     parser.add_argument(
         "--max-cpu-percent",
@@ -156,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1:9374 when given without an address; 0.0.0.0:PORT for every interface)",
     )
     parser.add_argument(
+        "--resolver",
+        metavar="ADDR[:PORT]",
+        help="resolve host-name targets by asking this DNS server (A, then AAAA) on the "
+        "batched DNS socket, again when each record's TTL runs out (default: the system's "
+        "resolver every 300 s); also `resolver:` in the config",
+    )
+    parser.add_argument(
         "--table",
         choices=("auto", "always", "never"),
         default="auto",
@@ -179,37 +195,58 @@ def _expand(host: str) -> list[str]:
     return expand_kind_target(host, MAX_EXPANDED)
 
 
-def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
-    """The plain targets of the command line and --file on every --port with --tcp
-    (tcp://HOST:PORT targets keep their own port); as given without --tcp."""
+def _port_kind(args: argparse.Namespace) -> str | None:
+    """ "tcp" / "udp" for --tcp / --udp, None for neither (ICMP)."""
     from ..errors import TargetError
-    from ..targets import ICMP, kind_label, split_kind
+
+    tcp, udp = getattr(args, "tcp", False), getattr(args, "udp", False)
+    if tcp and udp:
+        raise TargetError("--tcp and --udp: give one (tcp:// and udp:// targets may be mixed)")
+    return "tcp" if tcp else "udp" if udp else None
+
+
+def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
+    """The plain targets of the command line, --file and file_sd with --tcp / --udp:
+    a HOST:PORT target ([v6]:PORT) on its own port, the others on every --port
+    (tcp:// and udp:// targets keep theirs); as given without --tcp / --udp."""
+    from ..errors import TargetError
+    from ..targets import ICMP, kind_label, split_host_port, split_kind
     from .sweep import parse_ports
 
     ports = getattr(args, "ports", None)
-    if not getattr(args, "tcp", False):
+    kind = _port_kind(args)
+    if kind is None:
         if ports is not None:
-            raise TargetError("--port is for TCP probes: add --tcp (ICMP has no ports)")
+            raise TargetError(
+                "--port is for TCP or UDP probes: add --tcp or --udp (ICMP has no ports)"
+            )
         return texts
-    if ports is None:
-        raise TargetError("--tcp needs the ports to probe: --port 22,80,443 (or tcp://HOST:PORT)")
-    port_list = parse_ports(ports)
+    port_list = parse_ports(ports) if ports is not None else []
     out = []
     for t in texts:
+        hp = split_host_port(t)
         if split_kind(t).kind != ICMP:
             out.append(t)
+        elif hp is not None:
+            out.append(kind_label(kind, *hp))
+        elif not port_list:
+            raise TargetError(
+                f"--{kind} needs the ports to probe {t!r}: --port 22,80,443 (or write "
+                f"{t}:PORT, {kind}://{t}:PORT)"
+            )
         else:
-            out.extend(kind_label("tcp", t, p) for p in port_list)
+            out.extend(kind_label(kind, t, p) for p in port_list)
     return out
 
 
 Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
 
 
-def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
+def read_file_sd(path: str, keep_ports: bool = False) -> list[tuple[str, dict[str, str]]]:
     """Targets of a Prometheus file_sd JSON file: a list of ``{"targets": [...],
     "labels": {...}}`` groups (the format Prometheus' ``file_sd_configs`` reads, so
-    one inventory feeds both). A ``host:port`` target is watched as ``host``."""
+    one inventory feeds both). A ``host:port`` target is watched as ``host`` (ICMP),
+    or kept whole with ``keep_ports`` (--tcp / --udp probe it on its port)."""
     import json
 
     from ..errors import TargetError
@@ -234,7 +271,7 @@ def read_file_sd(path: str) -> list[tuple[str, dict[str, str]]]:
         ):
             raise TargetError(f'{path}: group {i}: "labels" must map strings to strings')
         labels = {k: v for k, v in labels.items() if not k.startswith("__")}  # Prometheus-internal
-        out.extend((_strip_port(h), dict(labels)) for h in hosts)
+        out.extend((h.strip() if keep_ports else _strip_port(h), dict(labels)) for h in hosts)
     return out
 
 
@@ -264,8 +301,10 @@ def _targets(
     wanted: list[Wanted] = []
     texts = [t for t in args.targets if not is_url(t)]  # URLs are HTTP checks
     if args.file and args.file.endswith(".json"):
-        for host, labels in read_file_sd(args.file):
-            wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(host))
+        ported = _port_kind(args) is not None
+        for host, labels in read_file_sd(args.file, keep_ports=ported):
+            for text in _with_ports(args, [host]) if ported else [host]:
+                wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(text))
     elif args.file:
         from ..targets import read_targets_file
 
@@ -363,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
     if mode == "subprocess":
         raise ConfigError(
             "mode 'subprocess' cannot run the monitor (it multiplexes every target through "
-            "one socket): use auto, raw or dgram, or grant CAP_NET_RAW"
+            "one socket): use auto, raw, dgram or connect, or grant CAP_NET_RAW"
         )
 
     from ..config import is_url
@@ -484,6 +523,12 @@ async def _main(
                  reason=network.reason)  # fmt: skip
     default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
     default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
+    resolver = None
+    if getattr(args, "resolver", None) or cfg.resolver:
+        from ..dnsresolve import DnsResolver, parse_server
+
+        # host names through a DnsSocket to this server, re-resolved on their TTL
+        resolver = DnsResolver(*parse_server(args.resolver or cfg.resolver or ""))
     engine = MonitoringEngine(
         store=store,
         interval_s=default_interval,
@@ -497,6 +542,7 @@ async def _main(
         network=network,
         stop_flush_s=args.stop_timeout,
         outage_rule=OutageRule(min_lost=args.outage_after),
+        resolver=resolver,
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -581,6 +627,9 @@ async def _main(
     try:
         await engine.run(args.duration)
     finally:
+        if resolver is not None:
+            log.info("resolver", server=repr(resolver), **resolver.stats())
+            resolver.close()
         if http is not None:
             await http.stop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -619,6 +668,8 @@ async def _main(
         "send_lateness": st["send_lateness"],
         "db": store.db,
     }
+    if st["tcp_timing"] is not None:  # "raw" SYNs, or "connect" (no CAP_NET_RAW / --mode)
+        summary["timing"] = st["tcp_timing"]
     if shared:
         summary["agent"] = agent
     if remote is not None:
@@ -821,7 +872,7 @@ def _check_sockets(targets: list[Wanted], mode: str) -> None:
         if kind == "icmp":
             _check_icmp_socket(fam, mode)
         else:
-            _check_kind_socket(kind, fam)
+            _check_kind_socket(kind, fam, mode)
 
 
 def _check_icmp_socket(fam: int, mode: str) -> None:
@@ -839,19 +890,20 @@ def _check_icmp_socket(fam: int, mode: str) -> None:
         ) from None
 
 
-def _check_kind_socket(kind: str, fam: int) -> None:
-    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed."""
+def _check_kind_socket(kind: str, fam: int, mode: str = "auto") -> None:
+    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed
+    (TCP in auto mode falls back to connect() timing, so only --mode raw can fail)."""
     from ..engine import SOCKET_KINDS
     from ..errors import PermissionDenied
 
     try:
-        SOCKET_KINDS[kind]("raw", {})(fam, 1).close()
+        SOCKET_KINDS[kind](mode, {})(fam, 1).close()
     except PermissionError as e:
         raise PermissionDenied(
-            f"{kind.upper()} targets need a raw socket, which needs root or CAP_NET_RAW: "
-            f"{e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python binary, or "
-            "AmbientCapabilities=CAP_NET_RAW in the systemd unit) or watch these targets "
-            "with ICMP."
+            f"{kind.upper()} targets need a raw socket in --mode raw, which needs root or "
+            f"CAP_NET_RAW: {e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python "
+            "binary, or AmbientCapabilities=CAP_NET_RAW in the systemd unit), or use "
+            "--mode auto / --mode connect (connect() timing, no privilege)."
         ) from None
 
 
@@ -946,6 +998,7 @@ async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> Non
         timeout_s=engine.timeout_s,
         **{k: counts.get(k, 0) for k in ("up", "down", "error", "unknown", "local_down")},
         interval_factor=st["interval_factor"],
+        **({"tcp_timing": st["tcp_timing"]} if st["tcp_timing"] else {}),
     )
 
 

@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .sweep import add_common
 
     p.add_argument(
-        "host", metavar="HOST", help="address or host name; tcp://HOST:PORT for TCP probes"
-    )
+        "host", metavar="HOST",
+        help="address or host name; tcp://HOST:PORT or udp://HOST:PORT for TCP or UDP probes",
+    )  # fmt: skip
     p.add_argument(
         "-c", "--count", type=argtypes.count, default=4, metavar="N", help="probes (default 4)"
     )
@@ -38,8 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "connect() (see --mode)",
     )
     p.add_argument(
+        "--udp",
+        action="store_true",
+        help="UDP probes to --port instead of ICMP echo: open (an answer), closed (ICMP port "
+        "unreachable), open|filtered (silence); no privilege needed",
+    )
+    p.add_argument(
         "-p", "--port", type=argtypes.int_range(1, 65535), default=None, metavar="PORT",
-        help="the TCP port (with --tcp)",
+        help="the TCP or UDP port (with --tcp or --udp)",
     )  # fmt: skip
     add_common(p)
 
@@ -52,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..targets import Address, Name, parse_target
 
     port = _tcp_port(args)
+    if port and args.udp:
+        return _run_udp(args, port)
     if port:
         return _run_tcp(args, port)
     from .sweep import check_mode
@@ -96,22 +105,121 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tcp_port(args: argparse.Namespace) -> int:
-    """The TCP port to probe (0: ICMP): from tcp://HOST:PORT (HOST kept in
-    args.host) or --tcp --port."""
+    """The TCP or UDP port to probe (0: ICMP): from tcp://HOST:PORT or udp://HOST:PORT
+    (HOST kept in args.host; args.tcp / args.udp set) or --tcp / --udp --port."""
     from ..errors import TargetError
     from .sweep import parse_tcp_url
 
-    if args.host.lower().startswith("tcp://"):
+    args.udp = getattr(args, "udp", False)
+    if args.tcp and args.udp:
+        raise TargetError("--tcp and --udp: probe one kind at a time")
+    scheme = args.host.lower().partition("://")[0] if "://" in args.host else ""
+    if scheme in ("tcp", "udp"):
         if args.port is not None:
             raise TargetError(f"{args.host!r} names its port: drop -p/--port {args.port}")
-        args.host, port = parse_tcp_url(args.host)
-        args.tcp = True
+        other = "udp" if scheme == "tcp" else "tcp"
+        if getattr(args, other):
+            raise TargetError(f"{args.host!r} is a {scheme.upper()} target: drop --{other}")
+        args.host, port = parse_tcp_url(args.host, scheme)
+        args.tcp, args.udp = scheme == "tcp", scheme == "udp"
         return port
-    if args.port is not None and not args.tcp:
-        raise TargetError("-p/--port is for TCP probes: add --tcp (ICMP has no ports)")
-    if args.tcp and args.port is None:
-        raise TargetError("--tcp needs the port to probe: -p 22 (or tcp://HOST:PORT)")
+    if args.port is not None and not (args.tcp or args.udp):
+        raise TargetError(
+            "-p/--port is for TCP or UDP probes: add --tcp or --udp (ICMP has no ports)"
+        )
+    if (args.tcp or args.udp) and args.port is None:
+        flag, ex = ("--tcp", "tcp://HOST:PORT") if args.tcp else ("--udp", "udp://HOST:PORT")
+        raise TargetError(f"{flag} needs the port to probe: -p 22 (or {ex})")
     return int(args.port or 0)
+
+
+def _run_udp(args: argparse.Namespace, port: int) -> int:
+    """``fastping ping udp://HOST:PORT``: one line per probe, then the statistics."""
+    from .. import api
+    from ..cli import EXIT_UNRESOLVED
+    from ..errors import TargetError
+    from ..targets import Address, Name, parse_target
+
+    if args.mode not in ("auto", "dgram"):
+        raise TargetError(
+            f"UDP probes use an unprivileged socket: --mode {args.mode} does not apply"
+        )
+    specs = parse_target(args.host)
+    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
+        raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
+    pinger = api.UdpPinger(
+        args.host,
+        port,
+        count=args.count,
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        ttl=args.ttl,
+        tos=args.tos,
+        family={4: 2, 6: 10}.get(args.family or 0),
+    )
+    if pinger.address is None:
+        print(f"fastping: {pinger.error}", file=sys.stderr)
+        return EXIT_UNRESOLVED
+    if not args.json:
+        print(f"PING {pinger.target} ({pinger.address}) UDP port {port}", flush=True)
+    try:
+        for r in pinger:
+            if args.json:
+                d = r.to_dict()
+                d.update(target=_pair(r.target, port), port=port,
+                         state=_UDP_STATE.get(r.outcome.value))  # fmt: skip
+                print(json.dumps(d), flush=True)
+            else:
+                print(_udp_line(r, port, args.timeout), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pinger.close()
+    h = pinger.stats()
+    closed = pinger.closed
+    if args.json:
+        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
+                    open=h.received - closed)  # fmt: skip
+    else:
+        print(f"--- {h.target} port {port} udp ping statistics ---")
+        print(
+            f"{h.sent} probes sent, {h.received} answers ({h.received - closed} open, "
+            f"{closed} closed), {h.loss * 100:.1f}% loss"
+            + (f", {h.timeouts} open|filtered" if h.timeouts else "")
+            + (f", {h.unreachable} unreachable" if h.unreachable else "")
+            + (f", {h.duplicates} duplicates" if h.duplicates else "")
+        )
+        _print_rtts_or_error(h, bool(h.received))
+    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN
+
+    return EXIT_ALL_ALIVE if h.received > closed else EXIT_SOME_DOWN
+
+
+_UDP_STATE = {
+    "reply": "open", "closed": "closed", "timeout": "open|filtered",
+    "unreachable": "unreachable", "time_exceeded": "unreachable",
+}  # fmt: skip
+
+
+def _udp_line(r: ProbeResult, port: int, timeout_s: float) -> str:
+    """ICMP ping's line, for a UDP probe: what the port said, seq, rtt, ttl."""
+    from ..results import Outcome
+
+    seq = f"udp_seq={r.seq}"
+    where = f"{r.address} port {port}"
+    if r.outcome in (Outcome.REPLY, Outcome.CLOSED, Outcome.DUPLICATE, Outcome.LATE):
+        state = "closed" if r.outcome is Outcome.CLOSED else "open"
+        tail = {Outcome.DUPLICATE: " (DUP!)", Outcome.LATE: " (late)"}.get(r.outcome, "")
+        ttl = f" ttl={r.ttl}" if r.ttl else ""
+        rtt = f" rtt={r.rtt_ms:.3f} ms" if r.rtt_ms is not None else ""
+        return f"{state} {where}: {seq}{rtt}{ttl}{tail}"
+    if r.outcome is Outcome.TIMEOUT:
+        return f"no answer from {where}: {seq} (open|filtered: timeout after {timeout_s:g} s)"
+    if r.outcome is Outcome.SEND_ERROR:
+        why = os.strerror(r.errno) if r.errno else "send failed"
+        return f"probe to {where} failed: {seq}: {why}"
+    kind = "time exceeded" if r.outcome is Outcome.TIME_EXCEEDED else "unreachable"
+    return f"{kind} from {r.router or '?'}: {seq} (type {r.icmp_type} code {r.icmp_code})"
 
 
 def _run_tcp(args: argparse.Namespace, port: int) -> int:
@@ -149,7 +257,8 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
         for r in pinger:
             if args.json:
                 d = r.to_dict()
-                d.update(port=port, state=_STATE.get(r.outcome.value), timing=pinger.timing)
+                d.update(target=_pair(r.target, port), port=port,
+                         state=_STATE.get(r.outcome.value), timing=pinger.timing)  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
                 print(_tcp_line(r, port, args.timeout), flush=True)
@@ -158,6 +267,12 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
     finally:
         pinger.close()
     return _tcp_summary(args, pinger, port)
+
+
+def _pair(host: str, port: int) -> str:
+    """A host:port pair's target as sweep's JSON writes it: ``127.0.0.1:22``,
+    ``[::1]:22``, ``localhost:22``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _STATE = {"reply": "open", "closed": "closed", "timeout": "filtered", "unreachable": "unreachable"}
@@ -194,7 +309,8 @@ def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
     closed = pinger.closed
     is_open = h.received > closed
     if args.json:
-        _print_json(h, port=port, closed=closed, open=h.received - closed, timing=pinger.timing)
+        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
+                    open=h.received - closed, timing=pinger.timing)  # fmt: skip
     else:
         print(f"--- {h.target} port {port} tcp ping statistics ---")
         print(

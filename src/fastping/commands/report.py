@@ -27,7 +27,14 @@ KIND_TITLES: dict[str, str] = {
     "no answer = filtered)",
     "udp": "UDP (RECV = an answer from the port; CLOSED = ICMP port unreachable, counted "
     "in the loss; no answer = open|filtered)",
+    "dns": "DNS (RECV = answers of any rcode, by rcode after it; TC = truncated answers; "
+    "no answer = timeout)",
 }
+# a DNS target's --json line has these too (after JSON_KEYS): its question and server,
+# and its answers by rcode name (NOERROR, NXDOMAIN, SERVFAIL, ...) and TC
+DNS_KEYS: tuple[str, ...] = ("server", "name", "type", "rcodes", "truncated")
+# the rcodes with a column of their own in the DNS table (others: OTHER)
+DNS_COLUMNS: tuple[str, ...] = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED")
 # from a shared (PostgreSQL) store, after those
 SHARED_KEYS: tuple[str, ...] = ("agent", "labels")
 
@@ -130,7 +137,7 @@ def _label_arg(text: str) -> tuple[str, str]:
 
 def _round(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k in JSON_KEYS + tuple(k for k in SHARED_KEYS if k in d):
+    for k in JSON_KEYS + tuple(k for k in (*SHARED_KEYS, *DNS_KEYS) if k in d):
         v = d.get(k)
         if k == "loss" and isinstance(v, float):
             v = round(v, 6)
@@ -162,8 +169,36 @@ def _tables(stats: list[dict[str, Any]]) -> str:
     for k in kinds:
         these = [s for s in stats if s["kind"] == k]
         parts.append(f"{KIND_TITLES.get(k, k.upper())}: {len(these)} targets")
-        parts.append(_table(these, closed=k != "icmp"))
+        parts.append(_dns_table(these) if k == "dns" else _table(these, closed=k != "icmp"))
     return "\n".join(parts)
+
+
+def _dns_table(stats: list[dict[str, Any]]) -> str:
+    """The DNS targets' table: server, name and type, then the answers by rcode and TC
+    beside the counts (a DNS target has no closed ports: ICMP errors are UNREACH)."""
+    shared = any("agent" in s for s in stats)
+    head = ("SERVER", *(("AGENT",) if shared else ()), "NAME", "TYPE", "SENT", "RECV",
+            *(c[:6] for c in DNS_COLUMNS), "OTHER", "TC", "TIMEOUT", "UNREACH", "LOSS",
+            "MIN", "AVG", "MAX", "P50", "P95", "P99")  # fmt: skip
+    rows = []
+    for s in stats:
+        rc = s.get("rcodes") or {}
+        rows.append((
+            s.get("server", s["target"]), *((str(s["agent"]),) if shared else ()),
+            s.get("name", ""), s.get("type", ""), str(s["sent"]), str(s["received"]),
+            *(str(rc.get(c, 0)) for c in DNS_COLUMNS),
+            str(sum(n for c, n in rc.items() if c not in DNS_COLUMNS)),
+            str(s.get("truncated", 0)), str(s["timeouts"]), str(s["unreachable"]),
+            f"{s['loss'] * 100:.1f}%", _ms(s["min_ms"]), _ms(s["avg_ms"]), _ms(s["max_ms"]),
+            _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"]),
+        ))  # fmt: skip
+    left = 4 if shared else 3
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(widths[i]) if i < left else c.rjust(widths[i]) for i, c in enumerate(r))
+        .rstrip()
+        for r in [head, *rows]
+    )
 
 
 def _table(stats: list[dict[str, Any]], closed: bool = False) -> str:
@@ -388,6 +423,7 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
 
         stats = sorted(store.all_stats(since, until), key=lambda s: address_order(s["target"]))
     _add_kinds(store, stats)
+    _add_dns(store, stats, since, until)
     window = "all" if since is None else args.since
     outages = store.outages(since, until, args.target)
     incidents = group_incidents(outages, window_s=args.incident_window)
@@ -449,6 +485,26 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
     if args.html:
         _write_html(args, store, db, stats, since, until, now, outages, incidents)
     return 0
+
+
+def _add_dns(
+    store: Any, stats: list[dict[str, Any]], since: float | None, until: float | None
+) -> None:
+    """A DNS target's server, question and answers by rcode (store.dns_answers), in its
+    stats; from a shared store each agent's own (its answers are keyed (target, agent))."""
+    from ..targets import split_kind
+
+    dns = [s for s in stats if s["kind"] == "dns"]
+    if not dns:
+        return
+    answers = store.dns_answers(since, until) if hasattr(store, "dns_answers") else {}
+    for s in dns:
+        kt = split_kind(s["target"])
+        h = f"[{kt.host}]" if ":" in kt.host else kt.host
+        s["server"], s["name"], s["type"] = f"{h}:{kt.port}", kt.qname, kt.qtype
+        a = answers.get((s["target"], s["agent"]) if "agent" in s else s["target"])
+        if a is not None:
+            s["rcodes"], s["truncated"] = a["rcodes"], a["truncated"]
 
 
 def _add_kinds(store: Any, stats: list[dict[str, Any]]) -> None:

@@ -341,19 +341,30 @@ def parse_ports(text: str) -> list[int]:
 
 def tcp_targets(args: argparse.Namespace, scheme: str = "tcp") -> list[tuple[int, list[str]]]:
     """(port, target words) for each port to sweep: the tcp://HOST:PORT (or with
-    ``scheme`` "udp", udp://HOST:PORT) targets by their own port, the others on
-    every --port."""
+    ``scheme`` "udp", udp://HOST:PORT) and HOST:PORT ([v6]:PORT) targets by their
+    own port, the others on every --port."""
     from ..errors import TargetError
+    from ..targets import split_host_port
 
     by_port: dict[int, list[str]] = {}
     plain = []
-    for t in args.targets:
+    words = list(args.targets)
+    if args.file:
+        # a file of HOST:PORT lines (Prometheus style) is read here, each line a word
+        # as on the command line; the compiled reader (plain addresses) gets none
+        words.extend(_port_file_words(args.file, scheme))
+        args.file = []
+    for t in words:
+        hp = split_host_port(t)
+        if hp is not None:
+            by_port.setdefault(hp[1], []).append(hp[0])
+            continue
         if not t.lower().startswith(f"{scheme}://"):
             plain.append(t)
             continue
         host, port = parse_tcp_url(t, scheme)
         by_port.setdefault(port, []).append(host)
-    if (plain or args.file) and not args.port_list:
+    if plain and not args.port_list:
         raise TargetError(
             f"--{scheme} needs the ports to probe: --port "
             f"{'22,80,443' if scheme == 'tcp' else '53,123'} (or {scheme}://HOST:PORT)"
@@ -361,6 +372,43 @@ def tcp_targets(args: argparse.Namespace, scheme: str = "tcp") -> list[tuple[int
     for port in args.port_list:
         by_port.setdefault(port, []).extend(plain)
     return [(port, words) for port, words in by_port.items()]
+
+
+def _port_file_words(files: list[str], scheme: str) -> list[str]:
+    """The words of targets files for a sweep with ports: HOST:PORT, [v6]:PORT,
+    SCHEME://HOST:PORT or a plain target (probed on every --port); every bad word is
+    reported with its file and line number."""
+    from ..errors import TargetError
+    from ..targets import parse_target, split_host_port
+
+    out: list[str] = []
+    bad: list[str] = []
+    for path in files:
+        try:
+            if path == "-":
+                text = sys.stdin.buffer.read().decode("utf-8")
+            else:
+                with open(path, "rb") as fh:
+                    text = fh.read().decode("utf-8")
+        except OSError as e:
+            raise TargetError(f"cannot read targets file {path!r}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise TargetError(f"targets file {path!r} is not UTF-8 text: {e}") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            for word in line.split("#", 1)[0].split():
+                try:
+                    if word.lower().startswith(f"{scheme}://"):
+                        parse_tcp_url(word, scheme)
+                    elif split_host_port(word) is None:
+                        parse_target(word)
+                except TargetError as e:
+                    bad.append(f"{path}:{lineno}: {e}")
+                    continue
+                out.append(word)
+    if bad:
+        more = f"\n... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise TargetError("bad targets:\n" + "\n".join(bad[:20]) + more)
+    return out
 
 
 def read_targets(
@@ -466,8 +514,8 @@ def _sweeps(args: argparse.Namespace) -> Iterator[tuple[Any, int]]:
         targets = read_targets(args)
         yield _sweep(args, targets, 0), 0
         return
+    pairs = tcp_targets(args)  # reads the -f files itself
     files = args.file
-    pairs = tcp_targets(args)
     _choose_tcp_timing(args)
     for port, words in pairs:
         targets = read_targets(args, words, files if port in args.port_list else [])

@@ -140,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
     summary = _summary(res)
     out = sys.stdout
     if args.json:
-        for tr in res.traces:
-            out.write(json.dumps(tr.to_json(), separators=(",", ":")) + "\n")
+        out.writelines(tr.json_line() + "\n" for tr in res.traces)
         if args.stats:
             sys.stderr.write(json.dumps(summary) + "\n")
     elif len(res.traces) > TABLE_MAX or args.summary:
@@ -168,7 +167,11 @@ def _table(tr: Any) -> list[str]:
     if tr.error:
         return [f"trace to {tr.target}: {tr.error}"]
     name = tr.target if tr.target == tr.address else f"{tr.target} ({tr.address})"
-    state = f"reached in {tr.hop_count} hops" if tr.reached else "not reached"
+    state = (
+        f"reached in {tr.hop_count} hop{'' if tr.hop_count == 1 else 's'}"
+        if tr.reached
+        else "not reached"
+    )
     lines = [
         f"trace to {name}: {state}",
         " hop  address                                 loss%  sent     best      avg",

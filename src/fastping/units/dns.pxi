@@ -68,6 +68,8 @@ cdef struct DqParsed:
     uint16_t answers              # complete RRs read from the answer section
     uint32_t min_ttl              # smallest TTL among them (when answers > 0)
     uint8_t tc
+    const uint8_t *addr           # the first IN A / AAAA answer of the question's type
+    uint8_t addr_len              # 4, 16, or 0 (none)
 
 
 cdef struct DnsStat:
@@ -77,6 +79,8 @@ cdef struct DnsStat:
     uint32_t last_min_ttl
     uint16_t last_rcode, last_answers
     uint8_t last_tc, has_last
+    uint8_t last_addr_len         # the last answer's first address (A / AAAA questions)
+    uint8_t last_addr[16]
 
 
 cdef inline uint16_t _dq_id(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
@@ -180,7 +184,7 @@ cdef int _dq_skip_name(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off) noexcept
 
 
 cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype,
-                uint32_t *ttl) noexcept nogil:
+                uint32_t *ttl, uint16_t *rclass_out) noexcept nogil:
     """Read one RR at off[0] (name, type, class, TTL, rdata); 0, or -1 when cut or
     garbled (an IN A that is not 4 bytes, an IN AAAA that is not 16)."""
     cdef uint16_t rclass, rdlen
@@ -190,6 +194,7 @@ cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype
     rclass = rd16(p + off[0] + 2)
     ttl[0] = rd32(p + off[0] + 4)
     rdlen = rd16(p + off[0] + 8)
+    rclass_out[0] = rclass
     off[0] += 10
     if off[0] + rdlen > n:
         return -1
@@ -202,7 +207,7 @@ cdef int _dq_rr(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *rtype
 
 cdef int dq_parse(const uint8_t *p, Py_ssize_t n, DqParsed *o) noexcept nogil:
     """Parse a response: DQ_OK with ``o`` filled, or the DQ_* reason it is not one."""
-    cdef uint16_t qd, an, au, ad, rtype
+    cdef uint16_t qd, an, au, ad, rtype, rclass
     cdef uint32_t i, ttl
     cdef Py_ssize_t off = DQ_HDR
     cdef bint opt_seen = False
@@ -229,13 +234,18 @@ cdef int dq_parse(const uint8_t *p, Py_ssize_t n, DqParsed *o) noexcept nogil:
     o.qclass = rd16(p + off + 2)
     off += 4
     for i in range(<uint32_t>an + au + ad):
-        if _dq_rr(p, n, &off, &rtype, &ttl) < 0:
+        if _dq_rr(p, n, &off, &rtype, &ttl, &rclass) < 0:
             # a truncated response ends where it ends: what came whole stands
             return DQ_OK if o.tc else DQ_BAD_RECORDS
         if i < an:
             o.answers += 1
             if o.answers == 1 or ttl < o.min_ttl:
                 o.min_ttl = ttl
+            if (o.addr_len == 0 and rclass == DQ_CLASS_IN and rtype == o.qtype and
+                    (rtype == DQ_TYPE_A or rtype == DQ_TYPE_AAAA)):
+                # _dq_rr checked the length: the rdata is the last 4 / 16 bytes read
+                o.addr_len = 4 if rtype == DQ_TYPE_A else 16
+                o.addr = p + off - o.addr_len
         elif i >= <uint32_t>an + au and rtype == DQ_TYPE_OPT and not opt_seen:
             # the OPT RR's TTL field: extended rcode (upper 8 bits of 12), version, flags
             opt_seen = True
@@ -326,6 +336,12 @@ def dns_name_text(wire):
         parts.append(b[i + 1:i + 1 + b[i]].decode("ascii", "backslashreplace"))
         i += 1 + b[i]
     return ".".join(parts) + "."
+
+
+cdef inline int _dq_answer_code(uint16_t rcode, bint tc) noexcept nogil:
+    """One byte for an answer: 1 + rcode (up to 127: NOERROR is 1, never 0, which means
+    no answer), 0x80 set for TC. fastping.dnscodec.answer_code reads it back."""
+    return (1 + (rcode if rcode < 126 else 126)) | (0x80 if tc else 0)
 
 
 cdef class DnsSocket(ProbeSocket):
@@ -549,6 +565,9 @@ cdef class DnsSocket(ProbeSocket):
                 "rcode": d.last_rcode, "answers": d.last_answers,
                 "min_ttl": d.last_min_ttl if d.last_answers else None,
                 "truncated": bool(d.last_tc),
+                # the first address answered to an A / AAAA question (None: none)
+                "address": (_ntop(AF_INET if d.last_addr_len == 4 else AF_INET6, d.last_addr)
+                            if d.last_addr_len else None),
             }
         else:
             out["last"] = None
@@ -646,9 +665,14 @@ cdef class DnsSocket(ProbeSocket):
                    uint32_t *slot, uint32_t *serial) noexcept nogil:
         """The probe an answer from ``addr``:``port`` with ID and question ``q`` is for:
         1 found; 0 the question is one we ask that server, the ID none of its probes';
-        -1 the question is none we ask that server."""
-        cdef uint32_t i, s, ni
-        cdef int known = -1
+        -1 the question is none we ask that server. Slots asking the same question of
+        the same server (a resolver asking one name twice at once) may share an ID by
+        chance: a probe still awaiting its answer wins over a settled one of another
+        slot, as within a slot's window."""
+        cdef uint32_t i, s, ni, w_serial
+        cdef int known = -1, got
+        cdef uint32_t settled_slot = 0, settled_serial = 0
+        cdef bint have_settled = False
         if q.qclass != DQ_CLASS_IN or self.n == 0 or not self._indexes():
             return -1
         i = self._qhash(addr, port, _dq_name_hash(q.qname, q.qname_len), q.qtype) & (self.aidx_cap - 1)
@@ -662,16 +686,25 @@ cdef class DnsSocket(ProbeSocket):
                     not _dq_name_eq(self.nblob + self.noff[ni], q.qname, q.qname_len)):
                 continue
             known = 0
-            if self._window_id(s, q.id, serial):
+            got = self._window_id(s, q.id, &w_serial)
+            if got == 2:
                 slot[0] = s
+                serial[0] = w_serial
                 return 1
+            if got == 1 and not have_settled:
+                have_settled = True
+                settled_slot, settled_serial = s, w_serial
+        if have_settled:  # a duplicate or late answer of that settled probe
+            slot[0] = settled_slot
+            serial[0] = settled_serial
+            return 1
         return known
 
-    cdef bint _window_id(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
+    cdef int _window_id(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
         """The probe in the slot's window whose ID is ``qid``: one still awaiting its
         answer first (a 16-bit ID is shared with a settled probe of the window now and
         then, and the answer is the outstanding one's), else the newest settled one
-        (then a duplicate or late answer)."""
+        (then a duplicate or late answer): 2 outstanding, 1 settled, 0 none."""
         cdef Probe *pr = &self.probes[<size_t>s * self.window]
         cdef uint32_t w, ns = self.stats[s].next_serial
         cdef bint settled = False
@@ -681,7 +714,7 @@ cdef class DnsSocket(ProbeSocket):
                 continue
             if pr[w].state == ST_OUT or pr[w].state == ST_ERR_UNREACH or pr[w].state == ST_ERR_TEXC:
                 serial[0] = pr[w].serial
-                return True
+                return 2
             if not settled or pr[w].serial > serial[0]:
                 serial[0] = pr[w].serial
                 settled = True
@@ -739,6 +772,9 @@ cdef class DnsSocket(ProbeSocket):
         d.last_answers = q.answers
         d.last_min_ttl = q.min_ttl
         d.last_tc = q.tc
+        d.last_addr_len = q.addr_len
+        if q.addr_len:
+            memcpy(d.last_addr, q.addr, q.addr_len)
 
     cdef void _on_packet(self, const uint8_t *buf, Py_ssize_t n, msghdr *h, int64_t t_rx,
                          int ttl) noexcept nogil:
@@ -765,7 +801,9 @@ cdef class DnsSocket(ProbeSocket):
             self.c_stale += 1
             return
         before = self.c_received
-        self._on_reply(slot, serial, t_rx, ttl, C_EV_REPLY)
+        # the event's and the log's TTL byte carries the answer (dns_answer_code): the
+        # engine and the store get each probe's rcode and TC bit, not the IP TTL
+        self._on_reply(slot, serial, t_rx, _dq_answer_code(q.rcode, q.tc), C_EV_REPLY)
         if self.c_received != before:
             self._settled(slot, &q)
 

@@ -13,8 +13,11 @@
 #
 # The payload is keyed per probe, in the form the port's service answers to and
 # echoes back (payloads="auto"; payloads="cookie": the probe header everywhere):
-#   53  DNS query for "." NS, no recursion (17 bytes): ID = 16 bits of the cookie;
-#       a reply must be a response (QR) with that ID
+#   53  DNS query for "." NS, no recursion (17 bytes): ID = the slot's keyed base (16
+#       bits of its cookie) + the serial, mod 2^16, so the probes of a slot in flight
+#       (at most 64 consecutive serials) never share an ID and a reply names exactly
+#       one of them; a reply must be a response (QR) with the ID of a probe in the
+#       slot's window
 #   123 NTP client packet, mode 3 (48 bytes): transmit timestamp = serial, 32 bits of
 #       the cookie; the server returns it as its reply's origin timestamp
 #   any other port: the 16-byte probe header (slot, serial, SipHash cookie), which an
@@ -36,8 +39,15 @@ DEF NTP_CLIENT = 0x23         # LI 0, version 4, mode 3 (client)
 DEF NTP_MODE_SERVER = 4
 
 
+cdef inline uint16_t _dns_base(uint64_t k0, uint64_t k1, uint32_t slot) noexcept nogil:
+    return <uint16_t>(cookie_of(k0, k1, slot, 0) >> 48)
+
+
 cdef inline uint16_t _dns_id(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
-    return <uint16_t>(cookie_of(k0, k1, slot, serial) >> 48)
+    # keyed per slot, sequential per probe: 16 bits of the cookie would let two probes
+    # in flight share an ID (a birthday collision, ~1 in 1,000 sweeps at window 4), and
+    # a reply to one would settle the other
+    return <uint16_t>(_dns_base(k0, k1, slot) + (serial & 0xFFFF))
 
 
 cdef inline uint32_t _ntp_key(uint64_t k0, uint64_t k1, uint32_t slot, uint32_t serial) noexcept nogil:
@@ -219,11 +229,15 @@ cdef class UdpSocket(ProbeSocket):
         return ns - 1 if ns else 0
 
     cdef int _window_dns(self, uint32_t s, uint16_t qid, uint32_t *serial) noexcept nogil:
+        """The probe of slot ``s`` in its window (its last ``window`` serials) whose
+        query had ID ``qid``: 1 found (at most one can be: their IDs are consecutive
+        serials plus the slot's base), -1 none (a foreign ID)."""
         cdef Probe *pr = &self.probes[<size_t>s * self.window]
         cdef uint32_t w, ns = self.stats[s].next_serial
+        cdef uint16_t low = <uint16_t>(qid - _dns_base(self.k0, self.k1, s))
         for w in range(self.window):
             if (pr[w].state != ST_EMPTY and pr[w].serial < ns and
-                    _dns_id(self.k0, self.k1, s, pr[w].serial) == qid):
+                    <uint16_t>(pr[w].serial & 0xFFFF) == low):
                 serial[0] = pr[w].serial
                 return 1
         return -1
