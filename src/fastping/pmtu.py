@@ -198,6 +198,7 @@ class _Seen:
 
     sent: int = 0
     replies: int = 0
+    reply_ttl: int | None = None  # the TTL / hop limit the last reply arrived with
     texc_router: str | None = None
     mtu: int = 0  # named by a fragmentation-needed / packet-too-big
     mtu_router: str | None = None
@@ -284,6 +285,7 @@ class _Prober:
                 for i, a in enumerate(addrs):
                     st = s.slot_stats(i)
                     seen = _Seen(sent=st[0], replies=st[1], send_errors=st[7])
+                    seen.reply_ttl = st[14] if st[1] else None
                     etype, ecode, router = st[15], st[16], st[17]
                     if st[6]:
                         seen.texc_router = router if etype == texc else None
@@ -314,7 +316,7 @@ class _State:
     hi: int = 0  # smallest size that failed (local + 1: none yet)
     tried: set[int] = field(default_factory=set)
     ptb: dict[int, int] = field(default_factory=dict)  # failed size -> MTU named (0: none)
-    pending_ptb: int = 0
+    reply_ttl: int | None = None  # of the target's echo replies: its distance, roughly
 
 
 def _ladder(fam: int, local: int) -> list[int]:
@@ -355,6 +357,7 @@ def _search(prober: _Prober, states: list[_State]) -> None:
                 st.res.probes += s.sent
                 if s.replies:
                     st.lo = max(st.lo, size)
+                    st.reply_ttl = s.reply_ttl or st.reply_ttl
                 else:
                     st.ptb[size] = s.mtu
                     if s.mtu:
@@ -436,7 +439,11 @@ def _locate(
                     elif s.texc_router is not None:
                         ans[a][ttl][b] = ("hop", s.texc_router)
 
-    ask({(a, k, b) for a in by_address for k in range(1, max_ttl + 1) for b in (0, 1)})
+    # the first round: every hop up to a little past the distance the replies' TTL
+    # suggests (initial 64 / 128 / 255 less the hops back); a target not reached by
+    # then has its further hops asked in the next rounds, as silent ones are
+    reach = {a: min(max_ttl, _guess_distance(st.reply_ttl) + 2) for a, st in by_address.items()}
+    ask({(a, k, b) for a in by_address for k in range(1, reach[a] + 1) for b in (0, 1)})
     for _ in range(retries):
         lone, unknown = _still_unknown(ans, max_ttl, confirmed)
         if not lone and not unknown:
@@ -472,6 +479,13 @@ def _locate(
             r.hole_exact = nxt == hole + 1 and (
                 nxt == r.hops or (got is not None and (nxt, got[1]) in confirmed)
             )
+
+
+def _guess_distance(reply_ttl: int | None) -> int:
+    if not reply_ttl:
+        return 64
+    initial = next(i for i in (32, 64, 128, 255) if i >= reply_ttl)
+    return initial - reply_ttl + 1
 
 
 def _distance(per_ttl: dict[int, list[tuple[str, str] | None]]) -> int | None:
