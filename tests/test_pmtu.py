@@ -86,6 +86,20 @@ def test_black_hole_found_to_the_byte_and_located(lab: PathLab, fam: int) -> Non
     _accounted(res)
 
 
+def test_hole_is_located_when_the_reply_ttl_misleads(lab: PathLab) -> None:
+    # the target starts its replies at 35: they arrive with 32, which reads as one
+    # hop from 32; the first TTL-limited round stops short, the next ones go on
+    for setting in ("net.ipv4.ip_default_ttl=35", "net.ipv6.conf.all.hop_limit=35",
+                    f"net.ipv6.conf.{lab.dev(3, True)}.hop_limit=35"):  # fmt: skip
+        lab.exec(lab.tgt, "sysctl", "-qw", setting)
+    lab.set_mtu(2, 1337)
+    lab.black_hole(2)
+    for r in _mtu(lab, [target4(2), target6(2)]).results:
+        assert r.pmtu == 1337 and r.black_hole and r.hole_exact, r.to_json()
+        assert r.hole_hop == 2 and r.hole_address == lab.hop_address(2, r.family)
+        assert r.silent_hops == [], r.to_json()  # hops never asked are not "silent"
+
+
 def test_black_hole_without_location_is_still_reported(lab: PathLab) -> None:
     lab.set_mtu(1, 1400)
     lab.black_hole(1)

@@ -86,7 +86,7 @@ class PathMtu:
     hole_next_hop: int | None = None
     hole_next_address: str | None = None
     hole_exact: bool = False  # hole_next_hop == hole_hop + 1: no silent hop between
-    hops: int | None = None  # the target's distance, when the location step measured it
+    hops: int | None = None  # the target's distance, when the location step saw it
     silent_hops: list[int] = field(default_factory=list)  # answered neither size
     probes: int = 0
     error: str | None = None
@@ -422,9 +422,11 @@ def _locate(
         a: {k: [None, None] for k in range(1, max_ttl + 1)} for a in by_address
     }
     confirmed: set[tuple[int, str]] = set()  # a lone big probe to it drew nothing
+    asked: set[tuple[str, int, int]] = set()
 
     def ask(want: set[tuple[str, int, int]]) -> None:
         jobs: dict[tuple[int, int | None], list[str]] = {}
+        asked.update(want)
         for a, k, b in want:
             jobs.setdefault((sizes[a][b], k), []).append(a)
         for (size, ttl), per in prober.round(jobs, tries=1).items():
@@ -469,7 +471,12 @@ def _locate(
         if hole:
             got = per_ttl[hole][0] or per_ttl[hole][1]
             r.hole_address = got[1] if got else None
-        r.silent_hops = [k for k in range(1, top) if per_ttl[k] == [None, None]]
+        # silent: asked with both sizes, answered neither (hops never asked are not)
+        r.silent_hops = [
+            k
+            for k in range(1, top)
+            if per_ttl[k] == [None, None] and (a, k, 0) in asked and (a, k, 1) in asked
+        ]
         if nxt is not None:
             r.hole_next_hop = nxt
             got = per_ttl[nxt][1]
