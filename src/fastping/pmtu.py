@@ -50,6 +50,7 @@ MIN_MTU: dict[int, int] = {socket.AF_INET: 68, socket.AF_INET6: 1280}  # RFC 791
 SMALL: dict[int, int] = {socket.AF_INET: 84, socket.AF_INET6: 104}
 LADDER = (1280, 1400, 1420, 1450, 1480, 1492, 1500, 4352, 8000, 9000, 9216, 16384, 65535)
 MAX_PAYLOAD = 65000  # IcmpSocket's largest payload
+MAX_SOCKETS = 64  # sockets (and sweep threads) of one round at once
 SECTIONS = 8  # each search round cuts every target's open gap into this many parts
 MAX_ROUNDS = 24
 DEFAULT_MAX_TTL = 30
@@ -249,9 +250,18 @@ class _Prober:
         self, jobs: dict[tuple[int, int | None], list[str]], tries: int | None = None
     ) -> dict[tuple[int, int | None], dict[str, _Seen]]:
         """One socket per (size, ttl), every address of it as a slot, ``tries`` probes
-        each; all sweeps at once. Returns what each socket saw of each address."""
+        each; the sweeps at once, ``MAX_SOCKETS`` at a time (many targets with
+        different gaps ask many sizes). Returns what each socket saw of each address."""
         n_tries = self.tries if tries is None else tries
-        jobs = {k: list(dict.fromkeys(v)) for k, v in jobs.items() if v}
+        items = [(k, list(dict.fromkeys(v))) for k, v in jobs.items() if v]
+        out: dict[tuple[int, int | None], dict[str, _Seen]] = {}
+        for i in range(0, len(items), MAX_SOCKETS):
+            out.update(self._round(dict(items[i : i + MAX_SOCKETS]), n_tries))
+        return out
+
+    def _round(
+        self, jobs: dict[tuple[int, int | None], list[str]], n_tries: int
+    ) -> dict[tuple[int, int | None], dict[str, _Seen]]:
         socks: list[tuple[tuple[int, int | None], Any, list[str]]] = []
         errors: list[BaseException] = []
         total = sum(len(v) for v in jobs.values()) * n_tries
