@@ -246,7 +246,7 @@ def test_cli_text_and_json(lab: PathLab) -> None:
         assert d["hole_hop"] == 2 and d["hole_address"] == lab.hop_address(2)
     r = _cli(lab, "-6", "-t", "0.3", target6(4))
     assert r.returncode == 1
-    assert f"pass hop 2 {lab.hop_address(2, 6)} and vanish" in r.stdout
+    assert f"BLACK HOLE at hop 2 {lab.hop_address(2, 6)}: 1401-byte probes pass it" in r.stdout
 
 
 @contextlib.contextmanager

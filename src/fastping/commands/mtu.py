@@ -166,18 +166,20 @@ def _line(r: Any) -> str:
     }.get(r.method, r.method or "")
     line = f"{name}: path MTU {r.pmtu} ({how})"
     if r.black_hole:
+        big = f"{r.pmtu + 1}-byte probes"
+        at = "the source" if r.hole_hop == 0 else f"hop {r.hole_hop} {r.hole_address}"
+        nxt = f"hop {r.hole_next_hop} {r.hole_next_address}"
         if r.hole_hop is None:
-            line += f"; BLACK HOLE: {r.pmtu + 1}-byte probes vanish (not located)"
+            line += f"; BLACK HOLE: {big} vanish (not located)"
+        elif r.hole_exact:
+            line += f"; BLACK HOLE at {at}: {big} pass it and vanish after it ({nxt} answers "
+            line += "only small ones)"
+        elif r.hole_next_hop is None:
+            line += f"; BLACK HOLE after {at}: {big} pass it, nothing past it answered"
         else:
-            where = "the source itself" if r.hole_hop == 0 else f"hop {r.hole_hop} {r.hole_address}"
-            line += f"; BLACK HOLE: {r.pmtu + 1}-byte probes pass {where} and vanish after it"
-            if r.hole_next_hop is not None:
-                line += f" (hop {r.hole_next_hop} {r.hole_next_address} answers only small ones)"
-            if not r.hole_exact:
-                nxt = "the end" if r.hole_next_hop is None else f"hop {r.hole_next_hop}"
-                line += f"; not located exactly: somewhere from hop {r.hole_hop} to {nxt}"
-            if r.silent_hops:
-                line += f"; no answer from hop{'s' if len(r.silent_hops) > 1 else ''} " + ", ".join(
-                    map(str, r.silent_hops)
-                )
+            line += f"; BLACK HOLE between {at} and {nxt}: {big} pass the first, not the last"
+        if r.silent_hops:
+            hops = ", ".join(map(str, r.silent_hops))
+            line += f"; no answer from hop{'s' if len(r.silent_hops) > 1 else ''} {hops} "
+            line += "(silent, or rate-limited)"
     return line
