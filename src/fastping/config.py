@@ -426,6 +426,18 @@ class MetricsConfig(_Model):
         return v
 
 
+class TraceConfig(_Model):
+    """``trace:``: the monitor traces every ICMP target every ``every_s`` seconds
+    (``--trace-every``; None: never), path changes as events, stored and counted;
+    with ``on_outage`` (``--trace-on-outage``) a target whose outage starts at once."""
+
+    every_s: Seconds | None = Field(default=None, ge=1.0, le=86400 * 7)
+    max_ttl: int = Field(default=16, ge=1, le=64)
+    timeout_s: Seconds = Field(default=1.0, gt=0, le=60)
+    rate_pps: float = Field(default=1000.0, gt=0, le=10_000_000)
+    on_outage: bool = False  # also trace a target at once when its outage starts
+
+
 class FastpingConfig(_Model):
     mode: Mode = "auto"
     defaults: Defaults = Defaults()  # frozen, so one shared default is safe
@@ -440,6 +452,7 @@ class FastpingConfig(_Model):
     remote_write: RemoteWriteConfig = RemoteWriteConfig()  # frozen, so one shared default is safe
     shard: str | None = None  # "i/n": this agent watches share i of n (0 <= i < n)
     http: HttpConfig = HttpConfig()  # frozen, so one shared default is safe
+    trace: TraceConfig = TraceConfig()  # frozen, so one shared default is safe
     # resolvers x names matrices (one mapping or a list of them), expanded into targets
     dns: list[DnsMatrix] = Field(default_factory=list)
     # host-name targets resolved by this DNS server (dnsresolve.DnsResolver), on TTL

@@ -91,7 +91,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 # The core's event kinds; the order is OUTCOME_BY_KIND's.
 from ._icmp import (
@@ -108,8 +108,12 @@ from .chunk import RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .loss import LossTracker, OutageEvent, OutageRule
+from .pathwatch import PathChange, PathWatcher
 from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
 from .timing import SendLateness, behind_schedule_us
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 _CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
@@ -264,8 +268,9 @@ class StateChanged:
     time: float = 0.0
 
 
-# OutageEvent (fastping.loss): a target's outage (or our own network's) started / ended
-EngineEvent = ResultEvent | TargetAdded | TargetRemoved | StateChanged | OutageEvent
+# OutageEvent (fastping.loss): a target's outage (or our own network's) started / ended;
+# PathChange (fastping.pathwatch): a target's traced path changed (trace_every_s)
+EngineEvent = ResultEvent | TargetAdded | TargetRemoved | StateChanged | OutageEvent | PathChange
 
 
 class Subscription:
@@ -595,7 +600,9 @@ class MonitoringEngine:
     flush()`` (``store.ResultStore``); the engine submits and flushes but does not
     start or close it. ``network`` is an optional ``netstate.NetworkMonitor``.
     ``guard`` is a ``ResourceGuard`` (``None``: 50 % of one core / 100 MB;
-    pass ``ResourceGuard(None, None)`` to disable).
+    pass ``ResourceGuard(None, None)`` to disable). ``trace_every_s``: trace every
+    ICMP target that often (``fastping.pathwatch``; ``trace_options``: its max_ttl,
+    timeout_s, rate_pps), path changes as ``PathChange`` events, ``path(host)``.
     """
 
     def __init__(
@@ -626,6 +633,8 @@ class MonitoringEngine:
         stop_flush_s: float = DEFAULT_STOP_FLUSH_S,
         outage_rule: OutageRule | None = None,
         loss_tracking: bool = True,
+        trace_every_s: float | None = None,
+        trace_options: dict[str, Any] | None = None,
     ) -> None:
         _check_interval("interval_s", interval_s)
         _check_timeout("timeout_s", timeout_s)
@@ -764,6 +773,12 @@ class MonitoringEngine:
         self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
         self._outage_listener_errors = 0
         self._outage_log_lines = 0
+        # periodic traces of the ICMP targets, path changes as events (fastping.pathwatch)
+        self.paths: PathWatcher | None = (
+            PathWatcher(self, trace_every_s, **(trace_options or {}))
+            if trace_every_s is not None
+            else None
+        )
 
         for t in targets:
             self.add_target(t)
@@ -1045,6 +1060,8 @@ class MonitoringEngine:
             self.guard.prime()
             self._spawn(self._guard_loop())
         self._spawn(self._resolve_loop())
+        if self.paths is not None:
+            self._spawn(self.paths.run())
         self._arm(1)
         self._publish()
         # DEBUG: a program (fastping monitor) says it once, with the first round's outcome
@@ -2083,6 +2100,7 @@ class MonitoringEngine:
             "observer_errors": self._observer_errors,
             "store": store_stats,
             "loss": self._loss_stats(),
+            "paths": None if self.paths is None else self.paths.stats(),
         }
 
     def _loss_stats(self) -> dict[str, Any] | None:
@@ -2104,6 +2122,19 @@ class MonitoringEngine:
         loop (keep it short: queue the work). Unlike a subscription it does not make
         the core return every probe's event, so it costs nothing per probe."""
         self._outage_listeners.append(fn)
+
+    def path(self, host: str) -> Trace | None:
+        """``host``'s latest trace (``fastping.trace.Trace``; None before its first, or
+        when the engine traces nothing: ``trace_every_s``)."""
+        if host not in self._targets:
+            raise TargetError(f"target {host!r} is not being watched")
+        return None if self.paths is None else self.paths.path(host)
+
+    def _path_events(self, evs: Sequence[PathChange]) -> None:
+        """Path changes (fastping.pathwatch) to the subscribers."""
+        self._evs.extend(evs)
+        if self._running and not self._in_tick:
+            self._publish()
 
     def outages(self) -> list[Any]:
         """Outages going on now (``fastping.loss.Outage``), targets' and ours."""

@@ -361,6 +361,9 @@ class MetricsCollector(Collector):
             self._new_series(info.host, info.address)
         if attach:
             self.attach()
+        paths = getattr(engine, "paths", None)
+        if paths is not None:  # the engine traces its targets (trace_every_s)
+            self.add_collector(PathMetricsCollector(paths))
 
     # -- engine side (event loop thread) -------------------------------------------
 
@@ -829,6 +832,41 @@ class MetricsCollector(Collector):
         )
         h.add_metric([], buckets, float(loss["burst_sum"]))
         yield h
+
+
+# the path watcher's (fastping.pathwatch), when the engine traces (trace_every_s)
+PATH_METRIC_NAMES = ("fastping_trace_hops", "fastping_path_changes_total")
+
+
+class PathMetricsCollector(Collector):
+    """Per traced target: ``fastping_trace_hops{target}`` (hops to it in its latest
+    trace, NaN when that trace did not reach it) and
+    ``fastping_path_changes_total{target}`` (path changes this agent saw). Reads the
+    watcher's dicts, copied at once (the metrics thread)."""
+
+    def __init__(self, paths: Any) -> None:
+        self.paths = paths
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        hops = GaugeMetricFamily(
+            "fastping_trace_hops",
+            "Hops to the target in its latest trace (NaN: the trace did not reach it).",
+            labels=("target",),
+        )
+        changes = CounterMetricFamily(
+            "fastping_path_changes",
+            "Path changes seen between consecutive traces of the target (a hop that did "
+            "not answer is never one).",
+            labels=("target",),
+        )
+        for target, hop_count, n in sorted(self.paths.snapshot()):
+            hops.add_metric([target], math.nan if hop_count is None else float(hop_count))
+            changes.add_metric([target], float(n))
+        yield hops
+        yield changes
 
 
 class _EngineOnly(Collector):

@@ -588,6 +588,142 @@ def _read_outages(
     return out
 
 
+# Paths (fastping.pathwatch, the engine's trace_every_s): one row per target per trace
+# round, and one per path change. Like the outages, apart from the results schema
+# (CREATE IF NOT EXISTS at the first write, no schema version change): a database
+# without them simply has no traces. path / old_path / new_path: JSON lists of the
+# responders hop by hop (null: no answer). Rows older than the retention are deleted
+# as new ones are written.
+_TRACE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    target TEXT NOT NULL,
+    time REAL NOT NULL,         -- Unix seconds the round ended
+    address TEXT NOT NULL,      -- what was traced
+    hop_count INTEGER,          -- hops to the target; NULL: not reached
+    reached INTEGER NOT NULL,
+    path TEXT NOT NULL          -- JSON list of responders (null: no answer)
+);
+CREATE INDEX IF NOT EXISTS traces_target_time ON traces (target, time);
+CREATE INDEX IF NOT EXISTS traces_time ON traces (time);
+CREATE TABLE IF NOT EXISTS path_changes (
+    target TEXT NOT NULL,
+    time REAL NOT NULL,
+    address TEXT,
+    old_hops INTEGER,
+    new_hops INTEGER,
+    old_path TEXT NOT NULL,
+    new_path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS path_changes_time ON path_changes (time);
+"""
+
+
+def _json_path(path: Sequence[str | None]) -> str:
+    import json
+
+    return json.dumps(list(path), separators=(",", ":"))
+
+
+def _write_traces(
+    writer: _Writer, traces: Sequence[Any], changes: Sequence[Any], keep_after: float
+) -> None:
+    """One transaction: trace rows and path changes (``pathwatch.TraceRecord`` /
+    ``PathChange``), and the traces older than ``keep_after`` deleted."""
+    with writer.lock:
+        try:
+            conn = writer.open()
+            conn.executescript(_TRACE_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO traces (target, time, address, hop_count, reached, path) "
+                    "VALUES (?,?,?,?,?,?)",
+                    [(r.target, r.time, r.address, r.hop_count, int(r.reached),
+                      _json_path(r.path)) for r in traces],
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT INTO path_changes (target, time, address, old_hops, new_hops, "
+                    "old_path, new_path) VALUES (?,?,?,?,?,?,?)",
+                    [(c.target, c.time, c.address, c.old_hops, c.new_hops,
+                      _json_path(c.old), _json_path(c.new)) for c in changes],
+                )  # fmt: skip
+                conn.execute("DELETE FROM traces WHERE time < ?", (keep_after,))
+                conn.execute("DELETE FROM path_changes WHERE time < ?", (keep_after,))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            writer.close()
+            raise
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _in_window(
+    sql: str, since: float | None, until: float | None, targets: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    args: list[Any] = []
+    if since is not None:
+        sql += " AND time >= ?"
+        args.append(since)
+    if until is not None:
+        sql += " AND time <= ?"
+        args.append(until)
+    if targets is not None:
+        sql += f" AND target IN ({','.join('?' * len(targets))})"
+        args.extend(targets)
+    return sql, args
+
+
+def _read_latest_traces(
+    conn: sqlite3.Connection, until: float | None, targets: Sequence[str] | None
+) -> dict[str, dict[str, Any]]:
+    import json
+
+    if not _has_table(conn, "traces"):
+        return {}
+    sql, args = _in_window("SELECT target, max(time) FROM traces WHERE 1", None, until, targets)
+    out: dict[str, dict[str, Any]] = {}
+    for target, t in conn.execute(sql + " GROUP BY target", args).fetchall():
+        row = conn.execute(
+            "SELECT address, hop_count, reached, path FROM traces WHERE target = ? AND time = ?",
+            (target, t),
+        ).fetchone()
+        out[target] = {"target": target, "time": t, "address": row[0], "hop_count": row[1],
+                       "reached": bool(row[2]), "path": json.loads(row[3])}  # fmt: skip
+    return out
+
+
+def _read_path_changes(
+    conn: sqlite3.Connection,
+    since: float | None,
+    until: float | None,
+    targets: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    import json
+
+    if not _has_table(conn, "path_changes"):
+        return []
+    sql, args = _in_window(
+        "SELECT target, time, address, old_hops, new_hops, old_path, new_path FROM "
+        "path_changes WHERE 1", since, until, targets,
+    )  # fmt: skip
+    return [
+        {"target": tg, "time": t, "address": a, "old_hops": oh, "new_hops": nh,
+         "old": json.loads(op), "new": json.loads(np)}
+        for tg, t, a, oh, nh, op, np in conn.execute(sql + " ORDER BY time, target", args)
+    ]  # fmt: skip
+
+
 class _Writer:
     """The write side: one connection, used by one worker thread at a time."""
 
@@ -1549,6 +1685,39 @@ class ResultStore:
         (kind 'local', target None) are included unless ``kind`` says otherwise."""
         with self._read() as conn:
             return _read_outages(conn, since, until, targets, kind)
+
+    def write_traces(self, traces: Sequence[Any], changes: Sequence[Any] = ()) -> None:
+        """Write one round of traces and path changes (``fastping.pathwatch``) at once,
+        in the calling thread (the engine's path watcher calls it in a worker thread;
+        a round is one transaction). Raises the database's error; the watcher keeps
+        the rows for its next round."""
+        if not traces and not changes:
+            return
+        keep_after = time.time() - self.retention_s
+        own = getattr(self._writer, "write_traces", None)  # PostgreSQL: its own tables
+        if own is not None:
+            own(traces, changes, keep_after)
+        else:
+            _write_traces(self._writer, traces, changes, keep_after)  # type: ignore[arg-type]
+
+    def latest_traces(
+        self, until: float | None = None, targets: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Each target's latest trace up to ``until``: target, time, address,
+        hop_count (None: not reached), reached, path (responders, None: no answer)."""
+        with self._read() as conn:
+            return _read_latest_traces(conn, until, targets)
+
+    def path_changes(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Path changes in [since, until], oldest first: target, time, address,
+        old_hops, new_hops, old, new (paths as lists of responders)."""
+        with self._read() as conn:
+            return _read_path_changes(conn, since, until, targets)
 
     def _set_wake(self) -> None:
         assert self._wake is not None and self._loop is not None

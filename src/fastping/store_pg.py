@@ -300,6 +300,38 @@ class _PgWriter:
                 self.close()
                 raise
 
+    def write_traces(
+        self, traces: Sequence[Any], changes: Sequence[Any], keep_after: float
+    ) -> None:
+        """One round of traces and path changes (fastping.pathwatch) with this agent, one
+        transaction (the SQLite store's traces / path_changes, with an agent column);
+        this agent's rows older than ``keep_after`` are deleted."""
+        from .store import _json_path
+
+        with self.lock:
+            try:
+                conn = self.open()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(_TRACE_SCHEMA)
+                    cur.executemany(
+                        "INSERT INTO fastping_traces VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        [(self.agent, r.target, r.time, r.address, r.hop_count, bool(r.reached),
+                          _json_path(r.path)) for r in traces],
+                    )  # fmt: skip
+                    cur.executemany(
+                        "INSERT INTO fastping_path_changes VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(self.agent, c.target, c.time, c.address, c.old_hops, c.new_hops,
+                          _json_path(c.old), _json_path(c.new)) for c in changes],
+                    )  # fmt: skip
+                    for table in ("fastping_traces", "fastping_path_changes"):
+                        cur.execute(
+                            f"DELETE FROM {table} WHERE agent = %s AND time < %s",
+                            (self.agent, keep_after),
+                        )
+            except BaseException:
+                self.close()
+                raise
+
     # ---- writes -----------------------------------------------------------------------
 
     def write(
@@ -654,6 +686,30 @@ _UPSERT_OUTAGE = (
 )
 
 
+_TRACE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fastping_traces (
+    agent TEXT NOT NULL,
+    target TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    address TEXT NOT NULL,
+    hop_count INTEGER,
+    reached BOOLEAN NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fastping_traces_target_time ON fastping_traces (target, time);
+CREATE TABLE IF NOT EXISTS fastping_path_changes (
+    agent TEXT NOT NULL,
+    target TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    address TEXT,
+    old_hops INTEGER,
+    new_hops INTEGER,
+    old_path TEXT NOT NULL,
+    new_path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fastping_path_changes_time ON fastping_path_changes (time)"""
+
+
 class PgResultStore(ResultStore):
     """Probe results in PostgreSQL (see the module docstring). Writes go through
     ResultStore's queue; the queries take ``agent`` / ``agents`` and ``labels``
@@ -779,6 +835,68 @@ class PgResultStore(ResultStore):
             keep = set(targets)
             out = [o for o in out if o.target is None or o.target in keep]
         return out
+
+    def latest_traces(
+        self,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """ResultStore.latest_traces over the agents' traces (the latest of any agent
+        per target, with its ``agent``)."""
+        import json
+
+        with self._read() as conn:
+            if not conn.execute("SELECT to_regclass('fastping_traces') IS NOT NULL").fetchone()[0]:
+                return {}
+            rows = conn.execute(
+                "SELECT DISTINCT ON (target) target, time, address, hop_count, reached, path,"
+                " agent FROM fastping_traces WHERE time <= %s"
+                " AND (%s::text[] IS NULL OR target = ANY(%s))"
+                " AND (%s::text[] IS NULL OR agent = ANY(%s)) ORDER BY target, time DESC",
+                (math.inf if until is None else until,
+                 None if targets is None else list(targets),
+                 None if targets is None else list(targets),
+                 None if agents is None else list(agents),
+                 None if agents is None else list(agents)),
+            ).fetchall()  # fmt: skip
+        return {
+            tg: {"target": tg, "time": float(t), "address": a, "hop_count": hc,
+                 "reached": bool(r), "path": json.loads(p), "agent": ag}
+            for tg, t, a, hc, r, p, ag in rows
+        }  # fmt: skip
+
+    def path_changes(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """ResultStore.path_changes over every agent's (or ``agents``') changes."""
+        import json
+
+        with self._read() as conn:
+            if not conn.execute(
+                "SELECT to_regclass('fastping_path_changes') IS NOT NULL"
+            ).fetchone()[0]:
+                return []
+            rows = conn.execute(
+                "SELECT target, time, address, old_hops, new_hops, old_path, new_path, agent"
+                " FROM fastping_path_changes WHERE time >= %s AND time <= %s"
+                " AND (%s::text[] IS NULL OR target = ANY(%s))"
+                " AND (%s::text[] IS NULL OR agent = ANY(%s)) ORDER BY time, target",
+                (-math.inf if since is None else since, math.inf if until is None else until,
+                 None if targets is None else list(targets),
+                 None if targets is None else list(targets),
+                 None if agents is None else list(agents),
+                 None if agents is None else list(agents)),
+            ).fetchall()  # fmt: skip
+        return [
+            {"target": tg, "time": float(t), "address": a, "old_hops": oh, "new_hops": nh,
+             "old": json.loads(op), "new": json.loads(np), "agent": ag}
+            for tg, t, a, oh, nh, op, np, ag in rows
+        ]  # fmt: skip
 
     def probe_log(
         self,

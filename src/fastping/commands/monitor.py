@@ -151,6 +151,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "JSON (http:// or https://; retried, never blocking probing)",
     )
     parser.add_argument(
+        "--trace-every",
+        type=argtypes.seconds(1.0, 7 * 86400.0),
+        metavar="S",
+        help="trace every ICMP target every S seconds (at least 1; trace.every_s): path "
+        "changes are logged, stored (fastping report --paths) and counted in the metrics",
+    )
+    parser.add_argument(
+        "--trace-on-outage",
+        action="store_true",
+        help="with --trace-every: also trace a target at once when its outage starts "
+        "(--outage-after lost probes; trace.on_outage): where does its path end now?",
+    )
+    parser.add_argument(
         "--shard",
         metavar="I/N",
         help="watch only share I of N (counted from 0) of the targets: N agents given the "
@@ -405,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
             "one socket): use auto, raw, dgram or connect, or grant CAP_NET_RAW"
         )
 
+    _trace_options(args, cfg)  # a bad combination refused before anything starts
     from ..config import is_url
 
     http_checks = cfg.http_checks([t for t in args.targets if is_url(t)])
@@ -543,6 +557,7 @@ async def _main(
         stop_flush_s=args.stop_timeout,
         outage_rule=OutageRule(min_lost=args.outage_after),
         resolver=resolver,
+        **_trace_options(args, cfg),
     )
     for host, iv, to, labels in targets:
         engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
@@ -672,6 +687,8 @@ async def _main(
         summary["timing"] = st["tcp_timing"]
     if shared:
         summary["agent"] = agent
+    if st.get("paths") is not None:
+        summary["paths"] = st["paths"]
     if remote is not None:
         summary["remote_write"] = remote.stats()
     if http is not None:
@@ -691,6 +708,28 @@ async def _main(
         )
         return 4
     return 0
+
+
+def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """The engine's trace settings: --trace-every, else the config's trace: section."""
+    tc = cfg.trace
+    from ..errors import ConfigError
+
+    every = getattr(args, "trace_every", None)
+    every = every if every is not None else tc.every_s
+    on_outage = bool(getattr(args, "trace_on_outage", False) or tc.on_outage)
+    if every is None:
+        if on_outage:
+            raise ConfigError(
+                "--trace-on-outage (trace.on_outage) needs --trace-every S (trace.every_s): "
+                "the regular traces give the path an outage's trace is compared with"
+            )
+        return {}
+    return {
+        "trace_every_s": every,
+        "trace_options": {"max_ttl": tc.max_ttl, "timeout_s": tc.timeout_s,
+                          "rate_pps": tc.rate_pps, "on_outage": on_outage},
+    }  # fmt: skip
 
 
 class _HttpSide:

@@ -113,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "that group them; with --json one object per line",
     )  # fmt: skip
     parser.add_argument(
+        "--paths", action="store_true",
+        help="list only the path changes the monitor's traces saw (--trace-every): time, "
+        "target, old path -> new path; with --json one object per line",
+    )  # fmt: skip
+    parser.add_argument(
         "--incident-window", metavar="S", type=float, default=10.0,
         help="outages of targets in one /24 (/64) starting within S seconds of each other "
         "are one incident (default 10)",
@@ -436,6 +441,9 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
         else:
             print("\n".join(_outage_lines(outages, incidents)))
         return 0
+    if args.paths:
+        _print_path_changes(store, since, until, args.target, args.json, shared, args.agent)
+        return 0
     if not stats:
         span = store.time_range()
         hint = ""
@@ -449,12 +457,17 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
         return 1
 
     _patterns(store, stats, since, until, outages, max(args.max_patterns, 0))
+    paths = _path_summary(store, since, until, args.target, args.agent if shared else None)
     if args.json:
         for s in stats:
             d = _round(s)
             for k in PATTERN_KEYS:
                 v = s.get(k)
                 d[k] = round(v, 4) if isinstance(v, float) else v
+            if paths is not None:  # the monitor traced (--trace-every)
+                p = paths.get(s["target"])
+                d["hop_count"] = None if p is None else p["hop_count"]
+                d["path_changes"] = 0 if p is None else p["changes"]
             print(json.dumps(d))
     else:
         lo = since if since is not None else min(s["first_time"] for s in stats)
@@ -474,6 +487,8 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
             )
             print(_pattern_table([s for s in stats if (s.get("loss_pattern") or {}).get("lost")]))
         print("\n".join(_outage_lines(outages, incidents, limit=50)))
+        if paths:
+            print("\n".join(_path_lines(paths)))
         if shared:
             _print_timing(store.read_timing(since, until, args.agent))
         else:
@@ -485,6 +500,74 @@ def _report(args: argparse.Namespace, store: Any, db: str, shared: bool) -> int:
     if args.html:
         _write_html(args, store, db, stats, since, until, now, outages, incidents)
     return 0
+
+
+def _path_text(path: list[str | None]) -> str:
+    return " ".join("*" if a is None else a for a in path) or "-"
+
+
+def _path_summary(
+    store: Any,
+    since: float | None,
+    until: float | None,
+    targets: list[str] | None,
+    agents: list[str] | None,
+) -> dict[str, dict[str, Any]] | None:
+    """Per traced target: its latest trace (up to ``until``) and its path changes in
+    the window; None when the monitor never traced (no traces in the store)."""
+    kw = {"agents": agents} if agents else {}
+    latest: dict[str, dict[str, Any]] = store.latest_traces(until, targets, **kw)
+    if not latest:
+        return None
+    changes: dict[str, int] = {}
+    for c in store.path_changes(since, until, targets, **kw):
+        changes[c["target"]] = changes.get(c["target"], 0) + 1
+    for t, p in latest.items():
+        p["changes"] = changes.get(t, 0)
+    return latest
+
+
+def _path_lines(paths: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per traced target: hops in its latest trace, path changes in the
+    window, the latest path."""
+    from ..targets import address_order
+
+    lines = [f"paths: {len(paths)} targets traced, "
+             f"{sum(p['changes'] for p in paths.values())} path changes in the window "
+             "(fastping report --paths lists them; * = no answer from that hop)"]  # fmt: skip
+    for t in sorted(paths, key=address_order):
+        p = paths[t]
+        hops = "not reached" if p["hop_count"] is None else f"{p['hop_count']} hops"
+        lines.append(f"  {t:<24} {hops:>11}  changes {p['changes']:<3}  traced "
+                     f"{_when(p['time'])}  {_path_text(p['path'])}")  # fmt: skip
+    return lines
+
+
+def _print_path_changes(
+    store: Any,
+    since: float | None,
+    until: float | None,
+    targets: list[str] | None,
+    as_json: bool,
+    shared: bool,
+    agents: list[str] | None,
+) -> None:
+    import json
+
+    kw = {"agents": agents} if shared and agents else {}
+    changes = store.path_changes(since, until, targets, **kw)
+    if as_json:
+        for c in changes:
+            c["time"] = round(c["time"], 3)
+            print(json.dumps(c))
+        return
+    print(f"path changes: {len(changes)} (* = no answer from that hop)")
+    for c in changes:
+        who = c["target"] + (f" [{c['agent']}]" if "agent" in c else "")
+        old = "not reached" if c["old_hops"] is None else f"{c['old_hops']} hops"
+        new = "not reached" if c["new_hops"] is None else f"{c['new_hops']} hops"
+        print(f"  {_when(c['time'])}  {who}: {_path_text(c['old'])} ({old}) -> "
+              f"{_path_text(c['new'])} ({new})")  # fmt: skip
 
 
 def _add_dns(
