@@ -291,7 +291,10 @@ class IcmpSocket(ProbeSocket):
         payload_size: int = 56,
         ttl: int | None = None,
         tos: int | None = None,
-        dont_fragment: bool = False,
+        # True: DF with the kernel's path MTU (sends above a learned PMTU fail with
+        # EMSGSIZE); "probe": DF whatever the kernel learned (IP_PMTUDISC_PROBE /
+        # IPV6_PMTUDISC_PROBE), as a path MTU search needs
+        dont_fragment: bool | str = False,
         rcvbuf_bytes: int = 0,  # 0 = sized automatically to the in-flight burst
         batch_size: int = 64,
         window: int = 1,  # probes per slot that may be outstanding at once
@@ -302,6 +305,9 @@ class IcmpSocket(ProbeSocket):
         # "batch" (one clock read per sendmmsg batch: fastest, RTTs include batching)
         timestamps: str = "kernel",
     ) -> None: ...
+    def slot_mtu(self, slot: int) -> int:
+        """The MTU the slot's last fragmentation-needed (IPv4) / packet-too-big
+        (IPv6) named; 0 when none did."""
 
 @disjoint_base
 class TcpSocket(ProbeSocket):

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitor": ("monitor", "watch targets continuously and record every probe in SQLite"),
     "http": ("http", "check HTTP(S) URLs once, phase by phase, server time apart from path"),
     "trace": ("trace", "traceroute every target at once: each hop's router and RTT"),
+    "mtu": ("mtu", "path MTU of every target at once; PMTUD black holes found and located"),
     "fping": ("fping", "fping 5.x's options and output on fastping's core (also fastping-fping)"),
 }
 

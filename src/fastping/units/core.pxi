@@ -28,6 +28,7 @@ cdef struct SlotRare:
     uint32_t user_timed          # replies whose send time is a user-space clock read
     int64_t min_ns, max_ns       # the RTT range once SF_WIDE is set
     uint8_t err_type, err_code
+    uint16_t mtu                 # the MTU the last fragmentation-needed / packet-too-big named
     uint8_t router[16]           # who sent the last ICMP error
     uint32_t closed              # answers that said "port closed" (TCP RST): in received too
 

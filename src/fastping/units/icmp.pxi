@@ -9,7 +9,7 @@ cdef class IcmpSocket(ProbeSocket):
     cdef uint32_t pad_sum        # checksum partial of the constant padding
 
     def __init__(self, int family=AF_INET, *, str kind="raw", int payload_size=56, ttl=None,
-                 tos=None, bint dont_fragment=False, int rcvbuf_bytes=0, int batch_size=64,
+                 tos=None, dont_fragment=False, int rcvbuf_bytes=0, int batch_size=64,
                  int window=1, bint bpf=True, Py_ssize_t log_max=4_000_000,
                  str timestamps="kernel"):
         if kind not in ("raw", "dgram"):
@@ -21,6 +21,8 @@ cdef class IcmpSocket(ProbeSocket):
             raise ValueError(f"ttl {ttl} must be 1..255")
         if tos is not None and not 0 <= tos <= 255:
             raise ValueError(f"tos {tos} must be 0..255")
+        if dont_fragment not in (False, True, "probe"):
+            raise ValueError(f"dont_fragment must be False, True or 'probe', not {dont_fragment!r}")
         self._setup(family, kind, ICMP_HDR_LEN + payload_size, batch_size, window, log_max,
                     timestamps)
         self.payload_size = payload_size
@@ -29,7 +31,8 @@ cdef class IcmpSocket(ProbeSocket):
             _fill_pattern(self.tx_pkts + <size_t>i * self.plen + ICMP_HDR_LEN + PROBE_HDR,
                           payload_size - PROBE_HDR)
         self.pad_sum = csum_add(self.tx_pkts + ICMP_HDR_LEN + PROBE_HDR, payload_size - PROBE_HDR, 0)
-        self._open(ttl, tos, dont_fragment, rcvbuf_bytes, bpf)
+        self._open(ttl, tos, 2 if dont_fragment == "probe" else 1 if dont_fragment else 0,
+                   rcvbuf_bytes, bpf)
 
     def __repr__(self):
         fam = "IPv4" if self.family == AF_INET else "IPv6"
@@ -80,6 +83,7 @@ cdef class IcmpSocket(ProbeSocket):
                 # quoted destination, to a probe still outstanding
                 if self._slot_of_quote(p.inner_dst, p.seq, &slot, &serial):
                     self._on_error(slot, serial, p.type, p.code, self._src_of(h), t_rx)
+                    self._note_mtu(slot, p.mtu)
                 else:
                     self.c_unattributed += 1
             elif p.is_error:
@@ -107,6 +111,7 @@ cdef class IcmpSocket(ProbeSocket):
                 self.c_f_source += 1
                 return
             self._on_error(slot, serial, p.type, p.code, src, t_rx)
+            self._note_mtu(slot, p.mtu)
             return
         if memcmp(src, want, self.addr_len) != 0:
             self.c_foreign += 1     # a valid cookie from the wrong address: spoofed or misrouted
@@ -114,7 +119,10 @@ cdef class IcmpSocket(ProbeSocket):
             return
         self._on_reply(slot, serial, t_rx, ttl, C_EV_REPLY)
 
-    cdef int _open(self, ttl, tos, bint dont_fragment, int rcvbuf_bytes, bint use_bpf) except -1:
+    cdef int _open(self, ttl, tos, int dont_fragment, int rcvbuf_bytes, bint use_bpf) except -1:
+        # dont_fragment: 0 off, 1 DF with the kernel's path MTU (a learned PMTU makes
+        # bigger sends fail locally with EMSGSIZE), 2 DF whatever the kernel learned
+        # (IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: what a path MTU search sends)
         cdef int proto = IPPROTO_ICMP if self.family == AF_INET else IPPROTO_ICMPV6
         cdef int stype = (SOCK_RAW if self.raw else SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC
         cdef int v
@@ -149,7 +157,8 @@ cdef class IcmpSocket(ProbeSocket):
             if tos is not None:
                 self._setopt(IPPROTO_IP, IP_TOS, tos, "IP_TOS")
             if dont_fragment:
-                self._setopt(IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO, "IP_MTU_DISCOVER")
+                self._setopt(IPPROTO_IP, IP_MTU_DISCOVER,
+                             IP_PMTUDISC_DO if dont_fragment == 1 else 3, "IP_MTU_DISCOVER")
         else:
             self._setopt(IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT")
             if not self.raw:
@@ -160,6 +169,8 @@ cdef class IcmpSocket(ProbeSocket):
                 self._setopt(IPPROTO_IPV6, IPV6_TCLASS, tos, "IPV6_TCLASS")
             if dont_fragment:
                 self._setopt(IPPROTO_IPV6, IPV6_DONTFRAG, 1, "IPV6_DONTFRAG")
+            if dont_fragment == 2:   # IPV6_MTU_DISCOVER (23) = IPV6_PMTUDISC_PROBE (3)
+                self._setopt(IPPROTO_IPV6, 23, 3, "IPV6_MTU_DISCOVER")
         self.set_rcvbuf(rcvbuf_bytes if rcvbuf_bytes > 0 else 8 * 1024 * 1024)
         # A send burst of a whole batch must fit the send buffer too.
         v = 4 * 1024 * 1024
@@ -177,6 +188,20 @@ cdef class IcmpSocket(ProbeSocket):
             # be ours yet (nothing was sent), so discard them (socket(7), SO_ATTACH_FILTER).
             self._flush_queue()
         return 0
+
+    cdef inline void _note_mtu(self, uint32_t slot, uint32_t mtu) noexcept nogil:
+        # the MTU a fragmentation-needed / packet-too-big named, kept with the slot's
+        # last ICMP error (only an error _on_error took: one that made the SlotRare)
+        cdef SlotStats *st = &self.stats[slot]
+        if mtu and st.rare:
+            self.rare[st.rare - 1].mtu = <uint16_t>(mtu if mtu < 0xFFFF else 0xFFFF)
+
+    def slot_mtu(self, uint32_t slot):
+        """The MTU named by the slot's last fragmentation-needed (IPv4) / packet-too-big
+        (IPv6), 0 when none named one (reset with the slot's stats)."""
+        if slot >= self.n:
+            raise IndexError(slot)
+        return self._rare_ro(slot).mtu
 
     cdef int _attach_bpf(self) except -1:
         # Classic BPF (Documentation/networking/filter.rst): pass echo replies and
@@ -293,4 +318,7 @@ cdef class IcmpSocket(ProbeSocket):
             sin6 = <sockaddr_in6 *>off
             router = <const uint8_t *>&sin6.sin6_addr
         self._on_error(slot, serial, ee.ee_type, ee.ee_code, router, t_rx)
+        if (ee.ee_type == ICMP_DEST_UNREACH and ee.ee_code == 4 and self.family == AF_INET) or \
+                (ee.ee_type == ICMP6_PACKET_TOO_BIG and self.family == AF_INET6):
+            self._note_mtu(slot, ee.ee_info)   # ip(7): ee_info is the reported MTU
 
