@@ -309,15 +309,27 @@ class PathLab:
             " icmp type time-exceeded drop\n icmpv6 type time-exceeded drop\n }\n}\n",
         )
 
-    def black_hole(self, router: int) -> None:
-        """Router ``router`` drops the fragmentation-needed / packet-too-big it
-        sends (a PMTUD black hole: big packets vanish there, small ones pass)."""
+    def black_hole(self, router: int, twin: bool = False) -> None:
+        """Router ``router`` (1-based; with ``twin``, the twin beside it) drops the
+        fragmentation-needed / packet-too-big it sends (a PMTUD black hole: big
+        packets vanish there, small ones pass)."""
+        if twin and (self.twin_ns is None or router != self.twin):
+            raise ValueError(f"router {router} has no twin in this lab")
         self._nft(
-            self.node(router),
+            self.twin_ns if twin and self.twin_ns else self.node(router),
             "table inet fpph {\n chain out {\n type filter hook output priority 0;\n"
             " icmp type destination-unreachable icmp code frag-needed drop\n"
             " icmpv6 type packet-too-big drop\n }\n}\n",
         )
+
+    def set_twin_mtu(self, link: int, mtu: int) -> None:
+        """Both ends of the twin's link ``link`` (0: towards the source, 1: onwards)."""
+        if self.twin is None or self.twin_ns is None or link not in (0, 1):
+            raise ValueError("set_twin_mtu needs a lab made with twin=, link 0 or 1")
+        left = self.node(self.twin - 1) if link == 0 else self.twin_ns
+        right = self.twin_ns if link == 0 else self.node(self.twin + 1)
+        self._ns(left, "link", "set", f"fpt{link}l{self.tag}", "mtu", str(mtu))
+        self._ns(right, "link", "set", f"fpt{link}r{self.tag}", "mtu", str(mtu))
 
     def down(self) -> None:
         for ns in reversed(self._made):

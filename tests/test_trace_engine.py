@@ -279,6 +279,54 @@ def test_stop_ends_a_long_round_at_once(lab: PathLab) -> None:
     assert st["interrupted"] == 1 and st["rounds"] == 0 and st["traced"] == 0, st
 
 
+def test_path_mtu_is_measured_again_after_a_path_change(lab: PathLab) -> None:
+    """--mtu-on-change: each target's path MTU at its first trace; after the route
+    moves to r2b, whose onward link carries 1400 bytes and whose frag-needed /
+    packet-too-big nft drops (a black hole), it is measured again: 1400, the hole
+    at r2b (hop 2). Both in the engine's stats and in the metrics."""
+    from fastping.engine import MonitoringEngine
+    from fastping.metrics import serve_metrics
+
+    got: dict[str, Any] = {}
+    targets = [target4(5), target6(5)]
+
+    async def main() -> None:
+        engine = MonitoringEngine(
+            targets, interval_s=0.5, timeout_s=0.5, trace_every_s=TRACE_EVERY_S,
+            trace_options={"max_ttl": 8, "timeout_s": 0.3, "mtu_on_change": True},
+        )  # fmt: skip
+        server = serve_metrics(engine, "127.0.0.1:0")
+        await engine.start()
+        try:
+            paths = engine.paths
+            assert paths is not None
+            await _until(lambda: paths.mtu_checks >= 2, "the first path MTUs")
+            got["first"] = {h: paths.mtu(h) for h in targets}
+            lab.set_twin_mtu(1, 1400)
+            lab.black_hole(2, twin=True)
+            lab.set_path("b")
+            await _until(lambda: paths.mtu_checks >= 4, "the path MTUs after the change")
+            got["after"] = {h: paths.mtu(h) for h in targets}
+            got["stats"] = engine.stats()["paths"]
+            got["scrape"] = _scrape(server.url)
+        finally:
+            await engine.stop()
+            server.close()
+
+    lab.run(lambda: asyncio.run(main()))
+    for h in targets:
+        first, after = got["first"][h], got["after"][h]
+        assert first.pmtu == 1500 and not first.black_hole, first
+        assert after.pmtu == 1400 and after.black_hole, after
+        fam = 4 if ":" not in h else 6
+        assert after.hole_hop == 2 and after.hole_address in lab.hop_addresses(2, fam), after
+        assert _sample(got["scrape"], "fastping_path_mtu_bytes", h) == 1400.0
+        assert _sample(got["scrape"], "fastping_path_black_hole", h) == 1.0
+    st = got["stats"]
+    assert st["mtu_on_change"] and st["mtu_changes"] == 2 and st["mtu_errors"] == 0, st
+    assert st["path_changes"] == 2, st
+
+
 # ------------------------------------------------------------------ fastping monitor
 
 
@@ -371,6 +419,11 @@ def test_bad_trace_settings_are_refused() -> None:
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
     assert r.returncode == 3 and "needs --trace-every" in r.stderr, r
+    r = subprocess.run(
+        fastping_cmd("monitor", "127.0.0.1", "--mtu-on-change", "--duration", "1"),
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 3 and "--mtu-on-change" in r.stderr and "needs --trace-every" in r.stderr
     from fastping.config import parse_config_text
 
     with pytest.raises(ConfigError, match="every_s"):

@@ -229,7 +229,9 @@ class DnsMatrix(_Model):
     def target_configs(self) -> list[TargetConfig]:
         return [
             TargetConfig(
-                host=u, interval_s=self.interval_s, timeout_s=self.timeout_s,
+                host=u,
+                interval_s=self.interval_s,
+                timeout_s=self.timeout_s,
                 labels=dict(self.labels),
             )  # fmt: skip
             for u in self.urls()
@@ -436,6 +438,8 @@ class TraceConfig(_Model):
     timeout_s: Seconds = Field(default=1.0, gt=0, le=60)
     rate_pps: float = Field(default=1000.0, gt=0, le=10_000_000)
     on_outage: bool = False  # also trace a target at once when its outage starts
+    # measure each target's path MTU at its first trace and after each path change
+    mtu_on_change: bool = False
 
 
 class FastpingConfig(_Model):
@@ -705,8 +709,14 @@ def _expand_dns(cfg: FastpingConfig, source: str, node: yaml.Node | None) -> Fas
         for tc in m.target_configs():
             if tc.label in where:
                 raise ConfigError(
-                    _line(f"dns[{k}]", tc.label, f"asked already by {where[tc.label]}",
-                          source, node, ("dns", k))  # fmt: skip
+                    _line(
+                        f"dns[{k}]",
+                        tc.label,
+                        f"asked already by {where[tc.label]}",
+                        source,
+                        node,
+                        ("dns", k),
+                    )  # fmt: skip
                 )
             where[tc.label] = f"dns[{k}]"
             extra.append(tc)

@@ -835,7 +835,12 @@ class MetricsCollector(Collector):
 
 
 # the path watcher's (fastping.pathwatch), when the engine traces (trace_every_s)
-PATH_METRIC_NAMES = ("fastping_trace_hops", "fastping_path_changes_total")
+PATH_METRIC_NAMES = (
+    "fastping_trace_hops",
+    "fastping_path_changes_total",
+    "fastping_path_mtu_bytes",
+    "fastping_path_black_hole",
+)
 
 
 class PathMetricsCollector(Collector):
@@ -867,6 +872,26 @@ class PathMetricsCollector(Collector):
             changes.add_metric([target], float(n))
         yield hops
         yield changes
+        mtus = sorted(self.paths.mtu_snapshot())
+        if not mtus:
+            return
+        mtu = GaugeMetricFamily(
+            "fastping_path_mtu_bytes",
+            "Largest don't-fragment echo that reached the target (IP header included), "
+            "measured at its first trace and after each path change (NaN: none did).",
+            labels=("target",),
+        )
+        hole = GaugeMetricFamily(
+            "fastping_path_black_hole",
+            "1 when big probes to the target vanish with no router saying why (a PMTUD "
+            "black hole), else 0.",
+            labels=("target",),
+        )
+        for target, pmtu, black in mtus:
+            mtu.add_metric([target], math.nan if pmtu is None else float(pmtu))
+            hole.add_metric([target], 1.0 if black else 0.0)
+        yield mtu
+        yield hole
 
 
 class _EngineOnly(Collector):

@@ -36,6 +36,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .engine import MonitoringEngine
+    from .pmtu import PathMtu
     from .trace import Trace
 
 DEFAULT_TRACE_MAX_TTL = 16
@@ -112,6 +113,7 @@ class PathWatcher:
         rate_pps: float = DEFAULT_TRACE_RATE_PPS,
         mode: str | None = None,
         on_outage: bool = False,
+        mtu_on_change: bool = False,
     ) -> None:
         from .trace import MAX_MAX_TTL
 
@@ -153,6 +155,12 @@ class PathWatcher:
         self.urgent_rounds = 0  # rounds for targets whose outage started
         self.interrupted = 0  # rounds cut short by the engine stopping
         self._cancel = threading.Event()  # set: the round's sweep ends (engine stop)
+        # path MTU, measured at the first trace and again after each path change
+        self.mtu_on_change = bool(mtu_on_change)
+        self._mtu: dict[str, PathMtu] = {}
+        self.mtu_checks = 0  # targets whose path MTU was measured
+        self.mtu_changes = 0  # ... and came out other than before
+        self.mtu_errors = 0
         self._urgent: set[str] = set()
         self._wake: asyncio.Event | None = None
         if self.on_outage:
@@ -163,6 +171,14 @@ class PathWatcher:
     def path(self, host: str) -> Trace | None:
         """``host``'s latest trace (None before its first)."""
         return self._last.get(host)
+
+    def mtu(self, host: str) -> PathMtu | None:
+        """``host``'s path MTU as last measured (``mtu_on_change``), None before."""
+        return self._mtu.get(host)
+
+    def mtu_snapshot(self) -> list[tuple[str, int | None, bool]]:
+        """(target, path MTU or None, black hole) of every target measured."""
+        return [(h, m.pmtu, m.black_hole) for h, m in dict(self._mtu).items()]
 
     def changes(self, host: str) -> int:
         """Path changes of ``host`` seen by this engine."""
@@ -190,6 +206,10 @@ class PathWatcher:
             "last_round_s": self.last_round_s,
             "urgent_rounds": self.urgent_rounds,
             "interrupted": self.interrupted,
+            "mtu_on_change": self.mtu_on_change,
+            "mtu_checks": self.mtu_checks,
+            "mtu_changes": self.mtu_changes,
+            "mtu_errors": self.mtu_errors,
         }
 
     # -- running ---------------------------------------------------------------------
@@ -313,7 +333,52 @@ class PathWatcher:
             if len(changes) > 20:
                 self.engine._log.warning("more path changes", changes=len(changes) - 20)
         await self._store(records, changes)
+        if self.mtu_on_change:
+            # the first trace of a target, and every path change, gets its path MTU
+            # (measured again: another path may carry another MTU, or a black hole)
+            due = {ch.target for ch in changes} | {r.target for r in records
+                                                   if r.target not in self._mtu}  # fmt: skip
+            if due:
+                await self._check_mtu(due)
         return changes
+
+    async def _check_mtu(self, hosts: set[str]) -> None:
+        from .pmtu import path_mtu
+
+        by_addr = self._targets(hosts)
+        if not by_addr:
+            return
+        try:
+            run = await asyncio.to_thread(
+                path_mtu, list(by_addr), mode=self.mode, timeout_s=self.timeout_s,
+                rate_pps=self.rate_pps, max_ttl=self.max_ttl,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # counted, logged; the next change tries again
+            self.mtu_errors += 1
+            self.last_error = f"mtu: {type(e).__name__}: {e}"
+            self.engine._log.error("path MTU check failed", error=self.last_error)
+            return
+        for res in run.results:
+            for host in by_addr.get(res.address, ()):
+                if host not in self.engine:
+                    continue
+                self.mtu_checks += 1
+                old = self._mtu.get(host)
+                self._mtu[host] = res
+                if old is not None and (old.pmtu, old.black_hole) != (res.pmtu, res.black_hole):
+                    self.mtu_changes += 1
+                    self.engine._log.warning(
+                        "path MTU changed", target=host, old=old.pmtu, new=res.pmtu,
+                        black_hole=res.black_hole, hole_hop=res.hole_hop,
+                        hole_address=res.hole_address,
+                    )  # fmt: skip
+                elif res.black_hole:
+                    self.engine._log.warning(
+                        "PMTUD black hole", target=host, pmtu=res.pmtu, hole_hop=res.hole_hop,
+                        hole_address=res.hole_address,
+                    )  # fmt: skip
 
     async def _store(self, records: list[TraceRecord], changes: list[PathChange]) -> None:
         store = self.engine.store

@@ -158,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "changes are logged, stored (fastping report --paths) and counted in the metrics",
     )
     parser.add_argument(
+        "--mtu-on-change",
+        action="store_true",
+        help="with --trace-every: measure each target's path MTU (and find PMTUD black "
+        "holes) at its first trace and again after each path change (trace.mtu_on_change)",
+    )
+    parser.add_argument(
         "--trace-on-outage",
         action="store_true",
         help="with --trace-every: also trace a target at once when its outage starts "
@@ -718,7 +724,13 @@ def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     every = getattr(args, "trace_every", None)
     every = every if every is not None else tc.every_s
     on_outage = bool(getattr(args, "trace_on_outage", False) or tc.on_outage)
+    mtu = bool(getattr(args, "mtu_on_change", False) or tc.mtu_on_change)
     if every is None:
+        if mtu:
+            raise ConfigError(
+                "--mtu-on-change (trace.mtu_on_change) needs --trace-every S (trace.every_s): "
+                "the traces say when a path changed"
+            )
         if on_outage:
             raise ConfigError(
                 "--trace-on-outage (trace.on_outage) needs --trace-every S (trace.every_s): "
@@ -728,7 +740,8 @@ def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     return {
         "trace_every_s": every,
         "trace_options": {"max_ttl": tc.max_ttl, "timeout_s": tc.timeout_s,
-                          "rate_pps": tc.rate_pps, "on_outage": on_outage},
+                          "rate_pps": tc.rate_pps, "on_outage": on_outage,
+                          "mtu_on_change": mtu},
     }  # fmt: skip
 
 
