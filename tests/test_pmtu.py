@@ -266,7 +266,7 @@ def _empty_ns() -> Iterator[str]:
         ([], 3, "no targets"),
         (["--max-mtu", "20", "127.0.0.1"], 3, "out of range"),
         (["--tries", "0", "127.0.0.1"], 3, "out of range"),
-        (["http://127.0.0.1/"], 3, "probes hosts with ICMP echo"),
+        (["http://127.0.0.1/"], 3, "follows ICMP echo paths to hosts"),
         (["-f", "/nonexistent/targets"], 3, "cannot read targets file"),
         (["-6", "127.0.0.1"], 2, "is not an IPv6 address"),
         (["10.1.2.3"], 2, "no route: Network is unreachable"),

@@ -15,46 +15,15 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import argtypes
+    from .pathargs import add_path_arguments
 
-    p.add_argument(
-        "targets",
-        nargs="*",
-        metavar="TARGET",
-        help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9)",
-    )
-    p.add_argument(
-        "-f",
-        "--file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="read targets from FILE, one per line ('-' for stdin)",
-    )
-    p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    p.add_argument("--json", action="store_true", help="one JSON object per target per line")
+    add_path_arguments(p, "seconds each round waits after its last probe (default 1)")
     p.add_argument(
         "--tries",
         type=argtypes.int_range(1, 16),
         default=2,
         metavar="N",
         help="probes per size and target; any answer passes the size (default 2)",
-    )
-    p.add_argument(
-        "--timeout",
-        "-t",
-        type=argtypes.timeout,
-        default=1.0,
-        metavar="S",
-        help="seconds each round waits after its last probe (default 1)",
-    )
-    p.add_argument(
-        "--rate",
-        "-r",
-        type=argtypes.rate,
-        default=1000.0,
-        metavar="PPS",
-        help="total probes per second (default 1000; 0 = as fast as possible)",
     )
     p.add_argument(
         "-m",
@@ -91,39 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="report black holes without locating them (no TTL-limited probes)",
     )
-    p.add_argument(
-        "--mode",
-        choices=("auto", "raw", "dgram"),
-        default="auto",
-        help="ICMP socket: raw (root or CAP_NET_RAW) or dgram (unprivileged, "
-        "net.ipv4.ping_group_range); auto tries raw, then dgram",
-    )
-
-
-def _targets(args: argparse.Namespace) -> list[str]:
-    from ..errors import TargetError
-    from ..targets import expand_target, read_targets_file
-
-    words = list(args.targets)
-    for path in args.file:
-        words.extend(read_targets_file(path))
-    if not words:
-        raise TargetError("no targets: name some (fastping mtu 10.0.0.1) or give -f FILE")
-    out: list[str] = []
-    for w in words:
-        if "://" in w:
-            raise TargetError(f"{w!r}: fastping mtu probes hosts with ICMP echo; write the host")
-        out.extend(expand_target(w))
-    return list(dict.fromkeys(out))
 
 
 def run(args: argparse.Namespace) -> int:
-    import socket
-
     from ..pmtu import path_mtu
+    from .pathargs import family_of, path_targets
 
-    targets = _targets(args)
-    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(args.family or 0)
+    targets = path_targets(args, "mtu")
+    fam = family_of(args)
     res = path_mtu(
         targets,
         family=fam,

@@ -16,21 +16,9 @@ TABLE_MAX = 16
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from . import argtypes
+    from .pathargs import add_path_arguments
 
-    p.add_argument(
-        "targets",
-        nargs="*",
-        metavar="TARGET",
-        help="address, host name, CIDR block (10.0.0.0/24) or range (10.0.0.1-10.0.0.9)",
-    )
-    p.add_argument(
-        "-f",
-        "--file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="read targets from FILE, one per line ('-' for stdin)",
-    )
+    add_path_arguments(p, "seconds to wait for the last answers after the last probe (default 1)")
     p.add_argument(
         "-m",
         "--max-ttl",
@@ -48,30 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probes per hop (default 1)",
     )
     p.add_argument(
-        "--timeout",
-        "-t",
-        type=argtypes.timeout,
-        default=1.0,
-        metavar="S",
-        help="seconds to wait for the last answers after the last probe (default 1)",
-    )
-    p.add_argument(
-        "--rate",
-        "-r",
-        type=argtypes.rate,
-        default=1000.0,
-        metavar="PPS",
-        help="total probes per second (default 1000, polite to routers that rate-limit "
-        "their ICMP errors; 0 = as fast as possible)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=("auto", "raw", "dgram"),
-        default="auto",
-        help="ICMP socket: raw (root or CAP_NET_RAW) or dgram (unprivileged, "
-        "net.ipv4.ping_group_range); auto tries raw, then dgram",
-    )
-    p.add_argument(
         "--workers",
         "-w",
         type=argtypes.int_range(0, 64),
@@ -80,9 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sending threads, each with its own socket (default 0: one per usable core, "
         "at most 8, for traces big and fast enough to need them)",
     )
-    p.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    p.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    p.add_argument("--json", action="store_true", help="one JSON object per target per line")
     p.add_argument(
         "--summary",
         action="store_true",
@@ -93,30 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _targets(args: argparse.Namespace) -> list[str]:
-    from ..errors import TargetError
-    from ..targets import expand_target, read_targets_file
-
-    words = list(args.targets)
-    for path in args.file:
-        words.extend(read_targets_file(path))
-    if not words:
-        raise TargetError("no targets: name some (fastping trace 10.0.0.1) or give -f FILE")
-    out: list[str] = []
-    for w in words:
-        if "://" in w:
-            raise TargetError(f"{w!r}: fastping trace follows ICMP echo paths; write the host")
-        out.extend(expand_target(w))
-    return list(dict.fromkeys(out))
-
-
 def run(args: argparse.Namespace) -> int:
-    import socket
-
     from ..trace import trace
+    from .pathargs import family_of, path_targets
 
-    targets = _targets(args)
-    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(args.family or 0)
+    targets = path_targets(args, "trace")
+    fam = family_of(args)
     progress = None
     if sys.stderr.isatty() and not args.json:
         from .sweep import _Progress
