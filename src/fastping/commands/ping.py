@@ -170,7 +170,7 @@ def _run_udp(args: argparse.Namespace, port: int) -> int:
                          state=_UDP_STATE.get(r.outcome.value))  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
-                print(_udp_line(r, port, args.timeout), flush=True)
+                print(_port_line(r, port, args.timeout, "udp"), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -199,27 +199,6 @@ _UDP_STATE = {
     "reply": "open", "closed": "closed", "timeout": "open|filtered",
     "unreachable": "unreachable", "time_exceeded": "unreachable",
 }  # fmt: skip
-
-
-def _udp_line(r: ProbeResult, port: int, timeout_s: float) -> str:
-    """ICMP ping's line, for a UDP probe: what the port said, seq, rtt, ttl."""
-    from ..results import Outcome
-
-    seq = f"udp_seq={r.seq}"
-    where = f"{r.address} port {port}"
-    if r.outcome in (Outcome.REPLY, Outcome.CLOSED, Outcome.DUPLICATE, Outcome.LATE):
-        state = "closed" if r.outcome is Outcome.CLOSED else "open"
-        tail = {Outcome.DUPLICATE: " (DUP!)", Outcome.LATE: " (late)"}.get(r.outcome, "")
-        ttl = f" ttl={r.ttl}" if r.ttl else ""
-        rtt = f" rtt={r.rtt_ms:.3f} ms" if r.rtt_ms is not None else ""
-        return f"{state} {where}: {seq}{rtt}{ttl}{tail}"
-    if r.outcome is Outcome.TIMEOUT:
-        return f"no answer from {where}: {seq} (open|filtered: timeout after {timeout_s:g} s)"
-    if r.outcome is Outcome.SEND_ERROR:
-        why = os.strerror(r.errno) if r.errno else "send failed"
-        return f"probe to {where} failed: {seq}: {why}"
-    kind = "time exceeded" if r.outcome is Outcome.TIME_EXCEEDED else "unreachable"
-    return f"{kind} from {r.router or '?'}: {seq} (type {r.icmp_type} code {r.icmp_code})"
 
 
 def _run_tcp(args: argparse.Namespace, port: int) -> int:
@@ -261,7 +240,7 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
                          state=_STATE.get(r.outcome.value), timing=pinger.timing)  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
-                print(_tcp_line(r, port, args.timeout), flush=True)
+                print(_port_line(r, port, args.timeout), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -278,11 +257,12 @@ def _pair(host: str, port: int) -> str:
 _STATE = {"reply": "open", "closed": "closed", "timeout": "filtered", "unreachable": "unreachable"}
 
 
-def _tcp_line(r: ProbeResult, port: int, timeout_s: float) -> str:
-    """ICMP ping's line, for a TCP probe: what the port said, seq, rtt, ttl."""
+def _port_line(r: ProbeResult, port: int, timeout_s: float, proto: str = "tcp") -> str:
+    """ICMP ping's line, for a TCP or UDP probe: what the port said, seq, rtt, ttl
+    (silence is "filtered" for TCP, "open|filtered" for UDP)."""
     from ..results import Outcome
 
-    seq = f"tcp_seq={r.seq}"
+    seq = f"{proto}_seq={r.seq}"
     where = f"{r.address} port {port}"
     if r.outcome in (Outcome.REPLY, Outcome.CLOSED, Outcome.DUPLICATE, Outcome.LATE):
         state = "closed" if r.outcome is Outcome.CLOSED else "open"
@@ -291,7 +271,8 @@ def _tcp_line(r: ProbeResult, port: int, timeout_s: float) -> str:
         rtt = f" rtt={r.rtt_ms:.3f} ms" if r.rtt_ms is not None else ""
         return f"{state} {where}: {seq}{rtt}{ttl}{tail}"
     if r.outcome is Outcome.TIMEOUT:
-        return f"no answer from {where}: {seq} (filtered: timeout after {timeout_s:g} s)"
+        silence = "filtered" if proto == "tcp" else "open|filtered"
+        return f"no answer from {where}: {seq} ({silence}: timeout after {timeout_s:g} s)"
     if r.outcome is Outcome.SEND_ERROR:
         why = os.strerror(r.errno) if r.errno else "send failed"
         return f"probe to {where} failed: {seq}: {why}"
