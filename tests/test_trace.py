@@ -386,6 +386,12 @@ def test_bad_input_is_a_clear_error(argv: list[str], message: str) -> None:
     assert message in r.stderr
 
 
+def _sanitizer_env() -> list[str]:
+    # under .ci/sanitize the extension needs its ASan runtime preloaded, in children too
+    keep = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+    return [f"{k}={os.environ[k]}" for k in keep if k in os.environ]
+
+
 def test_trace_with_no_privilege_says_how_to_fix() -> None:
     from tests.privhelpers import _setpriv, throwaway_user
 
@@ -396,7 +402,7 @@ def test_trace_with_no_privilege_says_how_to_fix() -> None:
         )
         r = subprocess.run(
             ["ip", "netns", "exec", ns, *_setpriv(user.uid, user.gid), "env", "-i",
-             "PATH=/usr/bin:/bin", "HOME=/", user.python, "-I", "-c", code],
+             "PATH=/usr/bin:/bin", "HOME=/", *_sanitizer_env(), user.python, "-I", "-c", code],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert r.returncode == 4, (r.stdout, r.stderr)
