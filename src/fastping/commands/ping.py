@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_UNRESOLVED
     from ..errors import TargetError
     from ..probe import UseSubprocess
-    from ..targets import Address, Name, parse_target
 
     port = _tcp_port(args)
     if port and args.udp:
@@ -66,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from .sweep import check_mode
 
     check_mode(args.mode, False)
-    specs = parse_target(args.host)
-    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-        raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
+    _check_one_host(args.host)
     if args.count < 1:
         raise TargetError(f"-c/--count must be >= 1, not {args.count}")
     family = {4: 2, 6: 10}.get(args.family or 0)
@@ -133,20 +130,25 @@ def _tcp_port(args: argparse.Namespace) -> int:
     return int(args.port or 0)
 
 
+def _check_one_host(host: str) -> None:
+    from ..errors import TargetError
+    from ..targets import Address, Name, parse_target
+
+    specs = parse_target(host)
+    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
+        raise TargetError(f"ping takes one host, not a block: {host!r} (use fastping sweep)")
+
+
 def _run_udp(args: argparse.Namespace, port: int) -> int:
     """``fastping ping udp://HOST:PORT``: one line per probe, then the statistics."""
     from .. import api
-    from ..cli import EXIT_UNRESOLVED
     from ..errors import TargetError
-    from ..targets import Address, Name, parse_target
 
     if args.mode not in ("auto", "dgram"):
         raise TargetError(
             f"UDP probes use an unprivileged socket: --mode {args.mode} does not apply"
         )
-    specs = parse_target(args.host)
-    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-        raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
+    _check_one_host(args.host)
     pinger = api.UdpPinger(
         args.host,
         port,
@@ -157,42 +159,7 @@ def _run_udp(args: argparse.Namespace, port: int) -> int:
         tos=args.tos,
         family={4: 2, 6: 10}.get(args.family or 0),
     )
-    if pinger.address is None:
-        print(f"fastping: {pinger.error}", file=sys.stderr)
-        return EXIT_UNRESOLVED
-    if not args.json:
-        print(f"PING {pinger.target} ({pinger.address}) UDP port {port}", flush=True)
-    try:
-        for r in pinger:
-            if args.json:
-                d = r.to_dict()
-                d.update(target=_pair(r.target, port), port=port,
-                         state=_UDP_STATE.get(r.outcome.value))  # fmt: skip
-                print(json.dumps(d), flush=True)
-            else:
-                print(_port_line(r, port, args.timeout, "udp"), flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        pinger.close()
-    h = pinger.stats()
-    closed = pinger.closed
-    if args.json:
-        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
-                    open=h.received - closed)  # fmt: skip
-    else:
-        print(f"--- {h.target} port {port} udp ping statistics ---")
-        print(
-            f"{h.sent} probes sent, {h.received} answers ({h.received - closed} open, "
-            f"{closed} closed), {h.loss * 100:.1f}% loss"
-            + (f", {h.timeouts} open|filtered" if h.timeouts else "")
-            + (f", {h.unreachable} unreachable" if h.unreachable else "")
-            + (f", {h.duplicates} duplicates" if h.duplicates else "")
-        )
-        _print_rtts_or_error(h, bool(h.received))
-    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN
-
-    return EXIT_ALL_ALIVE if h.received > closed else EXIT_SOME_DOWN
+    return _ping_port(args, pinger, port, "udp", "", _UDP_STATE, {})
 
 
 _UDP_STATE = {
@@ -204,15 +171,10 @@ _UDP_STATE = {
 def _run_tcp(args: argparse.Namespace, port: int) -> int:
     """``fastping ping tcp://HOST:PORT``: one line per probe, then the statistics."""
     from .. import api
-    from ..cli import EXIT_UNRESOLVED
-    from ..errors import TargetError
-    from ..targets import Address, Name, parse_target
     from .sweep import CONNECT_NOTE, check_mode
 
     check_mode(args.mode, True)
-    specs = parse_target(args.host)
-    if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-        raise TargetError(f"ping takes one host, not a block: {args.host!r} (use fastping sweep)")
+    _check_one_host(args.host)
     pinger = api.TcpPinger(
         args.host,
         port,
@@ -224,28 +186,61 @@ def _run_tcp(args: argparse.Namespace, port: int) -> int:
         mode=args.mode,
         family={4: 2, 6: 10}.get(args.family or 0),
     )
+    if pinger.address is not None and pinger.timing == "connect" and args.mode == "auto":
+        sys.stderr.write(CONNECT_NOTE)
+    how = "SYNs on a raw socket" if pinger.timing == "raw" else "connect()"
+    return _ping_port(args, pinger, port, "tcp", f": {how}", _STATE, {"timing": pinger.timing})
+
+
+def _ping_port(
+    args: argparse.Namespace,
+    pinger: Any,
+    port: int,
+    proto: str,
+    how: str,
+    states: dict[str, str],
+    extra: dict[str, Any],
+) -> int:
+    """A TCP or UDP ping's run: the banner, one line (or JSON object) per probe as it
+    ends, then the statistics; ``extra`` goes into every JSON object."""
+    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN, EXIT_UNRESOLVED
+
     if pinger.address is None:
         print(f"fastping: {pinger.error}", file=sys.stderr)
         return EXIT_UNRESOLVED
-    if pinger.timing == "connect" and args.mode == "auto":
-        sys.stderr.write(CONNECT_NOTE)
-    how = "SYNs on a raw socket" if pinger.timing == "raw" else "connect()"
     if not args.json:
-        print(f"PING {pinger.target} ({pinger.address}) TCP port {port}: {how}", flush=True)
+        print(f"PING {pinger.target} ({pinger.address}) {proto.upper()} port {port}{how}",
+              flush=True)  # fmt: skip
     try:
         for r in pinger:
             if args.json:
                 d = r.to_dict()
                 d.update(target=_pair(r.target, port), port=port,
-                         state=_STATE.get(r.outcome.value), timing=pinger.timing)  # fmt: skip
+                         state=states.get(r.outcome.value), **extra)  # fmt: skip
                 print(json.dumps(d), flush=True)
             else:
-                print(_port_line(r, port, args.timeout), flush=True)
+                print(_port_line(r, port, args.timeout, proto), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         pinger.close()
-    return _tcp_summary(args, pinger, port)
+    h = pinger.stats()
+    closed = pinger.closed
+    if args.json:
+        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
+                    open=h.received - closed, **extra)  # fmt: skip
+    else:
+        silence = "filtered" if proto == "tcp" else "open|filtered"
+        print(f"--- {h.target} port {port} {proto} ping statistics ---")
+        print(
+            f"{h.sent} probes sent, {h.received} answers ({h.received - closed} open, "
+            f"{closed} closed), {h.loss * 100:.1f}% loss"
+            + (f", {h.timeouts} {silence}" if h.timeouts else "")
+            + (f", {h.unreachable} unreachable" if h.unreachable else "")
+            + (f", {h.duplicates} duplicates" if h.duplicates else "")
+        )
+        _print_rtts_or_error(h, bool(h.received))
+    return EXIT_ALL_ALIVE if h.received > closed else EXIT_SOME_DOWN
 
 
 def _pair(host: str, port: int) -> str:
@@ -281,28 +276,6 @@ def _port_line(r: ProbeResult, port: int, timeout_s: float, proto: str = "tcp") 
         return f"unreachable {where}: {seq} (connect(): {why})"
     kind = "time exceeded" if r.outcome is Outcome.TIME_EXCEEDED else "unreachable"
     return f"{kind} from {r.router or '?'}: {seq} (type {r.icmp_type} code {r.icmp_code})"
-
-
-def _tcp_summary(args: argparse.Namespace, pinger: Any, port: int) -> int:
-    from ..cli import EXIT_ALL_ALIVE, EXIT_SOME_DOWN
-
-    h = pinger.stats()
-    closed = pinger.closed
-    is_open = h.received > closed
-    if args.json:
-        _print_json(h, target=_pair(h.target, port), port=port, closed=closed,
-                    open=h.received - closed, timing=pinger.timing)  # fmt: skip
-    else:
-        print(f"--- {h.target} port {port} tcp ping statistics ---")
-        print(
-            f"{h.sent} probes sent, {h.received} answers ({h.received - closed} open, "
-            f"{closed} closed), {h.loss * 100:.1f}% loss"
-            + (f", {h.timeouts} filtered" if h.timeouts else "")
-            + (f", {h.unreachable} unreachable" if h.unreachable else "")
-            + (f", {h.duplicates} duplicates" if h.duplicates else "")
-        )
-        _print_rtts_or_error(h, bool(h.received))
-    return EXIT_ALL_ALIVE if is_open else EXIT_SOME_DOWN
 
 
 def _print_json(h: HostResult, **extra: Any) -> None:
