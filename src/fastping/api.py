@@ -1199,7 +1199,26 @@ _CONNECT_OUTCOME = {
 }
 
 
-class TcpPinger(Pinger):
+class _PortPinger(Pinger):
+    """A pinger of one host:port: ``closed`` counts the answers that said the port
+    is closed (a RST, an ICMP port unreachable), read from the socket's slot, kept
+    when the socket closes."""
+
+    _closed = 0
+
+    @property
+    def closed(self) -> int:
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        return self._closed
+
+    def close(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._closed = int(self._sock.slot_closed(self._slot))
+        super().close()
+
+
+class TcpPinger(_PortPinger):
     """One host's TCP ``port`` probed ``count`` times, each probe's outcome as it is
     known: REPLY (open: a SYN-ACK), CLOSED (a RST), TIMEOUT (filtered: silence),
     UNREACHABLE (an ICMP error), SEND_ERROR. ``mode`` "raw": SYNs on a raw socket
@@ -1250,9 +1269,7 @@ class TcpPinger(Pinger):
         """Probes answered by a RST (port closed)."""
         if self.timing == "connect":
             return int(self._tally.closed[0])
-        if self._sock is not None and not self._sock.closed:
-            self._closed = int(self._sock.slot_closed(self._slot))
-        return self._closed
+        return super().closed
 
     def __iter__(self) -> Iterator[ProbeResult]:
         if self.address is None:
@@ -1285,13 +1302,8 @@ class TcpPinger(Pinger):
         h.rtts_ms = list(self.rtts_ms)
         return h
 
-    def close(self) -> None:
-        if self._sock is not None and not self._sock.closed:
-            self._closed = int(self._sock.slot_closed(self._slot))
-        super().close()
 
-
-class UdpPinger(Pinger):
+class UdpPinger(_PortPinger):
     """One host's UDP ``port`` probed ``count`` times on an unprivileged UdpSocket
     (payload keyed per port, as in udp_sweep): REPLY (open: the service answered),
     CLOSED (the host's own ICMP port unreachable), UNREACHABLE / TIME_EXCEEDED
@@ -1325,18 +1337,6 @@ class UdpPinger(Pinger):
         sock.timeout_s = timeout_s
         self._slot = sock.add_target(address, port)
         self._sock = sock
-
-    @property
-    def closed(self) -> int:
-        """Probes answered by the host's ICMP port unreachable (port closed)."""
-        if self._sock is not None and not self._sock.closed:
-            self._closed = int(self._sock.slot_closed(self._slot))
-        return self._closed
-
-    def close(self) -> None:
-        if self._sock is not None and not self._sock.closed:
-            self._closed = int(self._sock.slot_closed(self._slot))
-        super().close()
 
 
 async def async_sweep(targets: Iterable[str] | str, **kwargs: Any) -> SweepResult:
