@@ -528,18 +528,18 @@ _UPSERT_OUTAGE = (
 )
 
 
-def _write_outages(writer: _Writer, outages: Sequence[Outage]) -> None:
-    """One transaction of outage upserts on the writer's connection (worker thread)."""
+@contextlib.contextmanager
+def _side_transaction(writer: _Writer, schema: str) -> Iterator[sqlite3.Connection]:
+    """One transaction on the writer's connection (worker thread), beside the probe
+    rows' own: its tables made if missing, rolled back on any error, and the
+    connection closed then (the next write opens a fresh one)."""
     with writer.lock:
         try:
             conn = writer.open()
-            conn.executescript(_OUTAGE_SCHEMA)
+            conn.executescript(schema)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    _UPSERT_OUTAGE,
-                    [(o.kind, o.target or "", o.start, o.end, o.lost, o.rule) for o in outages],
-                )
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -548,6 +548,15 @@ def _write_outages(writer: _Writer, outages: Sequence[Outage]) -> None:
         except BaseException:
             writer.close()
             raise
+
+
+def _write_outages(writer: _Writer, outages: Sequence[Outage]) -> None:
+    """One transaction of outage upserts on the writer's connection (worker thread)."""
+    with _side_transaction(writer, _OUTAGE_SCHEMA) as conn:
+        conn.executemany(
+            _UPSERT_OUTAGE,
+            [(o.kind, o.target or "", o.start, o.end, o.lost, o.rule) for o in outages],
+        )
 
 
 def _read_outages(
@@ -629,34 +638,21 @@ def _write_traces(
 ) -> None:
     """One transaction: trace rows and path changes (``pathwatch.TraceRecord`` /
     ``PathChange``), and the traces older than ``keep_after`` deleted."""
-    with writer.lock:
-        try:
-            conn = writer.open()
-            conn.executescript(_TRACE_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO traces (target, time, address, hop_count, reached, path) "
-                    "VALUES (?,?,?,?,?,?)",
-                    [(r.target, r.time, r.address, r.hop_count, int(r.reached),
-                      _json_path(r.path)) for r in traces],
-                )  # fmt: skip
-                conn.executemany(
-                    "INSERT INTO path_changes (target, time, address, old_hops, new_hops, "
-                    "old_path, new_path) VALUES (?,?,?,?,?,?,?)",
-                    [(c.target, c.time, c.address, c.old_hops, c.new_hops,
-                      _json_path(c.old), _json_path(c.new)) for c in changes],
-                )  # fmt: skip
-                conn.execute("DELETE FROM traces WHERE time < ?", (keep_after,))
-                conn.execute("DELETE FROM path_changes WHERE time < ?", (keep_after,))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-        except BaseException:
-            writer.close()
-            raise
+    with _side_transaction(writer, _TRACE_SCHEMA) as conn:
+        conn.executemany(
+            "INSERT INTO traces (target, time, address, hop_count, reached, path) "
+            "VALUES (?,?,?,?,?,?)",
+            [(r.target, r.time, r.address, r.hop_count, int(r.reached),
+              _json_path(r.path)) for r in traces],
+        )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO path_changes (target, time, address, old_hops, new_hops, "
+            "old_path, new_path) VALUES (?,?,?,?,?,?,?)",
+            [(c.target, c.time, c.address, c.old_hops, c.new_hops,
+              _json_path(c.old), _json_path(c.new)) for c in changes],
+        )  # fmt: skip
+        conn.execute("DELETE FROM traces WHERE time < ?", (keep_after,))
+        conn.execute("DELETE FROM path_changes WHERE time < ?", (keep_after,))
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
