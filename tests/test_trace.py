@@ -170,6 +170,18 @@ def test_hop_rtts_agree_with_a_capture(lab: PathLab, tmp_path: Path, fam: int) -
                  sentinel=lab.hop_address(1, f)):  # fmt: skip
         res = _trace(lab, targets, rate_pps=20000)
     wire = _wire_rtts(pcap)
+    if fam == V4:
+        # Paris: every probe's checksum the same, and right (the target checks it)
+        sums = set()
+        for _, pkt in packets(pcap):
+            ihl = (pkt[0] & 15) * 4
+            if (
+                pkt[0] >> 4 == 4 and pkt[9] == 1 and pkt[ihl] == 8 and pkt[16:18] == b"\n\xc8"
+            ):  # to 10.200/16
+                body = pkt[ihl : struct.unpack_from("!H", pkt, 2)[0]]
+                assert _csum(body) == 0
+                sums.add(body[2:4])
+        assert len(sums) == 1, sums
     diffs = []
     for tr in res.traces:
         for h in tr.hops:

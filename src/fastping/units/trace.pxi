@@ -121,8 +121,9 @@ cdef class TraceSocket(IcmpSocket):
         wr16(pk + ICMP_HDR_LEN + PROBE_HDR,
              _ones_add(<uint32_t>self.flow_sum, <uint32_t>csum_fold(part)))
         if self.family == AF_INET:
-            wr16(pk + ICMP_CSUM_OFFSET,
-                 csum_fold(csum_add(pk, ICMP_HDR_LEN + PROBE_HDR + BAL_LEN, self.bal_pad_sum)))
+            # the message now sums to flow_sum (never 0 nor 0xFFFF: one representation),
+            # so its checksum is flow_sum's complement, the same for every probe
+            wr16(pk + ICMP_CSUM_OFFSET, <uint16_t>(~self.flow_sum & 0xFFFF))
             sin = <sockaddr_in *>name
             sin.sin_family = AF_INET
             memcpy(&sin.sin_addr, self.addrs + <size_t>s * 4, 4)
