@@ -353,8 +353,6 @@ class PathWatcher:
                 path_mtu, list(by_addr), mode=self.mode, timeout_s=self.timeout_s,
                 rate_pps=self.rate_pps, max_ttl=self.max_ttl,
             )  # fmt: skip
-        except asyncio.CancelledError:
-            raise
         except Exception as e:  # counted, logged; the next change tries again
             self.mtu_errors += 1
             self.last_error = f"mtu: {type(e).__name__}: {e}"

@@ -217,9 +217,7 @@ def trace(
     names = [t for t in targets if t not in numeric]
     resolved = resolve(names, family) if names else {}
     for t in targets:
-        r = numeric.get(t) or resolved.get(t)
-        if r is None:
-            continue  # cannot be: every name is resolved or an error
+        r = numeric[t] if t in numeric else resolved[t]  # every name: resolved or why not
         if isinstance(r, str):
             traces.append(Trace(t, t, error=r))
             continue
