@@ -77,7 +77,7 @@ from .results import Outcome, ProbeResult
 from .settings import parse_listen as parse_listen  # re-exported: the grammar lives there
 
 if TYPE_CHECKING:
-    from .engine import MonitoringEngine
+    from .engine import EngineStats, LossStats, MonitoringEngine
 
 DEFAULT_LISTEN = "127.0.0.1:9374"  # smokeping_prober's port, loopback only by default
 # smokeping_prober's default buckets: prometheus.ExponentialBuckets(0.00005, 2, 20)
@@ -651,7 +651,7 @@ class MetricsCollector(Collector):
             yield shard
 
     @staticmethod
-    def _socket_families(st: dict[str, Any]) -> Iterator[Metric]:
+    def _socket_families(st: EngineStats) -> Iterator[Metric]:
         """Targets, probes and the socket's own counters."""
         sock = st.get("socket") or {}
         yield _counter(
@@ -679,7 +679,7 @@ class MetricsCollector(Collector):
         ):  # fmt: skip
             yield _counter(f"fastping_socket_{name}", doc, sock.get(key, 0))
 
-    def _loop_families(self, st: dict[str, Any]) -> Iterator[Metric]:
+    def _loop_families(self, st: EngineStats) -> Iterator[Metric]:
         """The engine's tick lag and the probes' send lateness."""
         lag = st["loop_lag_s"]
         ticks = st["ticks"]
@@ -707,7 +707,7 @@ class MetricsCollector(Collector):
         yield h
 
     @staticmethod
-    def _store_families(st: dict[str, Any]) -> Iterator[Metric]:
+    def _store_families(st: EngineStats) -> Iterator[Metric]:
         """The store's queue and writes, and the events subscribers lost."""
         store = st.get("store") or {}
         yield _gauge(
@@ -757,7 +757,7 @@ class MetricsCollector(Collector):
         yield g
         yield t
 
-    def _guard_families(self, st: dict[str, Any]) -> Iterator[Metric]:
+    def _guard_families(self, st: EngineStats) -> Iterator[Metric]:
         """The resource guard: throttling and the CPU and memory it last saw."""
         guard = st.get("guard") or {}
         throttled = self.engine.guard.throttled
@@ -796,7 +796,7 @@ class MetricsCollector(Collector):
             )  # fmt: skip
 
     @staticmethod
-    def _loss_families(loss: dict[str, Any] | None) -> Iterator[Metric]:
+    def _loss_families(loss: LossStats | None) -> Iterator[Metric]:
         """Outages and loss-run lengths (the engine's LossTracker; nothing when the
         engine runs without it)."""
         if not loss:

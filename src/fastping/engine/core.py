@@ -88,13 +88,11 @@ import signal
 import socket
 import time
 from array import array
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 # The core's event kinds; the order is OUTCOME_BY_KIND's.
-from ._icmp import (
+from .._icmp import (
     EV_CLOSED,
     EV_DUPLICATE,
     EV_LATE,
@@ -104,22 +102,52 @@ from ._icmp import (
     EV_TIMEOUT,
     EV_UNREACHABLE,
 )
-from .chunk import RECORD_SIZE
-from .errors import ConfigError, TargetError
-from .guard import ResourceGuard
-from .loss import LossTracker, OutageEvent, OutageRule
-from .pathwatch import PathChange, PathWatcher
-from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
-from .timing import SendLateness, behind_schedule_us
+from ..chunk import RECORD_SIZE
+from ..errors import ConfigError, TargetError
+from ..guard import ResourceGuard
+from ..loss import LossTracker, OutageEvent, OutageRule
+from ..pathwatch import PathChange, PathWatcher
+from ..results import OUTCOME_BY_KIND, Outcome, ProbeResult
+from .contracts import (
+    ChunkItem,
+    CoreEvent,
+    IcmpSocketLike,
+    NetworkMonitorLike,
+    Observer,
+    Resolver,
+    ResultStoreLike,
+    SocketFactory,
+    SockKey,
+    network_is_down,
+)
+from .events import EngineEvent, ResultEvent, StateChanged, Subscription, TargetAdded, TargetRemoved
+from .sockets import socket_factories
+from .stats import (
+    CORE_COUNTERS,
+    SOCKET_COUNTERS,
+    EngineStats,
+    LossStats,
+    OutcomeCounts,
+    SendLateness,
+    behind_schedule_us,
+)
+from .target import (
+    STATUS_DOWN,
+    STATUS_ERROR,
+    STATUS_LOCAL_DOWN,
+    STATUS_RANK,
+    STATUS_UNKNOWN,
+    STATUS_UP,
+    TargetInfo,
+    _Target,
+)
+from .wheel import Wheel, tick_of
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from ..trace import Trace
 
 _CHUNK_RECORD = RECORD_SIZE
 _tuple_new = tuple.__new__
-
-# (slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)
-CoreEvent = tuple[int, int, int, int, int, int, int, "str | None", int]
 
 DEFAULT_INTERVAL_S = 1.0
 DEFAULT_TIMEOUT_S = 1.0
@@ -142,15 +170,8 @@ MAX_WINDOW = 64  # probes in flight per target: IcmpSocket's window limit
 DEFAULT_STOP_FLUSH_S = 10.0
 # A re-resolution that failed for a name with a known address is retried sooner.
 _RERESOLVE_RETRY_S = 30.0
-_GOLDEN = 0.6180339887498949
 
-# Target status, as the live table and StateChanged events show it.
-STATUS_UNKNOWN = "unknown"
-STATUS_UP = "up"
-STATUS_DOWN = "down"  # timeout / unreachable / time exceeded
-STATUS_ERROR = "error"  # local error (send / resolve), possibly backing off
-STATUS_LOCAL_DOWN = "local_down"  # our own network is down
-
+# the status an event of each kind gives its target (indexed by the core's EV_* kind)
 _STATUS_BY_KIND = (
     STATUS_UP,
     STATUS_DOWN,
@@ -161,381 +182,10 @@ _STATUS_BY_KIND = (
     None,  # late: no change
     STATUS_DOWN,  # closed: the host answered, the service is not there
 )
-# Problems first, in the live table.
-_STATUS_RANK = {
-    STATUS_DOWN: 0,
-    STATUS_ERROR: 1,
-    STATUS_LOCAL_DOWN: 2,
-    STATUS_UNKNOWN: 3,
-    STATUS_UP: 4,
-}
 # Outcomes that prove the probe left the host: they reset the error backoff.
 _LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_CLOSED))
 # the kinds the core logs (and the store gets from the log): replies, timeouts, closed
 _LOGGED = frozenset((EV_REPLY, EV_TIMEOUT, EV_CLOSED))
-
-
-# socket counters worth reporting (the core counts them; silent drops look like loss)
-_SOCKET_COUNTERS = (
-    "rx_drops",
-    "enobufs",
-    "foreign",
-    "malformed",
-    "stale",
-    "events_lost",
-    "socket_errors",
-    "log_pending",
-    "log_dropped",
-)
-# what the core counts per outcome (summed over the sockets, open and closed)
-_CORE_COUNTERS = (
-    "sent",
-    "received",
-    "timeouts",
-    "unreachable",
-    "time_exceeded",
-    "send_errors",
-    "duplicates",
-    "late",
-    "outstanding",
-    "closed",  # answers that said the port is closed (TCP RST); in "received" too
-)
-
-
-class IcmpSocketLike(Protocol):
-    """What the engine needs from ``_icmp.IcmpSocket`` (tests use a fake)."""
-
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-    def add_target(self, address: str, port: int = 0) -> int: ...
-    def remove_target(self, slot: int) -> None: ...
-    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]: ...
-    def lateness(self) -> tuple[int, int, int, tuple[int, ...]]: ...
-    def recv(self, max_packets: int = 0) -> list[Any]: ...
-    def expire(self, timeout_s: float) -> list[Any]: ...
-    def totals(self) -> dict[str, int]: ...
-    def set_log(self, mode: int) -> None: ...
-    def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]: ...
-    def forget_last(self, slot: int = -1) -> None: ...
-    def set_slot_timeout(self, slot: int, timeout_s: float) -> None: ...
-    def slot_stats(self, slot: int) -> tuple[Any, ...]: ...
-    def slot_closed(self, slot: int) -> int: ...  # kinds with ports (TCP) only
-    def slot_last(self, slot: int) -> tuple[int, int, int]: ...
-    def slot_address(self, slot: int) -> str: ...
-
-
-SocketFactory = Callable[[int, int], IcmpSocketLike]  # (family, window) -> socket
-# a socket of the engine: (probe kind, family); targets.PROBE_KINDS are the kinds
-SockKey = tuple[str, int]
-Resolver = Callable[[str, int], Awaitable[list[tuple[int, str]]]]  # -> [(family, address)]
-# Called with every batch of results, in the event loop, before the store gets them.
-Observer = Callable[[Sequence[ProbeResult]], None]
-
-
-# ---------------------------------------------------------------------------------
-# events
-
-
-@dataclass(frozen=True, slots=True)
-class ResultEvent:
-    """One probe result (also stored)."""
-
-    result: ProbeResult
-
-
-@dataclass(frozen=True, slots=True)
-class TargetAdded:
-    target: str
-    interval_s: float
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetRemoved:
-    target: str
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged:
-    """A target's status changed (``target`` set) or the engine's (``target`` None:
-    ``what`` is ``"network"`` or ``"throttle"``)."""
-
-    target: str | None
-    what: str
-    old: str
-    new: str
-    reason: str = ""
-    time: float = 0.0
-
-
-# OutageEvent (fastping.loss): a target's outage (or our own network's) started / ended;
-# PathChange (fastping.pathwatch): a target's traced path changed (trace_every_s)
-EngineEvent = ResultEvent | TargetAdded | TargetRemoved | StateChanged | OutageEvent | PathChange
-
-
-class Subscription:
-    """A bounded, drop-oldest queue of engine events; an async iterator.
-
-    ``dropped`` counts events lost because the subscriber read too slowly. Iteration
-    ends when the engine stops or ``close()`` is called.
-    """
-
-    def __init__(self, engine: MonitoringEngine, maxsize: int) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize={maxsize}: a subscription needs room for >= 1 event")
-        self.maxsize = maxsize
-        self.dropped = 0
-        self.delivered = 0
-        self._q: deque[EngineEvent] = deque(maxlen=maxsize)
-        self._engine = engine
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    def _put_many(self, events: Sequence[EngineEvent]) -> None:
-        if self._closed:
-            return
-        q = self._q
-        over = len(q) + len(events) - self.maxsize
-        if over > 0:
-            self.dropped += over
-        q.extend(events)  # maxlen: the deque itself pushes the oldest out, in C
-        self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _end(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def close(self) -> None:
-        """Stop receiving events (queued ones can still be read)."""
-        self._engine._unsubscribe(self)
-        self._end()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def get_nowait(self) -> EngineEvent | None:
-        if self._q:
-            self.delivered += 1
-            return self._q.popleft()
-        return None
-
-    def drain(self) -> list[EngineEvent]:
-        """Everything queued now, oldest first."""
-        out = list(self._q)
-        self._q.clear()
-        self.delivered += len(out)
-        return out
-
-    def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        return self
-
-    async def __anext__(self) -> EngineEvent:
-        while not self._q:
-            if self._closed:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        self.delivered += 1
-        return self._q.popleft()
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------------------
-# per-target state
-
-
-class _Target:
-    __slots__ = (
-        "host",
-        "labels",
-        "interval_s",
-        "interval_ticks",
-        "due_exact",
-        "timeout_s",
-        "timeout_ns",
-        "is_name",
-        "address",
-        "family",
-        "kind",
-        "port",
-        "name",
-        "sk",
-        "slot",
-        "due_tick",
-        "removed",
-        "errors",
-        "status",
-        "steady",
-        "py_done",
-        "base_done",
-        "base_received",
-        "base_last_rtt_ms",
-        "last_outcome",
-        "last_errno",
-        "resolving",
-        "resolve_failed",
-        "next_resolve_at",
-        "added_at",
-        "question",
-    )
-
-    def __init__(
-        self,
-        host: str,
-        interval_s: float,
-        labels: dict[str, str],
-        is_name: bool,
-        kind: str = "icmp",
-        port: int = 0,
-    ):
-        self.host = host  # the target's identity: its label (tcp://host:port for TCP)
-        self.kind = kind
-        self.port = port
-        self.name = host  # what is resolved and probed: the host without kind and port
-        self.sk: SockKey = (kind, 0)  # the socket it is a slot of
-        self.labels = labels
-        self.interval_s = interval_s
-        self.interval_ticks = 1.0  # interval / tick, not rounded: phases stay exact
-        self.due_exact = 0.0  # the unrounded tick of the next probe (target wheel)
-        self.timeout_s = 0.0
-        self.timeout_ns = 0
-        self.is_name = is_name
-        self.address: str | None = None
-        self.family = 0
-        self.slot: int | None = None
-        self.due_tick = -1  # -1: not scheduled
-        self.removed = False
-        self.errors = 0  # consecutive local errors
-        self.status = STATUS_UNKNOWN
-        self.steady = False  # its slot is in a wheel array (see _send_due)
-        # final outcomes the engine made itself (local_down, resolve / socket errors);
-        # the core counts the rest per slot, and base_* keeps what earlier slots of
-        # this target counted (a name whose address changed got a new slot)
-        self.py_done = 0
-        self.base_done = 0
-        self.base_received = 0
-        self.base_last_rtt_ms: float | None = None
-        self.last_outcome: Outcome | None = None
-        self.last_errno: int | None = None
-        self.resolving = False
-        self.resolve_failed = False
-        self.next_resolve_at = 0.0
-        self.added_at = time.time()
-        self.question: tuple[str, str] | None = None  # DNS: (name, type) it asks
-
-    def set_address(self, address: str, family: int) -> None:
-        self.address = address
-        self.family = family
-        self.sk = (self.kind, family)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetInfo:
-    """A snapshot of one target, for tables and metrics."""
-
-    host: str
-    address: str | None
-    interval_s: float
-    labels: dict[str, str]
-    status: str
-    probes: int  # probes with a final outcome
-    received: int
-    last_rtt_ms: float | None
-    last_outcome: str | None
-    consecutive_errors: int
-    backoff_s: float | None  # current backoff delay, None when not backing off
-    kind: str = "icmp"  # the probe kind (targets.PROBE_KINDS)
-    port: int = 0  # its port, for a kind with ports (0 for ICMP)
-
-    @property
-    def loss(self) -> float | None:
-        return None if self.probes == 0 else (self.probes - self.received) / self.probes
-
-
-# ---------------------------------------------------------------------------------
-# the engine
-
-
-# kind -> (mode, options) -> SocketFactory: the socket class of each probe kind. A
-# kind is a row here (each class has IcmpSocket's API), not a branch elsewhere.
-KindOpener = Callable[[str, dict[str, Any]], SocketFactory]
-
-
-def _icmp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
-    def open_socket(family: int, window: int) -> IcmpSocketLike:
-        from .probe import open_icmp_socket
-
-        # "connect" is TCP's alone: ICMP then takes what it can get (auto)
-        icmp_mode = "auto" if mode == "connect" else mode
-        sock: IcmpSocketLike = open_icmp_socket(family, mode=icmp_mode, window=window, **options)
-        return sock
-
-    return open_socket
-
-
-def _tcp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
-    def open_socket(family: int, window: int) -> IcmpSocketLike:
-        from ._icmp import TcpSocket
-        from .tcpconnect import ConnectSocket
-
-        # stateless SYNs on a raw socket (mode raw: PermissionError names CAP_NET_RAW);
-        # mode connect, or auto without CAP_NET_RAW: connect() timing (its ``timing``
-        # says "connect"), as ``fastping sweep --tcp`` falls back
-        if mode != "connect":
-            try:
-                sock: IcmpSocketLike = TcpSocket(family, window=window, **options)
-                return sock
-            except PermissionError:
-                if mode == "raw":
-                    raise
-        return ConnectSocket(family, window=window, **options)
-
-    return open_socket
-
-
-def _udp_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
-    def open_socket(family: int, window: int) -> IcmpSocketLike:
-        from ._icmp import UdpSocket
-
-        # unprivileged (SOCK_DGRAM): an answer = open, ICMP port unreachable = closed,
-        # silence = timeout (open|filtered: a UDP service need not answer)
-        sock: IcmpSocketLike = UdpSocket(family, window=window, **options)
-        return sock
-
-    return open_socket
-
-
-def _dns_opener(mode: str, options: dict[str, Any]) -> SocketFactory:
-    def open_socket(family: int, window: int) -> IcmpSocketLike:
-        from ._icmp import DnsSocket
-
-        # unprivileged (SOCK_DGRAM): any answer = reply (its rcode and TC in the reply's
-        # TTL byte, dnscodec.read_answer_code), ICMP port unreachable = unreachable
-        sock: IcmpSocketLike = DnsSocket(family, window=window, **options)
-        return sock
-
-    return open_socket
-
-
-SOCKET_KINDS: dict[str, KindOpener] = {
-    "icmp": _icmp_opener,
-    "tcp": _tcp_opener,
-    "udp": _udp_opener,
-    "dns": _dns_opener,
-}
 
 
 async def _default_resolver(host: str, family: int) -> list[tuple[int, str]]:
@@ -554,15 +204,9 @@ def _resolve_after(addrs: Any, default_s: float) -> float:
     return default_s if ttl is None else float(ttl)
 
 
-def _network_is_down(network: Any) -> bool:
-    st = getattr(network, "state", None)
-    name = getattr(st, "name", st)
-    return str(name).upper() == "DOWN"
-
-
 def _get_logger() -> Any:
     try:
-        from .logs import get_logger
+        from ..logs import get_logger
 
         return get_logger("fastping.engine")
     except ImportError:  # logs.py lands with the store branch
@@ -584,15 +228,6 @@ def _check_timeout(name: str, v: float) -> None:
         raise ConfigError(f"{name}={v!r}: give seconds > 0 and at most {MAX_TIMEOUT_S:g}")
 
 
-def _tick_of(elapsed_s: float, tick_s: float) -> int:
-    """The tick ``elapsed_s`` falls in. A tick fired at its own start time must count as
-    that tick: asyncio runs a timer up to its clock's resolution early, and
-    ``k * tick_s / tick_s`` may come out a hair below ``k`` in floating point, which
-    would make the engine re-arm the same tick at once (a clock that stands still,
-    as a test's virtual one, would then never leave it)."""
-    return int(elapsed_s / tick_s + 1e-6)
-
-
 class MonitoringEngine:
     """Probe every target on its own interval through one socket per family.
 
@@ -609,7 +244,7 @@ class MonitoringEngine:
         self,
         targets: Iterable[str] = (),
         *,
-        store: Any = None,
+        store: ResultStoreLike | None = None,
         interval_s: float = DEFAULT_INTERVAL_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         min_interval_s: float | None = None,
@@ -624,7 +259,7 @@ class MonitoringEngine:
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
         store_flush_s: float = DEFAULT_STORE_FLUSH_S,
         guard: ResourceGuard | None = None,
-        network: Any = None,
+        network: NetworkMonitorLike | None = None,
         socket_factory: SocketFactory | None = None,
         kind_factories: dict[str, SocketFactory] | None = None,
         kind_options: dict[str, dict[str, Any]] | None = None,
@@ -697,7 +332,7 @@ class MonitoringEngine:
         if self.guard._log is None:
             self.guard._log = self._log
         self.guard.base_interval_s = self.interval_s
-        self._factories = self._kind_factories(
+        self._factories = socket_factories(
             mode, socket_options, socket_factory, kind_factories, kind_options
         )
         self._resolver = resolver or _default_resolver
@@ -718,10 +353,9 @@ class MonitoringEngine:
         self._slot_maps: dict[SockKey, list[_Target | None]] = {}
         self._socket_errors: dict[SockKey, tuple[int | None, str]] = {}
         self._tcp_timing: str | None = None  # the first TCP socket's ("connect" sticks)
-        self._wheel: dict[int, list[_Target]] = {}  # targets needing attention
-        # steady targets: tick -> {((kind, family), interval_ticks): [unrounded tick, slots]}
-        self._steady: dict[int, dict[tuple[SockKey, float], list[Any]]] = {}
-        self._phase_n = 0
+        # steady slot arrays and targets needing attention, by tick (engine.wheel)
+        self._wheel: Wheel[_Target] = Wheel(self._wake_by)
+        self._idle_ticks = max(1, round(1.0 / self.tick_s))  # nothing to do: wake in 1 s
         self._subs: list[Subscription] = []
         self._observers: list[Observer] = []
         self._out: list[ProbeResult] = []  # results of this callback for subscribers
@@ -783,30 +417,6 @@ class MonitoringEngine:
         for t in targets:
             self.add_target(t)
 
-    @staticmethod
-    def _kind_factories(
-        mode: str,
-        socket_options: dict[str, Any] | None,
-        socket_factory: SocketFactory | None,
-        kind_factories: dict[str, SocketFactory] | None,
-        kind_options: dict[str, dict[str, Any]] | None,
-    ) -> dict[str, SocketFactory]:
-        """The socket factory of each probe kind: ``socket_factory`` (ICMP) and
-        ``kind_factories`` as given, the others from SOCKET_KINDS with their
-        ``kind_options`` (``socket_options`` are ICMP's)."""
-        given = dict(kind_factories or {})
-        opts = dict(kind_options or {})
-        for k in (*given, *opts):
-            if k not in SOCKET_KINDS:
-                raise ConfigError(f"probe kind {k!r}: this engine knows {', '.join(SOCKET_KINDS)}")
-        if socket_factory is not None:
-            given["icmp"] = socket_factory
-        opts.setdefault("icmp", dict(socket_options or {}))
-        out: dict[str, SocketFactory] = {}
-        for k, opener in SOCKET_KINDS.items():
-            out[k] = given[k] if k in given else opener(mode, dict(opts.get(k, {})))
-        return out
-
     # -- targets ---------------------------------------------------------------
 
     def add_target(
@@ -840,7 +450,7 @@ class MonitoringEngine:
         any of its addresses, and then none is added), or asks for an interval the
         socket window cannot serve.
         """
-        from .targets import Address, Name, expand_target, kind_label, parse_target, with_kind
+        from ..targets import Address, Name, expand_target, kind_label, parse_target, with_kind
 
         kt = with_kind(host, kind, port)
         if kt.kind not in self._factories:
@@ -905,7 +515,7 @@ class MonitoringEngine:
         (the slot is freed ``timeout_s`` later). A block or range removes each of
         its addresses."""
         if host not in self._targets and ("/" in host or "-" in host):
-            from .targets import expand_kind_target
+            from ..targets import expand_kind_target
 
             hosts = expand_kind_target(host)
             if hosts != [host]:
@@ -919,9 +529,7 @@ class MonitoringEngine:
         if t is None:
             raise TargetError(f"target {host!r} is not being watched (see engine.targets())")
         t.removed = True
-        t.due_tick = -1
-        if t.steady:
-            self._unsteady(t)
+        self._wheel.remove(t)
         self._evs.append(TargetRemoved(host))
         if t.slot is not None:
             self._free_slot_later(t.sk, t.slot)
@@ -937,7 +545,7 @@ class MonitoringEngine:
         """The ``n`` targets a person should see first: problems first (down, error,
         local_down, unknown, then up), by name within each. Only those ``n`` are
         looked up in the core, so a live table over 10,000 targets stays cheap."""
-        rank = _STATUS_RANK
+        rank = STATUS_RANK
         top = heapq.nsmallest(
             max(0, n), self._targets.values(), key=lambda t: (rank.get(t.status, 5), t.host)
         )
@@ -1045,7 +653,7 @@ class MonitoringEngine:
         self._cur_tick = 0
         self._next_expire_at = self._t0 + self.expire_every_s
         self._next_log_flush_at = self._t0 + self.store_flush_s
-        self._net_down = self.network is not None and _network_is_down(self.network)
+        self._net_down = self.network is not None and network_is_down(self.network)
         if self._net_down and self.loss is not None:
             self._local_down_at_start = self._local_down
             self._outage_events(self.loss.local_down(time.time()))
@@ -1150,7 +758,6 @@ class MonitoringEngine:
             t.due_tick = -1
             t.steady = False
         self._wheel.clear()
-        self._steady.clear()
         self._running = False
         if self.store is not None:
             try:
@@ -1268,59 +875,15 @@ class MonitoringEngine:
 
     def _activate(self, t: _Target) -> None:
         """Put ``t`` on the wheel at its phase (and resolve it if it is a name)."""
-        self._phase_n += 1
-        frac = (self._phase_n * _GOLDEN) % 1.0
-        tick = self._tick_now() + 1 + int(frac * t.interval_ticks)
+        tick = self._wheel.first_tick(self._tick_now(), t.interval_ticks)
         if t.address is not None and t.slot is None:
             self._attach(t)  # failure: the due probe records SEND_ERROR and retries
         elif t.is_name and t.address is None:
             self._start_resolve(t)
         if t.slot is not None and t.errors < self.backoff_after:
-            self._make_steady(t, tick)
+            self._wheel.make_steady(t, tick)
         else:
-            self._schedule(t, tick)
-
-    def _schedule(self, t: _Target, tick: int, exact: float | None = None) -> None:
-        t.due_tick = tick
-        t.due_exact = float(tick) if exact is None else exact
-        self._wake_by(tick)
-        b = self._wheel.get(tick)
-        if b is None:
-            self._wheel[tick] = [t]
-        else:
-            b.append(t)
-
-    def _make_steady(self, t: _Target, tick: int) -> None:
-        """Put ``t``'s slot in the slot array of ``tick`` (it leaves the target wheel)."""
-        assert t.slot is not None
-        t.steady = True
-        t.due_tick = -1  # its entries on the target wheel, if any, are stale now
-        self._wake_by(tick)
-        groups = self._steady.get(tick)
-        if groups is None:
-            groups = self._steady[tick] = {}
-        key = (t.sk, t.interval_ticks)
-        grp = groups.get(key)
-        if grp is None:
-            groups[key] = [float(tick), array("I", (t.slot,))]
-        else:
-            grp[1].append(t.slot)
-
-    def _unsteady(self, t: _Target) -> None:
-        """Take ``t``'s slot out of its slot array. A scan of every array, in C:
-        removals are rare."""
-        t.steady = False
-        slot = t.slot
-        if slot is None:
-            return
-        key = (t.sk, t.interval_ticks)
-        for groups in self._steady.values():
-            grp = groups.get(key)
-            if grp is not None and slot in grp[1]:
-                grp[1].remove(slot)
-                if not grp[1]:
-                    del groups[key]
-                return
+            self._wheel.schedule(t, tick)
 
     def _backoff_s(self, t: _Target) -> float | None:
         n = t.errors - self.backoff_after
@@ -1335,7 +898,7 @@ class MonitoringEngine:
             # the next probe was placed at the backed-off delay: bring it back
             nt = self._tick_now() + max(1, round(t.interval_ticks))
             if nt < t.due_tick:
-                self._schedule(t, nt)
+                self._wheel.schedule(t, nt)
 
     def _apply_backoff(self, t: _Target) -> None:
         b = self._backoff_s(t)
@@ -1351,8 +914,8 @@ class MonitoringEngine:
                 max_backoff_s=self.max_backoff_s,
             )
         if t.steady:
-            self._unsteady(t)
-        self._schedule(t, self._tick_now() + max(1, round(b * self._factor / self.tick_s)))
+            self._wheel.unsteady(t)
+        self._wheel.schedule(t, self._tick_now() + max(1, round(b * self._factor / self.tick_s)))
 
     def _now(self) -> float:
         """The engine's clock: its loop's (virtual in tests), monotonic outside one."""
@@ -1362,7 +925,7 @@ class MonitoringEngine:
         """The current tick (the loop may have slept through empty ones)."""
         if self._loop is None or not self._running:
             return self._cur_tick
-        return max(self._cur_tick, _tick_of(self._loop.time() - self._t0, self.tick_s))
+        return max(self._cur_tick, tick_of(self._loop.time() - self._t0, self.tick_s))
 
     def _arm(self, tick: int) -> None:
         assert self._loop is not None
@@ -1378,29 +941,25 @@ class MonitoringEngine:
         self._arm(max(tick, self._tick_now() + 1))
 
     def _next_wake(self, cur: int) -> int:
-        """The next tick with work: probes due, probes to expire, a log to hand over.
-        Empty ticks are slept through: each wake-up costs CPU (~60-120 us on a VM), and
-        an engine watching ten targets has nothing to do on most ticks."""
-        nxt = cur + 1
-        if nxt in self._steady or nxt in self._wheel:
-            return nxt  # the busy case (every tick has probes): no search
-        cands = []
-        if self._steady:
-            cands.append(min(self._steady))
-        if self._wheel:
-            cands.append(min(self._wheel))
+        """The next tick with work: probes due (the wheel's), probes to expire, a log to
+        hand over. Empty ticks are slept through: each wake-up costs CPU (~60-120 us on
+        a VM), and an engine watching ten targets has nothing to do on most ticks; with
+        nothing at all to do it looks again in a second (a target added from another
+        callback wakes the loop at once through _wake_by anyway)."""
+        return self._wheel.next_wake(cur, self._deadline_ticks, self._idle_ticks)
+
+    def _deadline_ticks(self) -> list[int]:
+        """The ticks by which probes in flight must be timed out and the outcome log
+        handed over (only when there are such)."""
+        out: list[int] = []
         if self._sockets:
             tot = self._socket_totals()
             tick_s, t0 = self.tick_s, self._t0
             if tot.get("outstanding", 0) > 0:  # time them out on time
-                cands.append(math.ceil((self._next_expire_at - t0) / tick_s))
+                out.append(math.ceil((self._next_expire_at - t0) / tick_s))
             if tot.get("log_pending", 0) > 0:  # hand the log over on time
-                cands.append(math.ceil((self._next_log_flush_at - t0) / tick_s))
-        if not cands:
-            # nothing at all to do: look again in a second (a target added from another
-            # callback wakes the loop at once through _wake_by anyway)
-            return cur + max(1, round(1.0 / self.tick_s))
-        return max(nxt, min(cands))
+                out.append(math.ceil((self._next_log_flush_at - t0) / tick_s))
+        return out
 
     def _on_tick(self) -> None:
         loop = self._loop
@@ -1412,7 +971,7 @@ class MonitoringEngine:
         self._lag_sum_s += lag
         if lag > self._lag_max_s:
             self._lag_max_s = lag
-        cur = _tick_of(now - self._t0, self.tick_s)
+        cur = tick_of(now - self._t0, self.tick_s)
         prev = self._cur_tick
         self._cur_tick = cur
         self._in_tick = True
@@ -1440,27 +999,13 @@ class MonitoringEngine:
             return max(1.0, b * factor / self.tick_s)
         return max(1.0, t.interval_ticks * factor)
 
-    @staticmethod
-    def _next_tick(exact: float, step: float, tk: int, cur: int) -> tuple[int, float]:
-        """The tick after ``tk`` for a probe ``step`` ticks after the unrounded ``exact``
-        (ticks are rounded, the phase is kept unrounded so an interval that is not a
-        whole number of ticks is exact on average). When the loop stalled past it, the
-        missed rounds are skipped but the phase is kept: otherwise every target would
-        pile into one tick and go out in one burst from then on."""
-        exact += step
-        if exact < cur + 0.5:
-            exact += (int((cur + 0.5 - exact) / step) + 1) * step
-        # rounded half up, with the same millionth of a tick as _tick_of: a phase that
-        # sits on a half tick must not fall on either side by floating-point noise (an
-        # interval of a whole number of ticks would come out as alternating gaps)
-        return max(tk + 1, int(exact + 0.5 + 1e-6)), exact
-
     def _send_due(self, prev: int, cur: int, now: float) -> None:
         # Steady targets cost no Python per probe: each due slot array goes to the core
-        # in one send() and moves, whole, to its next tick. Only targets that need
-        # attention are looked at one by one (below).
-        steady = self._steady
+        # in one send() (the wheel has moved it, whole, to its next tick). Only targets
+        # that need attention are looked at one by one (_send_due_targets).
         wheel = self._wheel
+        pop_steady = wheel.pop_steady
+        sockets = self._sockets
         factor = self._factor
         net_down = self._net_down
         sent: set[SockKey] = set()
@@ -1469,38 +1014,24 @@ class MonitoringEngine:
         wall_off_ns = time.time_ns() - int(now * 1e9)
         for tk in range(prev + 1, cur + 1):
             due_ns = int((self._t0 + tk * self.tick_s) * 1e9) + wall_off_ns
-            groups = steady.pop(tk, None)
-            if groups:
-                for key, grp in groups.items():
-                    sk, step = key
-                    arr = grp[1]
-                    nt, grp[0] = self._next_tick(grp[0], max(1.0, step * factor), tk, cur)
-                    dest = steady.get(nt)
-                    if dest is None:
-                        dest = steady[nt] = {}
-                    have = dest.get(key)
-                    if have is None:
-                        dest[key] = grp
-                    else:
-                        have[1].extend(arr)
-                    if net_down:
-                        self._local_down_slots(sk, arr)
-                        continue
-                    sock = self._sockets.get(sk)
-                    if sock is None:  # closed under us (stop): nothing to send
-                        continue
-                    self._send_calls += 1
-                    # the core drains the socket after each sendmmsg batch: the events
-                    # returned are send errors AND replies (on loopback the reply is
-                    # queued inside sendmmsg)
-                    self._handle(sk, sock.send(arr, True, due_ns))
-                    sent.add(sk)
-            bucket = wheel.pop(tk, None)
-            if bucket:
-                self._send_due_targets(tk, cur, bucket, factor, due_ns)
+            for sk, arr in pop_steady(tk, cur, factor):
+                if net_down:
+                    self._local_down_slots(sk, arr)
+                    continue
+                sock = sockets.get(sk)
+                if sock is None:  # closed under us (stop): nothing to send
+                    continue
+                self._send_calls += 1
+                # the core drains the socket after each sendmmsg batch: the events
+                # returned are send errors AND replies (on loopback the reply is
+                # queued inside sendmmsg)
+                self._handle(sk, sock.send(arr, True, due_ns))
+                sent.add(sk)
+            if tk in wheel.attention:
+                self._send_due_targets(tk, cur, factor, due_ns)
         # one recv() more takes what came in meanwhile
         for sk in sent:
-            sock = self._sockets.get(sk)
+            sock = sockets.get(sk)
             if sock is not None:
                 self._handle(sk, sock.recv())
 
@@ -1527,22 +1058,16 @@ class MonitoringEngine:
             self._out.append(r)
         t.py_done += 1
 
-    def _send_due_targets(
-        self, tk: int, cur: int, bucket: list[_Target], factor: float, due_ns: int = 0
-    ) -> None:
+    def _send_due_targets(self, tk: int, cur: int, factor: float, due_ns: int = 0) -> None:
         """Due targets that need attention, one by one: not attached (name not resolved,
         no socket) or backing off. A target that is attached and not backing off
         becomes steady (its slot joins the slot array of its next tick)."""
         backoff_after = self.backoff_after
+        wheel = self._wheel
         wall = time.time()
-        for t in bucket:
-            if t.due_tick != tk or t.steady:
-                continue  # rescheduled (backoff), removed or steady: a stale entry
-            nt, exact = self._next_tick(t.due_exact, self._step(t, factor), tk, cur)
-            if t.slot is not None and t.errors < backoff_after:
-                self._make_steady(t, nt)
-            else:
-                self._schedule(t, nt, exact)
+        for t in wheel.pop_attention(tk):
+            steady = t.slot is not None and t.errors < backoff_after
+            wheel.reschedule(t, self._step(t, factor), tk, cur, steady)
             if self._net_down and t.address is not None:
                 self._record_local_down(t, wall)
                 continue
@@ -1757,7 +1282,7 @@ class MonitoringEngine:
             if items:
                 smap = self._slot_maps.get(sk, [])
                 n_map = len(smap)
-                out: list[tuple[str, str | None, bytes]] = []
+                out: list[ChunkItem] = []
                 for slot, blob in items:
                     t = smap[slot] if slot < n_map else None
                     if t is None:  # cannot happen: a slot's log is taken before it is freed
@@ -1766,7 +1291,7 @@ class MonitoringEngine:
                     out.append((t.host, sock.slot_address(slot), blob))
                 self._submit_chunk_items(out)
 
-    def _submit_chunk_items(self, items: list[tuple[str, str | None, bytes]]) -> None:
+    def _submit_chunk_items(self, items: list[ChunkItem]) -> None:
         if not items:
             return
         if self.loss is not None:
@@ -1781,7 +1306,7 @@ class MonitoringEngine:
             self._store_errors += 1
             self._log.error("store rejected the outcome log", error=str(e), chunks=len(items))
 
-    def _feed_loss(self, items: list[tuple[str, str | None, bytes]]) -> None:
+    def _feed_loss(self, items: list[ChunkItem]) -> None:
         """The chunks of one hand-over to the loss tracker; outage events out. Per
         chunk that is all replies: a dict lookup, a bytes scan and two ints read."""
         loss = self.loss
@@ -1854,7 +1379,7 @@ class MonitoringEngine:
     def _check_network(self) -> None:
         if self.network is None:
             return
-        down = _network_is_down(self.network)
+        down = network_is_down(self.network)
         if down != self._net_down:
             if self.loss is not None:
                 # what the log holds happened before: the tracker sees it first, then
@@ -1915,8 +1440,8 @@ class MonitoringEngine:
             if addr != t.address:
                 if t.slot is not None:
                     if t.steady:  # probe the new address at the next tick
-                        self._unsteady(t)
-                        self._schedule(t, self._tick_now() + 1)
+                        self._wheel.unsteady(t)
+                        self._wheel.schedule(t, self._tick_now() + 1)
                     done, received, _ = self._slot_counts(t)
                     t.base_done += done
                     t.base_received += received
@@ -2027,7 +1552,7 @@ class MonitoringEngine:
         """The core's counters over this engine's life (closed sockets included)."""
         now = self._socket_totals()
         closed = self._closed_totals
-        return {k: now.get(k, 0) + closed.get(k, 0) for k in _CORE_COUNTERS + _SOCKET_COUNTERS}
+        return {k: now.get(k, 0) + closed.get(k, 0) for k in CORE_COUNTERS + SOCKET_COUNTERS}
 
     @property
     def tcp_timing(self) -> str | None:
@@ -2047,10 +1572,10 @@ class MonitoringEngine:
         own noise, so it is never mistaken for the network's jitter."""
         return self._closed_lateness + SendLateness.of(s.lateness() for s in self._sockets.values())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         """Counters for logs and metrics."""
         c = self._core_totals()
-        outcomes = {
+        outcomes: OutcomeCounts = {
             "reply": c["received"] - c["closed"],
             "closed": c["closed"],
             "timeout": c["timeouts"] - self._timeouts_local_down,
@@ -2063,7 +1588,7 @@ class MonitoringEngine:
             "resolve_error": self._resolve_errors,
         }
         loop_time = self._loop.time() if self._loop is not None else 0.0
-        sock_totals = {k: c[k] for k in _SOCKET_COUNTERS}
+        sock_totals = {k: c[k] for k in SOCKET_COUNTERS}
         store_stats: dict[str, Any] | None = None
         if self.store is not None and hasattr(self.store, "stats"):
             with contextlib.suppress(Exception):
@@ -2075,7 +1600,7 @@ class MonitoringEngine:
             "uptime_s": round(loop_time - self._t0, 3) if self._running else None,
             "sent": c["sent"],
             "received": c["received"] - c["closed"],
-            "results": sum(outcomes.values()),
+            "results": sum(cast("dict[str, int]", outcomes).values()),
             "outstanding": c["outstanding"],
             "outcomes": outcomes,
             "log_chunks": self._chunks,
@@ -2103,7 +1628,7 @@ class MonitoringEngine:
             "paths": None if self.paths is None else self.paths.stats(),
         }
 
-    def _loss_stats(self) -> dict[str, Any] | None:
+    def _loss_stats(self) -> LossStats | None:
         loss = self.loss
         if loss is None:
             return None
