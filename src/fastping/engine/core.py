@@ -144,6 +144,7 @@ from .target import (
 from .wheel import Wheel, tick_of
 
 if TYPE_CHECKING:
+    from ..targets import Address, KindTarget, Name
     from ..trace import Trace
 
 _CHUNK_RECORD = RECORD_SIZE
@@ -228,6 +229,64 @@ def _check_timeout(name: str, v: float) -> None:
         raise ConfigError(f"{name}={v!r}: give seconds > 0 and at most {MAX_TIMEOUT_S:g}")
 
 
+def _checked_tick(
+    interval_s: float,
+    timeout_s: float,
+    min_interval_s: float | None,
+    max_timeout_s: float | None,
+    tick_s: float | None,
+    stop_flush_s: float,
+) -> float:
+    """Check the engine's times one by one; the tick (given, or the default tick, or
+    the shortest interval when that is shorter)."""
+    _check_interval("interval_s", interval_s)
+    _check_timeout("timeout_s", timeout_s)
+    if min_interval_s is not None:
+        _check_interval("min_interval_s", min_interval_s)
+    if max_timeout_s is not None:
+        _check_timeout("max_timeout_s", max_timeout_s)
+    if not 0 < stop_flush_s <= 3600:
+        raise ConfigError(f"stop_flush_s={stop_flush_s!r}: give 0 < seconds <= 3600")
+    if tick_s is None:
+        shortest = min_interval_s if min_interval_s is not None else interval_s
+        tick_s = min(DEFAULT_TICK_S, shortest) if shortest > 0 else DEFAULT_TICK_S
+    if not tick_s > 0 or tick_s > 1.0:
+        raise ConfigError(f"tick_s={tick_s!r}: give a tick between 0 and 1 s (20 ms is usual)")
+    return tick_s
+
+
+def _check_choices(mode: str, family: int | None, backoff_after: int, store_flush_s: float) -> None:
+    if mode not in ("auto", "raw", "dgram", "connect"):
+        raise ConfigError(
+            f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw', "
+            "'dgram' or 'connect' (TCP by connect(), ICMP auto; 'subprocess' cannot "
+            "multiplex thousands of targets)"
+        )
+    if family not in (None, socket.AF_INET, socket.AF_INET6):
+        raise ConfigError(f"family={family!r}: use socket.AF_INET, socket.AF_INET6 or None")
+    if backoff_after < 1:
+        raise ConfigError(f"backoff_after={backoff_after!r}: must be at least 1")
+    if not 0 < store_flush_s <= 3600:
+        raise ConfigError(
+            f"store_flush_s={store_flush_s!r}: give 0 < seconds <= 3600 (how often the "
+            "results logged in the core go to the store; 10 s is usual)"
+        )
+
+
+def _window(min_interval_s: float, max_timeout_s: float) -> int:
+    """Probes a slot may have in flight (an interval shorter than the timeout)."""
+    window = math.ceil(max_timeout_s / min_interval_s) + 1
+    if window > MAX_WINDOW:
+        # every probe beyond the window would be a send_error: nothing would be probed
+        raise ConfigError(
+            f"interval {min_interval_s:g} s with timeout {max_timeout_s:g} s puts "
+            f"{window} probes of a target in flight; at most {MAX_WINDOW} can be: give an "
+            f"interval of at least {max_timeout_s / (MAX_WINDOW - 1):.3g} s or a shorter "
+            "timeout"
+        )
+    return window
+
+
 class MonitoringEngine:
     """Probe every target on its own interval through one socket per family.
 
@@ -271,36 +330,58 @@ class MonitoringEngine:
         trace_every_s: float | None = None,
         trace_options: dict[str, Any] | None = None,
     ) -> None:
-        _check_interval("interval_s", interval_s)
-        _check_timeout("timeout_s", timeout_s)
-        if min_interval_s is not None:
-            _check_interval("min_interval_s", min_interval_s)
-        if max_timeout_s is not None:
-            _check_timeout("max_timeout_s", max_timeout_s)
-        if not 0 < stop_flush_s <= 3600:
-            raise ConfigError(f"stop_flush_s={stop_flush_s!r}: give 0 < seconds <= 3600")
+        tick_s = _checked_tick(
+            interval_s, timeout_s, min_interval_s, max_timeout_s, tick_s, stop_flush_s
+        )
+        _check_choices(mode, family, backoff_after, store_flush_s)
+        self._set_timing(
+            interval_s, timeout_s, min_interval_s, max_timeout_s, tick_s, expire_every_s,
+            stop_flush_s, store_flush_s,
+        )  # fmt: skip
+        self.resolve_interval_s = float(resolve_interval_s)
+        self.backoff_after, self.max_backoff_s = int(backoff_after), float(max_backoff_s)
+        self.mode, self.family = mode, family
+        self.store, self.network = store, network
+        self._log = logger if logger is not None else _get_logger()
+        self.guard = self._own_guard(guard)
+        self._factories = socket_factories(
+            mode, socket_options, socket_factory, kind_factories, kind_options
+        )
+        self._resolver = resolver or _default_resolver
+        self.window = _window(self.min_interval_s, self.max_timeout_s)
+        self._init_state()
+        self._init_counters()
+        # loss patterns and outages (fastping.loss), fed with the outcome log's chunks
+        self.loss: LossTracker | None = LossTracker(outage_rule) if loss_tracking else None
+        # periodic traces of the ICMP targets, path changes as events (fastping.pathwatch)
+        self.paths: PathWatcher | None = None
+        if trace_every_s is not None:
+            self.paths = PathWatcher(self, trace_every_s, **(trace_options or {}))
+        for t in targets:
+            self.add_target(t)
+
+    def _own_guard(self, guard: ResourceGuard | None) -> ResourceGuard:
+        """``guard`` (default: 50 % of a core, 100 MB), logging to the engine's log and
+        stretching the engine's interval."""
+        g = guard if guard is not None else ResourceGuard(logger=self._log)
+        if g._log is None:
+            g._log = self._log
+        g.base_interval_s = self.interval_s
+        return g
+
+    def _set_timing(
+        self,
+        interval_s: float,
+        timeout_s: float,
+        min_interval_s: float | None,
+        max_timeout_s: float | None,
+        tick_s: float,
+        expire_every_s: float | None,
+        stop_flush_s: float,
+        store_flush_s: float,
+    ) -> None:
+        """The engine's times (checked one by one already), and how they must relate."""
         self.stop_flush_s = float(stop_flush_s)
-        if tick_s is None:
-            # the default tick, or the shortest interval when that is shorter
-            shortest = min_interval_s if min_interval_s is not None else interval_s
-            tick_s = min(DEFAULT_TICK_S, shortest) if shortest > 0 else DEFAULT_TICK_S
-        if not tick_s > 0 or tick_s > 1.0:
-            raise ConfigError(f"tick_s={tick_s!r}: give a tick between 0 and 1 s (20 ms is usual)")
-        if mode not in ("auto", "raw", "dgram", "connect"):
-            raise ConfigError(
-                f"mode={mode!r}: the monitoring engine needs a socket, use 'auto', 'raw', "
-                "'dgram' or 'connect' (TCP by connect(), ICMP auto; 'subprocess' cannot "
-                "multiplex thousands of targets)"
-            )
-        if family not in (None, socket.AF_INET, socket.AF_INET6):
-            raise ConfigError(f"family={family!r}: use socket.AF_INET, socket.AF_INET6 or None")
-        if backoff_after < 1:
-            raise ConfigError(f"backoff_after={backoff_after!r}: must be at least 1")
-        if not 0 < store_flush_s <= 3600:
-            raise ConfigError(
-                f"store_flush_s={store_flush_s!r}: give 0 < seconds <= 3600 (how often the "
-                "results logged in the core go to the store; 10 s is usual)"
-            )
         self.store_flush_s = float(store_flush_s)
         self.interval_s = float(interval_s)
         self.timeout_s = float(timeout_s)
@@ -320,33 +401,9 @@ class MonitoringEngine:
             if expire_every_s is not None
             else max(self.tick_s, min(0.05, self.max_timeout_s / 10))
         )
-        self.resolve_interval_s = float(resolve_interval_s)
-        self.backoff_after = int(backoff_after)
-        self.max_backoff_s = float(max_backoff_s)
-        self.mode = mode
-        self.family = family
-        self.store = store
-        self.network = network
-        self._log = logger if logger is not None else _get_logger()
-        self.guard = guard if guard is not None else ResourceGuard(logger=self._log)
-        if self.guard._log is None:
-            self.guard._log = self._log
-        self.guard.base_interval_s = self.interval_s
-        self._factories = socket_factories(
-            mode, socket_options, socket_factory, kind_factories, kind_options
-        )
-        self._resolver = resolver or _default_resolver
-        # window: probes a slot may have in flight (interval shorter than the timeout)
-        self.window = math.ceil(self.max_timeout_s / self.min_interval_s) + 1
-        if self.window > MAX_WINDOW:
-            # every probe beyond the window would be a send_error: nothing would be probed
-            raise ConfigError(
-                f"interval {self.min_interval_s:g} s with timeout {self.max_timeout_s:g} s puts "
-                f"{self.window} probes of a target in flight; at most {MAX_WINDOW} can be: give an "
-                f"interval of at least {self.max_timeout_s / (MAX_WINDOW - 1):.3g} s or a shorter "
-                "timeout"
-            )
 
+    def _init_state(self) -> None:
+        """Targets, sockets, the wheel, subscribers and the life-cycle state."""
         self._targets: dict[str, _Target] = {}
         # one socket per (kind, family), opened when a target needs it
         self._sockets: dict[SockKey, IcmpSocketLike] = {}
@@ -363,6 +420,7 @@ class MonitoringEngine:
         self._want_results = False  # subscribers or observers: the core returns every event
         self._log_mode = 1  # what the sockets log and return (_update_log_modes)
         self._evs: list[EngineEvent] = []  # non-result events of the current callback
+        self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -381,7 +439,8 @@ class MonitoringEngine:
         self._factor = 1.0
         self._started_wall = 0.0
 
-        # counters: the core counts what it sees (totals()); these are the engine's own
+    def _init_counters(self) -> None:
+        """The engine's own counters: the core counts what it sees (totals())."""
         self._local_down = 0  # due probes not sent + probes whose outcome became local_down
         self._timeouts_local_down = 0  # core timeouts recorded as local_down
         self._senderr_local_down = 0  # core send errors recorded as local_down
@@ -401,21 +460,9 @@ class MonitoringEngine:
         self._lag_last_s = 0.0
         self._closed_totals: dict[str, int] = {}  # sockets closed at stop, summed
         self._closed_lateness = SendLateness()  # theirs, too
-        # loss patterns and outages (fastping.loss), fed with the outcome log's chunks
-        self.loss: LossTracker | None = LossTracker(outage_rule) if loss_tracking else None
         self._local_down_at_start = 0  # self._local_down when our network went down
-        self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
         self._outage_listener_errors = 0
         self._outage_log_lines = 0
-        # periodic traces of the ICMP targets, path changes as events (fastping.pathwatch)
-        self.paths: PathWatcher | None = (
-            PathWatcher(self, trace_every_s, **(trace_options or {}))
-            if trace_every_s is not None
-            else None
-        )
-
-        for t in targets:
-            self.add_target(t)
 
     # -- targets ---------------------------------------------------------------
 
@@ -450,7 +497,7 @@ class MonitoringEngine:
         any of its addresses, and then none is added), or asks for an interval the
         socket window cannot serve.
         """
-        from ..targets import Address, Name, expand_target, kind_label, parse_target, with_kind
+        from ..targets import Address, Name, kind_label, parse_target, with_kind
 
         kt = with_kind(host, kind, port)
         if kt.kind not in self._factories:
@@ -460,14 +507,7 @@ class MonitoringEngine:
             )
         specs = parse_target(kt.host)
         if len(specs) != 1 or not isinstance(specs[0], (Address, Name)):
-            hosts = [
-                kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host)
-            ]
-            taken = [h for h in hosts if h in self._targets]
-            if taken:
-                raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
-            for h in hosts:
-                self.add_target(h, interval_s, labels, timeout_s)
+            self._add_block(host, kt, interval_s, labels, timeout_s)
             return
         spec = specs[0]
         key = kind_label(
@@ -476,6 +516,63 @@ class MonitoringEngine:
         )  # fmt: skip
         if key in self._targets:
             raise TargetError(f"target {key!r} is already being watched")
+        family = spec.family if isinstance(spec, Address) else None
+        iv, to = self._target_times(key, family, interval_s, timeout_s)
+        t = self._new_target(key, spec, kt, iv, to, labels)
+        self._targets[key] = t
+        self._evs.append(TargetAdded(key, iv, dict(t.labels)))
+        if self._running:
+            self._activate(t)
+            self._publish()
+        self._log.debug("target added", target=key, interval_s=iv)
+
+    def _new_target(
+        self,
+        key: str,
+        spec: Address | Name,
+        kt: KindTarget,
+        interval_s: float,
+        timeout_s: float,
+        labels: dict[str, str] | None,
+    ) -> _Target:
+        from ..targets import Address, Name
+
+        t = _Target(key, interval_s, dict(labels or {}), isinstance(spec, Name), kt.kind, kt.port)
+        t.name = spec.label if isinstance(spec, Address) else spec.name
+        if kt.qname:
+            t.question = (kt.qname, kt.qtype)
+        t.interval_ticks = max(1.0, interval_s / self.tick_s)
+        t.timeout_s = timeout_s
+        t.timeout_ns = int(timeout_s * 1e9)
+        if isinstance(spec, Address):
+            t.set_address(spec.address, spec.family)
+        return t
+
+    def _add_block(
+        self,
+        host: str,
+        kt: KindTarget,
+        interval_s: float | None,
+        labels: dict[str, str] | None,
+        timeout_s: float | None,
+    ) -> None:
+        """A CIDR block or range: each of its addresses, or none when one is taken."""
+        from ..targets import expand_target, kind_label
+
+        hosts = [
+            kind_label(kt.kind, h, kt.port, kt.qname, kt.qtype) for h in expand_target(kt.host)
+        ]
+        taken = [h for h in hosts if h in self._targets]
+        if taken:
+            raise TargetError(f"target {host!r}: {taken[0]!r} is already being watched")
+        for h in hosts:
+            self.add_target(h, interval_s, labels, timeout_s)
+
+    def _target_times(
+        self, key: str, family: int | None, interval_s: float | None, timeout_s: float | None
+    ) -> tuple[float, float]:
+        """A new target's (interval, timeout), checked against what the engine can
+        serve; ``family`` is an address's (None for a name)."""
         iv = self.interval_s if interval_s is None else float(interval_s)
         if not iv > 0:
             raise TargetError(f"target {key!r}: interval_s={interval_s!r} must be positive")
@@ -485,7 +582,7 @@ class MonitoringEngine:
                 f"({self.min_interval_s:g} s, which sizes the socket window); create the engine "
                 f"with min_interval_s={iv:g}"
             )
-        if isinstance(spec, Address) and self.family not in (None, spec.family):
+        if family is not None and self.family not in (None, family):
             raise TargetError(f"target {key!r} is not of the family this engine was limited to")
         to = self.timeout_s if timeout_s is None else float(timeout_s)
         if not 0 < to <= self.max_timeout_s:
@@ -494,21 +591,7 @@ class MonitoringEngine:
                 f"max_timeout_s ({self.max_timeout_s:g} s); create the engine with "
                 f"max_timeout_s={to:g}"
             )
-        t = _Target(key, iv, dict(labels or {}), isinstance(spec, Name), kt.kind, kt.port)
-        t.name = spec.label if isinstance(spec, Address) else spec.name
-        if kt.qname:
-            t.question = (kt.qname, kt.qtype)
-        t.interval_ticks = max(1.0, iv / self.tick_s)
-        t.timeout_s = to
-        t.timeout_ns = int(to * 1e9)
-        if isinstance(spec, Address):
-            t.set_address(spec.address, spec.family)
-        self._targets[key] = t
-        self._evs.append(TargetAdded(key, iv, dict(t.labels)))
-        if self._running:
-            self._activate(t)
-            self._publish()
-        self._log.debug("target added", target=key, interval_s=iv)
+        return iv, to
 
     def remove_target(self, host: str) -> None:
         """Stop watching ``host``. Probes already in flight still get their result
@@ -722,13 +805,7 @@ class MonitoringEngine:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # linger: replies keep arriving through the readers
-        deadline = loop.time() + self.max_timeout_s + self.expire_every_s
-        while self.outstanding > 0 and loop.time() < deadline:
-            await asyncio.sleep(min(0.01, self.tick_s))
-            self._drain_all(self.max_timeout_s)
-        # what is still out after the full timeout is a timeout (expire(0) takes all)
-        self._drain_all(0.0)
+        await self._linger(loop)
         self._flush_logs()
         if self.loss is not None:
             # records held back for order are all in now; outages still going on are
@@ -738,6 +815,29 @@ class MonitoringEngine:
             if submit is not None:
                 with contextlib.suppress(Exception):
                     submit(self.loss.current_outages())
+        self._close_sockets(loop)
+        self._running = False
+        await self._flush_store_at_stop()
+        for sub in list(self._subs):
+            sub._end()
+        self._subs.clear()
+        st = self.stats()
+        self._log.info(
+            "monitoring stopped", sent=st["sent"], results=st["results"], received=st["received"]
+        )
+
+    async def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the probes in flight their full timeout to answer (replies keep
+        arriving through the readers); what is still out then is a timeout."""
+        deadline = loop.time() + self.max_timeout_s + self.expire_every_s
+        while self.outstanding > 0 and loop.time() < deadline:
+            await asyncio.sleep(min(0.01, self.tick_s))
+            self._drain_all(self.max_timeout_s)
+        self._drain_all(0.0)  # expire(0) takes all
+
+    def _close_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close every socket, keeping its counters (engine's and per target), and
+        empty the wheel."""
         for k, v in self._socket_totals().items():
             self._closed_totals[k] = self._closed_totals.get(k, 0) + v
         self._closed_lateness = self.send_lateness()
@@ -758,26 +858,21 @@ class MonitoringEngine:
             t.due_tick = -1
             t.steady = False
         self._wheel.clear()
-        self._running = False
-        if self.store is not None:
-            try:
-                if not await self.store.flush(self.stop_flush_s):
-                    self._log.error(
-                        "store could not write every result by the stop deadline; the "
-                        "store's close() counts what is left as dropped",
-                        deadline_s=self.stop_flush_s,
-                        store=self.store.stats(),
-                    )
-            except Exception as e:  # the store counts and logs its own failures
-                self._store_errors += 1
-                self._log.error("store flush failed at stop", error=str(e))
-        for sub in list(self._subs):
-            sub._end()
-        self._subs.clear()
-        st = self.stats()
-        self._log.info(
-            "monitoring stopped", sent=st["sent"], results=st["results"], received=st["received"]
-        )
+
+    async def _flush_store_at_stop(self) -> None:
+        if self.store is None:
+            return
+        try:
+            if not await self.store.flush(self.stop_flush_s):
+                self._log.error(
+                    "store could not write every result by the stop deadline; the "
+                    "store's close() counts what is left as dropped",
+                    deadline_s=self.stop_flush_s,
+                    store=self.store.stats(),
+                )
+        except Exception as e:  # the store counts and logs its own failures
+            self._store_errors += 1
+            self._log.error("store flush failed at stop", error=str(e))
 
     async def __aenter__(self) -> MonitoringEngine:
         await self.start()
@@ -1185,13 +1280,7 @@ class MonitoringEngine:
         # network is down)
         logged = kind in _LOGGED and self._log_mode != 0
         if self._net_down and kind in (EV_TIMEOUT, EV_SEND_ERROR):
-            outcome = Outcome.LOCAL_DOWN
-            status = STATUS_LOCAL_DOWN
-            self._local_down += 1
-            if kind == EV_TIMEOUT:
-                self._timeouts_local_down += 1
-            else:
-                self._senderr_local_down += 1
+            outcome, status = self._count_local_down(kind)
         is_icmp = kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED)
         rtt = rtt_ns / 1e6 if kind in (EV_DUPLICATE, EV_LATE, EV_CLOSED) and rtt_ns > 0 else None
         if self._want_results or not logged:
@@ -1227,6 +1316,16 @@ class MonitoringEngine:
         self._note(t, outcome, status, f"errno {err}" if err else outcome.value)
         if kind == EV_SEND_ERROR:
             self._apply_backoff(t)
+
+    def _count_local_down(self, kind: int) -> tuple[Outcome, str]:
+        """A timeout or send error while our network is down: counted as local_down
+        (and apart, so stats() takes it out of the core's timeouts / send errors)."""
+        self._local_down += 1
+        if kind == EV_TIMEOUT:
+            self._timeouts_local_down += 1
+        else:
+            self._senderr_local_down += 1
+        return Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN
 
     def _note(self, t: _Target, outcome: Outcome, status: str, reason: str = "") -> None:
         t.last_outcome = outcome
