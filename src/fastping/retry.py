@@ -69,17 +69,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 # which writes to stdout whatever the host program configured
 log = get_logger("fastping.retry")
 
-# The monitor's NetworkState is a str Enum whose DOWN member equals "down", so the
-# retryer compares against the plain string and never imports netstate (its
-# state module may not even be loaded, and a fake monitor in tests can use str).
-_STATE_DOWN = "down"
-
 
 class NetworkLike(Protocol):
     """What the retryer needs from `fastping.netstate.NetworkMonitor`."""
 
     @property
-    def state(self) -> Any: ...  # NetworkState; compared with "down"
+    def state(self) -> Any: ...  # NetworkState (or its str): engine.contracts.network_is_down
 
     def is_up(self) -> bool: ...
 
@@ -397,7 +392,10 @@ class Retryer:
         net = self.network
         if net is None or not self.config.wait_for_network:
             return False
-        return bool(net.state == _STATE_DOWN)
+        # the one reading of "down" (imported here: the engine needs the built core)
+        from .engine.contracts import network_is_down
+
+        return network_is_down(net)
 
     def _start(self, name: str, timeout_s: float | None) -> _Run:
         if timeout_s is not None and not (timeout_s > 0):

@@ -27,6 +27,8 @@ from .._icmp import (
     EV_TIMEOUT,
     EV_UNREACHABLE,
 )
+from ..loss import OutageEvent
+from ..pathwatch import PathChange
 from ..results import OUTCOME_BY_KIND, Outcome, ProbeResult
 from .contracts import (
     ChunkItem,
@@ -112,8 +114,10 @@ __all__ = [
     "MonitoringEngine",
     "NetworkMonitorLike",
     "Observer",
+    "OutageEvent",
     "Outcome",
     "OutcomeCounts",
+    "PathChange",
     "ProbeResult",
     "Resolver",
     "ResultEvent",

@@ -17,7 +17,8 @@ Shape (see DESIGN.md, "Engine"):
   docs/dns.md). ``SOCKET_KINDS`` maps a kind to its
   socket class (one API, so a kind is a row there, not a branch); a target's kind and
   port are part of its identity (``targets.kind_label``).
-* **A timing wheel, ticked every ``tick_s`` (20 ms).** Each target has its own
+* **A timing wheel, ticked every ``tick_s`` (20 ms)** (``engine.wheel.Wheel``, on
+  integer ticks: this class turns the loop's time into ticks). Each target has its own
   interval; its first probe is placed at a phase taken from the golden-ratio
   sequence (``i * 0.618... mod 1`` of the interval), which spreads any number of
   targets evenly over the interval, so probes never go out in one burst. On each
