@@ -28,13 +28,16 @@ Two sets of metrics (``METRIC_NAMES`` lists them all):
   outages apart (``fastping_local_outages_total``, ``fastping_local_outage``)
   and ``fastping_loss_burst_length`` (a histogram of loss-run lengths, in probes).
 
-How it is counted. The engine hands every batch of results to ``observe`` (an
-engine observer, called in the event loop, never dropping anything). ``observe``
-keeps plain per-target Python counters: one list increment per result and, for a
-reply, a ``bisect`` into the buckets. No prometheus_client object is touched per
-probe: a custom ``Collector`` turns the counters into metric families only when
-Prometheus scrapes (the benchmark compares this with ``Histogram.labels().observe``
-per probe: see ``benchmarks/bench_metrics.py``).
+How it is counted. Nothing is counted per probe in Python. The core already
+counts every outcome per target slot, and keeps each slot's RTT histogram in C with
+the buckets below (``set_rtt_buckets``); a scrape reads those counters
+(``MonitoringEngine.counters``: the slots' counts plus the outcomes the engine made
+itself, such as local_down and resolve errors) and turns them into metric families
+there and then. So the engine stays in its quiet log mode with metrics on: replies
+and timeouts are not returned to Python one by one. DNS targets are the exception:
+their answers' rcodes are counted per answer by ``observe``, an engine observer of
+DNS results only. (The benchmark compares this with ``Histogram.labels().observe``
+per probe: see ``benchmarks/bench_metrics.py``.)
 
 ``smokeping_requests_total`` counts a probe when its outcome is known (reply,
 timeout, unreachable, time exceeded, or a probe in flight while our network went
@@ -48,9 +51,11 @@ never from packets (a reply's source address or a router never becomes a label).
 When a name re-resolves to another address its series moves to the new ``ip``
 (counters restart there, which Prometheus handles as a new series).
 
-Thread safety: the HTTP server answers in its own thread. It only reads the
-counters (list copies are atomic under the GIL) and the histogram ``_count`` is
-derived from the buckets it read, so a scrape is always self-consistent.
+Thread safety: the HTTP server answers in its own thread. It reads the core's
+slots with the GIL held (a slot only while it is still its target's), keeps the
+series it reads under its own lock, and only reads the observed (DNS) series the
+event loop counts (list copies are atomic under the GIL); the histogram ``_count``
+is derived from the buckets it read, so a scrape is always self-consistent.
 """
 
 from __future__ import annotations
@@ -72,7 +77,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from .chunk import OUTCOME_CODE
 from .errors import ConfigError, SocketError
+from .logs import get_logger
 from .results import Outcome, ProbeResult
 from .settings import parse_listen as parse_listen  # re-exported: the grammar lives there
 
@@ -103,7 +110,12 @@ OUTCOMES: tuple[Outcome, ...] = (
 # a series of a kind with ports (TCP) has closed too (RSTs); an ICMP series never
 ALL_OUTCOMES: tuple[Outcome, ...] = (*OUTCOMES, Outcome.CLOSED)
 _N_ICMP_OUTCOMES = len(OUTCOMES)
-_IDX = {o: i for i, o in enumerate(ALL_OUTCOMES)}
+# one numbering: a series' counts are indexed as the core and the chunks number outcomes
+_IDX = OUTCOME_CODE
+assert [_IDX[o] for o in ALL_OUTCOMES] == list(range(len(ALL_OUTCOMES)))
+# the kinds counted per result (observe) rather than read from the core at scrape time
+OBSERVED_KINDS = frozenset({"dns"})  # the rcode of each answer
+_log = get_logger("fastping.metrics")
 _I_REPLY = _IDX[Outcome.REPLY]
 _I_TIMEOUT = _IDX[Outcome.TIMEOUT]
 _I_UNREACH = _IDX[Outcome.UNREACHABLE]
@@ -286,8 +298,11 @@ CHUNK_LINES = 20_000  # render_chunks(): lines per piece (~2 MB)
 class MetricsCollector(Collector):
     """A prometheus_client ``Collector`` reading a ``MonitoringEngine``.
 
-    ``attach()`` (done by the constructor unless ``attach=False``) registers
-    ``observe`` as an engine observer. ``source`` and ``tos`` fill the
+    ``attach()`` (done by the constructor unless ``attach=False``) has the engine
+    keep RTT buckets per slot and registers ``observe`` as an engine observer of DNS
+    results (of every result with ``observe_all``, or when the engine keeps other
+    buckets already: then ``observe`` counts every result, as results fed to it by
+    hand are). ``source`` and ``tos`` fill the
     smokeping_prober labels of the same names. ``label_names``: the configured
     target labels to export (default: every label name the engine's targets have
     now, sorted); labels of later targets outside this set are not exported and
@@ -307,6 +322,7 @@ class MetricsCollector(Collector):
         attach: bool = True,
         kind_labels: bool | None = None,
         dns_labels: bool | None = None,
+        observe_all: bool = False,
     ) -> None:
         bounds = [float(b) for b in buckets_s]
         if not bounds or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
@@ -345,8 +361,11 @@ class MetricsCollector(Collector):
         kinds += DNS_LABELS if self.dns_labels else ()
         self.label_names: tuple[str, ...] = BASE_LABELS + kinds + tuple(extra)
         self._extra = tuple(extra)
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, _Series] = {}  # observed (DNS) series, the loop's
         self._series_list: list[_Series] = []
+        self._scraped: dict[str, _Series] = {}  # read from the core at scrape time
+        self._scrape_lock = threading.Lock()
+        self._observe_all = bool(observe_all)  # count every result, read nothing at scrape
         self._prune = False
         self.ignored_labels = 0
         self._warned_labels: set[str] = set()
@@ -357,10 +376,11 @@ class MetricsCollector(Collector):
         self._engine_registry = CollectorRegistry(auto_describe=False)
         self._engine_registry.register(_EngineOnly(self))
         self._more: list[Collector] = []
-        for info in engine.targets():  # series from the start, before any result
-            self._new_series(info.host, info.address)
         if attach:
             self.attach()
+        for info in engine.targets():  # series from the start, before any result
+            if self._observe_all or info.kind in OBSERVED_KINDS:
+                self._new_series(info.host, info.address)
         paths = getattr(engine, "paths", None)
         if paths is not None:  # the engine traces its targets (trace_every_s)
             self.add_collector(PathMetricsCollector(paths))
@@ -369,42 +389,65 @@ class MetricsCollector(Collector):
 
     def attach(self) -> None:
         if not self._attached:
-            self.engine.add_observer(self.observe)
+            # one set of buckets per engine: when another collector's differ, this one
+            # counts every result itself, as observers do
+            if not self._observe_all:
+                self._observe_all = not self.engine.set_rtt_buckets(self.buckets_s)
+            kinds = None if self._observe_all else OBSERVED_KINDS
+            self.engine.add_observer(self.observe, kinds)
+            self.engine.add_tick_listener(self._tick)
             self._attached = True
 
     def detach(self) -> None:
         if self._attached:
             self.engine.remove_observer(self.observe)
+            self.engine.remove_tick_listener(self._tick)
             self._attached = False
 
+    def _tick(self) -> None:
+        """At every engine tick (event loop): the state clocks, twice a second."""
+        now = time.monotonic()
+        if now >= self._clocks_due:
+            self._clocks_due = now + 0.5
+            self._net_clock.update(_network_state(self.engine))
+            self._throttle_clock.update("1" if self.engine.guard.throttled else "0")
+
     def _new_series(self, host: str, address: str | None) -> _Series | None:
+        """An observed series (event loop): counted by ``observe``."""
         engine = self.engine
         if host not in engine:
             return None  # removed while its last probes were out: nothing to label
         info = engine.target(host)
-        labels = info.labels
+        s = self._make_series(host, address or "", info.kind, info.port, info.labels)
+        self._series[host] = s
+        # a new list, not an append under a scrape's feet: readers copy the reference
+        self._series_list = [x for x in self._series_list if x.host != host] + [s]
+        return s
+
+    def _make_series(
+        self, host: str, ip: str, kind: str, port: int, labels: dict[str, str]
+    ) -> _Series:
         for k in labels:
             if k not in self._extra and k not in self._warned_labels:
                 self._warned_labels.add(k)
                 self.ignored_labels += 1
-                engine._log.warning(
+                _log.warning(
                     "target label not exported as a metric label (not known when metrics started)",
                     target=host,
                     label=k,
                 )
-        ip = address or ""
-        n_out = _N_ICMP_OUTCOMES if info.kind == "icmp" else len(ALL_OUTCOMES)
+        n_out = _N_ICMP_OUTCOMES if kind == "icmp" else len(ALL_OUTCOMES)
         if self.kind_labels:
             from .targets import split_kind
 
             # the host as configured, its kind and port beside it
-            kinds: tuple[str, ...] = (info.kind, str(info.port) if info.port else "")
+            kinds: tuple[str, ...] = (kind, str(port) if port else "")
             kt = split_kind(host)
             shown = kt.host
             if self.dns_labels:
                 h = f"[{kt.host}]" if ":" in kt.host else kt.host
                 kinds += (f"{h}:{kt.port}", kt.qname, kt.qtype) if kt.qname else ("", "", "")
-            elif info.kind == "dns":
+            elif kind == "dns":
                 shown = host  # no name/type labels in this run: the whole dns:// URL
         else:
             # a TCP target added to a run that started with ICMP alone: its host label
@@ -414,12 +457,34 @@ class MetricsCollector(Collector):
             ip, shown, self.source, self.tos, *kinds, *(labels.get(k, "") for k in self._extra)
         )  # fmt: skip
         s = _Series(host, ip, self.label_names, values, len(self._bounds_ms), n_out)
-        if info.kind == "dns":
+        if kind == "dns":
             s.rcodes = {}
-        self._series[host] = s
-        # a new list, not an append under a scrape's feet: readers copy the reference
-        self._series_list = [x for x in self._series_list if x.host != host] + [s]
         return s
+
+    def _refresh(self) -> list[_Series]:
+        """The series read from the core (scrape side, any thread): every target of
+        the engine but the observed kinds, in the engine's order, each with what its
+        slot and the engine counted since its address was set (a new address: a new
+        series, as Prometheus expects when ``ip`` changes)."""
+        if self._observe_all:
+            return []
+        n_b = len(self._bounds_ms) + 1
+        with self._scrape_lock:
+            old = self._scraped
+            new: dict[str, _Series] = {}
+            for c in self.engine.counters(OBSERVED_KINDS):
+                s = old.get(c.host)
+                if s is None or (c.address is not None and c.address != s.ip):
+                    s = self._make_series(c.host, c.address or "", c.kind, c.port, c.labels)
+                s.counts = c.counts
+                b = c.buckets
+                s.buckets = b if b is not None and len(b) == n_b else [0] * n_b
+                s.rtt_sum_ms = c.rtt_sum_ns / 1e6
+                s.ttl = c.ttl
+                s.sent_down = c.sent_down
+                new[c.host] = s
+            self._scraped = new
+            return list(new.values())
 
     def observe(self, results: Sequence[ProbeResult]) -> None:
         """Count a batch of results (the engine calls this; keep it lean)."""
@@ -449,11 +514,6 @@ class MetricsCollector(Collector):
                 s.counts[_IDX[o]] += 1
                 if o is _LOCAL_DOWN and r.seq >= 0:
                     s.sent_down += 1
-        now = time.monotonic()
-        if now >= self._clocks_due:  # state clocks: twice a second is plenty
-            self._clocks_due = now + 0.5
-            self._net_clock.update(_network_state(self.engine))
-            self._throttle_clock.update("1" if self.engine.guard.throttled else "0")
 
     @staticmethod
     def _dns_answer(s: _Series, code: int | None) -> None:
@@ -487,7 +547,7 @@ class MetricsCollector(Collector):
         live = [s for s in snap if s.host in engine]
         if len(live) != len(snap):
             self._prune = True  # the loop thread rebuilds the map
-        return live
+        return self._refresh() + live
 
     def collect(self) -> Iterator[Metric]:
         """Metric families for a prometheus_client registry (``generate_latest``)."""
