@@ -65,7 +65,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -77,8 +77,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from .chunk import OUTCOME_CODE
 from ._pipeline import expo_lines
+from .chunk import OUTCOME_CODE
 from .errors import ConfigError, SocketError
 from .logs import get_logger
 from .results import Outcome, ProbeResult
