@@ -139,3 +139,32 @@ def test_two_collectors_with_other_buckets_count_results_themselves() -> None:
     b.detach()
     a.detach()
     assert engine._want_all is False and engine._want_kinds == frozenset()
+
+
+def test_expo_lines_writes_what_python_would_and_refuses_bad_rows() -> None:
+    from fastping._pipeline import expo_lines
+
+    heads = [b'm{a="1"', b'm{a="2"']
+    tails = [b',le="1"} ', b',le="+Inf"} ']
+    rows = [[3, 4], [0, 2**62]]
+    want = "".join(
+        f"{h.decode()}{t.decode()}{v}\n"
+        for h, r in zip(heads, rows, strict=True)
+        for t, v in zip(tails, r, strict=False)
+    )
+    assert expo_lines(heads, tails, rows).decode() == want
+    cum = expo_lines(heads, tails, rows, True, [b"s1\n", b"s2\n"]).decode()
+    assert cum.splitlines() == [
+        'm{a="1",le="1"} 3', 'm{a="1",le="+Inf"} 7', "s1",
+        'm{a="2",le="1"} 0', f'm{{a="2",le="+Inf"}} {2**62}', "s2",
+    ]  # fmt: skip
+    assert expo_lines([b"x{"], [b"} "], [[-5]]) == b"x{} -5\n"
+    assert expo_lines([b"x{"], [b"} "], [[]]) == b""  # a short row writes what it has
+    with pytest.raises(ValueError, match="row 0 has 3 values for 2 tails"):
+        expo_lines(heads[:1], tails, [[1, 2, 3]])
+    with pytest.raises(ValueError, match="give one each"):
+        expo_lines(heads, tails, rows[:1])
+    with pytest.raises(TypeError, match="not bytes"):
+        expo_lines(heads, ["} "], [[1], [2]])  # type: ignore[list-item]
+    with pytest.raises(OverflowError):
+        expo_lines([b"x{"], [b"} "], [[2**70]])
