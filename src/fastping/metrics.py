@@ -1108,9 +1108,10 @@ def _handler_class(server: MetricsServer) -> type[Any]:
             except Exception as e:  # a scrape must say what went wrong, not hang up
                 self._send(500, f"metrics failed: {e!r}\n".encode(), "text/plain")
                 return
-            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", gz)
+            # counted before the body goes out: a scraper that reads it sees itself counted
             server.scrapes += 1
             server.last_scrape_s = time.perf_counter() - t0
+            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8", gz)
 
         def _send(self, code: int, body: bytes, ctype: str, gz: bool = False) -> None:
             self.send_response(code)
