@@ -67,11 +67,13 @@ from .events import (
 from .sockets import SOCKET_KINDS, KindOpener, socket_factories
 from .stats import EngineStats, LoopLag, LossStats, OutcomeCounts, SendLateness
 from .target import (
+    N_OUTCOME_CODES,
     STATUS_DOWN,
     STATUS_ERROR,
     STATUS_LOCAL_DOWN,
     STATUS_UNKNOWN,
     STATUS_UP,
+    TargetCounters,
     TargetInfo,
 )
 from .wheel import Wheel
@@ -112,6 +114,7 @@ __all__ = [
     "LoopLag",
     "LossStats",
     "MonitoringEngine",
+    "N_OUTCOME_CODES",
     "NetworkMonitorLike",
     "Observer",
     "OutageEvent",
@@ -128,6 +131,7 @@ __all__ = [
     "StateChanged",
     "Subscription",
     "TargetAdded",
+    "TargetCounters",
     "TargetInfo",
     "TargetRemoved",
     "Wheel",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from ..chunk import OUTCOME_CODE
 from ..results import Outcome
 from .contracts import SockKey
 
@@ -24,6 +26,23 @@ STATUS_RANK = {
     STATUS_UNKNOWN: 3,
     STATUS_UP: 4,
 }
+
+# per-target counters (TargetCounters.counts) are indexed by the outcome's number
+N_OUTCOME_CODES = max(OUTCOME_CODE.values()) + 1
+_C_REPLY, _C_TIMEOUT, _C_UNREACH, _C_TEXC, _C_SENDERR, _C_LOCAL_DOWN, _C_DUP, _C_LATE, _C_CLOSED = (
+    OUTCOME_CODE[o]
+    for o in (
+        Outcome.REPLY,
+        Outcome.TIMEOUT,
+        Outcome.UNREACHABLE,
+        Outcome.TIME_EXCEEDED,
+        Outcome.SEND_ERROR,
+        Outcome.LOCAL_DOWN,
+        Outcome.DUPLICATE,
+        Outcome.LATE,
+        Outcome.CLOSED,
+    )  # fmt: skip
+)
 
 
 class _Target:
@@ -49,6 +68,10 @@ class _Target:
         "status",
         "steady",
         "py_done",
+        "mcounts",
+        "mbuckets",
+        "sent_down",
+        "mttl",
         "base_done",
         "base_received",
         "base_last_rtt_ms",
@@ -94,6 +117,13 @@ class _Target:
         # the core counts the rest per slot, and base_* keeps what earlier slots of
         # this target counted (a name whose address changed got a new slot)
         self.py_done = 0
+        # for metrics, since the target's current address: what the core's slot counts
+        # do not say (outcomes the engine made itself, timeouts it recorded as
+        # local_down), then at stop() what the slots had counted; RTT buckets kept then
+        self.mcounts = [0] * N_OUTCOME_CODES
+        self.mbuckets: list[int] | None = None  # per bucket, then the RTT sum in ns
+        self.sent_down = 0  # local_down outcomes of probes that had left
+        self.mttl = 0  # the last reply's TTL when the slot was given up
         self.base_done = 0
         self.base_received = 0
         self.base_last_rtt_ms: float | None = None
@@ -106,6 +136,10 @@ class _Target:
         self.question: tuple[str, str] | None = None  # DNS: (name, type) it asks
 
     def set_address(self, address: str, family: int) -> None:
+        if address != self.address:  # a new series of counters for metrics
+            self.mcounts = [0] * N_OUTCOME_CODES
+            self.mbuckets = None
+            self.sent_down = self.mttl = 0
         self.address = address
         self.family = family
         self.sk = (self.kind, family)
@@ -132,3 +166,20 @@ class TargetInfo:
     @property
     def loss(self) -> float | None:
         return None if self.probes == 0 else (self.probes - self.received) / self.probes
+
+
+class TargetCounters(NamedTuple):
+    """What was counted for one target since its current address was set, read at
+    scrape time (``MonitoringEngine.counters``) from the core's per-slot counters and
+    RTT buckets plus the outcomes the engine made itself."""
+
+    host: str
+    address: str | None
+    kind: str
+    port: int
+    labels: dict[str, str]
+    counts: list[int]  # per outcome, indexed by chunk.OUTCOME_CODE
+    sent_down: int  # local_down outcomes of probes that had left (in counts too)
+    buckets: list[int] | None  # replies per RTT bucket (set_rtt_buckets), not cumulative
+    rtt_sum_ns: int  # the sum of those replies' RTTs
+    ttl: int  # the last reply's TTL (0 before the first)
