@@ -156,10 +156,16 @@ def test_agent_from_yaml_file_with_options_and_reload(tmp_path: Path) -> None:
     ("data", "options", "says"),
     [
         ({}, {}, "no targets: list some under 'targets:'"),
-        ({"targets": ["127.0.0.1"], "mode": "subprocess"}, {},
-         "mode 'subprocess' cannot run the monitor"),
-        ({"targets": ["127.0.0.1"], "trace": {"mtu_on_change": True}}, {},
-         "needs --trace-every S (trace.every_s)"),
+        (
+            {"targets": ["127.0.0.1"], "mode": "subprocess"},
+            {},
+            "mode 'subprocess' cannot run the monitor",
+        ),
+        (
+            {"targets": ["127.0.0.1"], "trace": {"mtu_on_change": True}},
+            {},
+            "needs --trace-every S (trace.every_s)",
+        ),
         ({"targets": ["127.0.0.1"]}, {"outage_after": 0}, "1 or more"),
         ({"targets": ["127.0.0.1"]}, {"outage_webhook": "ftp://127.0.0.1/x"}, "--outage-webhook"),
         ({"targets": ["127.0.0.1"]}, {"metrics_listen": "nowhere"}, "give HOST:PORT"),
@@ -209,9 +215,14 @@ def test_store_refused_at_start_leaves_nothing_running(tmp_path: Path) -> None:
 
 def test_config_targets_expand_shard_and_dedupe() -> None:
     cfg = parse_config(
-        {"defaults": {"interval_s": 2},
-         "targets": ["127.0.0.0/30", {"host": "tcp://127.0.0.1:22", "timeout_s": 0.2},
-                     "http://127.0.0.1:8080/"]}  # fmt: skip
+        {
+            "defaults": {"interval_s": 2},
+            "targets": [
+                "127.0.0.0/30",
+                {"host": "tcp://127.0.0.1:22", "timeout_s": 0.2},
+                "http://127.0.0.1:8080/",
+            ],
+        }  # fmt: skip
     )
     ts = config_targets(cfg, timeout_s=0.7)
     assert [t.host for t in ts] == [*(f"127.0.0.{i}" for i in range(4)), "tcp://127.0.0.1:22"]
@@ -221,3 +232,15 @@ def test_config_targets_expand_shard_and_dedupe() -> None:
     assert all(listed == 5 for _, listed in shares)
     hosts = [t.host for share, _ in shares for t in share]
     assert sorted(hosts) == sorted(t.host for t in ts)
+
+
+def test_docs_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/agent.md's example, as written (its database moved into tmp_path)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "agent.md").read_text("utf-8")
+    m = re.search(r"```python\n(.*?)```", text, re.S)
+    assert m is not None
+    code = m.group(1).replace("/tmp/fastping-agent.db", str(tmp_path / "doc.db"))
+    exec(compile(code, "docs/agent.md", "exec"), {"__name__": "docs_agent"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert "{'127.0.0.1': 'up', '::1': 'up'}" in out and "bytes of metrics" in out
+    assert set(stored_per_target(tmp_path / "doc.db")) == {"127.0.0.1", "::1"}

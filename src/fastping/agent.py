@@ -627,9 +627,7 @@ class Agent:
                 await self._engine.stop()
             await self._stop_sides()
             if self._store is not None:
-                await self._store.close(
-                    timeout_s=min(STORE_CLOSE_S, self.options.stop_timeout_s)
-                )
+                await self._store.close(timeout_s=min(STORE_CLOSE_S, self.options.stop_timeout_s))
             await self._stop_outputs()
         finally:
             self._state = "stopped"
