@@ -145,6 +145,8 @@ def test_agent_from_yaml_file_with_options_and_reload(tmp_path: Path) -> None:
             await until(lambda: engine.target("127.0.0.4").probes >= 3)
         agent.reload(parse_config({"targets": ["127.0.0.5"]}))  # stopped: nothing changes
         assert sorted(agent.current) == ["127.0.0.3", "127.0.0.4"]
+        with pytest.raises(RuntimeError, match="runs once"):
+            await agent.run(0.1)  # a stopped agent is not started again
 
     asyncio.run(go())
     per_target = stored_per_target(tmp_path / "over.db")

@@ -597,6 +597,8 @@ class Agent:
         is called or (``handle_signals``) SIGINT / SIGTERM arrives, then stop."""
         if self._state == "new":
             await self.start()
+        elif self._state != "started":
+            raise RuntimeError(f"an agent runs once (this one is {self._state})")
         try:
             await self.engine.run(duration_s, handle_signals=handle_signals)
         finally:
