@@ -8,6 +8,10 @@ On a terminal a live table (per target: status, last RTT, loss) is redrawn about
 once a second; otherwise structured logs, with a summary line every 10 s. SIGINT /
 SIGTERM stop cleanly: probes in flight get their timeout, every result is written,
 and a final JSON summary goes to stdout.
+
+The monitoring itself (store, network watch, engine, metrics, ...) is a
+``fastping.agent.Agent``; this module turns the command line into its options and
+targets, and owns the logging, the table, SIGHUP and the exit codes.
 """
 
 from __future__ import annotations
