@@ -195,7 +195,8 @@ class FakeIcmpSocket:
         return self.slots[slot]
 
     def slot_stats(self, slot: int) -> tuple[Any, ...]:
-        return tuple(self._stats[slot])
+        # the core's 19 fields: the 8 counts it keeps, then no RTT figures, TTL, error
+        return (*self._stats[slot], 0, 0, 0, 0.0, 0, 0, 0, 0, 0, None, 0)
 
     def slot_last(self, slot: int) -> tuple[int, int, int]:
         return self._last_rtt.get(slot, (-1, 0, 0))

@@ -192,6 +192,12 @@ class ProbeSocket:
         probes paced at ``rate_pps``, 0 = flat out), drain replies interleaved,
         wait ``timeout_s`` after the last send. With ``events`` the per-probe
         events are returned too (meant for small target lists)."""
+    def set_rtt_buckets(self, bounds_ns: Iterable[int]) -> None:
+        """Per-slot RTT histograms with these upper bounds in ns (empty: off)."""
+    @property
+    def rtt_bounds_ns(self) -> tuple[int, ...]: ...
+    def slot_buckets(self, slot: int) -> tuple[tuple[int, ...], int] | None:
+        """(replies per bucket, the last above every bound; their RTT sum in ns)."""
     def slot_stats(self, slot: int) -> tuple[Any, ...]:
         """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
         send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
