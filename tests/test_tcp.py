@@ -17,11 +17,11 @@ import pytest
 from tests.capture import percentile, syn_rtts, tcpdump
 
 from fastping import _icmp
+from fastping._icmp import EV_CLOSED, EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE
 from privhelpers import in_netns, netns, veth_namespaces
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
 # Source ports below the ephemeral range the listeners' ports come from: were a
 # listener's port among ours, our own kernel's RSTs to it (it answers each SYN-ACK
 # with one) would reach the socket and be counted, rightly, as foreign packets.

@@ -23,9 +23,9 @@ from tests.capture import observed_netns, percentile, tcpdump, udp_rtts
 
 from conftest import child_env, fastping_cmd
 from fastping import _icmp
+from fastping._icmp import EV_CLOSED, EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE
 from privhelpers import in_netns, netns, veth_namespaces
 
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
 # a namespace's kernel answers every closed port at once (per-namespace sysctls)
 NO_ICMP_LIMIT = (
     "net.ipv4.icmp_ratelimit=0",
@@ -192,7 +192,7 @@ def _icmp_dgram_after_an_error() -> tuple[dict[str, int], list[int]]:
         errs = []
         for _ in range(3):
             for slot in (bad, good):
-                errs += [e[8] for e in s.send([slot], drain=False) if e[1] == 4]
+                errs += [e[8] for e in s.send([slot], drain=False) if e[1] == _icmp.EV_SEND_ERROR]
         select.select([s.fileno()], [], [], 0.5)
         s.recv()
         return s.totals(), errs

@@ -93,7 +93,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-# The core's event kinds; the order is OUTCOME_BY_KIND's.
+# The core's event kinds: results.EventKind's numbers (OUTCOME_BY_KIND's index).
 from ._icmp import (
     EV_CLOSED,
     EV_DUPLICATE,
@@ -109,7 +109,7 @@ from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .loss import LossTracker, OutageEvent, OutageRule
 from .pathwatch import PathChange, PathWatcher
-from .results import OUTCOME_BY_KIND, Outcome, ProbeResult
+from .results import OUTCOME_BY_KIND, Outcome, ProbeResult, SlotStats
 from .timing import SendLateness, behind_schedule_us
 
 if TYPE_CHECKING:
@@ -151,16 +151,20 @@ STATUS_DOWN = "down"  # timeout / unreachable / time exceeded
 STATUS_ERROR = "error"  # local error (send / resolve), possibly backing off
 STATUS_LOCAL_DOWN = "local_down"  # our own network is down
 
-_STATUS_BY_KIND = (
-    STATUS_UP,
-    STATUS_DOWN,
-    STATUS_DOWN,
-    STATUS_DOWN,
-    STATUS_ERROR,
-    None,  # duplicate: no change
-    None,  # late: no change
-    STATUS_DOWN,  # closed: the host answered, the service is not there
-)
+# a target's status after an outcome (None: no change), and indexed by event kind
+_STATUS_OF: dict[Outcome, str | None] = {
+    Outcome.REPLY: STATUS_UP,
+    Outcome.TIMEOUT: STATUS_DOWN,
+    Outcome.UNREACHABLE: STATUS_DOWN,
+    Outcome.TIME_EXCEEDED: STATUS_DOWN,
+    Outcome.SEND_ERROR: STATUS_ERROR,
+    Outcome.LOCAL_DOWN: STATUS_LOCAL_DOWN,  # engine-made, as RESOLVE_ERROR
+    Outcome.RESOLVE_ERROR: STATUS_ERROR,
+    Outcome.DUPLICATE: None,
+    Outcome.LATE: None,
+    Outcome.CLOSED: STATUS_DOWN,  # the host answered, the service is not there
+}
+_STATUS_BY_KIND = tuple(_STATUS_OF[o] for o in OUTCOME_BY_KIND)
 # Problems first, in the live table.
 _STATUS_RANK = {
     STATUS_DOWN: 0,
@@ -218,7 +222,7 @@ class IcmpSocketLike(Protocol):
     def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]: ...
     def forget_last(self, slot: int = -1) -> None: ...
     def set_slot_timeout(self, slot: int, timeout_s: float) -> None: ...
-    def slot_stats(self, slot: int) -> tuple[Any, ...]: ...
+    def slot_stats(self, slot: int) -> SlotStats: ...
     def slot_closed(self, slot: int) -> int: ...  # kinds with ports (TCP) only
     def slot_last(self, slot: int) -> tuple[int, int, int]: ...
     def slot_address(self, slot: int) -> str: ...
@@ -961,10 +965,9 @@ class MonitoringEngine:
         if sock is None or t.slot is None:
             return 0, 0, None
         st = sock.slot_stats(t.slot)
-        # (sent, received, duplicates, late, timeouts, unreachable, time_exceeded, send_errors)
-        done = st[1] + st[4] + st[5] + st[6] + st[7]
+        done = st.received + st.timeouts + st.unreachable + st.time_exceeded + st.send_errors
         # a closed port answered (it is in received) but did not reply: not received here
-        received = st[1] - sock.slot_closed(t.slot) if t.port else st[1]
+        received = st.received - sock.slot_closed(t.slot) if t.port else st.received
         kind, rtt_ns, _ = sock.slot_last(t.slot)
         return done, received, (rtt_ns / 1e6 if kind == EV_REPLY else None)
 
