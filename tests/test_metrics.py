@@ -88,7 +88,7 @@ def test_buckets_are_smokeping_probers() -> None:
 def test_counts_buckets_labels_and_valid_exposition() -> None:
     labels = {"127.0.0.1": {"site": 'lab "q" \\ x\ny'}, "::1": {"role": "v6"}}
     e = _engine("127.0.0.1", "::1", "127.0.0.3", labels=labels)
-    c = MetricsCollector(e, source="10.0.0.1", tos=16)
+    c = MetricsCollector(e, source="10.0.0.1", tos=16, observe_all=True)  # results by hand
     assert c.label_names == ("ip", "host", "source", "tos", "role", "site")
     rs = [
         ProbeResult("127.0.0.1", "127.0.0.1", 1, Outcome.REPLY, 0.07, 64),  # 70 us
@@ -148,7 +148,7 @@ def test_counts_buckets_labels_and_valid_exposition() -> None:
 
 def test_series_moves_with_the_address_and_removed_targets_go() -> None:
     e = _engine("127.0.0.1", "127.0.0.2")
-    c = MetricsCollector(e)
+    c = MetricsCollector(e, observe_all=True)
     c.observe([ProbeResult("127.0.0.1", "127.0.0.1", 1, Outcome.TIMEOUT)])
     t = e._targets["127.0.0.1"]
     t.address = "127.0.0.9"  # as if re-resolved
@@ -172,7 +172,7 @@ def test_bad_labels_and_buckets_say_what_to_do() -> None:
 
 def test_a_label_not_known_at_start_is_counted_not_exported() -> None:
     e = _engine("127.0.0.1")
-    c = MetricsCollector(e)
+    c = MetricsCollector(e, observe_all=True)
     e.add_target("127.0.0.2", labels={"late": "1"})
     c.observe([ProbeResult("127.0.0.2", "127.0.0.2", 1, Outcome.REPLY, 0.1, 64)])
     smp = samples(c.render().decode())

@@ -834,6 +834,7 @@ def test_connect_socket_keeps_the_cores_contract(ports: tuple[int, int]) -> None
 
     def scenario(sock: Any, mode: int) -> dict[str, Any]:
         sock.set_log(mode)
+        sock.set_rtt_buckets([10**9])  # open answers per slot: all under a second
         name = {sock.add_target("127.0.0.1", open_port): "open",
                 sock.add_target("127.0.0.1", closed_port): "closed"}  # fmt: skip
         calls: list[list[tuple[str, int]]] = []
@@ -860,9 +861,12 @@ def test_connect_socket_keeps_the_cores_contract(ports: tuple[int, int]) -> None
         slots = {n: slot_counts(sock.slot_stats(s)) for s, n in name.items()}
         closed = {n: sock.slot_closed(s) for s, n in name.items()}
         last = {n: sock.slot_last(s)[0] for s, n in name.items()}
+        hist = {n: (sock.slot_buckets(s) or ((),))[0] for s, n in name.items()}
+        assert hist["open"] == (4, 0) and hist["closed"] == (0, 0), hist
         tot = sock.totals()
         sock.close()
         return {"calls": calls, "logs": logs, "slots": slots, "closed": closed, "last": last,
+                "hist": hist,
                 "totals": {k: tot[k] for k in ("sent", "received", "timeouts", "closed",
                                                "send_errors", "duplicates", "late",
                                                "outstanding")}}  # fmt: skip

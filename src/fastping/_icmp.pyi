@@ -199,6 +199,12 @@ class ProbeSocket:
         probes paced at ``rate_pps``, 0 = flat out), drain replies interleaved,
         wait ``timeout_s`` after the last send. With ``events`` the per-probe
         events are returned too (meant for small target lists)."""
+    def set_rtt_buckets(self, bounds_ns: Iterable[int]) -> None:
+        """Per-slot RTT histograms with these upper bounds in ns (empty: off)."""
+    @property
+    def rtt_bounds_ns(self) -> tuple[int, ...]: ...
+    def slot_buckets(self, slot: int) -> tuple[tuple[int, ...], int] | None:
+        """(replies per bucket, the last above every bound; their RTT sum in ns)."""
     def slot_stats(self, slot: int) -> SlotStats:
         """The slot's figures (fastping.results.SlotStats); user_timed: replies timed
         from a user-space send time (no kernel TX stamp)"""

@@ -119,3 +119,13 @@ class PackedAddresses:
     network-order addresses (4 or 16 bytes each), freed with the last view of it."""
 
     def __len__(self) -> int: ...
+
+def expo_lines(
+    heads: list[bytes],
+    tails: list[bytes],
+    rows: list[list[int]],
+    cumulative: bool = False,
+    trailers: list[bytes] | None = None,
+) -> bytes:
+    """Prometheus text lines: heads[i] + tails[j] + str(rows[i][j]) + newline, per
+    series i and column j (running sums with ``cumulative``), then trailers[i]."""

@@ -1132,3 +1132,60 @@ cdef class Columns:
         out["icmp_code"] = self.code
         out["address"] = PyBytes_FromStringAndSize(<char *>self.addr.p, self.addr.n) if self.addr.n else b""
         return out
+
+
+# ---------------------------------------------------------------- metrics exposition
+cdef int put_i64(Buf *b, long long v) except -1:
+    if v < 0:
+        buf_put(b, "-", 1)
+        return put_u64(b, <unsigned long long>(-(v + 1)) + 1)
+    return put_u64(b, <unsigned long long>v)
+
+
+def expo_lines(list heads, list tails, list rows, bint cumulative=False, list trailers=None):
+    """Prometheus text lines of many series at once (metrics.render_chunks): for each
+    series i and column j < len(rows[i]), ``heads[i] + tails[j] + str(v) + "\\n"``
+    with v = rows[i][j] (its running sum along the row with ``cumulative``: histogram
+    buckets), then ``trailers[i]`` when given. heads, tails and trailers are bytes,
+    rows lists of ints; a row longer than tails is refused."""
+    cdef Py_ssize_t n = len(heads), nt = len(tails), i, j, nr
+    cdef Buf b
+    cdef list row
+    cdef bytes h, t
+    cdef long long v, acc
+    if len(rows) != n or (trailers is not None and len(trailers) != n):
+        raise ValueError(f"{n} heads, {len(rows)} rows and "
+                         f"{'no' if trailers is None else len(trailers)} trailers: give one each")
+    for j in range(nt):
+        if not isinstance(tails[j], bytes):
+            raise TypeError(f"tail {j} is {type(tails[j]).__name__}, not bytes")
+    b.p = NULL
+    b.n = b.cap = 0
+    try:
+        for i in range(n):
+            h = heads[i]
+            row = rows[i]
+            nr = len(row)
+            if nr > nt:
+                raise ValueError(f"row {i} has {nr} values for {nt} tails")
+            acc = 0
+            for j in range(nr):
+                v = row[j]
+                if cumulative:
+                    acc += v
+                    v = acc
+                t = <bytes>tails[j]
+                buf_reserve(&b, len(h) + len(t) + 24)
+                memcpy(b.p + b.n, <char *>h, len(h))
+                b.n += len(h)
+                memcpy(b.p + b.n, <char *>t, len(t))
+                b.n += len(t)
+                put_i64(&b, v)
+                b.p[b.n] = 10
+                b.n += 1
+            if trailers is not None:
+                t = trailers[i]
+                buf_put(&b, <char *>t, len(t))
+        return PyBytes_FromStringAndSize(<char *>b.p, b.n)
+    finally:
+        buf_free(&b)

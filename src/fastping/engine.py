@@ -89,9 +89,9 @@ import socket
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 # The core's event kinds: results.EventKind's numbers (OUTCOME_BY_KIND's index).
 from ._icmp import (
@@ -104,7 +104,7 @@ from ._icmp import (
     EV_TIMEOUT,
     EV_UNREACHABLE,
 )
-from .chunk import RECORD_SIZE
+from .chunk import OUTCOME_CODE, RECORD_SIZE
 from .errors import ConfigError, TargetError
 from .guard import ResourceGuard
 from .loss import LossTracker, OutageEvent, OutageRule
@@ -234,6 +234,22 @@ SockKey = tuple[str, int]
 Resolver = Callable[[str, int], Awaitable[list[tuple[int, str]]]]  # -> [(family, address)]
 # Called with every batch of results, in the event loop, before the store gets them.
 Observer = Callable[[Sequence[ProbeResult]], None]
+# per-target counters (TargetCounters.counts) are indexed by the outcome's number
+N_OUTCOME_CODES = max(OUTCOME_CODE.values()) + 1
+_C_REPLY, _C_TIMEOUT, _C_UNREACH, _C_TEXC, _C_SENDERR, _C_LOCAL_DOWN, _C_DUP, _C_LATE, _C_CLOSED = (
+    OUTCOME_CODE[o]
+    for o in (
+        Outcome.REPLY,
+        Outcome.TIMEOUT,
+        Outcome.UNREACHABLE,
+        Outcome.TIME_EXCEEDED,
+        Outcome.SEND_ERROR,
+        Outcome.LOCAL_DOWN,
+        Outcome.DUPLICATE,
+        Outcome.LATE,
+        Outcome.CLOSED,
+    )  # fmt: skip
+)
 
 
 # ---------------------------------------------------------------------------------
@@ -384,6 +400,10 @@ class _Target:
         "status",
         "steady",
         "py_done",
+        "mcounts",
+        "mbuckets",
+        "sent_down",
+        "mttl",
         "base_done",
         "base_received",
         "base_last_rtt_ms",
@@ -429,6 +449,13 @@ class _Target:
         # the core counts the rest per slot, and base_* keeps what earlier slots of
         # this target counted (a name whose address changed got a new slot)
         self.py_done = 0
+        # for metrics, since the target's current address: what the core's slot counts
+        # do not say (outcomes the engine made itself, timeouts it recorded as
+        # local_down), then at stop() what the slots had counted; RTT buckets kept then
+        self.mcounts = [0] * N_OUTCOME_CODES
+        self.mbuckets: list[int] | None = None  # per bucket, then the RTT sum in ns
+        self.sent_down = 0  # local_down outcomes of probes that had left
+        self.mttl = 0  # the last reply's TTL when the slot was given up
         self.base_done = 0
         self.base_received = 0
         self.base_last_rtt_ms: float | None = None
@@ -441,6 +468,10 @@ class _Target:
         self.question: tuple[str, str] | None = None  # DNS: (name, type) it asks
 
     def set_address(self, address: str, family: int) -> None:
+        if address != self.address:  # a new series of counters for metrics
+            self.mcounts = [0] * N_OUTCOME_CODES
+            self.mbuckets = None
+            self.sent_down = self.mttl = 0
         self.address = address
         self.family = family
         self.sk = (self.kind, family)
@@ -467,6 +498,23 @@ class TargetInfo:
     @property
     def loss(self) -> float | None:
         return None if self.probes == 0 else (self.probes - self.received) / self.probes
+
+
+class TargetCounters(NamedTuple):
+    """What was counted for one target since its current address was set, read at
+    scrape time (``MonitoringEngine.counters``) from the core's per-slot counters and
+    RTT buckets plus the outcomes the engine made itself."""
+
+    host: str
+    address: str | None
+    kind: str
+    port: int
+    labels: dict[str, str]
+    counts: list[int]  # per outcome, indexed by chunk.OUTCOME_CODE
+    sent_down: int  # local_down outcomes of probes that had left (in counts too)
+    buckets: list[int] | None  # replies per RTT bucket (set_rtt_buckets), not cumulative
+    rtt_sum_ns: int  # the sum of those replies' RTTs
+    ttl: int  # the last reply's TTL (0 before the first)
 
 
 # ---------------------------------------------------------------------------------
@@ -727,10 +775,14 @@ class MonitoringEngine:
         self._steady: dict[int, dict[tuple[SockKey, float], list[Any]]] = {}
         self._phase_n = 0
         self._subs: list[Subscription] = []
-        self._observers: list[Observer] = []
+        # (observer, the probe kinds whose results it wants; None: every result)
+        self._observers: list[tuple[Observer, frozenset[str] | None]] = []
+        self._tick_listeners: list[Callable[[], None]] = []
         self._out: list[ProbeResult] = []  # results of this callback for subscribers
         self._store_out: list[ProbeResult] = []  # results of this callback the core did not log
-        self._want_results = False  # subscribers or observers: the core returns every event
+        self._want_all = False  # subscribers or observers of all: every event returned
+        self._want_kinds: frozenset[str] = frozenset()  # ... of these kinds' sockets
+        self._rtt_bounds_ns: tuple[int, ...] = ()  # per-slot RTT buckets (set_rtt_buckets)
         self._log_mode = 1  # what the sockets log and return (_update_log_modes)
         self._evs: list[EngineEvent] = []  # non-result events of the current callback
 
@@ -971,6 +1023,70 @@ class MonitoringEngine:
         kind, rtt_ns, _ = sock.slot_last(t.slot)
         return done, received, (rtt_ns / 1e6 if kind == EV_REPLY else None)
 
+    def counters(self, skip_kinds: Iterable[str] = ()) -> Iterator[TargetCounters]:
+        """Every target's counters (but those of ``skip_kinds``), read now from the
+        core's slots: the scrape side of metrics. Safe from another thread (the HTTP
+        server's): it reads the target table's current members, each slot with the GIL
+        held, and a slot only while it is still that target's."""
+        skip = frozenset(skip_kinds)
+        for t in list(self._targets.values()):
+            if t.kind not in skip and not t.removed:
+                yield self._target_counters(t)
+
+    def _target_counters(self, t: _Target) -> TargetCounters:
+        counts = list(t.mcounts)
+        hb = t.mbuckets
+        buckets = None if hb is None else hb[:-1]
+        rtt_sum = 0 if hb is None else hb[-1]
+        ttl = t.mttl
+        slot, sock = t.slot, self._sockets.get(t.sk)
+        if slot is not None and sock is not None:
+            st = sock.slot_stats(slot)
+            closed = sock.slot_closed(slot) if t.port else 0
+            # a closed port's answer is in received
+            counts[_C_REPLY] += st.received - closed
+            counts[_C_DUP] += st.duplicates
+            counts[_C_LATE] += st.late
+            counts[_C_TIMEOUT] += st.timeouts
+            counts[_C_UNREACH] += st.unreachable
+            counts[_C_TEXC] += st.time_exceeded
+            counts[_C_SENDERR] += st.send_errors
+            counts[_C_CLOSED] += closed
+            if st.received > closed:
+                ttl = st.last_ttl
+            sb = getattr(sock, "slot_buckets", None)
+            got = sb(slot) if sb is not None else None
+            if got is not None:
+                b, n = got
+                buckets = (
+                    list(b) if buckets is None else [x + y for x, y in zip(buckets, b, strict=True)]
+                )
+                rtt_sum += n
+        return TargetCounters(
+            t.host, t.address, t.kind, t.port, t.labels, counts, t.sent_down, buckets, rtt_sum,
+            ttl,
+        )  # fmt: skip
+
+    def _keep_counters(self, t: _Target) -> None:
+        """The slot is given up but the address stays (stop()): its counts move to
+        the target's own, so counters() goes on from them."""
+        c = self._target_counters(t)
+        t.mcounts = c.counts
+        t.mttl = c.ttl
+        t.mbuckets = None if c.buckets is None else [*c.buckets, c.rtt_sum_ns]
+
+    def _results_of(self, out: list[ProbeResult], kinds: frozenset[str]) -> list[ProbeResult]:
+        """The results of targets of these probe kinds (an observer's share)."""
+        if not self._want_all and kinds == self._want_kinds:
+            return out  # nothing else was returned
+        targets = self._targets
+        mine = []
+        for r in out:
+            t = targets.get(r.target)
+            if t is not None and t.kind in kinds:
+                mine.append(r)
+        return mine
+
     def _info(self, t: _Target) -> TargetInfo:
         b = self._backoff_s(t)
         done, received, last_rtt_ms = self._slot_counts(t)
@@ -1005,29 +1121,67 @@ class MonitoringEngine:
             self._subs.remove(sub)
         self._update_log_modes()
 
-    def add_observer(self, fn: Observer) -> None:
+    def add_observer(self, fn: Observer, kinds: Iterable[str] | None = None) -> None:
         """Call ``fn(results)`` with every batch of results, synchronously in the event
-        loop (metrics count them there). Unlike a subscription nothing is ever dropped,
-        so ``fn`` must be quick and must neither keep nor change the sequence; an
-        exception it raises is counted (``stats()["observer_errors"]``) and logged."""
-        self._observers.append(fn)
+        loop. Unlike a subscription nothing is ever dropped, so ``fn`` must be quick and
+        must neither keep nor change the sequence; an exception it raises is counted
+        (``stats()["observer_errors"]``) and logged. ``kinds``: only the results of
+        targets of these probe kinds ("dns"): the other kinds' sockets stay in the
+        quiet log mode, where the core counts replies per slot without returning them
+        (metrics read those counters at scrape time: ``counters``)."""
+        self._observers.append((fn, None if kinds is None else frozenset(kinds)))
         self._update_log_modes()
 
     def remove_observer(self, fn: Observer) -> None:
-        with contextlib.suppress(ValueError):
-            self._observers.remove(fn)
+        self._observers = [(f, k) for f, k in self._observers if f != fn]
         self._update_log_modes()
+
+    def add_tick_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` at every engine tick, in the event loop (metrics keep their
+        state clocks with it); it must be quick. Its exceptions count as an observer's."""
+        self._tick_listeners.append(fn)
+
+    def remove_tick_listener(self, fn: Callable[[], None]) -> None:
+        self._tick_listeners = [f for f in self._tick_listeners if f != fn]
 
     def _update_log_modes(self) -> None:
         """Tell each socket what to log and what to return (see the module docstring):
         log replies and timeouts unless our network is down (the engine must see every
         timeout then, to record it as local_down); return every event when someone
-        wants every result, else only the ones that change a target's state."""
-        self._want_results = bool(self._subs or self._observers)
-        mode = 0 if self._net_down else 2 if self._want_results else 1
-        self._log_mode = mode
-        for sock in self._sockets.values():
-            sock.set_log(mode)
+        wants every result of the socket's kind, else only the ones that change a
+        target's state."""
+        self._want_all = bool(self._subs) or any(k is None for _, k in self._observers)
+        self._want_kinds = frozenset().union(*(k for _, k in self._observers if k is not None))
+        self._log_mode = 0 if self._net_down else 1
+        for sk, sock in self._sockets.items():
+            sock.set_log(self._mode_for(sk))
+
+    def _mode_for(self, sk: SockKey) -> int:
+        if self._net_down:
+            return 0
+        return 2 if self._want_all or sk[0] in self._want_kinds else 1
+
+    def set_rtt_buckets(self, bounds_s: Sequence[float]) -> bool:
+        """Keep reply RTTs per target in buckets with these upper bounds (seconds), in
+        the core (``counters`` reads them); each socket's buckets restart at zero. One
+        set per engine: False, and nothing changed, when other bounds are kept already."""
+        ns = tuple(round(b * 1e9) for b in bounds_s)
+        if self._rtt_bounds_ns and ns != self._rtt_bounds_ns:
+            return False
+        if ns != self._rtt_bounds_ns:
+            self._rtt_bounds_ns = ns
+            for sock in self._sockets.values():
+                self._apply_rtt_buckets(sock)
+        return True
+
+    @property
+    def rtt_bounds_ns(self) -> tuple[int, ...]:
+        return self._rtt_bounds_ns
+
+    def _apply_rtt_buckets(self, sock: IcmpSocketLike) -> None:
+        setter = getattr(sock, "set_rtt_buckets", None)
+        if setter is not None and self._rtt_bounds_ns:
+            setter(self._rtt_bounds_ns)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -1141,6 +1295,7 @@ class MonitoringEngine:
                 done, received, t.base_last_rtt_ms = self._slot_counts(t)
                 t.base_done += done
                 t.base_received += received
+                self._keep_counters(t)
         for sk, sock in list(self._sockets.items()):
             with contextlib.suppress(Exception):
                 loop.remove_reader(sock.fileno())
@@ -1214,7 +1369,8 @@ class MonitoringEngine:
                 "no CAP_NET_RAW: TCP timed by connect() (non-blocking, many at once; RTTs "
                 "from user space, no TTL); grant CAP_NET_RAW for raw SYNs"
             )
-        sock.set_log(self._log_mode)
+        sock.set_log(self._mode_for(sk))
+        self._apply_rtt_buckets(sock)
         self._slot_maps[sk] = []
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self._on_readable, sk)
@@ -1420,6 +1576,12 @@ class MonitoringEngine:
         self._cur_tick = cur
         self._in_tick = True
         self._check_network()
+        for fn in self._tick_listeners:
+            try:
+                fn()
+            except Exception as e:  # like an observer's: counted, never stops probing
+                self._observer_errors += 1
+                self._log.error("tick listener failed", error=repr(e))
         try:
             self._send_due(prev, cur, now)
             if now >= self._next_expire_at:
@@ -1526,9 +1688,10 @@ class MonitoringEngine:
         """A final result the engine made itself (no probe reached the core's log):
         to the store and, when someone wants results, to them; counted per target."""
         self._store_out.append(r)
-        if self._want_results:
+        if self._want_all or t.kind in self._want_kinds:
             self._out.append(r)
         t.py_done += 1
+        t.mcounts[OUTCOME_CODE[r.outcome]] += 1
 
     def _send_due_targets(
         self, tk: int, cur: int, bucket: list[_Target], factor: float, due_ns: int = 0
@@ -1610,7 +1773,7 @@ class MonitoringEngine:
             self._orphan_events += len(events)
             return
         n_map = len(smap)
-        want = self._want_results
+        want = self._want_all or sk[0] in self._want_kinds
         logged = self._log_mode != 0  # replies and timeouts are in the core's log
         out = self._out
         wall = time.time()
@@ -1641,11 +1804,13 @@ class MonitoringEngine:
                 if t.status != STATUS_UP:
                     self._set_status(t, STATUS_UP, "reply")
                 continue
-            self._handle_other(t, kind, seq, rtt_ns, ttl, itype, icode, router, err, wall)
+            self._handle_other(t, slot, kind, seq, rtt_ns, ttl, itype, icode, router, err,
+                               wall, want)  # fmt: skip
 
     def _handle_other(
         self,
         t: _Target,
+        slot: int,
         kind: int,
         seq: int,
         rtt_ns: int,
@@ -1655,6 +1820,7 @@ class MonitoringEngine:
         router: str | None,
         err: int | None,
         wall: float,
+        want: bool,
     ) -> None:
         """Every event but a reply: timeouts, errors, duplicates, late replies."""
         outcome = OUTCOME_BY_KIND[kind]
@@ -1670,9 +1836,14 @@ class MonitoringEngine:
                 self._timeouts_local_down += 1
             else:
                 self._senderr_local_down += 1
+            if slot == t.slot:  # the slot counted it as a timeout or send error
+                mc = t.mcounts
+                mc[_C_TIMEOUT if kind == EV_TIMEOUT else _C_SENDERR] -= 1
+                mc[_C_LOCAL_DOWN] += 1
+                t.sent_down += 1
         is_icmp = kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED)
         rtt = rtt_ns / 1e6 if kind in (EV_DUPLICATE, EV_LATE, EV_CLOSED) and rtt_ns > 0 else None
-        if self._want_results or not logged:
+        if want or not logged:
             r = ProbeResult(
                 t.host,
                 t.address,
@@ -1686,7 +1857,7 @@ class MonitoringEngine:
                 err or None,
                 wall,
             )
-            if self._want_results:
+            if want:
                 self._out.append(r)
             if not logged:
                 self._store_out.append(r)
@@ -1735,9 +1906,14 @@ class MonitoringEngine:
         out = self._out
         if out:
             self._out = []
-            for fn in self._observers:
+            for fn, kinds in self._observers:
                 try:
-                    fn(out)
+                    if kinds is None:
+                        fn(out)
+                    else:
+                        mine = self._results_of(out, kinds)
+                        if mine:
+                            fn(mine)
                 except Exception as e:  # an observer must not stop probing; count it
                     self._observer_errors += 1
                     if self._observer_errors == 1 or self._observer_errors % 1000 == 0:

@@ -24,6 +24,7 @@ import socket
 import struct
 import time
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -416,7 +417,7 @@ class _Slot:
         "address", "port", "sent", "received", "late", "timeouts", "unreachable",
         "send_errors", "closed", "min_ns", "max_ns", "sum_ns", "sumsq", "jit_ns",
         "last_rtt_ns", "last_kind", "last_t_ns", "next_serial", "timeout_ns", "out",
-        "last_errno",
+        "last_errno", "hist", "hist_sum",
     )  # fmt: skip
 
     def __init__(self, address: str, port: int) -> None:
@@ -435,6 +436,8 @@ class _Slot:
         self.timeout_ns = 0  # 0: none of its own
         self.out: list[int] = []  # fds of its probes in flight, oldest first
         self.last_errno = 0
+        self.hist: list[int] | None = None  # open answers per RTT bucket (set_rtt_buckets)
+        self.hist_sum = 0
 
 
 class ConnectSocket:
@@ -478,6 +481,7 @@ class ConnectSocket:
         self.source = source
         self.ttl, self.tos = ttl, tos
         self.log_max = log_max
+        self._bounds: list[int] = []  # set_rtt_buckets' bounds in ns ([]: off)
         self._ep = select.epoll()
         self._slots: list[_Slot | None] = []
         self._free: list[int] = []
@@ -529,6 +533,8 @@ class ConnectSocket:
                 f"{address!r} is not a numeric {fam} address (resolve names first)"
             ) from None
         st = _Slot(address, port)
+        if self._bounds:
+            st.hist = [0] * (len(self._bounds) + 1)
         if self._free:
             slot = self._free.pop()
             self._slots[slot] = st
@@ -572,6 +578,27 @@ class ConnectSocket:
             st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_ns, recv - 1 if recv > 1 else 0,
             0, 0, 0, None, recv,
         )  # fmt: skip
+
+    def set_rtt_buckets(self, bounds_ns: Iterable[int]) -> None:
+        """Per-slot histograms of open answers' RTTs (the core's set_rtt_buckets)."""
+        b = [int(x) for x in bounds_ns]
+        if len(b) > 4096:
+            raise ValueError(f"{len(b)} RTT buckets: give at most 4096")
+        if any(x <= 0 for x in b) or any(y <= x for x, y in zip(b, b[1:], strict=False)):
+            raise ValueError(f"RTT bucket bounds {b!r} must be > 0 ns and strictly increasing")
+        self._bounds = b
+        for st in self._slots:
+            if st is not None:
+                st.hist = [0] * (len(b) + 1) if b else None
+                st.hist_sum = 0
+
+    @property
+    def rtt_bounds_ns(self) -> tuple[int, ...]:
+        return tuple(self._bounds)
+
+    def slot_buckets(self, slot: int) -> tuple[tuple[int, ...], int] | None:
+        st = self._slot(slot)
+        return None if st.hist is None else (tuple(st.hist), st.hist_sum)
 
     def slot_last(self, slot: int) -> tuple[int, int, int]:
         st = self._slot(slot)
@@ -730,6 +757,9 @@ class ConnectSocket:
         if closed:
             self._c["closed"] += 1
             st.closed += 1
+        elif st.hist is not None:
+            st.hist[bisect_left(self._bounds, rtt)] += 1
+            st.hist_sum += rtt
         self._final(out, s, EV_CLOSED if closed else EV_REPLY, serial, rtt)
 
     def _final(self, out: list[Any], s: int, kind: int, serial: int, rtt: int) -> None:

@@ -128,6 +128,12 @@ cdef class ProbeSocket:
     cdef SlotRare *rare          # rare_n records, each owned by one slot (SlotStats.rare)
     cdef uint32_t rare_n, rare_cap
     cdef SlotRecent *recent      # NULL until needed, then n_cap (see SlotRecent)
+    # per-slot RTT histogram (set_rtt_buckets; NULL: off): n_cap rows of hist_n + 2
+    # uint64: the replies per bucket (first bound >= RTT; the last one: above all),
+    # then the sum of their RTTs in ns. Metrics read it at scrape time (slot_buckets).
+    cdef uint64_t *hist
+    cdef int64_t *hist_le        # hist_n upper bounds in ns, strictly increasing
+    cdef uint32_t hist_n
     cdef bint need_recent        # make `recent` on the next reply (False in sweep(count=1))
     cdef int64_t *slot_tmo_ns    # NULL until a slot gets its own timeout, then n_cap (0: none)
     cdef uint32_t n, n_cap
@@ -412,6 +418,8 @@ cdef class ProbeSocket:
         PyMem_RawFree(self.probes)
         PyMem_RawFree(self.rare)
         PyMem_RawFree(self.recent)
+        PyMem_RawFree(self.hist)
+        PyMem_RawFree(self.hist_le)
         PyMem_RawFree(self.slot_tmo_ns)
         PyMem_RawFree(self.log)
         PyMem_RawFree(self.tx_pkts)
@@ -505,6 +513,7 @@ cdef class ProbeSocket:
             "probes": n * self.window * sizeof(Probe),
             "rare": <size_t>self.rare_cap * sizeof(SlotRare),
             "recent": n * sizeof(SlotRecent) if self.recent != NULL else 0,
+            "rtt_buckets": n * self._hist_row() * sizeof(uint64_t) if self.hist != NULL else 0,
             "timeouts": n * sizeof(int64_t) if self.slot_tmo_ns != NULL else 0,
             "address_index": <size_t>self.aidx_cap * sizeof(uint32_t),
             "log": <size_t>self.log_cap * sizeof(LogRec),
@@ -550,6 +559,11 @@ cdef class ProbeSocket:
             if a == NULL:
                 raise MemoryError()
             self.recent = <SlotRecent *>a
+        if self.hist != NULL:
+            a = PyMem_RawRealloc(self.hist, <size_t>cap * self._hist_row() * sizeof(uint64_t))
+            if a == NULL:
+                raise MemoryError()
+            self.hist = <uint64_t *>a
         self.n_cap = cap
         self._grow_extra(cap)
         return 0
@@ -631,6 +645,9 @@ cdef class ProbeSocket:
             memset(&self.rare[r - 1], 0, sizeof(SlotRare))
         if self.recent != NULL:
             memset(&self.recent[s], 0, sizeof(SlotRecent))
+        if self.hist != NULL:
+            memset(&self.hist[<size_t>s * self._hist_row()], 0,
+                   self._hist_row() * sizeof(uint64_t))
 
     cdef void _init_slot(self, uint32_t s) noexcept nogil:
         self.aidx_valid = False
@@ -805,6 +822,58 @@ cdef class ProbeSocket:
         if slot >= self.n:
             raise IndexError(slot)
         return _ntop(self.family, self.addrs + <size_t>slot * self.addr_len)
+
+    def set_rtt_buckets(self, bounds_ns):
+        """Keep a histogram of reply RTTs per slot, with these upper bounds in ns
+        (strictly increasing, > 0, at most 4096; a reply goes to the first bound >= its
+        RTT, or to the last bucket, above them all). Every slot's histogram restarts at
+        zero; an empty ``bounds_ns`` turns them off. Closed-port answers (TCP RSTs),
+        duplicates and late replies are not in it (slot_buckets)."""
+        cdef list b = [int(x) for x in bounds_ns]
+        cdef Py_ssize_t i
+        if len(b) > 4096:
+            raise ValueError(f"{len(b)} RTT buckets: give at most 4096")
+        for i in range(len(b)):
+            if b[i] <= 0 or (i and b[i] <= b[i - 1]):
+                raise ValueError(f"RTT bucket bounds {b!r} must be > 0 ns and strictly increasing")
+        if self.busy:
+            raise RuntimeError(f"the {type(self).__name__} is in use by another thread: set the "
+                               "RTT buckets from the thread that uses it")
+        PyMem_RawFree(self.hist)
+        PyMem_RawFree(self.hist_le)
+        self.hist = NULL
+        self.hist_le = NULL
+        self.hist_n = 0
+        if not b:
+            return
+        cdef int64_t *le = <int64_t *>PyMem_RawMalloc(len(b) * sizeof(int64_t))
+        cdef uint64_t *h = <uint64_t *>PyMem_RawCalloc(
+            <size_t>(self.n_cap if self.n_cap else 1) * (len(b) + 2), sizeof(uint64_t))
+        if le == NULL or h == NULL:
+            PyMem_RawFree(le)
+            PyMem_RawFree(h)
+            raise MemoryError()
+        for i in range(len(b)):
+            le[i] = b[i]
+        self.hist_le = le
+        self.hist_n = <uint32_t>len(b)
+        self.hist = h
+
+    @property
+    def rtt_bounds_ns(self):
+        """The RTT histogram's upper bounds in ns (set_rtt_buckets); () when off."""
+        return tuple([self.hist_le[i] for i in range(self.hist_n)])
+
+    def slot_buckets(self, uint32_t slot):
+        """(counts, sum_ns) of ``slot``'s RTT histogram: replies per bucket (one more
+        than rtt_bounds_ns, the last above every bound, not cumulative) and the sum of
+        their RTTs; None when set_rtt_buckets is off."""
+        if slot >= self.n:
+            raise IndexError(slot)
+        if self.hist == NULL:
+            return None
+        cdef const uint64_t *row = &self.hist[<size_t>slot * self._hist_row()]
+        return tuple([row[i] for i in range(self.hist_n + 1)]), row[self.hist_n + 1]
 
     def slot_stats(self, uint32_t slot):
         """The slot's figures as a ``fastping.results.SlotStats`` (its fields, in
@@ -1451,7 +1520,25 @@ cdef class ProbeSocket:
             rr = self._rare(slot)
             if rr != NULL:
                 rr.closed += 1
+        elif self.hist != NULL:
+            self._hist_add(slot, rtt)
         self._final(slot, kind, serial, rtt, ttl, t_rx)
+
+    cdef inline size_t _hist_row(self) noexcept nogil:
+        return self.hist_n + 2
+
+    cdef void _hist_add(self, uint32_t slot, int64_t rtt) noexcept nogil:
+        # the first bucket whose bound is >= rtt (le semantics), by bisection
+        cdef uint32_t lo = 0, hi = self.hist_n, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.hist_le[mid] < rtt:
+                lo = mid + 1
+            else:
+                hi = mid
+        cdef uint64_t *row = &self.hist[<size_t>slot * self._hist_row()]
+        row[lo] += 1
+        row[self.hist_n + 1] += <uint64_t>rtt
 
     cdef void _on_error(self, uint32_t slot, uint32_t serial, int itype, int icode,
                         const uint8_t *router, int64_t t) noexcept nogil:
