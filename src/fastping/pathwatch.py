@@ -386,19 +386,36 @@ class PathWatcher:
         recs = self._pending + records
         chs = self._pending_changes + changes
         self._pending, self._pending_changes = [], []
+        fut = asyncio.ensure_future(asyncio.to_thread(write, recs, chs))
         try:
-            await asyncio.to_thread(write, recs, chs)
-        except Exception as e:  # locked, full, down: kept for the next round, bounded
-            self.store_errors += 1
-            self.last_error = f"store: {type(e).__name__}: {e}"
-            self.engine._log.error("store rejected traces", error=str(e), traces=len(recs))
-            over = len(recs) - MAX_PENDING
-            if over > 0:
-                self.dropped += over
-                recs = recs[over:]
-            self._pending, self._pending_changes = recs, chs
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the engine stops during the write: the worker thread goes on, so wait for
+            # it (the engine awaits this task before the store closes): the round is
+            # then written, or kept as pending, and counted either way
+            await asyncio.wait([fut])
+            self._written(fut, recs, chs)
+            raise
+        except Exception:  # noqa: S110 (the write's own error: _written reads it off fut)
+            pass
+        self._written(fut, recs, chs)
+
+    def _written(
+        self, fut: asyncio.Future[None], recs: list[TraceRecord], chs: list[PathChange]
+    ) -> None:
+        e = fut.exception()
+        if e is None:
+            self.stored += len(recs)
             return
-        self.stored += len(recs)
+        # locked, full, down: kept for the next round, bounded
+        self.store_errors += 1
+        self.last_error = f"store: {type(e).__name__}: {e}"
+        self.engine._log.error("store rejected traces", error=str(e), traces=len(recs))
+        over = len(recs) - MAX_PENDING
+        if over > 0:
+            self.dropped += over
+            recs = recs[over:]
+        self._pending, self._pending_changes = recs, chs
 
 
 def _changed(old: Trace, new: Trace) -> bool:

@@ -8,25 +8,26 @@ On a terminal a live table (per target: status, last RTT, loss) is redrawn about
 once a second; otherwise structured logs, with a summary line every 10 s. SIGINT /
 SIGTERM stop cleanly: probes in flight get their timeout, every result is written,
 and a final JSON summary goes to stdout.
+
+The monitoring itself (store, network watch, engine, metrics, ...) is a
+``fastping.agent.Agent``; this module turns the command line into its options and
+targets, and owns the logging, the table, SIGHUP and the exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay inside run()
+    from ..agent import Agent, AgentOptions, AgentTarget
+    from ..config import FastpingConfig
     from ..engine import MonitoringEngine
 
 DEFAULT_TARGETS = ("127.0.0.1", "::1")  # loopback only: a bare `fastping monitor` is safe
-DEFAULT_DB = "fastping.db"
-MAX_EXPANDED = 1 << 20  # addresses a CIDR block / range on the command line may expand to
+DEFAULT_DB = "fastping.db"  # agent.DEFAULT_DB
 SUMMARY_EVERY_S = 10.0
-# at stop the engine gives the store --stop-timeout to write; close() then waits at most
-# this much more before counting what is left as dropped (exit 4)
-STORE_CLOSE_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,18 +201,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", metavar="FILE", help="JSON log lines to FILE (rotated)")
 
 
-def _die(msg: str) -> Any:
-    from ..errors import ConfigError
-
-    raise ConfigError(msg)
-
-
 def _expand(host: str) -> list[str]:
     """One user target -> targets for the engine (blocks and ranges expanded, bounded;
     ``tcp://10.0.0.0/30:22`` is each address on port 22)."""
-    from ..targets import expand_kind_target
+    from ..agent import expand_target
 
-    return expand_kind_target(host, MAX_EXPANDED)
+    return expand_target(host)
 
 
 def _port_kind(args: argparse.Namespace) -> str | None:
@@ -256,9 +251,6 @@ def _with_ports(args: argparse.Namespace, texts: list[str]) -> list[str]:
         else:
             out.extend(kind_label(kind, t, p) for p in port_list)
     return out
-
-
-Wanted = tuple[str, float, float, dict[str, str]]  # (host, interval_s, timeout_s, labels)
 
 
 def read_file_sd(path: str, keep_ports: bool = False) -> list[tuple[str, dict[str, str]]]:
@@ -306,39 +298,32 @@ def _strip_port(target: str) -> str:
 
 def _targets(
     args: argparse.Namespace,
-    cfg: Any,
+    cfg: FastpingConfig,
     shard: tuple[int, int] | None,
     interval_s: float,
     timeout_s: float,
     http_only: bool = False,
-) -> tuple[list[Wanted], int]:
-    """The targets to watch (deduplicated, this shard's share) and how many were listed."""
+) -> tuple[list[AgentTarget], int]:
+    """The targets to watch (deduplicated, this shard's share) and how many were
+    listed: the command line's, --file's, then the config's."""
+    from ..agent import AgentTarget, config_targets, select_targets
     from ..config import is_url
     from ..errors import ConfigError
-    from ..shard import shard_of
 
-    wanted: list[Wanted] = []
+    wanted: list[AgentTarget] = []
     texts = [t for t in args.targets if not is_url(t)]  # URLs are HTTP checks
     if args.file and args.file.endswith(".json"):
         ported = _port_kind(args) is not None
         for host, labels in read_file_sd(args.file, keep_ports=ported):
             for text in _with_ports(args, [host]) if ported else [host]:
-                wanted.extend((h, interval_s, timeout_s, labels) for h in _expand(text))
+                wanted.extend(AgentTarget(h, interval_s, timeout_s, labels) for h in _expand(text))
     elif args.file:
         from ..targets import read_targets_file
 
         texts.extend(read_targets_file(args.file))
     for text in _with_ports(args, texts):
-        wanted.extend((h, interval_s, timeout_s, {}) for h in _expand(text))
-    for tc in cfg.targets:
-        if is_url(tc.host):
-            continue
-        iv, to, _payload = cfg.target_settings(tc)
-        if args.interval is not None and tc.interval_s is None:
-            iv = args.interval
-        if args.timeout is not None and tc.timeout_s is None:
-            to = args.timeout
-        wanted.extend((h, iv, to, dict(tc.labels)) for h in _expand(tc.label))
+        wanted.extend(AgentTarget(h, interval_s, timeout_s, {}) for h in _expand(text))
+    wanted.extend(config_targets(cfg, args.interval, args.timeout))
     if not wanted and http_only:
         return [], 0
     if not wanted:
@@ -346,94 +331,80 @@ def _targets(
             raise ConfigError(
                 f"{args.config}: no targets: list some under 'targets:' or on the command line"
             )
-        wanted = [(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
-    seen: set[str] = set()
-    targets = []
-    for w in wanted:
-        if w[0] not in seen and (shard is None or shard_of(w[0], shard[1]) == shard[0]):
-            seen.add(w[0])
-            targets.append(w)
-    return targets, len({w[0] for w in wanted})
+        wanted = [AgentTarget(h, interval_s, timeout_s, {}) for h in DEFAULT_TARGETS]
+    return select_targets(wanted, shard)
+
+
+def _options(args: argparse.Namespace, shard: tuple[int, int] | None) -> AgentOptions:
+    """The flags that set something over the configuration, for the agent."""
+    from ..agent import AgentOptions
+
+    return AgentOptions(
+        db=args.db,
+        agent=args.agent,
+        interval_s=args.interval,
+        timeout_s=args.timeout,
+        mode=args.mode,
+        max_cpu_percent=args.max_cpu_percent,
+        max_memory_mb=args.max_memory_mb,
+        netstate=bool(args.netstate),
+        outage_after=args.outage_after,
+        outage_webhook=args.outage_webhook,
+        trace_every_s=getattr(args, "trace_every", None),
+        trace_on_outage=bool(getattr(args, "trace_on_outage", False)),
+        mtu_on_change=bool(getattr(args, "mtu_on_change", False)),
+        shard=shard,
+        metrics_listen=args.metrics,
+        resolver=getattr(args, "resolver", None),
+        remote_write_url=args.remote_write,
+        remote_write_interval_s=args.remote_write_interval,
+        stop_timeout_s=args.stop_timeout,
+    )
+
+
+def _http_checks(
+    args: argparse.Namespace, cfg: FastpingConfig, shard: tuple[int, int] | None
+) -> list[Any]:
+    """The config's HTTP checks and the command line's URLs, this shard's share."""
+    from ..agent import shard_checks
+    from ..config import is_url
+
+    return shard_checks(cfg.http_checks([t for t in args.targets if is_url(t)]), shard)
+
+
+def _agent(
+    args: argparse.Namespace, cfg: FastpingConfig, shard: tuple[int, int] | None
+) -> tuple[Agent, int]:
+    """The agent of the command line and config (every bad setting refused here,
+    before anything starts) and how many targets were listed."""
+    from ..agent import Agent, resolve_settings
+    from ..logs import get_logger
+
+    opts = _options(args, shard)
+    s = resolve_settings(cfg, opts)  # settings first: their errors before the targets'
+    checks = _http_checks(args, cfg, shard)
+    targets, listed = _targets(args, cfg, shard, s.interval_s, s.timeout_s, bool(checks))
+    log = get_logger("fastping.monitor")
+    return Agent(cfg, opts, targets=targets, http_checks=checks, log=log), listed
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..config import FastpingConfig, load_config
-    from ..errors import ConfigError
-    from ..logs import configure_logging, get_logger
-
-    cfg = load_config(args.config) if args.config else FastpingConfig()
-
+    from ..logs import configure_logging
     from ..shard import parse_shard
 
+    cfg = load_config(args.config) if args.config else FastpingConfig()
     shard_text = args.shard or cfg.shard
     shard: tuple[int, int] | None = None
     if shard_text:
         shard = parse_shard(shard_text, "--shard" if args.shard else f"{args.config}: shard")
-    metrics_listen = args.metrics or cfg.metrics.listen
-    if metrics_listen:
+    if args.metrics:
         from ..metrics import parse_listen
 
-        parse_listen(
-            metrics_listen, "--metrics" if args.metrics else f"{args.config}: metrics.listen"
-        )
-
-    rw_url = args.remote_write or cfg.remote_write.url
-    if rw_url and not rw_url.startswith(("http://", "https://")):
-        raise ConfigError(f"--remote-write {rw_url!r}: give an http:// or https:// URL")
-    if rw_url:
-        try:
-            import cramjam  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "remote write needs snappy (cramjam): pip install 'fastping[remote-write]'"
-            ) from None
-    db = args.db or cfg.store.url or (cfg.store.path if args.config else DEFAULT_DB)
-    from ..store import is_postgres_url
-
-    if is_postgres_url(db):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                f"--db {db.split('://')[0]}://...: the PostgreSQL store needs psycopg 3: "
-                "pip install 'fastping[postgresql]' (or 'psycopg[binary]')"
-            ) from None
-
-    interval_s = args.interval if args.interval is not None else cfg.defaults.interval_s
-    timeout_s = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
-    for name, v in (("--interval", interval_s), ("--timeout", timeout_s)):
-        if not v > 0:
-            raise ConfigError(f"{name} {v!r}: give a positive number of seconds")
-    if args.outage_webhook:
-        from ..netstate import _webhook_url_problem
-
-        why = _webhook_url_problem(args.outage_webhook)
-        if why:
-            raise ConfigError(f"--outage-webhook {args.outage_webhook!r}: {why}")
-    if args.outage_after < 1:
-        raise ConfigError(
-            f"--outage-after {args.outage_after}: give how many consecutive lost probes make "
-            "an outage, 1 or more (3 is usual)"
-        )
-    mode = args.mode or cfg.mode
-    if mode == "subprocess":
-        raise ConfigError(
-            "mode 'subprocess' cannot run the monitor (it multiplexes every target through "
-            "one socket): use auto, raw, dgram or connect, or grant CAP_NET_RAW"
-        )
-
-    _trace_options(args, cfg)  # a bad combination refused before anything starts
-    from ..config import is_url
-
-    http_checks = cfg.http_checks([t for t in args.targets if is_url(t)])
-    if shard is not None:
-        from ..shard import shard_of
-
-        http_checks = [c for c in http_checks if shard_of(c.url, shard[1]) == shard[0]]
-    targets, listed = _targets(args, cfg, shard, interval_s, timeout_s, bool(http_checks))
-    _check_sockets(targets, mode)
+        parse_listen(args.metrics, "--metrics")
+    agent, listed = _agent(args, cfg, shard)
 
     table = args.table == "always" or (args.table == "auto" and sys.stdout.isatty())
     lc = cfg.logging
@@ -451,587 +422,78 @@ def run(args: argparse.Namespace) -> int:
         import logging
 
         logging.getLogger("fastping").setLevel(str(level).upper())
-    log = get_logger("fastping.monitor")
-    payloads = {cfg.target_settings(tc)[2] for tc in cfg.targets} | {cfg.defaults.payload_size}
-    if len(payloads) > 1:
-        log.warning(
-            "per-target payload_size is not supported by the monitor (one socket per family); "
-            f"every target uses defaults.payload_size={cfg.defaults.payload_size}"
-        )
-    network_cfg = None
-    if cfg.network.model_fields_set or args.netstate:
-        # validated with the file: a bad key was a ConfigError naming it and its line
-        network_cfg = cfg.network
+    log = agent.log
     if shard is not None:
         shard_txt = f"{shard[0]}/{shard[1]}"
-        log.info("sharding: this agent watches its share", shard=shard_txt, targets=len(targets),
+        n = len(agent.initial_targets)
+        log.info("sharding: this agent watches its share", shard=shard_txt, targets=n,
                  listed=listed)  # fmt: skip
-        if not targets:
+        if not n:
             log.warning("this shard holds none of the listed targets", shard=shard_txt,
                         listed=listed)  # fmt: skip
-
-    return asyncio.run(
-        _main(args, cfg, targets, mode, table, log, metrics_listen, shard, network_cfg, http_checks)
-    )
+    return asyncio.run(_main(args, agent, table, log))
 
 
-async def _main(
-    args: argparse.Namespace,
-    cfg: Any,
-    targets: list[tuple[str, float, float, dict[str, str]]],
-    mode: str,
-    table: bool,
-    log: Any,
-    metrics_listen: str | None = None,
-    shard: tuple[int, int] | None = None,
-    network_cfg: Any = None,
-    http_checks: list[Any] | None = None,
-) -> int:
+async def _main(args: argparse.Namespace, agent: Agent, table: bool, log: Any) -> int:
     import asyncio
     import contextlib
     import json
     import signal
 
-    from ..engine import MonitoringEngine
-    from ..guard import ResourceGuard
-    from ..loss import OutageRule
-    from ..store import ResultStore
-
-    rc = cfg.resources
-    guard = ResourceGuard(
-        args.max_cpu_percent if args.max_cpu_percent is not None else rc.max_cpu_percent,
-        args.max_memory_mb if args.max_memory_mb is not None else rc.max_memory_mb,
-        check_interval_s=rc.check_interval_s,
-        logger=get_engine_logger(),
-    )
-    from ..shard import agent_name
-    from ..store import is_postgres_url
-
-    sc = cfg.store
-    db = args.db or sc.url or (sc.path if args.config else DEFAULT_DB)
-    agent = args.agent or sc.agent or agent_name(shard)
-    shared = is_postgres_url(db)
-    store_options: dict[str, Any] = {
-        "retention_s": sc.retention_s,
-        "flush_interval_s": sc.flush_interval_s,
-        "max_queue": sc.max_queue,
-        "chunk_window_s": sc.chunk_s,
-    }
-    if not shared or "batch_size" in sc.model_fields_set:
-        store_options["batch_size"] = sc.batch_size  # else PostgreSQL's own default
-    store: ResultStore
-    if shared:
-        from ..store_pg import PgResultStore
-
-        pg = PgResultStore(db, agent=agent, partition_s=sc.partition_s, **store_options)
-        # the configured labels, for `fastping report --label` on the shared database
-        pg.set_labels({host: labels for host, _, _, labels in targets if labels})
-        store = pg
-    else:
-        store = ResultStore(db, **store_options)
-    # first: a file that is not a fastping database is refused here (a PostgreSQL
-    # server that is down is not: the writer retries it while results queue)
-    await store.start()
-    network = None
-    if network_cfg is not None:
-        from ..netstate import NetworkMonitor
-
-        # while our own network is down, probes are recorded as local_down, not loss
-        network = NetworkMonitor(network_cfg)
-        await network.start()
-        log.info("watching this host's network", state=network.state.value,
-                 reason=network.reason)  # fmt: skip
-    default_interval = args.interval if args.interval is not None else cfg.defaults.interval_s
-    default_timeout = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
-    resolver = None
-    if getattr(args, "resolver", None) or cfg.resolver:
-        from ..dnsresolve import DnsResolver, parse_server
-
-        # host names through a DnsSocket to this server, re-resolved on their TTL
-        resolver = DnsResolver(*parse_server(args.resolver or cfg.resolver or ""))
-    engine = MonitoringEngine(
-        store=store,
-        interval_s=default_interval,
-        timeout_s=default_timeout,
-        min_interval_s=min([default_interval] + [t[1] for t in targets]),
-        max_timeout_s=max([default_timeout] + [t[2] for t in targets]),
-        store_flush_s=sc.chunk_s,
-        mode=mode,
-        socket_options={"payload_size": cfg.defaults.payload_size},
-        guard=guard,
-        network=network,
-        stop_flush_s=args.stop_timeout,
-        outage_rule=OutageRule(min_lost=args.outage_after),
-        resolver=resolver,
-        **_trace_options(args, cfg),
-    )
-    for host, iv, to, labels in targets:
-        engine.add_target(host, interval_s=iv, timeout_s=to, labels=labels)
-    outage_hook = None
-    if args.outage_webhook:
-        from ..netstate import _Webhook
-
-        outage_hook = _Webhook(args.outage_webhook, 5.0, 3)
-        hook = outage_hook
-
-        def post_outages(evs: Any) -> None:
-            for ev in evs:
-                doc = {"event": f"outage_{ev.what}", "state": f"outage {ev.what}"}
-                doc.update(ev.outage.to_dict())
-                hook.post(doc)
-
-        engine.add_outage_listener(post_outages)
-
-    metrics = None
-    if metrics_listen:
-        from ..metrics import serve_metrics
-
-        # label names: every configured label (a target added later cannot add one)
-        metrics = serve_metrics(
-            engine,
-            metrics_listen,
-            label_names={k for t in targets for k in t[3]},
-            shard=shard,
-        )
-        log.info("serving Prometheus metrics", url=metrics.url)
-    rw = cfg.remote_write
-    rw_url = args.remote_write or rw.url
-    remote = None
-    if rw_url:
-        from ..remote_write import RemoteWriter
-
-        if metrics is not None:
-            collector = metrics.collector
-        else:
-            from ..metrics import MetricsCollector
-
-            collector = MetricsCollector(
-                engine, label_names={k for t in targets for k in t[3]}, shard=shard
-            )
-        remote = RemoteWriter(
-            collector,
-            rw_url,
-            interval_s=args.remote_write_interval or rw.interval_s,
-            timeout_s=rw.timeout_s,
-            # what a Prometheus scrape would have added
-            labels={"job": "fastping", "instance": agent, **rw.labels},
-            headers=rw.headers,
-        )
-        remote.start()
-        log.info("remote write on", url=rw_url, interval_s=remote.interval_s)
     loop = asyncio.get_running_loop()
-    current = {t[0]: t for t in targets}
-
-    http_side: dict[str, _HttpSide] = {}
+    await agent.start()
+    engine = agent.engine
 
     def reload() -> None:
-        _reload(args, engine, current, shard, log, http_side.get("http"))
+        _reload(args, agent, log)
 
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload)
     view = asyncio.create_task(_table(engine) if table else _summaries(engine, log))
-    first_after = max([default_interval] + [t[1] for t in targets]) + max(
-        [default_timeout] + [t[2] for t in targets]
-    )
-    first = asyncio.create_task(first_round(engine, log, first_after + 0.5))
-    # the prober's own timing windows live beside the results in the SQLite file
-    # (SQLite: in the file, beside the results; PostgreSQL: with this agent's name)
-    timing = _TimingRecorder(
-        engine, store.db, log, write=getattr(store, "write_timing", None) if shared else None
-    )
-    timing_task = asyncio.create_task(timing.every(float(cfg.store.chunk_s)))
-    http = None
-    if http_checks:
-        http = await _start_http(cfg, http_checks, engine, store, metrics, log, default_interval,
-                                 default_timeout)  # fmt: skip
-        http_side["http"] = http
+    first = asyncio.create_task(first_round(engine, log, agent.first_round_s + 0.5))
     try:
-        await engine.run(args.duration)
+        await agent.run(args.duration)
     finally:
-        if resolver is not None:
-            log.info("resolver", server=repr(resolver), **resolver.stats())
-            resolver.close()
-        if http is not None:
-            await http.stop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        for task in (view, first, timing_task):
+        for task in (view, first):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await timing.record()  # the last window (bounded: a 2 s timeout)
-        await store.close(timeout_s=min(STORE_CLOSE_S, args.stop_timeout))
-        if remote is not None:
-            # one last push: the receiver's counters end where the run's did
-            await asyncio.to_thread(remote.close)
-            if metrics is None:
-                remote.collector.detach()
-        if metrics is not None:
-            metrics.close()
-        if network is not None:
-            await network.stop()
-        if outage_hook is not None:
-            # deliver what is queued (retries included), bounded like the store
-            await asyncio.to_thread(outage_hook.close, min(10.0, args.stop_timeout))
-    st = engine.stats()
-    ss = store.stats()
-    summary = {
-        "targets": st["targets"],
-        "sent": st["sent"],
-        "received": st["received"],
-        "results": st["results"],
-        "stored": ss.get("written"),
-        "store_dropped": ss.get("dropped"),
-        "store_last_error": ss.get("last_error"),
-        "outcomes": st["outcomes"],
-        "subscriber_dropped": st["subscriber_dropped"],
-        "interval_factor": st["interval_factor"],
-        "send_lateness": st["send_lateness"],
-        "db": store.db,
-    }
-    if st["tcp_timing"] is not None:  # "raw" SYNs, or "connect" (no CAP_NET_RAW / --mode)
-        summary["timing"] = st["tcp_timing"]
-    if shared:
-        summary["agent"] = agent
-    if st.get("paths") is not None:
-        summary["paths"] = st["paths"]
-    if remote is not None:
-        summary["remote_write"] = remote.stats()
-    if http is not None:
-        summary["http"] = http.summary()
-    if metrics is not None:
-        summary["metrics"] = metrics.url
-        summary["metrics_scrapes"] = metrics.scrapes
+    summary = agent.summary()
     if table:
         sys.stdout.write("\n")
     print(json.dumps(summary), flush=True)
-    if ss.get("dropped"):
+    if summary["store_dropped"]:
         print(
-            f"fastping: {ss['dropped']} of {st['results']} results were not written to "
-            f"{store.db} (last error: {ss.get('last_error') or 'queue full'}); "
-            f"{ss.get('written')} were",
+            f"fastping: {summary['store_dropped']} of {summary['results']} results were not "
+            f"written to {summary['db']} (last error: "
+            f"{summary['store_last_error'] or 'queue full'}); {summary['stored']} were",
             file=sys.stderr,
         )
         return 4
     return 0
 
 
-def _trace_options(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
-    """The engine's trace settings: --trace-every, else the config's trace: section."""
-    tc = cfg.trace
-    from ..errors import ConfigError
-
-    every = getattr(args, "trace_every", None)
-    every = every if every is not None else tc.every_s
-    on_outage = bool(getattr(args, "trace_on_outage", False) or tc.on_outage)
-    mtu = bool(getattr(args, "mtu_on_change", False) or tc.mtu_on_change)
-    if every is None:
-        if mtu:
-            raise ConfigError(
-                "--mtu-on-change (trace.mtu_on_change) needs --trace-every S (trace.every_s): "
-                "the traces say when a path changed"
-            )
-        if on_outage:
-            raise ConfigError(
-                "--trace-on-outage (trace.on_outage) needs --trace-every S (trace.every_s): "
-                "the regular traces give the path an outage's trace is compared with"
-            )
-        return {}
-    return {
-        "trace_every_s": every,
-        "trace_options": {"max_ttl": tc.max_ttl, "timeout_s": tc.timeout_s,
-                          "rate_pps": tc.rate_pps, "on_outage": on_outage,
-                          "mtu_on_change": mtu},
-    }  # fmt: skip
-
-
-class _HttpSide:
-    """The HTTP checks beside the engine: scheduler task, store table, metrics."""
-
-    def __init__(self, sched: Any, task: Any, hstore: Any, rtts: Any, metrics: Any) -> None:
-        self.sched, self.task, self.hstore, self.rtts = sched, task, hstore, rtts
-        self.metrics = metrics  # HttpMetricsCollector or None
-        self.results = 0
-
-    async def stop(self) -> None:
-        self.sched.request_stop()
-        await self.task
-        await self.hstore.close()
-
-    def summary(self) -> dict[str, Any]:
-        st = self.hstore.stats()
-        return {"checks": len(self.sched.checks), "runs": self.sched.runs,
-                "skipped": self.sched.skipped, "errors": self.sched.errors,
-                "results": self.results, "stored": st["written"],
-                "store_dropped": st["dropped"],
-                "icmp_addresses": len(self.rtts.added)}  # fmt: skip
-
-    def count(self, rs: list[Any]) -> None:
-        self.results += len(rs)
-
-
-class _EngineRtts:
-    """The ICMP RTT of an HTTP check's address, from the engine: the first time an
-    address is asked for it becomes an engine target (unless it is one already), and
-    from then on its last reply's RTT is the answer (None before the first reply or
-    after a timeout: the split then falls back to the TCP connect time)."""
-
-    def __init__(self, engine: Any, interval_s: float, timeout_s: float, log: Any) -> None:
-        self.engine, self.interval_s, self.timeout_s, self.log = engine, interval_s, timeout_s, log
-        self.added: set[str] = set()
-
-    def __call__(self, address: str) -> float | None:
-        from ..errors import TargetError
-
-        if address not in self.engine:
-            try:
-                self.engine.add_target(
-                    address, interval_s=self.interval_s, timeout_s=self.timeout_s
-                )
-            except TargetError as e:
-                self.log.warning("no ICMP RTT for an HTTP check's address", address=address,
-                                 error=str(e))  # fmt: skip
-                return None
-            self.added.add(address)
-            return None
-        info = self.engine.target(address)
-        return None if info.last_outcome != "reply" else info.last_rtt_ms
-
-
-async def _start_http(
-    cfg: Any,
-    checks: list[Any],
-    engine: Any,
-    store: Any,
-    metrics: Any,
-    log: Any,
-    interval_s: float,
-    timeout_s: float,
-) -> _HttpSide:
-    import asyncio
-
-    from ..http import HttpRunner, HttpScheduler
-    from ..httpstore import HttpStore
-
-    hc = cfg.http
-    rtts = _EngineRtts(engine, interval_s, timeout_s, log)
-    runner = HttpRunner(max_concurrency=hc.max_concurrency, rtt_of=rtts if hc.icmp else None,
-                        resolve_cache_s=hc.resolve_cache_s)  # fmt: skip
-    hstore = HttpStore(store.path, retention_s=cfg.store.retention_s,
-                       flush_interval_s=max(0.5, cfg.store.flush_interval_s))  # fmt: skip
-    await hstore.start()
-    sinks: list[Any] = [hstore.submit]
-    hm = None
-    if metrics is not None:
-        from ..metrics import HttpMetricsCollector
-
-        hm = HttpMetricsCollector()
-        metrics.collector.add_collector(hm)
-        sinks.append(hm.observe)
-    sched: Any
-    if hc.workers > 1:
-        from ..httpworkers import HttpWorkerPool
-
-        sched = HttpWorkerPool(checks, hc.workers, max_concurrency=hc.max_concurrency,
-                               resolve_cache_s=hc.resolve_cache_s, sinks=sinks,
-                               rtt_of=rtts if hc.icmp else None)  # fmt: skip
-    else:
-        sched = HttpScheduler(checks, runner, sinks=sinks)
-    log.info("HTTP checks", checks=len(checks), max_concurrency=hc.max_concurrency,
-             workers=hc.workers, icmp_split=hc.icmp)  # fmt: skip
-    task = asyncio.create_task(sched.run(), name="fastping-http")
-    side = _HttpSide(sched, task, hstore, rtts, hm)
-    sched.sinks.append(side.count)
-    return side
-
-
-def _reload(
-    args: argparse.Namespace,
-    engine: MonitoringEngine,
-    current: dict[str, Wanted],
-    shard: tuple[int, int] | None,
-    log: Any,
-    http: _HttpSide | None = None,
-) -> None:
-    """SIGHUP: read the configuration and target files again and add / remove the
-    targets that changed in the running engine (the store, the metrics endpoint and
-    every other target go on untouched; a removed target's probes in flight still get
-    their result), and the HTTP checks likewise. A file that does not load leaves
-    everything as it was."""
-    from ..config import FastpingConfig, is_url, load_config
+def _reload(args: argparse.Namespace, agent: Agent, log: Any) -> None:
+    """SIGHUP: read the configuration and target files again and have the agent add /
+    remove the targets and HTTP checks that changed (the store, the metrics endpoint
+    and every other target go on untouched; a removed target's probes in flight still
+    get their result). A file that does not load leaves everything as it was."""
+    from ..config import FastpingConfig, load_config
     from ..errors import FastpingError
 
+    shard = agent.settings.shard
     try:
         cfg = load_config(args.config) if args.config else FastpingConfig()
         iv = args.interval if args.interval is not None else cfg.defaults.interval_s
         to = args.timeout if args.timeout is not None else cfg.defaults.timeout_s
-        checks = cfg.http_checks([t for t in args.targets if is_url(t)])
-        if shard is not None:
-            from ..shard import shard_of
-
-            checks = [c for c in checks if shard_of(c.url, shard[1]) == shard[0]]
+        checks = _http_checks(args, cfg, shard)
         new, _listed = _targets(args, cfg, shard, iv, to, bool(checks))
     except FastpingError as e:
         log.error("reload failed, still watching the previous targets", error=str(e))
         return
-    if http is not None:
-        h_added, h_removed = http.sched.replace(checks)
-        if http.metrics is not None:
-            http.metrics.keep_only(c.url for c in checks)
-        log.info("reloaded HTTP checks", added=h_added, removed=h_removed,
-                 checks=len(http.sched.checks))  # fmt: skip
-    elif checks:
-        log.warning("reload: HTTP checks appear only at start; restart the monitor for them",
-                    checks=len(checks))  # fmt: skip
-    wanted = {t[0]: t for t in new}
-    removed = [h for h, t in current.items() if wanted.get(h) != t]
-    added = [t for h, t in wanted.items() if current.get(h) != t]
-    for h in removed:
-        engine.remove_target(h)
-        del current[h]
-    refused = 0
-    for host, t_iv, t_to, labels in added:
-        try:
-            engine.add_target(host, interval_s=t_iv, timeout_s=t_to, labels=labels)
-        except FastpingError as e:
-            refused += 1
-            log.error("reload: target refused", target=host, error=str(e))
-            continue
-        current[host] = (host, t_iv, t_to, labels)
-    set_labels = getattr(engine.store, "set_labels", None)  # a shared store keeps them
-    if set_labels is not None:
-        set_labels({host: labels for host, _, _, labels in added if host in current})
-    log.info("reloaded targets", added=len(added) - refused, removed=len(removed),
-             refused=refused, targets=len(current))  # fmt: skip
-
-
-def _check_sockets(targets: list[Wanted], mode: str) -> None:
-    """The monitor multiplexes every target through one socket per probe kind and
-    family; the system ping cannot do that. So, before anything starts: a socket that
-    cannot be opened (ICMP in auto mode: only the system ping would be left; TCP: no
-    CAP_NET_RAW) is PermissionDenied (exit 4) saying what to do, as ``sweep --mode raw``
-    is."""
-    import socket
-
-    from ..targets import Address, parse_target, split_kind
-
-    needed: set[tuple[str, int]] = set()
-    for host, *_ in targets:
-        kt = split_kind(host)
-        spec = parse_target(kt.host)[0]
-        needed.add((kt.kind, spec.family if isinstance(spec, Address) else socket.AF_INET))
-    for kind, fam in sorted(needed):
-        if kind == "icmp":
-            _check_icmp_socket(fam, mode)
-        else:
-            _check_kind_socket(kind, fam, mode)
-
-
-def _check_icmp_socket(fam: int, mode: str) -> None:
-    from ..errors import PermissionDenied
-    from ..probe import UseSubprocess, open_icmp_socket
-
-    try:
-        open_icmp_socket(fam, mode=mode).close()
-    except UseSubprocess as e:
-        d = e.diagnosis
-        why = f"{d.explain('raw')}.\n{d.explain('dgram')}." if d is not None else str(e)
-        raise PermissionDenied(
-            "the monitor needs an ICMP socket (raw or dgram; it cannot run on the system "
-            f"ping) and none may be opened here.\n{why}\nRun `fastping doctor` for details."
-        ) from None
-
-
-def _check_kind_socket(kind: str, fam: int, mode: str = "auto") -> None:
-    """A socket of a probe kind with ports (engine.SOCKET_KINDS), opened and closed
-    (TCP in auto mode falls back to connect() timing, so only --mode raw can fail)."""
-    from ..engine import SOCKET_KINDS
-    from ..errors import PermissionDenied
-
-    try:
-        SOCKET_KINDS[kind](mode, {})(fam, 1).close()
-    except PermissionError as e:
-        raise PermissionDenied(
-            f"{kind.upper()} targets need a raw socket in --mode raw, which needs root or "
-            f"CAP_NET_RAW: {e.strerror or e}.\nGrant it (setcap cap_net_raw+ep on the python "
-            "binary, or AmbientCapabilities=CAP_NET_RAW in the systemd unit), or use "
-            "--mode auto / --mode connect (connect() timing, no privilege)."
-        ) from None
-
-
-class _TimingRecorder:
-    """Hands the engine's send lateness to the database window by window (beside the
-    results, in its own table), so `fastping report` shows the prober's own timing.
-    A failed write is logged and counted, never fatal: the results matter more."""
-
-    def __init__(self, engine: MonitoringEngine, db: str, log: Any, write: Any = None) -> None:
-        from ..timing import SendLateness
-
-        self.engine, self.db, self.log = engine, db, log
-        # write(t0, t1, window, factor): a shared store's; else timing.write_window(db, ...)
-        self.write = write
-        self.last = SendLateness()
-        self.t_last = time.time()
-        self.failures = 0
-        self.factor_max = 1.0  # the guard's largest interval factor in this window
-
-    async def every(self, period_s: float) -> None:
-        import asyncio
-
-        n = max(1, round(period_s))
-        while True:
-            for _ in range(n):  # the guard's factor, looked at every second
-                await asyncio.sleep(max(period_s, 1.0) / n)
-                self.factor_max = max(self.factor_max, self.engine.interval_factor)
-            await self.record()
-
-    async def record(self) -> None:
-        import asyncio
-
-        from ..timing import delta, write_window
-
-        now, t = self.engine.send_lateness(), time.time()
-        win = delta(now, self.last)
-        if win.probes == 0:
-            return
-        factor = max(self.factor_max, self.engine.interval_factor)
-        self.check_schedule(win, t - self.t_last)
-        try:
-            if self.write is not None:
-                await asyncio.to_thread(self.write, self.t_last, t, win, factor)
-            else:
-                await asyncio.to_thread(write_window, self.db, self.t_last, t, win, factor)
-        except Exception as e:  # noqa: BLE001 - sqlite3, psycopg, OSError: never fatal
-            self.failures += 1
-            if self.failures == 1:
-                self.log.warning("send timing not stored", db=self.db, error=str(e))
-            return
-        self.last, self.t_last, self.factor_max = now, t, self.engine.interval_factor
-
-    def check_schedule(self, win: Any, window_s: float) -> None:
-        """Say so when probes missed their schedule in this window (the event loop was
-        held up: a scrape storm, a slow disk, an overloaded machine): a probe sent late
-        is not the network's delay, and the operator must know the rounds slipped."""
-        from ..timing import behind_schedule_us
-
-        limit_us = behind_schedule_us(self.engine.interval_s)
-        behind = win.at_least_us(limit_us)
-        if behind:
-            self.log.warning(
-                "probing behind schedule",
-                behind_schedule=behind,
-                probes=win.probes,
-                late_by_at_least_ms=round(limit_us / 1e3, 1),
-                window_s=round(window_s, 1),
-                send_late_p99_ms=round((win.quantile_us(0.99) or 0.0) / 1e3, 1),
-                send_late_max_ms=round(win.max_ns / 1e6, 1),
-            )
-
-
-def get_engine_logger() -> Any:
-    from ..logs import get_logger
-
-    return get_logger("fastping.engine")
+    agent.apply(new, checks)
 
 
 async def first_round(engine: MonitoringEngine, log: Any, after_s: float) -> None:
