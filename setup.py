@@ -5,7 +5,10 @@ FASTPING_SANITIZE=1  ASan + UBSan; run the tests with
                      LD_PRELOAD=$(gcc -print-file-name=libasan.so) (see .ci/sanitize).
 """
 
+import importlib.util
 import os
+import pathlib
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -29,6 +32,29 @@ if SANITIZE:
     ]
     compile_args += san
     link_args += san
+
+
+
+def write_kinds_pxi() -> None:
+    """units/kinds.pxi from the one outcome numbering (fastping.results.EventKind),
+    rewritten only when it differs, so an unchanged table recompiles nothing. results.py
+    is loaded by its path: it imports only the standard library, and the package (its
+    __init__ imports the extension being built) is not imported."""
+    spec = importlib.util.spec_from_file_location(
+        "_fastping_results_for_build", "src/fastping/results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    del sys.modules[spec.name]
+    text = mod.kinds_pxi()
+    path = pathlib.Path("src/fastping/units/kinds.pxi")
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+write_kinds_pxi()
 
 exts = [
     Extension(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fastping.results import SlotStats
+
 ROOT = os.geteuid() == 0
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -26,6 +28,12 @@ def codec(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     from fastping import _icmp_py
 
     return _icmp_py
+
+
+def slot_counts(st: SlotStats) -> dict[str, int]:
+    """A slot's non-zero counts (SlotStats' sent .. send_errors) by field name: what a
+    test compares instead of the tuple's first eight positions."""
+    return {f: n for f in SlotStats._fields[:8] if (n := getattr(st, f))}
 
 
 def fastping_cmd(*args: str) -> list[str]:

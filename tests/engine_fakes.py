@@ -9,9 +9,31 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from fastping.results import ProbeResult
+from fastping.results import (
+    EV_DUPLICATE,
+    EV_LATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIME_EXCEEDED,
+    EV_TIMEOUT,
+    EV_UNREACHABLE,
+    ProbeResult,
+    SlotStats,
+)
 
-EV_REPLY, EV_TIMEOUT, EV_SEND_ERROR, EV_LATE = 0, 1, 4, 6
+# the SlotStats count (and the totals() counter, same name) each event kind adds to
+_COUNT_OF = {
+    EV_REPLY: "received",
+    EV_TIMEOUT: "timeouts",
+    EV_UNREACHABLE: "unreachable",
+    EV_TIME_EXCEEDED: "time_exceeded",
+    EV_SEND_ERROR: "send_errors",
+    EV_DUPLICATE: "duplicates",
+    EV_LATE: "late",
+}
+# final outcomes: the slot's last one is remembered (quiet mode returns changes only)
+_FINAL = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_SEND_ERROR))
+_LOGGED = frozenset((EV_REPLY, EV_TIMEOUT))
 T = TypeVar("T")
 
 
@@ -107,7 +129,8 @@ class FakeIcmpSocket:
         self._log: list[tuple[int, float, float | None, int, int, int]] = []
         self._last: dict[int, int] = {}
         self._slot_timeout_ns: dict[int, int] = {}
-        self._stats: dict[int, list[int]] = {}  # slot -> [sent, received, dup, late, ...]
+        self._stats: dict[int, dict[str, int]] = {}  # slot -> SlotStats' counts and RTTs
+        self._sumsq: dict[int, float] = {}
         self._last_rtt: dict[int, tuple[int, int, int]] = {}
         self.counts = dict.fromkeys(
             (
@@ -139,7 +162,8 @@ class FakeIcmpSocket:
             self._next += 1
         self.slots[slot] = address
         self._seq[slot] = 0
-        self._stats[slot] = [0] * 8
+        self._stats[slot] = dict.fromkeys(SlotStats._fields[:11], 0)
+        self._sumsq[slot] = 0.0
         self._last.pop(slot, None)
         self._last_rtt.pop(slot, None)
         self._slot_timeout_ns.pop(slot, None)
@@ -194,31 +218,41 @@ class FakeIcmpSocket:
     def slot_address(self, slot: int) -> str:
         return self.slots[slot]
 
-    def slot_stats(self, slot: int) -> tuple[Any, ...]:
-        # the core's 19 fields: the 8 counts it keeps, then no RTT figures, TTL, error
-        return (*self._stats[slot], 0, 0, 0, 0.0, 0, 0, 0, 0, 0, None, 0)
+    def slot_stats(self, slot: int) -> SlotStats:
+        st = self._stats[slot]
+        recv = st["received"]
+        # the fake makes no ICMP error and keeps no jitter
+        return SlotStats(
+            **st, sumsq_ns2=self._sumsq[slot], jitter_sum_ns=0,
+            jitter_n=max(recv - 1, 0), last_ttl=64 if recv else 0, last_err_type=0,
+            last_err_code=0, last_err_router=None, user_timed=0,
+        )  # fmt: skip
 
     def slot_last(self, slot: int) -> tuple[int, int, int]:
         return self._last_rtt.get(slot, (-1, 0, 0))
 
-    _KEY = {0: "received", 1: "timeouts", 2: "unreachable", 3: "time_exceeded", 4: "send_errors",
-            5: "duplicates", 6: "late"}  # fmt: skip
-    _STAT = {0: 1, 5: 2, 6: 3, 1: 4, 2: 5, 3: 6, 4: 7}
-
     def _final(self, ev: tuple[Any, ...], out: list[tuple[Any, ...]]) -> None:
         """Count, log and (by mode) return one event, as the core does."""
         slot, kind, seq, rtt_ns, ttl = ev[:5]
-        self.counts[self._KEY[kind]] += 1
-        self._stats[slot][self._STAT[kind]] += 1
+        self.counts[_COUNT_OF[kind]] += 1
+        st = self._stats[slot]
+        st[_COUNT_OF[kind]] += 1
+        if kind == EV_REPLY:
+            st["min_ns"] = min(st["min_ns"], rtt_ns) if st["sum_ns"] else rtt_ns
+            st["max_ns"] = max(st["max_ns"], rtt_ns)
+            st["sum_ns"] += rtt_ns
+            self._sumsq[slot] += float(rtt_ns) ** 2
         changed = True
-        if kind <= 4:
+        if kind in _FINAL:
             changed = self._last.get(slot) != kind
             self._last[slot] = kind
-            self._last_rtt[slot] = (kind, rtt_ns if kind == 0 else 0, time.time_ns())
-        if self.log_mode and kind in (0, 1):
-            rtt = rtt_ns / 1e6 if kind == 0 else None
-            self._log.append((slot, time.time(), rtt, seq, kind, ttl if kind == 0 else 0))
-        if self.log_mode != 1 or kind > 1 or changed:
+            self._last_rtt[slot] = (kind, rtt_ns if kind == EV_REPLY else 0, time.time_ns())
+        if self.log_mode and kind in _LOGGED:
+            reply = kind == EV_REPLY
+            # a kind is its chunk code (one numbering)
+            self._log.append((slot, time.time(), rtt_ns / 1e6 if reply else None, seq, kind,
+                              ttl if reply else 0))  # fmt: skip
+        if self.log_mode != 1 or kind not in _LOGGED or changed:
             out.append(ev)
             self.returned += 1
 
@@ -242,7 +276,7 @@ class FakeIcmpSocket:
                 self._final((s, EV_SEND_ERROR, seq, 0, 0, 0, 0, None, self.refuse_errno), out)
                 continue
             self.counts["sent"] += 1
-            self._stats[s][0] += 1
+            self._stats[s]["sent"] += 1
             if addr in self.dead:
                 if sum(1 for k in self._outstanding if k[0] == s) >= self.window:
                     raise AssertionError(f"window {self.window} exceeded for {addr}")

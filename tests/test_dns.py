@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capture import packets, percentile, tcpdump
-from conftest import child_env, fastping_cmd
+from conftest import child_env, fastping_cmd, slot_counts
 from dnsservers import BIG_TXT, free_port, respond, unbound
 from fastping import _icmp, dnscodec, dnstcp
 from privhelpers import in_netns, netns
@@ -250,9 +250,9 @@ def test_every_outcome_from_a_real_unbound(family: int, server: str) -> None:
             rows, tot = in_netns(ns, lambda: _outcomes(port, server, family))
     for (name, qtype, kind, answers, ttl), (stats, d) in zip(QUESTIONS, rows, strict=False):
         what = f"{name} {qtype}: {stats} {d}"
-        assert stats[0] == 3 and stats[1] == 3, what  # sent, received
+        assert slot_counts(stats) == {"sent": 3, "received": 3}, what
         assert d[kind] == 3 and _kind(d) == kind, what
-        assert 0 < stats[8] <= stats[9] < 50_000_000, what  # RTTs, < 50 ms
+        assert 0 < stats.min_ns <= stats.max_ns < 50_000_000, what  # RTTs, < 50 ms
         last = d["last"]
         if answers is not None:
             assert last["answers"] == answers and last["min_ttl"] == ttl, what
@@ -260,7 +260,8 @@ def test_every_outcome_from_a_real_unbound(family: int, server: str) -> None:
             assert last["truncated"] is True, what
     assert rows[len(QUESTIONS) - 1][1]["last"]["rcode"] == 1  # FORMERR, kept as its number
     stats, d = rows[-1]
-    assert stats[1] == 0 and stats[5] == 3 and stats[15] in (3, 1), (stats, d)  # unreachable
+    assert stats.received == 0 and stats.unreachable == 3, (stats, d)
+    assert stats.last_err_type in (3, 1), (stats, d)  # ICMP / ICMPv6 unreachable
     assert d["last"] is None
     assert tot["received"] == 3 * len(QUESTIONS) and tot["unreachable"] == 3
     assert tot["timed_kernel"] == tot["received"]
@@ -332,7 +333,7 @@ def _hostile() -> tuple[dict[str, Any], list[Any]]:
             for sock, pkt in hostile:
                 sock.sendto(pkt, peer)
             ev_bad = s.recv() + (s.wait(0.2) and s.recv() or [])
-            assert s.slot_stats(a)[1] == 0 and s.slot_stats(b)[1] == 0, ev_bad
+            assert s.slot_stats(a).received == 0 and s.slot_stats(b).received == 0, ev_bad
             srv.sendto(good, peer)  # the real answer, then a duplicate of it
             srv.sendto(good, peer)
             s.wait(1.0)
@@ -353,7 +354,7 @@ def test_hostile_answers_are_never_counted_as_answers() -> None:
     with netns() as ns:
         t, (sa, da, sb, db, ev_bad, ev) = in_netns(ns, _hostile)
     assert ev_bad == []
-    assert sa[1] == 1 and sa[2] == 1, sa  # the real answer, and its duplicate
+    assert sa.received == 1 and sa.duplicates == 1, sa  # the real answer, and its duplicate
     assert da["noerror"] == 1 and da["last"] == {
         "rcode": 0,
         "answers": 1,
@@ -361,7 +362,7 @@ def test_hostile_answers_are_never_counted_as_answers() -> None:
         "truncated": False,
         "address": "192.0.2.7",  # the answer's A (what dnsresolve.DnsResolver reads)
     }
-    assert sb[1] == 0 and db["last"] is None
+    assert sb.received == 0 and db["last"] is None
     assert t["foreign_cookie"] == 1  # wrong ID
     assert t["mismatched"] == 3  # other name, other type, b's ID with a's question
     assert da["mismatched"] == 2 and db["mismatched"] == 1  # the ID names whose probe it was
@@ -718,10 +719,10 @@ class _Loop:
         q, peer = self.srv.recvfrom(2048)
         pkt = mutate(q)
         self.srv.sendto(pkt, peer)
-        before = self.s.slot_stats(self.slot)[1]
+        before = self.s.slot_stats(self.slot).received
         self.s.wait(0.05)
         self.s.recv()
-        counted = self.s.slot_stats(self.slot)[1] > before
+        counted = self.s.slot_stats(self.slot).received > before
         self.s.expire(0)  # an unanswered probe is settled before the next
         status, r = dnscodec.parse_response(pkt)
         qid = struct.unpack_from("!H", q)[0]

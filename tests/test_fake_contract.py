@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tests.engine_fakes import FakeIcmpSocket
 
-from conftest import needs_root
+from conftest import needs_root, slot_counts
 from fastping import chunk
 
 pytestmark = needs_root
@@ -71,7 +71,7 @@ def scenario(sock: Any, mode: int) -> dict[str, Any]:
         "calls": calls,
         "totals": {k: t[k] for k in COUNTERS},
         "outstanding": t["outstanding"],
-        "stats": {a: tuple(sock.slot_stats(s)[:8]) for s, a in addr.items()},
+        "stats": {a: slot_counts(sock.slot_stats(s)) for s, a in addr.items()},
         "last": {a: sock.slot_last(s)[0] for s, a in addr.items()},
         "log": log,
     }

@@ -22,6 +22,7 @@ import pytest
 from conftest import child_env, fastping_cmd, needs_root
 from fastping import _pipeline as pl
 from fastping import api, formats
+from fastping.results import SlotStats
 from fastping.targets import Address, Name, V4Range, parse_target
 
 # includes/slotrow.pxd: ... senderr, closed (9 uint32), 4 uint8, port (uint16), addr, router,
@@ -190,8 +191,8 @@ def test_a_big_file_streams(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- formatters
-def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]]:
-    """A plausible core row (and the slot_stats tuple the old path read)."""
+def make_row(rng: random.Random, family: int) -> tuple[bytes, SlotStats]:
+    """A plausible core row (and the slot_stats() the old path read)."""
     alen = 4 if family == socket.AF_INET else 16
     addr = (
         bytes([127, 0, rng.randrange(256), rng.randrange(256)])
@@ -250,25 +251,26 @@ def make_row(rng: random.Random, family: int) -> tuple[bytes, tuple[object, ...]
         0,  # proto: ICMP
     )
     rtr = socket.inet_ntop(family, router) if has_router else None
-    st = (
-        sent,
-        recv,
-        dup,
-        late,
-        tmo,
-        unr,
-        texc,
-        serr,
-        mn,
-        mx,
-        sm,
-        sq,
-        js,
-        recv - 1 if recv > 1 else 0,
-        ttl,
-        et,
-        ec,
-        rtr,
+    st = SlotStats(
+        sent=sent,
+        received=recv,
+        duplicates=dup,
+        late=late,
+        timeouts=tmo,
+        unreachable=unr,
+        time_exceeded=texc,
+        send_errors=serr,
+        min_ns=mn,
+        max_ns=mx,
+        sum_ns=sm,
+        sumsq_ns2=sq,
+        jitter_sum_ns=js,
+        jitter_n=recv - 1 if recv > 1 else 0,
+        last_ttl=ttl,
+        last_err_type=et,
+        last_err_code=ec,
+        last_err_router=rtr,
+        user_timed=0,
     )
     return row, st
 

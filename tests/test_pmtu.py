@@ -207,7 +207,7 @@ def test_probe_mode_sends_past_a_learned_pmtu(lab: PathLab) -> None:
                 s.set_targets([target4(9)])
                 s.sweep(1, 0.0, 0.3)
                 st = s.slot_stats(0)
-                out.append((st[1], st[5], st[7], s.slot_mtu(0)))
+                out.append((st.received, st.unreachable, st.send_errors, s.slot_mtu(0)))
             finally:
                 s.close()
         return out

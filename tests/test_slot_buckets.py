@@ -50,8 +50,8 @@ def test_buckets_are_the_replies_rtts_counted_per_bound(family: int, prefix: str
                 want[bisect_left(bounds, r)] += 1
             assert list(counts) == want
             st = s.slot_stats(slot)
-            assert sum(counts) == st[1] == 4  # every reply, once
-            assert sum_ns == sum(mine) == st[10]  # the same sum the slot keeps
+            assert sum(counts) == st.received == 4  # every reply, once
+            assert sum_ns == sum(mine) == st.sum_ns  # the same sum the slot keeps
 
 
 def test_a_reply_equal_to_a_bound_is_in_its_bucket_and_above_all_in_the_last() -> None:
@@ -106,7 +106,7 @@ def test_slots_added_later_grow_the_histogram_and_a_reused_slot_starts_at_zero()
         for slot in range(n + 1):
             counts, sum_ns = s.slot_buckets(slot) or ((), 0)
             st = s.slot_stats(slot)
-            assert sum(counts) == st[1] and sum_ns == st[10]
+            assert sum(counts) == st.received and sum_ns == st.sum_ns
             total += sum(counts)
         assert total == n + 1 and s.totals()["received"] == n + 2  # + the first reply
         s.reset_stats()
@@ -119,7 +119,7 @@ def test_tcp_histogram_holds_open_answers_not_closed_ports_rsts() -> None:
         open_slot = t.add_target("127.0.0.1", ls.getsockname()[1])
         closed_slot = t.add_target("127.0.0.1", _free_port())
         t.sweep(count=3, interval_s=0.01, timeout_s=1.0)
-        assert t.slot_stats(open_slot)[1] == 3 and t.slot_closed(open_slot) == 0
+        assert t.slot_stats(open_slot).received == 3 and t.slot_closed(open_slot) == 0
         assert t.slot_buckets(open_slot)[0] == (3, 0)  # type: ignore[index]
-        assert t.slot_stats(closed_slot)[1] == 3 and t.slot_closed(closed_slot) == 3
+        assert t.slot_stats(closed_slot).received == 3 and t.slot_closed(closed_slot) == 3
         assert t.slot_buckets(closed_slot) == ((0, 0), 0)

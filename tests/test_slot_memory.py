@@ -10,7 +10,7 @@ import time
 
 from tests.test_socket import _forge_reply
 
-from conftest import needs_root
+from conftest import needs_root, slot_counts
 from fastping import _icmp
 from fastping._icmp import EV_REPLY, IcmpSocket
 
@@ -38,9 +38,9 @@ def test_a_one_round_sweep_keeps_68_bytes_per_ipv4_target() -> None:
         assert m["rare"] == m["recent"] == m["timeouts"] == 0
         assert _per_slot(s) == 4 + 48 + 16
         st = s.slot_stats(7)
-        assert st[:8] == (1, 1, 0, 0, 0, 0, 0, 0)
-        assert 0 < st[8] == st[9] == st[10] < 10**9  # min = max = sum for one reply
-        assert st[12:14] == (0, 0)  # no jitter from one reply
+        assert slot_counts(st) == {"sent": 1, "received": 1}
+        assert 0 < st.min_ns == st.max_ns == st.sum_ns < 10**9  # min = max = sum for one reply
+        assert (st.jitter_sum_ns, st.jitter_n) == (0, 0)  # no jitter from one reply
         assert s.slot_last(7)[0] == _icmp.EV_REPLY
 
 
@@ -57,9 +57,9 @@ def test_two_rounds_keep_jitter_exactly() -> None:
             rtts = [e[3] for e in evs if e[0] == slot and e[1] == EV_REPLY]
             assert len(rtts) == 3
             st = s.slot_stats(slot)
-            assert st[8:11] == (min(rtts), max(rtts), sum(rtts))
-            assert st[12] == abs(rtts[1] - rtts[0]) + abs(rtts[2] - rtts[1])
-            assert st[13] == 2
+            assert (st.min_ns, st.max_ns, st.sum_ns) == (min(rtts), max(rtts), sum(rtts))
+            assert st.jitter_sum_ns == abs(rtts[1] - rtts[0]) + abs(rtts[2] - rtts[1])
+            assert st.jitter_n == 2
 
 
 def test_rtt_beyond_32_bits_of_ns_is_kept_exactly() -> None:
@@ -95,9 +95,9 @@ def test_rtt_beyond_32_bits_of_ns_is_kept_exactly() -> None:
     with netns() as ns:
         rtts, st, mem = in_netns(ns, body)
     assert len(rtts) == 2 and rtts[0] > 2**32 > rtts[1]
-    assert st[:2] == (2, 2)
-    assert st[8:11] == (rtts[1], rtts[0], rtts[0] + rtts[1])
-    assert st[12] == rtts[0] - rtts[1]  # jitter: one pair
+    assert (st.sent, st.received) == (2, 2)
+    assert (st.min_ns, st.max_ns, st.sum_ns) == (rtts[1], rtts[0], rtts[0] + rtts[1])
+    assert st.jitter_sum_ns == rtts[0] - rtts[1]  # jitter: one pair
     assert mem["rare"] > 0
 
 
@@ -122,19 +122,19 @@ def test_a_reused_slot_starts_from_zero() -> None:
 
         slot = s.add_target("127.0.0.1")
         probe_and_copy(slot)
-        assert s.slot_stats(slot)[2] == 1  # the copy: one duplicate
+        assert s.slot_stats(slot).duplicates == 1  # the copy: one duplicate
         s.remove_target(slot)
         again = s.add_target("127.0.0.1")
         assert again == slot
-        assert s.slot_stats(again)[:8] == (0,) * 8
+        assert slot_counts(s.slot_stats(again)) == {}
         probe_and_copy(again)
-        assert s.slot_stats(again)[:3] == (1, 1, 1)
+        assert slot_counts(s.slot_stats(again)) == {"sent": 1, "received": 1, "duplicates": 1}
         rare = s.memory()["rare"]
         s.reset_stats()
-        assert s.slot_stats(again)[:8] == (0,) * 8
+        assert slot_counts(s.slot_stats(again)) == {}
         s.clear_targets()
         s.set_targets(["127.0.0.4"])
-        assert s.slot_stats(0)[:8] == (0,) * 8
+        assert slot_counts(s.slot_stats(0)) == {}
         assert s.memory()["rare"] == rare  # kept and reused, not made again
 
 

@@ -380,7 +380,7 @@ def test_valid_reply_after_an_icmp_error_is_the_outcome() -> None:
         kinds, t, st = in_netns(ns, body)
     assert kinds == [EV_UNREACHABLE, EV_REPLY, EV_DUPLICATE]
     assert (t["received"], t["unreachable"], t["duplicates"], t["outstanding"]) == (1, 0, 1, 0)
-    assert (st[0], st[1], st[5]) == (1, 1, 0)  # sent 1, received 1, unreachable 0
+    assert (st.sent, st.received, st.unreachable) == (1, 1, 0)
 
 
 def test_icmp_error_quoting_only_8_bytes_is_attributed() -> None:
@@ -410,7 +410,8 @@ def test_icmp_error_quoting_only_8_bytes_is_attributed() -> None:
         kinds, t, st = in_netns(ns, body)
     assert kinds == [EV_UNREACHABLE]
     assert (t["unreachable"], t["errors_unattributed"], t["outstanding"]) == (1, 2, 2)
-    assert st[5] == 1 and st[15:18] == (3, 1, "127.0.0.1")  # type 3 code 1, from the router
+    assert st.unreachable == 1
+    assert (st.last_err_type, st.last_err_code, st.last_err_router) == (3, 1, "127.0.0.1")
 
 
 def test_ping_counts_a_late_duplicate_of_its_last_probe() -> None:

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from tests.capture import percentile, syn_rtts, tcpdump
 
+from conftest import slot_counts
 from fastping import _icmp
+from fastping._icmp import EV_CLOSED, EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE
 from privhelpers import in_netns, netns, veth_namespaces
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets, netns")
 
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
 # Source ports below the ephemeral range the listeners' ports come from: were a
 # listener's port among ours, our own kernel's RSTs to it (it answers each SYN-ACK
 # with one) would reach the socket and be counted, rightly, as foreign packets.
@@ -64,8 +65,8 @@ def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
             assert kinds == {(a, EV_REPLY), (b, EV_CLOSED)}
             for slot in (a, b):
                 st = t.slot_stats(slot)
-                assert st[0] == 3 and st[1] == 3 and st[4] == 0  # sent, received, timeouts
-                assert 0 < st[8] <= st[9] < 1e9  # min, max RTT (ns)
+                assert slot_counts(st) == {"sent": 3, "received": 3}
+                assert 0 < st.min_ns <= st.max_ns < 1e9
             assert t.slot_closed(a) == 0
             assert t.slot_closed(b) == 3
             tot = t.totals()
@@ -81,8 +82,8 @@ def test_no_listener_on_that_address_is_closed_not_open() -> None:
         t.add_target("127.0.0.1", port)
         t.add_target("127.0.0.2", port)
         t.sweep(count=1, timeout_s=1.0)
-        assert t.slot_closed(0) == 0 and t.slot_stats(0)[1] == 1
-        assert t.slot_closed(1) == 1 and t.slot_stats(1)[1] == 1
+        assert t.slot_closed(0) == 0 and t.slot_stats(0).received == 1
+        assert t.slot_closed(1) == 1 and t.slot_stats(1).received == 1
 
 
 def test_bad_ports_and_arguments_are_refused_with_what_to_do() -> None:
@@ -114,7 +115,7 @@ def _filtered_and_rejected(ns: str) -> dict[str, object]:
             events = t.sweep(count=2, interval_s=0.05, timeout_s=0.5, events=True)
             out[host] = {
                 "events": sorted({(e[0], e[1], e[5], e[6], e[7]) for e in events}),
-                "stats": [t.slot_stats(s)[:8] for s in range(3)],
+                "stats": [slot_counts(t.slot_stats(s)) for s in range(3)],
                 "totals": t.totals(),
             }
     return out
@@ -145,10 +146,11 @@ def test_filtered_and_unreachable_ports_in_a_namespace() -> None:
         (2, EV_UNREACHABLE, 1, 4, "::1"),
     ]
     for r in (v4, v6):
-        sent, received, _dup, _late, timeouts, unreach = r["stats"][0][:6]  # type: ignore[index]
-        assert (sent, received, timeouts, unreach) == (2, 2, 0, 0)
-        assert r["stats"][1][:6] == (2, 0, 0, 0, 2, 0)  # type: ignore[index]
-        assert r["stats"][2][:6] == (2, 0, 0, 0, 0, 2)  # type: ignore[index]
+        assert r["stats"] == [
+            {"sent": 2, "received": 2},
+            {"sent": 2, "timeouts": 2},
+            {"sent": 2, "unreachable": 2},
+        ]
         odd = {k: v for k, v in r["totals"].items() if k.startswith(("foreign", "errors")) and v}  # type: ignore[attr-defined]
         assert not odd, odd
 
@@ -199,7 +201,7 @@ def _hostile(ns: str) -> dict[str, object]:
         )
         out["good"] = forge("127.0.0.5", 3333, sport, isn + 1, SYN | ACK)
         out["duplicate"] = forge("127.0.0.5", 3333, sport, isn + 1, SYN | ACK)
-        out["stats"] = t.slot_stats(slot)[:5]
+        out["stats"] = slot_counts(t.slot_stats(slot))
     return out
 
 
@@ -219,7 +221,7 @@ def test_forged_answers_are_counted_apart() -> None:
     assert r["not_our_port"]["packets_read"] == 0  # type: ignore[index]
     assert r["good"]["received"] == 1 and r["good"]["foreign"] == 0  # type: ignore[index]
     assert r["duplicate"]["duplicates"] == 1 and r["duplicate"]["received"] == 0  # type: ignore[index]
-    assert r["stats"] == (1, 1, 1, 0, 0)  # sent, received, duplicates, late, timeouts
+    assert r["stats"] == {"sent": 1, "received": 1, "duplicates": 1}
 
 
 # ------------------------------------------------------------ no state left behind
@@ -303,7 +305,7 @@ def test_the_socket_is_bound_to_the_one_source_its_slots_share(
                 t.add_target("10.77.0.9", 9)  # via the veth: source 10.78.0.1
                 mixed = view.getsockname()[0]
             t.sweep(count=1, interval_s=0.0, timeout_s=1.0)
-            return alone, mixed, [t.slot_stats(s)[1] for s in range(2)]
+            return alone, mixed, [t.slot_stats(s).received for s in range(2)]
 
     alone, mixed, received = in_netns(prober, run)
     assert alone == "127.0.0.1" and mixed == "0.0.0.0"

@@ -94,7 +94,7 @@ def test_send_lateness_against_due(mode: str, family: int) -> None:
         else:
             assert s.timestamps == mode
             assert t["timed_kernel"] == 0 and t["timed_user"] == len(addrs)
-            assert s.slot_stats(0)[18] == 1  # per slot: its reply was user-timed
+            assert s.slot_stats(0).user_timed == 1  # per slot: its reply was user-timed
         s.reset_lateness()
         assert s.lateness()[0] == 0
         # a send without a schedule counts nothing
@@ -117,7 +117,8 @@ def test_kernel_rtts_exclude_batching() -> None:
         with IcmpSocket(socket.AF_INET, timestamps=mode, batch_size=1024) as s:
             s.set_targets(addrs)
             s.sweep(count=1, timeout_s=1.0)
-            rtts = sorted(s.slot_stats(i)[8] for i in range(len(addrs)) if s.slot_stats(i)[1])
+            stats = [s.slot_stats(i) for i in range(len(addrs))]
+            rtts = sorted(st.min_ns for st in stats if st.received)
             assert len(rtts) == len(addrs)
             worst[mode] = rtts[int(len(rtts) * 0.99)]
     # loopback RTT is a few us; a 1,024-probe batch takes milliseconds to hand over

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from tests.capture import observed_netns, percentile, tcpdump, udp_rtts
 
-from conftest import child_env, fastping_cmd
+from conftest import child_env, fastping_cmd, slot_counts
 from fastping import _icmp
+from fastping._icmp import EV_CLOSED, EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE
 from privhelpers import in_netns, netns, veth_namespaces
 
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_CLOSED = 0, 1, 2, 7
 # a namespace's kernel answers every closed port at once (per-namespace sysctls)
 NO_ICMP_LIMIT = (
     "net.ipv4.icmp_ratelimit=0",
@@ -148,9 +148,9 @@ def test_open_and_closed_ports_on_loopback(family: int, host: str) -> None:
         assert {(e[0], e[1]) for e in events} == {(a, EV_REPLY), (b, EV_CLOSED)}
         for slot in (a, b):
             st = u.slot_stats(slot)
-            assert st[0] == 3 and st[1] == 3 and st[4] == 0  # sent, received, timeouts
-            assert 0 < st[8] <= st[9] < 1e9  # min, max RTT (ns)
-        assert u.slot_stats(a)[14] == 64  # the reply's TTL / hop limit
+            assert slot_counts(st) == {"sent": 3, "received": 3}
+            assert 0 < st.min_ns <= st.max_ns < 1e9
+        assert u.slot_stats(a).last_ttl == 64  # the reply's TTL / hop limit
         assert (u.slot_closed(a), u.slot_closed(b)) == (0, 3)
         tot = u.totals()
         assert tot["received"] == 6 and tot["closed"] == 3 and tot["timeouts"] == 0
@@ -192,7 +192,7 @@ def _icmp_dgram_after_an_error() -> tuple[dict[str, int], list[int]]:
         errs = []
         for _ in range(3):
             for slot in (bad, good):
-                errs += [e[8] for e in s.send([slot], drain=False) if e[1] == 4]
+                errs += [e[8] for e in s.send([slot], drain=False) if e[1] == _icmp.EV_SEND_ERROR]
         select.select([s.fileno()], [], [], 0.5)
         s.recv()
         return s.totals(), errs
@@ -289,7 +289,10 @@ def _services(ns: str) -> dict[str, object]:
             for p in (53, 123):
                 u.add_target(host, p)
             u.sweep(count=3, interval_s=0.02, timeout_s=0.5)
-            out[host] = {"stats": [u.slot_stats(s)[:5] for s in range(2)], "totals": u.totals()}
+            out[host] = {
+                "stats": [slot_counts(u.slot_stats(s)) for s in range(2)],
+                "totals": u.totals(),
+            }
             assert u.payloads == "auto"
     with _server(socket.AF_INET, "127.0.0.1", 53, _dns_wrong_id), _icmp.UdpSocket() as u:
         u.add_target("127.0.0.1", 53)
@@ -311,7 +314,7 @@ def test_dns_and_ntp_get_real_queries_and_keyed_answers() -> None:
     for host in ("127.0.0.1", "::1"):
         r = res[host]
         assert isinstance(r, dict)
-        assert r["stats"] == [(3, 3, 0, 0, 0), (3, 3, 0, 0, 0)], r
+        assert r["stats"] == [{"sent": 3, "received": 3}] * 2, r
         assert not _odd(r["totals"]), r["totals"]  # every answer named its probe
     wrong = res["wrong_id"]
     assert isinstance(wrong, dict)
@@ -359,7 +362,7 @@ def _dns_window_run() -> dict[str, object]:
             events = u.sweep(count=DNS_WINDOW, interval_s=0.005, timeout_s=2.0,
                              rate_pps=50_000, events=True)  # fmt: skip
             totals = u.totals()
-            stats = {a: u.slot_stats(s)[:8] for s, a in slot_of.items()}
+            stats = {a: slot_counts(u.slot_stats(s)) for s, a in slot_of.items()}
             ids = {a: [_icmp.udp_payload(u.key, s, ser, 53)[:2] for ser in range(DNS_WINDOW)]
                    for s, a in slot_of.items()}  # fmt: skip
     finally:
@@ -398,7 +401,8 @@ def test_dns_probes_in_flight_have_distinct_ids_and_each_reply_settles_its_own()
     assert (t["sent"], t["received"], t["timeouts"]) == (2 * half, half, half), t
     assert t["duplicates"] == t["late"] == t["rx_drops"] == 0, t
     assert not _odd(t), t  # every answer named its probe: nothing foreign, nothing unkeyed
-    assert all(st == (DNS_WINDOW, DNS_WINDOW // 2, 0, 0, DNS_WINDOW // 2, 0, 0, 0)
+    half_w = DNS_WINDOW // 2
+    assert all(st == {"sent": DNS_WINDOW, "received": half_w, "timeouts": half_w}
                for st in r["stats"].values())  # type: ignore[attr-defined]  # fmt: skip
 
 
@@ -425,7 +429,7 @@ def _firewalled() -> dict[str, object]:
             events = u.sweep(count=2, interval_s=0.05, timeout_s=0.5, events=True)
             out[host] = {
                 "events": sorted({(e[0], e[1], e[5], e[6], e[7]) for e in events}),
-                "stats": [u.slot_stats(s)[:8] for s in range(5)],
+                "stats": [slot_counts(u.slot_stats(s)) for s in range(5)],
                 "closed": [u.slot_closed(s) for s in range(5)],
                 "totals": u.totals(),
             }
@@ -447,10 +451,13 @@ def test_open_filtered_unreachable_and_closed_in_a_namespace() -> None:
             (4, EV_CLOSED, None, None, None),  # the kernel's: no socket there
         ]
         stats = r["stats"]
-        assert stats[0][:5] == (2, 2, 0, 0, 0)
-        assert stats[1][:6] == (2, 0, 0, 0, 2, 0)
-        assert stats[2][:6] == (2, 0, 0, 0, 0, 2)
-        assert stats[3][:5] == stats[4][:5] == (2, 2, 0, 0, 0)
+        assert stats == [
+            {"sent": 2, "received": 2},
+            {"sent": 2, "timeouts": 2},
+            {"sent": 2, "unreachable": 2},
+            {"sent": 2, "received": 2},
+            {"sent": 2, "received": 2},
+        ]
         assert r["closed"] == [0, 0, 0, 2, 2]
         assert not _odd(r["totals"]), r["totals"]
 
@@ -550,9 +557,9 @@ def _hostile(family: int) -> dict[str, object]:
         out["icmp_again"] = forge(icmp(target, ours(s3)))
         probe()
         out["icmp_short_quote"] = forge(icmp(target, b""))
-        out["stats"] = u.slot_stats(slot)[:8]
+        out["stats"] = slot_counts(u.slot_stats(slot))
         out["closed"] = u.slot_closed(slot)
-        out["router"] = u.slot_stats(slot)[17]
+        out["router"] = u.slot_stats(slot).last_err_router
     return out
 
 
@@ -599,7 +606,7 @@ def test_forged_and_misdirected_answers_are_counted_apart(family: int) -> None:
     # a quote without the payload: the slot's oldest outstanding probe, unkeyed
     assert d("icmp_short_quote") == {"received": 1, "closed": 1, "unkeyed": 1, "outstanding": -1}
     # sent, received, dup, late, timeouts, unreachable, time exceeded, send errors
-    assert r["stats"] == (5, 4, 2, 0, 0, 1, 0, 0)
+    assert r["stats"] == {"sent": 5, "received": 4, "duplicates": 2, "unreachable": 1}
     assert r["closed"] == 2 and r["router"] == HOSTILE[family][2]
 
 

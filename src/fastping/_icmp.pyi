@@ -32,7 +32,8 @@ Linux 6.13) and every reply's receive time the kernel's RX timestamp, one clock
 probe's stamp is still unread makes the core read it again before matching, so a
 reply is never timed against a stale stamp. A probe the kernel gave no stamp for
 keeps the user-space time read just before its sendmmsg; ``totals()`` counts the
-replies timed each way (timed_kernel, timed_user) and ``slot_stats()[18]`` per slot.
+replies timed each way (timed_kernel, timed_user) and ``slot_stats().user_timed``
+per slot.
 """
 
 from array import array
@@ -41,18 +42,24 @@ from typing import Any, Final
 
 from typing_extensions import Self, disjoint_base
 
+from .results import SlotStats
+
 _Buffer = bytes | bytearray | memoryview
 
 PAYLOAD_MAX: Final[int]  # the largest payload_size, bytes
 
-# Event kinds (the ``kind`` field of an event tuple).
+# Event kinds (the ``kind`` field of an event tuple): fastping.results.EventKind's
+# numbers, the codes of a chunk too (one numbering, compiled from that table).
 EV_REPLY: Final[int]  # 0  echo reply for an outstanding probe
 EV_TIMEOUT: Final[int]  # 1  no answer within the timeout
 EV_UNREACHABLE: Final[int]  # 2  destination unreachable / packet too big / parameter problem
 EV_TIME_EXCEEDED: Final[int]  # 3  TTL / hop limit exceeded (router = reporting hop)
 EV_SEND_ERROR: Final[int]  # 4  local errno while sending (errno field set)
-EV_DUPLICATE: Final[int]  # 5  second reply to an already answered probe
-EV_LATE: Final[int]  # 6  reply to a probe that had already timed out
+EV_LOCAL_DOWN: Final[int]  # 5  engine-made (the network is down): never a core event
+EV_RESOLVE_ERROR: Final[int]  # 6  engine-made (a name did not resolve): never a core event
+EV_DUPLICATE: Final[int]  # 7  second reply to an already answered probe
+EV_LATE: Final[int]  # 8  reply to a probe that had already timed out
+EV_CLOSED: Final[int]  # 9  the port answered closed (TCP RST): an answer, with an RTT
 
 ICMP_ECHO_REQUEST: Final[int]
 ICMP_ECHO_REPLY: Final[int]
@@ -198,11 +205,9 @@ class ProbeSocket:
     def rtt_bounds_ns(self) -> tuple[int, ...]: ...
     def slot_buckets(self, slot: int) -> tuple[tuple[int, ...], int] | None:
         """(replies per bucket, the last above every bound; their RTT sum in ns)."""
-    def slot_stats(self, slot: int) -> tuple[Any, ...]:
-        """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
-        send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
-        last_ttl, last_err_type, last_err_code, last_err_router, user_timed);
-        user_timed: replies timed from a user-space send time (no kernel TX stamp)"""
+    def slot_stats(self, slot: int) -> SlotStats:
+        """The slot's figures (fastping.results.SlotStats); user_timed: replies timed
+        from a user-space send time (no kernel TX stamp)"""
     def export_rows(self, start: int, count: int, out: bytearray | memoryview) -> int:
         """Copy the results of slots [start, start + count) into the writable
         ``out`` as packed rows (``includes/slotrow.pxd``; ``_pipeline.ROW_SIZE``
@@ -411,7 +416,6 @@ class UdpSocket(ProbeSocket):
         payloads: str = "auto",  # "auto" (per port) or "cookie"
     ) -> None: ...
 
-EV_CLOSED: Final[int]  # 7  the port answered closed (TCP RST): an answer, with an RTT
 TCP_SPORT_SPAN: Final[int]  # source ports per TcpSocket (256)
 
 def tcp_isn(key: bytes, slot: int, serial: int) -> int:

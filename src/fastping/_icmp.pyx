@@ -69,7 +69,14 @@ import operator
 from array import array
 import os as _os
 
-include "units/defs.pxi"       # constants: outcomes, header offsets, probe states
+from fastping import results as _results
+
+# what slot_stats() returns (the C struct SlotStats is the slot's own record); a C
+# global, so no module-dict lookup per call
+cdef type _SlotStats = _results.SlotStats
+
+include "units/kinds.pxi"      # the outcome numbering (generated from fastping.results)
+include "units/defs.pxi"       # constants: header offsets, probe states, log modes
 include "units/codec.pxi"      # checksum, SipHash cookies, the ICMP codec
 include "units/core.pxi"       # ProbeSocket: the loop every probe kind shares
 include "units/icmp.pxi"       # IcmpSocket: ICMP/ICMPv6 echo

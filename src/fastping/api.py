@@ -20,7 +20,20 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .errors import PermissionDenied, TargetError
-from .results import OUTCOME_BY_KIND, HostResult, Outcome, ProbeResult, SweepResult
+from .results import (
+    EV_CLOSED,
+    EV_DUPLICATE,
+    EV_LATE,
+    EV_REPLY,
+    EV_TIME_EXCEEDED,
+    EV_UNREACHABLE,
+    OUTCOME_BY_KIND,
+    HostResult,
+    Outcome,
+    ProbeResult,
+    SlotStats,
+    SweepResult,
+)
 from .targets import resolve
 
 # Polite defaults: a user pointing fastping at the internet without thinking
@@ -125,33 +138,41 @@ class _Plan:
         return b"".join(socket.inet_pton(fam, a) for a in self.extra[fam])
 
 
-def _host_from_stats(target: str, address: str, st: tuple[Any, ...]) -> HostResult:
-    sent, recv, dup, late, tmo, unr, texc, serr, mn, mx, sm, sq, js, jn, ttl, et, ec, rtr = st[:18]
+# events that carry an RTT (reply, duplicate, late, a closed port's RST) and those
+# from an ICMP error (whose TTL is the error's)
+_RTT_KINDS = frozenset((EV_REPLY, EV_DUPLICATE, EV_LATE, EV_CLOSED))
+_ICMP_ERROR_KINDS = frozenset((EV_UNREACHABLE, EV_TIME_EXCEEDED))
+
+
+def _host_from_stats(target: str, address: str, st: SlotStats) -> HostResult:
+    recv = st.received
     h = HostResult(
         target=target,
         address=address,
-        sent=sent + serr,
+        sent=st.sent + st.send_errors,
         received=recv,
-        duplicates=dup,
-        late=late,
-        timeouts=tmo,
-        unreachable=unr,
-        time_exceeded=texc,
-        send_errors=serr,
-        user_timed=st[18] if len(st) > 18 else 0,
+        duplicates=st.duplicates,
+        late=st.late,
+        timeouts=st.timeouts,
+        unreachable=st.unreachable,
+        time_exceeded=st.time_exceeded,
+        send_errors=st.send_errors,
+        user_timed=st.user_timed,
     )
     if recv:
-        avg = sm / recv
-        h.min_ms = mn / 1e6
-        h.max_ms = mx / 1e6
+        avg = st.sum_ns / recv
+        h.min_ms = st.min_ns / 1e6
+        h.max_ms = st.max_ns / 1e6
         h.avg_ms = avg / 1e6
-        h.stddev_ms = math.sqrt(max(sq / recv - avg * avg, 0.0)) / 1e6
-        h.jitter_ms = (js / jn / 1e6) if jn else None
-        h.ttl = ttl or None
-    if unr or texc:
-        kind = "time exceeded" if texc else "unreachable"
-        h.error = f"{kind} (type {et} code {ec}) from {rtr}"
-    elif serr and not recv:
+        h.stddev_ms = math.sqrt(max(st.sumsq_ns2 / recv - avg * avg, 0.0)) / 1e6
+        h.jitter_ms = (st.jitter_sum_ns / st.jitter_n / 1e6) if st.jitter_n else None
+        h.ttl = st.last_ttl or None
+    if st.unreachable or st.time_exceeded:
+        kind = "time exceeded" if st.time_exceeded else "unreachable"
+        h.error = (
+            f"{kind} (type {st.last_err_type} code {st.last_err_code}) from {st.last_err_router}"
+        )
+    elif st.send_errors and not recv:
         h.error = "send failed (see send_errors)"
     return h
 
@@ -394,7 +415,7 @@ def _socket_sweeps(
         for fam, offset, evs in events:
             width = socks[fam].length_at(offset)
             for ev in evs:
-                if ev[1] == 0:
+                if ev[1] == EV_REPLY:
                     j, local = divmod(ev[0], width)
                     rtts[j].setdefault((fam, offset + local), []).append(ev[3] / 1e6)
     totals: dict[str, int] = {}
@@ -1153,14 +1174,14 @@ class Pinger:
     def _result(self, ev: Any) -> ProbeResult:
         slot, kind, seq, rtt_ns, ttl, itype, icode, router, err = ev
         outcome = OUTCOME_BY_KIND[kind]
-        has_rtt = kind in (0, 5, 6, 7) and rtt_ns > 0  # reply, duplicate, late, TCP RST
+        has_rtt = kind in _RTT_KINDS and rtt_ns > 0
         return ProbeResult(
             self.target,
             self.address,
             seq,
             outcome,
             rtt_ns / 1e6 if has_rtt else None,
-            (ttl or None) if has_rtt or kind in (2, 3) else None,
+            (ttl or None) if has_rtt or kind in _ICMP_ERROR_KINDS else None,
             itype,
             icode,
             router,
@@ -1177,9 +1198,9 @@ class Pinger:
         return h
 
     @property
-    def _stats(self) -> tuple[Any, ...]:
+    def _stats(self) -> SlotStats:
         if self._sock is not None and not self._sock.closed:
-            self._last_stats: tuple[Any, ...] = self._sock.slot_stats(self._slot)
+            self._last_stats: SlotStats = self._sock.slot_stats(self._slot)
         return self._last_stats
 
     def close(self) -> None:

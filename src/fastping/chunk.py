@@ -12,7 +12,10 @@ column after the other::
     t     float64[n]  Unix seconds when the outcome was known
     rtt   float32[n]  ms; NaN when the outcome has no RTT
     seq   int32[n]    ICMP sequence number; -1 when no probe went out
-    code  uint8[n]    OUTCOME_CODE of the outcome
+    code  uint8[n]    OUTCOME_CODE of the outcome (fastping.results.EventKind):
+                      0 reply, 1 timeout, 2 unreachable, 3 time exceeded,
+                      4 send error, 5 local down, 6 resolve error, 7 duplicate,
+                      8 late, 9 closed
     ttl   uint8[n]    TTL / hop limit of the reply; 0 when none
 
 Columns (not records) because queries want one column at a time (the RTTs of the
@@ -30,25 +33,14 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from .errors import ChunkError as ChunkError  # re-exported: older code imports it from here
-from .results import Outcome
+from .results import KIND_OF, Outcome
 
 RECORD_SIZE = 18  # 8 + 4 + 4 + 1 + 1
 
-# Outcome <-> the small integer on disk (and in the core's log). Append only. The
-# core's event kinds EV_REPLY (0) and EV_TIMEOUT (1) are the same numbers, which is
-# what lets the core write chunks itself.
-OUTCOME_CODE: dict[Outcome, int] = {
-    Outcome.REPLY: 0,
-    Outcome.TIMEOUT: 1,
-    Outcome.UNREACHABLE: 2,
-    Outcome.TIME_EXCEEDED: 3,
-    Outcome.SEND_ERROR: 4,
-    Outcome.LOCAL_DOWN: 5,
-    Outcome.RESOLVE_ERROR: 6,
-    Outcome.DUPLICATE: 7,
-    Outcome.LATE: 8,
-    Outcome.CLOSED: 9,  # the core's CODE_CLOSED (its EV_CLOSED is 7, which is DUPLICATE here)
-}
+# Outcome <-> the small integer on disk: the one outcome numbering (results.EventKind,
+# append only), which is the core's event kinds too, so the core logs a kind as its
+# code and writes chunks itself. tests/test_chunk.py pins a chunk's bytes.
+OUTCOME_CODE: dict[Outcome, int] = dict(KIND_OF)
 OUTCOME_BY_CODE: dict[int, Outcome] = {v: k for k, v in OUTCOME_CODE.items()}
 
 _SWAP = sys.byteorder != "little"

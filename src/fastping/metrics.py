@@ -81,7 +81,18 @@ from ._pipeline import expo_lines
 from .chunk import OUTCOME_CODE
 from .errors import ConfigError, SocketError
 from .logs import get_logger
-from .results import Outcome, ProbeResult
+from .results import (
+    EV_CLOSED,
+    EV_DUPLICATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIME_EXCEEDED,
+    EV_TIMEOUT,
+    EV_UNREACHABLE,
+    OUTCOME_BY_KIND,
+    Outcome,
+    ProbeResult,
+)
 from .settings import parse_listen as parse_listen  # re-exported: the grammar lives there
 
 if TYPE_CHECKING:
@@ -95,35 +106,20 @@ BASE_LABELS = ("ip", "host", "source", "tos")
 _RESERVED_LABELS = frozenset(BASE_LABELS) | {"outcome", "le", "state", "job", "instance"}
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
-# fastping_results_total{outcome=...}: every kind a result can have, in this order
-# (every series exports these; ALL_OUTCOMES those of kinds with ports)
-OUTCOMES: tuple[Outcome, ...] = (
-    Outcome.REPLY,
-    Outcome.TIMEOUT,
-    Outcome.UNREACHABLE,
-    Outcome.TIME_EXCEEDED,
-    Outcome.SEND_ERROR,
-    Outcome.LOCAL_DOWN,
-    Outcome.RESOLVE_ERROR,
-    Outcome.DUPLICATE,
-    Outcome.LATE,
-)
-# a series of a kind with ports (TCP) has closed too (RSTs); an ICMP series never
-ALL_OUTCOMES: tuple[Outcome, ...] = (*OUTCOMES, Outcome.CLOSED)
+# fastping_results_total{outcome=...}: every kind a result can have, in the one
+# numbering (results.EventKind: the core's kinds, the chunks' codes), so a series'
+# counts are indexed by a kind as the core and the store number it. Every series
+# exports OUTCOMES; ALL_OUTCOMES (with closed, the RSTs) those of kinds with ports.
+ALL_OUTCOMES: tuple[Outcome, ...] = OUTCOME_BY_KIND
+OUTCOMES: tuple[Outcome, ...] = OUTCOME_BY_KIND[:EV_CLOSED]
+assert ALL_OUTCOMES[EV_CLOSED] is Outcome.CLOSED and len(ALL_OUTCOMES) == EV_CLOSED + 1
 _N_ICMP_OUTCOMES = len(OUTCOMES)
-# one numbering: a series' counts are indexed as the core and the chunks number outcomes
 _IDX = OUTCOME_CODE
-assert [_IDX[o] for o in ALL_OUTCOMES] == list(range(len(ALL_OUTCOMES)))
+_I_REPLY, _I_TIMEOUT, _I_UNREACH, _I_TEXC = EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED
+_I_SENDERR, _I_DUP, _I_CLOSED = EV_SEND_ERROR, EV_DUPLICATE, EV_CLOSED
 # the kinds counted per result (observe) rather than read from the core at scrape time
 OBSERVED_KINDS = frozenset({"dns"})  # the rcode of each answer
 _log = get_logger("fastping.metrics")
-_I_REPLY = _IDX[Outcome.REPLY]
-_I_TIMEOUT = _IDX[Outcome.TIMEOUT]
-_I_UNREACH = _IDX[Outcome.UNREACHABLE]
-_I_TEXC = _IDX[Outcome.TIME_EXCEEDED]
-_I_SENDERR = _IDX[Outcome.SEND_ERROR]
-_I_DUP = _IDX[Outcome.DUPLICATE]
-_I_CLOSED = _IDX[Outcome.CLOSED]
 # with targets of more than ICMP, every series has these after BASE_LABELS: the probe
 # kind ("icmp", "tcp") and port ("" for ICMP); ``host`` is then the host alone
 KIND_LABELS = ("kind", "port")

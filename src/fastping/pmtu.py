@@ -294,12 +294,12 @@ class _Prober:
                 per: dict[str, _Seen] = {}
                 for i, a in enumerate(addrs):
                     st = s.slot_stats(i)
-                    seen = _Seen(sent=st[0], replies=st[1], send_errors=st[7])
-                    seen.reply_ttl = st[14] if st[1] else None
-                    etype, ecode, router = st[15], st[16], st[17]
-                    if st[6]:
+                    seen = _Seen(sent=st.sent, replies=st.received, send_errors=st.send_errors)
+                    seen.reply_ttl = st.last_ttl if st.received else None
+                    etype, ecode, router = st.last_err_type, st.last_err_code, st.last_err_router
+                    if st.time_exceeded:
                         seen.texc_router = router if etype == texc else None
-                    if st[5]:
+                    if st.unreachable:
                         v6 = self.family == socket.AF_INET6
                         if etype == frag_type and (v6 or ecode == frag_code):
                             seen.mtu = s.slot_mtu(i)

@@ -29,6 +29,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# the core's event kinds (one numbering: results.EventKind) and its slot_stats row
+from .results import (
+    EV_CLOSED,
+    EV_LATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIMEOUT,
+    EV_UNREACHABLE,
+    SlotStats,
+)
+
 if TYPE_CHECKING:
     from .results import HostResult
 
@@ -388,11 +399,7 @@ def sweep_rounds(
 # engine.IcmpSocketLike names) on connect() probes: one non-blocking socket per probe
 # in flight, all on one epoll whose descriptor the event loop watches.
 
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_SEND_ERROR, EV_LATE, EV_CLOSED = 0, 1, 2, 4, 6, 7
-# the core's slot_stats order: sent, received, dup, late, timeouts, unreach, texc, senderr
-_S_SENT, _S_RECV, _S_DUP, _S_LATE, _S_TMO, _S_UNREACH, _S_TEXC, _S_SENDERR = range(8)
 _LOGGED_KINDS = (EV_REPLY, EV_TIMEOUT, EV_CLOSED)  # what the core logs (and quiet mode hides)
-_CODE_CLOSED = 9  # chunk.OUTCOME_CODE[Outcome.CLOSED]
 _CONNECT_OPTIONS = ("source", "ttl", "tos", "log_max")
 
 
@@ -407,15 +414,18 @@ def _raise_nofile() -> None:
 
 class _Slot:
     __slots__ = (
-        "address", "port", "stats", "closed", "min_ns", "max_ns", "sum_ns", "sumsq",
-        "jit_ns", "last_rtt_ns", "last_kind", "last_t_ns", "next_serial", "timeout_ns",
-        "out", "last_errno", "hist", "hist_sum",
+        "address", "port", "sent", "received", "late", "timeouts", "unreachable",
+        "send_errors", "closed", "min_ns", "max_ns", "sum_ns", "sumsq", "jit_ns",
+        "last_rtt_ns", "last_kind", "last_t_ns", "next_serial", "timeout_ns", "out",
+        "last_errno", "hist", "hist_sum",
     )  # fmt: skip
 
     def __init__(self, address: str, port: int) -> None:
         self.address = address
         self.port = port
-        self.stats = [0] * 8
+        # SlotStats' counts (a connect() probe has no duplicate, no time exceeded)
+        self.sent = self.received = self.late = self.timeouts = 0
+        self.unreachable = self.send_errors = 0
         self.closed = 0
         self.min_ns = self.max_ns = self.sum_ns = self.jit_ns = 0
         self.sumsq = 0.0
@@ -560,12 +570,14 @@ class ConnectSocket:
     def slot_closed(self, slot: int) -> int:
         return self._slot(slot).closed
 
-    def slot_stats(self, slot: int) -> tuple[int | float | str | None, ...]:
+    def slot_stats(self, slot: int) -> SlotStats:
         st = self._slot(slot)
-        s = st.stats
-        recv = s[_S_RECV]
-        return (*s, st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_ns,
-                recv - 1 if recv > 1 else 0, 0, 0, 0, None, recv)  # fmt: skip
+        recv = st.received
+        return SlotStats(
+            st.sent, recv, 0, st.late, st.timeouts, st.unreachable, 0, st.send_errors,
+            st.min_ns, st.max_ns, st.sum_ns, st.sumsq, st.jit_ns, recv - 1 if recv > 1 else 0,
+            0, 0, 0, None, recv,
+        )  # fmt: skip
 
     def set_rtt_buckets(self, bounds_ns: Iterable[int]) -> None:
         """Per-slot histograms of open answers' RTTs (the core's set_rtt_buckets)."""
@@ -666,14 +678,14 @@ class ConnectSocket:
         rc = sock.connect_ex((st.address, st.port))
         if rc in (0, _errno.EINPROGRESS):
             self._c["sent"] += 1
-            st.stats[_S_SENT] += 1
+            st.sent += 1
             self._live[fd] = (sock, s, serial, t0)
             st.out.append(fd)
             self._ep.register(fd, select.EPOLLOUT)
             return
         if rc == _errno.ECONNREFUSED:  # refused within connect() itself: an answer
             self._c["sent"] += 1
-            st.stats[_S_SENT] += 1
+            st.sent += 1
             rtt = time.perf_counter_ns() - t0
             sock.close()
             self._answer(out, s, st, serial, rtt, closed=True)
@@ -683,7 +695,7 @@ class ConnectSocket:
 
     def _send_error(self, out: list[Any], s: int, st: _Slot, serial: int, err: int) -> None:
         self._c["send_errors"] += 1
-        st.stats[_S_SENDERR] += 1
+        st.send_errors += 1
         st.last_errno = err
         st.last_kind = EV_SEND_ERROR
         st.last_t_ns = time.time_ns()
@@ -710,7 +722,7 @@ class ConnectSocket:
                 self._answer(out, s, st, serial, t1 - t0, closed=outcome == CLOSED)
             elif outcome == UNREACHABLE:
                 self._c["unreachable"] += 1
-                st.stats[_S_UNREACH] += 1
+                st.unreachable += 1
                 st.last_errno = err
                 st.last_kind = EV_UNREACHABLE
                 st.last_t_ns = time.time_ns()
@@ -728,11 +740,11 @@ class ConnectSocket:
         if tmo > 0 and rtt > tmo:  # slower than its target's timeout: a timeout, then late
             self._final(out, s, EV_TIMEOUT, serial, 0)
             self._c["late"] += 1
-            st.stats[_S_LATE] += 1
+            st.late += 1
             out.append((s, EV_LATE, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))
             return
-        recv = st.stats[_S_RECV]
-        st.stats[_S_RECV] = recv + 1
+        recv = st.received
+        st.received = recv + 1
         self._c["received"] += 1
         if recv == 0 or rtt < st.min_ns:
             st.min_ns = rtt
@@ -757,7 +769,7 @@ class ConnectSocket:
         assert st is not None
         if kind == EV_TIMEOUT:
             self._c["timeouts"] += 1
-            st.stats[_S_TMO] += 1
+            st.timeouts += 1
         same = st.last_kind == kind
         st.last_kind = kind
         st.last_t_ns = time.time_ns()
@@ -765,9 +777,9 @@ class ConnectSocket:
             if len(self._log) >= self.log_max:
                 self._c["log_dropped"] += 1
             else:
-                code = _CODE_CLOSED if kind == EV_CLOSED else kind
                 rtt_ms = rtt / 1e6 if kind != EV_TIMEOUT else None
-                self._log.append((s, st.last_t_ns / 1e9, rtt_ms, serial & 0xFFFF, code))
+                # a kind is its chunk code (one numbering: results.EventKind)
+                self._log.append((s, st.last_t_ns / 1e9, rtt_ms, serial & 0xFFFF, kind))
             if same and self._log_mode == 1:
                 return
         out.append((s, kind, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))

@@ -292,14 +292,14 @@ def sweep_dns(
                 st = s.slot_stats(slot)
                 results[i] = DnsResult(
                     targets[i],
-                    st[0],
-                    st[1],
-                    st[5],
-                    st[8],
-                    st[9],
-                    st[10],
+                    st.sent,
+                    st.received,
+                    st.unreachable,
+                    st.min_ns,
+                    st.max_ns,
+                    st.sum_ns,
                     s.slot_dns(slot),
-                    (st[15], st[16], st[17]),
+                    (st.last_err_type, st.last_err_code, st.last_err_router),
                 )
             _add_totals(totals, s.totals())
     return [r for r in results if r is not None], totals

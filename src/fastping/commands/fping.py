@@ -35,13 +35,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
+# IcmpSocket's event kinds (the one numbering, fastping.results.EventKind)
+from ..results import (
+    EV_DUPLICATE,
+    EV_REPLY,
+    EV_SEND_ERROR,
+    EV_TIME_EXCEEDED,
+    EV_TIMEOUT,
+    EV_UNREACHABLE,
+)
+
 PROG = "fping"
 EXIT_USAGE = 1  # what fping 5.1 exits with on a usage error (its man page says 3)
 EXIT_REFUSED = 3  # an option fping has that fastping-fping cannot honour
 EXIT_SYSTEM = 4
 
-# event kinds of IcmpSocket (fastping._icmp.EV_*)
-EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_SEND_ERROR, EV_DUP, EV_LATE = range(7)
 
 # fping.c's icmp_unreach_str: RFC 792 destination-unreachable codes
 _UNREACH = (
@@ -794,7 +802,7 @@ def _run_default(plan: Plan, o: Options, out: Out, totals: Totals, timeout_s: fl
                     _icmp_error(out, totals, o, ev, labels[gi[ev[0]]], fam)
                 elif kind in (EV_TIMEOUT, EV_SEND_ERROR):
                     totals.timeouts += 1
-                elif kind == EV_DUP:
+                elif kind == EV_DUPLICATE:
                     totals.received += 1  # fping counts them among the replies
                     out.err(_dup_line(labels[gi[ev[0]]], ev[2], o.size, ev[3]))
         for fam in plan.socks:
@@ -991,7 +999,7 @@ def _run_count(
                                     f"({avg} avg, {loss}% loss)",
                                 )
                             )
-                    elif kind == EV_DUP:
+                    elif kind == EV_DUPLICATE:
                         totals.received += 1
                         # fping 5.1 reports duplicates only where it prints no line per
                         # reply (-q, -a, -u, -x)
@@ -1051,21 +1059,22 @@ def _round_from_stats(
             st = stats(slot)
             i = gi[slot]
             sent[i] += 1
-            if st[2] != dups[i]:
-                totals.received += st[2] - dups[i]
-                dups[i] = st[2]
+            if st.duplicates != dups[i]:
+                totals.received += st.duplicates - dups[i]
+                dups[i] = st.duplicates
                 dup_hosts.append(i)
-            bad = st[5] + st[6] if fam == socket.AF_INET else 0  # see _icmp_error
+            # see _icmp_error
+            bad = st.unreachable + st.time_exceeded if fam == socket.AF_INET else 0
             if bad != other[i]:
                 totals.other_icmp += bad - other[i]
                 other[i] = bad
-            if st[1] > recv[i]:
-                total_ms = st[10] / 1e6
+            if st.received > recv[i]:
+                total_ms = st.sum_ns / 1e6
                 ms = total_ms - sm[i]
-                recv[i] = st[1]
+                recv[i] = st.received
                 sm[i] = total_ms
-                mn[i] = st[8] / 1e6
-                mx[i] = st[9] / 1e6
+                mn[i] = st.min_ns / 1e6
+                mx[i] = st.max_ns / 1e6
                 got += 1
                 rsum += ms
                 if ms < rmin:

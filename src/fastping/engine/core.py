@@ -92,7 +92,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-# The core's event kinds; the order is OUTCOME_BY_KIND's.
+# The core's event kinds: results.EventKind's numbers (OUTCOME_BY_KIND's index).
 from .._icmp import (
     EV_CLOSED,
     EV_DUPLICATE,
@@ -183,17 +183,20 @@ DEFAULT_STOP_FLUSH_S = 10.0
 # A re-resolution that failed for a name with a known address is retried sooner.
 _RERESOLVE_RETRY_S = 30.0
 
-# the status an event of each kind gives its target (indexed by the core's EV_* kind)
-_STATUS_BY_KIND = (
-    STATUS_UP,
-    STATUS_DOWN,
-    STATUS_DOWN,
-    STATUS_DOWN,
-    STATUS_ERROR,
-    None,  # duplicate: no change
-    None,  # late: no change
-    STATUS_DOWN,  # closed: the host answered, the service is not there
-)
+# a target's status after an outcome (None: no change), and indexed by event kind
+_STATUS_OF: dict[Outcome, str | None] = {
+    Outcome.REPLY: STATUS_UP,
+    Outcome.TIMEOUT: STATUS_DOWN,
+    Outcome.UNREACHABLE: STATUS_DOWN,
+    Outcome.TIME_EXCEEDED: STATUS_DOWN,
+    Outcome.SEND_ERROR: STATUS_ERROR,
+    Outcome.LOCAL_DOWN: STATUS_LOCAL_DOWN,  # engine-made, as RESOLVE_ERROR
+    Outcome.RESOLVE_ERROR: STATUS_ERROR,
+    Outcome.DUPLICATE: None,
+    Outcome.LATE: None,
+    Outcome.CLOSED: STATUS_DOWN,  # the host answered, the service is not there
+}
+_STATUS_BY_KIND = tuple(_STATUS_OF[o] for o in OUTCOME_BY_KIND)
 # Outcomes that prove the probe left the host: they reset the error backoff.
 _LEFT_HOST = frozenset((EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED, EV_CLOSED))
 # the kinds the core logs (and the store gets from the log): replies, timeouts, closed
@@ -667,10 +670,9 @@ class MonitoringEngine:
         if sock is None or t.slot is None:
             return 0, 0, None
         st = sock.slot_stats(t.slot)
-        # (sent, received, duplicates, late, timeouts, unreachable, time_exceeded, send_errors)
-        done = st[1] + st[4] + st[5] + st[6] + st[7]
+        done = st.received + st.timeouts + st.unreachable + st.time_exceeded + st.send_errors
         # a closed port answered (it is in received) but did not reply: not received here
-        received = st[1] - sock.slot_closed(t.slot) if t.port else st[1]
+        received = st.received - sock.slot_closed(t.slot) if t.port else st.received
         kind, rtt_ns, _ = sock.slot_last(t.slot)
         return done, received, (rtt_ns / 1e6 if kind == EV_REPLY else None)
 
@@ -694,18 +696,17 @@ class MonitoringEngine:
         if slot is not None and sock is not None:
             st = sock.slot_stats(slot)
             closed = sock.slot_closed(slot) if t.port else 0
-            # (sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
-            # send_errors, ...): a closed port's answer is in received
-            counts[_C_REPLY] += st[1] - closed
-            counts[_C_DUP] += st[2]
-            counts[_C_LATE] += st[3]
-            counts[_C_TIMEOUT] += st[4]
-            counts[_C_UNREACH] += st[5]
-            counts[_C_TEXC] += st[6]
-            counts[_C_SENDERR] += st[7]
+            # a closed port's answer is in received
+            counts[_C_REPLY] += st.received - closed
+            counts[_C_DUP] += st.duplicates
+            counts[_C_LATE] += st.late
+            counts[_C_TIMEOUT] += st.timeouts
+            counts[_C_UNREACH] += st.unreachable
+            counts[_C_TEXC] += st.time_exceeded
+            counts[_C_SENDERR] += st.send_errors
             counts[_C_CLOSED] += closed
-            if st[1] > closed:
-                ttl = st[14]
+            if st.received > closed:
+                ttl = st.last_ttl
             sb = getattr(sock, "slot_buckets", None)
             got = sb(slot) if sb is not None else None
             if got is not None:

@@ -876,7 +876,8 @@ cdef class ProbeSocket:
         return tuple([row[i] for i in range(self.hist_n + 1)]), row[self.hist_n + 1]
 
     def slot_stats(self, uint32_t slot):
-        """(sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
+        """The slot's figures as a ``fastping.results.SlotStats`` (its fields, in
+        order: sent, received, duplicates, late, timeouts, unreachable, time_exceeded,
         send_errors, min_ns, max_ns, sum_ns, sumsq_ns2, jitter_sum_ns, jitter_n,
         last_ttl, last_err_type, last_err_code, last_err_router, user_timed): user_timed
         counts the replies whose RTT starts at a user-space send time (no kernel TX
@@ -889,10 +890,13 @@ cdef class ProbeSocket:
         router = _ntop(self.family, r.router) if r.has_router else None
         # without kernel TX timestamps every reply is timed from user space
         user_timed = rr.user_timed if self.ts_mode >= TS_KERNEL_ID else r.received
-        return (r.sent, r.received, r.dup, r.late, r.timeouts, r.unreach, r.texc,
-                r.senderr, r.min_ns, r.max_ns, r.sum_ns, r.sumsq, r.jit_sum_ns,
-                r.received - 1 if r.received > 1 and self.recent != NULL else 0, r.ttl,
-                r.err_type, r.err_code, router, user_timed)
+        # tuple.__new__ (Cython calls tuple's tp_new), not SlotStats(...): the same
+        # NamedTuple without the Python-level __new__ the class makes for keywords
+        return tuple.__new__(_SlotStats, (
+            r.sent, r.received, r.dup, r.late, r.timeouts, r.unreach, r.texc,
+            r.senderr, r.min_ns, r.max_ns, r.sum_ns, r.sumsq, r.jit_sum_ns,
+            r.received - 1 if r.received > 1 and self.recent != NULL else 0, r.ttl,
+            r.err_type, r.err_code, router, user_timed))
 
     cdef void _row(self, uint32_t s, SlotRow *r) noexcept nogil:
         # slot s's figures gathered from its columns into one exported row
@@ -1098,8 +1102,7 @@ cdef class ProbeSocket:
         r.rtt_ms = <float>(<double>rtt / 1e6) if kind == C_EV_REPLY or kind == C_EV_CLOSED else NAN
         r.slot = slot
         r.seq = <uint16_t>(serial & 0xFFFF)
-        # EV_REPLY / EV_TIMEOUT are chunk.OUTCOME_CODE's numbers; EV_CLOSED is not
-        r.code = CODE_CLOSED if kind == C_EV_CLOSED else kind
+        r.code = kind    # a kind is its chunk code (one numbering: fastping.results.EventKind)
         r.ttl = <uint8_t>ttl if kind != C_EV_TIMEOUT and 0 <= ttl <= 255 else 0
 
     cdef inline void _set_last(self, uint32_t slot, uint8_t kind, int64_t t) noexcept nogil:

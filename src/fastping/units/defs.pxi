@@ -12,24 +12,9 @@ cdef enum:
     ICMP6_ECHO_REQUEST = 128
     ICMP6_ECHO_REPLY = 129
 
-EV_REPLY = 0
-EV_TIMEOUT = 1
-EV_UNREACHABLE = 2
-EV_TIME_EXCEEDED = 3
-EV_SEND_ERROR = 4
-EV_DUPLICATE = 5
-EV_LATE = 6
-EV_CLOSED = 7        # a probe kind with ports: the port answered "closed" (TCP RST)
-
-DEF C_EV_REPLY = 0
-DEF C_EV_TIMEOUT = 1
-DEF C_EV_UNREACHABLE = 2
-DEF C_EV_TIME_EXCEEDED = 3
-DEF C_EV_SEND_ERROR = 4
-DEF C_EV_DUPLICATE = 5
-DEF C_EV_LATE = 6
-DEF C_EV_CLOSED = 7
-DEF CODE_CLOSED = 9          # C_EV_CLOSED in the outcome log (fastping.chunk.OUTCOME_CODE)
+# The event kinds (C_EV_* for C, EV_* for Python) are in units/kinds.pxi, written by
+# setup.py from fastping.results.EventKind: the one outcome numbering, the same numbers
+# as a chunk's codes (fastping.chunk.OUTCOME_CODE), so the log stores a kind as it is.
 DEF LAST_NONE = 0xFF         # SlotStats.last_kind before a slot's first final outcome
 DEF SF_WIDE = 1              # SlotStats.flags: the slot's RTT range is in its SlotRare
 DEF RTT_NARROW_MAX = 0xFFFFFFFF  # the widest RTT (ns) SlotStats.min_rtt/max_rtt hold
