@@ -17,10 +17,12 @@ from fastping.results import (
     EV_TIME_EXCEEDED,
     EV_TIMEOUT,
     EV_UNREACHABLE,
+    CoreEvent,
     ProbeResult,
     SlotStats,
 )
 
+_NO_ERROR = (None, None, None, None)  # an event's ICMP type, code, router and errno
 # the SlotStats count (and the totals() counter, same name) each event kind adds to
 _COUNT_OF = {
     EV_REPLY: "received",
@@ -273,7 +275,8 @@ class FakeIcmpSocket:
             seq = self._seq[s] = (self._seq[s] + 1) & 0xFFFF
             self.sends.append((t_now, addr))
             if addr in self.refuse:
-                self._final((s, EV_SEND_ERROR, seq, 0, 0, 0, 0, None, self.refuse_errno), out)
+                err = self.refuse_errno
+                self._final(CoreEvent(s, EV_SEND_ERROR, seq, 0, None, None, None, None, err), out)
                 continue
             self.counts["sent"] += 1
             self._stats[s]["sent"] += 1
@@ -283,10 +286,10 @@ class FakeIcmpSocket:
                 self._outstanding[(s, seq)] = t_now
             elif self.rtt_ns > self._slot_timeout_ns.get(s, self.rtt_ns):
                 # slower than the slot's timeout: the probe times out, the reply is late
-                self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
-                self._pending.append((s, EV_LATE, seq, self.rtt_ns, 64, 0, 0, None, 0))
+                self._final(CoreEvent(s, EV_TIMEOUT, seq, 0, None, None, None, None, None), out)
+                self._pending.append(CoreEvent(s, EV_LATE, seq, self.rtt_ns, 64, *_NO_ERROR))
             else:
-                self._pending.append((s, EV_REPLY, seq, self.rtt_ns, 64, 0, 0, None, 0))
+                self._pending.append(CoreEvent(s, EV_REPLY, seq, self.rtt_ns, 64, *_NO_ERROR))
         return out
 
     def recv(self, max_packets: int = 0) -> list[tuple[Any, ...]]:
@@ -304,7 +307,7 @@ class FakeIcmpSocket:
             limit = min(timeout_s, self._slot_timeout_ns.get(s, 10**18) / 1e9)
             if t_now - t0 >= limit:
                 del self._outstanding[(s, seq)]
-                self._final((s, EV_TIMEOUT, seq, 0, 0, 0, 0, None, 0), out)
+                self._final(CoreEvent(s, EV_TIMEOUT, seq, 0, None, None, None, None, None), out)
         return out
 
     def totals(self) -> dict[str, int]:

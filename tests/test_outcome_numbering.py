@@ -191,3 +191,37 @@ def test_the_connect_socket_counts_by_name_and_logs_closed_as_its_code(
     assert so.min_ns <= so.max_ns and so.sum_ns >= 2 * so.min_ns > 0 and so.jitter_n == 1
     assert codes == {op: [0, 0], cl: [9, 9]}  # the stored codes of reply and closed
     assert codes[cl][0] == chunk.OUTCOME_CODE[Outcome.CLOSED] == _icmp.EV_CLOSED
+
+
+@needs_root
+def test_events_are_core_events_by_name_from_every_socket() -> None:
+    """send / recv / expire / sweep(events=True) return results.CoreEvent: a reply
+    with its TTL and no error fields, a send error with its errno, named alike by the
+    core and the connect() fallback."""
+    from fastping.results import CoreEvent
+
+    with _icmp.IcmpSocket(socket.AF_INET) as s:
+        s.add_target("127.0.0.1")
+        evs = s.sweep(count=1, timeout_s=1.0, events=True) or []
+        (e,) = evs
+        assert type(e) is CoreEvent and e.kind == EventKind.REPLY and e.slot == 0
+        assert e.rtt_ns > 0 and e.ttl == 64 and e.errno is None
+        assert (e.icmp_type, e.icmp_code, e.router) == (None, None, None)
+        assert tuple(e) == (e.slot, e.kind, e.seq, e.rtt_ns, e.ttl, None, None, None, None)
+    with tcpconnect.ConnectSocket(socket.AF_INET) as cs:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        try:
+            slot = cs.add_target("127.0.0.1", listener.getsockname()[1])
+            got = cs.send([slot])
+            for _ in range(200):
+                if got:
+                    break
+                time.sleep(0.005)
+                got = cs.recv()
+        finally:
+            listener.close()
+        (c,) = got
+        assert type(c) is CoreEvent and c.kind == EventKind.REPLY and c.rtt_ns > 0
+        assert c.ttl is None and c.errno is None  # connect() sees no TTL

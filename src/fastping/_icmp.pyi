@@ -42,7 +42,7 @@ from typing import Any, Final
 
 from typing_extensions import Self, disjoint_base
 
-from .results import SlotStats
+from .results import CoreEvent, SlotStats
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -194,7 +194,7 @@ class ProbeSocket:
         rate_pps: float = 0.0,
         slots: Sequence[int] | None = None,
         events: bool = False,
-    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]] | None:
+    ) -> list[CoreEvent] | None:
         """Send ``count`` rounds to every slot (rounds ``interval_s`` apart,
         probes paced at ``rate_pps``, 0 = flat out), drain replies interleaved,
         wait ``timeout_s`` after the last send. With ``events`` the per-probe
@@ -231,7 +231,7 @@ class ProbeSocket:
     # -- non-blocking pieces for the asyncio engine ------------------------
     def send(
         self, slots: Iterable[int], drain: bool = True, due_ns: int = 0
-    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+    ) -> list[CoreEvent]:
         """Send one probe to each slot now (sendmmsg batches). With ``drain`` the
         socket is drained after every batch. ``due_ns`` (CLOCK_REALTIME ns): when
         these probes were scheduled; how late each left is counted in lateness().
@@ -240,7 +240,7 @@ class ProbeSocket:
         the replies drained meanwhile."""
     def recv(
         self, max_packets: int = 0
-    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+    ) -> list[CoreEvent]:
         """Drain queued packets without blocking (0 = until empty)."""
     def wait(self, timeout_s: float) -> bool:
         """Block (GIL released) until readable or ``timeout_s`` passes."""
@@ -252,7 +252,7 @@ class ProbeSocket:
     def set_rcvbuf(self, nbytes: int) -> None: ...
     def expire(
         self, timeout_s: float
-    ) -> list[tuple[int, int, int, int, int, int, int, str | None, int]]:
+    ) -> list[CoreEvent]:
         """EV_TIMEOUT for every outstanding probe older than ``timeout_s`` (or than
         its slot's own timeout, set_slot_timeout, when that is shorter); in quiet mode
         only the timeouts that change a slot's last outcome are returned."""

@@ -74,6 +74,7 @@ from fastping import results as _results
 # what slot_stats() returns (the C struct SlotStats is the slot's own record); a C
 # global, so no module-dict lookup per call
 cdef type _SlotStats = _results.SlotStats
+cdef type _CoreEvent = _results.CoreEvent     # what send / recv / expire return
 
 include "units/kinds.pxi"      # the outcome numbering (generated from fastping.results)
 include "units/defs.pxi"       # constants: header offsets, probe states, log modes

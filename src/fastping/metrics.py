@@ -282,11 +282,9 @@ class _StateClock:
 
 
 def _network_state(engine: MonitoringEngine) -> str:
-    net = engine.network
-    if net is None:
-        return "unknown"
-    st = getattr(net, "state", None)
-    name = str(getattr(st, "value", st)).lower()
+    from .engine.contracts import network_state
+
+    name = network_state(engine.network)
     return name if name in NETWORK_STATES else "unknown"
 
 

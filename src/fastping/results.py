@@ -83,6 +83,22 @@ def kinds_pxi() -> str:
     return "\n".join(lines) + "\n"
 
 
+class CoreEvent(NamedTuple):
+    """One event of a probe socket (``send``, ``recv``, ``expire``, ``sweep(events=
+    True)``; the Python sockets return the same): what became of one probe, or an
+    extra answer to it. ``kind`` is an :class:`EventKind` number."""
+
+    slot: int
+    kind: int
+    seq: int  # the probe's sequence number (16 bits)
+    rtt_ns: int  # replies, closed ports, duplicates and late replies; else 0
+    ttl: int | None  # the answer's TTL / hop limit; None when the kernel gave none
+    icmp_type: int | None  # unreachable / time exceeded only
+    icmp_code: int | None
+    router: str | None  # who sent the ICMP error, when it was not the target
+    errno: int | None  # send errors (and connect() failures) only
+
+
 class SlotStats(NamedTuple):
     """One slot's figures as the core keeps them (``ProbeSocket.slot_stats``; the
     Python sockets return the same). Counts are since the slot was added (or reset);

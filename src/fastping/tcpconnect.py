@@ -27,7 +27,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # the core's event kinds (one numbering: results.EventKind) and its slot_stats row
 from .results import (
@@ -37,6 +37,7 @@ from .results import (
     EV_SEND_ERROR,
     EV_TIMEOUT,
     EV_UNREACHABLE,
+    CoreEvent,
     SlotStats,
 )
 
@@ -637,10 +638,10 @@ class ConnectSocket:
         ]  # fmt: skip
 
     # -- probing ------------------------------------------------------------------
-    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]:
+    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[CoreEvent]:
         """One connect() per slot now; returns send errors, timeouts of probes pushed
         out of a full window and (with ``drain``) the answers already in."""
-        out: list[Any] = []
+        out: list[CoreEvent] = []
         for s in slots:
             st = self._slot(s)
             if len(st.out) >= self.window:  # the oldest gives its place: a timeout
@@ -655,7 +656,7 @@ class ConnectSocket:
             out.extend(self.recv())
         return out
 
-    def _start(self, out: list[Any], s: int, st: _Slot, serial: int) -> None:
+    def _start(self, out: list[CoreEvent], s: int, st: _Slot, serial: int) -> None:
         try:
             sock = socket.socket(self.family, socket.SOCK_STREAM)
         except OSError as e:  # EMFILE / ENFILE / ENOBUFS: nothing left the host
@@ -693,17 +694,17 @@ class ConnectSocket:
         sock.close()  # no route, no source address...: the SYN never left
         self._send_error(out, s, st, serial, rc)
 
-    def _send_error(self, out: list[Any], s: int, st: _Slot, serial: int, err: int) -> None:
+    def _send_error(self, out: list[CoreEvent], s: int, st: _Slot, serial: int, err: int) -> None:
         self._c["send_errors"] += 1
         st.send_errors += 1
         st.last_errno = err
         st.last_kind = EV_SEND_ERROR
         st.last_t_ns = time.time_ns()
-        out.append((s, EV_SEND_ERROR, serial & 0xFFFF, 0, 0, 0, 0, None, err))
+        out.append(CoreEvent(s, EV_SEND_ERROR, serial & 0xFFFF, 0, None, None, None, None, err))
 
-    def recv(self, max_packets: int = 0) -> list[Any]:
+    def recv(self, max_packets: int = 0) -> list[CoreEvent]:
         """The handshakes that ended since the last call (0 = all of them)."""
-        out: list[Any] = []
+        out: list[CoreEvent] = []
         if self._closed:
             return out
         for fd, _ev in self._ep.poll(0, maxevents=max_packets if max_packets > 0 else -1):
@@ -726,7 +727,8 @@ class ConnectSocket:
                 st.last_errno = err
                 st.last_kind = EV_UNREACHABLE
                 st.last_t_ns = time.time_ns()
-                out.append((s, EV_UNREACHABLE, serial & 0xFFFF, 0, 0, None, None, None, err))
+                seq = serial & 0xFFFF
+                out.append(CoreEvent(s, EV_UNREACHABLE, seq, 0, None, None, None, None, err))
             elif outcome == FILTERED:  # the kernel gave up first (ETIMEDOUT)
                 self._final(out, s, EV_TIMEOUT, serial, 0)
             else:  # another local error
@@ -734,14 +736,14 @@ class ConnectSocket:
         return out
 
     def _answer(
-        self, out: list[Any], s: int, st: _Slot, serial: int, rtt: int, closed: bool
+        self, out: list[CoreEvent], s: int, st: _Slot, serial: int, rtt: int, closed: bool
     ) -> None:
         tmo = st.timeout_ns
         if tmo > 0 and rtt > tmo:  # slower than its target's timeout: a timeout, then late
             self._final(out, s, EV_TIMEOUT, serial, 0)
             self._c["late"] += 1
             st.late += 1
-            out.append((s, EV_LATE, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))
+            out.append(CoreEvent(s, EV_LATE, serial & 0xFFFF, rtt, None, None, None, None, None))
             return
         recv = st.received
         st.received = recv + 1
@@ -762,7 +764,7 @@ class ConnectSocket:
             st.hist_sum += rtt
         self._final(out, s, EV_CLOSED if closed else EV_REPLY, serial, rtt)
 
-    def _final(self, out: list[Any], s: int, kind: int, serial: int, rtt: int) -> None:
+    def _final(self, out: list[CoreEvent], s: int, kind: int, serial: int, rtt: int) -> None:
         """A reply, closed port or timeout: counted, logged, returned unless quiet mode
         hides it (same kind as the slot's last final outcome), as the core does."""
         st = self._slots[s]
@@ -782,7 +784,7 @@ class ConnectSocket:
                 self._log.append((s, st.last_t_ns / 1e9, rtt_ms, serial & 0xFFFF, kind))
             if same and self._log_mode == 1:
                 return
-        out.append((s, kind, serial & 0xFFFF, rtt, 0, 0, 0, None, 0))
+        out.append(CoreEvent(s, kind, serial & 0xFFFF, rtt, None, None, None, None, None))
 
     def _drop(self, fd: int, then: Callable[[int, int], None] | None = None) -> None:
         """Close probe ``fd`` (a RST if it got so far) and forget it; ``then(slot,
@@ -801,10 +803,10 @@ class ConnectSocket:
         if then is not None:
             then(s, serial)
 
-    def expire(self, timeout_s: float) -> list[Any]:
+    def expire(self, timeout_s: float) -> list[CoreEvent]:
         """EV_TIMEOUT for every probe in flight longer than ``timeout_s``, or than its
         slot's own timeout when that is shorter; its socket is closed."""
-        out: list[Any] = []
+        out: list[CoreEvent] = []
         now = time.perf_counter_ns()
         limit = int(timeout_s * 1e9)
         for fd, (_, s, _serial, t0) in list(self._live.items()):

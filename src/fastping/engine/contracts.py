@@ -14,11 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from ..results import CoreEvent as CoreEvent  # what a socket's send / recv / expire return
 from ..results import ProbeResult, SlotStats
-
-# One event of the core (send / recv / expire):
-# (slot, kind, seq, rtt_ns, ttl, icmp_type, icmp_code, router, errno)
-CoreEvent = tuple[int, int, int, int, int, int, int, "str | None", int]
 
 
 class IcmpSocketLike(Protocol):
@@ -28,10 +25,12 @@ class IcmpSocketLike(Protocol):
     def close(self) -> None: ...
     def add_target(self, address: str, port: int = 0) -> int: ...
     def remove_target(self, slot: int) -> None: ...
-    def send(self, slots: Iterable[int], drain: bool = True, due_ns: int = 0) -> list[Any]: ...
+    def send(
+        self, slots: Iterable[int], drain: bool = True, due_ns: int = 0
+    ) -> list[CoreEvent]: ...
     def lateness(self) -> tuple[int, int, int, tuple[int, ...]]: ...
-    def recv(self, max_packets: int = 0) -> list[Any]: ...
-    def expire(self, timeout_s: float) -> list[Any]: ...
+    def recv(self, max_packets: int = 0) -> list[CoreEvent]: ...
+    def expire(self, timeout_s: float) -> list[CoreEvent]: ...
     def totals(self) -> dict[str, int]: ...
     def set_log(self, mode: int) -> None: ...
     def take_log(self, slot: int = -1) -> list[tuple[int, bytes]]: ...
@@ -74,11 +73,17 @@ class NetworkMonitorLike(Protocol):
     def state(self) -> object: ...
 
 
+def network_state(network: NetworkMonitorLike | None) -> str:
+    """What ``network`` says of our own network, lower case ("up", "degraded",
+    "down", "unknown", ...: a ``NetworkState``'s name or a plain string); "unknown"
+    without a monitor."""
+    if network is None:
+        return "unknown"
+    st = getattr(network, "state", None)
+    return str(getattr(st, "name", st)).lower()
+
+
 def network_is_down(network: NetworkMonitorLike | None) -> bool:
     """True when ``network`` says our own network is down (``state`` DOWN); False
     without a monitor, or in any other state (unknown, degraded, up)."""
-    if network is None:
-        return False
-    st = getattr(network, "state", None)
-    name = getattr(st, "name", st)
-    return str(name).upper() == "DOWN"
+    return network_state(network) == "down"

@@ -1038,15 +1038,19 @@ cdef class ProbeSocket:
     cdef list _take_events(self):
         cdef Py_ssize_t i
         cdef Event *e
+        cdef bint err
         out = []
         for i in range(self.ev_n):
             e = &self.ev[i]
-            out.append((e.slot, e.kind, e.seq & 0xFFFF, e.rtt_ns,
-                        e.ttl if e.ttl >= 0 else None,
-                        e.icmp_type if e.kind == C_EV_UNREACHABLE or e.kind == C_EV_TIME_EXCEEDED else None,
-                        e.icmp_code if e.kind == C_EV_UNREACHABLE or e.kind == C_EV_TIME_EXCEEDED else None,
-                        _ntop(self.family, e.router) if e.has_router else None,
-                        e.err if e.kind == C_EV_SEND_ERROR else None))
+            err = e.kind == C_EV_UNREACHABLE or e.kind == C_EV_TIME_EXCEEDED
+            # tuple.__new__: the CoreEvent NamedTuple without its Python-level __new__
+            out.append(tuple.__new__(_CoreEvent, (
+                e.slot, e.kind, e.seq & 0xFFFF, e.rtt_ns,
+                e.ttl if e.ttl >= 0 else None,
+                e.icmp_type if err else None,
+                e.icmp_code if err else None,
+                _ntop(self.family, e.router) if e.has_router else None,
+                e.err if e.kind == C_EV_SEND_ERROR else None)))
         self.ev_n = 0
         return out
 
