@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -134,6 +135,8 @@ class FakeIcmpSocket:
         self._stats: dict[int, dict[str, int]] = {}  # slot -> SlotStats' counts and RTTs
         self._sumsq: dict[int, float] = {}
         self._last_rtt: dict[int, tuple[int, int, int]] = {}
+        self._bounds: list[int] = []  # set_rtt_buckets ([]: off)
+        self._hist: dict[int, list[int]] = {}  # slot -> replies per bucket, then their RTT sum
         self.counts = dict.fromkeys(
             (
                 "sent",
@@ -166,6 +169,7 @@ class FakeIcmpSocket:
         self._seq[slot] = 0
         self._stats[slot] = dict.fromkeys(SlotStats._fields[:11], 0)
         self._sumsq[slot] = 0.0
+        self._hist[slot] = [0] * (len(self._bounds) + 2)
         self._last.pop(slot, None)
         self._last_rtt.pop(slot, None)
         self._slot_timeout_ns.pop(slot, None)
@@ -230,6 +234,14 @@ class FakeIcmpSocket:
             last_err_code=0, last_err_router=None, user_timed=0,
         )  # fmt: skip
 
+    def set_rtt_buckets(self, bounds_ns: Iterable[int]) -> None:
+        self._bounds = [int(b) for b in bounds_ns]
+        self._hist = {s: [0] * (len(self._bounds) + 2) for s in self._stats}
+
+    def slot_buckets(self, slot: int) -> tuple[tuple[int, ...], int] | None:
+        h = self._hist[slot]
+        return (tuple(h[:-1]), h[-1]) if self._bounds else None
+
     def slot_last(self, slot: int) -> tuple[int, int, int]:
         return self._last_rtt.get(slot, (-1, 0, 0))
 
@@ -244,6 +256,9 @@ class FakeIcmpSocket:
             st["max_ns"] = max(st["max_ns"], rtt_ns)
             st["sum_ns"] += rtt_ns
             self._sumsq[slot] += float(rtt_ns) ** 2
+            h = self._hist[slot]
+            h[bisect_left(self._bounds, rtt_ns)] += 1  # the core's le semantics
+            h[-1] += rtt_ns
         changed = True
         if kind in _FINAL:
             changed = self._last.get(slot) != kind

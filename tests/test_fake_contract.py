@@ -40,6 +40,7 @@ COUNTERS = ("sent", "received", "timeouts", "duplicates", "late", "send_errors")
 def scenario(sock: Any, mode: int) -> dict[str, Any]:
     """What the engine sees of ``sock`` over three rounds; slots named by address."""
     sock.set_log(mode)
+    sock.set_rtt_buckets([10**9])  # the replies per slot: all under a second
     addr: dict[int, str] = {}
     for a in ("127.0.0.1", DEAD, "127.0.0.2"):
         addr[sock.add_target(a)] = a
@@ -73,6 +74,7 @@ def scenario(sock: Any, mode: int) -> dict[str, Any]:
         "outstanding": t["outstanding"],
         "stats": {a: slot_counts(sock.slot_stats(s)) for s, a in addr.items()},
         "last": {a: sock.slot_last(s)[0] for s, a in addr.items()},
+        "buckets": {a: (sock.slot_buckets(s) or ((),))[0] for s, a in addr.items()},
         "log": log,
     }
 

@@ -114,9 +114,6 @@ ALL_OUTCOMES: tuple[Outcome, ...] = OUTCOME_BY_KIND
 OUTCOMES: tuple[Outcome, ...] = OUTCOME_BY_KIND[:EV_CLOSED]
 assert ALL_OUTCOMES[EV_CLOSED] is Outcome.CLOSED and len(ALL_OUTCOMES) == EV_CLOSED + 1
 _N_ICMP_OUTCOMES = len(OUTCOMES)
-_IDX = OUTCOME_CODE
-_I_REPLY, _I_TIMEOUT, _I_UNREACH, _I_TEXC = EV_REPLY, EV_TIMEOUT, EV_UNREACHABLE, EV_TIME_EXCEEDED
-_I_SENDERR, _I_DUP, _I_CLOSED = EV_SEND_ERROR, EV_DUPLICATE, EV_CLOSED
 # the kinds counted per result (observe) rather than read from the core at scrape time
 OBSERVED_KINDS = frozenset({"dns"})  # the rcode of each answer
 _log = get_logger("fastping.metrics")
@@ -217,7 +214,10 @@ METRIC_NAMES = (
 def _requests(c: Sequence[int], s: _Series) -> int:
     """smokeping_requests_total of a series: probes with a final outcome (a closed
     port's RST is one, and not a response: requests - responses = lost + closed)."""
-    return c[_I_REPLY] + c[_I_TIMEOUT] + c[_I_UNREACH] + c[_I_TEXC] + c[_I_CLOSED] + s.sent_down
+    return (
+        c[EV_REPLY] + c[EV_TIMEOUT] + c[EV_UNREACHABLE] + c[EV_TIME_EXCEEDED] + c[EV_CLOSED]
+        + s.sent_down
+    )  # fmt: skip
 
 
 def _labels_ok(name: str) -> bool:
@@ -513,7 +513,7 @@ class MetricsCollector(Collector):
             o = r.outcome
             if o is _REPLY:
                 rtt = r.rtt_ms
-                s.counts[_I_REPLY] += 1
+                s.counts[EV_REPLY] += 1
                 if rtt is not None:
                     s.buckets[bisect_left(bounds, rtt)] += 1
                     s.rtt_sum_ms += rtt
@@ -522,7 +522,7 @@ class MetricsCollector(Collector):
                 elif r.ttl:
                     s.ttl = r.ttl
             else:
-                s.counts[_IDX[o]] += 1
+                s.counts[OUTCOME_CODE[o]] += 1
                 if o is _LOCAL_DOWN and r.seq >= 0:
                     s.sent_down += 1
 
@@ -585,8 +585,8 @@ class MetricsCollector(Collector):
                 cum.append((le, acc))
             hist.add_metric(values, cum, s.rtt_sum_ms / 1000.0)
             ttl.add_metric(values, s.ttl)
-            dup.add_metric(values, c[_I_DUP])
-            serr.add_metric(values, c[_I_SENDERR])
+            dup.add_metric(values, c[EV_DUPLICATE])
+            serr.add_metric(values, c[EV_SEND_ERROR])
             for oname, n in zip(outcome_names[: s.n_out], c[: s.n_out], strict=True):
                 res.add_metric([*values, oname], n)
         yield req
@@ -676,9 +676,9 @@ class MetricsCollector(Collector):
         elif key == "ttl":
             rows = [[s.ttl] for s in part]
         elif key == "dup":
-            rows = [[s.counts[_I_DUP]] for s in part]
+            rows = [[s.counts[EV_DUPLICATE]] for s in part]
         else:  # send_err
-            rows = [[s.counts[_I_SENDERR]] for s in part]
+            rows = [[s.counts[EV_SEND_ERROR]] for s in part]
         return expo_lines(heads, _CLOSE_TAIL, rows)
 
     def collect_engine(self) -> Iterator[Metric]:

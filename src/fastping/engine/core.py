@@ -97,6 +97,7 @@ from .._icmp import (
     EV_CLOSED,
     EV_DUPLICATE,
     EV_LATE,
+    EV_LOCAL_DOWN,
     EV_REPLY,
     EV_SEND_ERROR,
     EV_TIME_EXCEEDED,
@@ -133,15 +134,6 @@ from .stats import (
     behind_schedule_us,
 )
 from .target import (
-    _C_CLOSED,
-    _C_DUP,
-    _C_LATE,
-    _C_LOCAL_DOWN,
-    _C_REPLY,
-    _C_SENDERR,
-    _C_TEXC,
-    _C_TIMEOUT,
-    _C_UNREACH,
     STATUS_DOWN,
     STATUS_ERROR,
     STATUS_LOCAL_DOWN,
@@ -697,18 +689,17 @@ class MonitoringEngine:
             st = sock.slot_stats(slot)
             closed = sock.slot_closed(slot) if t.port else 0
             # a closed port's answer is in received
-            counts[_C_REPLY] += st.received - closed
-            counts[_C_DUP] += st.duplicates
-            counts[_C_LATE] += st.late
-            counts[_C_TIMEOUT] += st.timeouts
-            counts[_C_UNREACH] += st.unreachable
-            counts[_C_TEXC] += st.time_exceeded
-            counts[_C_SENDERR] += st.send_errors
-            counts[_C_CLOSED] += closed
+            counts[EV_REPLY] += st.received - closed
+            counts[EV_DUPLICATE] += st.duplicates
+            counts[EV_LATE] += st.late
+            counts[EV_TIMEOUT] += st.timeouts
+            counts[EV_UNREACHABLE] += st.unreachable
+            counts[EV_TIME_EXCEEDED] += st.time_exceeded
+            counts[EV_SEND_ERROR] += st.send_errors
+            counts[EV_CLOSED] += closed
             if st.received > closed:
                 ttl = st.last_ttl
-            sb = getattr(sock, "slot_buckets", None)
-            got = sb(slot) if sb is not None else None
+            got = sock.slot_buckets(slot)
             if got is not None:
                 b, n = got
                 buckets = (
@@ -832,9 +823,8 @@ class MonitoringEngine:
         return self._rtt_bounds_ns
 
     def _apply_rtt_buckets(self, sock: IcmpSocketLike) -> None:
-        setter = getattr(sock, "set_rtt_buckets", None)
-        if setter is not None and self._rtt_bounds_ns:
-            setter(self._rtt_bounds_ns)
+        if self._rtt_bounds_ns:
+            sock.set_rtt_buckets(self._rtt_bounds_ns)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -1458,8 +1448,8 @@ class MonitoringEngine:
             self._senderr_local_down += 1
         if slot == t.slot:  # the slot counted it as a timeout or send error
             mc = t.mcounts
-            mc[_C_TIMEOUT if kind == EV_TIMEOUT else _C_SENDERR] -= 1
-            mc[_C_LOCAL_DOWN] += 1
+            mc[kind] -= 1  # kind: EV_TIMEOUT or EV_SEND_ERROR, a count's index
+            mc[EV_LOCAL_DOWN] += 1
             t.sent_down += 1
         return Outcome.LOCAL_DOWN, STATUS_LOCAL_DOWN
 

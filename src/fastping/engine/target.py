@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..chunk import OUTCOME_CODE
-from ..results import Outcome
+from ..results import EventKind, Outcome
 from .contracts import SockKey
 
 # Target status, as the live table and StateChanged events show it.
@@ -27,22 +26,9 @@ STATUS_RANK = {
     STATUS_UP: 4,
 }
 
-# per-target counters (TargetCounters.counts) are indexed by the outcome's number
-N_OUTCOME_CODES = max(OUTCOME_CODE.values()) + 1
-_C_REPLY, _C_TIMEOUT, _C_UNREACH, _C_TEXC, _C_SENDERR, _C_LOCAL_DOWN, _C_DUP, _C_LATE, _C_CLOSED = (
-    OUTCOME_CODE[o]
-    for o in (
-        Outcome.REPLY,
-        Outcome.TIMEOUT,
-        Outcome.UNREACHABLE,
-        Outcome.TIME_EXCEEDED,
-        Outcome.SEND_ERROR,
-        Outcome.LOCAL_DOWN,
-        Outcome.DUPLICATE,
-        Outcome.LATE,
-        Outcome.CLOSED,
-    )  # fmt: skip
-)
+# per-target counters (TargetCounters.counts) are indexed by the one outcome
+# numbering (results.EventKind: the core's event kinds, the chunks' codes)
+N_OUTCOME_CODES = len(EventKind)
 
 
 class _Target:
