@@ -428,7 +428,6 @@ class MonitoringEngine:
         self._want_all = False  # subscribers or observers of all: every event returned
         self._want_kinds: frozenset[str] = frozenset()  # ... of these kinds' sockets
         self._rtt_bounds_ns: tuple[int, ...] = ()  # per-slot RTT buckets (set_rtt_buckets)
-        self._log_mode = 1  # what the sockets log and return (_update_log_modes)
         self._evs: list[EngineEvent] = []  # non-result events of the current callback
         self._outage_listeners: list[Callable[[Sequence[OutageEvent]], None]] = []
 
@@ -796,7 +795,6 @@ class MonitoringEngine:
         target's state."""
         self._want_all = bool(self._subs) or any(k is None for _, k in self._observers)
         self._want_kinds = frozenset().union(*(k for _, k in self._observers if k is not None))
-        self._log_mode = 0 if self._net_down else 1
         for sk, sock in self._sockets.items():
             sock.set_log(self._mode_for(sk))
 
@@ -1346,7 +1344,7 @@ class MonitoringEngine:
             return
         n_map = len(smap)
         want = self._want_all or sk[0] in self._want_kinds
-        logged = self._log_mode != 0  # replies and timeouts are in the core's log
+        logged = not self._net_down  # replies and timeouts are in the core's log
         out = self._out
         wall = time.time()
         new_result = _tuple_new
@@ -1399,7 +1397,7 @@ class MonitoringEngine:
         status = _STATUS_BY_KIND[kind]
         # a timeout or a closed port is in the core's log unless the log is off (our
         # network is down)
-        logged = kind in _LOGGED and self._log_mode != 0
+        logged = kind in _LOGGED and not self._net_down
         if self._net_down and kind in (EV_TIMEOUT, EV_SEND_ERROR):
             outcome, status = self._count_local_down(t, slot, kind)
         is_icmp = kind in (EV_UNREACHABLE, EV_TIME_EXCEEDED)
