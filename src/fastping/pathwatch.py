@@ -388,7 +388,7 @@ class PathWatcher:
         self._pending, self._pending_changes = [], []
         fut = asyncio.ensure_future(asyncio.to_thread(write, recs, chs))
         try:
-            await asyncio.shield(fut)
+            await asyncio.wait([fut])  # neither raises the write's error nor cancels it
         except asyncio.CancelledError:
             # the engine stops during the write: the worker thread goes on, so wait for
             # it (the engine awaits this task before the store closes): the round is
@@ -396,8 +396,6 @@ class PathWatcher:
             await asyncio.wait([fut])
             self._written(fut, recs, chs)
             raise
-        except Exception:  # noqa: S110 (the write's own error: _written reads it off fut)
-            pass
         self._written(fut, recs, chs)
 
     def _written(
